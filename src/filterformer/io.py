@@ -1,0 +1,215 @@
+"""Reading and writing images, masks and anomaly maps.
+
+Every reader raises :class:`DataError` naming the file and the fix; every writer is atomic
+(it writes a temporary file in the target folder and renames it into place), so an
+interrupted run never leaves a half-written result and never damages an earlier one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import tifffile
+
+from filterformer.errors import DataError
+
+PARTIAL_MARK = ".partial-"
+"""Infix of temporary files; :func:`remove_partials` deletes leftovers of a killed run."""
+
+
+def _decode(path: Path) -> np.ndarray:
+    """Decode any image file with its bit depth and channel count intact."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found. Check the path or the dataset root.")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise DataError(
+            f"{path}: not a readable image (corrupt, truncated or not an image file). "
+            "Replace it with an intact copy from the dataset archive, or remove it."
+        )
+    return image
+
+
+def _to_uint8(image: np.ndarray, path: Path) -> np.ndarray:
+    """Scale 8/16-bit or float data to uint8 over the full range of its type."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        # Full-range rescale 0..65535 -> 0..255 (x/257), never a truncating cast.
+        return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if image.dtype in (np.float32, np.float64):
+        return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise DataError(f"{path}: unsupported pixel type {image.dtype}; save it as 8- or 16-bit PNG.")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as H x W x 3 uint8 RGB; grey, 16-bit and RGBA inputs are converted."""
+    path = Path(path)
+    image = _to_uint8(_decode(path), path)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a ground-truth mask as H x W bool (any value > 0 is anomalous).
+
+    ``shape`` is the (H, W) of the image the mask belongs to; a mismatch is an error, since
+    masks are never resized for metrics.
+    """
+    path = Path(path)
+    mask = _decode(path)
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    mask = mask > 0
+    if shape is not None and mask.shape != tuple(shape):
+        raise DataError(
+            f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image is "
+            f"{shape[0]}x{shape[1]}. Masks must have the size of their image; "
+            "use the dataset's original mask."
+        )
+    return mask
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image read from its header only (no full decode)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found. Check the path or the dataset root.") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(
+            f"{path}: not a readable image ({err}). Replace it with an intact copy."
+        ) from None
+    return height, width
+
+
+def read_anomaly_map(
+    path: str | os.PathLike, shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Read a 2-D anomaly map (TIFF, any float type) as float32, refusing NaN/inf and bad sizes."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: anomaly map not found. Run ff-predict for this split first.")
+    try:
+        amap = tifffile.imread(path)
+    except Exception as err:  # tifffile raises many types for broken files
+        raise DataError(f"{path}: not a readable TIFF ({err}). Re-export the map.") from None
+    amap = np.squeeze(amap)
+    if amap.ndim != 2:
+        raise DataError(f"{path}: anomaly map has shape {amap.shape}; expected a 2-D H x W map.")
+    if shape is not None and amap.shape != tuple(shape):
+        raise DataError(
+            f"{path}: map is {amap.shape[0]}x{amap.shape[1]} (HxW) but its image is "
+            f"{shape[0]}x{shape[1]}. Maps must be at the original image size."
+        )
+    amap = amap.astype(np.float32)
+    if not np.isfinite(amap).all():
+        raise DataError(
+            f"{path}: anomaly map holds NaN or inf values. Rescale the scores so they are "
+            "finite in float16 (< 65504) before writing."
+        )
+    return amap
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.stem}{PARTIAL_MARK}", suffix=path.suffix, dir=path.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def remove_partials(folder: str | os.PathLike) -> int:
+    """Delete temporary files a killed run left under ``folder``; return how many."""
+    count = 0
+    for tmp in Path(folder).rglob(f".*{PARTIAL_MARK}*"):
+        tmp.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+def write_tiff_float16(path: str | os.PathLike, amap: np.ndarray) -> None:
+    """Write a 2-D map as a float16 TIFF (the benchmark server's format), atomically."""
+    amap = np.asarray(amap)
+    if amap.ndim != 2:
+        raise DataError(f"{path}: refusing to write a map of shape {amap.shape}; need H x W.")
+    half = amap.astype(np.float16)
+    if not np.isfinite(half).all():
+        raise DataError(
+            f"{path}: map is not finite in float16 (NaN, or a value beyond 65504). "
+            "Rescale the scores before export."
+        )
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, half)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an 8-bit grey (H x W) or RGB (H x W x 3) PNG atomically."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise DataError(f"{path}: PNG data must be uint8, got {image.dtype}.")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), image):
+            raise DataError(f"{path}: could not write the PNG; check the folder is writable.")
+
+
+def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write a binary map as 8-bit single-channel PNG with values {0, 255}."""
+    write_png(path, np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically (indented, keys in insertion order)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_csv(
+    path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None
+) -> None:
+    """Write a list of dict rows as CSV atomically."""
+    fieldnames = list(fieldnames or (rows[0].keys() if rows else []))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
