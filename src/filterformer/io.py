@@ -102,9 +102,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return height, width
 
 
-def read_anomaly_map(
-    path: str | os.PathLike, shape: tuple[int, int] | None = None
-) -> np.ndarray:
+def read_anomaly_map(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a 2-D anomaly map (TIFF, any float type) as float32, refusing NaN/inf and bad sizes."""
     path = Path(path)
     if not path.is_file():
@@ -161,7 +159,8 @@ def write_tiff_float16(path: str | os.PathLike, amap: np.ndarray) -> None:
     amap = np.asarray(amap)
     if amap.ndim != 2:
         raise DataError(f"{path}: refusing to write a map of shape {amap.shape}; need H x W.")
-    half = amap.astype(np.float16)
+    with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
+        half = amap.astype(np.float16)
     if not np.isfinite(half).all():
         raise DataError(
             f"{path}: map is not finite in float16 (NaN, or a value beyond 65504). "
@@ -195,7 +194,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def write_csv(
-    path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None
+    path: str | os.PathLike,
+    rows: Sequence[Mapping[str, Any]],
+    fieldnames: Sequence[str] | None = None,
 ) -> None:
     """Write a list of dict rows as CSV atomically."""
     fieldnames = list(fieldnames or (rows[0].keys() if rows else []))

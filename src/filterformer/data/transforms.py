@@ -1,0 +1,298 @@
+"""Network input geometry (resize, centre crop, normalise, and the way back) and augmentation.
+
+Images are H x W x 3 uint8 RGB NumPy arrays until :meth:`InputGeometry.normalize` turns them
+into a 3 x h x w float tensor. :class:`InputGeometry` also maps an anomaly map made at network
+resolution back to the original image size, undoing the crop by padding (never stretching).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from filterformer.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InputGeometry:
+    """Resize to ``resize`` (H, W), optionally centre-crop to ``crop`` (h, w), normalise.
+
+    Shrinking uses ``cv2.INTER_AREA`` (anti-aliased, close to the PIL bilinear-with-antialias
+    resize of INP-Former's torchvision pipeline, and essential when 5 Mpx images become a few
+    hundred pixels); enlarging uses ``cv2.INTER_LINEAR``. The crop box is placed exactly as
+    torchvision's ``CenterCrop`` places it.
+    """
+
+    def __init__(
+        self,
+        resize: Sequence[int],
+        crop: Sequence[int] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.resize_hw = _size_pair(resize, "resize")
+        self.crop_hw = None if crop is None else _size_pair(crop, "crop")
+        if self.crop_hw and any(c > r for c, r in zip(self.crop_hw, self.resize_hw, strict=True)):
+            raise ConfigError(
+                f"Centre crop {self.crop_hw} is larger than the resize {self.resize_hw}; "
+                "the crop (h, w) must fit inside the resized image."
+            )
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __repr__(self) -> str:
+        return f"InputGeometry(resize={self.resize_hw}, crop={self.crop_hw})"
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(h, w) of the network input: the crop if any, else the resize."""
+        return self.crop_hw or self.resize_hw
+
+    @property
+    def crop_box(self) -> tuple[int, int, int, int]:
+        """(top, left, h, w) of the crop inside the resized image (torchvision's rounding)."""
+        height, width = self.resize_hw
+        crop_h, crop_w = self.input_size
+        top = int(round((height - crop_h) / 2.0))
+        left = int(round((width - crop_w) / 2.0))
+        return top, left, crop_h, crop_w
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """Resize an H x W (x C) array to the resize size (area when shrinking, else linear)."""
+        height, width = self.resize_hw
+        if image.shape[:2] == (height, width):
+            return image
+        shrink = height <= image.shape[0] and width <= image.shape[1]
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        return cv2.resize(image, (width, height), interpolation=interpolation)
+
+    def center_crop(self, array: np.ndarray) -> np.ndarray:
+        """Cut the crop box out of an array at the resize size (identity without a crop)."""
+        top, left, crop_h, crop_w = self.crop_box
+        return array[top : top + crop_h, left : left + crop_w]
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        """H x W x 3 uint8 RGB -> 3 x H x W float32, scaled to [0, 1] then standardised."""
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        return (tensor - self.mean) / self.std
+
+    def to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """The network input for one image: resize, centre crop, normalise."""
+        return self.normalize(self.center_crop(self.resize(image)))
+
+    def from_original_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A bool mask at the original size, brought to network input resolution (nearest)."""
+        height, width = self.resize_hw
+        resized = cv2.resize(
+            np.asarray(mask, dtype=np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
+        )
+        return self.center_crop(resized) > 0
+
+    def to_original(
+        self, amap: torch.Tensor | np.ndarray, original_hw: Sequence[int]
+    ) -> np.ndarray:
+        """An h x w map at network input resolution -> float32 H x W at the original size.
+
+        The map is put back in its crop box inside a canvas of the resize size; the rest of the
+        canvas (never seen by the network) gets the map's minimum, i.e. "not scored". The
+        canvas is then resized bilinearly to ``original_hw``.
+        """
+        if isinstance(amap, torch.Tensor):
+            amap = amap.detach().float().cpu().numpy()
+        amap = np.asarray(amap, dtype=np.float32)
+        if amap.shape != self.input_size:
+            raise ValueError(
+                f"map has shape {amap.shape}, expected the network input size {self.input_size}"
+            )
+        top, left, crop_h, crop_w = self.crop_box
+        canvas = np.full(self.resize_hw, amap.min(), dtype=np.float32)
+        canvas[top : top + crop_h, left : left + crop_w] = amap
+        height, width = (int(v) for v in original_hw)
+        return cv2.resize(canvas, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+class TrainAugment:
+    """Training augmentations of the Filter-Former recipe, each one off when its argument is None.
+
+    Geometric ops (random resized crop, rotation, flips) are composed into one affine warp
+    that is applied to the image (bilinear) and to an optional mask (nearest) alike, with
+    the same reflecting border, so the two stay aligned. Photometric ops (colour jitter,
+    directional light) touch the image only. Output size = input size.
+
+    - ``random_resized_crop``: ``{"scale": (lo, hi), "ratio": (lo, hi)}`` (area fraction and
+      aspect ratio of the crop, as torchvision's RandomResizedCrop).
+    - ``color_jitter``: ``{"brightness", "contrast", "saturation", "hue"}`` amplitudes as
+      torchvision's ColorJitter (hue in [0, 0.5]); missing keys are 0.
+    - ``rotation``: maximum angle in degrees (uniform in [-rotation, rotation]).
+    - ``hflip`` / ``vflip``: flip probabilities.
+    - ``directional_light``: ``{"strength": s, "p": p}``: with probability p, multiply by a
+      linear brightness ramp 1 + a * t, a ~ U(0, s), t in [-1, 1] along a random direction.
+    """
+
+    def __init__(
+        self,
+        random_resized_crop: Mapping[str, Any] | None = None,
+        color_jitter: Mapping[str, float] | None = None,
+        rotation: float | None = None,
+        hflip: float | None = None,
+        vflip: float | None = None,
+        directional_light: Mapping[str, float] | None = None,
+    ) -> None:
+        self.random_resized_crop = _options(
+            random_resized_crop,
+            {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)},
+            "random_resized_crop",
+        )
+        self.color_jitter = _options(
+            color_jitter,
+            {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0},
+            "color_jitter",
+        )
+        self.rotation = rotation
+        self.hflip = hflip
+        self.vflip = vflip
+        self.directional_light = _options(
+            directional_light, {"strength": 0.3, "p": 0.5}, "directional_light"
+        )
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray | None = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Augment an H x W x 3 uint8 image (and an H x W mask the same way)."""
+        rng = np.random.default_rng(rng)
+        matrix = self._geometry(image.shape[:2], rng)
+        if matrix is not None:
+            image = _warp(image, matrix, cv2.INTER_LINEAR)
+            if mask is not None:
+                mask = _warp(np.asarray(mask, dtype=np.uint8), matrix, cv2.INTER_NEAREST) > 0
+        if self.color_jitter is not None:
+            image = _color_jitter(image, self.color_jitter, rng)
+        if self.directional_light is not None and rng.random() < self.directional_light["p"]:
+            image = _directional_light(image, self.directional_light["strength"], rng)
+        return image, mask
+
+    def _geometry(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray | None:
+        """3 x 3 matrix mapping input pixel centres to output ones; None for the identity."""
+        height, width = shape
+        matrix = np.eye(3)
+        if self.random_resized_crop is not None:
+            top, left, crop_h, crop_w = _random_box(shape, self.random_resized_crop, rng)
+            sx, sy = width / crop_w, height / crop_h
+            # pixel centres: x_out + 0.5 = (x_in - left + 0.5) * sx
+            matrix = np.array(
+                [[sx, 0, (0.5 - left) * sx - 0.5], [0, sy, (0.5 - top) * sy - 0.5], [0, 0, 1]]
+            )
+        if self.hflip is not None and rng.random() < self.hflip:
+            matrix = np.array([[-1, 0, width - 1], [0, 1, 0], [0, 0, 1]]) @ matrix
+        if self.vflip is not None and rng.random() < self.vflip:
+            matrix = np.array([[1, 0, 0], [0, -1, height - 1], [0, 0, 1]]) @ matrix
+        if self.rotation is not None:
+            angle = rng.uniform(-self.rotation, self.rotation)
+            centre = ((width - 1) / 2.0, (height - 1) / 2.0)
+            rotate = np.vstack([cv2.getRotationMatrix2D(centre, angle, 1.0), [0, 0, 1]])
+            matrix = rotate @ matrix
+        return None if np.allclose(matrix, np.eye(3)) else matrix
+
+
+def _warp(array: np.ndarray, matrix: np.ndarray, interpolation: int) -> np.ndarray:
+    height, width = array.shape[:2]
+    return cv2.warpAffine(
+        array, matrix[:2], (width, height), flags=interpolation, borderMode=cv2.BORDER_REFLECT_101
+    )
+
+
+def _random_box(
+    shape: tuple[int, int], options: Mapping[str, Any], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a crop with a random area fraction and aspect ratio.
+
+    The usual sampling scheme: ten tries to fit a box, else the largest centred box whose
+    aspect ratio is within the allowed range.
+    """
+    height, width = shape
+    area = height * width
+    log_ratio = np.log(options["ratio"])
+    for _ in range(10):
+        target = area * rng.uniform(*options["scale"])
+        ratio = np.exp(rng.uniform(*log_ratio))
+        crop_w = int(round(np.sqrt(target * ratio)))
+        crop_h = int(round(np.sqrt(target / ratio)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(rng.integers(0, height - crop_h + 1))
+            left = int(rng.integers(0, width - crop_w + 1))
+            return top, left, crop_h, crop_w
+    ratio = np.clip(width / height, *options["ratio"])
+    crop_w, crop_h = width, height
+    if width / height > ratio:
+        crop_w = int(round(height * ratio))
+    else:
+        crop_h = int(round(width / ratio))
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def _color_jitter(
+    image: np.ndarray, amplitudes: Mapping[str, float], rng: np.random.Generator
+) -> np.ndarray:
+    """Random brightness, contrast, saturation (factors in [1-a, 1+a]) and hue shift."""
+    out = image.astype(np.float32)
+    grey_weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    brightness, contrast, saturation = (
+        rng.uniform(max(0.0, 1 - a), 1 + a)
+        for a in (amplitudes["brightness"], amplitudes["contrast"], amplitudes["saturation"])
+    )
+    out = out * brightness
+    mean_grey = (out @ grey_weights).mean()
+    out = (out - mean_grey) * contrast + mean_grey
+    grey = (out @ grey_weights)[:, :, None]
+    out = _to_uint8(grey + (out - grey) * saturation)
+    if amplitudes["hue"] > 0:
+        hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV_FULL)
+        shift = int(round(rng.uniform(-amplitudes["hue"], amplitudes["hue"]) * 256))
+        hsv[:, :, 0] = (hsv[:, :, 0].astype(np.int32) + shift) % 256
+        out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+    return out
+
+
+def _directional_light(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Multiply by a smooth linear brightness ramp along a random direction."""
+    height, width = image.shape[:2]
+    angle = rng.uniform(0, 2 * np.pi)
+    amplitude = rng.uniform(0, strength)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    ramp = (xs / max(width - 1, 1) - 0.5) * np.cos(angle)
+    ramp += (ys / max(height - 1, 1) - 0.5) * np.sin(angle)
+    factor = 1.0 + amplitude * ramp / max(float(np.abs(ramp).max()), 1e-6)
+    return _to_uint8(image.astype(np.float32) * factor[:, :, None])
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _size_pair(size: Sequence[int], name: str) -> tuple[int, int]:
+    """A validated (H, W) pair of positive ints."""
+    pair = tuple(int(v) for v in size)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ConfigError(f"{name} must be a (height, width) pair of positive ints, got {size}.")
+    return pair  # type: ignore[return-value]
+
+
+def _options(
+    given: Mapping[str, Any] | None, defaults: Mapping[str, Any], name: str
+) -> dict[str, Any] | None:
+    """Merge user options over defaults; None stays None (the op is off)."""
+    if given is None:
+        return None
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{name}: unknown options {unknown}; valid: {', '.join(defaults)}.")
+    return {**defaults, **given}

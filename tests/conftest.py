@@ -1,0 +1,50 @@
+"""Shared fixtures: the golden AD 2 sample, a small synthetic category, a tiny image folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from filterformer.data.synthetic import make_synthetic_category
+
+DATA_DIR = Path(__file__).parent / "data"
+
+SYNTHETIC_CATEGORY = "synthetic"
+SYNTHETIC_SIZE = (64, 80)  # (H, W): small and non-square
+SYNTHETIC_COUNTS = {
+    "train": 8,
+    "validation": 4,
+    "test_public_good": 4,
+    "test_public_bad": 8,
+    "test_private": 4,
+    "test_private_mixed": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def ad2_sample_root() -> Path:
+    """MVTec AD 2-layout root holding the tiny category ``fakecat`` (read-only)."""
+    return DATA_DIR / "ad2_sample" / "mvtec_ad_2"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Data root with a category ``synthetic`` (64 x 80 images), generated once per session."""
+    root = tmp_path_factory.mktemp("synthetic_root")
+    make_synthetic_category(
+        root, SYNTHETIC_CATEGORY, seed=0, image_size=SYNTHETIC_SIZE, counts=SYNTHETIC_COUNTS
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of four 32 x 40 RGB images, one per format: a.png, b.jpg, c.bmp, d.tif."""
+    folder = tmp_path_factory.mktemp("tiny_images")
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg", "c.bmp", "d.tif"):
+        cv2.imwrite(str(folder / name), rng.integers(0, 256, (32, 40, 3), dtype=np.uint8))
+    return folder

@@ -1,0 +1,106 @@
+"""Image, mask and map reading/writing: bit depths, channel layouts, atomicity, bad files."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from filterformer.errors import DataError
+from filterformer.io import (
+    image_size,
+    read_anomaly_map,
+    read_image,
+    read_mask,
+    remove_partials,
+    write_json,
+    write_mask_png,
+    write_png,
+    write_tiff_float16,
+)
+
+
+def test_grey_png_becomes_three_equal_channels(tmp_path):
+    grey = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
+    cv2.imwrite(str(tmp_path / "g.png"), grey)
+    image = read_image(tmp_path / "g.png")
+    assert image.shape == (12, 10, 3) and image.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(image[:, :, channel], grey)
+
+
+def test_16_bit_png_is_rescaled_over_the_full_range(tmp_path):
+    k = np.arange(256, dtype=np.uint16)
+    values = np.stack([257 * k, 257 * k], axis=0)  # 257 * k -> k exactly; 65535 -> 255
+    values[1, :3] = [65535, 1, 128]  # 1/257 rounds to 0, 128/257 rounds to 0
+    cv2.imwrite(str(tmp_path / "d.png"), values)
+    image = read_image(tmp_path / "d.png")
+    np.testing.assert_array_equal(image[0, :, 0], np.arange(256))
+    assert image[1, 0, 0] == 255 and image[1, 1, 0] == 0 and image[1, 2, 0] == 0
+
+
+def test_rgba_drops_alpha_and_bgr_becomes_rgb(tmp_path):
+    bgra = np.zeros((4, 5, 4), dtype=np.uint8)
+    bgra[..., 0], bgra[..., 1], bgra[..., 2], bgra[..., 3] = 10, 20, 30, 7
+    cv2.imwrite(str(tmp_path / "a.png"), bgra)
+    image = read_image(tmp_path / "a.png")
+    assert image.shape == (4, 5, 3)
+    np.testing.assert_array_equal(image[0, 0], [30, 20, 10])
+
+
+def test_image_size_reads_the_header(tmp_path):
+    cv2.imwrite(str(tmp_path / "r.png"), np.zeros((7, 13), dtype=np.uint8))
+    assert image_size(tmp_path / "r.png") == (7, 13)
+
+
+def test_mask_is_bool_any_positive_and_size_checked(tmp_path):
+    mask = np.array([[0, 1, 255], [0, 0, 128]], dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png", shape=(2, 3)), mask > 0)
+    with pytest.raises(DataError, match="m.png"):
+        read_mask(tmp_path / "m.png", shape=(3, 2))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a png at all"])
+def test_unreadable_files_name_the_file(tmp_path, content):
+    path = tmp_path / "broken.png"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=str(path)):
+        read_image(path)
+    with pytest.raises(DataError, match=str(path)):
+        image_size(path)
+
+
+def test_missing_file_names_the_file(tmp_path):
+    with pytest.raises(DataError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_png_round_trip_is_exact_and_leaves_no_partial(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    write_png(tmp_path / "sub" / "x.png", image)
+    np.testing.assert_array_equal(read_image(tmp_path / "sub" / "x.png"), image)
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.png"]
+
+
+def test_mask_png_is_single_channel_0_255(tmp_path):
+    write_mask_png(tmp_path / "m.png", np.eye(3, dtype=bool))
+    raw = cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED)
+    assert raw.ndim == 2 and set(np.unique(raw)) == {0, 255}
+
+
+def test_float16_tiff_round_trip_and_non_finite_refused(tmp_path):
+    amap = np.array([[0.0, 1.5], [1e3, -2.25]], dtype=np.float32)
+    write_tiff_float16(tmp_path / "a.tiff", amap)
+    np.testing.assert_array_equal(read_anomaly_map(tmp_path / "a.tiff", (2, 2)), amap)
+    with pytest.raises(DataError, match="b.tiff"):
+        write_tiff_float16(tmp_path / "b.tiff", np.array([[1e6]]))
+    assert not (tmp_path / "b.tiff").exists()
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    write_json(tmp_path / "r.json", {"a": 1})
+    with pytest.raises(TypeError):
+        write_json(tmp_path / "r.json", {"a": object()})
+    assert (tmp_path / "r.json").read_text() == '{\n  "a": 1\n}\n'
+    assert remove_partials(tmp_path) == 0

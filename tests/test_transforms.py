@@ -1,0 +1,160 @@
+"""Input geometry (resize, centre crop, way back to the original size) and augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from filterformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, InputGeometry, TrainAugment
+from filterformer.errors import ConfigError
+
+
+def _random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("resize", "crop"), [((40, 50), (27, 33)), ((64, 96), (56, 56)), ((9, 9), (4, 4))]
+)
+def test_crop_box_matches_torchvision_center_crop(resize, crop):
+    geometry = InputGeometry(resize, crop)
+    array = np.arange(resize[0] * resize[1]).reshape(resize)
+    expected = v2.CenterCrop(crop)(torch.from_numpy(array)[None])[0].numpy()
+    np.testing.assert_array_equal(geometry.center_crop(array), expected)
+
+
+def test_to_tensor_shape_and_normalisation():
+    geometry = InputGeometry((28, 42), (14, 28))
+    assert geometry.input_size == (14, 28)
+    white = np.full((100, 150, 3), 255, dtype=np.uint8)
+    tensor = geometry.to_tensor(white)
+    assert tensor.shape == (3, 14, 28) and tensor.dtype == torch.float32
+    expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(tensor[:, 0, 0], expected)
+    assert InputGeometry((28, 42)).input_size == (28, 42)
+
+
+def test_resize_is_exact_for_integer_factors():
+    image = _random_image(8, 12)
+    geometry = InputGeometry((4, 6))
+    block_means = image.reshape(4, 2, 6, 2, 3).astype(float).mean(axis=(1, 3))  # INTER_AREA
+    np.testing.assert_allclose(geometry.resize(image), block_means, atol=0.5 + 1e-9)
+    assert geometry.resize(_random_image(2, 3)).shape == (4, 6, 3)  # enlarging works too
+
+
+@pytest.mark.parametrize("crop", [None, (16, 20)])
+def test_block_map_lands_on_the_right_original_pixels(crop):
+    # original 60 x 96 -> resize 30 x 48 (factor 2) -> optional crop 16 x 20 at (7, 14)
+    geometry = InputGeometry((30, 48), crop)
+    top, left, height, width = geometry.crop_box
+    amap = np.zeros(geometry.input_size, dtype=np.float32)
+    amap[3:9, 5:12] = 1.0
+    restored = geometry.to_original(torch.from_numpy(amap), (60, 96))
+    assert restored.shape == (60, 96) and restored.dtype == np.float32
+    expected = np.zeros((60, 96), dtype=bool)
+    expected[2 * (top + 3) : 2 * (top + 9), 2 * (left + 5) : 2 * (left + 12)] = True
+    np.testing.assert_array_equal(restored > 0.5, expected)
+    assert restored.min() == 0.0 and restored.max() == 1.0
+
+
+def test_area_outside_the_crop_is_not_scored_and_not_stretched():
+    geometry = InputGeometry((30, 48), (16, 20))
+    assert geometry.crop_box == (7, 14, 16, 20)
+    amap = np.linspace(2.0, 5.0, 16 * 20, dtype=np.float32).reshape(16, 20)
+    restored = geometry.to_original(amap, (60, 96))
+    assert np.all(restored[:, : 2 * 14 - 1] == 2.0) and np.all(restored[:, 2 * 34 + 1 :] == 2.0)
+    assert np.all(restored[: 2 * 7 - 1] == 2.0) and np.all(restored[2 * 23 + 1 :] == 2.0)
+    # the 2 x 2 original block of crop pixel (8, 10) averages to it (the map is linear)
+    np.testing.assert_allclose(restored[30:32, 48:50].mean(), amap[8, 10], rtol=1e-5)
+
+
+def test_mask_to_input_resolution_and_back():
+    geometry = InputGeometry((30, 48), (16, 20))
+    mask = np.zeros((60, 96), dtype=bool)
+    mask[30:40, 40:50] = True
+    small = geometry.from_original_mask(mask)
+    assert small.shape == (16, 20) and small.dtype == bool
+    np.testing.assert_array_equal(
+        geometry.to_original(small.astype(np.float32), (60, 96)) > 0.5, mask
+    )
+
+
+def test_bad_geometry_arguments():
+    with pytest.raises(ConfigError, match="crop"):
+        InputGeometry((30, 40), (32, 32))
+    with pytest.raises(ConfigError, match="resize"):
+        InputGeometry((30,))
+    with pytest.raises(ValueError, match="input size"):
+        InputGeometry((30, 40)).to_original(np.zeros((40, 30)), (60, 80))
+
+
+AUGMENTS = {
+    "random_resized_crop": TrainAugment(random_resized_crop={"scale": (0.3, 1.0)}),
+    "rotation": TrainAugment(rotation=30.0),
+    "hflip": TrainAugment(hflip=1.0),
+    "vflip": TrainAugment(vflip=1.0),
+    "all": TrainAugment(
+        random_resized_crop={"scale": (0.5, 1.0)},
+        color_jitter={"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.05},
+        rotation=20.0,
+        hflip=0.5,
+        vflip=0.5,
+        directional_light={"strength": 0.5, "p": 1.0},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(AUGMENTS))
+def test_augmentation_keeps_image_and_mask_aligned(name):
+    image = np.full((64, 80, 3), 40, dtype=np.uint8)
+    mask = np.zeros((64, 80), dtype=bool)
+    image[20:36, 24:48] = 230
+    mask[20:36, 24:48] = True
+    for seed in range(5):
+        out, out_mask = AUGMENTS[name](image, mask, rng=seed)
+        assert out.shape == image.shape and out.dtype == np.uint8
+        assert out_mask.shape == mask.shape and out_mask.dtype == bool
+        bright = out.mean(axis=2) > 135
+        overlap = (bright & out_mask).sum() / max((bright | out_mask).sum(), 1)
+        assert out_mask.any() and overlap > 0.85, (name, seed, overlap)
+
+
+def test_flip_is_exact():
+    image, mask = _random_image(6, 8), np.eye(6, 8, dtype=bool)
+    out, out_mask = TrainAugment(hflip=1.0)(image, mask, rng=0)
+    np.testing.assert_array_equal(out, image[:, ::-1])
+    np.testing.assert_array_equal(out_mask, mask[:, ::-1])
+
+
+def test_photometric_ops_never_touch_the_mask():
+    augment = TrainAugment(
+        color_jitter={"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
+        directional_light={"strength": 0.6, "p": 1.0},
+    )
+    image, mask = _random_image(32, 40), np.eye(32, 40, dtype=bool)
+    out, out_mask = augment(image, mask, rng=1)
+    assert out_mask is mask and not np.array_equal(out, image)
+
+
+def test_directional_light_is_a_smooth_ramp():
+    grey = np.full((40, 60, 3), 128, dtype=np.uint8)
+    out, _ = TrainAugment(directional_light={"strength": 0.5, "p": 1.0})(grey, rng=4)
+    assert out.min() < 128 < out.max()
+    assert np.abs(np.diff(out[:, :, 0].astype(int), axis=0)).max() <= 3
+    assert np.abs(np.diff(out[:, :, 0].astype(int), axis=1)).max() <= 3
+
+
+def test_augmentation_is_deterministic_per_seed_and_off_when_none():
+    image = _random_image(32, 40)
+    augment = AUGMENTS["all"]
+    np.testing.assert_array_equal(augment(image, rng=7)[0], augment(image, rng=7)[0])
+    assert not np.array_equal(augment(image, rng=7)[0], augment(image, rng=8)[0])
+    out, out_mask = TrainAugment()(image, rng=0)
+    assert out is image and out_mask is None
+
+
+def test_unknown_augmentation_option():
+    with pytest.raises(ConfigError, match="brightnes"):
+        TrainAugment(color_jitter={"brightnes": 0.2})
