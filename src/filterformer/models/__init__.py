@@ -1,1 +1,36 @@
-"""models"""
+"""Models: the frozen DINOv2 encoder, INP-Former's parts, Filter-Former's Diff Predictor, losses."""
+
+from filterformer.models.diff_predictor import DiffPredictor
+from filterformer.models.encoder import ENCODERS, DinoEncoder, EncoderSpec, weights_sha256
+from filterformer.models.filterformer import (
+    MAP_MODES,
+    FilterFormer,
+    INPFeatures,
+    INPFormer,
+    fuse_maps,
+)
+from filterformer.models.inp import Bottleneck, INPExtractor, INPGuidedDecoder
+from filterformer.models.losses import coherence_loss, diff_loss, soft_mining_loss
+from filterformer.models.registry import MODELS, build_encoder, build_model
+
+__all__ = [
+    "ENCODERS",
+    "MAP_MODES",
+    "MODELS",
+    "Bottleneck",
+    "DiffPredictor",
+    "DinoEncoder",
+    "EncoderSpec",
+    "FilterFormer",
+    "INPExtractor",
+    "INPFeatures",
+    "INPFormer",
+    "INPGuidedDecoder",
+    "build_encoder",
+    "build_model",
+    "coherence_loss",
+    "diff_loss",
+    "fuse_maps",
+    "soft_mining_loss",
+    "weights_sha256",
+]

@@ -1,0 +1,265 @@
+"""The frozen DINOv2-with-registers encoder: a timm ViT that returns the patch tokens of its taps.
+
+Only the blocks up to the last tap exist and run (later ones are pruned after the weights are
+loaded); cls and register tokens are dropped from every tap. Inputs may be rectangular: any
+height and width that are multiples of the patch size give an h x w token grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from timm.models.vision_transformer import checkpoint_filter_fn
+from torch import nn
+
+from filterformer.errors import CheckpointError, ConfigError
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One encoder variant: the timm architecture, its shape and the blocks INP-Former taps."""
+
+    arch: str
+    embed_dim: int
+    num_heads: int
+    depth: int
+    taps: tuple[int, ...]
+    meta_file: str | None  # name of Meta's released checkpoint (None: no pretrained weights)
+
+
+# Mirrors configs/encoder/*.yaml (INP-Former spec §1.1); the configs are the source of `taps`.
+ENCODERS: dict[str, EncoderSpec] = {
+    "dinov2_vits14_reg": EncoderSpec(
+        arch="vit_small_patch14_reg4_dinov2",
+        embed_dim=384,
+        num_heads=6,
+        depth=12,
+        taps=tuple(range(2, 10)),
+        meta_file="dinov2_vits14_reg4_pretrain.pth",
+    ),
+    "dinov2_vitb14_reg": EncoderSpec(
+        arch="vit_base_patch14_reg4_dinov2",
+        embed_dim=768,
+        num_heads=12,
+        depth=12,
+        taps=tuple(range(2, 10)),
+        meta_file="dinov2_vitb14_reg4_pretrain.pth",
+    ),
+    "dinov2_vitl14_reg": EncoderSpec(
+        arch="vit_large_patch14_reg4_dinov2",
+        embed_dim=1024,
+        num_heads=16,
+        depth=24,
+        taps=tuple(range(4, 19, 2)),
+        meta_file="dinov2_vitl14_reg4_pretrain.pth",
+    ),
+    # The ViT-S/14-reg architecture shrunk for tests and the demo (random weights only).
+    "tiny_random": EncoderSpec(
+        arch="vit_small_patch14_reg4_dinov2",
+        embed_dim=64,
+        num_heads=2,
+        depth=10,
+        taps=tuple(range(2, 10)),
+        meta_file=None,
+    ),
+}
+
+
+def weights_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a weights file, read in 1 MiB chunks (for the run metadata)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def official_pos_embed(
+    table: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Resample a 1 x (H0*W0) x C patch position table the way the official DINOv2 code does.
+
+    Bicubic with scale factor (new + 0.1) / old per axis and no antialiasing (INP-Former spec
+    §1.3); an unchanged grid returns the table, as there. The cls position needs no handling:
+    timm's loader has folded it into `cls_token`, and registers never get a position.
+    """
+    if tuple(new_hw) == tuple(old_hw):
+        return table
+    channels = table.shape[-1]
+    grid = table.reshape(1, *old_hw, channels).permute(0, 3, 1, 2).float()
+    scale = ((new_hw[0] + 0.1) / old_hw[0], (new_hw[1] + 0.1) / old_hw[1])
+    grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, -1, channels).to(table.dtype)
+
+
+def _block_count(state_dict: dict[str, torch.Tensor]) -> int:
+    indices = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    return max(indices) + 1 if indices else 0
+
+
+def _check_variant(state_dict: dict[str, torch.Tensor], path: Path, variant: str) -> None:
+    """Refuse a weights file whose embedding size or depth belongs to another variant."""
+    patch = state_dict.get("patch_embed.proj.weight")
+    if patch is None:
+        raise CheckpointError(
+            f"{path} has no 'patch_embed.proj.weight': it is not a DINOv2 ViT checkpoint "
+            f"(expected Meta's .pth or timm's .safetensors for {variant})."
+        )
+    dim, depth = patch.shape[0], _block_count(state_dict)
+    spec = ENCODERS[variant]
+    if (dim, depth) == (spec.embed_dim, spec.depth):
+        return
+    found = [n for n, s in ENCODERS.items() if (s.embed_dim, s.depth) == (dim, depth)]
+    what = found[0] if found else "an unknown ViT"
+    raise CheckpointError(
+        f"{path} looks like {what} (embed dim {dim}, {depth} blocks), but the config asks for "
+        f"{variant} (embed dim {spec.embed_dim}, {spec.depth} blocks). Set encoder.variant to "
+        f"match the file or point encoder.weights at the {variant} file."
+    )
+
+
+def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a Meta `.pth` or a timm `.safetensors` file."""
+    if not path.is_file():
+        raise CheckpointError(f"encoder weights file {path} does not exist; see weights/README.md.")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(
+            f"{path} does not hold a state dict (found {type(state_dict).__name__})."
+        )
+    return state_dict
+
+
+class DinoEncoder(nn.Module):
+    """Frozen DINOv2-reg ViT returning the tapped blocks' patch tokens (B x N x C each).
+
+    Args:
+        variant: a key of ENCODERS.
+        taps: increasing 0-based block indices whose raw residual-stream outputs (before
+            the final norm) are returned; default: the variant's INP-Former taps.
+        weights: local Meta `.pth` or timm `.safetensors` file; overrides `pretrained`.
+        pretrained: without `weights`, False gives random weights (tests), True the timm hub
+            weights, which are only fetched when `allow_download` is True.
+        allow_download: permit the hub download for `pretrained=True` without a file.
+        official_pos_interp: resample position embeddings like the official DINOv2 code
+            (parity with INP-Former) instead of timm's antialiased resample.
+        pretrain_img_size: resolution of the stored position table (518 -> 37 x 37 grid).
+    """
+
+    def __init__(
+        self,
+        variant: str = "dinov2_vitb14_reg",
+        taps: Sequence[int] | None = None,
+        weights: str | Path | None = None,
+        pretrained: bool = False,
+        allow_download: bool = False,
+        official_pos_interp: bool = False,
+        pretrain_img_size: int = 518,
+    ) -> None:
+        super().__init__()
+        if variant not in ENCODERS:
+            raise ConfigError(f"unknown encoder variant {variant!r}; valid: {', '.join(ENCODERS)}")
+        spec = ENCODERS[variant]
+        self.variant = variant
+        self.taps = tuple(spec.taps if taps is None else taps)
+        increasing = list(self.taps) == sorted(set(self.taps))
+        if not (self.taps and increasing and 0 <= self.taps[0] and self.taps[-1] < spec.depth):
+            raise ConfigError(
+                f"encoder taps {list(self.taps)} must be increasing block indices in "
+                f"0..{spec.depth - 1} for {variant}"
+            )
+        self.official_pos_interp = official_pos_interp
+        self.vit = self._build(spec, weights, pretrained, allow_download, pretrain_img_size)
+        self.vit.prune_intermediate_layers(list(self.taps), prune_norm=True, prune_head=True)
+        self.vit.requires_grad_(False)
+        self.vit.eval()
+        self.embed_dim = spec.embed_dim
+        self.num_heads = spec.num_heads
+        self.patch_size = self.vit.patch_embed.patch_size[0]
+        self.num_prefix_tokens = self.vit.num_prefix_tokens
+
+    def _build(
+        self,
+        spec: EncoderSpec,
+        weights: str | Path | None,
+        pretrained: bool,
+        allow_download: bool,
+        img_size: int,
+    ) -> nn.Module:
+        shape = dict(embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads)
+        kwargs = dict(dynamic_img_size=True, img_size=img_size, num_classes=0, **shape)
+        if weights is None and pretrained:
+            if spec.meta_file is None:
+                raise ConfigError(
+                    f"encoder variant {self.variant!r} has no pretrained weights; set "
+                    f"encoder.pretrained=false or give encoder.weights"
+                )
+            if not allow_download:
+                raise CheckpointError(
+                    f"no local weights for {self.variant}: put Meta's {spec.meta_file} (or timm's "
+                    f"{spec.arch}.lvd142m model.safetensors) into weights/ and set "
+                    f"encoder.weights=weights/{spec.meta_file}, or set "
+                    f"encoder.allow_download=true. See weights/README.md."
+                )
+            return timm.create_model(spec.arch, pretrained=True, **kwargs)
+        if weights is None:
+            return timm.create_model(spec.arch, pretrained=False, **kwargs)
+        path = Path(weights)
+        state_dict = load_weights_file(path)
+        _check_variant(state_dict, path, self.variant)
+        vit = timm.create_model(spec.arch, pretrained=False, **kwargs)
+        try:
+            vit.load_state_dict(checkpoint_filter_fn(state_dict, vit), strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path} does not fit {self.variant}: {err}") from err
+        return vit
+
+    def train(self, mode: bool = True) -> DinoEncoder:
+        """Keep the frozen ViT in eval mode whatever the parent module asks."""
+        super().train(mode)
+        self.vit.eval()
+        return self
+
+    def grid_size(self, input_hw: tuple[int, int]) -> tuple[int, int]:
+        """Token grid (h, w) for an input of height x width pixels (both multiples of the patch)."""
+        height, width = input_hw
+        p = self.patch_size
+        if height % p or width % p:
+            raise ConfigError(
+                f"input size {height} x {width} is not a multiple of the patch size {p}; "
+                f"use e.g. {height // p * p or p} x {width // p * p or p}"
+            )
+        return height // p, width // p
+
+    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch-embed, add positions and prepend cls + register tokens: B x (5 + h*w) x C."""
+        vit = self.vit
+        patches = vit.patch_embed(images)  # B x h x w x C (dynamic_img_size)
+        if not self.official_pos_interp:
+            return vit._pos_embed(patches)
+        batch, h, w, channels = patches.shape
+        pos = official_pos_embed(vit.pos_embed, vit.patch_embed.grid_size, (h, w))
+        prefix = [vit.cls_token.expand(batch, -1, -1), vit.reg_token.expand(batch, -1, -1)]
+        return torch.cat([*prefix, patches.reshape(batch, h * w, channels) + pos], dim=1)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Images B x 3 x H x W (normalised) -> one B x (h*w) x C tensor per tap."""
+        self.grid_size(images.shape[-2:])
+        x = self.vit.norm_pre(self.vit.patch_drop(self._tokens(images)))
+        outputs = []
+        for index, block in enumerate(self.vit.blocks):
+            x = block(x)
+            if index in self.taps:
+                outputs.append(x[:, self.num_prefix_tokens :])
+        return outputs

@@ -1,0 +1,265 @@
+"""INP-Former and Filter-Former: wiring, training losses, anomaly maps and map fusion.
+
+Both models share one interface: `forward(images)` gives the training losses, `anomaly_maps`
+the per-pixel maps at network input resolution, `trainable_state_dict` everything but the
+frozen encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from filterformer.errors import CheckpointError, ConfigError
+from filterformer.models.diff_predictor import DiffPredictor
+from filterformer.models.encoder import DinoEncoder
+from filterformer.models.inp import Bottleneck, INPExtractor, INPGuidedDecoder
+from filterformer.models.losses import (
+    COS_EPS,
+    DIFF_LOSS_TYPES,
+    coherence_loss,
+    diff_loss,
+    soft_mining_loss,
+)
+
+MAP_MODES = ("inp", "filter", "mean", "max", "product")
+FUSE_EPS = 1e-8
+
+
+@dataclass
+class INPFeatures:
+    """What one forward pass computes; group maps are B x C x h x w."""
+
+    enc_groups: list[torch.Tensor]  # E_g: encoder taps averaged per group
+    dec_groups: list[torch.Tensor]  # D_g: reversed decoder outputs averaged per group
+    inps: torch.Tensor  # P: B x M x C
+    fused: torch.Tensor  # F: B x N x C, mean of all taps
+
+
+def group_maps(
+    tokens: Sequence[torch.Tensor],
+    groups: Sequence[Sequence[int]],
+    grid: tuple[int, int],
+) -> list[torch.Tensor]:
+    """Average the B x N x C sequences of each group and reshape to B x C x h x w."""
+    out = []
+    for group in groups:
+        mean = torch.stack([tokens[i] for i in group]).mean(dim=0)
+        out.append(mean.transpose(1, 2).reshape(mean.shape[0], mean.shape[2], *grid))
+    return out
+
+
+def distance_map(
+    enc_groups: Sequence[torch.Tensor],
+    dec_groups: Sequence[torch.Tensor],
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """Mean over groups of 1 - cos over channels, each upsampled (align_corners) -> B x H x W."""
+    maps = [
+        F.interpolate(
+            (1 - F.cosine_similarity(e, d, dim=1, eps=COS_EPS)).unsqueeze(1),
+            size=size,
+            mode="bilinear",
+            align_corners=True,
+        )
+        for e, d in zip(enc_groups, dec_groups, strict=True)
+    ]
+    return torch.cat(maps, dim=1).mean(dim=1)
+
+
+def fuse_maps(
+    maps: Mapping[str, torch.Tensor],
+    mode: str,
+    stats: Mapping[str, tuple[float, float]] | None = None,
+) -> torch.Tensor:
+    """Combine the "inp" and "filter" maps (B x H x W) into one map by `mode`.
+
+    - "inp" / "filter": that map, unnormalised.
+    - "mean" / "max": mean / maximum of the z-scores (m - mean_m) / std_m.
+    - "product": geometric mean sqrt(r_inp * r_filter) of the ratios
+      r_m = max(m, 1e-8) / mean_m. The maps are cosine distances (>= 0), so dividing by the
+      validation mean keeps them positive, which a z-score would not.
+    `stats` maps "inp" and "filter" to their validation (mean, std); std and mean are floored
+    at 1e-8.
+    """
+    if mode not in MAP_MODES:
+        raise ConfigError(f"unknown map mode {mode!r}; valid: {', '.join(MAP_MODES)}")
+    needed = (mode,) if mode in ("inp", "filter") else ("inp", "filter")
+    missing = [name for name in needed if name not in maps]
+    if missing:
+        raise ConfigError(
+            f"map mode {mode!r} needs the {' and '.join(needed)} map(s), but the model gives only "
+            f"{', '.join(maps)}; use the filterformer model or mode 'inp'"
+        )
+    if mode in ("inp", "filter"):
+        return maps[mode]
+    if stats is None or any(name not in stats for name in needed):
+        raise ConfigError(
+            f"map mode {mode!r} needs validation (mean, std) for 'inp' and 'filter' "
+            f"(map_stats.json); got {sorted(stats or {})}"
+        )
+    inp, filt = (maps[name] for name in needed)
+    (mean_i, std_i), (mean_f, std_f) = (stats[name] for name in needed)
+    if mode == "product":
+        ratio_i = inp.clamp_min(FUSE_EPS) / max(mean_i, FUSE_EPS)
+        ratio_f = filt.clamp_min(FUSE_EPS) / max(mean_f, FUSE_EPS)
+        return (ratio_i * ratio_f).sqrt()
+    z_i = (inp - mean_i) / max(std_i, FUSE_EPS)
+    z_f = (filt - mean_f) / max(std_f, FUSE_EPS)
+    return (z_i + z_f) / 2 if mode == "mean" else torch.maximum(z_i, z_f)
+
+
+class INPFormer(nn.Module):
+    """INP-Former: frozen encoder, INP Extractor, Bottleneck, INP-guided decoder.
+
+    Args:
+        encoder: the frozen DinoEncoder (gives dim, heads and the taps).
+        num_inps: number M of INPs.
+        extractor_depth / decoder_depth: number of INP Extractor / decoder blocks.
+        mlp_ratio: hidden width of every MLP, as a multiple of the embedding dim.
+        ln_eps: eps of the LayerNorms of the extractor and decoder.
+        coherence_weight: lambda_c of the coherence loss.
+        mining_gamma: exponent of the soft-mining gradient weights.
+        groups: indices into the taps (and into the reversed decoder outputs) averaged per group.
+    """
+
+    fusion_modes: tuple[str, ...] = ("inp",)
+
+    def __init__(
+        self,
+        encoder: DinoEncoder,
+        num_inps: int = 6,
+        extractor_depth: int = 1,
+        decoder_depth: int = 8,
+        mlp_ratio: float = 4,
+        ln_eps: float = 1e-8,
+        coherence_weight: float = 0.2,
+        mining_gamma: float = 3.0,
+        groups: Sequence[Sequence[int]] = ((0, 1, 2, 3), (4, 5, 6, 7)),
+    ) -> None:
+        super().__init__()
+        self.groups = tuple(tuple(g) for g in groups)
+        limit = min(len(encoder.taps), decoder_depth)
+        if not all(g and all(0 <= i < limit for i in g) for g in self.groups):
+            raise ConfigError(
+                f"model.groups {[list(g) for g in self.groups]} must be non-empty lists of indices "
+                f"below {limit} ({len(encoder.taps)} encoder taps, decoder_depth {decoder_depth})"
+            )
+        self.coherence_weight = coherence_weight
+        self.mining_gamma = mining_gamma
+        self.encoder = encoder
+        dim, heads = encoder.embed_dim, encoder.num_heads
+        self.extractor = INPExtractor(dim, heads, num_inps, extractor_depth, mlp_ratio, ln_eps)
+        self.bottleneck = Bottleneck(dim, mlp_ratio)
+        self.decoder = INPGuidedDecoder(dim, heads, decoder_depth, mlp_ratio, ln_eps)
+
+    def features(self, images: torch.Tensor) -> INPFeatures:
+        """Run encoder, extractor, bottleneck and decoder on B x 3 x H x W images."""
+        grid = self.encoder.grid_size(tuple(images.shape[-2:]))
+        taps = self.encoder(images)
+        fused = torch.stack(taps).mean(dim=0)
+        inps = self.extractor(fused)
+        decoded = self.decoder(self.bottleneck(fused), inps)[::-1]  # mirror: last block first
+        return INPFeatures(
+            group_maps(taps, self.groups, grid),
+            group_maps(decoded, self.groups, grid),
+            inps,
+            fused,
+        )
+
+    def losses(self, feats: INPFeatures) -> dict[str, torch.Tensor]:
+        """Training losses: "loss" = "sm" + coherence_weight * "coherence"."""
+        sm = soft_mining_loss(feats.enc_groups, feats.dec_groups, self.mining_gamma)
+        coherence = coherence_loss(feats.fused, feats.inps)
+        return {"loss": sm + self.coherence_weight * coherence, "sm": sm, "coherence": coherence}
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.losses(self.features(images))
+
+    def maps(self, feats: INPFeatures, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Anomaly maps B x H x W at `size` from computed features."""
+        return {"inp": distance_map(feats.enc_groups, feats.dec_groups, size)}
+
+    @torch.no_grad()
+    def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Map name -> B x H x W anomaly map at the network input resolution."""
+        return self.maps(self.features(images), tuple(images.shape[-2:]))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the frozen encoder's."""
+        return [p for name, p in self.named_parameters() if not name.startswith("encoder.")]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict without the encoder (which is rebuilt from its own weights file)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+    def load_trainable_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a `trainable_state_dict`; keys must match exactly."""
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint does not fit {type(self).__name__}: missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}; check that model.name and the model settings match the run"
+            )
+        self.load_state_dict(state_dict, strict=False)
+
+
+class FilterFormer(INPFormer):
+    """INP-Former + Diff Predictor: filters the predicted normal residual out of the encoder.
+
+    Args (besides INPFormer's, passed by keyword):
+        diff_depth: number of Diff Predictor self-attention blocks.
+        diff_weight: lambda_df of the diff loss.
+        diff_loss_type: "mse" or "cosine" (see `diff_loss`).
+    """
+
+    fusion_modes = MAP_MODES
+
+    def __init__(
+        self,
+        encoder: DinoEncoder,
+        diff_depth: int = 2,
+        diff_weight: float = 1.0,
+        diff_loss_type: str = "mse",
+        **inp_former_args: object,
+    ) -> None:
+        super().__init__(encoder, **inp_former_args)
+        if diff_loss_type not in DIFF_LOSS_TYPES:
+            raise ConfigError(
+                f"unknown model.diff_loss_type {diff_loss_type!r}; "
+                f"valid: {', '.join(DIFF_LOSS_TYPES)}"
+            )
+        self.diff_weight = diff_weight
+        self.diff_loss_type = diff_loss_type
+        mlp_ratio = inp_former_args.get("mlp_ratio", 4)
+        self.diff_predictor = DiffPredictor(
+            encoder.embed_dim, encoder.num_heads, diff_depth, mlp_ratio
+        )
+
+    def residuals(self, feats: INPFeatures) -> list[torch.Tensor]:
+        """Predicted normal residuals R̂_g = P(E_g), B x C x h x w each."""
+        return [
+            self.diff_predictor(e.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(e.shape)
+            for e in feats.enc_groups
+        ]
+
+    def losses(self, feats: INPFeatures) -> dict[str, torch.Tensor]:
+        """INP-Former's losses plus "df"; "loss" adds diff_weight * "df"."""
+        out = super().losses(feats)
+        out["df"] = diff_loss(
+            self.residuals(feats), feats.enc_groups, feats.dec_groups, self.diff_loss_type
+        )
+        out["loss"] = out["loss"] + self.diff_weight * out["df"]
+        return out
+
+    def maps(self, feats: INPFeatures, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Maps "inp" and "filter" (filtered encoder Ê_g = E_g - R̂_g against D_g)."""
+        out = super().maps(feats, size)
+        filtered = [e - r for e, r in zip(feats.enc_groups, self.residuals(feats), strict=True)]
+        out["filter"] = distance_map(filtered, feats.dec_groups, size)
+        return out
