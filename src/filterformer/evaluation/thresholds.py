@@ -1,0 +1,213 @@
+"""Per-category thresholds for binary maps, the rules that make them, and `thresholds.json`.
+
+Rules (`reference/mvtec_ad2_spec.md` §3.2), each fixed before the evaluated split is seen:
+
+- ``mean_std``: mean + k std of all validation pixels (k = 3: MVTec's baseline).
+- ``quantile``: the q-quantile of all validation pixels (on float16-rounded scores).
+- ``f1_optimal``: the best pooled pixel F1 on test_public. Evaluated on test_public itself it
+  is an **oracle** and is reported as such.
+
+A pixel is anomalous iff its score is strictly above the threshold (MVTec's baseline rule).
+On disk: ``{"<category>": {"value": t, "rule": "mean_std", "k": 3, "source_split": "validation"}}``;
+the plain ``{"<category>": t}`` form (rule ``given``) and the run folder's per-fusion-mode form
+``{"<category>": {"<mode>": {...}}}`` are read too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from filterformer.errors import ConfigError, DataError
+from filterformer.evaluation.aupro import KEY_VALUES, NUM_KEYS, PixelCounts, float16_keys
+from filterformer.evaluation.image_metrics import f1_max
+from filterformer.io import write_json
+
+RULES = ("mean_std", "quantile", "f1_optimal", "given")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A threshold value and how it was made (rule, its parameter, the split it came from)."""
+
+    value: float
+    rule: str = "given"
+    params: dict[str, float] = field(default_factory=dict)
+    source_split: str | None = None
+
+    def is_oracle(self, evaluated_split: str) -> bool:
+        """True if the threshold was tuned on the GT of the split being evaluated."""
+        return self.rule == "f1_optimal" and self.source_split == evaluated_split
+
+    def describe(self, evaluated_split: str) -> str:
+        """Short label for tables, e.g. ``mean+3std(validation)`` or ``f1_optimal(...) ORACLE``."""
+        if self.rule == "mean_std":
+            label = f"mean+{self.params.get('k', 3):g}std"
+        elif self.rule == "quantile":
+            label = f"quantile{self.params.get('q', 0):g}"
+        else:
+            label = self.rule
+        if self.source_split:
+            label += f"({self.source_split})"
+        return label + (" ORACLE" if self.is_oracle(evaluated_split) else "")
+
+    def to_json(self) -> dict[str, Any]:
+        """The record stored in thresholds.json."""
+        record: dict[str, Any] = {"value": self.value, "rule": self.rule, **self.params}
+        if self.source_split:
+            record["source_split"] = self.source_split
+        return record
+
+    @classmethod
+    def from_json(cls, record: Any, where: str) -> Threshold:
+        """Parse a plain number or a record; ``where`` names the entry in error messages."""
+        if isinstance(record, (int, float)) and not isinstance(record, bool):
+            return cls(float(record))
+        if not isinstance(record, Mapping) or not isinstance(record.get("value"), (int, float)):
+            raise ConfigError(
+                f"{where}: expected a number or {{'value': t, 'rule': ...}}, got {record!r}."
+            )
+        rule = record.get("rule", "given")
+        if rule not in RULES:
+            raise ConfigError(f"{where}: unknown threshold rule {rule!r}; use one of {RULES}.")
+        params = {k: float(v) for k, v in record.items() if k in ("k", "q")}
+        return cls(float(record["value"]), rule, params, record.get("source_split"))
+
+
+class MapMoments:
+    """Streaming mean and standard deviation of all pixels of many maps (float64).
+
+    Each map's mean and squared deviations are computed in float64 and merged with Chan's
+    pairwise formula, which avoids the cancellation of a sum-of-squares.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self._m2 = 0.0
+
+    def update(self, amap: np.ndarray) -> None:
+        """Add every pixel of one map."""
+        values = np.asarray(amap, dtype=np.float64).ravel()
+        n = values.size
+        if n == 0:
+            return
+        mean = float(values.mean())
+        m2 = float(np.sum((values - mean) ** 2))
+        total = self.count + n
+        delta = mean - self.mean
+        self._m2 += m2 + delta * delta * self.count * n / total
+        self.mean += delta * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation (``np.std``'s default, as in MVTec's hint)."""
+        return float(np.sqrt(self._m2 / self.count)) if self.count else float("nan")
+
+
+def _require_pixels(count: int, source: str) -> None:
+    if count == 0:
+        raise DataError(
+            f"{source}: no anomaly maps to calibrate a threshold on. Produce maps for this "
+            "split (ff-predict), or give a threshold with --thresholds."
+        )
+
+
+def mean_std_threshold(
+    maps: Iterable[np.ndarray], k: float = 3.0, source: str = "validation"
+) -> Threshold:
+    """Mean + k std of all pixels of validation ``maps`` (``source`` names them in errors)."""
+    moments = MapMoments()
+    for amap in maps:
+        moments.update(amap)
+    _require_pixels(moments.count, source)
+    value = moments.mean + k * moments.std
+    return Threshold(value, "mean_std", {"k": k}, "validation")
+
+
+def quantile_threshold(
+    maps: Iterable[np.ndarray], q: float, source: str = "validation"
+) -> Threshold:
+    """The q-quantile of all pixels of validation maps, exact on float16-rounded scores.
+
+    Inverted-CDF definition: at most a fraction 1 - q of these pixels lies strictly above
+    it. ``source`` names the maps in errors.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ConfigError(f"quantile q={q} is outside [0, 1].")
+    hist = np.zeros(NUM_KEYS)
+    for i, amap in enumerate(maps):
+        hist += float16_keys(amap, f"{source} map {i}")[1]
+    _require_pixels(int(hist.sum()), source)
+    cdf = np.cumsum(hist)
+    key = int(np.searchsorted(cdf, q * cdf[-1], side="left"))
+    key = max(key, int(np.flatnonzero(hist)[0]))
+    return Threshold(float(KEY_VALUES[key]), "quantile", {"q": q}, "validation")
+
+
+def f1_optimal_threshold(counts: PixelCounts, source_split: str = "test_public") -> Threshold:
+    """The threshold with the best pooled pixel F1 on the split the counts came from."""
+    best = f1_max(counts)
+    if np.isnan(best.threshold):
+        raise DataError(
+            f"{source_split}: no anomalous pixel in the ground truth, so no F1-optimal threshold."
+        )
+    return Threshold(best.threshold, "f1_optimal", {}, source_split)
+
+
+def _select_mode(category: str, entry: Any, mode: str | None, where: str) -> Any:
+    """Pick the fusion mode's record from a ``{"<mode>": {...}}`` entry."""
+    nested = isinstance(entry, Mapping) and "value" not in entry
+    if not nested:
+        return entry
+    if mode in entry:
+        return entry[mode]
+    if mode is None and len(entry) == 1:
+        return next(iter(entry.values()))
+    raise ConfigError(
+        f"{where}: category {category!r} has thresholds for modes {sorted(entry)} but not for "
+        f"{mode!r}. Calibrate that mode or choose one of them."
+    )
+
+
+def read_thresholds(path: str | os.PathLike, mode: str | None = None) -> dict[str, Threshold]:
+    """Read thresholds.json in any of its forms; ``mode`` picks the fusion mode if nested."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: thresholds file not found. Check the path.") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}).") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected an object {{category: threshold}}.")
+    return {
+        category: Threshold.from_json(
+            _select_mode(category, entry, mode, str(path)), f"{path}: {category}"
+        )
+        for category, entry in raw.items()
+    }
+
+
+def write_thresholds(
+    path: str | os.PathLike, thresholds: Mapping[str, Threshold], mode: str | None = None
+) -> None:
+    """Write (or update) thresholds.json; other categories and modes already there are kept."""
+    path = Path(path)
+    raw: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    for category, threshold in thresholds.items():
+        if mode is None:
+            raw[category] = threshold.to_json()
+        else:
+            entry = raw.get(category)
+            entry = dict(entry) if isinstance(entry, Mapping) and "value" not in entry else {}
+            entry[mode] = threshold.to_json()
+            raw[category] = entry
+    write_json(path, raw)

@@ -1,0 +1,112 @@
+"""Threshold rules (mean + k std, quantile, F1-optimal oracle) and thresholds.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from filterformer.errors import ConfigError, DataError
+from filterformer.evaluation.aupro import ProAccumulator
+from filterformer.evaluation.thresholds import (
+    MapMoments,
+    Threshold,
+    f1_optimal_threshold,
+    mean_std_threshold,
+    quantile_threshold,
+    read_thresholds,
+    write_thresholds,
+)
+
+
+def validation_maps() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(rng.normal(size=(30, 40)) * s + 1e3).astype(np.float32) for s in (0.5, 1, 2)]
+
+
+def test_streaming_mean_std_equals_numpy_over_all_pixels() -> None:
+    maps = validation_maps()
+    pixels = np.concatenate([m.ravel() for m in maps]).astype(np.float64)
+    moments = MapMoments()
+    for m in maps:
+        moments.update(m)
+    assert moments.mean == pytest.approx(pixels.mean(), rel=1e-14)
+    assert moments.std == pytest.approx(pixels.std(), rel=1e-12)  # large offset: no cancellation
+    threshold = mean_std_threshold(maps, k=3)
+    assert threshold.value == pytest.approx(pixels.mean() + 3 * pixels.std(), rel=1e-14)
+    assert threshold.to_json() == {
+        "value": threshold.value,
+        "rule": "mean_std",
+        "k": 3,
+        "source_split": "validation",
+    }
+
+
+def test_quantile_is_the_inverted_cdf_of_float16_scores() -> None:
+    maps = [m - 1e3 for m in validation_maps()]
+    pixels = np.concatenate([m.ravel() for m in maps]).astype(np.float16).astype(np.float64)
+    for q in (0.5, 0.99, 1.0):
+        threshold = quantile_threshold(maps, q)
+        assert threshold.value == np.quantile(pixels, q, method="inverted_cdf")
+        assert np.mean(pixels > threshold.value) <= 1 - q + 1e-12
+
+
+def test_f1_optimal_threshold_is_labelled_oracle_on_its_own_split() -> None:
+    acc = ProAccumulator()
+    gt = np.zeros((6, 6), bool)
+    gt[:3] = True
+    acc.update(np.where(gt, 2.0, 1.0).astype(np.float32), gt)
+    threshold = f1_optimal_threshold(acc.pixel_counts(), "test_public")
+    assert 1.0 < threshold.value < 2.0
+    assert threshold.is_oracle("test_public") and not threshold.is_oracle("test_private")
+    assert threshold.describe("test_public") == "f1_optimal(test_public) ORACLE"
+    assert mean_std_threshold([gt.astype(float)]).describe("test_public") == (
+        "mean+3std(validation)"
+    )
+
+
+def test_no_validation_maps_is_an_error_naming_the_folder() -> None:
+    with pytest.raises(DataError, match="maps/can/validation"):
+        mean_std_threshold([], source="maps/can/validation")
+    with pytest.raises(DataError, match="maps/can/validation"):
+        quantile_threshold(iter([]), 0.99, source="maps/can/validation")
+
+
+def test_round_trip_and_the_plain_golden_form(tmp_path: Path) -> None:
+    path = tmp_path / "thresholds.json"
+    saved = {
+        "can": Threshold(1.5, "mean_std", {"k": 3.0}, "validation"),
+        "rice": Threshold(0.25, "quantile", {"q": 0.99}, "validation"),
+    }
+    write_thresholds(path, saved)
+    assert read_thresholds(path) == saved
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"fakecat": 1.232258655579377}))
+    assert read_thresholds(plain) == {"fakecat": Threshold(1.232258655579377, "given")}
+
+
+def test_per_mode_form_of_the_run_folder(tmp_path: Path) -> None:
+    path = tmp_path / "thresholds.json"
+    write_thresholds(path, {"can": Threshold(1.0, "mean_std", {"k": 3.0}, "validation")}, "inp")
+    write_thresholds(path, {"can": Threshold(2.0, "mean_std", {"k": 3.0}, "validation")}, "max")
+    assert set(json.loads(path.read_text())["can"]) == {"inp", "max"}
+    assert read_thresholds(path, mode="max")["can"].value == 2.0
+    with pytest.raises(ConfigError, match="'filter'"):
+        read_thresholds(path, mode="filter")
+
+
+@pytest.mark.parametrize(
+    "content", ['{"can": "high"}', '{"can": {"value": 1, "rule": "magic"}}', "[1, 2]", "{not json"]
+)
+def test_malformed_thresholds_files_are_refused_naming_the_file(tmp_path: Path, content) -> None:
+    path = tmp_path / "bad_thresholds.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match="bad_thresholds.json"):
+        read_thresholds(path)
+
+
+def test_missing_thresholds_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.json"):
+        read_thresholds(tmp_path / "nope.json")
