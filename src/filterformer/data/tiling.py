@@ -1,0 +1,137 @@
+"""Sliding-window tiles with overlap, and smooth blending of per-tile maps.
+
+MVTec AD 2 images are several megapixels and defects can be a few pixels wide, so large
+images are scored tile by tile (as RoBiS does with INP-Former) and the tile maps are blended
+back with a window that fades towards each tile's border, hiding seams. The same tile grid
+gives random training crops.
+
+Tiles are placed at a fixed stride from the top-left corner; the last tile of each row and
+column is aligned to the image border instead of being padded, so every tile lies inside the
+image. Along an axis shorter than the tile, the single tile is the whole axis (the caller
+resizes it to the network input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from filterformer.errors import ConfigError
+
+Box = tuple[int, int, int, int]
+"""A tile as (y0, x0, y1, x1): rows y0..y1-1 and columns x0..x1-1 of the image."""
+
+Window = Literal["hann", "uniform"]
+WINDOWS: tuple[str, ...] = ("hann", "uniform")
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    """Tile start offsets along one axis: a regular grid, the last one flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def _window_1d(length: int, window: str) -> np.ndarray:
+    """Strictly positive 1-D blending weights for a tile side of ``length`` pixels.
+
+    ``hann`` samples sin^2 at pixel centres, (i + 0.5) / length, so the weights taper
+    towards both ends but never reach zero: every pixel of every tile keeps some weight.
+    """
+    if window == "uniform":
+        return np.ones(length, dtype=np.float64)
+    centres = (np.arange(length, dtype=np.float64) + 0.5) / length
+    return np.sin(np.pi * centres) ** 2
+
+
+class Tiling:
+    """A sliding-window tile grid of ``tile`` = (height, width) pixels.
+
+    ``overlap`` is either a fraction of the tile side in [0, 1) (a float) or a number of
+    pixels smaller than the tile side (an int); neighbouring tiles overlap by at least that
+    much (more where the last tile is pulled back to the border).
+    """
+
+    def __init__(
+        self, tile: tuple[int, int], overlap: float | int = 0.25, window: Window = "hann"
+    ) -> None:
+        th, tw = (int(v) for v in tile)
+        if th < 1 or tw < 1:
+            raise ConfigError(f"tiling: tile size {tile} must be positive (height, width).")
+        if window not in WINDOWS:
+            raise ConfigError(f"tiling: unknown window {window!r}; choose one of {WINDOWS}.")
+        self.tile = (th, tw)
+        self.window = window
+        self.overlap = overlap
+        self.stride = (self._stride(th, overlap), self._stride(tw, overlap))
+
+    @staticmethod
+    def _stride(side: int, overlap: float | int) -> int:
+        if isinstance(overlap, bool) or not isinstance(overlap, int | float):
+            raise ConfigError(f"tiling: overlap {overlap!r} must be a fraction or a pixel count.")
+        if isinstance(overlap, float):
+            if not 0.0 <= overlap < 1.0:
+                raise ConfigError(
+                    f"tiling: overlap fraction {overlap} must lie in [0, 1); e.g. 0.25."
+                )
+            pixels = int(round(overlap * side))
+        else:
+            pixels = overlap
+        if not 0 <= pixels < side:
+            raise ConfigError(
+                f"tiling: overlap of {pixels} px must be >= 0 and smaller than the tile side "
+                f"{side} px."
+            )
+        return side - pixels
+
+    def __repr__(self) -> str:
+        return f"Tiling(tile={self.tile}, overlap={self.overlap!r}, window={self.window!r})"
+
+    def tiles(self, height: int, width: int) -> list[Box]:
+        """All tiles of an H x W image, row by row; together they cover every pixel."""
+        if height < 1 or width < 1:
+            raise ConfigError(f"tiling: image size {height}x{width} must be positive.")
+        th, tw = min(self.tile[0], height), min(self.tile[1], width)
+        return [
+            (y0, x0, y0 + th, x0 + tw)
+            for y0 in _starts(height, self.tile[0], self.stride[0])
+            for x0 in _starts(width, self.tile[1], self.stride[1])
+        ]
+
+    def random_tile(self, height: int, width: int, rng: np.random.Generator) -> Box:
+        """One tile at a uniformly random position inside the image (for training crops)."""
+        th, tw = min(self.tile[0], height), min(self.tile[1], width)
+        y0 = int(rng.integers(0, height - th + 1))
+        x0 = int(rng.integers(0, width - tw + 1))
+        return (y0, x0, y0 + th, x0 + tw)
+
+    def blend(self, tile_maps: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+        """Blend per-tile maps (in the order of :meth:`tiles`) into one H x W float32 map.
+
+        Each pixel is the window-weighted mean of the tiles covering it. Weights are strictly
+        positive, so every pixel is defined; a pixel seen by one tile only gets that tile's
+        value unchanged, and a constant map stays that constant. Sums run in float64.
+        """
+        boxes = self.tiles(height, width)
+        if len(tile_maps) != len(boxes):
+            raise ConfigError(
+                f"tiling: got {len(tile_maps)} tile maps for a {height}x{width} image that has "
+                f"{len(boxes)} tiles; pass one map per entry of tiles({height}, {width})."
+            )
+        total = np.zeros((height, width), dtype=np.float64)
+        weight = np.zeros((height, width), dtype=np.float64)
+        for (y0, x0, y1, x1), tile_map in zip(boxes, tile_maps, strict=True):
+            tile_map = np.asarray(tile_map)
+            if tile_map.shape != (y1 - y0, x1 - x0):
+                raise ConfigError(
+                    f"tiling: tile ({y0}, {x0}, {y1}, {x1}) needs a {y1 - y0}x{x1 - x0} map, "
+                    f"got shape {tile_map.shape}; resize each tile map to its tile first."
+                )
+            w = np.outer(_window_1d(y1 - y0, self.window), _window_1d(x1 - x0, self.window))
+            total[y0:y1, x0:x1] += w * tile_map
+            weight[y0:y1, x0:x1] += w
+        return (total / weight).astype(np.float32)
