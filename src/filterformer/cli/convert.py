@@ -1,0 +1,159 @@
+"""ff-convert: turn another code base's checkpoint into a filterformer run folder.
+
+    ff-convert inp-former model.pth --encoder dinov2_vitb14_reg --category bottle --out runs/bottle
+
+``inp-former`` reads the ``model.pth`` that the official INP-Former scripts save (encoder
+included). The run folder gets the checkpoint's encoder as ``encoder.safetensors`` (timm
+names; its SHA-256 identifies it), ``config.yaml`` in parity mode, ``versions.json`` and
+``checkpoints/last.{safetensors,json}``; ``ff-eval --run`` and ``ff-predict --run`` use it
+as they use a trained run. Parity mode is the INP-Former recipe (preset ``inpformer_paper``:
+resize 448, centre crop 392, model ``inpformer``), DINOv2's own position-embedding
+interpolation, and whole-image inference (no tiling). Extra hydra overrides after the
+options (e.g. ``data.root=/data/mvtec_ad_2``) adjust the stored config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+
+from filterformer.convert.inp_former import convert_state_dict
+from filterformer.errors import CheckpointError, ConfigError, FilterformerError
+from filterformer.io import atomic_path
+from filterformer.models.encoder import ENCODERS, weights_sha256
+from filterformer.runs import CONFIG_FILE, build_from_config, create_run
+from filterformer.training.checkpoint import save_checkpoint
+
+ENCODER_FILE = "encoder.safetensors"
+PARITY_OVERRIDES = (
+    "preset=inpformer_paper",  # INP-Former recipe: model inpformer, resize 448, crop 392
+    "encoder.official_pos_interp=true",  # DINOv2's (grid + 0.1) / 37 bicubic resample (spec §1.3)
+    "category.tiling.enabled=false",  # the official evaluation scores whole images
+    "eval.default_mode=inp",  # INP-Former has one map
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ff-convert", description=__doc__.split("\n\n")[0])
+    formats = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    inp = formats.add_parser("inp-former", help="official INP-Former model.pth (luow23/INP-Former)")
+    inp.add_argument("checkpoint", type=Path, help="the official model.pth")
+    inp.add_argument(
+        "--encoder",
+        required=True,
+        choices=list(ENCODERS),
+        help="encoder the checkpoint was trained with (dinov2reg_vit_base_14 -> dinov2_vitb14_reg)",
+    )
+    inp.add_argument("--category", required=True, help="category the checkpoint was trained on")
+    inp.add_argument("--out", type=Path, required=True, help="run folder to create")
+    inp.add_argument("--force", action="store_true", help="replace an existing run folder's files")
+    inp.add_argument("overrides", nargs="*", help="hydra overrides of the stored config")
+    return parser
+
+
+def load_official(path: Path) -> dict[str, torch.Tensor]:
+    """Read a `torch.save`d state dict (tensors only, never arbitrary pickled objects)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found.")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike
+        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({err}).") from None
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise CheckpointError(
+            f"{path}: expected the plain state dict that torch.save(model.state_dict()) writes, "
+            f"found {type(state_dict).__name__} with non-tensor entries."
+        )
+    return state_dict
+
+
+def parity_config(
+    variant: str, category: str, run_dir: Path, overrides: Sequence[str]
+) -> DictConfig:
+    """The run config: ff-train's defaults in parity mode, then the user's overrides."""
+    settings = [
+        *PARITY_OVERRIDES,
+        f"encoder={variant}",
+        "encoder.pretrained=false",
+        f"category.name={category}",
+        f"run_dir={run_dir}",
+        *overrides,
+    ]
+    try:
+        with initialize_config_module("filterformer.configs", version_base=None):
+            return compose("train", overrides=settings)
+    except HydraException as err:
+        raise ConfigError(f"bad config override among {list(overrides)}: {err}") from None
+
+
+def convert_inp_former(args: argparse.Namespace) -> Path:
+    """Write the run folder for an official INP-Former checkpoint; return its path."""
+    run_dir = args.out.resolve()
+    if (run_dir / CONFIG_FILE).exists() and not args.force:
+        raise ConfigError(
+            f"{run_dir} already holds a run ({CONFIG_FILE}); choose another --out or pass --force."
+        )
+    config = parity_config(args.encoder, args.category, run_dir, args.overrides)
+    model_config, source = config.model, str(args.checkpoint)
+    weights = convert_state_dict(
+        load_official(args.checkpoint),
+        args.encoder,
+        extractor_depth=model_config.extractor_depth,
+        decoder_depth=model_config.decoder_depth,
+        mlp_ratio=model_config.mlp_ratio,
+        pretrain_img_size=config.encoder.pretrain_img_size,
+        source=source,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    encoder_file = run_dir / ENCODER_FILE
+    with atomic_path(encoder_file) as tmp:
+        save_file(weights.encoder, str(tmp), metadata={"converted_from": source})
+    config.encoder.weights = str(encoder_file)
+    config.model.num_inps = weights.num_inps
+    model, identity = build_from_config(config)
+    model.load_trainable_state_dict(weights.trainable)
+    create_run(run_dir, config, identity["encoder_weights"])
+    converted_from = {
+        "format": "inp-former",
+        "file": str(args.checkpoint.resolve()),
+        "sha256": weights_sha256(args.checkpoint),
+    }
+    meta = {
+        **identity,
+        "step": 0,
+        "epoch": None,
+        "config": OmegaConf.to_container(config),
+        "converted_from": converted_from,
+    }
+    save_checkpoint(run_dir / "checkpoints" / "last", model, meta=meta)
+    print(
+        f"ff-convert: {run_dir}: {len(weights.encoder)} encoder tensors ({ENCODER_FILE}, "
+        f"sha256 {identity['encoder_weights'][:12]}...) and {len(weights.trainable)} trainable "
+        f"tensors ({weights.num_inps} INPs) from {source}. Use: ff-eval --run {run_dir}"
+    )
+    return run_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ff-convert; returns the exit code (2 for any user-fixable error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        convert_inp_former(args)
+    except FilterformerError as err:
+        print(f"ff-convert: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""ff-convert inp-former: official INP-Former checkpoints -> our encoder and trainable weights.
+
+The official naming below is written down from reading luow23/INP-Former (HEAD 17d2653):
+`torch.save(model.state_dict())` of its `INP_Former` module, whose encoder is the vendored
+DINOv2 `DinoVisionTransformer` (img_size 518, block_chunks 0, 4 registers) and whose trainable
+parts are `bottleneck` (ModuleList of one Mlp), `aggregation` (ModuleList of one
+Aggregation_Block), `decoder` (ModuleList of 8 Prototype_Blocks) and `prototype_token` (the
+first element of a ParameterList, stored as a plain attribute, hence a top-level key).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import checkpoint_filter_fn
+
+from filterformer.cli.convert import main as convert_main
+from filterformer.convert.inp_former import convert_state_dict, official_layout
+from filterformer.errors import CheckpointError
+from filterformer.models import ENCODERS, build_model, weights_sha256
+from filterformer.models.encoder import DinoEncoder
+from filterformer.runs import load_run
+
+Factory = Callable[[tuple[int, ...]], torch.Tensor]
+
+
+def official_shapes(
+    dim: int, depth: int, heads: int, num_inps: int = 6
+) -> dict[str, tuple[int, ...]]:
+    """Every key of an official `model.pth` with its shape (DINOv2 MLP ratio 4, 37 x 37 grid)."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "encoder.cls_token": (1, 1, dim),
+        "encoder.pos_embed": (1, 1 + 37 * 37, dim),
+        "encoder.register_tokens": (1, 4, dim),
+        "encoder.mask_token": (1, dim),
+        "encoder.patch_embed.proj.weight": (dim, 3, 14, 14),
+        "encoder.patch_embed.proj.bias": (dim,),
+        "encoder.norm.weight": (dim,),
+        "encoder.norm.bias": (dim,),
+        "prototype_token": (num_inps, dim),
+        "bottleneck.0.fc1.weight": (4 * dim, dim),
+        "bottleneck.0.fc1.bias": (4 * dim,),
+        "bottleneck.0.fc2.weight": (dim, 4 * dim),
+        "bottleneck.0.fc2.bias": (dim,),
+    }
+    mlp = {
+        "mlp.fc1.weight": (4 * dim, dim),
+        "mlp.fc1.bias": (4 * dim,),
+        "mlp.fc2.weight": (dim, 4 * dim),
+        "mlp.fc2.bias": (dim,),
+    }
+    norms = {f"norm{i}.{p}": (dim,) for i in (1, 2) for p in ("weight", "bias")}
+    proj = {"attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,)}
+    for i in range(depth):
+        block = {
+            **norms,
+            **proj,
+            **mlp,
+            "attn.qkv.weight": (3 * dim, dim),
+            "attn.qkv.bias": (3 * dim,),
+            "ls1.gamma": (dim,),
+            "ls2.gamma": (dim,),
+        }
+        shapes |= {f"encoder.blocks.{i}.{k}": v for k, v in block.items()}
+    cross = {
+        **norms,
+        **proj,
+        **mlp,
+        "attn.q.weight": (dim, dim),
+        "attn.q.bias": (dim,),
+        "attn.kv.weight": (2 * dim, dim),
+        "attn.kv.bias": (2 * dim,),
+    }
+    shapes |= {f"aggregation.0.{k}": v for k, v in cross.items()}
+    for i in range(8):
+        shapes |= {f"decoder.{i}.{k}": v for k, v in cross.items()}
+        shapes[f"decoder.{i}.attn.learn_scale"] = (heads, 1, 1)
+    return shapes
+
+
+def official_state_dict(variant: str, make: Factory, num_inps: int = 6) -> dict[str, torch.Tensor]:
+    spec = ENCODERS[variant]
+    return {
+        k: make(s)
+        for k, s in official_shapes(spec.embed_dim, spec.depth, spec.num_heads, num_inps).items()
+    }
+
+
+def meta(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.empty(shape, device="meta")
+
+
+@pytest.fixture
+def tiny_official() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return official_state_dict(
+        "tiny_random", lambda s: torch.randn(s, generator=generator), num_inps=5
+    )
+
+
+@pytest.mark.parametrize(
+    "variant", ["dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg", "tiny_random"]
+)
+def test_layout_is_the_official_naming(variant: str) -> None:
+    spec = ENCODERS[variant]
+    encoder, trainable = official_layout(variant, num_inps=6)
+    layout = {entry.official: entry.shape for entry in encoder + trainable}
+    assert layout == official_shapes(spec.embed_dim, spec.depth, spec.num_heads)
+
+
+@pytest.mark.parametrize("variant", ["dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg"])
+def test_real_variant_maps_onto_timm_names_and_shapes(variant: str) -> None:
+    spec = ENCODERS[variant]
+    converted = convert_state_dict(official_state_dict(variant, meta), variant)
+    with torch.device("meta"):
+        vit = timm.create_model(
+            spec.arch,
+            embed_dim=spec.embed_dim,
+            depth=spec.depth,
+            num_heads=spec.num_heads,
+            img_size=518,
+            num_classes=0,
+        )
+    timm_shapes = {k: v.shape for k, v in vit.state_dict().items()}
+    assert {k: v.shape for k, v in converted.encoder.items()} == timm_shapes
+    assert converted.num_inps == 6
+
+
+def test_encoder_mapping_agrees_with_timm_meta_checkpoint_filter(tiny_official) -> None:
+    """Stripping `encoder.` gives a Meta DINOv2 checkpoint; timm's own filter must agree with us."""
+    converted = convert_state_dict(tiny_official, "tiny_random")
+    meta_names = {
+        k.removeprefix("encoder."): v for k, v in tiny_official.items() if k.startswith("encoder.")
+    }
+    vit = timm.create_model(
+        ENCODERS["tiny_random"].arch,
+        embed_dim=64,
+        depth=10,
+        num_heads=2,
+        img_size=518,
+        num_classes=0,
+    )
+    reference = checkpoint_filter_fn(meta_names, vit)
+    assert converted.encoder.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(converted.encoder[name], tensor), name
+
+
+def test_round_trip_gives_identical_tensors(tiny_official, tmp_path) -> None:
+    converted = convert_state_dict(tiny_official, "tiny_random")
+    weights = tmp_path / "encoder.safetensors"
+    save_file(converted.encoder, str(weights))
+    encoder = DinoEncoder("tiny_random", weights=weights, official_pos_interp=True)
+    model = build_model("inpformer", encoder, num_inps=converted.num_inps)
+    model.load_trainable_state_dict(converted.trainable)
+    ours = model.state_dict()
+    renamed = {
+        "prototype_token": "extractor.queries",
+        "encoder.register_tokens": "encoder.vit.reg_token",
+        "bottleneck.0.fc1.weight": "bottleneck.fc1.weight",
+        "aggregation.0.attn.kv.weight": "extractor.blocks.0.attn.kv.weight",
+        "decoder.7.attn.learn_scale": "decoder.blocks.7.attn.scale",
+        "decoder.0.mlp.fc2.bias": "decoder.blocks.0.mlp.fc2.bias",
+        "encoder.blocks.9.ls2.gamma": "encoder.vit.blocks.9.ls2.gamma",
+        "encoder.patch_embed.proj.weight": "encoder.vit.patch_embed.proj.weight",
+    }
+    for official, name in renamed.items():
+        assert torch.equal(ours[name], tiny_official[official]), official
+    pos = tiny_official["encoder.pos_embed"]
+    assert torch.equal(ours["encoder.vit.pos_embed"], pos[:, 1:])
+    assert torch.equal(
+        ours["encoder.vit.cls_token"], tiny_official["encoder.cls_token"] + pos[:, :1]
+    )
+    assert len(converted.trainable) == len(model.trainable_state_dict())
+    for name, tensor in model.trainable_state_dict().items():
+        assert torch.equal(tensor, converted.trainable[name]), name
+
+
+def test_another_variant_is_refused_by_name() -> None:
+    small = official_state_dict("dinov2_vits14_reg", meta)
+    with pytest.raises(
+        CheckpointError,
+        match="dinov2_vits14_reg.*not dinov2_vitb14_reg.*--encoder dinov2_vits14_reg",
+    ):
+        convert_state_dict(small, "dinov2_vitb14_reg", source="model.pth")
+
+
+def test_a_dinomaly_checkpoint_is_refused_by_name(tiny_official) -> None:
+    dinomaly = {
+        k: v
+        for k, v in tiny_official.items()
+        if k != "prototype_token" and not k.startswith("aggregation.")
+    }
+    with pytest.raises(CheckpointError, match=r"model\.pth is a Dinomaly"):
+        convert_state_dict(dinomaly, "tiny_random", source="model.pth")
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (
+            lambda sd: sd.update({"decoder.8.norm1.weight": torch.ones(64)}),
+            "unexpected: decoder.8.norm1.weight",
+        ),
+        (lambda sd: sd.pop("decoder.3.attn.learn_scale"), "missing: decoder.3.attn.learn_scale"),
+        (lambda sd: sd.pop("encoder.mask_token"), "missing: encoder.mask_token"),
+        (
+            lambda sd: sd.update({"bottleneck.0.fc2.bias": torch.ones(65)}),
+            r"wrong shape: bottleneck.0.fc2.bias \(65,\) \(expected \(64,\)\)",
+        ),
+    ],
+)
+def test_strict_every_difference_is_named(tiny_official, edit, named: str) -> None:
+    edit(tiny_official)
+    with pytest.raises(CheckpointError, match=named):
+        convert_state_dict(tiny_official, "tiny_random")
+
+
+def test_ff_convert_writes_a_parity_run_that_load_run_uses(tiny_official, tmp_path, capsys) -> None:
+    checkpoint = tmp_path / "model.pth"
+    torch.save(tiny_official, checkpoint)
+    run_dir = tmp_path / "run"
+    argv = [
+        "inp-former",
+        str(checkpoint),
+        "--encoder",
+        "tiny_random",
+        "--category",
+        "bottle",
+        "--out",
+        str(run_dir),
+    ]
+    assert convert_main(argv) == 0
+    run = load_run(run_dir)
+    config = run.config
+    assert config.model.name == "inpformer" and config.model.num_inps == 5
+    assert config.encoder.official_pos_interp is True
+    assert (list(config.input.resize), list(config.input.crop)) == ([448, 448], [392, 392])
+    assert run.tiling is None and run.mode == "inp" and run.category == "bottle"
+    assert json.loads((run_dir / "versions.json").read_text())["encoder_weights"] == weights_sha256(
+        run_dir / "encoder.safetensors"
+    )
+    ours = run.model.state_dict()
+    assert torch.equal(ours["extractor.queries"], tiny_official["prototype_token"])
+    assert torch.equal(
+        ours["encoder.vit.blocks.4.attn.qkv.weight"],
+        tiny_official["encoder.blocks.4.attn.qkv.weight"],
+    )
+    assert run.model.anomaly_maps(torch.randn(1, 3, 392, 392))["inp"].shape == (1, 392, 392)
+    # an existing run is never overwritten silently
+    assert convert_main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_ff_convert_names_the_bad_file(tmp_path, capsys) -> None:
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"not a checkpoint")
+    argv = [
+        "inp-former",
+        str(checkpoint),
+        "--encoder",
+        "tiny_random",
+        "--category",
+        "x",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert convert_main(argv) == 2
+    assert f"{checkpoint}: not a readable PyTorch state dict" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
