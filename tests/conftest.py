@@ -7,8 +7,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from filterformer.data.synthetic import make_synthetic_category
+
+# The suite's tensors are tiny: one intra-op thread is as fast and cannot oversubscribe the
+# two CI cores (two threads per op under load made a tiny training step 100x slower).
+torch.set_num_threads(1)
 
 DATA_DIR = Path(__file__).parent / "data"
 

@@ -1,0 +1,336 @@
+"""ff-eval: metrics of anomaly maps on a split with ground truth, per category and mean.
+
+Two sources of maps:
+
+- ``--maps DIR``: precomputed maps ``DIR/<category>/<split>/{good,bad}/<stem>.tiff`` (or DIR
+  holding ``anomaly_images/``, as ff-predict writes). Binary maps come from --thresholds,
+  else from ``anomaly_images_thresholded/.../<stem>.png`` beside them, else from the
+  validation mean + 3 std of ``DIR/<category>/validation`` maps. This path never imports torch.
+- ``--run RUN_DIR`` (or every run under --runs-dir): the run's model predicts the maps;
+  missing thresholds are calibrated on validation (mean + 3 std) and stored in the run.
+
+Private splits have no ground truth: use ff-predict and the benchmark server for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from filterformer.data.mvtec_ad2 import PRIVATE_SPLITS, SPLITS, MVTecAD2
+from filterformer.data.sample import Sample
+from filterformer.errors import DataError, FilterformerError
+from filterformer.evaluation.report import (
+    CategoryMetrics,
+    format_table,
+    metrics_document,
+    overlay_panel,
+    plot_pro_curve,
+    write_metrics,
+)
+from filterformer.evaluation.segf1 import binarize
+from filterformer.evaluation.thresholds import (
+    Threshold,
+    mean_std_threshold,
+    read_thresholds,
+    write_thresholds,
+)
+from filterformer.inference.postprocess import postprocess
+from filterformer.io import read_anomaly_map, read_mask, write_json, write_png
+
+MAPS_FOLDER = "anomaly_images"
+BINARY_FOLDER = "anomaly_images_thresholded"
+DEFAULT_K = 3.0
+"""Validation mean + 3 std: MVTec AD 2's baseline threshold (reference/mvtec_ad2_spec.md §3.2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ff-eval", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--maps", type=Path, help="folder of precomputed .tiff maps")
+    source.add_argument("--run", type=Path, action="append", help="run folder (repeatable)")
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("runs"),
+        help="without --maps/--run: evaluate every run under this folder",
+    )
+    parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: $FF_DATA_ROOT)")
+    parser.add_argument("--categories", nargs="+", help="default: every category with maps")
+    parser.add_argument("--split", default="test_public", choices=SPLITS)
+    parser.add_argument(
+        "--pro-limit",
+        type=float,
+        nargs="+",
+        default=[0.05],
+        help="AU-PRO integration limits (default 0.05, the server's)",
+    )
+    parser.add_argument("--thresholds", type=Path, help="thresholds.json to binarise the maps")
+    parser.add_argument("--closing", type=int, default=0, help="closing kernel (odd, 0 off)")
+    parser.add_argument("--fill-holes", action="store_true", help="fill holes in binary maps")
+    parser.add_argument("--erosion", type=int, default=0, help="erosion kernel (odd, 0 off)")
+    parser.add_argument(
+        "--float32",
+        action="store_true",
+        help="AU-PRO on float32 maps (exact, memory grows with distinct scores) "
+        "instead of the server's float16 rounding",
+    )
+    parser.add_argument("--json", type=Path, help="also write the metrics document here")
+    parser.add_argument(
+        "--out", type=Path, help="with --maps: write metrics, PRO curves and overlays here"
+    )
+    parser.add_argument("--device", help="with runs: torch device (default: cuda if available)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+@dataclass
+class CategorySource:
+    """Where one category's maps and binary maps come from."""
+
+    samples: Sequence[Sample]
+    load_map: Callable[[Sample], tuple[np.ndarray, str]]
+    """Returns the map of one sample (at its original size) and a name for messages."""
+    maps: Iterable[tuple[Sample, np.ndarray, str]]
+    """The maps of all samples, in order (may be computed lazily, e.g. batched inference)."""
+    threshold: Threshold | None
+    binary_dir: Path | None
+    """``anomaly_images_thresholded/<category>`` when its PNGs give the binary maps."""
+    postprocess: dict[str, Any]
+    """Keyword arguments of :func:`postprocess` for thresholded maps (not for given PNGs)."""
+
+
+class Evaluator:
+    """Runs the metrics of every category of one split and writes the outputs."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.limits = tuple(args.pro_limit)
+        self.rows: list[dict] = []
+
+    def binary(self, source: CategorySource, sample: Sample, amap: np.ndarray) -> np.ndarray | None:
+        """The final binary map: the thresholded map post-processed, or the given PNG."""
+        if source.threshold is not None:
+            return postprocess(binarize(amap, source.threshold.value), **source.postprocess)
+        if source.binary_dir is not None:
+            path = source.binary_dir / f"{sample.relpath}.png"
+            return read_mask(path, shape=sample.shape)
+        return None
+
+    def category(self, category: str, source: CategorySource, out_dir: Path | None) -> None:
+        """Evaluate one category; add its row and, with ``out_dir``, its plots and overlays."""
+        metrics = CategoryMetrics(float16=not self.args.float32)
+        bar = tqdm(
+            source.maps,
+            total=len(source.samples),
+            desc=category,
+            disable=self.args.no_progress,
+            leave=False,
+        )
+        for sample, amap, name in bar:
+            metrics.update(amap, sample.load_mask(), self.binary(source, sample, amap), name)
+        result = metrics.result(self.limits)
+        if source.threshold is not None:
+            rule = source.threshold.describe(self.args.split)
+        else:
+            rule = "given binary maps" if source.binary_dir is not None else "none"
+        value = None if source.threshold is None else source.threshold.value
+        self.rows.append(metrics.row(category, result, value, rule))
+        if out_dir is None:
+            return
+        limit = self.limits[0]
+        plot_pro_curve(
+            out_dir / f"pro_curve_{category}.png", result, limit, f"{category} ({self.args.split})"
+        )
+        for tag, index in metrics.examples().items():
+            sample = source.samples[index]
+            amap, _ = source.load_map(sample)
+            panel = overlay_panel(
+                sample.load_image(),
+                amap,
+                self.binary(source, sample, amap),
+                sample.load_mask(),
+                metrics.score_range,
+            )
+            stem = str(sample.relpath.relative_to(sample.split)).replace("/", "_")
+            write_png(out_dir / "overlays" / f"{category}_{tag}_{stem}.png", panel)
+
+    def finish(self, out_dir: Path | None) -> None:
+        """Print the table; write metrics.json/.csv and the --json document."""
+        print(format_table(self.rows, self.limits, self.args.split))
+        if out_dir is not None:
+            write_metrics(out_dir, self.rows, self.args.split, self.limits)
+        if self.args.json is not None:
+            write_json(self.args.json, metrics_document(self.rows, self.args.split, self.limits))
+
+
+def cli_postprocess(args: argparse.Namespace) -> dict[str, Any]:
+    """The post-processing options given on the command line (those left unset are omitted)."""
+    given = {"closing": args.closing, "fill_holes": args.fill_holes, "erosion": args.erosion}
+    return {name: value for name, value in given.items() if value}
+
+
+def resolve_maps_dir(maps: Path) -> tuple[Path, Path | None]:
+    """(folder of category map folders, folder of category PNG folders or None)."""
+    if (maps / MAPS_FOLDER).is_dir():
+        maps = maps / MAPS_FOLDER
+    if not maps.is_dir():
+        raise DataError(f"{maps}: maps folder not found. Point --maps at ff-predict's output.")
+    binary = maps.parent / BINARY_FOLDER if maps.name == MAPS_FOLDER else None
+    return maps, binary if binary is not None and binary.is_dir() else None
+
+
+def map_reader(maps_root: Path, category: str) -> Callable[[Sample], tuple[np.ndarray, str]]:
+    """Reads ``<maps_root>/<category>/<relpath>.tiff`` at the sample's size."""
+
+    def load(sample: Sample) -> tuple[np.ndarray, str]:
+        path = maps_root / category / f"{sample.relpath}.tiff"
+        return read_anomaly_map(path, shape=sample.shape), str(path)
+
+    return load
+
+
+def calibrate_from_maps(args: argparse.Namespace, maps_root: Path, category: str) -> Threshold:
+    """Validation mean + 3 std from the maps in ``<maps_root>/<category>/validation``."""
+    load = map_reader(maps_root, category)
+    samples = MVTecAD2(args.data_root, category, "validation")
+    return mean_std_threshold(
+        (load(s)[0] for s in samples), DEFAULT_K, str(maps_root / category / "validation")
+    )
+
+
+def evaluate_maps(args: argparse.Namespace) -> None:
+    """The --maps path (no torch)."""
+    maps_root, binary_root = resolve_maps_dir(args.maps)
+    categories = args.categories or sorted(
+        p.name for p in maps_root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    if not categories:
+        raise DataError(f"{maps_root}: no category folders with maps found.")
+    given = read_thresholds(args.thresholds) if args.thresholds else {}
+    evaluator = Evaluator(args)
+    for category in categories:
+        samples = MVTecAD2(args.data_root, category, args.split)
+        binary_dir = binary_root / category if binary_root else None
+        threshold = given.get(category)
+        if threshold is None and not (binary_dir and (binary_dir / args.split).is_dir()):
+            binary_dir = None
+            if (maps_root / category / "validation").is_dir():
+                threshold = calibrate_from_maps(args, maps_root, category)
+            else:
+                print(
+                    f"ff-eval: {category}: no thresholds, binary maps or validation maps; "
+                    "SegF1 and ClassF1 are not computed.",
+                    file=sys.stderr,
+                )
+        load = map_reader(maps_root, category)
+        maps = ((s, *load(s)) for s in samples)
+        source = CategorySource(samples, load, maps, threshold, binary_dir, cli_postprocess(args))
+        evaluator.category(category, source, args.out)
+    evaluator.finish(args.out)
+
+
+def run_folders(args: argparse.Namespace) -> list[Path]:
+    """--run folders, or every folder with a config.yaml under --runs-dir."""
+    if args.run:
+        return args.run
+    runs = sorted(p.parent for p in args.runs_dir.glob("*/config.yaml"))
+    if not runs:
+        raise DataError(
+            f"{args.runs_dir}: no run folders (with config.yaml) found. Train one with ff-train, "
+            "or pass --run RUN_DIR, --runs-dir DIR or --maps DIR."
+        )
+    return runs
+
+
+def evaluate_runs(args: argparse.Namespace) -> None:
+    """The --run path: predict with each run's model, calibrate missing thresholds, evaluate.
+
+    Threshold: --thresholds, else the run's thresholds.json entry for its fusion mode, else
+    validation mean + 3 std (then stored in the run's thresholds.json). Post-processing: the
+    run's category settings, overridden by the command line. Writes ``<run>/eval/<split>/``
+    (metrics, PRO curve, overlays) per run and prints one table for all runs.
+    """
+    run_dirs = run_folders(args)
+    import torch
+
+    from filterformer.inference.predict import predict_maps
+    from filterformer.runs import load_run, split_samples
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    given = read_thresholds(args.thresholds) if args.thresholds else {}
+    evaluator = Evaluator(args)
+    for run_dir in run_dirs:
+        run = load_run(run_dir, device=device)
+        category = run.category
+
+        def samples_of(split: str, run=run) -> Sequence[Sample]:
+            if args.data_root is None:
+                return split_samples(run.config, split)
+            return MVTecAD2(args.data_root, run.category, split)
+
+        def predict(samples: Sequence[Sample], run=run) -> Iterable[tuple[Sample, np.ndarray]]:
+            return predict_maps(
+                run.model,
+                samples,
+                run.geometry,
+                mode=run.mode,
+                map_stats=run.map_stats,
+                tiling=run.tiling,
+                device=device,
+                progress=not args.no_progress,
+            )
+
+        threshold = given.get(category) or run.threshold
+        if threshold is None:
+            validation = samples_of("validation")
+            threshold = mean_std_threshold(
+                (amap for _, amap in predict(validation)),
+                DEFAULT_K,
+                f"{run_dir}: validation split of {category}",
+            )
+            write_thresholds(run_dir / "thresholds.json", {category: threshold}, mode=run.mode)
+        samples = samples_of(args.split)
+        source = CategorySource(
+            samples,
+            load_map=lambda s, predict=predict: (next(iter(predict([s])))[1], str(s.path)),
+            maps=((s, amap, str(s.path)) for s, amap in predict(samples)),
+            threshold=threshold,
+            binary_dir=None,
+            postprocess={**run.postprocess, **cli_postprocess(args)},
+        )
+        out_dir = run_dir / "eval" / args.split
+        evaluator.category(category, source, out_dir)
+        write_metrics(out_dir, evaluator.rows[-1:], args.split, evaluator.limits)
+    evaluator.finish(None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ff-eval; returns the exit code (2 for any user-fixable error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.split in PRIVATE_SPLITS:
+            raise DataError(
+                f"split {args.split!r} has no public ground truth, so it cannot be evaluated "
+                "locally. Write its maps with ff-predict and upload them to the MVTec "
+                "benchmark server (https://benchmark.mvtec.com)."
+            )
+        if args.maps is not None:
+            evaluate_maps(args)
+        else:
+            evaluate_runs(args)
+    except FilterformerError as err:
+        print(f"ff-eval: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

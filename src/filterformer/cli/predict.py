@@ -1,0 +1,249 @@
+"""ff-predict: anomaly maps from trained run folders, for the benchmark server or to inspect.
+
+    ff-predict --run RUN --out DIR [--split test_private test_private_mixed]   one category
+    ff-predict --run RUN --out DIR --split test_public     local layout for ff-eval --maps DIR
+    ff-predict --runs RUNS --submission NAME [--out PARENT]  8 categories, check, pack
+    ff-predict --run RUN --images FOLDER --out DIR         custom images, with overlays
+    ff-predict --check DIR [--data-root ROOT]              the upload checks only
+
+Maps are written as ``DIR/anomaly_images/<category>/<relpath>.tiff`` (float16, original
+size) and masks as ``DIR/anomaly_images_thresholded/<category>/<relpath>.png`` ({0, 255}),
+using the run's fusion mode (fusion.json), threshold for that mode (thresholds.json) and
+post-processing (config). The float16 rescale of a run is fitted once on its validation maps
+(min -> 0, max -> 1000; export/rescale.py) and kept in ``<run>/rescale.json``; the same
+validation pass calibrates a missing threshold (mean + 3 std, stored in thresholds.json as
+ff-eval does). An interrupted export resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from filterformer.data.folder import ImageFolderDataset
+from filterformer.data.mvtec_ad2 import MVTecAD2
+from filterformer.data.sample import Sample
+from filterformer.errors import ConfigError, FilterformerError, SubmissionError
+from filterformer.evaluation.report import overlay_panel
+from filterformer.evaluation.thresholds import Threshold, mean_std_threshold, write_thresholds
+from filterformer.export import (
+    OFFICIAL_COUNTS,
+    PRIVATE_SPLITS,
+    MapRescale,
+    SubmissionWriter,
+    check_submission,
+    format_report,
+    pack_submission,
+    save_record,
+)
+from filterformer.export.rescale import DEFAULT_TARGET
+from filterformer.export.writer import export_record
+from filterformer.inference.postprocess import postprocess
+from filterformer.io import read_mask, write_png
+
+SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
+RESCALE_FILE = "rescale.json"
+DEFAULT_K = 3.0
+"""Validation mean + 3 std: MVTec AD 2's baseline threshold (reference/mvtec_ad2_spec.md §3.2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ff-predict", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="run folder of one category")
+    source.add_argument("--runs", type=Path, help="folder of run folders, one per category")
+    source.add_argument("--check", type=Path, metavar="DIR", help="check a submission folder")
+    parser.add_argument("--split", nargs="+", choices=SPLITS, default=list(PRIVATE_SPLITS))
+    parser.add_argument("--images", type=Path, help="with --run: a folder of your own images")
+    parser.add_argument("--submission", help="with --runs: name of the submission folder")
+    parser.add_argument("--out", type=Path, help="output folder (--runs: its parent, default .)")
+    parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: the run's)")
+    parser.add_argument("--no-pack", action="store_true", help="with --runs: check, no archive")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+class RunExporter:
+    """Predicts with one loaded run and writes its maps, masks and (optionally) overlays."""
+
+    def __init__(self, run_dir: Path, args: argparse.Namespace) -> None:
+        import torch
+
+        from filterformer.runs import load_run
+
+        self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.run = load_run(run_dir, device=self.device)
+        self.args = args
+        self.rescale, self.threshold = self._calibration()
+
+    def samples(self, split: str) -> Sequence[Sample]:
+        """The run's samples of ``split`` (from --data-root when given)."""
+        from filterformer.runs import split_samples
+
+        if self.args.data_root is not None:
+            return MVTecAD2(self.args.data_root, self.run.category, split)
+        return split_samples(self.run.config, split)
+
+    def predict(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, np.ndarray]]:
+        """Original-size maps with the run's fusion mode, statistics and tiling."""
+        from filterformer.inference.predict import predict_maps
+
+        return predict_maps(
+            self.run.model,
+            samples,
+            self.run.geometry,
+            mode=self.run.mode,
+            map_stats=self.run.map_stats,
+            batch_size=self.args.batch_size,
+            device=self.device,
+            tiling=self.run.tiling,
+            progress=not self.args.no_progress,
+        )
+
+    def _calibration(self) -> tuple[MapRescale, Threshold]:
+        """The stored rescale and threshold, or both from one pass over the validation maps."""
+        run = self.run
+        record_file = run.run_dir / RESCALE_FILE
+        records = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        record = records.get(run.category)
+        if record is not None and record.get("mode") == run.mode and run.threshold is not None:
+            return MapRescale.from_dict(record), run.threshold
+        low, high = np.inf, -np.inf
+
+        def tracked(maps: Iterator[tuple[Sample, np.ndarray]]) -> Iterator[np.ndarray]:
+            nonlocal low, high
+            for _, amap in maps:
+                low, high = min(low, float(amap.min())), max(high, float(amap.max()))
+                yield amap
+
+        source = f"{run.run_dir}: validation split of {run.category}"
+        threshold = mean_std_threshold(
+            tracked(self.predict(self.samples("validation"))), DEFAULT_K, source
+        )
+        if run.threshold is None:
+            write_thresholds(run.run_dir / "thresholds.json", {run.category: threshold}, run.mode)
+        else:
+            threshold = run.threshold
+        rescale = MapRescale.from_range(low, high)
+        save_record(
+            record_file, run.category, {**export_record(rescale, threshold.value), "mode": run.mode}
+        )
+        return rescale, threshold
+
+    def export(self, samples: Sequence[Sample], out: Path, overlays: bool = False) -> int:
+        """Write maps and masks of ``samples`` under ``out`` (resuming); return how many."""
+        settings = self.run.postprocess
+        writer = SubmissionWriter(
+            out,
+            self.run.category,
+            self.rescale,
+            self.threshold.value,
+            postprocess=functools.partial(postprocess, **settings) if settings else None,
+        )
+        overlay_dir = out / "overlays" / self.run.category
+        todo = [
+            s
+            for s in samples
+            if not writer.is_done(s.relpath)
+            or (overlays and not (overlay_dir / f"{s.relpath}.png").is_file())
+        ]
+        score_range = tuple(self.rescale.invert(np.array([0.0, DEFAULT_TARGET])))
+        for sample, amap in self.predict(todo):
+            writer.write(sample.relpath, amap, shape=sample.shape)
+            if overlays:
+                binary = read_mask(writer.paths(sample.relpath)[1], sample.shape)
+                panel = overlay_panel(sample.load_image(), amap, binary, None, score_range)
+                write_png(overlay_dir / f"{sample.relpath}.png", panel)
+        return len(todo)
+
+
+def _runs_by_category(runs_dir: Path, categories: Sequence[str]) -> dict[str, Path]:
+    """One run folder per category under ``runs_dir`` (read from each config.yaml)."""
+    from omegaconf import OmegaConf
+
+    found: dict[str, Path] = {}
+    for config in sorted(runs_dir.glob("*/config.yaml")):
+        category = OmegaConf.load(config).category.name
+        if category in found:
+            raise ConfigError(
+                f"{runs_dir}: two runs for category {category!r} ({found[category]} and "
+                f"{config.parent}); keep one run folder per category."
+            )
+        found[category] = config.parent
+    missing = [c for c in categories if c not in found]
+    if missing:
+        raise ConfigError(
+            f"{runs_dir}: no run folder for {', '.join(missing)}. A submission needs every "
+            "category; train them (ff-train category=...) or point --runs at the right folder."
+        )
+    return {c: found[c] for c in categories}
+
+
+def export_submission(
+    runs_dir: Path,
+    out: Path,
+    args: argparse.Namespace,
+    counts: Mapping[str, int] = OFFICIAL_COUNTS,
+) -> Path | None:
+    """Both private splits of every category, checked, then packed (unless --no-pack)."""
+    for category, run_dir in _runs_by_category(runs_dir, list(counts)).items():
+        print(f"{category}: {run_dir}", file=sys.stderr)
+        exporter = RunExporter(run_dir, args)
+        for split in PRIVATE_SPLITS:
+            exporter.export(exporter.samples(split), out)
+        del exporter
+    problems = check_submission(out, args.data_root, counts, progress=not args.no_progress)
+    if problems:
+        print(format_report(problems), file=sys.stderr)
+    if any(p.severity == "error" for p in problems):
+        raise SubmissionError(f"{out}: the submission fails the upload checks listed above.")
+    return None if args.no_pack else pack_submission(out, check=False)
+
+
+def _check(args: argparse.Namespace) -> int:
+    problems = check_submission(args.check, args.data_root, progress=not args.no_progress)
+    print(format_report(problems, limit=200) if problems else f"{args.check}: all checks passed")
+    return 2 if any(p.severity == "error" for p in problems) else 0
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.runs is not None:
+        if not args.submission:
+            parser.error("--runs needs --submission NAME")
+        archive = export_submission(args.runs, (args.out or Path(".")) / args.submission, args)
+        print(archive or f"{args.submission}: checked, not packed (--no-pack)")
+        return 0
+    if args.out is None:
+        parser.error("--run needs --out DIR")
+    exporter = RunExporter(args.run, args)
+    if args.images is not None:
+        samples = ImageFolderDataset(args.images, "test", category=exporter.run.category)
+        exporter.export(samples, args.out, overlays=True)
+    else:
+        for split in args.split:
+            exporter.export(exporter.samples(split), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ff-predict; returns the exit code (2 for any user-fixable error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _check(args) if args.check is not None else _run(args, parser)
+    except FilterformerError as err:
+        print(f"ff-predict: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

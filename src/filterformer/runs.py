@@ -1,0 +1,263 @@
+"""Run folders: create one from a resolved config, and load one back as ready-to-use objects.
+
+A run folder (docs/architecture.md) holds one model trained on one category. Its
+``config.yaml`` is the single source of truth: :func:`load_run` rebuilds the encoder and the
+model from it, loads the checkpoint that fits the chosen fusion mode, and collects the
+settings that ff-eval and ff-predict need (geometry, tiling, post-processing, thresholds).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import filterformer
+from filterformer.data.folder import ImageFolderDataset
+from filterformer.data.mvtec_ad2 import MVTecAD2
+from filterformer.data.sample import Sample
+from filterformer.data.tiling import Tiling
+from filterformer.data.transforms import InputGeometry
+from filterformer.errors import CheckpointError, ConfigError
+from filterformer.evaluation.thresholds import Threshold, read_thresholds
+from filterformer.io import atomic_path, write_json
+from filterformer.models.encoder import ENCODERS, weights_sha256
+from filterformer.models.filterformer import INPFormer
+from filterformer.models.registry import build_encoder, build_model
+from filterformer.training.checkpoint import checkpoint_files, load_checkpoint
+from filterformer.training.seed import seed_everything
+
+CONFIG_FILE = "config.yaml"
+DATA_KINDS = ("mvtec_ad2", "synthetic", "folder")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained run, loaded: the model in eval mode and everything needed to use it."""
+
+    run_dir: Path
+    config: DictConfig
+    model: INPFormer
+    checkpoint: Path
+    geometry: InputGeometry
+    category: str
+    mode: str
+    """Fusion mode: fusion.json's choice, else ``eval.default_mode``, else the model's own."""
+    map_stats: dict[str, tuple[float, float]] | None
+    threshold: Threshold | None
+    """This category's threshold for ``mode`` from thresholds.json (None if not calibrated)."""
+    postprocess: dict[str, Any]
+    tiling: Tiling | None
+    data_root: Path | None
+
+
+def build_geometry(config: DictConfig) -> InputGeometry:
+    """The network input geometry of ``config.input``."""
+    crop = config.input.get("crop")
+    return InputGeometry(list(config.input.resize), None if crop is None else list(crop))
+
+
+def build_tiling(config: DictConfig) -> Tiling | None:
+    """The category's sliding-window tiling, or None when it is off."""
+    tiling = config.category.get("tiling")
+    if not tiling or not tiling.enabled:
+        return None
+    return Tiling(tuple(tiling.tile), tiling.overlap, tiling.get("window", "hann"))
+
+
+def encoder_weights_id(config: DictConfig) -> str:
+    """What identifies the frozen encoder's weights: the file's SHA-256, the hub or the seed.
+
+    A randomly initialised encoder is reproduced by seeding with ``config.seed`` before it is
+    built (:func:`build_from_config`), so the seed identifies it.
+    """
+    encoder = config.encoder
+    if encoder.get("weights"):
+        path = Path(encoder.weights).expanduser()
+        if not path.is_file():
+            raise CheckpointError(
+                f"encoder weights file {path} not found; put it there or set encoder.weights "
+                "(see weights/README.md)."
+            )
+        return weights_sha256(path)
+    if encoder.get("pretrained"):
+        return f"hub:{ENCODERS[encoder.variant].arch}"
+    return f"random:seed={config.seed}"
+
+
+def build_from_config(config: DictConfig) -> tuple[INPFormer, dict[str, Any]]:
+    """Seed, build the encoder and the model of ``config``; return it with its identity.
+
+    The identity (``model``, ``encoder``, ``encoder_weights``) is what checkpoints record and
+    what loading them checks.
+    """
+    seed_everything(int(config.seed))
+    encoder_args = OmegaConf.to_container(config.encoder, resolve=True)
+    model_args = OmegaConf.to_container(config.model, resolve=True)
+    encoder = build_encoder(encoder_args.pop("variant"), **encoder_args)
+    model = build_model(model_args.pop("name"), encoder, **model_args)
+    identity = {
+        "model": config.model.name,
+        "encoder": config.encoder.variant,
+        "encoder_weights": encoder_weights_id(config),
+    }
+    return model, identity
+
+
+def split_samples(config: DictConfig, split: str) -> Sequence[Sample]:
+    """The samples of ``split`` for the run's data source and category.
+
+    MVTec AD 2-layout data (``mvtec_ad2``, ``synthetic``) has the five AD 2 splits; a
+    ``folder`` source maps ``train`` / ``validation`` / ``test_public`` to its train_dir /
+    validation_dir / test_dir (+ mask_dir).
+    """
+    data, category = config.data, config.category.name
+    if data.kind in ("mvtec_ad2", "synthetic"):
+        return MVTecAD2(data.root, category, split)
+    if data.kind == "folder":
+        folders = {
+            "train": data.train_dir,
+            "validation": data.validation_dir,
+            "test_public": data.test_dir,
+        }
+        if folders.get(split) is None:
+            raise ConfigError(
+                f"data.kind=folder has no folder for split {split!r}; set data.train_dir, "
+                "data.validation_dir and data.test_dir (+ data.mask_dir for ground truth)."
+            )
+        if split == "test_public":
+            return ImageFolderDataset(folders[split], "test", data.get("mask_dir"), category)
+        return ImageFolderDataset(folders[split], "train", None, category)
+    raise ConfigError(f"unknown data.kind {data.kind!r}; valid: {', '.join(DATA_KINDS)}.")
+
+
+def versions(seed: int, encoder_weights: str) -> dict[str, Any]:
+    """Library versions, git commit and the run's seed and encoder identity (versions.json)."""
+    import timm
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "hydra-core": metadata.version("hydra-core"),
+        "filterformer": filterformer.__version__,
+        "git_commit": _git_commit(),
+        "seed": seed,
+        "encoder_weights": encoder_weights,
+    }
+
+
+def _git_commit() -> str | None:
+    """The commit of the filterformer source tree, if it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(filterformer.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def create_run(run_dir: str | Path, config: DictConfig, encoder_weights: str) -> Path:
+    """Write config.yaml (resolved) and versions.json into ``run_dir``; return its path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run_dir / CONFIG_FILE) as tmp:
+        tmp.write_text(OmegaConf.to_yaml(config, resolve=True))
+    write_json(run_dir / "versions.json", versions(int(config.seed), encoder_weights))
+    return run_dir
+
+
+def load_run(
+    run_dir: str | Path, *, device: str | torch.device = "cpu", checkpoint: str | None = None
+) -> Run:
+    """Load a run folder: model (eval mode) with the checkpoint of its fusion mode, and settings.
+
+    ``checkpoint`` names a checkpoint in ``checkpoints/`` (e.g. ``"last"``); by default it is
+    ``best_<mode>`` when that exists, else ``last``.
+    """
+    run_dir = Path(run_dir)
+    config = _read_config(run_dir)
+    model, identity = build_from_config(config)
+    category = config.category.name
+    mode = _fusion_mode(run_dir, config, model)
+    folder = run_dir / "checkpoints"
+    if checkpoint is None:
+        best = f"best_{mode}"
+        checkpoint = best if checkpoint_files(folder / best)[0].is_file() else "last"
+    path = checkpoint_files(folder / checkpoint)[0]
+    load_checkpoint(path, model, expected=identity)
+    model.to(device).eval()
+    thresholds_file = run_dir / "thresholds.json"
+    threshold = None
+    if thresholds_file.is_file():
+        threshold = read_thresholds(thresholds_file, mode).get(category)
+    root = config.data.get("root")
+    return Run(
+        run_dir=run_dir,
+        config=config,
+        model=model,
+        checkpoint=path,
+        geometry=build_geometry(config),
+        category=category,
+        mode=mode,
+        map_stats=_map_stats(run_dir),
+        threshold=threshold,
+        postprocess=dict(config.category.get("postprocess") or {}),
+        tiling=build_tiling(config),
+        data_root=None if root is None else Path(root),
+    )
+
+
+def _read_config(run_dir: Path) -> DictConfig:
+    file = run_dir / CONFIG_FILE
+    if not file.is_file():
+        what = "does not exist" if not run_dir.exists() else f"has no {CONFIG_FILE}"
+        raise ConfigError(
+            f"{run_dir}: not a run folder ({what}). Pass a folder made by ff-train "
+            "(it holds config.yaml, checkpoints/ and versions.json)."
+        )
+    config = OmegaConf.load(file)
+    if not isinstance(config, DictConfig) or "model" not in config or "category" not in config:
+        raise ConfigError(f"{file}: not an ff-train run config (no model/category section).")
+    return config
+
+
+def _fusion_mode(run_dir: Path, config: DictConfig, model: INPFormer) -> str:
+    """fusion.json's mode for the category, else the config's default, else the model's own map."""
+    category = config.category.name
+    fusion_file = run_dir / "fusion.json"
+    mode = None
+    if fusion_file.is_file():
+        mode = json.loads(fusion_file.read_text()).get(category)
+    mode = mode or config.eval.get("default_mode")
+    mode = mode or ("filter" if "filter" in model.fusion_modes else "inp")
+    if mode not in model.fusion_modes:
+        raise ConfigError(
+            f"{run_dir}: fusion mode {mode!r} is not available for model {config.model.name!r}; "
+            f"valid: {', '.join(model.fusion_modes)}. Fix fusion.json or eval.default_mode."
+        )
+    return mode
+
+
+def _map_stats(run_dir: Path) -> dict[str, tuple[float, float]] | None:
+    file = run_dir / "map_stats.json"
+    if not file.is_file():
+        return None
+    raw: Mapping[str, Mapping[str, float]] = json.loads(file.read_text())
+    return {name: (float(v["mean"]), float(v["std"])) for name, v in raw.items()}

@@ -1,0 +1,340 @@
+"""The training loop: seeded, resumable, NaN-guarded, with periodic evaluation per fusion mode.
+
+Files it keeps in the run folder (docs/architecture.md):
+
+- ``checkpoints/last.*`` after every epoch (weights, metadata, optimiser/scheduler/RNG state);
+- ``checkpoints/best_<mode>.*`` whenever an evaluation improves that fusion mode's score;
+- ``train_log.csv`` (one row per step) and ``eval_log.csv`` (one row per evaluation and mode),
+  both rewritten atomically together with ``last``, so they always match the checkpoint;
+- ``fusion.json`` ``{"<category>": "<best mode>"}`` after every evaluation;
+- ``map_stats.json`` (validation mean/std per map) at the end.
+
+Resuming loads ``last`` and replays nothing: the data order (a seeded DataLoader generator
+whose state is saved), the augmentations (seeded per epoch and item) and the random states
+are restored, so an interrupted and resumed run ends with the same weights as one that
+ran through.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from filterformer.errors import ConfigError, FilterformerError
+from filterformer.io import write_csv, write_json
+from filterformer.training.checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
+from filterformer.training.optim import build_optimizer
+from filterformer.training.schedule import WarmupCosine
+from filterformer.training.seed import (
+    rng_state,
+    seed_everything,
+    seed_worker,
+    set_deterministic,
+    set_rng_state,
+)
+
+Evaluator = Callable[[torch.nn.Module], dict[str, dict[str, float]]]
+"""model -> {fusion mode: {metric: value}}; higher is better for the selection metric."""
+
+MapStatistics = Callable[[torch.nn.Module], dict[str, tuple[float, float]]]
+"""model -> {map name: (validation mean, validation std)}."""
+
+StepCallback = Callable[[int, dict[str, float]], None]
+"""Called after every optimiser step with the 1-based step number and its log row."""
+
+
+class NonFiniteLossError(FilterformerError, RuntimeError):
+    """The loss became NaN or infinite; training stopped and ``last`` holds the last good state."""
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """Optimiser and learning-rate schedule (values come from the config's ``train.optimizer``)."""
+
+    name: str = "stable_adamw"
+    lr: float = 1e-3
+    final_lr: float = 1e-4
+    warmup_iters: int = 100
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    eps: float = 1e-10
+    amsgrad: bool = True
+    clip_threshold: float = 1.0
+
+
+@dataclass
+class TrainResult:
+    """Where training ended and the best evaluation score per fusion mode."""
+
+    step: int
+    epoch: int
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """mode -> {"score": value of the selection metric, "epoch": e, "step": s}."""
+    fusion_mode: str | None = None
+    """The mode with the highest best score (None without evaluation)."""
+
+
+def train(
+    model: torch.nn.Module,
+    train_set: Dataset,
+    *,
+    run_dir: str | Path,
+    checkpoint_meta: Mapping[str, Any],
+    epochs: int,
+    batch_size: int,
+    optimizer: OptimizerSettings | None = None,
+    grad_clip: float | None = 0.1,
+    device: str | torch.device = "cpu",
+    amp_bf16: bool = False,
+    seed: int = 1,
+    deterministic: bool = True,
+    num_workers: int = 0,
+    eval_every: int = 0,
+    evaluator: Evaluator | None = None,
+    select_metric: str = "f1_max",
+    category: str | None = None,
+    map_statistics: MapStatistics | None = None,
+    resume: bool = False,
+    step_callback: StepCallback | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``train_set`` (a Dataset of 3 x h x w tensors) and keep the run's files.
+
+    Args:
+        checkpoint_meta: identity and config stored with every checkpoint (``model``,
+            ``encoder``, ``encoder_weights``, ``config``); a resumed run must match it.
+        optimizer: optimiser and warm-up + cosine schedule, stepped every iteration
+            (default: INP-Former's StableAdamW settings).
+        grad_clip: global L2 norm clip before each step (None or 0: off).
+        amp_bf16: autocast the forward pass to bfloat16 (CUDA only; ignored on CPU).
+        deterministic: deterministic torch kernels and no cuDNN autotuning.
+        eval_every: evaluate every this many epochs and after the last one (0: never).
+        evaluator: scores per fusion mode; ``select_metric`` picks the score that decides
+            ``best_<mode>``; ``category`` names the entry of fusion.json.
+        map_statistics: computes map_stats.json at the end (None: not written).
+        resume: continue from ``checkpoints/last`` if present. Without it, a run folder that
+            already holds ``last`` is refused rather than overwritten.
+        step_callback: called after every step (monitoring; raising from it stops training).
+    """
+    run_dir = Path(run_dir)
+    device = torch.device(device)
+    optimizer = optimizer or OptimizerSettings()
+    last = last_checkpoint(run_dir)
+    check_run_dir(run_dir, resume)
+    set_deterministic(deterministic)
+    seed_everything(seed)
+    generator = torch.Generator().manual_seed(seed)
+    if len(train_set) < batch_size:
+        raise ConfigError(
+            f"batch size {batch_size} is larger than the {len(train_set)} training images; "
+            "lower train.batch_size."
+        )
+    loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,  # as INP-Former: every step sees a full batch
+        num_workers=num_workers,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        pin_memory=device.type == "cuda",
+    )
+    model.to(device)
+    opt = build_optimizer(
+        optimizer.name,
+        model.trainable_parameters(),
+        lr=optimizer.lr,
+        betas=optimizer.betas,
+        weight_decay=optimizer.weight_decay,
+        eps=optimizer.eps,
+        amsgrad=optimizer.amsgrad,
+        clip_threshold=optimizer.clip_threshold,
+    )
+    scheduler = WarmupCosine(
+        opt,
+        base_lr=optimizer.lr,
+        final_lr=optimizer.final_lr,
+        total_iters=epochs * len(loader),
+        warmup_iters=optimizer.warmup_iters,
+    )
+    log = _Logs(run_dir)
+    result = TrainResult(step=0, epoch=0)
+    if resume and checkpoint_files(last)[0].exists():
+        state = load_checkpoint(
+            last, model, expected=checkpoint_meta, with_training_state=True
+        ).training_state
+        opt.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        result = TrainResult(step=state["step"], epoch=state["epoch"], best=state["best"])
+        log.restore(result.step, result.epoch)
+
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if amp_bf16 and device.type == "cuda"
+        else nullcontext()
+    )
+    bar = tqdm(total=epochs * len(loader), initial=result.step, desc="train", disable=not progress)
+    params = model.trainable_parameters()
+    for epoch in range(result.epoch, epochs):
+        model.train()
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        for images in loader:
+            lr = opt.param_groups[0]["lr"]
+            with autocast:
+                losses = model(images.to(device, non_blocking=True))
+            row = {"step": result.step + 1, "epoch": epoch, "lr": lr}
+            row.update({name: value.item() for name, value in losses.items()})
+            if not all(math.isfinite(v) for v in row.values()):
+                log.train_rows.append(row)
+                log.write()
+                bar.close()
+                raise NonFiniteLossError(
+                    f"training diverged: non-finite loss at step {row['step']} (epoch {epoch}): "
+                    f"{ {k: v for k, v in row.items() if k not in ('step', 'epoch')} }. "
+                    f"{last}.safetensors keeps the last good epoch. Lower train.optimizer.lr, "
+                    "keep train.grad_clip on, or turn train.amp_bf16 off."
+                )
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            scheduler.step()
+            result.step += 1
+            log.train_rows.append(row)
+            bar.update()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "epoch")})
+            if step_callback is not None:
+                step_callback(result.step, row)
+        result.epoch = epoch + 1
+        if (
+            evaluator is not None
+            and eval_every
+            and (result.epoch % eval_every == 0 or result.epoch == epochs)
+        ):
+            _evaluate(model, evaluator, select_metric, result, run_dir, checkpoint_meta, log)
+            result.fusion_mode = _write_fusion(run_dir, category, result.best)
+        training_state = {
+            "optimizer": opt.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "rng": rng_state(),
+            "epoch": result.epoch,
+            "best": result.best,
+        }
+        meta = {**checkpoint_meta, "step": result.step, "epoch": result.epoch}
+        save_checkpoint(last, model, meta=meta, training_state=training_state)
+        log.write()
+    bar.close()
+    if result.fusion_mode is None and result.best:
+        result.fusion_mode = _write_fusion(run_dir, category, result.best)
+    if map_statistics is not None:
+        model.eval()
+        stats = map_statistics(model)
+        write_json(
+            run_dir / "map_stats.json", {k: {"mean": m, "std": s} for k, (m, s) in stats.items()}
+        )
+    return result
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """The resumable checkpoint of a run folder (its files may not exist yet)."""
+    return Path(run_dir) / "checkpoints" / "last"
+
+
+def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """Refuse to start over in a folder that holds a trained run, unless resuming it."""
+    if checkpoint_files(last_checkpoint(run_dir))[0].exists() and not resume:
+        raise ConfigError(
+            f"{run_dir}: already holds a trained run (checkpoints/last). Set resume=true to "
+            "continue it, or choose another run_dir."
+        )
+
+
+def _evaluate(
+    model: torch.nn.Module,
+    evaluator: Evaluator,
+    select_metric: str,
+    result: TrainResult,
+    run_dir: Path,
+    checkpoint_meta: Mapping[str, Any],
+    log: _Logs,
+) -> None:
+    """Score every fusion mode; save ``best_<mode>`` where the selection metric improved."""
+    model.eval()
+    scores = evaluator(model)
+    model.train()
+    for mode, metrics in scores.items():
+        if select_metric not in metrics:
+            raise ConfigError(
+                f"eval.metric={select_metric!r} is not computed; choose one of {sorted(metrics)}."
+            )
+        log.eval_rows.append({"step": result.step, "epoch": result.epoch, "mode": mode, **metrics})
+        score = metrics[select_metric]
+        best = result.best.get(mode)
+        if math.isfinite(score) and (best is None or score > best["score"]):
+            result.best[mode] = {"score": score, "epoch": result.epoch, "step": result.step}
+            meta = {
+                **checkpoint_meta,
+                "step": result.step,
+                "epoch": result.epoch,
+                "mode": mode,
+                "metrics": metrics,
+            }
+            save_checkpoint(run_dir / "checkpoints" / f"best_{mode}", model, meta=meta)
+
+
+def _write_fusion(run_dir: Path, category: str | None, best: Mapping[str, Mapping]) -> str | None:
+    """Write fusion.json with the mode whose best score is highest; return that mode."""
+    if not best:
+        return None
+    mode = max(best, key=lambda m: best[m]["score"])
+    write_json(run_dir / "fusion.json", {category or "default": mode})
+    return mode
+
+
+class _Logs:
+    """train_log.csv and eval_log.csv, kept in memory and written together with ``last``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.train_file = run_dir / "train_log.csv"
+        self.eval_file = run_dir / "eval_log.csv"
+        self.train_rows: list[dict[str, Any]] = []
+        self.eval_rows: list[dict[str, Any]] = []
+
+    def restore(self, step: int, epoch: int) -> None:
+        """Reload the rows up to a resumed checkpoint, dropping later ones."""
+        self.train_rows = [r for r in _read_csv(self.train_file) if int(r["step"]) <= step]
+        self.eval_rows = [r for r in _read_csv(self.eval_file) if int(r["epoch"]) <= epoch]
+
+    def write(self) -> None:
+        write_csv(self.train_file, self.train_rows, _fieldnames(self.train_rows))
+        if self.eval_rows:
+            write_csv(self.eval_file, self.eval_rows, _fieldnames(self.eval_rows))
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _fieldnames(rows: list[dict[str, Any]]) -> list[str]:
+    """Union of the rows' keys in first-seen order."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    return list(names)

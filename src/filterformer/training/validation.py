@@ -1,0 +1,124 @@
+"""Maps during training: validation statistics for fusion, and per-mode scores on a GT split.
+
+Scores come from :func:`predict_maps`, the same pipeline ff-eval and ff-predict use (fusion,
+smoothing, tiling, original size), so the checkpoint chosen for a mode is the best one for
+the maps that mode will really produce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from filterformer.data.sample import Sample
+from filterformer.data.tiling import Tiling
+from filterformer.data.transforms import InputGeometry
+from filterformer.evaluation.aupro import ProAccumulator
+from filterformer.evaluation.image_metrics import f1_max
+from filterformer.evaluation.thresholds import MapMoments
+from filterformer.inference.predict import predict_maps
+
+METRICS = ("au_pro", "f1_max")
+"""What :class:`FusionEvaluator` reports per mode (``eval.metric`` picks one for selection)."""
+
+
+def _network_inputs(samples: Sequence[Sample], tiling: Tiling | None) -> Iterator[np.ndarray]:
+    """Every whole image, or every tile of every image, that the network will see."""
+    for sample in samples:
+        image = sample.load_image()
+        if tiling is None:
+            yield image
+        else:
+            for y0, x0, y1, x1 in tiling.tiles(*sample.shape):
+                yield image[y0:y1, x0:x1]
+
+
+@torch.no_grad()
+def map_statistics(
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    geometry: InputGeometry,
+    *,
+    tiling: Tiling | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, tuple[float, float]]:
+    """(mean, std) of each raw map (``model.anomaly_maps``) over ``samples`` (validation images).
+
+    These normalise the maps before fusion (:func:`fuse_maps`), so they are taken on the same
+    network inputs as at inference: whole images, or tiles when the category is tiled.
+    """
+    moments: dict[str, MapMoments] = {}
+    batch: list[torch.Tensor] = []
+
+    def flush() -> None:
+        maps = model.anomaly_maps(torch.stack(batch).to(device))
+        for name, amaps in maps.items():
+            for amap in amaps.float().cpu().numpy():
+                moments.setdefault(name, MapMoments()).update(amap)
+        batch.clear()
+
+    inputs = _network_inputs(samples, tiling)
+    for image in tqdm(inputs, desc="map statistics", disable=not progress):
+        batch.append(geometry.to_tensor(image))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return {name: (m.mean, m.std) for name, m in moments.items()}
+
+
+class FusionEvaluator:
+    """Scores every fusion mode of a model on a split with ground truth.
+
+    Each call recomputes the validation statistics (the model changed since the last call),
+    then accumulates AU-PRO (up to ``pro_limit``) and the pooled pixel F1-max (an oracle: it
+    reads the split's GT, as seed 000's model selection on test_public does) per mode.
+    """
+
+    def __init__(
+        self,
+        validation: Sequence[Sample],
+        test: Sequence[Sample],
+        geometry: InputGeometry,
+        *,
+        tiling: Tiling | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 8,
+        pro_limit: float = 0.05,
+        progress: bool = False,
+    ) -> None:
+        self.validation = validation
+        self.test = test
+        self.geometry = geometry
+        self.tiling = tiling
+        self.device = device
+        self.batch_size = batch_size
+        self.pro_limit = pro_limit
+        self.progress = progress
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, dict[str, float]]:
+        common = dict(
+            tiling=self.tiling,
+            device=self.device,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+        stats = map_statistics(model, self.validation, self.geometry, **common)
+        return {
+            mode: self._scores(
+                predict_maps(model, self.test, self.geometry, mode=mode, map_stats=stats, **common)
+            )
+            for mode in model.fusion_modes
+        }
+
+    def _scores(self, maps: Iterator[tuple[Sample, np.ndarray]]) -> dict[str, float]:
+        acc = ProAccumulator()
+        for sample, amap in maps:
+            acc.update(amap, sample.load_mask(), name=str(sample.path))
+        pro = acc.compute((self.pro_limit,)).au_pro[self.pro_limit]
+        return {"au_pro": float(pro), "f1_max": float(f1_max(acc.pixel_counts()).counts.f1)}

@@ -1,0 +1,188 @@
+"""ff-eval --maps end to end on copies of the ad2_sample: outputs, options and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from filterformer.cli.eval import main
+
+SAMPLE = Path(__file__).parent / "data" / "ad2_sample"
+DATA_ROOT = SAMPLE / "mvtec_ad_2"
+GOLDEN_PRO = 0.386524487147623
+
+
+def maps_copy(tmp_path: Path, with_pngs: bool = False) -> Path:
+    """A writable copy of the sample's maps (``anomaly_images`` layout)."""
+    out = tmp_path / "pred"
+    shutil.copytree(SAMPLE / "anomaly_images", out / "anomaly_images")
+    if with_pngs:
+        shutil.copytree(SAMPLE / "anomaly_images_thresholded", out / "anomaly_images_thresholded")
+    return out
+
+
+def run(args: list[str], tmp_path: Path) -> tuple[int, dict | None]:
+    out = tmp_path / "result.json"
+    code = main([*args, "--data-root", str(DATA_ROOT), "--json", str(out), "--no-progress"])
+    return code, json.loads(out.read_text()) if out.is_file() else None
+
+
+def test_out_folder_gets_metrics_pro_curve_and_overlays(tmp_path: Path, capsys) -> None:
+    code, doc = run(["--maps", str(SAMPLE), "--out", str(tmp_path / "eval")], tmp_path)
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "fakecat" in table and "mean" in table and "AU-PRO@0.05" in table
+    csv_lines = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("category,") and len(csv_lines) == 3
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == doc
+    assert (tmp_path / "eval" / "pro_curve_fakecat.png").stat().st_size > 0
+    overlays = sorted(p.name for p in (tmp_path / "eval" / "overlays").iterdir())
+    assert [name.split("_")[1] for name in overlays] == ["best", "median", "worst"]
+
+
+def test_given_thresholds_override_pngs_and_are_post_processed(tmp_path: Path) -> None:
+    thresholds = tmp_path / "thr.json"
+    thresholds.write_text(json.dumps({"fakecat": 1.0}))
+    maps = maps_copy(tmp_path, with_pngs=True)
+    _, plain = run(["--maps", str(maps), "--thresholds", str(thresholds)], tmp_path)
+    _, closed = run(
+        ["--maps", str(maps), "--thresholds", str(thresholds), "--closing", "5", "--fill-holes"],
+        tmp_path,
+    )
+    row, row_closed = plain["categories"]["fakecat"], closed["categories"]["fakecat"]
+    assert row["threshold"] == 1.0 and row["threshold_rule"] == "given"
+    assert row["seg_tp"] + row["seg_fp"] < row_closed["seg_tp"] + row_closed["seg_fp"]
+
+
+def test_float32_flag_gives_the_same_numbers_on_float16_maps(tmp_path: Path) -> None:
+    _, doc = run(["--maps", str(SAMPLE), "--float32"], tmp_path)
+    assert doc["categories"]["fakecat"]["au_pro@0.05"] == pytest.approx(GOLDEN_PRO, abs=1e-9)
+
+
+def test_without_thresholds_or_validation_maps_segf1_is_not_computed(tmp_path, capsys) -> None:
+    maps = maps_copy(tmp_path)
+    shutil.rmtree(maps / "anomaly_images" / "fakecat" / "validation")
+    code, doc = run(["--maps", str(maps), "--categories", "fakecat"], tmp_path)
+    assert code == 0
+    assert doc["categories"]["fakecat"]["seg_f1"] is None
+    assert doc["categories"]["fakecat"]["au_pro@0.05"] == pytest.approx(GOLDEN_PRO, abs=1e-9)
+    assert "SegF1 and ClassF1 are not computed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("split", ["test_private", "test_private_mixed"])
+def test_private_splits_point_to_ff_predict(split: str, tmp_path: Path, capsys) -> None:
+    code, doc = run(["--maps", str(SAMPLE), "--split", split], tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and doc is None
+    assert "no public ground truth" in err and "ff-predict" in err and "Traceback" not in err
+
+
+def corrupt(maps: Path, relpath: str, data: np.ndarray | None) -> Path:
+    path = maps / "anomaly_images" / "fakecat" / relpath
+    if data is None:
+        path.unlink()
+    else:
+        tifffile.imwrite(path, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "relpath, data, message",
+    [
+        ("test_public/bad/001_overexposed.tiff", None, "not found"),
+        ("test_public/good/000_regular.tiff", np.zeros((40, 64), np.float16), "original image"),
+        ("test_public/bad/000_regular.tiff", np.full((48, 64), np.nan, np.float16), "NaN"),
+        ("validation/good/000_regular.tiff", np.full((48, 64), np.inf, np.float32), "NaN or inf"),
+        ("validation/good/000_regular.tiff", None, "not found"),
+    ],
+)
+def test_bad_maps_exit_2_naming_the_file(tmp_path, capsys, relpath, data, message) -> None:
+    path = corrupt(maps_copy(tmp_path), relpath, data)
+    code, _ = run(["--maps", str(path.parents[3])], tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(path) in err and message in err and "Traceback" not in err
+
+
+def test_unknown_category_and_missing_maps_folder_exit_2(tmp_path, capsys) -> None:
+    assert run(["--maps", str(SAMPLE), "--categories", "nocat"], tmp_path)[0] == 2
+    assert "nocat" in capsys.readouterr().err
+    assert run(["--maps", str(tmp_path / "absent")], tmp_path)[0] == 2
+    assert "absent" in capsys.readouterr().err
+
+
+def test_maps_path_never_imports_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys; from filterformer.cli.eval import main; "
+        f"rc = main(['--maps', {str(SAMPLE)!r}, '--data-root', {str(DATA_ROOT)!r}, "
+        "'--no-progress']); "
+        "assert rc == 0, rc; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_without_maps_or_runs_the_message_says_what_to_pass(tmp_path, capsys) -> None:
+    code, _ = run(["--runs-dir", str(tmp_path / "runs")], tmp_path)
+    assert code == 2
+    assert "no run folders" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A run folder of a randomly initialised tiny model, and a small synthetic data root."""
+    from hydra import compose, initialize_config_dir
+
+    from filterformer.data.synthetic import make_synthetic_category
+    from filterformer.runs import build_from_config, create_run
+    from filterformer.training.checkpoint import save_checkpoint
+
+    base = tmp_path_factory.mktemp("run_eval")
+    counts = {
+        "train": 1,
+        "validation": 2,
+        "test_public_good": 2,
+        "test_public_bad": 3,
+        "test_private": 1,
+        "test_private_mixed": 1,
+    }
+    root = base / "data"
+    make_synthetic_category(root, "synthetic", image_size=(64, 80), counts=counts)
+    configs = Path(__file__).parents[1] / "configs"
+    overrides = [
+        "encoder=tiny_random",
+        "data=synthetic",
+        "category=synthetic",
+        "~preset",
+        f"run_dir={base / 'run'}",
+        "+input.resize=[56,70]",
+    ]
+    with initialize_config_dir(str(configs), version_base=None):
+        config = compose("train", overrides=overrides)
+    run_dir = create_run(base / "run", config, "random")
+    model, identity = build_from_config(config)
+    save_checkpoint(run_dir / "checkpoints" / "last", model, meta={**identity, "step": 0})
+    return run_dir, root
+
+
+def test_run_path_calibrates_stores_threshold_and_writes_eval_folder(untrained_run) -> None:
+    run_dir, root = untrained_run
+    args = ["--run", str(run_dir), "--data-root", str(root), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    stored = json.loads((run_dir / "thresholds.json").read_text())["synthetic"]
+    ((mode, record),) = stored.items()
+    assert record["rule"] == "mean_std" and record["source_split"] == "validation"
+    out = run_dir / "eval" / "test_public"
+    row = json.loads((out / "metrics.json").read_text())["categories"]["synthetic"]
+    assert row["threshold"] == record["value"] and row["num_images"] == 5
+    assert 0.0 <= row["au_pro@0.05"] <= 1.0 and 0.0 <= row["seg_f1"] <= 1.0
+    assert (out / "pro_curve_synthetic.png").is_file() and any((out / "overlays").iterdir())
+    assert main(args) == 0  # second time: the stored threshold is reused, not recalibrated
+    assert json.loads((run_dir / "thresholds.json").read_text())["synthetic"][mode] == record

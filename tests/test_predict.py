@@ -1,0 +1,233 @@
+"""predict_maps (original-size maps, batching, smoothing, tiling) and the ff-predict CLI."""
+
+import json
+import tarfile
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from filterformer.cli.eval import main as eval_cli
+from filterformer.cli.predict import build_parser, export_submission
+from filterformer.cli.predict import main as predict_cli
+from filterformer.data.mvtec_ad2 import MVTecAD2
+from filterformer.data.sample import Sample
+from filterformer.data.tiling import Tiling
+from filterformer.data.transforms import InputGeometry
+from filterformer.export import MAPS_DIR, MASKS_DIR, PRIVATE_SPLITS, record_path
+from filterformer.inference.predict import gaussian_blur, network_maps, predict_maps
+from filterformer.io import write_json, write_png
+from filterformer.models.registry import build_encoder, build_model
+from filterformer.runs import build_from_config, create_run
+from filterformer.training.checkpoint import save_checkpoint
+
+GEOMETRY = InputGeometry(resize=(112, 140))  # the tiny encoder's 8 x 10 token grid
+STATS = {"inp": (0.1, 0.05), "filter": (0.2, 0.1)}
+SYNTHETIC_CATEGORY = "synthetic"  # the category of conftest's synthetic_root
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("filterformer", build_encoder("tiny_random")).eval()
+
+
+def _samples(folder: Path, shapes) -> list[Sample]:
+    rng = np.random.default_rng(0)
+    samples = []
+    for index, (height, width) in enumerate(shapes):
+        path = folder / f"{index:03d}_regular.png"
+        write_png(path, rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        relpath = PurePosixPath(f"test_private/{path.stem}")
+        samples.append(
+            Sample(path, "synthetic", "test_private", relpath, None, "regular", None, height, width)
+        )
+    return samples
+
+
+def test_maps_come_back_at_each_original_size_in_order(model, tmp_path):
+    samples = _samples(tmp_path, [(60, 80), (90, 70), (33, 150)])
+    out = list(predict_maps(model, samples, GEOMETRY, mode="mean", map_stats=STATS, batch_size=2))
+    assert [s for s, _ in out] == samples
+    for sample, amap in out:
+        assert amap.dtype == np.float32 and amap.shape == sample.shape
+        assert np.isfinite(amap).all()
+
+
+def test_batch_size_does_not_change_the_maps(model, tmp_path):
+    samples = _samples(tmp_path, [(60, 80), (90, 70), (33, 150)])
+    one = [m for _, m in predict_maps(model, samples, GEOMETRY, mode="inp", batch_size=1)]
+    three = [m for _, m in predict_maps(model, samples, GEOMETRY, mode="inp", batch_size=3)]
+    for a, b in zip(one, three, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_tile_covering_the_whole_image_gives_the_untiled_map(model, tmp_path):
+    samples = _samples(tmp_path, [(60, 80), (50, 50)])
+    tiling = Tiling((128, 128), overlap=0.25)
+    kwargs = {"mode": "product", "map_stats": STATS, "batch_size": 1}
+    plain = [m for _, m in predict_maps(model, samples, GEOMETRY, **kwargs)]
+    tiled = [m for _, m in predict_maps(model, samples, GEOMETRY, tiling=tiling, **kwargs)]
+    for a, b in zip(plain, tiled, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tiled_inference_blends_several_tiles_to_the_original_size(model, tmp_path):
+    [sample] = _samples(tmp_path, [(70, 200)])
+    tiling = Tiling((70, 80), overlap=0.25)
+    assert len(tiling.tiles(*sample.shape)) == 3
+    [(_, amap)] = predict_maps(model, [sample], GEOMETRY, mode="filter", tiling=tiling)
+    assert amap.shape == (70, 200) and np.isfinite(amap).all()
+
+
+def test_network_maps_fuse_then_smooth(model):
+    images = torch.randn(2, 3, *GEOMETRY.input_size)
+    raw = network_maps(model, images, "filter", sigma=0)
+    np.testing.assert_array_equal(raw, model.anomaly_maps(images)["filter"])
+    smooth = network_maps(model, images, "filter", sigma=4.0)
+    np.testing.assert_allclose(smooth, gaussian_blur(raw, 4.0))
+
+
+def test_gaussian_blur_keeps_constants_and_mass_and_smooths_a_spike():
+    constant = torch.full((1, 9, 11), 0.25)
+    torch.testing.assert_close(gaussian_blur(constant, 4.0), constant)
+    spike = torch.zeros(1, 9, 11)
+    spike[0, 4, 5] = 1.0
+    out = gaussian_blur(spike, 4.0)
+    assert out.shape == spike.shape
+    assert out.sum().item() == pytest.approx(1.0)  # interior spike: kernel sums to 1
+    assert out[0, 4, 5] < 1.0 and out[0, 2, 3] > 0 and out[0, 0, 0] == 0  # 5 x 5 support
+    assert torch.equal(gaussian_blur(spike, 0.0), spike)
+
+
+# ------------------------------------------------------------------------- ff-predict CLI
+
+
+@pytest.fixture(scope="module")
+def run_dir(synthetic_root, tmp_path_factory) -> Path:
+    """A run folder of a randomly initialised tiny Filter-Former on the synthetic category."""
+    config = OmegaConf.create(
+        {
+            "seed": 0,
+            "category": {
+                "name": SYNTHETIC_CATEGORY,
+                "tiling": {"enabled": False},
+                "postprocess": {"closing": 0, "fill_holes": False, "erosion": 0},
+            },
+            "data": {"kind": "mvtec_ad2", "root": str(synthetic_root)},
+            "input": {"resize": list(GEOMETRY.resize_hw), "crop": None},
+            "encoder": {"variant": "tiny_random"},
+            "model": {"name": "filterformer"},
+            "eval": {"default_mode": None},
+        }
+    )
+    folder = create_run(tmp_path_factory.mktemp("runs") / "synthetic", config, "random:seed=0")
+    model, identity = build_from_config(config)
+    save_checkpoint(folder / "checkpoints" / "last", model, meta={"step": 0, **identity})
+    write_json(folder / "fusion.json", {SYNTHETIC_CATEGORY: "mean"})
+    write_json(folder / "map_stats.json", {k: {"mean": m, "std": s} for k, (m, s) in STATS.items()})
+    return folder
+
+
+def _ff_predict(*args) -> int:
+    return predict_cli([*map(str, args), "--no-progress"])
+
+
+def test_run_exports_both_private_splits_and_resumes(run_dir, synthetic_root, tmp_path):
+    out = tmp_path / "maps"
+    assert _ff_predict("--run", run_dir, "--out", out) == 0
+    record = json.loads((run_dir / "rescale.json").read_text())[SYNTHETIC_CATEGORY]
+    assert record["mode"] == "mean" and (run_dir / "thresholds.json").is_file()
+    assert json.loads(record_path(out).read_text())[SYNTHETIC_CATEGORY]["scale"] == record["scale"]
+    samples = [
+        s for split in PRIVATE_SPLITS for s in MVTecAD2(synthetic_root, SYNTHETIC_CATEGORY, split)
+    ]
+    tiffs = sorted((out / MAPS_DIR / SYNTHETIC_CATEGORY).rglob("*.tiff"))
+    assert [p.relative_to(out / MAPS_DIR / SYNTHETIC_CATEGORY).as_posix() for p in tiffs] == [
+        f"{s.relpath}.tiff" for s in samples
+    ]
+    for tiff, sample in zip(tiffs, samples, strict=True):
+        half = tifffile.imread(tiff)
+        assert half.dtype == np.float16 and half.shape == sample.shape
+        png = out / MASKS_DIR / tiff.relative_to(out / MAPS_DIR).with_suffix(".png")
+        mask = np.asarray(Image.open(png)) == 255
+        np.testing.assert_array_equal(half > record["threshold_rescaled"], mask)
+    mtimes = [p.stat().st_mtime_ns for p in tiffs]
+    assert _ff_predict("--run", run_dir, "--out", out) == 0
+    assert [p.stat().st_mtime_ns for p in tiffs] == mtimes
+
+
+def test_test_public_layout_is_read_by_ff_eval(run_dir, synthetic_root, tmp_path):
+    out = tmp_path / "public"
+    assert _ff_predict("--run", run_dir, "--out", out, "--split", "test_public") == 0
+    category = out / MAPS_DIR / SYNTHETIC_CATEGORY / "test_public"
+    expected = sorted(
+        f"{s.relpath}.tiff" for s in MVTecAD2(synthetic_root, "synthetic", "test_public")
+    )
+    found = sorted(p.relative_to(category.parent).as_posix() for p in category.rglob("*.tiff"))
+    assert found == expected
+    assert {p.parent.name for p in category.rglob("*.tiff")} == {"good", "bad"}
+    result = tmp_path / "metrics.json"
+    code = eval_cli(
+        [
+            "--maps",
+            str(out),
+            "--data-root",
+            str(synthetic_root),
+            "--json",
+            str(result),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    row = json.loads(result.read_text())["categories"][SYNTHETIC_CATEGORY]
+    assert 0.0 <= row["au_pro@0.05"] <= 1.0 and row["threshold_rule"] != "none"
+
+
+def test_custom_images_get_maps_masks_and_overlays(run_dir, tiny_image_dir, tmp_path):
+    out = tmp_path / "custom"
+    assert _ff_predict("--run", run_dir, "--images", tiny_image_dir, "--out", out) == 0
+    for stem in ("a", "b", "c", "d"):
+        assert tifffile.imread(out / MAPS_DIR / SYNTHETIC_CATEGORY / f"{stem}.tiff").shape == (
+            32,
+            40,
+        )
+        assert (out / MASKS_DIR / SYNTHETIC_CATEGORY / f"{stem}.png").is_file()
+        panel = np.asarray(Image.open(out / "overlays" / SYNTHETIC_CATEGORY / f"{stem}.png"))
+        assert panel.shape == (32, 3 * 40, 3)  # image | overlay | contours
+
+
+def test_submission_is_exported_checked_and_packed(run_dir, tmp_path):
+    args = build_parser().parse_args(["--runs", str(run_dir.parent), "--submission", "x"])
+    args.no_progress = True
+    out = tmp_path / "team"
+    counts = {SYNTHETIC_CATEGORY: 4}  # conftest's synthetic_root has 4 images per private split
+    archive = export_submission(run_dir.parent, out, args, counts=counts)
+    assert archive == tmp_path / "team.tar.gz"
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert len(names) == 2 * 2 * 4
+    assert "team/anomaly_images/synthetic/test_private_mixed/003_mixed.tiff" in names
+
+
+def test_submission_needs_a_run_for_every_category(run_dir, tmp_path, capsys):
+    code = _ff_predict("--runs", run_dir.parent, "--submission", "x", "--out", tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and "no run folder for can, fabric" in err and "Traceback" not in err
+
+
+def test_check_reports_problems_and_exits_2(tmp_path, capsys):
+    (tmp_path / "sub" / MAPS_DIR).mkdir(parents=True)
+    (tmp_path / "sub" / ".DS_Store").write_bytes(b"")
+    assert _ff_predict("--check", tmp_path / "sub") == 2
+    out = capsys.readouterr().out
+    assert ".DS_Store: hidden entry" in out and "missing category folder" in out
+
+
+def test_a_folder_that_is_not_a_run_exits_2(tmp_path, capsys):
+    assert _ff_predict("--run", tmp_path, "--out", tmp_path / "o") == 2
+    assert "not a run folder" in capsys.readouterr().err

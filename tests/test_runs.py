@@ -1,0 +1,125 @@
+"""Run folders: what ff-train writes, and load_run giving back a ready model and its settings."""
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from filterformer.cli.train import config_dir, run_training
+from filterformer.errors import CheckpointError, ConfigError
+from filterformer.evaluation.thresholds import Threshold, write_thresholds
+from filterformer.runs import create_run, load_run
+from filterformer.training.checkpoint import checkpoint_files
+
+TINY = [  # the demo preset shrunk to seconds: 56 x 70 images, 1 epoch
+    "preset=demo",
+    "data.image_size=[56,70]",
+    "input.resize=[56,70]",
+    "data.counts={train: 4, validation: 2, test_public_good: 2, test_public_bad: 2, "
+    "test_private: 1, test_private_mixed: 1}",
+    "train.epochs=1",
+    "train.batch_size=2",
+    "eval.every=1",
+    "progress=false",
+]
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("run")
+    run_training(compose_train(*TINY, f"run_dir={run_dir}"))
+    torch.set_num_threads(threads)
+    return run_dir
+
+
+def test_run_folder_holds_the_contract_files(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {
+        "config.yaml",
+        "versions.json",
+        "train_log.csv",
+        "checkpoints",
+        "map_stats.json",
+        "fusion.json",
+    } <= names
+    versions = json.loads((tiny_run / "versions.json").read_text())
+    assert {
+        "python",
+        "torch",
+        "timm",
+        "numpy",
+        "filterformer",
+        "git_commit",
+        "seed",
+        "encoder_weights",
+    } <= set(versions)
+    assert versions["encoder_weights"] == "random:seed=1"
+    assert {p.name for p in (tiny_run / "checkpoints").glob("best_*.safetensors")} == {
+        f"best_{m}.safetensors" for m in ("inp", "filter", "mean", "max", "product")
+    }
+
+
+def test_load_run_gives_the_model_of_the_chosen_mode_and_its_settings(tiny_run):
+    run = load_run(tiny_run)
+    mode = json.loads((tiny_run / "fusion.json").read_text())["synthetic"]
+    assert run.mode == mode and run.category == "synthetic"
+    assert run.checkpoint == checkpoint_files(tiny_run / "checkpoints" / f"best_{mode}")[0]
+    assert not run.model.training
+    assert run.geometry.input_size == (56, 70)
+    assert set(run.map_stats) == {"inp", "filter"}
+    assert run.tiling is None and run.threshold is None
+    assert run.postprocess == {"closing": 0, "fill_holes": False, "erosion": 0}
+    assert run.data_root == tiny_run / "data"
+    with torch.no_grad():
+        maps = run.model.anomaly_maps(torch.zeros(1, 3, 56, 70))
+    assert set(maps) == {"inp", "filter"}
+
+
+def test_load_run_reads_thresholds_and_can_pick_the_last_checkpoint(tiny_run, tmp_path):
+    run = load_run(tiny_run, checkpoint="last")
+    assert run.checkpoint.name == "last.safetensors"
+    write_thresholds(
+        tiny_run / "thresholds.json",
+        {"synthetic": Threshold(0.7, "mean_std", {"k": 3.0}, "validation")},
+        mode=run.mode,
+    )
+    try:
+        assert load_run(tiny_run).threshold.value == 0.7
+    finally:
+        (tiny_run / "thresholds.json").unlink()
+
+
+def test_load_run_refuses_a_checkpoint_of_another_encoder(tiny_run, tmp_path):
+    meta_file = checkpoint_files(tiny_run / "checkpoints" / "last")[1]
+    original = meta_file.read_text()
+    meta_file.write_text(json.dumps({**json.loads(original), "encoder_weights": "random:seed=2"}))
+    try:
+        with pytest.raises(
+            CheckpointError, match="encoder_weights: checkpoint has 'random:seed=2'"
+        ):
+            load_run(tiny_run, checkpoint="last")
+    finally:
+        meta_file.write_text(original)
+
+
+def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(ConfigError, match="not a run folder"):
+        load_run(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run(tmp_path / "missing")
+
+
+def test_create_run_stores_the_resolved_config(tmp_path):
+    cfg = compose_train("preset=inpformer_paper", f"run_dir={tmp_path}")
+    create_run(tmp_path, cfg, encoder_weights="abc")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "${" not in text and f"run_dir: {tmp_path}" in text
+    assert json.loads((tmp_path / "versions.json").read_text())["encoder_weights"] == "abc"

@@ -1,0 +1,170 @@
+"""The training loop: exact resume, NaN guard, best checkpoint per fusion mode, run-folder files."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from filterformer.data.mvtec_ad2 import MVTecAD2
+from filterformer.data.training_set import TrainingImages
+from filterformer.data.transforms import InputGeometry, TrainAugment
+from filterformer.errors import ConfigError
+from filterformer.models import MAP_MODES, build_encoder, build_model
+from filterformer.training.checkpoint import load_checkpoint
+from filterformer.training.loop import NonFiniteLossError, OptimizerSettings, train
+from filterformer.training.validation import FusionEvaluator, map_statistics
+
+GEOMETRY = InputGeometry((56, 70))  # 4 x 5 tokens: the cheapest input the tiny ViT takes
+IDENTITY = {"model": "filterformer", "encoder": "tiny_random", "encoder_weights": "random:seed=0"}
+OPTIM = OptimizerSettings(lr=1e-3, final_lr=1e-4, warmup_iters=2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is as fast, and immune to oversubscribed test machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny_random", pretrained=False)
+    return build_model("filterformer", encoder, decoder_depth=8, diff_depth=1)
+
+
+def train_set(root, augment=True):
+    samples = MVTecAD2(root, "synthetic", "train")  # 8 images -> 2 steps per epoch at batch 4
+    aug = TrainAugment(color_jitter={"brightness": 0.3}, hflip=0.5) if augment else None
+    return TrainingImages(samples, GEOMETRY, aug, seed=3)
+
+
+def run(root, run_dir, model=None, **kwargs):
+    model = model or tiny_model()
+    settings = dict(epochs=3, batch_size=4, optimizer=OPTIM, seed=5, progress=False)
+    result = train(
+        model, train_set(root), run_dir=run_dir, checkpoint_meta=IDENTITY, **{**settings, **kwargs}
+    )
+    return model, result
+
+
+def read_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(synthetic_root, tmp_path):
+    straight, _ = run(synthetic_root, tmp_path / "straight")
+
+    def kill_at_step_5(step, row):
+        if step == 5:  # first step of the last epoch: the epoch-2 checkpoint is on disk
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(synthetic_root, tmp_path / "resumed", step_callback=kill_at_step_5)
+    resumed, result = run(synthetic_root, tmp_path / "resumed", resume=True)
+
+    assert (result.step, result.epoch) == (6, 3)
+    for name, tensor in straight.trainable_state_dict().items():
+        assert torch.equal(tensor, resumed.trainable_state_dict()[name]), name
+    # The step log of the resumed run is the uninterrupted one, row for row.
+    assert read_rows(tmp_path / "resumed" / "train_log.csv") == read_rows(
+        tmp_path / "straight" / "train_log.csv"
+    )
+
+
+def test_log_has_one_row_per_step_with_losses_and_lr(synthetic_root, tmp_path):
+    run(synthetic_root, tmp_path)
+    rows = read_rows(tmp_path / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert set(rows[0]) == {"step", "epoch", "lr", "loss", "sm", "coherence", "df"}
+    assert [float(r["lr"]) for r in rows[:3]] == pytest.approx([0.0, 1e-3, 1e-3])
+    meta = json.loads((tmp_path / "checkpoints" / "last.json").read_text())
+    assert (meta["step"], meta["epoch"], meta["encoder"]) == (6, 3, "tiny_random")
+
+
+class NaNAtStep(torch.nn.Module):
+    """Wraps a model and makes its loss NaN from the ``bad_step``-th forward pass on."""
+
+    def __init__(self, inner, bad_step):
+        super().__init__()
+        self.inner, self.bad_step, self.calls = inner, bad_step, 0
+
+    def forward(self, images):
+        self.calls += 1
+        losses = self.inner(images)
+        if self.calls >= self.bad_step:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    def trainable_parameters(self):
+        return self.inner.trainable_parameters()
+
+    def trainable_state_dict(self):
+        return self.inner.trainable_state_dict()
+
+
+def test_nan_loss_stops_with_its_step_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
+    model = NaNAtStep(tiny_model(), bad_step=4)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 4 "):
+        run(synthetic_root, tmp_path, model=model)
+    meta = json.loads((tmp_path / "checkpoints" / "last.json").read_text())
+    assert (meta["step"], meta["epoch"]) == (2, 1)  # the epoch before the NaN
+    load_checkpoint(tmp_path / "checkpoints" / "last", tiny_model(), expected=IDENTITY)
+    rows = read_rows(tmp_path / "train_log.csv")
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"] and rows[-1]["loss"] == "nan"
+
+
+def test_refuses_to_overwrite_a_trained_run(synthetic_root, tmp_path):
+    run(synthetic_root, tmp_path, epochs=1)
+    with pytest.raises(ConfigError, match="resume=true"):
+        run(synthetic_root, tmp_path, epochs=1)
+
+
+def test_keeps_best_checkpoint_per_mode_and_writes_fusion_json(synthetic_root, tmp_path):
+    # Scripted scores: "inp" peaks at epoch 1, "filter" at epoch 2 with the highest score.
+    script = {
+        1: {"inp": 0.5, "filter": 0.2},
+        2: {"inp": 0.4, "filter": 0.6},
+        3: {"inp": 0.1, "filter": 0.3},
+    }
+    epoch = iter([1, 2, 3])
+
+    def evaluator(model):
+        scores = script[next(epoch)]
+        return {mode: {"f1_max": s, "au_pro": s / 2} for mode, s in scores.items()}
+
+    _, result = run(
+        synthetic_root,
+        tmp_path,
+        eval_every=1,
+        evaluator=evaluator,
+        category="synthetic",
+        map_statistics=lambda model: {"inp": (0.1, 0.02), "filter": (0.3, 0.05)},
+    )
+    checkpoints = tmp_path / "checkpoints"
+    best = {m: json.loads((checkpoints / f"best_{m}.json").read_text()) for m in ("inp", "filter")}
+    assert (best["inp"]["epoch"], best["filter"]["epoch"]) == (1, 2)
+    assert best["filter"]["metrics"] == {"f1_max": 0.6, "au_pro": 0.3}
+    assert result.fusion_mode == "filter"
+    assert json.loads((tmp_path / "fusion.json").read_text()) == {"synthetic": "filter"}
+    assert json.loads((tmp_path / "map_stats.json").read_text())["filter"] == {
+        "mean": 0.3,
+        "std": 0.05,
+    }
+    assert len(read_rows(tmp_path / "eval_log.csv")) == 6  # 3 evaluations x 2 modes
+
+
+def test_fusion_evaluator_scores_every_mode_and_statistics_cover_both_maps(synthetic_root):
+    model = tiny_model().eval()
+    validation = MVTecAD2(synthetic_root, "synthetic", "validation")
+    test = MVTecAD2(synthetic_root, "synthetic", "test_public")
+    stats = map_statistics(model, validation, GEOMETRY)
+    assert set(stats) == {"inp", "filter"} and all(std > 0 for _, std in stats.values())
+    scores = FusionEvaluator(validation, test, GEOMETRY)(model)
+    assert tuple(scores) == MAP_MODES
+    values = np.array([[s["au_pro"], s["f1_max"]] for s in scores.values()])
+    assert np.all((values >= 0) & (values <= 1))

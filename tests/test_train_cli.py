@@ -1,0 +1,127 @@
+"""ff-train end to end: the demo learns, --cfg prints recipes, bad names and inputs read well."""
+
+import csv
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from filterformer.cli.train import main
+from filterformer.evaluation.aupro import ProAccumulator
+from filterformer.inference.predict import predict_maps
+from filterformer.runs import load_run, split_samples
+
+
+def ff_train(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["ff-train", *args])
+    main()
+
+
+def test_cfg_job_prints_the_filterformer_paper_recipe(monkeypatch, capsys):
+    ff_train(monkeypatch, "--cfg", "job", "category=vial", "preset=filterformer_paper")
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["name"] == "filterformer"
+    assert cfg["encoder"]["variant"] == "dinov2_vitl14_reg"
+    assert cfg["input"] == {"resize": [896, 896], "crop": None}
+    assert (cfg["train"]["epochs"], cfg["train"]["batch_size"]) == (500, 4)
+    optimizer = cfg["train"]["optimizer"]
+    assert (optimizer["name"], optimizer["lr"], optimizer["final_lr"]) == ("adamw", 1e-3, 1e-4)
+    assert set(cfg["train"]["augment"]) >= {
+        "random_resized_crop",
+        "color_jitter",
+        "rotation",
+        "hflip",
+        "directional_light",
+    }
+    assert cfg["category"]["name"] == "vial" and cfg["eval"]["split"] == "test_public"
+
+
+def test_cfg_job_prints_the_inpformer_paper_recipe(monkeypatch, capsys):
+    ff_train(monkeypatch, "--cfg", "job", "preset=inpformer_paper", "category=can")
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["model"]["name"], cfg["encoder"]["variant"]) == ("inpformer", "dinov2_vitb14_reg")
+    assert cfg["input"] == {"resize": [448, 448], "crop": [392, 392]}
+    assert (cfg["train"]["epochs"], cfg["train"]["batch_size"], cfg["train"]["grad_clip"]) == (
+        200,
+        16,
+        0.1,
+    )
+    assert cfg["train"]["optimizer"]["name"] == "stable_adamw" and cfg["train"]["augment"] is None
+    assert cfg["category"]["tiling"]["enabled"] is True  # seed 001 tiles can
+
+
+@pytest.mark.parametrize(
+    ("override", "valid"),
+    [
+        ("model=foo", ["filterformer", "inpformer"]),
+        ("encoder=vit_huge", ["dinov2_vitb14_reg", "dinov2_vitl14_reg", "tiny_random"]),
+        ("category=vail", ["can", "fabric", "fruit_jelly", "vial", "walnuts"]),
+    ],
+)
+def test_unknown_names_list_the_valid_ones(monkeypatch, capsys, override, valid):
+    with pytest.raises(SystemExit) as exit_info:
+        ff_train(monkeypatch, override)
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "Available options" in err and all(f"\t{name}\n" in err for name in valid)
+
+
+def test_user_errors_exit_2_with_a_message_and_no_traceback(monkeypatch, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        ff_train(monkeypatch, f"data.root={tmp_path / 'nowhere'}", f"run_dir={tmp_path / 'run'}")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ff-train: error: ") and "data root not found" in err
+    assert "Traceback" not in err
+
+
+def test_resume_refuses_a_changed_config(monkeypatch, capsys, tmp_path):
+    tiny = [
+        "preset=demo",
+        "data.image_size=[56,70]",
+        "input.resize=[56,70]",
+        "train.epochs=1",
+        "eval.every=0",
+        "progress=false",
+        f"run_dir={tmp_path}",
+        "data.counts={train: 4, validation: 2, test_public_good: 1, test_public_bad: 1, "
+        "test_private: 1, test_private_mixed: 1}",
+    ]
+    ff_train(monkeypatch, *tiny)
+    with pytest.raises(SystemExit):
+        ff_train(monkeypatch, *tiny, "resume=true", "train.epochs=2")
+    assert "train.epochs: 1 -> 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_preset_learns_to_light_up_defects(monkeypatch, tmp_path):
+    """The full demo recipe: loss falls and both maps are higher inside the defects."""
+    threads = torch.get_num_threads()
+    ff_train(monkeypatch, "preset=demo", f"run_dir={tmp_path}", "progress=false")
+    torch.set_num_threads(threads)
+
+    with open(tmp_path / "train_log.csv", newline="") as fh:
+        losses = [float(row["loss"]) for row in csv.DictReader(fh)]
+    first, last = np.mean(losses[:6]), np.mean(losses[-6:])
+    assert last < 0.5 * first
+
+    run = load_run(tmp_path, checkpoint="last")
+    test = split_samples(run.config, "test_public")
+    for mode in ("inp", "filter"):
+        inside, normal, pro = [], [], ProAccumulator()
+        maps = predict_maps(
+            run.model, test, run.geometry, mode=mode, map_stats=run.map_stats, progress=False
+        )
+        for sample, amap in maps:
+            gt = sample.load_mask()
+            inside.append(amap[gt])
+            normal.append(amap[~gt])
+            pro.update(amap, gt)
+        inside, normal = np.concatenate(inside), np.concatenate(normal)
+        print(
+            f"demo {mode}: inside {inside.mean():.4f}, normal {normal.mean():.4f} "
+            f"(std {normal.std():.4f}), AU-PRO@0.05 {pro.compute().au_pro[0.05]:.4f}"
+        )
+        assert inside.mean() > normal.mean() + 0.2 * normal.std(), mode
