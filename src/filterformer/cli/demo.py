@@ -26,9 +26,7 @@ CATEGORY = "synthetic"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ff-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--out", type=Path, default=Path("filterformer-demo"), help="output folder"
-    )
+    parser.add_argument("--out", type=Path, default=Path("filterformer-demo"), help="output folder")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the demo preset's)")
     parser.add_argument(
         "--overrides", nargs="*", default=[], help="extra ff-train overrides, e.g. seed=2"
@@ -42,10 +40,8 @@ def print_layout(root: Path) -> None:
     print(f"Synthetic category in the MVTec AD 2 layout: {root / CATEGORY}")
     for split in SPLITS:
         samples = MVTecAD2(root, CATEGORY, split)
-        labels = {"good": sum(s.label == 0 for s in samples), "bad": sum(s.label == 1 for s in samples)}
-        detail = "no labels, no ground truth" if samples[0].label is None else (
-            f"{labels['good']} good, {labels['bad']} bad"
-        )
+        good, bad = sum(s.label == 0 for s in samples), sum(s.label == 1 for s in samples)
+        detail = f"{good} good, {bad} bad" if samples[0].label is not None else "no ground truth"
         size = f"{samples[0].height}x{samples[0].width}"
         print(f"  {split:<20} {len(samples):>3} images ({detail}), {size} px")
 
@@ -85,19 +81,24 @@ def run_demo(out: Path, epochs: int | None, overrides: Sequence[str], progress: 
 
     print(f"\n== 4/4 export: ff-predict --run {run_dir} --out {export_dir}")
     splits = ["test_public", "test_private", "test_private_mixed"]
-    if ff_predict.main(["--run", str(run_dir), "--split", *splits, "--out", str(export_dir), *quiet]):
-        raise SystemExit(2)
     overlays = export_dir / "overlays"
     bad_images = data_root / CATEGORY / "test_public" / "bad"
-    if ff_predict.main(["--run", str(run_dir), "--images", str(bad_images), "--out", str(overlays), *quiet]):
-        raise SystemExit(2)
+    for argv in (
+        ["--split", *splits, "--out", str(export_dir)],
+        ["--images", str(bad_images), "--out", str(overlays)],
+    ):
+        if ff_predict.main(["--run", str(run_dir), *argv, *quiet]):
+            raise SystemExit(2)
 
     print("\nDone. Where things are:")
-    print(f"  run folder (config, checkpoints, logs): {run_dir}")
-    print(f"  metrics, PRO curve, overlays:           {run_dir / 'eval' / 'test_public'}")
-    print(f"  anomaly maps (float16 TIFF):            {export_dir / 'anomaly_images' / CATEGORY}")
-    print(f"  binary masks (PNG, 0/255):              {export_dir / 'anomaly_images_thresholded' / CATEGORY}")
-    print(f"  heat-map overlays of test_public/bad:   {overlays}")
+    for what, where in (
+        ("run folder (config, checkpoints, logs)", run_dir),
+        ("metrics, PRO curve, overlays", run_dir / "eval" / "test_public"),
+        ("anomaly maps (float16 TIFF)", export_dir / "anomaly_images" / CATEGORY),
+        ("binary masks (PNG, 0/255)", export_dir / "anomaly_images_thresholded" / CATEGORY),
+        ("heat-map overlays of test_public/bad", overlays),
+    ):
+        print(f"  {what + ':':<40} {where}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

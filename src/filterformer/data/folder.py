@@ -14,11 +14,10 @@ The mask of ``<stem>.<ext>`` is ``<stem>.png`` or ``<stem>_mask.png`` in ``mask_
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import overload
 
-from filterformer.data.sample import Sample
+from filterformer.data.sample import Sample, SampleSequence
 from filterformer.errors import DataError
 from filterformer.io import image_size, read_mask
 
@@ -28,7 +27,7 @@ CONDITION = "unknown"
 """Custom images carry no lighting condition in their names."""
 
 
-class ImageFolderDataset(Sequence[Sample]):
+class ImageFolderDataset(SampleSequence):
     """The images of one folder (not recursive) as samples sorted by stem.
 
     ``category`` defaults to the folder's name; ``relpath`` of each sample is its stem.
@@ -79,19 +78,6 @@ class ImageFolderDataset(Sequence[Sample]):
             height=height,
             width=width,
         )
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @overload
-    def __getitem__(self, index: int) -> Sample: ...
-    @overload
-    def __getitem__(self, index: slice) -> tuple[Sample, ...]: ...
-    def __getitem__(self, index: int | slice) -> Sample | tuple[Sample, ...]:
-        return self.samples[index]
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter(self.samples)
 
     def __repr__(self) -> str:
         return (

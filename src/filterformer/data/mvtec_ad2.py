@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import overload
 
-from filterformer.data.sample import Sample
+from filterformer.data.sample import Sample, SampleSequence
 from filterformer.errors import DataError
 from filterformer.io import image_size
 
@@ -70,7 +68,7 @@ def parse_condition(stem: str) -> str:
     return match["condition"] if match else "unknown"
 
 
-class MVTecAD2(Sequence[Sample]):
+class MVTecAD2(SampleSequence):
     """The samples of one category and split of an MVTec AD 2-layout root, sorted by relpath.
 
     Any category folder under the root is accepted (the official eight, or e.g. a synthetic
@@ -143,19 +141,6 @@ class MVTecAD2(Sequence[Sample]):
             height=height,
             width=width,
         )
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @overload
-    def __getitem__(self, index: int) -> Sample: ...
-    @overload
-    def __getitem__(self, index: slice) -> tuple[Sample, ...]: ...
-    def __getitem__(self, index: int | slice) -> Sample | tuple[Sample, ...]:
-        return self.samples[index]
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter(self.samples)
 
     def __repr__(self) -> str:
         return (

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import overload
 
 import numpy as np
 
@@ -57,3 +59,22 @@ class Sample:
                 )
             return np.zeros(self.shape, dtype=bool)
         return read_mask(self.mask_path, shape=self.shape)
+
+
+class SampleSequence(Sequence[Sample]):
+    """A dataset as an immutable, indexable sequence of samples (subclasses fill ``samples``)."""
+
+    samples: tuple[Sample, ...]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Sample, ...]: ...
+    def __getitem__(self, index: int | slice) -> Sample | tuple[Sample, ...]:
+        return self.samples[index]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
