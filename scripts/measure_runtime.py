@@ -40,7 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from filterformer.errors import FilterformerError
-from filterformer.inference.predict import MapStats, network_maps
+from filterformer.inference.predict import MapStats, Smoothing, network_maps
 from filterformer.io import write_csv
 from filterformer.models.filterformer import MAP_MODES
 from filterformer.models.registry import MODELS, build_encoder, build_model
@@ -66,19 +66,19 @@ class ImageToMap(nn.Module):
         input_size: tuple[int, int],
         mode: str,
         map_stats: MapStats | None,
-        sigma: float,
+        smoothing: Smoothing,
     ) -> None:
         super().__init__()
         self.model = model
         self.input_size = input_size
         self.mode = mode
         self.map_stats = map_stats
-        self.sigma = sigma
+        self.smoothing = smoothing
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = tuple(images.shape[-2:])
         inputs = F.interpolate(images, self.input_size, mode="bilinear", antialias=True)
-        maps = network_maps(self.model, inputs, self.mode, self.map_stats, self.sigma)
+        maps = network_maps(self.model, inputs, self.mode, self.map_stats, self.smoothing)
         return F.interpolate(maps.unsqueeze(1), size, mode="bilinear").squeeze(1)
 
 
@@ -138,7 +138,8 @@ def _fresh_builder(args: argparse.Namespace) -> Callable[[], nn.Module]:
 
     def build() -> nn.Module:
         model = build_model(args.model, build_encoder(args.encoder))
-        return ImageToMap(model, tuple(args.input_size), args.mode, stats, args.sigma)
+        smoothing = Smoothing(sigma=args.sigma)
+        return ImageToMap(model, tuple(args.input_size), args.mode, stats, smoothing)
 
     return build
 
@@ -149,7 +150,9 @@ def _run_builder(run_dir: Path, args: argparse.Namespace) -> Callable[[], nn.Mod
 
     def build() -> nn.Module:
         run = load_run(run_dir)
-        return ImageToMap(run.model, run.geometry.input_size, run.mode, run.map_stats, args.sigma)
+        return ImageToMap(
+            run.model, run.geometry.input_size, run.mode, run.map_stats, run.smoothing
+        )
 
     return build
 
@@ -168,7 +171,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar=("H", "W"),
         help="network input size, without --run",
     )
-    parser.add_argument("--sigma", type=float, default=4.0, help="Gaussian smoothing sigma")
+    parser.add_argument(
+        "--sigma", type=float, default=4.0, help="Gaussian smoothing sigma, without --run"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, help="default: 1000 on GPU, 0 on CPU (MVTec)")
     parser.add_argument("--iterations", type=int, default=1000)

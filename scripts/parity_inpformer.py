@@ -14,10 +14,15 @@ loads that with `load_run`, and feeds both models the same images, printing max 
 
 - the encoder taps (official blocks 2..9 or 4..18 without cls/registers vs DinoEncoder),
 - the 392 x 392 anomaly maps (official `cal_anomaly_maps` vs `INPFormer.anomaly_maps`),
-- the INP-Former evaluation maps (256 x 256, Gaussian 5 x 5 sigma 4) and the top-1 % scores,
-  produced from each model's 392 map by the official post-processing,
+- the INP-Former evaluation maps (256 x 256, Gaussian 5 x 5 sigma 4, zero padding) and the
+  top-1 % scores: official post-processing of the official map vs our run's own smoothing
+  (`Smoothing` of the converted run's config) and image score of our map,
 - the network inputs of the official torchvision pipeline (PIL resize 448, crop 392) and of
-  our InputGeometry (cv2), and the 392 maps when each model gets its own pipeline's input.
+  the run's InputGeometry (`pil_bilinear` in parity mode),
+- end to end: each model on its own pipeline from the same uint8 image to the 256 x 256
+  evaluation map and the image score (official: torchvision transform, model,
+  `cal_anomaly_maps`, official post-processing; ours: the run's geometry, model, fusion,
+  smoothing and image score).
 
 Environment: XFORMERS_DISABLED=1 (the vendored DINOv2 then uses plain PyTorch attention).
 The official `utils.py` imports packages that only its metrics and augmentation use
@@ -42,9 +47,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from filterformer.cli.convert import main as ff_convert
-from filterformer.evaluation.image_metrics import TOP_FRACTION
+from filterformer.evaluation.image_metrics import TOP_FRACTION, top_fraction_mean
+from filterformer.inference.predict import smooth_maps
 from filterformer.models.encoder import ENCODERS
-from filterformer.runs import load_run
+from filterformer.models.filterformer import fuse_maps
+from filterformer.runs import Run, load_run
 
 OFFICIAL_ARCH = {
     "dinov2_vits14_reg": "small",
@@ -156,6 +163,15 @@ def evaluation_map(
     return smooth, top.mean(dim=1)
 
 
+@torch.no_grad()
+def our_evaluation_map(run: Run, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Our pipeline on network inputs: fused map, run's smoothing (256 map), run's image score."""
+    fused = fuse_maps(run.model.anomaly_maps(inputs), run.mode, run.map_stats).float()
+    smooth = smooth_maps(fused, run.smoothing)
+    score = top_fraction_mean if run.image_score == "top1" else np.max
+    return smooth.unsqueeze(1), torch.tensor([score(m.numpy()) for m in smooth])
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max())
 
@@ -211,17 +227,23 @@ def main(argv: list[str] | None = None) -> None:
     official_map, _ = off.utils.cal_anomaly_maps(en, de, CROP)
     ours_map = run.model.anomaly_maps(inputs)["inp"].unsqueeze(1)
     official_eval, official_score = evaluation_map(off, official_map)
-    ours_eval, ours_score = evaluation_map(off, ours_map)
+    ours_eval, ours_score = our_evaluation_map(run, inputs)
     own_pipeline_map = run.model.anomaly_maps(ours_inputs)["inp"].unsqueeze(1)
+    end_to_end_eval, end_to_end_score = our_evaluation_map(run, ours_inputs)
 
     print(f"encoder {args.encoder}, {args.images} images {tuple(inputs.shape)}, seed {args.seed}")
     print(f"official map range [{official_map.min():.4f}, {official_map.max():.4f}]")
     print(f"max |diff| encoder taps                 {taps_diff:.3e} (max |tap| {taps_scale:.2f})")
     print(f"max |diff| 392 maps (same input)        {max_diff(official_map, ours_map):.3e}")
     print(f"max |diff| 256 eval maps (same input)   {max_diff(official_eval, ours_eval):.3e}")
-    print(f"max |diff| top-1% image scores          {max_diff(official_score, ours_score):.3e}")
-    print(f"max |diff| network inputs (PIL vs cv2)  {max_diff(inputs, ours_inputs):.3e}")
+    print(f"max |diff| image scores (same input)    {max_diff(official_score, ours_score):.3e}")
+    print(f"ours: {run.geometry}, {run.smoothing}, image score {run.image_score}")
+    print(f"max |diff| network inputs               {max_diff(inputs, ours_inputs):.3e}")
     print(f"max |diff| 392 maps (own pipelines)     {max_diff(official_map, own_pipeline_map):.3e}")
+    end_to_end = max_diff(official_eval, end_to_end_eval)
+    end_to_end_scores = max_diff(official_score, end_to_end_score)
+    print(f"max |diff| 256 eval maps (end to end)   {end_to_end:.3e}")
+    print(f"max |diff| image scores (end to end)    {end_to_end_scores:.3e}")
 
 
 if __name__ == "__main__":

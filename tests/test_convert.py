@@ -11,17 +11,20 @@ first element of a ParameterList, stored as a plain attribute, hence a top-level
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from filterformer.cli.convert import main as convert_main
 from filterformer.convert.inp_former import convert_state_dict, official_layout
 from filterformer.errors import CheckpointError
+from filterformer.inference.predict import Smoothing
 from filterformer.models import ENCODERS, build_model, weights_sha256
 from filterformer.models.encoder import DinoEncoder
 from filterformer.runs import load_run
@@ -252,9 +255,19 @@ def test_ff_convert_writes_a_parity_run_that_load_run_uses(tiny_official, tmp_pa
         tiny_official["encoder.blocks.4.attn.qkv.weight"],
     )
     assert run.model.anomaly_maps(torch.randn(1, 3, 392, 392))["inp"].shape == (1, 392, 392)
+    # the official evaluation protocol (inp_former_spec.md §1.4, §6.1)
+    assert run.geometry.interpolation == "pil_bilinear"
+    assert run.smoothing == Smoothing(sigma=4.0, kernel_size=5, padding="zero", size=(256, 256))
+    assert run.image_score == "top1"
     # an existing run is never overwritten silently
     assert convert_main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
+    # the encoder file is named relative to the run folder, so the folder can be moved
+    assert OmegaConf.load(run_dir / "config.yaml").encoder.weights == "encoder.safetensors"
+    moved = shutil.move(run_dir, tmp_path / "moved")
+    again = load_run(moved)
+    assert again.config.encoder.weights == str(tmp_path / "moved" / "encoder.safetensors")
+    assert torch.equal(again.model.state_dict()["extractor.queries"], ours["extractor.queries"])
 
 
 def test_ff_convert_names_the_bad_file(tmp_path, capsys) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -18,8 +19,15 @@ from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import Tiling
 from filterformer.data.transforms import InputGeometry
+from filterformer.errors import ConfigError
 from filterformer.export import MAPS_DIR, MASKS_DIR, PRIVATE_SPLITS, record_path
-from filterformer.inference.predict import gaussian_blur, network_maps, predict_maps
+from filterformer.inference.predict import (
+    Smoothing,
+    gaussian_blur,
+    network_maps,
+    predict_maps,
+    smooth_maps,
+)
 from filterformer.io import write_json, write_png
 from filterformer.models.registry import build_encoder, build_model
 from filterformer.runs import build_from_config, create_run
@@ -86,10 +94,49 @@ def test_tiled_inference_blends_several_tiles_to_the_original_size(model, tmp_pa
 
 def test_network_maps_fuse_then_smooth(model):
     images = torch.randn(2, 3, *GEOMETRY.input_size)
-    raw = network_maps(model, images, "filter", sigma=0)
+    raw = network_maps(model, images, "filter", smoothing=Smoothing(sigma=0))
     np.testing.assert_array_equal(raw, model.anomaly_maps(images)["filter"])
-    smooth = network_maps(model, images, "filter", sigma=4.0)
+    smooth = network_maps(model, images, "filter")
     np.testing.assert_allclose(smooth, gaussian_blur(raw, 4.0))
+
+
+def test_protocol_size_smooths_at_that_size_and_comes_back(model):
+    # INP-Former parity: 392 map -> 256 (bilinear, align_corners=False) -> zero-padded blur
+    images = torch.randn(2, 3, *GEOMETRY.input_size)
+    raw = network_maps(model, images, "inp", smoothing=Smoothing(sigma=0))
+    protocol = Smoothing(padding="zero", size=(40, 50))
+    small = F.interpolate(raw[:, None], (40, 50), mode="bilinear", align_corners=False)[:, 0]
+    expected_small = gaussian_blur(small, 4.0, 5, "zero")
+    torch.testing.assert_close(smooth_maps(raw, protocol), expected_small)
+    back = network_maps(model, images, "inp", smoothing=protocol)
+    assert back.shape == (2, *GEOMETRY.input_size)
+    expected = F.interpolate(expected_small[:, None], GEOMETRY.input_size, mode="bilinear")
+    torch.testing.assert_close(back, expected[:, 0])
+
+
+def test_zero_padding_is_a_zero_padded_2d_gaussian_convolution():
+    # the official get_gaussian_kernel: a normalised 5 x 5 Gaussian, Conv2d(padding=2)
+    maps = torch.rand(2, 12, 15, generator=torch.Generator().manual_seed(0))
+    offsets = torch.arange(5.0) - 2
+    kernel = torch.exp(-(offsets[:, None] ** 2 + offsets[None] ** 2) / (2 * 4.0**2))
+    expected = F.conv2d(maps[:, None], (kernel / kernel.sum())[None, None], padding=2)[:, 0]
+    torch.testing.assert_close(gaussian_blur(maps, 4.0, 5, "zero"), expected)
+    constant = torch.ones(1, 12, 15)
+    zero_padded = gaussian_blur(constant, 4.0, 5, "zero")
+    assert zero_padded[0, 0, 0] < 0.5 and zero_padded[0, 6, 7] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"padding": "reflect"}, "eval.blur_padding 'reflect' is unknown"),
+        ({"kernel_size": 4}, "eval.blur_kernel 4 must be a positive odd int"),
+        ({"size": (256,)}, "eval.protocol_size"),
+    ],
+)
+def test_bad_smoothing_settings_are_named(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Smoothing(**kwargs)
 
 
 def test_gaussian_blur_keeps_constants_and_mass_and_smooths_a_spike():

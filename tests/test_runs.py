@@ -5,11 +5,20 @@ import json
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from filterformer.cli.train import config_dir, run_training
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
-from filterformer.runs import create_run, load_run
+from filterformer.inference.predict import Smoothing
+from filterformer.runs import (
+    build_smoothing,
+    build_tiling,
+    create_run,
+    image_score_rule,
+    load_run,
+    resolve_run_paths,
+)
 from filterformer.training.checkpoint import checkpoint_files
 
 TINY = [  # the demo preset shrunk to seconds: 56 x 70 images, 1 epoch
@@ -78,6 +87,8 @@ def test_load_run_gives_the_model_of_the_chosen_mode_and_its_settings(tiny_run):
     assert run.tiling is None and run.threshold is None
     assert run.postprocess == {"closing": 0, "fill_holes": False, "erosion": 0}
     assert run.data_root == tiny_run / "data"
+    assert run.smoothing == Smoothing(sigma=4.0, kernel_size=5, padding="replicate", size=None)
+    assert run.image_score == "max" and run.geometry.interpolation == "area"
     with torch.no_grad():
         maps = run.model.anomaly_maps(torch.zeros(1, 3, 56, 70))
     assert set(maps) == {"inp", "filter"}
@@ -123,3 +134,40 @@ def test_create_run_stores_the_resolved_config(tmp_path):
     text = (tmp_path / "config.yaml").read_text()
     assert "${" not in text and f"run_dir: {tmp_path}" in text
     assert json.loads((tmp_path / "versions.json").read_text())["encoder_weights"] == "abc"
+
+
+def test_eval_protocol_and_training_tiles_come_from_the_config():
+    cfg = compose_train(
+        "category=can",
+        "eval.protocol_size=[256,256]",
+        "eval.blur_padding=zero",
+        "eval.image_score=top1",
+        "eval.sigma=2",
+    )
+    assert build_smoothing(cfg) == Smoothing(2.0, 5, "zero", (256, 256))
+    assert image_score_rule(cfg) == "top1"
+    assert build_tiling(cfg, training=True).tile == (1024, 1024)
+    inference_only = compose_train("category=can", "category.tiling.train=false")
+    assert build_tiling(inference_only) is not None
+    assert build_tiling(inference_only, training=True) is None
+    assert build_tiling(compose_train("category=vial"), training=True) is None
+    older = OmegaConf.create({"eval": {"default_mode": None}})  # a run made before these keys
+    assert build_smoothing(older) == Smoothing() and image_score_rule(older) == "max"
+    with pytest.raises(ConfigError, match="eval.image_score 'mean' is unknown"):
+        image_score_rule(OmegaConf.create({"eval": {"image_score": "mean"}}))
+
+
+def test_relative_encoder_weights_are_read_from_the_run_folder(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "encoder.safetensors").touch()
+    (tmp_path / "elsewhere.safetensors").touch()
+    monkeypatch.chdir(tmp_path)
+    config = OmegaConf.create({"encoder": {"weights": "encoder.safetensors"}})
+    resolved = resolve_run_paths(config, run_dir)
+    assert resolved.encoder.weights == str(run_dir / "encoder.safetensors")
+    assert config.encoder.weights == "encoder.safetensors"  # a copy: the input is untouched
+    # not in the run folder, or absolute: left as given (relative to the working folder)
+    for given in ("elsewhere.safetensors", str(tmp_path / "elsewhere.safetensors")):
+        config.encoder.weights = given
+        assert resolve_run_paths(config, run_dir).encoder.weights == given

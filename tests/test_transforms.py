@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision import transforms as tv
 from torchvision.transforms import v2
 
 from filterformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, InputGeometry, TrainAugment
@@ -42,6 +45,38 @@ def test_resize_is_exact_for_integer_factors():
     block_means = image.reshape(4, 2, 6, 2, 3).astype(float).mean(axis=(1, 3))  # INTER_AREA
     np.testing.assert_allclose(geometry.resize(image), block_means, atol=0.5 + 1e-9)
     assert geometry.resize(_random_image(2, 3)).shape == (4, 6, 3)  # enlarging works too
+
+
+@pytest.mark.parametrize("original", [(61, 47), (13, 17)])  # shrink and enlarge
+def test_pil_bilinear_is_the_official_inp_former_pipeline_exactly(original):
+    # INP-Former: Resize(448) on a PIL image, ToTensor, CenterCrop(392), Normalize (spec §1.4)
+    image = _random_image(*original, seed=3)
+    official = tv.Compose(
+        [
+            tv.Resize((28, 35)),
+            tv.ToTensor(),
+            tv.CenterCrop((20, 24)),
+            tv.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    geometry = InputGeometry((28, 35), (20, 24), interpolation="pil_bilinear")
+    expected = official(Image.fromarray(image))
+    torch.testing.assert_close(geometry.to_tensor(image), expected, rtol=0, atol=0)
+    pil = Image.fromarray(image).resize((35, 28), Image.Resampling.BILINEAR)
+    np.testing.assert_array_equal(geometry.resize(image), np.asarray(pil))
+
+
+def test_interpolation_choices():
+    image = _random_image(40, 60)
+    area = InputGeometry((10, 15)).resize(image)
+    bilinear = InputGeometry((10, 15), interpolation="bilinear").resize(image)
+    np.testing.assert_array_equal(area, cv2.resize(image, (15, 10), interpolation=cv2.INTER_AREA))
+    np.testing.assert_array_equal(
+        bilinear, cv2.resize(image, (15, 10), interpolation=cv2.INTER_LINEAR)
+    )
+    assert not np.array_equal(area, bilinear)  # area is anti-aliased, bilinear is not
+    with pytest.raises(ConfigError, match="input.interpolation 'bicubic' is unknown"):
+        InputGeometry((10, 15), interpolation="bicubic")
 
 
 @pytest.mark.parametrize("crop", [None, (16, 20)])

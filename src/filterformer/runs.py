@@ -3,7 +3,9 @@
 A run folder (docs/architecture.md) holds one model trained on one category. Its
 ``config.yaml`` is the single source of truth: :func:`load_run` rebuilds the encoder and the
 model from it, loads the checkpoint that fits the chosen fusion mode, and collects the
-settings that ff-eval and ff-predict need (geometry, tiling, post-processing, thresholds).
+settings that ff-eval and ff-predict need (geometry, smoothing, tiling, post-processing,
+thresholds). A relative ``encoder.weights`` path that names a file inside the run folder is
+read from there, so a self-contained run folder (ff-convert's) can be moved.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from filterformer.data.tiling import Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.thresholds import Threshold, read_thresholds
+from filterformer.inference.predict import Smoothing
 from filterformer.io import atomic_path, write_json
 from filterformer.models.encoder import ENCODERS, weights_sha256
 from filterformer.models.filterformer import INPFormer
@@ -38,6 +41,8 @@ from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
 DATA_KINDS = ("mvtec_ad2", "synthetic", "folder")
+IMAGE_SCORES = ("max", "top1")
+"""Image score of a map: its max (MVTec's script) or the mean of its top 1 % (INP-Former)."""
 
 
 @dataclass(frozen=True)
@@ -58,20 +63,68 @@ class Run:
     postprocess: dict[str, Any]
     tiling: Tiling | None
     data_root: Path | None
+    smoothing: Smoothing
+    """Map smoothing from ``eval.sigma``, ``blur_kernel``, ``blur_padding``, ``protocol_size``."""
+    image_score: str
+    """``eval.image_score``: one of :data:`IMAGE_SCORES`."""
 
 
 def build_geometry(config: DictConfig) -> InputGeometry:
     """The network input geometry of ``config.input``."""
     crop = config.input.get("crop")
-    return InputGeometry(list(config.input.resize), None if crop is None else list(crop))
+    return InputGeometry(
+        list(config.input.resize),
+        None if crop is None else list(crop),
+        interpolation=config.input.get("interpolation", "area"),
+    )
 
 
-def build_tiling(config: DictConfig) -> Tiling | None:
-    """The category's sliding-window tiling, or None when it is off."""
+def build_tiling(config: DictConfig, *, training: bool = False) -> Tiling | None:
+    """The category's sliding-window tiling, or None when it is off.
+
+    ``training``: the tiling of training crops, None unless ``category.tiling.train`` too.
+    """
     tiling = config.category.get("tiling")
-    if not tiling or not tiling.enabled:
+    if not tiling or not tiling.enabled or (training and not tiling.get("train", False)):
         return None
     return Tiling(tuple(tiling.tile), tiling.overlap, tiling.get("window", "hann"))
+
+
+def build_smoothing(config: DictConfig) -> Smoothing:
+    """The map smoothing of ``config.eval`` (module defaults for keys an older run lacks)."""
+    settings, default = config.eval, Smoothing()
+    size = settings.get("protocol_size")
+    return Smoothing(
+        sigma=float(settings.get("sigma", default.sigma)),
+        kernel_size=int(settings.get("blur_kernel", default.kernel_size)),
+        padding=settings.get("blur_padding", default.padding),
+        size=None if size is None else tuple(int(v) for v in size),
+    )
+
+
+def image_score_rule(config: DictConfig) -> str:
+    """``eval.image_score`` (``max`` when an older run lacks it), validated."""
+    rule = config.eval.get("image_score", "max")
+    if rule not in IMAGE_SCORES:
+        raise ConfigError(
+            f"eval.image_score {rule!r} is unknown; choose one of {', '.join(IMAGE_SCORES)}."
+        )
+    return rule
+
+
+def resolve_run_paths(config: DictConfig, run_dir: Path) -> DictConfig:
+    """A copy of ``config`` whose relative ``encoder.weights`` points into ``run_dir``.
+
+    Only when that file exists there; otherwise the path is left as it is (relative to the
+    working folder, as the user gave it).
+    """
+    config = config.copy()
+    weights = config.encoder.get("weights")
+    if weights and not Path(weights).expanduser().is_absolute():
+        inside = run_dir / weights
+        if inside.is_file():
+            config.encoder.weights = str(inside)
+    return config
 
 
 def encoder_weights_id(config: DictConfig) -> str:
@@ -192,7 +245,7 @@ def load_run(
     ``best_<mode>`` when that exists, else ``last``.
     """
     run_dir = Path(run_dir)
-    config = _read_config(run_dir)
+    config = resolve_run_paths(_read_config(run_dir), run_dir)
     model, identity = build_from_config(config)
     category = config.category.name
     mode = _fusion_mode(run_dir, config, model)
@@ -221,6 +274,8 @@ def load_run(
         postprocess=dict(config.category.get("postprocess") or {}),
         tiling=build_tiling(config),
         data_root=None if root is None else Path(root),
+        smoothing=build_smoothing(config),
+        image_score=image_score_rule(config),
     )
 
 

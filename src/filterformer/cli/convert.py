@@ -4,12 +4,14 @@
 
 ``inp-former`` reads the ``model.pth`` that the official INP-Former scripts save (encoder
 included). The run folder gets the checkpoint's encoder as ``encoder.safetensors`` (timm
-names; its SHA-256 identifies it), ``config.yaml`` in parity mode, ``versions.json`` and
+names; its SHA-256 identifies it; the config names it relative to the run folder, so the
+folder can be moved), ``config.yaml`` in parity mode, ``versions.json`` and
 ``checkpoints/last.{safetensors,json}``; ``ff-eval --run`` and ``ff-predict --run`` use it
-as they use a trained run. Parity mode is the INP-Former recipe (preset ``inpformer_paper``:
-resize 448, centre crop 392, model ``inpformer``), DINOv2's own position-embedding
-interpolation, and whole-image inference (no tiling). Extra hydra overrides after the
-options (e.g. ``data.root=/data/mvtec_ad_2``) adjust the stored config.
+as they use a trained run. Parity mode is the official INP-Former pipeline end to end
+(inp_former_spec.md §1.4, §6.1): model ``inpformer``, PIL bilinear resize to 448 then centre
+crop 392, DINOv2's own position-embedding interpolation, whole images (no tiling), maps
+smoothed on a 256 x 256 map with zero padding, image score = mean of the top 1 %. Extra hydra
+overrides after the options (e.g. ``data.root=/data/mvtec_ad_2``) adjust the stored config.
 """
 
 from __future__ import annotations
@@ -29,15 +31,21 @@ from filterformer.convert.inp_former import convert_state_dict
 from filterformer.errors import CheckpointError, ConfigError, FilterformerError
 from filterformer.io import atomic_path
 from filterformer.models.encoder import ENCODERS, weights_sha256
-from filterformer.runs import CONFIG_FILE, build_from_config, create_run
+from filterformer.runs import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
 from filterformer.training.checkpoint import save_checkpoint
 
 ENCODER_FILE = "encoder.safetensors"
 PARITY_OVERRIDES = (
-    "preset=inpformer_paper",  # INP-Former recipe: model inpformer, resize 448, crop 392
+    "preset=inpformer_paper",  # INP-Former recipe: model inpformer
+    "input.resize=[448,448]",  # spec §1.4: Resize(448)
+    "input.crop=[392,392]",  # spec §1.4: CenterCrop(392)
+    "input.interpolation=pil_bilinear",  # spec §1.4: torchvision Resize on a PIL image
     "encoder.official_pos_interp=true",  # DINOv2's (grid + 0.1) / 37 bicubic resample (spec §1.3)
     "category.tiling.enabled=false",  # the official evaluation scores whole images
     "eval.default_mode=inp",  # INP-Former has one map
+    "eval.protocol_size=[256,256]",  # spec §6.1: maps evaluated at 256 x 256
+    "eval.blur_padding=zero",  # spec §6.1: zero-padded Gaussian convolution
+    "eval.image_score=top1",  # spec §6.1: mean of the top 1 % (max_ratio 0.01)
 )
 
 
@@ -118,9 +126,9 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
     encoder_file = run_dir / ENCODER_FILE
     with atomic_path(encoder_file) as tmp:
         save_file(weights.encoder, str(tmp), metadata={"converted_from": source})
-    config.encoder.weights = str(encoder_file)
+    config.encoder.weights = ENCODER_FILE  # relative: resolved against the run folder
     config.model.num_inps = weights.num_inps
-    model, identity = build_from_config(config)
+    model, identity = build_from_config(resolve_run_paths(config, run_dir))
     model.load_trainable_state_dict(weights.trainable)
     create_run(run_dir, config, identity["encoder_weights"])
     converted_from = {

@@ -238,10 +238,10 @@ def evaluate_maps(args: argparse.Namespace) -> None:
 
 
 def run_folders(args: argparse.Namespace) -> list[Path]:
-    """--run folders, or every folder with a config.yaml under --runs-dir."""
+    """--run folders, or every folder with a config.yaml at any depth under --runs-dir."""
     if args.run:
         return args.run
-    runs = sorted(p.parent for p in args.runs_dir.glob("*/config.yaml"))
+    runs = sorted(p.parent for p in args.runs_dir.glob("**/config.yaml"))
     if not runs:
         raise DataError(
             f"{args.runs_dir}: no run folders (with config.yaml) found. Train one with ff-train, "
@@ -283,6 +283,7 @@ def evaluate_runs(args: argparse.Namespace) -> None:
                 run.geometry,
                 mode=run.mode,
                 map_stats=run.map_stats,
+                smoothing=run.smoothing,
                 tiling=run.tiling,
                 device=device,
                 progress=not args.no_progress,

@@ -102,6 +102,7 @@ class RunExporter:
             self.run.geometry,
             mode=self.run.mode,
             map_stats=self.run.map_stats,
+            smoothing=self.run.smoothing,
             batch_size=self.args.batch_size,
             device=self.device,
             tiling=self.run.tiling,

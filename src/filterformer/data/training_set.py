@@ -1,9 +1,20 @@
-"""Training images as a torch Dataset: decoded once, cached at training size, augmented.
+"""Training images as a torch Dataset: decoded once, cached at training scale, augmented.
 
 MVTec AD 2 images are 1.4-5 Mpx PNGs; decoding them every epoch would dominate training time.
-Each image is decoded once and kept as uint8 at the resize size of the input geometry (before
-crop and augmentation). Augmentation is seeded per item from (seed, epoch, index), so a resumed
-run sees exactly the augmentations an uninterrupted one would have seen.
+Each image is decoded once and kept as uint8 at the scale the network sees it:
+
+- whole images: at the resize size of the input geometry (before crop and augmentation),
+  ``3 * H_r * W_r`` bytes per image (e.g. 0.6 MB at 448 x 448, 2.4 MB at 896 x 896);
+- with a :class:`Tiling` (categories scored tile by tile): at the scale that maps one tile
+  onto the resize size, ``scale = resize / tile`` per axis, i.e. about
+  ``3 * H * W * (H_r / tile_h) * (W_r / tile_w)`` bytes for an H x W image (a 2448 x 2048
+  image with 1024 px tiles: 2.9 MB at resize 448, 11.5 MB at resize 896), instead of the
+  15 MB of the full-resolution image. An item is then a random tile of the original image
+  (:meth:`Tiling.random_tile`), cut from the cached image at exactly the resize size, so it
+  has the pixel scale of the tiles that :func:`predict_maps` scores.
+
+Randomness (tile position, augmentation) is seeded per item from (seed, epoch, index), so a
+resumed run sees exactly the items an uninterrupted one would have seen.
 """
 
 from __future__ import annotations
@@ -16,15 +27,17 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from filterformer.data.sample import Sample
+from filterformer.data.tiling import Box, Tiling
 from filterformer.data.transforms import InputGeometry, TrainAugment
 
 
 class TrainingImages(Dataset[torch.Tensor]):
     """Normalised 3 x h x w tensors of ``samples`` at ``geometry.input_size``.
 
-    With ``cache`` the decoded, resized images stay in memory; :meth:`preload` fills the cache
+    With ``cache`` the decoded, rescaled images stay in memory; :meth:`preload` fills the cache
     up front (with a progress bar), otherwise it fills as items are first read. With DataLoader
     workers each worker holds its own lazily filled cache, so preload before creating it.
+    With ``tiling`` each item is a random tile of its image, resized as inference resizes tiles.
     """
 
     def __init__(
@@ -34,16 +47,18 @@ class TrainingImages(Dataset[torch.Tensor]):
         augment: TrainAugment | None = None,
         cache: bool = True,
         seed: int = 0,
+        tiling: Tiling | None = None,
     ) -> None:
         self.samples = list(samples)
         self.geometry = geometry
         self.augment = augment
         self.seed = seed
+        self.tiling = tiling
         self.epoch = 0
         self._cache: list[np.ndarray | None] | None = [None] * len(self.samples) if cache else None
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation stream of ``epoch`` (call at the start of every epoch)."""
+        """Select the random stream (tiles, augmentation) of ``epoch``; call every epoch."""
         self.epoch = epoch
 
     def preload(self, progress: bool = True) -> None:
@@ -51,21 +66,57 @@ class TrainingImages(Dataset[torch.Tensor]):
         for index in tqdm(range(len(self)), desc="decoding images", disable=not progress):
             self.resized_image(index)
 
+    def cache_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) at which an H x W image is cached: the resize size, or the tile scale.
+
+        Along an axis no longer than the tile the single tile is the whole axis, so that axis
+        is cached at the resize size, as inference stretches that tile.
+        """
+        if self.tiling is None:
+            return self.geometry.resize_hw
+        return tuple(  # type: ignore[return-value]
+            max(r, int(round(side * r / t)))
+            for side, r, t in zip(
+                (height, width), self.geometry.resize_hw, self.tiling.tile, strict=True
+            )
+        )
+
     def resized_image(self, index: int) -> np.ndarray:
-        """Image ``index`` as H x W x 3 uint8 at the geometry's resize size (cached)."""
+        """Image ``index`` as h x w x 3 uint8 at :meth:`cache_size` (cached)."""
         if self._cache is not None and self._cache[index] is not None:
             return self._cache[index]
-        image = self.geometry.resize(self.samples[index].load_image())
+        sample = self.samples[index]
+        image = self.geometry.resize_to(sample.load_image(), self.cache_size(*sample.shape))
         if self._cache is not None:
             self._cache[index] = image
         return image
+
+    def tile(self, index: int, rng: np.random.Generator) -> tuple[Box, np.ndarray]:
+        """A random tile of image ``index``: its box in the original image and its pixels.
+
+        The box is drawn on the original image; its cached counterpart starts at the box's
+        corner scaled to the cache (rounded) and spans exactly the resize size.
+        """
+        sample = self.samples[index]
+        box = self.tiling.random_tile(*sample.shape, rng)
+        image = self.resized_image(index)
+        corner = []
+        for start, side, cached, size in zip(
+            box[:2], sample.shape, image.shape[:2], self.geometry.resize_hw, strict=True
+        ):
+            corner.append(min(int(round(start * cached / side)), cached - size))
+        (y0, x0), (height, width) = corner, self.geometry.resize_hw
+        return box, image[y0 : y0 + height, x0 : x0 + width]
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = self.resized_image(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.tiling is None:
+            image = self.resized_image(index)
+        else:
+            _, image = self.tile(index, rng)
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
             image, _ = self.augment(image, rng=rng)
         return self.geometry.normalize(self.geometry.center_crop(image))

@@ -8,25 +8,35 @@ resolution back to the original image size, undoing the crop by padding (never s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from filterformer.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+Interpolation = Literal["area", "bilinear", "pil_bilinear"]
+INTERPOLATIONS: tuple[str, ...] = ("area", "bilinear", "pil_bilinear")
+
 
 class InputGeometry:
     """Resize to ``resize`` (H, W), optionally centre-crop to ``crop`` (h, w), normalise.
 
-    Shrinking uses ``cv2.INTER_AREA`` (anti-aliased, close to the PIL bilinear-with-antialias
-    resize of INP-Former's torchvision pipeline, and essential when 5 Mpx images become a few
-    hundred pixels); enlarging uses ``cv2.INTER_LINEAR``. The crop box is placed exactly as
-    torchvision's ``CenterCrop`` places it.
+    ``interpolation`` (one of :data:`INTERPOLATIONS`) picks the resize:
+
+    - ``area`` (default): ``cv2.INTER_AREA`` when shrinking (anti-aliased, essential when
+      5 Mpx images become a few hundred pixels), ``cv2.INTER_LINEAR`` when enlarging;
+    - ``bilinear``: ``cv2.INTER_LINEAR`` always (no anti-aliasing);
+    - ``pil_bilinear``: PIL's ``Image.resize(..., BILINEAR)`` on the uint8 image, which is
+      what the official INP-Former pipeline (torchvision ``Resize`` on a PIL image) computes,
+      bit for bit; for parity with its published numbers.
+
+    The crop box is placed exactly as torchvision's ``CenterCrop`` places it.
     """
 
     def __init__(
@@ -35,7 +45,14 @@ class InputGeometry:
         crop: Sequence[int] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        interpolation: Interpolation = "area",
     ) -> None:
+        if interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"input.interpolation {interpolation!r} is unknown; choose one of "
+                f"{', '.join(INTERPOLATIONS)}."
+            )
+        self.interpolation = interpolation
         self.resize_hw = _size_pair(resize, "resize")
         self.crop_hw = None if crop is None else _size_pair(crop, "crop")
         if self.crop_hw and any(c > r for c, r in zip(self.crop_hw, self.resize_hw, strict=True)):
@@ -47,7 +64,10 @@ class InputGeometry:
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def __repr__(self) -> str:
-        return f"InputGeometry(resize={self.resize_hw}, crop={self.crop_hw})"
+        return (
+            f"InputGeometry(resize={self.resize_hw}, crop={self.crop_hw}, "
+            f"interpolation={self.interpolation!r})"
+        )
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -64,13 +84,22 @@ class InputGeometry:
         return top, left, crop_h, crop_w
 
     def resize(self, image: np.ndarray) -> np.ndarray:
-        """Resize an H x W (x C) array to the resize size (area when shrinking, else linear)."""
-        height, width = self.resize_hw
+        """Resize an H x W (x 3) uint8 image to the resize size."""
+        return self.resize_to(image, self.resize_hw)
+
+    def resize_to(self, image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+        """Resize an H x W (x 3) uint8 image to ``size`` (h, w) by the geometry's interpolation."""
+        height, width = (int(v) for v in size)
         if image.shape[:2] == (height, width):
             return image
+        if self.interpolation == "pil_bilinear":
+            resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+            return np.asarray(resized)
         shrink = height <= image.shape[0] and width <= image.shape[1]
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        return cv2.resize(image, (width, height), interpolation=interpolation)
+        area = self.interpolation == "area" and shrink
+        return cv2.resize(
+            image, (width, height), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR
+        )
 
     def center_crop(self, array: np.ndarray) -> np.ndarray:
         """Cut the crop box out of an array at the resize size (identity without a crop)."""

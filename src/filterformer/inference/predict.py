@@ -2,13 +2,17 @@
 
 Pipeline per network input: the model's maps at network resolution, fused by the category's
 mode (:func:`fuse_maps` with the validation statistics of ``map_stats.json``), smoothed by a
-Gaussian, then brought back to the original H x W by :meth:`InputGeometry.to_original`
-(undoing the centre crop, never stretching).
+Gaussian (:class:`Smoothing`), then brought back to the original H x W by
+:meth:`InputGeometry.to_original` (undoing the centre crop, never stretching).
 
-Smoothing follows INP-Former (a 5 x 5 kernel with sigma 4, inp_former_spec.md §6.1) but runs
-at network resolution rather than on INP-Former's 256 x 256 evaluation map, since our maps go
-back to the full image size; and it pads by replicating the border instead of INP-Former's
-zero padding, which darkens the map along the image border.
+Smoothing follows INP-Former (a 5 x 5 kernel with sigma 4, inp_former_spec.md §6.1). By
+default it runs at network resolution rather than on INP-Former's 256 x 256 evaluation map,
+since our maps go back to the full image size, and it pads by replicating the border instead
+of INP-Former's zero padding, which darkens the map along the image border. Parity mode
+(``Smoothing(size=(256, 256), padding="zero")``) reproduces the official evaluation map: the
+map is resized to 256 x 256 (bilinear, align_corners=False), blurred with zero padding, then
+resized back. It exists to compare with the official numbers, not for the best full-resolution
+maps (it throws away detail that the network resolution keeps).
 
 With a :class:`Tiling`, each tile of the original image is resized to the network input on its
 own, scored, brought back to the tile's size and the tiles are blended. A tile that covers the
@@ -18,6 +22,7 @@ whole image gives exactly the whole-image map.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
@@ -29,22 +34,82 @@ from tqdm import tqdm
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import Tiling
 from filterformer.data.transforms import InputGeometry
+from filterformer.errors import ConfigError
 from filterformer.models.filterformer import fuse_maps
 
 MapStats = Mapping[str, tuple[float, float]]
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float, kernel_size: int = 5) -> torch.Tensor:
-    """Smooth B x H x W maps with a normalised separable Gaussian (replicated border)."""
+PADDINGS: tuple[str, ...] = ("replicate", "zero")
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    """How a fused map is smoothed (the config's ``eval`` section; defaults mirror it).
+
+    ``sigma`` and ``kernel_size``: the Gaussian (sigma <= 0: no smoothing). ``padding``:
+    ``replicate`` (ours) or ``zero`` (INP-Former's). ``size``: None smooths at network
+    resolution; an (h, w) smooths at that size (INP-Former's 256 x 256 protocol) and resizes
+    back.
+    """
+
+    sigma: float = 4.0
+    kernel_size: int = 5
+    padding: str = "replicate"
+    size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.padding not in PADDINGS:
+            raise ConfigError(
+                f"eval.blur_padding {self.padding!r} is unknown; choose one of "
+                f"{', '.join(PADDINGS)}."
+            )
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ConfigError(f"eval.blur_kernel {self.kernel_size} must be a positive odd int.")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise ConfigError(
+                f"eval.protocol_size {self.size} must be null or a (height, width) pair."
+            )
+
+
+DEFAULT_SMOOTHING = Smoothing()
+
+
+def gaussian_blur(
+    maps: torch.Tensor, sigma: float, kernel_size: int = 5, padding: str = "replicate"
+) -> torch.Tensor:
+    """Smooth B x H x W maps with a normalised separable Gaussian.
+
+    ``padding`` is ``replicate`` (border values repeated) or ``zero`` (as a zero-padded
+    convolution, which pulls the border towards 0).
+    """
     if sigma <= 0:
         return maps
     offsets = torch.arange(kernel_size, dtype=maps.dtype, device=maps.device) - kernel_size // 2
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     pad = kernel_size // 2
-    out = F.pad(maps.unsqueeze(1), (pad, pad, pad, pad), mode="replicate")
+    mode = "constant" if padding == "zero" else padding
+    out = F.pad(maps.unsqueeze(1), (pad, pad, pad, pad), mode=mode)
     out = F.conv2d(out, kernel.view(1, 1, 1, -1))
     return F.conv2d(out, kernel.view(1, 1, -1, 1)).squeeze(1)
+
+
+def _resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """B x H x W -> B x h x w, bilinear with align_corners=False (INP-Former's resize)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    resized = F.interpolate(
+        maps.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False
+    )
+    return resized.squeeze(1)
+
+
+def smooth_maps(maps: torch.Tensor, smoothing: Smoothing) -> torch.Tensor:
+    """B x h x w maps, smoothed at ``smoothing.size`` (returned at that size) or in place."""
+    if smoothing.size is not None:
+        maps = _resize_maps(maps, smoothing.size)
+    return gaussian_blur(maps, smoothing.sigma, smoothing.kernel_size, smoothing.padding)
 
 
 @torch.no_grad()
@@ -53,11 +118,11 @@ def network_maps(
     images: torch.Tensor,
     mode: str,
     map_stats: MapStats | None = None,
-    sigma: float = 4.0,
+    smoothing: Smoothing = DEFAULT_SMOOTHING,
 ) -> torch.Tensor:
     """Fused, smoothed B x h x w maps of normalised B x 3 x h x w network inputs."""
-    fused = fuse_maps(model.anomaly_maps(images), mode, map_stats)
-    return gaussian_blur(fused.float(), sigma)
+    fused = fuse_maps(model.anomaly_maps(images), mode, map_stats).float()
+    return _resize_maps(smooth_maps(fused, smoothing), fused.shape[-2:])
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -73,7 +138,7 @@ def predict_maps(
     *,
     mode: str,
     map_stats: MapStats | None = None,
-    sigma: float = 4.0,
+    smoothing: Smoothing = DEFAULT_SMOOTHING,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     tiling: Tiling | None = None,
@@ -91,7 +156,7 @@ def predict_maps(
         out = []
         for batch in _batches(crops, batch_size):
             inputs = torch.stack([geometry.to_tensor(crop) for crop in batch]).to(device)
-            maps = network_maps(model, inputs, mode, map_stats, sigma).cpu().numpy()
+            maps = network_maps(model, inputs, mode, map_stats, smoothing).cpu().numpy()
             out += [geometry.to_original(m, c.shape[:2]) for m, c in zip(maps, batch, strict=True)]
         return out
 

@@ -19,7 +19,7 @@ from filterformer.data.transforms import InputGeometry
 from filterformer.evaluation.aupro import ProAccumulator
 from filterformer.evaluation.image_metrics import f1_max
 from filterformer.evaluation.thresholds import MapMoments
-from filterformer.inference.predict import predict_maps
+from filterformer.inference.predict import DEFAULT_SMOOTHING, Smoothing, predict_maps
 
 METRICS = ("au_pro", "f1_max")
 """What :class:`FusionEvaluator` reports per mode (``eval.metric`` picks one for selection)."""
@@ -87,6 +87,7 @@ class FusionEvaluator:
         geometry: InputGeometry,
         *,
         tiling: Tiling | None = None,
+        smoothing: Smoothing = DEFAULT_SMOOTHING,
         device: str | torch.device = "cpu",
         batch_size: int = 8,
         pro_limit: float = 0.05,
@@ -96,6 +97,7 @@ class FusionEvaluator:
         self.test = test
         self.geometry = geometry
         self.tiling = tiling
+        self.smoothing = smoothing
         self.device = device
         self.batch_size = batch_size
         self.pro_limit = pro_limit
@@ -111,7 +113,15 @@ class FusionEvaluator:
         stats = map_statistics(model, self.validation, self.geometry, **common)
         return {
             mode: self._scores(
-                predict_maps(model, self.test, self.geometry, mode=mode, map_stats=stats, **common)
+                predict_maps(
+                    model,
+                    self.test,
+                    self.geometry,
+                    mode=mode,
+                    map_stats=stats,
+                    smoothing=self.smoothing,
+                    **common,
+                )
             )
             for mode in model.fusion_modes
         }
