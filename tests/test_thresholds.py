@@ -17,6 +17,7 @@ from filterformer.evaluation.thresholds import (
     mean_std_threshold,
     quantile_threshold,
     read_thresholds,
+    threshold_by_rule,
     write_thresholds,
 )
 
@@ -110,3 +111,33 @@ def test_malformed_thresholds_files_are_refused_naming_the_file(tmp_path: Path, 
 def test_missing_thresholds_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.json"):
         read_thresholds(tmp_path / "nope.json")
+
+
+def test_threshold_by_rule_follows_the_category_config() -> None:
+    maps = [np.linspace(0.0, 1.0, 100, dtype=np.float32).reshape(10, 10)]
+    gt = np.zeros((10, 10), dtype=bool)
+    gt[9] = True  # the ten highest scores are the anomalous pixels
+
+    def validation():
+        return iter(maps)
+
+    def labelled():
+        return iter([(maps[0], gt)])
+
+    by_k = threshold_by_rule({"rule": "mean_std", "k": 2}, validation, labelled, "cat")
+    assert by_k.rule == "mean_std" and by_k.params == {"k": 2.0}
+    assert by_k.value == pytest.approx(maps[0].mean() + 2 * maps[0].std(), rel=1e-6)
+    by_q = threshold_by_rule({"rule": "quantile", "q": 0.5}, validation, labelled, "cat")
+    assert by_q.rule == "quantile" and by_q.value == pytest.approx(0.4949, abs=2e-3)
+    best = threshold_by_rule({"rule": "f1_optimal"}, validation, labelled, "cat")
+    assert best.source_split == "test_public"
+    assert ((maps[0] > best.value) == gt).all()  # F1 = 1 separates exactly the GT row
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [({"rule": "median"}, "unknown threshold rule"), ({"rule": "quantile"}, "needs q")],
+)
+def test_threshold_by_rule_refuses_bad_rules(rule: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        threshold_by_rule(rule, lambda: iter([]), lambda: iter([]), "cat")

@@ -60,6 +60,8 @@ class Run:
     map_stats: dict[str, tuple[float, float]] | None
     threshold: Threshold | None
     """This category's threshold for ``mode`` from thresholds.json (None if not calibrated)."""
+    threshold_rule: dict[str, Any]
+    """How to calibrate a missing threshold: the category config's ``threshold`` section."""
     postprocess: dict[str, Any]
     tiling: Tiling | None
     data_root: Path | None
@@ -271,6 +273,7 @@ def load_run(
         mode=mode,
         map_stats=_map_stats(run_dir),
         threshold=threshold,
+        threshold_rule=dict(config.category.get("threshold") or {"rule": "mean_std", "k": 3}),
         postprocess=dict(config.category.get("postprocess") or {}),
         tiling=build_tiling(config),
         data_root=None if root is None else Path(root),

@@ -40,6 +40,7 @@ from filterformer.evaluation.thresholds import (
     Threshold,
     mean_std_threshold,
     read_thresholds,
+    threshold_by_rule,
     write_thresholds,
 )
 from filterformer.inference.postprocess import postprocess
@@ -291,11 +292,11 @@ def evaluate_runs(args: argparse.Namespace) -> None:
 
         threshold = given.get(category) or run.threshold
         if threshold is None:
-            validation = samples_of("validation")
-            threshold = mean_std_threshold(
-                (amap for _, amap in predict(validation)),
-                DEFAULT_K,
-                f"{run_dir}: validation split of {category}",
+            threshold = threshold_by_rule(
+                run.threshold_rule,
+                lambda: (amap for _, amap in predict(samples_of("validation"))),
+                lambda: ((amap, s.load_mask()) for s, amap in predict(samples_of("test_public"))),
+                f"{run_dir}: {category}",
             )
             write_thresholds(run_dir / "thresholds.json", {category: threshold}, mode=run.mode)
         samples = samples_of(args.split)

@@ -31,7 +31,7 @@ from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, FilterformerError, SubmissionError
 from filterformer.evaluation.report import overlay_panel
-from filterformer.evaluation.thresholds import Threshold, mean_std_threshold, write_thresholds
+from filterformer.evaluation.thresholds import Threshold, threshold_by_rule, write_thresholds
 from filterformer.export import (
     OFFICIAL_COUNTS,
     PRIVATE_SPLITS,
@@ -49,8 +49,6 @@ from filterformer.io import read_mask, write_png
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
 RESCALE_FILE = "rescale.json"
-DEFAULT_K = 3.0
-"""Validation mean + 3 std: MVTec AD 2's baseline threshold (reference/mvtec_ad2_spec.md §3.2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,14 +123,18 @@ class RunExporter:
                 low, high = min(low, float(amap.min())), max(high, float(amap.max()))
                 yield amap
 
-        source = f"{run.run_dir}: validation split of {run.category}"
-        threshold = mean_std_threshold(
-            tracked(self.predict(self.samples("validation"))), DEFAULT_K, source
-        )
-        if run.threshold is None:
+        validation = tracked(self.predict(self.samples("validation")))
+        threshold = run.threshold
+        if threshold is None:
+            threshold = threshold_by_rule(
+                run.threshold_rule,
+                lambda: validation,
+                lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples("test_public"))),
+                f"{run.run_dir}: {run.category}",
+            )
             write_thresholds(run.run_dir / "thresholds.json", {run.category: threshold}, run.mode)
-        else:
-            threshold = run.threshold
+        for _ in validation:  # the rescale needs the range of every validation map
+            pass
         rescale = MapRescale.from_range(low, high)
         save_record(
             record_file, run.category, {**export_record(rescale, threshold.value), "mode": run.mode}

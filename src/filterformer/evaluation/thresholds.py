@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from filterformer.errors import ConfigError, DataError
-from filterformer.evaluation.aupro import KEY_VALUES, NUM_KEYS, PixelCounts, float16_keys
+from filterformer.evaluation.aupro import (
+    KEY_VALUES,
+    NUM_KEYS,
+    PixelCounts,
+    ProAccumulator,
+    float16_keys,
+)
 from filterformer.evaluation.image_metrics import f1_max
 from filterformer.io import write_json
 
@@ -160,6 +166,36 @@ def f1_optimal_threshold(counts: PixelCounts, source_split: str = "test_public")
             f"{source_split}: no anomalous pixel in the ground truth, so no F1-optimal threshold."
         )
     return Threshold(best.threshold, "f1_optimal", {}, source_split)
+
+
+RULES = ("mean_std", "quantile", "f1_optimal")
+
+
+def threshold_by_rule(
+    rule: Mapping[str, Any],
+    validation: Callable[[], Iterable[np.ndarray]],
+    labelled: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    source: str,
+) -> Threshold:
+    """Calibrate a threshold as a category config's ``threshold`` section says.
+
+    ``rule`` is ``{"rule": "mean_std", "k": 3}``, ``{"rule": "quantile", "q": 0.999}`` or
+    ``{"rule": "f1_optimal"}``. ``validation`` yields the validation maps; ``labelled`` yields
+    (map, GT mask) pairs of test_public and is only called for "f1_optimal".
+    """
+    name = rule.get("rule", "mean_std")
+    if name == "mean_std":
+        return mean_std_threshold(validation(), float(rule.get("k", 3.0)), source)
+    if name == "quantile":
+        if "q" not in rule:
+            raise ConfigError(f"{source}: threshold rule 'quantile' needs q (e.g. q: 0.999).")
+        return quantile_threshold(validation(), float(rule["q"]), source)
+    if name == "f1_optimal":
+        pixels = ProAccumulator()
+        for i, (amap, gt) in enumerate(labelled()):
+            pixels.update(amap, gt, f"{source} test_public map {i}")
+        return f1_optimal_threshold(pixels.pixel_counts(), "test_public")
+    raise ConfigError(f"{source}: unknown threshold rule {name!r}; valid: {', '.join(RULES)}.")
 
 
 def _select_mode(category: str, entry: Any, mode: str | None, where: str) -> Any:
