@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
@@ -35,6 +36,14 @@ def test_taps_are_patch_tokens_of_the_grid(encoder: DinoEncoder, hw, grid) -> No
     assert all(t.shape == (2, grid[0] * grid[1], 64) for t in taps)
     assert (encoder.embed_dim, encoder.num_heads, encoder.patch_size) == (64, 2, 14)
     assert encoder.num_prefix_tokens == 5  # cls + 4 registers
+
+
+def test_random_tiny_blocks_change_the_tokens(encoder: DinoEncoder) -> None:
+    """LayerScale 1 and Xavier init: each tapped block moves the tokens (1e-5 would not)."""
+    taps = encoder(torch.randn(2, 3, 56, 70))
+    similarity = [F.cosine_similarity(taps[0], t, dim=-1).mean().item() for t in taps[1:]]
+    assert all(s < 0.99 for s in similarity)
+    assert similarity == sorted(similarity, reverse=True)  # drifting further with depth
 
 
 def test_taps_equal_timm_intermediates_without_final_norm(encoder: DinoEncoder) -> None:

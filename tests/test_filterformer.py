@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -60,6 +61,30 @@ def test_groups_mirror_encoder_taps_and_reversed_decoder_outputs(model: FilterFo
     torch.testing.assert_close(feats.enc_groups[0], as_map(torch.stack(taps[:4]).mean(0)))
     torch.testing.assert_close(feats.dec_groups[0], as_map(torch.stack(decoded[4:]).mean(0)))
     torch.testing.assert_close(feats.dec_groups[1], as_map(torch.stack(decoded[:4]).mean(0)))
+
+
+def test_features_from_taps_is_features_after_the_encoder(model: FilterFormer) -> None:
+    images = torch.randn(2, 3, 56, 70)
+    direct = model.features(images)
+    split = model.features_from_taps(model.encoder(images), (4, 5))
+    for name in ("enc_groups", "dec_groups", "inps", "fused"):
+        torch.testing.assert_close(getattr(split, name), getattr(direct, name))
+
+
+def test_filter_map_compares_unit_encoder_minus_residual_with_decoder(model: FilterFormer) -> None:
+    with torch.no_grad():
+        model.diff_predictor.head.weight.normal_(std=0.1)
+    feats = model.features(torch.randn(2, 3, 56, 70))
+    residuals = model.residuals(feats)
+    expected = torch.stack(
+        [
+            1 - F.cosine_similarity(F.normalize(e, dim=1) - r, d, dim=1)
+            for e, r, d in zip(feats.enc_groups, residuals, feats.dec_groups, strict=True)
+        ]
+    ).mean(0)
+    maps = model.maps(feats, (4, 5))  # the token grid: upsampling is the identity
+    torch.testing.assert_close(maps["filter"], expected)
+    assert not torch.allclose(maps["filter"], maps["inp"])
 
 
 def test_losses_sum_to_the_total(model: FilterFormer) -> None:

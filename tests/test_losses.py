@@ -78,17 +78,32 @@ def test_soft_mining_detaches_the_encoder(groups) -> None:
     assert all(e.grad is None for e in enc)
 
 
+def _tokens(*channels: float) -> torch.Tensor:
+    """A 2 x C x 2 x 2 map whose every token is `channels`."""
+    return torch.tensor(channels).reshape(1, -1, 1, 1).expand(2, -1, 2, 2).clone()
+
+
 def test_diff_loss_reference_values() -> None:
-    enc = [torch.ones(2, 3, 2, 2), torch.full((2, 3, 2, 2), 2.0)]
-    dec = [torch.zeros(2, 3, 2, 2), torch.ones(2, 3, 2, 2)]  # residuals: all ones in both groups
-    zero = [torch.zeros(2, 3, 2, 2, requires_grad=True) for _ in range(2)]
-    # squared L2 over the 3 channels of (0 - 1) is 3 for every token
-    assert diff_loss(zero, enc, dec, kind="mse").item() == pytest.approx(3.0)
-    half = [torch.full((2, 3, 2, 2), 0.5), torch.full((2, 3, 2, 2), -1.0)]
-    # group 1: 3 * 0.25; group 2: 3 * 4
-    assert diff_loss(half, enc, dec, kind="mse").item() == pytest.approx((0.75 + 12) / 2)
+    # residual targets between unit tokens: n(E) - n(D) = (1, -1, 0) and (0, -1, 1)
+    enc = [_tokens(2.0, 0.0, 0.0), _tokens(0.0, 0.0, 4.0)]
+    dec = [_tokens(0.0, 5.0, 0.0), _tokens(0.0, 0.03, 0.0)]
+    zero = [torch.zeros(2, 3, 2, 2) for _ in range(2)]
+    # squared L2 over channels: 2 for both targets
+    assert diff_loss(zero, enc, dec, kind="mse").item() == pytest.approx(2.0)
+    pred = [_tokens(1.0, -1.0, 0.0), _tokens(0.0, 1.0, -1.0)]  # exact; opposite
+    # group 1: 0; group 2: |(0, 2, -2)|^2 = 8
+    assert diff_loss(pred, enc, dec, kind="mse").item() == pytest.approx((0 + 8) / 2)
     # cosine: aligned with the residual -> 0, opposite -> 2
-    assert diff_loss(half, enc, dec, kind="cosine").item() == pytest.approx((0 + 2) / 2)
+    assert diff_loss(pred, enc, dec, kind="cosine").item() == pytest.approx((0 + 2) / 2)
+
+
+@pytest.mark.parametrize("kind", ["mse", "cosine"])
+def test_diff_loss_ignores_the_scale_of_encoder_and_decoder_tokens(kind: str) -> None:
+    torch.manual_seed(0)
+    enc, dec, pred = ([torch.randn(2, 4, 3, 3)] for _ in range(3))
+    scale_e, scale_d = torch.rand(2, 1, 3, 3) + 0.1, torch.rand(2, 1, 3, 3) * 0.01 + 1e-3
+    rescaled = diff_loss(pred, [enc[0] * scale_e], [dec[0] * scale_d], kind)
+    torch.testing.assert_close(rescaled, diff_loss(pred, enc, dec, kind))
 
 
 def test_diff_loss_target_is_detached() -> None:

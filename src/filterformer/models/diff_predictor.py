@@ -1,4 +1,7 @@
-"""Filter-Former's Diff Predictor: predicts the normal encoder-decoder residual from E_g."""
+"""Filter-Former's Diff Predictor: predicts the normal encoder-decoder residual from E_g.
+
+The residual is taken between channel-wise unit tokens, n(E_g) - n(D_g) (see `diff_loss`).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ class DiffPredictor(nn.Module):
     """Pre-LN self-attention blocks + LayerNorm + linear head: E_g tokens -> R̂_g (B x N x C).
 
     Attention is timm's (F.scaled_dot_product_attention). Linears use the INP-Former init; the
-    head starts at zero so that, at init, the filtered encoder E_g - R̂_g equals E_g and the
-    "filter" map equals the "inp" map. Training then starts from the baseline map instead of
+    head starts at zero so that, at init, the filtered encoder n(E_g) - R̂_g is the unit E_g and
+    the "filter" map equals the "inp" map. Training then starts from the baseline map instead of
     from a random perturbation of it.
     """
 

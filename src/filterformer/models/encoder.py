@@ -33,6 +33,8 @@ class EncoderSpec:
     depth: int
     taps: tuple[int, ...]
     meta_file: str | None  # name of Meta's released checkpoint (None: no pretrained weights)
+    random_init: tuple[tuple[str, object], ...] = ()
+    """timm arguments for a random-weights-only variant (loaded weights set these layers)."""
 
 
 # Mirrors configs/encoder/*.yaml (INP-Former spec §1.1); the configs are the source of `taps`.
@@ -62,6 +64,9 @@ ENCODERS: dict[str, EncoderSpec] = {
         meta_file="dinov2_vitl14_reg4_pretrain.pth",
     ),
     # The ViT-S/14-reg architecture shrunk for tests and the demo (random weights only).
+    # DINOv2's LayerScale starts at 1e-5 and timm's default Linear init (std 0.02) is tiny:
+    # random blocks would then add nothing and all taps would equal the patch embedding.
+    # LayerScale 1 and timm's "jax" (Xavier) init make every block change the tokens.
     "tiny_random": EncoderSpec(
         arch="vit_small_patch14_reg4_dinov2",
         embed_dim=64,
@@ -69,6 +74,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         depth=10,
         taps=tuple(range(2, 10)),
         meta_file=None,
+        random_init=(("init_values", 1.0), ("weight_init", "jax")),
     ),
 }
 
@@ -198,6 +204,7 @@ class DinoEncoder(nn.Module):
     ) -> nn.Module:
         shape = dict(embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads)
         kwargs = dict(dynamic_img_size=True, img_size=img_size, num_classes=0, **shape)
+        kwargs |= dict(spec.random_init)
         if weights is None and pretrained:
             if spec.meta_file is None:
                 raise ConfigError(

@@ -24,6 +24,7 @@ from filterformer.models.losses import (
     coherence_loss,
     diff_loss,
     soft_mining_loss,
+    unit_channels,
 )
 
 MAP_MODES = ("inp", "filter", "mean", "max", "product")
@@ -160,7 +161,14 @@ class INPFormer(nn.Module):
     def features(self, images: torch.Tensor) -> INPFeatures:
         """Run encoder, extractor, bottleneck and decoder on B x 3 x H x W images."""
         grid = self.encoder.grid_size(tuple(images.shape[-2:]))
-        taps = self.encoder(images)
+        return self.features_from_taps(self.encoder(images), grid)
+
+    def features_from_taps(self, taps: list[torch.Tensor], grid: tuple[int, int]) -> INPFeatures:
+        """Everything after the frozen encoder: its taps (B x h*w x C each) -> features.
+
+        Split from `features` so that callers may compute the taps once and reuse them
+        (the encoder never changes during training).
+        """
         fused = torch.stack(taps).mean(dim=0)
         inps = self.extractor(fused)
         decoded = self.decoder(self.bottleneck(fused), inps)[::-1]  # mirror: last block first
@@ -212,6 +220,11 @@ class INPFormer(nn.Module):
 class FilterFormer(INPFormer):
     """INP-Former + Diff Predictor: filters the predicted normal residual out of the encoder.
 
+    Our reading (docs/architecture.md, "Filter-Former: our reading"): the maps are cosine
+    distances, so the residual lives between channel-wise unit tokens. The Diff Predictor
+    learns R̂_g = P(E_g) ≈ n(E_g) - n(D_g) on normal images (`diff_loss`), and the filtered
+    encoder Ê_g = n(E_g) - R̂_g is compared with D_g: a_filter = mean_g (1 - cos(Ê_g, D_g)).
+
     Args (besides INPFormer's, passed by keyword):
         diff_depth: number of Diff Predictor self-attention blocks.
         diff_weight: lambda_df of the diff loss.
@@ -242,7 +255,7 @@ class FilterFormer(INPFormer):
         )
 
     def residuals(self, feats: INPFeatures) -> list[torch.Tensor]:
-        """Predicted normal residuals R̂_g = P(E_g), B x C x h x w each."""
+        """Predicted normal residuals R̂_g = P(E_g) ≈ n(E_g) - n(D_g), B x C x h x w each."""
         return [
             self.diff_predictor(e.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(e.shape)
             for e in feats.enc_groups
@@ -258,8 +271,13 @@ class FilterFormer(INPFormer):
         return out
 
     def maps(self, feats: INPFeatures, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Maps "inp" and "filter" (filtered encoder Ê_g = E_g - R̂_g against D_g)."""
+        """Maps "inp" and "filter" (filtered encoder Ê_g = n(E_g) - R̂_g against D_g).
+
+        With a zero head (at init) Ê_g = n(E_g), which has the direction of E_g, so the two
+        maps coincide.
+        """
         out = super().maps(feats, size)
-        filtered = [e - r for e, r in zip(feats.enc_groups, self.residuals(feats), strict=True)]
+        residuals = self.residuals(feats)
+        filtered = [unit_channels(e) - r for e, r in zip(feats.enc_groups, residuals, strict=True)]
         out["filter"] = distance_map(filtered, feats.dec_groups, size)
         return out

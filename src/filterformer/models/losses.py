@@ -65,23 +65,36 @@ def soft_mining_loss(
     return torch.stack(losses).mean()
 
 
+def unit_channels(maps: torch.Tensor) -> torch.Tensor:
+    """L2-normalise every token of a B x C x h x w map over its channels: n(X).
+
+    The anomaly maps are cosine distances, which see only token directions; Filter-Former's
+    residuals therefore live between unit tokens, where the decoder's (arbitrary) output scale
+    drops out.
+    """
+    return F.normalize(maps, dim=1, eps=COS_EPS)
+
+
 def diff_loss(
     pred_residuals: Sequence[torch.Tensor],
     enc_groups: Sequence[torch.Tensor],
     dec_groups: Sequence[torch.Tensor],
     kind: str = "mse",
 ) -> torch.Tensor:
-    """Filter-Former's L_df: the Diff Predictor's error on the detached residual sg(E_g - D_g).
+    """Filter-Former's L_df: the Diff Predictor's error on the residual sg(n(E_g) - n(D_g)).
 
-    All tensors B x C x h x w. "mse": mean over groups and tokens of the squared L2 norm over
-    channels; "cosine": mean over groups and tokens of 1 - cos over channels. The target is
-    detached, so the decoder gets no gradient from this loss.
+    All tensors B x C x h x w; n = `unit_channels`. The residual is taken between unit tokens
+    because INP-Former's global cosine loss fixes only the direction of D_g, not its scale
+    (trained decoder tokens are ~100x shorter than the encoder's): E_g - D_g would be almost
+    E_g itself. "mse": mean over groups and tokens of the squared L2 norm over channels;
+    "cosine": mean over groups and tokens of 1 - cos over channels. The target is detached,
+    so the decoder gets no gradient from this loss.
     """
     if kind not in DIFF_LOSS_TYPES:
         raise ConfigError(f"unknown diff_loss_type {kind!r}; valid: {', '.join(DIFF_LOSS_TYPES)}")
     losses = []
     for pred, enc, dec in zip(pred_residuals, enc_groups, dec_groups, strict=True):
-        target = (enc - dec).detach()
+        target = (unit_channels(enc) - unit_channels(dec)).detach()
         if kind == "mse":
             losses.append((pred - target).square().sum(dim=1).mean())
         else:
