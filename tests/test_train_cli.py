@@ -97,9 +97,14 @@ def test_resume_refuses_a_changed_config(monkeypatch, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_demo_preset_learns_to_light_up_defects(monkeypatch, tmp_path):
-    """The full demo recipe: loss falls and both maps are higher inside the defects."""
+    """The full demo recipe: loss falls and both maps are clearly higher inside the defects.
+
+    Margin = (mean inside the defect masks - mean on normal pixels) / std on normal pixels, over
+    all of test_public. Measured: inp +0.83, filter +0.95 (AU-PRO@0.05 0.04 and 0.08). The
+    in-training evaluation is skipped (eval.every=0): this test scores the last weights itself.
+    """
     threads = torch.get_num_threads()
-    ff_train(monkeypatch, "preset=demo", f"run_dir={tmp_path}", "progress=false")
+    ff_train(monkeypatch, "preset=demo", "eval.every=0", f"run_dir={tmp_path}", "progress=false")
     torch.set_num_threads(threads)
 
     with open(tmp_path / "train_log.csv", newline="") as fh:
@@ -111,17 +116,14 @@ def test_demo_preset_learns_to_light_up_defects(monkeypatch, tmp_path):
     test = split_samples(run.config, "test_public")
     for mode in ("inp", "filter"):
         inside, normal, pro = [], [], ProAccumulator()
-        maps = predict_maps(
-            run.model, test, run.geometry, mode=mode, map_stats=run.map_stats, progress=False
-        )
+        maps = predict_maps(run.model, test, run.geometry, mode=mode, progress=False)
         for sample, amap in maps:
             gt = sample.load_mask()
             inside.append(amap[gt])
             normal.append(amap[~gt])
             pro.update(amap, gt)
         inside, normal = np.concatenate(inside), np.concatenate(normal)
-        print(
-            f"demo {mode}: inside {inside.mean():.4f}, normal {normal.mean():.4f} "
-            f"(std {normal.std():.4f}), AU-PRO@0.05 {pro.compute().au_pro[0.05]:.4f}"
-        )
-        assert inside.mean() > normal.mean() + 0.2 * normal.std(), mode
+        margin = (inside.mean() - normal.mean()) / normal.std()
+        au_pro = pro.compute().au_pro[0.05]
+        print(f"demo {mode}: margin {margin:+.2f} std, AU-PRO@0.05 {au_pro:.4f}")
+        assert margin > 0.5, mode

@@ -19,3 +19,7 @@ class CheckpointError(FilterformerError, ValueError):
 
 class SubmissionError(FilterformerError, ValueError):
     """A benchmark-server submission folder fails one of the upload checks."""
+
+
+class NonFiniteLossError(FilterformerError, RuntimeError):
+    """The training loss became NaN or infinite; the run folder keeps the last good checkpoint."""

@@ -3,6 +3,8 @@
     ff-train category=vial data.root=/data/mvtec_ad_2 encoder.weights=weights/<file>
     ff-train preset=demo run_dir=runs/demo
     ff-train -m category=can,fabric             # several runs, one folder each
+    ff-train -m hydra/launcher=joblib category=can,fabric   # ... in parallel processes
+    torchrun --nproc_per_node 4 -m filterformer.cli.train category=vial  # one run, 4 GPUs
     ff-train --cfg job preset=filterformer_paper  # print the resolved config
 
 The config groups and presets live in ``configs/`` (shipped as ``filterformer.configs``).
@@ -20,6 +22,7 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
 
 from filterformer.data.mvtec_ad2 import resolve_data_root
 from filterformer.data.sample import Sample
@@ -27,19 +30,40 @@ from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment
 from filterformer.errors import ConfigError, FilterformerError
+from filterformer.models.encoder import DinoEncoder
 from filterformer.runs import (
     CONFIG_FILE,
     build_from_config,
     build_geometry,
+    build_smoothing,
     build_tiling,
     create_run,
     split_samples,
 )
+from filterformer.training.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    close_distributed,
+    init_distributed,
+    main_first,
+)
+from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
 from filterformer.training.loop import OptimizerSettings, check_run_dir, train
 from filterformer.training.validation import FusionEvaluator, map_statistics
 
 RESUME_FREE_KEYS = frozenset(
-    {"resume", "progress", "device", "train.num_workers", "train.threads", "eval.batch_size"}
+    {
+        "resume",
+        "progress",
+        "device",
+        "train.num_workers",
+        "train.threads",
+        "train.compile",
+        "train.log_every",
+        "train.feature_cache.storage",
+        "train.feature_cache.dir",
+        "eval.batch_size",
+    }
 )
 """Settings that may change when a run is resumed: they do not change what is computed."""
 
@@ -98,22 +122,32 @@ def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
         )
 
 
-def run_training(cfg: DictConfig) -> Path:
-    """Train as ``cfg`` says; return the run folder."""
+def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCESS) -> Path:
+    """Train as ``cfg`` says (as one of several torchrun processes); return the run folder."""
     if cfg.train.get("threads"):
         torch.set_num_threads(int(cfg.train.threads))
-    cfg = prepare_config(cfg)
+    with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
+        cfg = prepare_config(cfg)
     run_dir = Path(cfg.run_dir)
     check_run_dir(run_dir, cfg.resume)
     if cfg.resume:
         check_resumable(run_dir, cfg)
     model, identity = build_from_config(cfg)
-    create_run(run_dir, cfg, identity["encoder_weights"])
+    if distributed.is_main:
+        create_run(run_dir, cfg, identity["encoder_weights"])
     geometry = build_geometry(cfg)
     tiling = build_tiling(cfg)
     augment = None if cfg.train.augment is None else TrainAugment(**_plain(cfg.train.augment))
-    train_set = TrainingImages(split_samples(cfg, "train"), geometry, augment, seed=cfg.seed)
-    train_set.preload(progress=cfg.progress)
+    train_set = TrainingImages(
+        split_samples(cfg, "train"),
+        geometry,
+        augment,
+        seed=cfg.seed,
+        tiling=build_tiling(cfg, training=True),
+    )
+    train_set.preload(progress=cfg.progress and distributed.is_main)
+    if cfg.train.feature_cache.enabled:
+        train_set = _feature_cache(cfg, model.encoder, train_set, distributed)
     validation = _optional_split(cfg, "validation")
     evaluator = None
     if cfg.eval.every and validation is not None:
@@ -124,6 +158,7 @@ def run_training(cfg: DictConfig) -> Path:
                 test,
                 geometry,
                 tiling=tiling,
+                smoothing=build_smoothing(cfg),
                 device=cfg.device,
                 batch_size=cfg.eval.batch_size,
                 pro_limit=cfg.eval.pro_limit,
@@ -154,6 +189,9 @@ def run_training(cfg: DictConfig) -> Path:
         seed=cfg.seed,
         deterministic=cfg.train.deterministic,
         num_workers=cfg.train.num_workers,
+        compile_step=cfg.train.compile,
+        log_every=cfg.train.log_every,
+        distributed=distributed,
         eval_every=cfg.eval.every if evaluator else 0,
         evaluator=evaluator,
         select_metric=cfg.eval.metric,
@@ -163,11 +201,45 @@ def run_training(cfg: DictConfig) -> Path:
         progress=cfg.progress,
     )
     best = ", ".join(f"{m} {b['score']:.4f}" for m, b in result.best.items())
+    if not distributed.is_main:
+        return run_dir
     print(
         f"ff-train: {run_dir} ({result.epoch} epochs, {result.step} steps)"
         + (f"; best {cfg.eval.metric}: {best}; fusion mode {result.fusion_mode}" if best else "")
     )
     return run_dir
+
+
+def _feature_cache(
+    cfg: DictConfig, encoder: DinoEncoder, images: TrainingImages, distributed: DistributedContext
+) -> Dataset:
+    """The encoder taps of ``images``, computed once (train.feature_cache).
+
+    With a single view, items that change every epoch (augmentation, random training tiles)
+    would be frozen to their epoch-0 version: then the cache stays off, and a note says how to
+    cache several views instead.
+    """
+    cache = _plain(cfg.train.feature_cache)
+    settings = FeatureCacheSettings(**{k: v for k, v in cache.items() if k != "enabled"})
+    if settings.views == 1 and (images.augment is not None or images.tiling is not None):
+        if distributed.is_main:
+            print(
+                "ff-train: feature cache off: the training items change every epoch "
+                "(augmentation or training tiles); set train.feature_cache.views=K to train on "
+                "K cached views per image.",
+                file=sys.stderr,
+            )
+        return images
+    with main_first(distributed):  # the disk cache is filled once, by rank 0
+        return cache_features(
+            encoder,
+            images,
+            settings,
+            device=cfg.device,
+            batch_size=cfg.train.batch_size,
+            amp_bf16=cfg.train.amp_bf16,
+            progress=cfg.progress and distributed.is_main,
+        )
 
 
 def _optional_split(cfg: DictConfig, split: str) -> Sequence[Sample] | None:
@@ -202,11 +274,14 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @hydra.main(config_path=str(config_dir()), config_name="train", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
+    distributed = init_distributed()
     try:
-        run_training(cfg)
+        run_training(cfg, distributed)
     except FilterformerError as err:
         print(f"ff-train: error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        close_distributed()
 
 
 def main() -> None:

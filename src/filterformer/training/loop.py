@@ -9,38 +9,47 @@ Files it keeps in the run folder (docs/architecture.md):
 - ``fusion.json`` ``{"<category>": "<best mode>"}`` after every evaluation;
 - ``map_stats.json`` (validation mean/std per map) at the end.
 
-Resuming loads ``last`` and replays nothing: the data order (a seeded DataLoader generator
-whose state is saved), the augmentations (seeded per epoch and item) and the random states
-are restored, so an interrupted and resumed run ends with the same weights as one that
-ran through.
+Resuming loads ``last`` and replays nothing: the data order (a function of seed and epoch),
+the augmentations (seeded per epoch and item) and the random states are restored, so an
+interrupted and resumed run ends with the same weights as one that ran through.
+
+The step never waits for the device: the losses of each step stay on it and are copied to
+the host (one synchronisation) every ``log_every`` steps and at the end of every epoch, where
+the NaN guard also looks at them. A non-finite loss is therefore noticed up to ``log_every``
+steps late, but always before the epoch's checkpoint or evaluation, and reported with the
+exact step where it first appeared. The train set is images, or cached encoder taps
+(:class:`TapFeatures`), which skip the frozen encoder. Several processes (torchrun) train one
+model with data parallelism (:mod:`filterformer.training.distributed`).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import time
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from filterformer.errors import ConfigError, FilterformerError
+from filterformer.errors import ConfigError, NonFiniteLossError
 from filterformer.io import write_csv, write_json
 from filterformer.training.checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
+from filterformer.training.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    set_loader_epoch,
+    training_loader,
+    wrap_trainable,
+)
+from filterformer.training.feature_cache import TapFeatures
 from filterformer.training.optim import build_optimizer
 from filterformer.training.schedule import WarmupCosine
-from filterformer.training.seed import (
-    rng_state,
-    seed_everything,
-    seed_worker,
-    set_deterministic,
-    set_rng_state,
-)
+from filterformer.training.seed import rng_state, seed_everything, set_deterministic, set_rng_state
 
 Evaluator = Callable[[torch.nn.Module], dict[str, dict[str, float]]]
 """model -> {fusion mode: {metric: value}}; higher is better for the selection metric."""
@@ -49,11 +58,10 @@ MapStatistics = Callable[[torch.nn.Module], dict[str, tuple[float, float]]]
 """model -> {map name: (validation mean, validation std)}."""
 
 StepCallback = Callable[[int, dict[str, float]], None]
-"""Called after every optimiser step with the 1-based step number and its log row."""
+"""Called with every step's 1-based number and log row, in order, when the row is logged."""
 
-
-class NonFiniteLossError(FilterformerError, RuntimeError):
-    """The loss became NaN or infinite; training stopped and ``last`` holds the last good state."""
+LossStep = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+"""A batch on the device (images, or cached taps) -> the model's losses."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ class TrainResult:
     """mode -> {"score": value of the selection metric, "epoch": e, "step": s}."""
     fusion_mode: str | None = None
     """The mode with the highest best score (None without evaluation)."""
+    epoch_seconds: list[float] = field(default_factory=list)
+    """Wall time of each epoch trained in this call (training only, without evaluation)."""
 
 
 def train(
@@ -98,6 +108,9 @@ def train(
     seed: int = 1,
     deterministic: bool = True,
     num_workers: int = 0,
+    compile_step: bool = False,
+    log_every: int = 50,
+    distributed: DistributedContext = SINGLE_PROCESS,
     eval_every: int = 0,
     evaluator: Evaluator | None = None,
     select_metric: str = "f1_max",
@@ -107,27 +120,39 @@ def train(
     step_callback: StepCallback | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``model`` on ``train_set`` (a Dataset of 3 x h x w tensors) and keep the run's files.
+    """Train ``model`` on ``train_set`` and keep the run's files.
 
     Args:
+        train_set: a Dataset of normalised 3 x h x w images, or the cached encoder taps of
+            one (:func:`cache_features`), which the model turns into features with
+            ``features_from_taps``.
         checkpoint_meta: identity and config stored with every checkpoint (``model``,
             ``encoder``, ``encoder_weights``, ``config``); a resumed run must match it.
+        batch_size: the global batch; with several processes each takes an equal share.
         optimizer: optimiser and warm-up + cosine schedule, stepped every iteration
             (default: INP-Former's StableAdamW settings).
         grad_clip: global L2 norm clip before each step (None or 0: off).
         amp_bf16: autocast the forward pass to bfloat16 (CUDA only; ignored on CPU).
         deterministic: deterministic torch kernels and no cuDNN autotuning.
+        num_workers: DataLoader worker processes (kept alive across epochs).
+        compile_step: ``torch.compile`` the step after the encoder (forward and losses).
+        log_every: copy the step losses to the host (log rows, NaN guard, progress bar)
+            every this many steps, and at the end of every epoch.
+        distributed: this process's rank among the torchrun processes; only rank 0 writes
+            files and shows progress.
         eval_every: evaluate every this many epochs and after the last one (0: never).
         evaluator: scores per fusion mode; ``select_metric`` picks the score that decides
             ``best_<mode>``; ``category`` names the entry of fusion.json.
         map_statistics: computes map_stats.json at the end (None: not written).
         resume: continue from ``checkpoints/last`` if present. Without it, a run folder that
             already holds ``last`` is refused rather than overwritten.
-        step_callback: called after every step (monitoring; raising from it stops training).
+        step_callback: called for every step when its row is logged (monitoring; raising
+            from it stops training before the next checkpoint).
     """
     run_dir = Path(run_dir)
     device = torch.device(device)
     optimizer = optimizer or OptimizerSettings()
+    main = distributed.is_main
     last = last_checkpoint(run_dir)
     check_run_dir(run_dir, resume)
     set_deterministic(deterministic)
@@ -138,15 +163,14 @@ def train(
             f"batch size {batch_size} is larger than the {len(train_set)} training images; "
             "lower train.batch_size."
         )
-    loader = DataLoader(
+    loader = training_loader(
         train_set,
         batch_size=batch_size,
-        shuffle=True,
-        drop_last=True,  # as INP-Former: every step sees a full batch
+        seed=seed,
+        context=distributed,
         num_workers=num_workers,
-        worker_init_fn=seed_worker,
-        generator=generator,
         pin_memory=device.type == "cuda",
+        generator=generator,
     )
     model.to(device)
     opt = build_optimizer(
@@ -179,33 +203,53 @@ def train(
         result = TrainResult(step=state["step"], epoch=state["epoch"], best=state["best"])
         log.restore(result.step, result.epoch)
 
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if amp_bf16 and device.type == "cuda"
-        else nullcontext()
+    step = wrap_trainable(model, loss_step(model, train_set), distributed)
+    if compile_step:
+        step = torch.compile(step)
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=amp_bf16 and device.type == "cuda"
     )
-    bar = tqdm(total=epochs * len(loader), initial=result.step, desc="train", disable=not progress)
+    pending = _PendingLosses(distributed)
+    bar = tqdm(
+        total=epochs * len(loader),
+        initial=result.step,
+        desc="train",
+        disable=not (progress and main),
+    )
+
+    def flush() -> None:
+        """Copy the pending losses to the host, log them, stop at the first non-finite one."""
+        rows = pending.flush()
+        bad = next((n for n, row in enumerate(rows) if not _finite(row)), None)
+        log.train_rows.extend(rows if bad is None else rows[: bad + 1])
+        if rows:
+            bar.set_postfix(
+                {k: f"{v:.4g}" for k, v in rows[-1].items() if k not in ("step", "epoch")}
+            )
+        if bad is not None:
+            if main:
+                log.write()
+            bar.close()
+            row = rows[bad]
+            raise NonFiniteLossError(
+                f"training diverged: non-finite loss at step {row['step']} (epoch {row['epoch']}): "
+                f"{ {k: v for k, v in row.items() if k not in ('step', 'epoch')} }. "
+                f"{last}.safetensors keeps the last good epoch. Lower train.optimizer.lr, "
+                "keep train.grad_clip on, or turn train.amp_bf16 off."
+            )
+        if step_callback is not None:
+            for row in rows:
+                step_callback(row["step"], row)
+
     params = model.trainable_parameters()
     for epoch in range(result.epoch, epochs):
+        started = time.perf_counter()
         model.train()
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
-        for images in loader:
+        set_loader_epoch(loader, epoch)
+        for batch in loader:
             lr = opt.param_groups[0]["lr"]
             with autocast:
-                losses = model(images.to(device, non_blocking=True))
-            row = {"step": result.step + 1, "epoch": epoch, "lr": lr}
-            row.update({name: value.item() for name, value in losses.items()})
-            if not all(math.isfinite(v) for v in row.values()):
-                log.train_rows.append(row)
-                log.write()
-                bar.close()
-                raise NonFiniteLossError(
-                    f"training diverged: non-finite loss at step {row['step']} (epoch {epoch}): "
-                    f"{ {k: v for k, v in row.items() if k not in ('step', 'epoch')} }. "
-                    f"{last}.safetensors keeps the last good epoch. Lower train.optimizer.lr, "
-                    "keep train.grad_clip on, or turn train.amp_bf16 off."
-                )
+                losses = step(batch.to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if grad_clip:
@@ -213,31 +257,33 @@ def train(
             opt.step()
             scheduler.step()
             result.step += 1
-            log.train_rows.append(row)
+            pending.add({"step": result.step, "epoch": epoch, "lr": lr}, losses)
             bar.update()
-            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "epoch")})
-            if step_callback is not None:
-                step_callback(result.step, row)
+            if result.step % log_every == 0:
+                flush()
+        flush()
         result.epoch = epoch + 1
-        if (
-            evaluator is not None
-            and eval_every
-            and (result.epoch % eval_every == 0 or result.epoch == epochs)
-        ):
-            _evaluate(model, evaluator, select_metric, result, run_dir, checkpoint_meta, log)
-            result.fusion_mode = _write_fusion(run_dir, category, result.best)
-        training_state = {
-            "optimizer": opt.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "rng": rng_state(),
-            "epoch": result.epoch,
-            "best": result.best,
-        }
-        meta = {**checkpoint_meta, "step": result.step, "epoch": result.epoch}
-        save_checkpoint(last, model, meta=meta, training_state=training_state)
-        log.write()
+        result.epoch_seconds.append(time.perf_counter() - started)
+        if main:
+            due = eval_every and (result.epoch % eval_every == 0 or result.epoch == epochs)
+            if evaluator is not None and due:
+                _evaluate(model, evaluator, select_metric, result, run_dir, checkpoint_meta, log)
+                result.fusion_mode = _write_fusion(run_dir, category, result.best)
+            training_state = {
+                "optimizer": opt.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "rng": rng_state(),
+                "epoch": result.epoch,
+                "best": result.best,
+            }
+            meta = {**checkpoint_meta, "step": result.step, "epoch": result.epoch}
+            save_checkpoint(last, model, meta=meta, training_state=training_state)
+            log.write()
+        distributed.barrier()
     bar.close()
+    if not main:
+        return result
     if result.fusion_mode is None and result.best:
         result.fusion_mode = _write_fusion(run_dir, category, result.best)
     if map_statistics is not None:
@@ -247,6 +293,19 @@ def train(
             run_dir / "map_stats.json", {k: {"mean": m, "std": s} for k, (m, s) in stats.items()}
         )
     return result
+
+
+def loss_step(model: torch.nn.Module, train_set: Dataset) -> LossStep:
+    """The model's losses from a batch of ``train_set``: images, or cached taps."""
+    if not isinstance(train_set, TapFeatures):
+        return lambda images: model(images)
+    grid = train_set.grid
+
+    def from_taps(taps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """B x taps x N x C in the storage dtype -> losses (the encoder's dtype is float32)."""
+        return model.losses(model.features_from_taps(list(taps.float().unbind(1)), grid))
+
+    return from_taps
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:
@@ -303,6 +362,38 @@ def _write_fusion(run_dir: Path, category: str | None, best: Mapping[str, Mappin
     mode = max(best, key=lambda m: best[m]["score"])
     write_json(run_dir / "fusion.json", {category or "default": mode})
     return mode
+
+
+class _PendingLosses:
+    """Each step's losses, kept on the device until :meth:`flush` copies them all at once."""
+
+    def __init__(self, distributed: DistributedContext) -> None:
+        self.distributed = distributed
+        self.rows: list[dict[str, Any]] = []
+        self.values: list[torch.Tensor] = []
+        self.names: list[str] = []
+
+    def add(self, row: dict[str, Any], losses: Mapping[str, torch.Tensor]) -> None:
+        """Record a step's ``row`` (step, epoch, lr) and its losses (no host synchronisation)."""
+        self.names = list(losses)
+        self.rows.append(row)
+        self.values.append(torch.stack([value.detach().float() for value in losses.values()]))
+
+    def flush(self) -> list[dict[str, Any]]:
+        """The pending rows with their losses (averaged over the ranks), and forget them."""
+        if not self.rows:
+            return []
+        values = self.distributed.mean(torch.stack(self.values)).cpu().tolist()
+        rows = [
+            {**row, **dict(zip(self.names, step_values, strict=True))}
+            for row, step_values in zip(self.rows, values, strict=True)
+        ]
+        self.rows, self.values = [], []
+        return rows
+
+
+def _finite(row: Mapping[str, Any]) -> bool:
+    return all(math.isfinite(value) for value in row.values())
 
 
 class _Logs:

@@ -1,0 +1,59 @@
+"""Categories in parallel: one ff-train multirun gives one complete run folder per category."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+TINY = [
+    "preset=demo",
+    "train.epochs=1",
+    "eval.every=0",
+    "progress=false",
+    "data.image_size=[56,70]",
+    "input.resize=[56,70]",
+    "data.counts={train: 4, validation: 2, test_public_good: 1, test_public_bad: 1, "
+    "test_private: 1, test_private_mixed: 1}",
+]
+
+
+def multirun(tmp_path, *launcher):
+    """ff-train -m over two synthetic categories, in a fresh process as a user would run it."""
+    command = [
+        sys.executable,
+        "-m",
+        "filterformer.cli.train",
+        "-m",
+        *launcher,
+        *TINY,
+        "category.name=alpha,beta",
+        f"run_dir={tmp_path}/runs/${{category.name}}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def assert_one_run_per_category(tmp_path):
+    runs = tmp_path / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["alpha", "beta"]
+    for name in ("alpha", "beta"):
+        config = yaml.safe_load((runs / name / "config.yaml").read_text())
+        assert config["category"]["name"] == name
+        assert config["data"]["root"] == str(runs / name / "data")
+        assert (runs / name / "data" / name / "train").is_dir()
+        for file in ("last.safetensors", "last.json", "last.state.pt"):
+            assert (runs / name / "checkpoints" / file).is_file()
+        assert len((runs / name / "train_log.csv").read_text().splitlines()) == 2  # header + step
+
+
+def test_multirun_trains_each_category_into_its_own_run_folder(tmp_path):
+    multirun(tmp_path)
+    assert_one_run_per_category(tmp_path)
+
+
+@pytest.mark.slow
+def test_joblib_launcher_trains_the_categories_in_parallel_processes(tmp_path):
+    multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert_one_run_per_category(tmp_path)
