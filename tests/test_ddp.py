@@ -89,12 +89,11 @@ def read_rows(path):
 def test_two_processes_train_the_weights_of_one(synthetic_root, tmp_path):
     """The same global batches split over two gloo processes: same weights and loss log.
 
-    Soft mining is off (gamma 0) because its gradient weights divide by the mean distance of
-    the batch, which each process takes over its own half: with gamma 3 the two runs differ
-    slightly (docs/benchmarks.md), like a single process with a different batch would.
+    With the recipe's soft mining (gamma 3), whose gradient weights divide by the mean
+    distance of the whole batch: the processes all-reduce that mean.
     """
-    single = run(synthetic_root, tmp_path / "single", gamma=0.0)
-    double = trained_in_two_processes(synthetic_root, tmp_path / "ddp", gamma=0.0)
+    single = run(synthetic_root, tmp_path / "single", gamma=3.0)
+    double = trained_in_two_processes(synthetic_root, tmp_path / "ddp", gamma=3.0)
     for name, tensor in single.trainable_state_dict().items():
         torch.testing.assert_close(double.trainable_state_dict()[name], tensor, msg=name)
     single_log, double_log = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx
 
@@ -41,6 +42,19 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * weights, None
 
 
+def global_batch_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over the whole batch: across all processes when training data-parallel (DDP).
+
+    Soft mining normalises by the mean distance of the batch; with DDP each process holds a
+    share of it, so the sum and count are all-reduced to give the one-process value exactly.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return values.mean()
+    total = torch.stack([values.sum(), values.new_tensor(float(values.numel()))])
+    dist.all_reduce(total)
+    return total[0] / total[1]
+
+
 def soft_mining_loss(
     enc_groups: Sequence[torch.Tensor],
     dec_groups: Sequence[torch.Tensor],
@@ -50,15 +64,16 @@ def soft_mining_loss(
 
     Value: mean over groups and images of 1 - cos(vec(E_g^b), vec(D_g^b)), E detached.
     Gradient w.r.t. D_g: that of the value, scaled per pixel by (δ / mean δ)^gamma, where
-    δ = 1 - cos over channels (no gradient; mean over batch and grid of the group). The scaling
-    applies to this loss only: other losses through D_g keep their plain gradients.
+    δ = 1 - cos over channels (no gradient; mean over the global batch and the grid of the
+    group). The scaling applies to this loss only: other losses through D_g keep their plain
+    gradients.
     """
     losses = []
     for enc, dec in zip(enc_groups, dec_groups, strict=True):
         enc = enc.detach()
         with torch.no_grad():
             distance = 1 - F.cosine_similarity(enc, dec, dim=1, eps=COS_EPS)  # B x h x w
-            weights = (distance / distance.mean().clamp_min(1e-12)) ** gamma
+            weights = (distance / global_batch_mean(distance).clamp_min(1e-12)) ** gamma
         mined = _ScaleGradient.apply(dec, weights.unsqueeze(1))
         cosine = F.cosine_similarity(enc.flatten(1), mined.flatten(1), dim=1, eps=COS_EPS)
         losses.append((1 - cosine).mean())
