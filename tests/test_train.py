@@ -168,3 +168,27 @@ def test_fusion_evaluator_scores_every_mode_and_statistics_cover_both_maps(synth
     assert tuple(scores) == MAP_MODES
     values = np.array([[s["au_pro"], s["f1_max"]] for s in scores.values()])
     assert np.all((values >= 0) & (values <= 1))
+
+
+def test_diff_loss_never_changes_how_inp_former_is_trained(synthetic_root, tmp_path):
+    """L_df reaches only the Diff Predictor, and gradients are clipped per part, so
+    Filter-Former's INP-Former parts train exactly as with L_df switched off."""
+
+    def model(diff_weight):
+        torch.manual_seed(0)
+        encoder = build_encoder("tiny_random", pretrained=False)
+        return build_model(
+            "filterformer", encoder, decoder_depth=8, diff_depth=1, diff_weight=diff_weight
+        )
+
+    with_df, _ = run(synthetic_root, tmp_path / "with", model(1.0), epochs=2)
+    without_df, _ = run(synthetic_root, tmp_path / "without", model(0.0), epochs=2)
+    inp_former = [
+        name for name in with_df.trainable_state_dict() if not name.startswith("diff_predictor.")
+    ]
+    for name in inp_former:
+        assert torch.equal(
+            with_df.trainable_state_dict()[name], without_df.trainable_state_dict()[name]
+        ), name
+    predictor = with_df.state_dict()["diff_predictor.head.weight"]
+    assert not torch.equal(predictor, without_df.state_dict()["diff_predictor.head.weight"])

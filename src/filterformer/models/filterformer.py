@@ -201,6 +201,10 @@ class INPFormer(nn.Module):
         """Every parameter except the frozen encoder's."""
         return [p for name, p in self.named_parameters() if not name.startswith("encoder.")]
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by part; training clips each part's gradient norm on its own."""
+        return {"inp_former": self.trainable_parameters()}
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict without the encoder (which is rebuilt from its own weights file)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
@@ -253,6 +257,14 @@ class FilterFormer(INPFormer):
         self.diff_predictor = DiffPredictor(
             encoder.embed_dim, encoder.num_heads, diff_depth, mlp_ratio
         )
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """INP-Former's parts and the Diff Predictor apart: L_df reaches only the predictor, and
+        clipping the two norms separately keeps it from scaling INP-Former's updates."""
+        predictor = list(self.diff_predictor.parameters())
+        own = {id(p) for p in predictor}
+        inp_former = [p for p in self.trainable_parameters() if id(p) not in own]
+        return {"inp_former": inp_former, "diff_predictor": predictor}
 
     def residuals(self, feats: INPFeatures) -> list[torch.Tensor]:
         """Predicted normal residuals R̂_g = P(E_g) ≈ n(E_g) - n(D_g), B x C x h x w each."""

@@ -131,7 +131,9 @@ def train(
         batch_size: the global batch; with several processes each takes an equal share.
         optimizer: optimiser and warm-up + cosine schedule, stepped every iteration
             (default: INP-Former's StableAdamW settings).
-        grad_clip: global L2 norm clip before each step (None or 0: off).
+        grad_clip: L2-norm clip before each step, per part of `model.parameter_groups()`
+            (INP-Former's parts; the Diff Predictor) so L_df never rescales INP-Former's
+            update (None or 0: off).
         amp_bf16: autocast the forward pass to bfloat16 (CUDA only; ignored on CPU).
         deterministic: deterministic torch kernels and no cuDNN autotuning.
         num_workers: DataLoader worker processes (kept alive across epochs).
@@ -241,7 +243,7 @@ def train(
             for row in rows:
                 step_callback(row["step"], row)
 
-    params = model.trainable_parameters()
+    clip_groups = list(model.parameter_groups().values())
     for epoch in range(result.epoch, epochs):
         started = time.perf_counter()
         model.train()
@@ -253,7 +255,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                for params in clip_groups:
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
             scheduler.step()
             result.step += 1
