@@ -186,3 +186,36 @@ def test_run_path_calibrates_stores_threshold_and_writes_eval_folder(untrained_r
     assert (out / "pro_curve_synthetic.png").is_file() and any((out / "overlays").iterdir())
     assert main(args) == 0  # second time: the stored threshold is reused, not recalibrated
     assert json.loads((run_dir / "thresholds.json").read_text())["synthetic"][mode] == record
+
+
+def test_run_on_a_folder_dataset_is_evaluated_with_overlays(untrained_run, tmp_path) -> None:
+    """Custom data (data=folder): samples have bare-stem relpaths and split "test"."""
+    from hydra import compose, initialize_config_dir
+
+    from filterformer.runs import build_from_config, create_run
+    from filterformer.training.checkpoint import save_checkpoint
+
+    _, root = untrained_run
+    images = root / "synthetic"
+    overrides = [
+        "encoder=tiny_random",
+        "data=folder",
+        f"data.train_dir={images / 'train' / 'good'}",
+        f"data.validation_dir={images / 'validation' / 'good'}",
+        f"data.test_dir={images / 'test_public' / 'bad'}",
+        f"data.mask_dir={images / 'test_public' / 'ground_truth' / 'bad'}",
+        "category=synthetic",
+        "category.name=bricks",
+        "~preset",
+        f"run_dir={tmp_path / 'run'}",
+        "+input.resize=[56,70]",
+    ]
+    with initialize_config_dir(str(Path(__file__).parents[1] / "configs"), version_base=None):
+        config = compose("train", overrides=overrides)
+    run_dir = create_run(tmp_path / "run", config, "random")
+    model, identity = build_from_config(config)
+    save_checkpoint(run_dir / "checkpoints" / "last", model, meta={**identity, "step": 0})
+
+    assert main(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
+    overlays = sorted((run_dir / "eval" / "test_public" / "overlays").iterdir())
+    assert overlays and all(p.name.startswith("bricks_") for p in overlays)

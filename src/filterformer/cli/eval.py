@@ -160,7 +160,7 @@ class Evaluator:
                 sample.load_mask(),
                 metrics.score_range,
             )
-            stem = str(sample.relpath.relative_to(sample.split)).replace("/", "_")
+            stem = str(sample.relpath).replace("/", "_")
             write_png(out_dir / "overlays" / f"{category}_{tag}_{stem}.png", panel)
 
     def finish(self, out_dir: Path | None) -> None:
