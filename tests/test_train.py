@@ -103,6 +103,9 @@ class NaNAtStep(torch.nn.Module):
     def trainable_parameters(self):
         return self.inner.trainable_parameters()
 
+    def parameter_groups(self):
+        return self.inner.parameter_groups()
+
     def trainable_state_dict(self):
         return self.inner.trainable_state_dict()
 
