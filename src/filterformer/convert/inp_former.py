@@ -14,14 +14,13 @@ DINOv2's masked pre-training) has no counterpart in timm's ViT and is dropped.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from filterformer.errors import CheckpointError
-from filterformer.models.encoder import ENCODERS
+from filterformer.models.encoder import ENCODERS, variant_of, vit_shape
 
 NUM_REGISTERS = 4
 """DINOv2-reg register tokens; the official loader always builds 4 (spec §1.1)."""
@@ -180,27 +179,21 @@ def _identify_model(state_dict: Mapping[str, torch.Tensor], source: str) -> None
     )
 
 
-def _block_count(state_dict: Mapping[str, torch.Tensor]) -> int:
-    found = {int(m.group(1)) for k in state_dict if (m := re.match(r"encoder\.blocks\.(\d+)\.", k))}
-    return max(found) + 1 if found else 0
-
-
 def _check_variant(state_dict: Mapping[str, torch.Tensor], variant: str, source: str) -> None:
     """Refuse a checkpoint whose encoder width or depth belongs to another variant."""
-    patch = state_dict.get("encoder.patch_embed.proj.weight")
-    if patch is None:
+    shape = vit_shape(state_dict, prefix="encoder.")
+    if shape is None:
         raise CheckpointError(
             f"{source} has no 'encoder.patch_embed.proj.weight': no encoder to convert"
         )
-    dim, depth = patch.shape[0], _block_count(state_dict)
     spec = ENCODERS[variant]
-    if (dim, depth) == (spec.embed_dim, spec.depth):
+    if shape == (spec.embed_dim, spec.depth):
         return
-    found = [name for name, s in ENCODERS.items() if (s.embed_dim, s.depth) == (dim, depth)]
+    found = variant_of(shape)
     raise CheckpointError(
-        f"{source} was trained with {found[0] if found else 'an unknown encoder'} (embed dim "
-        f"{dim}, {depth} blocks), not {variant} (embed dim {spec.embed_dim}, {spec.depth} "
-        f"blocks). Pass --encoder {found[0] if found else '<the matching variant>'}."
+        f"{source} was trained with {found or 'an unknown encoder'} (embed dim {shape[0]}, "
+        f"{shape[1]} blocks), not {variant} (embed dim {spec.embed_dim}, {spec.depth} blocks). "
+        f"Pass --encoder {found or '<the matching variant>'}."
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,29 +106,40 @@ def official_pos_embed(
     return grid.permute(0, 2, 3, 1).reshape(1, -1, channels).to(table.dtype)
 
 
-def _block_count(state_dict: dict[str, torch.Tensor]) -> int:
-    indices = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
-    return max(indices) + 1 if indices else 0
+def vit_shape(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> tuple[int, int] | None:
+    """(embed dim, number of blocks) of ViT weights whose keys start with ``prefix``.
+
+    None when there is no patch embedding, i.e. the weights are no ViT at all.
+    """
+    patch = state_dict.get(f"{prefix}patch_embed.proj.weight")
+    if patch is None:
+        return None
+    pattern = re.compile(rf"{re.escape(prefix)}blocks\.(\d+)\.")
+    blocks = {int(m.group(1)) for key in state_dict if (m := pattern.match(key))}
+    return int(patch.shape[0]), max(blocks) + 1 if blocks else 0
+
+
+def variant_of(shape: tuple[int, int]) -> str | None:
+    """The encoder variant with this (embed dim, number of blocks), if any."""
+    return next((n for n, s in ENCODERS.items() if (s.embed_dim, s.depth) == shape), None)
 
 
 def _check_variant(state_dict: dict[str, torch.Tensor], path: Path, variant: str) -> None:
     """Refuse a weights file whose embedding size or depth belongs to another variant."""
-    patch = state_dict.get("patch_embed.proj.weight")
-    if patch is None:
+    shape = vit_shape(state_dict)
+    if shape is None:
         raise CheckpointError(
             f"{path} has no 'patch_embed.proj.weight': it is not a DINOv2 ViT checkpoint "
             f"(expected Meta's .pth or timm's .safetensors for {variant})."
         )
-    dim, depth = patch.shape[0], _block_count(state_dict)
     spec = ENCODERS[variant]
-    if (dim, depth) == (spec.embed_dim, spec.depth):
+    if shape == (spec.embed_dim, spec.depth):
         return
-    found = [n for n, s in ENCODERS.items() if (s.embed_dim, s.depth) == (dim, depth)]
-    what = found[0] if found else "an unknown ViT"
     raise CheckpointError(
-        f"{path} looks like {what} (embed dim {dim}, {depth} blocks), but the config asks for "
-        f"{variant} (embed dim {spec.embed_dim}, {spec.depth} blocks). Set encoder.variant to "
-        f"match the file or point encoder.weights at the {variant} file."
+        f"{path} looks like {variant_of(shape) or 'an unknown ViT'} (embed dim {shape[0]}, "
+        f"{shape[1]} blocks), but the config asks for {variant} (embed dim {spec.embed_dim}, "
+        f"{spec.depth} blocks). Set encoder.variant to match the file or point encoder.weights "
+        f"at the {variant} file."
     )
 
 
