@@ -195,3 +195,30 @@ def test_diff_loss_never_changes_how_inp_former_is_trained(synthetic_root, tmp_p
         ), name
     predictor = with_df.state_dict()["diff_predictor.head.weight"]
     assert not torch.equal(predictor, without_df.state_dict()["diff_predictor.head.weight"])
+
+
+def test_training_steps_never_read_a_tensor_back_to_the_host(synthetic_root, tmp_path, monkeypatch):
+    """No `.item()` or truth test of a tensor in our code while training (each one would stall a
+    GPU every step): losses stay on the device until the log is flushed in one copy."""
+    import inspect
+    from pathlib import Path
+
+    import filterformer
+
+    package = str(Path(filterformer.__file__).parent)
+    reads = []
+
+    def record(original):
+        def wrapper(tensor, *args):
+            caller = inspect.stack()[1].filename
+            if caller.startswith(package):
+                reads.append(f"{caller}:{inspect.stack()[1].lineno}")
+            return original(tensor, *args)
+
+        return wrapper
+
+    model = tiny_model()
+    monkeypatch.setattr(torch.Tensor, "item", record(torch.Tensor.item))
+    monkeypatch.setattr(torch.Tensor, "__bool__", record(torch.Tensor.__bool__))
+    run(synthetic_root, tmp_path, model, epochs=2, log_every=1000)
+    assert reads == []
