@@ -196,3 +196,13 @@ def test_encoder_configs_build(name: str) -> None:
         ENCODERS[name].embed_dim,
         ENCODERS[name].num_heads,
     )
+
+
+def test_self_attention_uses_torch_sdpa(encoder: DinoEncoder) -> None:
+    """Encoder and Diff Predictor attention go through F.scaled_dot_product_attention (flash /
+    memory-efficient kernels on GPU): no xformers needed."""
+    from filterformer.models import build_model
+
+    predictor = build_model("filterformer", encoder, diff_depth=2).diff_predictor
+    blocks = [*encoder.vit.blocks, *predictor.blocks]
+    assert blocks and all(block.attn.fused_attn for block in blocks)
