@@ -27,8 +27,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
+from filterformer.cli.common import report_user_errors
 from filterformer.convert.inp_former import convert_state_dict
-from filterformer.errors import CheckpointError, ConfigError, FilterformerError
+from filterformer.errors import CheckpointError, ConfigError
 from filterformer.io import atomic_path
 from filterformer.models.encoder import ENCODERS, weights_sha256
 from filterformer.runs import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
@@ -155,12 +156,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ff-convert; returns the exit code (2 for any user-fixable error)."""
     args = build_parser().parse_args(argv)
-    try:
-        convert_inp_former(args)
-    except FilterformerError as err:
-        print(f"ff-convert: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return report_user_errors("ff-convert", lambda: convert_inp_former(args))
 
 
 if __name__ == "__main__":

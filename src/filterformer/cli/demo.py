@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from filterformer.cli.common import report_user_errors
 from filterformer.data.mvtec_ad2 import SPLITS, MVTecAD2
-from filterformer.errors import FilterformerError
 
 CATEGORY = "synthetic"
 
@@ -104,12 +104,10 @@ def run_demo(out: Path, epochs: int | None, overrides: Sequence[str], progress: 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``ff-demo``."""
     args = build_parser().parse_args(argv)
-    try:
-        run_demo(args.out, args.epochs, args.overrides, progress=not args.no_progress)
-    except FilterformerError as err:
-        print(f"ff-demo: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return report_user_errors(
+        "ff-demo",
+        lambda: run_demo(args.out, args.epochs, args.overrides, progress=not args.no_progress),
+    )
 
 
 if __name__ == "__main__":

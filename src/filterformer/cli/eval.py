@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from filterformer.cli.common import report_user_errors
 from filterformer.data.mvtec_ad2 import PRIVATE_SPLITS, SPLITS, MVTecAD2
 from filterformer.data.sample import Sample
-from filterformer.errors import DataError, FilterformerError
+from filterformer.errors import DataError
 from filterformer.evaluation.report import (
     CategoryMetrics,
     format_table,
@@ -317,21 +318,21 @@ def evaluate_runs(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ff-eval; returns the exit code (2 for any user-fixable error)."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.split in PRIVATE_SPLITS:
-            raise DataError(
-                f"split {args.split!r} has no public ground truth, so it cannot be evaluated "
-                "locally. Write its maps with ff-predict and upload them to the MVTec "
-                "benchmark server (https://benchmark.mvtec.com)."
-            )
-        if args.maps is not None:
-            evaluate_maps(args)
-        else:
-            evaluate_runs(args)
-    except FilterformerError as err:
-        print(f"ff-eval: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return report_user_errors("ff-eval", lambda: evaluate(args))
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """Evaluate precomputed maps or runs; refuse the private splits (no public GT)."""
+    if args.split in PRIVATE_SPLITS:
+        raise DataError(
+            f"split {args.split!r} has no public ground truth, so it cannot be evaluated "
+            "locally. Write its maps with ff-predict and upload them to the MVTec "
+            "benchmark server (https://benchmark.mvtec.com)."
+        )
+    if args.maps is not None:
+        evaluate_maps(args)
+    else:
+        evaluate_runs(args)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from filterformer.cli.common import report_user_errors
 from filterformer.data.folder import ImageFolderDataset
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
-from filterformer.errors import ConfigError, FilterformerError, SubmissionError
+from filterformer.errors import ConfigError, SubmissionError
 from filterformer.evaluation.report import overlay_panel
 from filterformer.evaluation.thresholds import Threshold, threshold_by_rule, write_thresholds
 from filterformer.export import (
@@ -241,11 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ff-predict; returns the exit code (2 for any user-fixable error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return _check(args) if args.check is not None else _run(args, parser)
-    except FilterformerError as err:
-        print(f"ff-predict: error: {err}", file=sys.stderr)
-        return 2
+    if args.check is not None:
+        return report_user_errors("ff-predict", lambda: _check(args))
+    return report_user_errors("ff-predict", lambda: _run(args, parser))
 
 
 if __name__ == "__main__":

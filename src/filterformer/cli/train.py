@@ -24,12 +24,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from filterformer.cli.common import report_user_errors
 from filterformer.data.mvtec_ad2 import resolve_data_root
 from filterformer.data.sample import Sample
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment
-from filterformer.errors import ConfigError, FilterformerError
+from filterformer.errors import ConfigError
 from filterformer.models.encoder import DinoEncoder
 from filterformer.runs import (
     CONFIG_FILE,
@@ -276,12 +277,11 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _hydra_main(cfg: DictConfig) -> None:
     distributed = init_distributed()
     try:
-        run_training(cfg, distributed)
-    except FilterformerError as err:
-        print(f"ff-train: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        code = report_user_errors("ff-train", lambda: run_training(cfg, distributed))
     finally:
         close_distributed()
+    if code:
+        sys.exit(code)  # only on failure: a multirun sweep goes on after each job
 
 
 def main() -> None:
