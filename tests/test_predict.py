@@ -26,6 +26,7 @@ from filterformer.inference.predict import (
     gaussian_blur,
     network_maps,
     predict_maps,
+    predict_mode_maps,
     smooth_maps,
 )
 from filterformer.io import write_json, write_png
@@ -64,6 +65,24 @@ def test_maps_come_back_at_each_original_size_in_order(model, tmp_path):
     for sample, amap in out:
         assert amap.dtype == np.float32 and amap.shape == sample.shape
         assert np.isfinite(amap).all()
+
+
+def test_all_modes_come_from_one_forward_pass_and_equal_each_mode_alone(
+    model, tmp_path, monkeypatch
+):
+    samples = _samples(tmp_path, [(60, 80), (90, 70), (33, 150)])
+    forward = model.anomaly_maps
+    calls = []
+    monkeypatch.setattr(model, "anomaly_maps", lambda x: calls.append(len(x)) or forward(x))
+    modes = ("inp", "filter", "mean", "max", "product")
+    together = list(
+        predict_mode_maps(model, samples, GEOMETRY, modes=modes, map_stats=STATS, batch_size=2)
+    )
+    assert calls == [2, 1]  # one pass per batch, whatever the number of modes
+    for mode in modes:
+        alone = predict_maps(model, samples, GEOMETRY, mode=mode, map_stats=STATS, batch_size=2)
+        for (sample, maps), (same, amap) in zip(together, alone, strict=True):
+            assert sample == same and np.array_equal(maps[mode], amap), mode
 
 
 def test_batch_size_does_not_change_the_maps(model, tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,6 +113,17 @@ def smooth_maps(maps: torch.Tensor, smoothing: Smoothing) -> torch.Tensor:
     return gaussian_blur(maps, smoothing.sigma, smoothing.kernel_size, smoothing.padding)
 
 
+def _finish(
+    raw: Mapping[str, torch.Tensor],
+    mode: str,
+    map_stats: MapStats | None,
+    smoothing: Smoothing,
+) -> torch.Tensor:
+    """Fuse the model's raw maps by ``mode`` and smooth, at network resolution."""
+    fused = fuse_maps(raw, mode, map_stats).float()
+    return _resize_maps(smooth_maps(fused, smoothing), fused.shape[-2:])
+
+
 @torch.no_grad()
 def network_maps(
     model: nn.Module,
@@ -121,8 +133,7 @@ def network_maps(
     smoothing: Smoothing = DEFAULT_SMOOTHING,
 ) -> torch.Tensor:
     """Fused, smoothed B x h x w maps of normalised B x 3 x h x w network inputs."""
-    fused = fuse_maps(model.anomaly_maps(images), mode, map_stats).float()
-    return _resize_maps(smooth_maps(fused, smoothing), fused.shape[-2:])
+    return _finish(model.anomaly_maps(images), mode, map_stats, smoothing)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -131,33 +142,39 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def predict_maps(
+def predict_mode_maps(
     model: nn.Module,
     samples: Sequence[Sample],
     geometry: InputGeometry,
     *,
-    mode: str,
+    modes: Sequence[str],
     map_stats: MapStats | None = None,
     smoothing: Smoothing = DEFAULT_SMOOTHING,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     tiling: Tiling | None = None,
     progress: bool = True,
-) -> Iterator[tuple[Sample, np.ndarray]]:
-    """Yield (sample, H x W float32 map at the sample's original size), in sample order.
+) -> Iterator[tuple[Sample, dict[str, np.ndarray]]]:
+    """Yield (sample, mode -> H x W float32 map at the original size), in sample order.
 
-    The model is put in eval mode on ``device``. Whole images are batched ``batch_size`` at a
-    time; with ``tiling`` the tiles of one image are.
+    Every mode is fused from the same forward pass, so scoring several fusion modes costs one
+    inference. The model is put in eval mode on ``device``. Whole images are batched
+    ``batch_size`` at a time; with ``tiling`` the tiles of one image are.
     """
     model.eval().to(device)
 
-    def score(crops: list[np.ndarray]) -> list[np.ndarray]:
+    def score(crops: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Original-size maps of image crops, ``batch_size`` network inputs at a time."""
         out = []
         for batch in _batches(crops, batch_size):
             inputs = torch.stack([geometry.to_tensor(crop) for crop in batch]).to(device)
-            maps = network_maps(model, inputs, mode, map_stats, smoothing).cpu().numpy()
-            out += [geometry.to_original(m, c.shape[:2]) for m, c in zip(maps, batch, strict=True)]
+            with torch.no_grad():
+                raw = model.anomaly_maps(inputs)
+            fused = {m: _finish(raw, m, map_stats, smoothing).cpu().numpy() for m in modes}
+            out += [
+                {m: geometry.to_original(fused[m][i], crop.shape[:2]) for m in modes}
+                for i, crop in enumerate(batch)
+            ]
         return out
 
     bar = tqdm(total=len(samples), desc="predict", unit="img", disable=not progress)
@@ -173,4 +190,24 @@ def predict_maps(
             boxes = tiling.tiles(*sample.shape)
             tile_maps = score([image[y0:y1, x0:x1] for y0, x0, y1, x1 in boxes])
             bar.update(1)
-            yield sample, tiling.blend(tile_maps, *sample.shape)
+            yield (
+                sample,
+                {m: tiling.blend([tile[m] for tile in tile_maps], *sample.shape) for m in modes},
+            )
+
+
+def predict_maps(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    geometry: InputGeometry,
+    *,
+    mode: str,
+    **options: Any,
+) -> Iterator[tuple[Sample, np.ndarray]]:
+    """Yield (sample, H x W float32 map at the sample's original size) for one fusion mode.
+
+    ``options`` are those of :func:`predict_mode_maps` (map_stats, smoothing, batch_size,
+    device, tiling, progress).
+    """
+    for sample, maps in predict_mode_maps(model, samples, geometry, modes=(mode,), **options):
+        yield sample, maps[mode]

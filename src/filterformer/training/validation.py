@@ -19,7 +19,7 @@ from filterformer.data.transforms import InputGeometry
 from filterformer.evaluation.aupro import ProAccumulator
 from filterformer.evaluation.image_metrics import f1_max
 from filterformer.evaluation.thresholds import MapMoments
-from filterformer.inference.predict import DEFAULT_SMOOTHING, Smoothing, predict_maps
+from filterformer.inference.predict import DEFAULT_SMOOTHING, Smoothing, predict_mode_maps
 
 METRICS = ("au_pro", "f1_max")
 """What :class:`FusionEvaluator` reports per mode (``eval.metric`` picks one for selection)."""
@@ -111,24 +111,22 @@ class FusionEvaluator:
             progress=self.progress,
         )
         stats = map_statistics(model, self.validation, self.geometry, **common)
-        return {
-            mode: self._scores(
-                predict_maps(
-                    model,
-                    self.test,
-                    self.geometry,
-                    mode=mode,
-                    map_stats=stats,
-                    smoothing=self.smoothing,
-                    **common,
-                )
-            )
-            for mode in model.fusion_modes
-        }
+        maps = predict_mode_maps(
+            model,
+            self.test,
+            self.geometry,
+            modes=model.fusion_modes,
+            map_stats=stats,
+            smoothing=self.smoothing,
+            **common,
+        )
+        accumulators = {mode: ProAccumulator() for mode in model.fusion_modes}
+        for sample, by_mode in maps:
+            gt = sample.load_mask()
+            for mode, amap in by_mode.items():
+                accumulators[mode].update(amap, gt, name=str(sample.path))
+        return {mode: self._scores(acc) for mode, acc in accumulators.items()}
 
-    def _scores(self, maps: Iterator[tuple[Sample, np.ndarray]]) -> dict[str, float]:
-        acc = ProAccumulator()
-        for sample, amap in maps:
-            acc.update(amap, sample.load_mask(), name=str(sample.path))
+    def _scores(self, acc: ProAccumulator) -> dict[str, float]:
         pro = acc.compute((self.pro_limit,)).au_pro[self.pro_limit]
         return {"au_pro": float(pro), "f1_max": float(f1_max(acc.pixel_counts()).counts.f1)}
