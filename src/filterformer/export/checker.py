@@ -160,13 +160,14 @@ def _check_layout(
     return files, problems
 
 
-def _source_shape(data_root: Path, item: _File) -> tuple[tuple[int, int] | None, list[Problem]]:
-    """(H, W) of the dataset image a map belongs to."""
+def _source_size_problems(data_root: Path, item: _File, shape: tuple[int, int]) -> list[Problem]:
+    """Whether a map or mask of ``shape`` has the size of the dataset image it belongs to."""
     source = data_root / item.category / item.split / f"{item.stem}.png"
     try:
-        return image_size(source), []
+        reference = image_size(source)
     except DataError as err:
-        return None, [Problem(item.path, f"cannot check its size: {err}")]
+        return [Problem(item.path, f"cannot check its size: {err}")]
+    return [] if shape == reference else [_size_problem(item, shape, reference, "its source image")]
 
 
 def _size_problem(
@@ -212,10 +213,7 @@ def _check_map(item: _File, data_root: Path | None) -> tuple[tuple[int, int] | N
             )
         )
     if data_root is not None:
-        source, found = _source_shape(data_root, item)
-        problems += found
-        if source is not None and amap.shape != source:
-            problems.append(_size_problem(item, amap.shape, source, "its source image"))
+        problems += _source_size_problems(data_root, item, amap.shape)
     return amap.shape, problems
 
 
@@ -250,10 +248,7 @@ def _check_mask(
     if mode != "L":
         problems.append(Problem(item.path, f"is mode {mode!r}, not 8-bit grey; {fix}"))
     if data_root is not None:
-        source, found = _source_shape(data_root, item)
-        problems += found
-        if source is not None and mask.shape != source:
-            problems.append(_size_problem(item, mask.shape, source, "its source image"))
+        problems += _source_size_problems(data_root, item, mask.shape)
     return mask.shape, problems
 
 
