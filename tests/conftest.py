@@ -53,3 +53,18 @@ def tiny_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("a.png", "b.jpg", "c.bmp", "d.tif"):
         cv2.imwrite(str(folder / name), rng.integers(0, 256, (32, 40, 3), dtype=np.uint8))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_overrides() -> list[str]:
+    """ff-train overrides: the demo preset cut to one epoch on a few 56 x 70 images."""
+    return [
+        "preset=demo",
+        "train.epochs=1",
+        "eval.every=0",
+        "progress=false",
+        "data.image_size=[56,70]",
+        "input.resize=[56,70]",
+        "data.counts={train: 4, validation: 2, test_public_good: 1, test_public_bad: 1, "
+        "test_private: 1, test_private_mixed: 1}",
+    ]

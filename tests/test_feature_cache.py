@@ -144,17 +144,12 @@ def test_views_need_an_augmented_dataset(synthetic_root):
         cache_features(tiny_model().encoder, plain, FeatureCacheSettings(views=2), progress=False)
 
 
-def test_ff_train_caches_only_what_stays_the_same_every_epoch(monkeypatch, capsys, tmp_path):
+def test_ff_train_caches_only_what_stays_the_same_every_epoch(
+    monkeypatch, capsys, tmp_path, tiny_demo_overrides
+):
     tiny = [
         "ff-train",
-        "preset=demo",
-        "train.epochs=1",
-        "eval.every=0",
-        "progress=false",
-        "data.image_size=[56,70]",
-        "input.resize=[56,70]",
-        "data.counts={train: 4, validation: 2, test_public_good: 1, test_public_bad: 1, "
-        "test_private: 1, test_private_mixed: 1}",
+        *tiny_demo_overrides,
         "train.feature_cache.enabled=true",
         "train.feature_cache.storage=disk",
     ]

@@ -6,19 +6,8 @@ import sys
 import pytest
 import yaml
 
-TINY = [
-    "preset=demo",
-    "train.epochs=1",
-    "eval.every=0",
-    "progress=false",
-    "data.image_size=[56,70]",
-    "input.resize=[56,70]",
-    "data.counts={train: 4, validation: 2, test_public_good: 1, test_public_bad: 1, "
-    "test_private: 1, test_private_mixed: 1}",
-]
 
-
-def multirun(tmp_path, *launcher):
+def multirun(tmp_path, overrides, *launcher):
     """ff-train -m over two synthetic categories, in a fresh process as a user would run it."""
     command = [
         sys.executable,
@@ -26,7 +15,7 @@ def multirun(tmp_path, *launcher):
         "filterformer.cli.train",
         "-m",
         *launcher,
-        *TINY,
+        *overrides,
         "category.name=alpha,beta",
         f"run_dir={tmp_path}/runs/${{category.name}}",
         f"hydra.sweep.dir={tmp_path}/sweep",
@@ -48,12 +37,12 @@ def assert_one_run_per_category(tmp_path):
         assert len((runs / name / "train_log.csv").read_text().splitlines()) == 2  # header + step
 
 
-def test_multirun_trains_each_category_into_its_own_run_folder(tmp_path):
-    multirun(tmp_path)
+def test_multirun_trains_each_category_into_its_own_run_folder(tmp_path, tiny_demo_overrides):
+    multirun(tmp_path, tiny_demo_overrides)
     assert_one_run_per_category(tmp_path)
 
 
 @pytest.mark.slow
-def test_joblib_launcher_trains_the_categories_in_parallel_processes(tmp_path):
-    multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+def test_joblib_launcher_trains_the_categories_in_parallel_processes(tmp_path, tiny_demo_overrides):
+    multirun(tmp_path, tiny_demo_overrides, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert_one_run_per_category(tmp_path)
