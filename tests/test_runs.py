@@ -171,3 +171,24 @@ def test_relative_encoder_weights_are_read_from_the_run_folder(tmp_path, monkeyp
     for given in ("elsewhere.safetensors", str(tmp_path / "elsewhere.safetensors")):
         config.encoder.weights = given
         assert resolve_run_paths(config, run_dir).encoder.weights == given
+
+
+def test_each_checkpoint_is_used_with_the_map_statistics_of_its_own_weights(tiny_run, tmp_path):
+    """Fused maps normalise by validation statistics, which differ between checkpoints: a best
+    checkpoint brings its own; `last` uses map_stats.json (computed after the last epoch)."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    mode = json.loads((run_dir / "fusion.json").read_text())["synthetic"]
+    meta_file = run_dir / "checkpoints" / f"best_{mode}.json"
+    meta = json.loads(meta_file.read_text())
+    assert set(meta["map_stats"]) == {"inp", "filter"}  # written by the training loop
+    meta["map_stats"] = {"inp": [0.25, 0.5], "filter": [0.75, 1.5]}
+    meta_file.write_text(json.dumps(meta))
+
+    assert load_run(run_dir).map_stats == {"inp": (0.25, 0.5), "filter": (0.75, 1.5)}
+    final = json.loads((run_dir / "map_stats.json").read_text())
+    assert load_run(run_dir, checkpoint="last").map_stats == {
+        name: (v["mean"], v["std"]) for name, v in final.items()
+    }

@@ -13,7 +13,7 @@ from filterformer.data.transforms import InputGeometry, TrainAugment
 from filterformer.errors import ConfigError
 from filterformer.models import MAP_MODES, build_encoder, build_model
 from filterformer.training.checkpoint import load_checkpoint
-from filterformer.training.loop import NonFiniteLossError, OptimizerSettings, train
+from filterformer.training.loop import Evaluation, NonFiniteLossError, OptimizerSettings, train
 from filterformer.training.validation import FusionEvaluator, map_statistics
 
 GEOMETRY = InputGeometry((56, 70))  # 4 x 5 tokens: the cheapest input the tiny ViT takes
@@ -137,8 +137,9 @@ def test_keeps_best_checkpoint_per_mode_and_writes_fusion_json(synthetic_root, t
     epoch = iter([1, 2, 3])
 
     def evaluator(model):
-        scores = script[next(epoch)]
-        return {mode: {"f1_max": s, "au_pro": s / 2} for mode, s in scores.items()}
+        e = next(epoch)
+        scores = {mode: {"f1_max": s, "au_pro": s / 2} for mode, s in script[e].items()}
+        return Evaluation(scores, {"inp": (0.1 * e, 0.02), "filter": (0.3 * e, 0.05)})
 
     _, result = run(
         synthetic_root,
@@ -152,6 +153,9 @@ def test_keeps_best_checkpoint_per_mode_and_writes_fusion_json(synthetic_root, t
     best = {m: json.loads((checkpoints / f"best_{m}.json").read_text()) for m in ("inp", "filter")}
     assert (best["inp"]["epoch"], best["filter"]["epoch"]) == (1, 2)
     assert best["filter"]["metrics"] == {"f1_max": 0.6, "au_pro": 0.3}
+    # each best checkpoint keeps the map statistics of its own weights (epoch 2 for "filter")
+    assert best["filter"]["map_stats"] == {"inp": [0.2, 0.02], "filter": [0.6, 0.05]}
+    assert best["inp"]["map_stats"] == {"inp": [0.1, 0.02], "filter": [0.3, 0.05]}
     assert result.fusion_mode == "filter"
     assert json.loads((tmp_path / "fusion.json").read_text()) == {"synthetic": "filter"}
     assert json.loads((tmp_path / "map_stats.json").read_text())["filter"] == {
@@ -167,9 +171,10 @@ def test_fusion_evaluator_scores_every_mode_and_statistics_cover_both_maps(synth
     test = MVTecAD2(synthetic_root, "synthetic", "test_public")
     stats = map_statistics(model, validation, GEOMETRY)
     assert set(stats) == {"inp", "filter"} and all(std > 0 for _, std in stats.values())
-    scores = FusionEvaluator(validation, test, GEOMETRY)(model)
-    assert tuple(scores) == MAP_MODES
-    values = np.array([[s["au_pro"], s["f1_max"]] for s in scores.values()])
+    evaluation = FusionEvaluator(validation, test, GEOMETRY)(model)
+    assert tuple(evaluation.scores) == MAP_MODES
+    assert evaluation.map_stats == stats  # the statistics the fused modes were scored with
+    values = np.array([[s["au_pro"], s["f1_max"]] for s in evaluation.scores.values()])
     assert np.all((values >= 0) & (values <= 1))
 
 

@@ -256,8 +256,11 @@ def load_run(
         best = f"best_{mode}"
         checkpoint = best if checkpoint_files(folder / best)[0].is_file() else "last"
     path = checkpoint_files(folder / checkpoint)[0]
-    load_checkpoint(path, model, expected=identity)
+    loaded = load_checkpoint(path, model, expected=identity)
     model.to(device).eval()
+    # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
+    stored = loaded.meta.get("map_stats")
+    map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
     thresholds_file = run_dir / "thresholds.json"
     threshold = None
     if thresholds_file.is_file():
@@ -271,7 +274,7 @@ def load_run(
         geometry=build_geometry(config),
         category=category,
         mode=mode,
-        map_stats=_map_stats(run_dir),
+        map_stats=map_stats,
         threshold=threshold,
         threshold_rule=dict(config.category.get("threshold") or {"rule": "mean_std", "k": 3}),
         postprocess=dict(config.category.get("postprocess") or {}),

@@ -51,11 +51,23 @@ from filterformer.training.optim import build_optimizer
 from filterformer.training.schedule import WarmupCosine
 from filterformer.training.seed import rng_state, seed_everything, set_deterministic, set_rng_state
 
-Evaluator = Callable[[torch.nn.Module], dict[str, dict[str, float]]]
-"""model -> {fusion mode: {metric: value}}; higher is better for the selection metric."""
+MapStats = dict[str, tuple[float, float]]
+"""{map name: (validation mean, validation std)}: what fusion normalises by."""
 
-MapStatistics = Callable[[torch.nn.Module], dict[str, tuple[float, float]]]
-"""model -> {map name: (validation mean, validation std)}."""
+
+@dataclass
+class Evaluation:
+    """One periodic evaluation: scores per fusion mode and the map statistics they used."""
+
+    scores: dict[str, dict[str, float]]
+    """{fusion mode: {metric: value}}; higher is better for the selection metric."""
+    map_stats: MapStats | None = None
+    """Statistics of these weights' maps; stored with each best checkpoint, since the fused
+    maps of a checkpoint are only right with the statistics of that checkpoint."""
+
+
+Evaluator = Callable[[torch.nn.Module], Evaluation]
+MapStatistics = Callable[[torch.nn.Module], MapStats]
 
 StepCallback = Callable[[int, dict[str, float]], None]
 """Called with every step's 1-based number and log row, in order, when the row is logged."""
@@ -336,9 +348,10 @@ def _evaluate(
 ) -> None:
     """Score every fusion mode; save ``best_<mode>`` where the selection metric improved."""
     model.eval()
-    scores = evaluator(model)
+    evaluation = evaluator(model)
     model.train()
-    for mode, metrics in scores.items():
+    stats_meta = {} if evaluation.map_stats is None else {"map_stats": evaluation.map_stats}
+    for mode, metrics in evaluation.scores.items():
         if select_metric not in metrics:
             raise ConfigError(
                 f"eval.metric={select_metric!r} is not computed; choose one of {sorted(metrics)}."
@@ -354,6 +367,7 @@ def _evaluate(
                 "epoch": result.epoch,
                 "mode": mode,
                 "metrics": metrics,
+                **stats_meta,
             }
             save_checkpoint(run_dir / "checkpoints" / f"best_{mode}", model, meta=meta)
 

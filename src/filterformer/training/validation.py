@@ -20,6 +20,7 @@ from filterformer.evaluation.aupro import ProAccumulator
 from filterformer.evaluation.image_metrics import f1_max
 from filterformer.evaluation.thresholds import MapMoments
 from filterformer.inference.predict import DEFAULT_SMOOTHING, Smoothing, predict_mode_maps
+from filterformer.training.loop import Evaluation
 
 METRICS = ("au_pro", "f1_max")
 """What :class:`FusionEvaluator` reports per mode (``eval.metric`` picks one for selection)."""
@@ -103,7 +104,7 @@ class FusionEvaluator:
         self.pro_limit = pro_limit
         self.progress = progress
 
-    def __call__(self, model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    def __call__(self, model: torch.nn.Module) -> Evaluation:
         common = dict(
             tiling=self.tiling,
             device=self.device,
@@ -125,7 +126,8 @@ class FusionEvaluator:
             gt = sample.load_mask()
             for mode, amap in by_mode.items():
                 accumulators[mode].update(amap, gt, name=str(sample.path))
-        return {mode: self._scores(acc) for mode, acc in accumulators.items()}
+        scores = {mode: self._scores(acc) for mode, acc in accumulators.items()}
+        return Evaluation(scores, stats)
 
     def _scores(self, acc: ProAccumulator) -> dict[str, float]:
         pro = acc.compute((self.pro_limit,)).au_pro[self.pro_limit]
