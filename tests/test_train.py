@@ -147,7 +147,7 @@ def test_keeps_best_checkpoint_per_mode_and_writes_fusion_json(synthetic_root, t
         eval_every=1,
         evaluator=evaluator,
         category="synthetic",
-        map_statistics=lambda model: {"inp": (0.1, 0.02), "filter": (0.3, 0.05)},
+        map_statistics=lambda model: pytest.fail("the last epoch's evaluation measured them"),
     )
     checkpoints = tmp_path / "checkpoints"
     best = {m: json.loads((checkpoints / f"best_{m}.json").read_text()) for m in ("inp", "filter")}
@@ -158,11 +158,26 @@ def test_keeps_best_checkpoint_per_mode_and_writes_fusion_json(synthetic_root, t
     assert best["inp"]["map_stats"] == {"inp": [0.1, 0.02], "filter": [0.3, 0.05]}
     assert result.fusion_mode == "filter"
     assert json.loads((tmp_path / "fusion.json").read_text()) == {"synthetic": "filter"}
+    # map_stats.json (for `last`) reuses the statistics of the last epoch's evaluation
+    assert json.loads((tmp_path / "map_stats.json").read_text())["filter"] == {
+        "mean": pytest.approx(0.9),
+        "std": 0.05,
+    }
+    assert len(read_rows(tmp_path / "eval_log.csv")) == 6  # 3 evaluations x 2 modes
+
+
+def test_map_statistics_are_measured_at_the_end_when_the_last_epoch_is_not_evaluated(
+    synthetic_root, tmp_path
+):
+    run(
+        synthetic_root,
+        tmp_path,
+        map_statistics=lambda model: {"inp": (0.1, 0.02), "filter": (0.3, 0.05)},
+    )
     assert json.loads((tmp_path / "map_stats.json").read_text())["filter"] == {
         "mean": 0.3,
         "std": 0.05,
     }
-    assert len(read_rows(tmp_path / "eval_log.csv")) == 6  # 3 evaluations x 2 modes
 
 
 def test_fusion_evaluator_scores_every_mode_and_statistics_cover_both_maps(synthetic_root):

@@ -157,7 +157,8 @@ def train(
         eval_every: evaluate every this many epochs and after the last one (0: never).
         evaluator: scores per fusion mode; ``select_metric`` picks the score that decides
             ``best_<mode>``; ``category`` names the entry of fusion.json.
-        map_statistics: computes map_stats.json at the end (None: not written).
+        map_statistics: computes map_stats.json at the end (None: not written); when the
+            evaluation after the last epoch already measured them, its statistics are used.
         resume: continue from ``checkpoints/last`` if present. Without it, a run folder that
             already holds ``last`` is refused rather than overwritten.
         step_callback: called for every step when its row is logged (monitoring; raising
@@ -256,6 +257,7 @@ def train(
                 step_callback(row["step"], row)
 
     clip_groups = list(model.parameter_groups().values())
+    final_stats: MapStats | None = None  # measured by the evaluation of the last epoch, if any
     for epoch in range(result.epoch, epochs):
         started = time.perf_counter()
         model.train()
@@ -282,7 +284,11 @@ def train(
         if main:
             due = eval_every and (result.epoch % eval_every == 0 or result.epoch == epochs)
             if evaluator is not None and due:
-                _evaluate(model, evaluator, select_metric, result, run_dir, checkpoint_meta, log)
+                evaluation = _evaluate(
+                    model, evaluator, select_metric, result, run_dir, checkpoint_meta, log
+                )
+                if result.epoch == epochs:
+                    final_stats = evaluation.map_stats
                 result.fusion_mode = _write_fusion(run_dir, category, result.best)
             training_state = {
                 "optimizer": opt.state_dict(),
@@ -303,7 +309,7 @@ def train(
         result.fusion_mode = _write_fusion(run_dir, category, result.best)
     if map_statistics is not None:
         model.eval()
-        stats = map_statistics(model)
+        stats = final_stats if final_stats is not None else map_statistics(model)
         write_json(
             run_dir / "map_stats.json", {k: {"mean": m, "std": s} for k, (m, s) in stats.items()}
         )
@@ -345,7 +351,7 @@ def _evaluate(
     run_dir: Path,
     checkpoint_meta: Mapping[str, Any],
     log: _Logs,
-) -> None:
+) -> Evaluation:
     """Score every fusion mode; save ``best_<mode>`` where the selection metric improved."""
     model.eval()
     evaluation = evaluator(model)
@@ -370,6 +376,7 @@ def _evaluate(
                 **stats_meta,
             }
             save_checkpoint(run_dir / "checkpoints" / f"best_{mode}", model, meta=meta)
+    return evaluation
 
 
 def _write_fusion(run_dir: Path, category: str | None, best: Mapping[str, Mapping]) -> str | None:
