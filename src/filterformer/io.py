@@ -130,19 +130,30 @@ def read_anomaly_map(path: str | os.PathLike, shape: tuple[int, int] | None = No
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    An OSError about the temporary file, or about no file (a full disk names none), is raised
+    again naming ``path``, so that the user learns which output could not be written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}{PARTIAL_MARK}", suffix=path.suffix, dir=path.parent
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.stem}{PARTIAL_MARK}", suffix=path.suffix, dir=path.parent
+        )
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        about_tmp = err.filename is None or tmp_path is None or str(err.filename) == str(tmp_path)
+        if err.errno is None or not about_tmp:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def remove_partials(folder: str | os.PathLike) -> int:
