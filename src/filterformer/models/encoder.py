@@ -202,13 +202,14 @@ def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     A file that is neither (truncated, another format, not a checkpoint at all) is refused
     with a :class:`CheckpointError` naming it, never with the unpickler's traceback.
     """
+    loader = "safetensors" if path.suffix == ".safetensors" else "torch.load"
     try:
-        if path.suffix == ".safetensors":
+        if loader == "safetensors":
             return load_file(str(path))
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip, safetensors and runtime errors alike
         raise CheckpointError(
-            f"{path} is not a readable weights file ({_first_line(err)}); point "
+            f"{path} is not a readable weights file ({loader}: {_first_line(err)}); point "
             "encoder.weights at Meta's .pth or timm's .safetensors file of the encoder "
             "(see weights/README.md)."
         ) from None
