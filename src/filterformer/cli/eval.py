@@ -50,7 +50,7 @@ from filterformer.io import read_anomaly_map, read_mask, write_json, write_png
 MAPS_FOLDER = "anomaly_images"
 BINARY_FOLDER = "anomaly_images_thresholded"
 DEFAULT_K = 3.0
-"""Validation mean + 3 std: MVTec AD 2's baseline threshold (reference/mvtec_ad2_spec.md §3.2)."""
+"""Validation mean + 3 std: MVTec AD 2's baseline threshold (Heckler-Kram et al., MVTec AD 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

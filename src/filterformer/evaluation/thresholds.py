@@ -1,6 +1,6 @@
 """Per-category thresholds for binary maps, the rules that make them, and `thresholds.json`.
 
-Rules (`reference/mvtec_ad2_spec.md` §3.2), each fixed before the evaluated split is seen:
+Rules (SegF1 as the MVTec AD 2 paper defines it), each fixed before the evaluated split is seen:
 
 - ``mean_std``: mean + k std of all validation pixels (k = 3: MVTec's baseline).
 - ``quantile``: the q-quantile of all validation pixels (on float16-rounded scores).
