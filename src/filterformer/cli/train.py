@@ -207,6 +207,7 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
     print(
         f"ff-train: {run_dir} ({result.epoch} epochs, {result.step} steps)"
         + (f"; best {cfg.eval.metric}: {best}; fusion mode {result.fusion_mode}" if best else "")
+        + (f" (both chosen on {cfg.eval.split}: optimistic there)" if best else "")
     )
     return run_dir
 
