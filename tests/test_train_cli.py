@@ -24,7 +24,12 @@ def test_cfg_job_prints_the_filterformer_paper_recipe(monkeypatch, capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["name"] == "filterformer"
     assert cfg["encoder"]["variant"] == "dinov2_vitl14_reg"
-    assert cfg["input"] == {"resize": [896, 896], "crop": None, "interpolation": "area"}
+    assert cfg["input"] == {
+        "resize": [896, 896],
+        "crop": None,
+        "interpolation": "area",
+        "fit": "squash",
+    }
     assert (cfg["train"]["epochs"], cfg["train"]["batch_size"]) == (500, 4)
     optimizer = cfg["train"]["optimizer"]
     assert (optimizer["name"], optimizer["lr"], optimizer["final_lr"]) == ("adamw", 1e-3, 1e-4)
@@ -42,7 +47,12 @@ def test_cfg_job_prints_the_inpformer_paper_recipe(monkeypatch, capsys):
     ff_train(monkeypatch, "--cfg", "job", "preset=inpformer_paper", "category=can")
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert (cfg["model"]["name"], cfg["encoder"]["variant"]) == ("inpformer", "dinov2_vitb14_reg")
-    assert cfg["input"] == {"resize": [448, 448], "crop": [392, 392], "interpolation": "area"}
+    assert cfg["input"] == {
+        "resize": [448, 448],
+        "crop": [392, 392],
+        "interpolation": "area",
+        "fit": "squash",
+    }
     assert (cfg["train"]["epochs"], cfg["train"]["batch_size"], cfg["train"]["grad_clip"]) == (
         200,
         16,
