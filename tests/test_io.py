@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import tifffile
 
 from filterformer.errors import DataError
 from filterformer.io import (
@@ -12,6 +13,7 @@ from filterformer.io import (
     read_anomaly_map,
     read_image,
     read_mask,
+    read_tiff_map,
     remove_partials,
     write_json,
     write_mask_png,
@@ -96,6 +98,15 @@ def test_float16_tiff_round_trip_and_non_finite_refused(tmp_path):
     with pytest.raises(DataError, match="b.tiff"):
         write_tiff_float16(tmp_path / "b.tiff", np.array([[1e6]]))
     assert not (tmp_path / "b.tiff").exists()
+
+
+def test_tiff_map_keeps_its_stored_type_until_read_as_scores(tmp_path):
+    """ff-eval --maps needs the stored type to warn about integer maps."""
+    tifffile.imwrite(tmp_path / "int.tiff", np.array([[0, 7], [255, 1]], dtype=np.uint8))
+    raw = read_tiff_map(tmp_path / "int.tiff", (2, 2))
+    assert raw.dtype == np.uint8
+    scores = read_anomaly_map(tmp_path / "int.tiff", (2, 2))
+    assert scores.dtype == np.float32 and scores[1, 0] == 255.0
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):

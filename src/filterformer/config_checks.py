@@ -15,7 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from filterformer.data.transforms import FITS, INTERPOLATIONS
 from filterformer.errors import ConfigError
+from filterformer.runs import IMAGE_SCORES
+from filterformer.training.validation import METRICS
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ RULES: dict[str, Allowed] = {
     "progress": FLAG,
     "input.resize": SIZE,
     "input.crop": optional(SIZE),
+    "input.fit": choice(*FITS),
+    "input.interpolation": choice(*INTERPOLATIONS),
     "encoder.pretrained": FLAG,
     "encoder.allow_download": FLAG,
     "encoder.official_pos_interp": FLAG,
@@ -97,6 +102,9 @@ RULES: dict[str, Allowed] = {
     "model.diff_depth": integer(1),
     "model.diff_weight": number(0),
     "data.image_size": SIZE,
+    "data.validation_fraction": Allowed(
+        "a fraction strictly between 0 and 1", lambda v: _is_number(v) and 0 < v < 1
+    ),
     "category.tiling.enabled": FLAG,
     "category.tiling.tile": SIZE,
     "category.tiling.overlap": OVERLAP,
@@ -134,12 +142,12 @@ RULES: dict[str, Allowed] = {
     "train.feature_cache.views": integer(1),
     "eval.every": integer(0),
     "eval.batch_size": integer(1),
-    "eval.metric": choice("f1_max", "au_pro"),
+    "eval.metric": choice(*METRICS),
     "eval.pro_limit": number(0, above=True, high=1),
     "eval.sigma": number(0),
     "eval.blur_kernel": Allowed("an odd integer >= 1", lambda v: _is_int(v) and v >= 1 and v % 2),
     "eval.protocol_size": optional(SIZE),
-    "eval.image_score": choice("max", "top1"),
+    "eval.image_score": choice(*IMAGE_SCORES),
 }
 """Each setting's allowed values; ``data.counts.<split>`` entries are integers >= 0."""
 

@@ -104,6 +104,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 def read_anomaly_map(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a 2-D anomaly map (TIFF, any float type) as float32, refusing NaN/inf and bad sizes."""
+    return as_score_map(read_tiff_map(path, shape), path)
+
+
+def read_tiff_map(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a 2-D TIFF map in its stored dtype (checks of the dtype need it), refusing
+    missing or unreadable files and sizes other than ``shape``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: anomaly map not found. Run ff-predict for this split first.")
@@ -119,6 +125,11 @@ def read_anomaly_map(path: str | os.PathLike, shape: tuple[int, int] | None = No
             f"{path}: map is {amap.shape[0]}x{amap.shape[1]} (HxW) but its image is "
             f"{shape[0]}x{shape[1]}. Maps must be at the original image size."
         )
+    return amap
+
+
+def as_score_map(amap: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """A map read from ``path`` as float32 scores, refusing NaN and inf."""
     amap = amap.astype(np.float32)
     if not np.isfinite(amap).all():
         raise DataError(

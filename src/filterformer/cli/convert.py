@@ -8,7 +8,7 @@ names; its SHA-256 identifies it; the config names it relative to the run folder
 folder can be moved), ``config.yaml`` in parity mode, ``versions.json`` and
 ``checkpoints/last.{safetensors,json}``; ``ff-eval --run`` and ``ff-predict --run`` use it
 as they use a trained run. Parity mode is the official INP-Former pipeline end to end
-(inp_former_spec.md §1.4, §6.1): model ``inpformer``, PIL bilinear resize to 448 then centre
+(its evaluation code): model ``inpformer``, PIL bilinear resize to 448 then centre
 crop 392, DINOv2's own position-embedding interpolation, whole images (no tiling), maps
 smoothed on a 256 x 256 map with zero padding, image score = mean of the top 1 %. Extra hydra
 overrides after the options (e.g. ``data.root=/data/mvtec_ad_2``) adjust the stored config.

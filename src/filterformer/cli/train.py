@@ -35,13 +35,14 @@ from filterformer.cli.common import (
     outermost_missing,
 )
 from filterformer.config_checks import check_settings
+from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
 from filterformer.data.mvtec_ad2 import resolve_data_root
 from filterformer.data.sample import Sample
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
-from filterformer.data.transforms import TrainAugment
+from filterformer.data.transforms import TrainAugment, short_side_size
 from filterformer.errors import ConfigError
-from filterformer.models.encoder import DinoEncoder, check_weights_source, encoder_spec
+from filterformer.models.encoder import DinoEncoder, check_weights_source
 from filterformer.runs import (
     CONFIG_FILE,
     build_from_config,
@@ -49,6 +50,8 @@ from filterformer.runs import (
     build_smoothing,
     build_tiling,
     create_run,
+    holdout_fraction,
+    patch_size,
     split_samples,
 )
 from filterformer.training.distributed import SINGLE_PROCESS, DistributedContext, main_first
@@ -71,40 +74,47 @@ RESUME_FREE_KEYS = frozenset(
     }
 )
 """Settings that may change when a run is resumed: they do not change what is computed."""
+FOLDER_KEYS = ("train_dir", "validation_dir", "test_dir", "mask_dir")
+"""data=folder paths, stored absolute in the run's config."""
 
 
-def resolve_config(cfg: DictConfig, world_size: int = 1) -> DictConfig:
-    """A checked, resolved copy of ``cfg`` (absolute paths, the device); nothing is written.
+def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) -> DictConfig:
+    """A checked, resolved copy of ``cfg``: absolute paths, the device; nothing is written.
 
     Every value is checked up front (:func:`check_settings`, with the DDP ``world_size``) and
     the encoder's weights must be at hand (a file, or permission to download them), so a bad
-    setting stops the run before data is generated or a folder is created.
+    setting stops the run before data is generated or a folder is created. Relative paths
+    (run_dir, data root, the data.*_dir folders) are made absolute against the folder
+    ff-train was started from, so the stored config works from anywhere. A folder run
+    without validation_dir gets its held-out images (data.holdout); ``input.fit=short_side``
+    gets its canvas (input.resize) fitted to the typical training image. ``quiet``: no notes.
     """
     cfg = cfg.copy()
+    base = launch_dir()
     try:
         _require_values(cfg)
-        cfg.run_dir = str(Path(cfg.run_dir).expanduser().resolve())
+        cfg.run_dir = str(_absolute(cfg.run_dir, base))
         if cfg.data.kind == "synthetic":
-            cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+            cfg.data.root = str(_absolute(cfg.data.root, base))
         if cfg.device == "auto":
             cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(config_error_message(err)) from None
-    encoder = cfg.encoder
-    check_settings(
-        _flatten(OmegaConf.to_container(cfg)),
-        patch_size=encoder_spec(encoder.variant).patch_size,
-        world_size=world_size,
-    )
+    settings = _flatten(OmegaConf.to_container(cfg))
+    check_settings(settings, patch_size=patch_size(cfg), world_size=world_size)
     if cfg.data.kind == "mvtec_ad2":
-        cfg.data.root = str(resolve_data_root(cfg.data.root).resolve())
-    weights = encoder.get("weights")
+        cfg.data.root = str(_absolute(resolve_data_root(cfg.data.root), base))
+    elif cfg.data.kind == "folder":
+        _prepare_folders(cfg, base, quiet)
+    if cfg.input.get("fit") == "short_side":
+        _fit_short_side(cfg, quiet)
+    weights = cfg.encoder.get("weights")
     check_weights_source(
-        encoder.variant,
+        cfg.encoder.variant,
         None if weights is None else Path(weights).expanduser(),
-        encoder.get("pretrained", False),
-        encoder.get("allow_download", False),
+        cfg.encoder.get("pretrained", False),
+        cfg.encoder.get("allow_download", False),
     )
     return cfg
 
@@ -125,11 +135,61 @@ def make_data(cfg: DictConfig) -> None:
     )
 
 
-def prepare_config(cfg: DictConfig) -> DictConfig:
+def prepare_config(cfg: DictConfig, quiet: bool = False) -> DictConfig:
     """:func:`resolve_config`, then generate the synthetic data it names."""
-    cfg = resolve_config(cfg)
+    cfg = resolve_config(cfg, quiet=quiet)
     make_data(cfg)
     return cfg
+
+
+def launch_dir() -> Path:
+    """The folder ff-train was started from (hydra's runtime.cwd: hydra.job.chdir may move)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+
+
+def _absolute(path: str | Path, base: Path) -> Path:
+    path = Path(path).expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def _note(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"ff-train: {message}", file=sys.stderr)
+
+
+def _prepare_folders(cfg: DictConfig, base: Path, quiet: bool) -> None:
+    """Absolute data.*_dir folders; without validation_dir, the held-out training images."""
+    for key in FOLDER_KEYS:
+        if cfg.data.get(key) is not None:
+            cfg.data[key] = str(_absolute(cfg.data[key], base))
+    if cfg.data.validation_dir is not None:
+        return
+    images = ImageFolderDataset(cfg.data.train_dir, "train")
+    if cfg.data.get("holdout") is None:
+        cfg.data.holdout = holdout_names(images, holdout_fraction(cfg), int(cfg.seed))
+    _note(
+        f"no data.validation_dir: {len(cfg.data.holdout)} of {len(images)} training images are "
+        f"held out as the validation split (data.validation_fraction={holdout_fraction(cfg)}, "
+        f"seed {cfg.seed}) and not trained on; see data.holdout in {cfg.run_dir}/{CONFIG_FILE}",
+        quiet,
+    )
+
+
+def _fit_short_side(cfg: DictConfig, quiet: bool) -> None:
+    """Set input.resize to the short_side canvas of the typical training image."""
+    if cfg.data.kind == "synthetic":  # not generated yet; every image has data.image_size
+        typical = tuple(cfg.data.image_size)
+    else:
+        typical = typical_size(split_samples(cfg, "train"))
+    size = short_side_size(min(cfg.input.resize), typical, patch_size(cfg))
+    cfg.input.resize = list(size)
+    _note(
+        f"input.fit=short_side: network input {size[0]} x {size[1]} for the typical training "
+        f"image of {typical[0]} x {typical[1]}; other aspect ratios are letterboxed",
+        quiet,
+    )
 
 
 def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
@@ -158,10 +218,10 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
     Nothing is written before the config is checked and the model is built (encoder weights
     loaded); a run folder this call creates is removed again if the set-up fails.
     """
-    cfg = resolve_config(cfg, distributed.world_size)
+    cfg = resolve_config(cfg, distributed.world_size, quiet=not distributed.is_main)
     arguments = _train_arguments(cfg)
     if cfg.train.get("threads"):
-        torch.set_num_threads(cfg.train.threads)
+        torch.set_num_threads(int(cfg.train.threads))
     run_dir = Path(cfg.run_dir)
     check_run_dir(run_dir, cfg.resume)
     if cfg.resume:
@@ -185,7 +245,7 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
         **arguments,
     )
     if distributed.is_main:
-        _print_summary(run_dir, cfg.eval.metric, result)
+        _print_summary(run_dir, cfg.eval, result)
     return run_dir
 
 
@@ -293,12 +353,13 @@ def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | Non
     return evaluator, statistics
 
 
-def _print_summary(run_dir: Path, metric: str, result: TrainResult) -> None:
+def _print_summary(run_dir: Path, evaluation: DictConfig, result: TrainResult) -> None:
     """One line: the run folder, its length and the best score per fusion mode."""
     best = ", ".join(f"{m} {b['score']:.4f}" for m, b in result.best.items())
     print(
         f"ff-train: {run_dir} ({result.epoch} epochs, {result.step} steps)"
-        + (f"; best {metric}: {best}; fusion mode {result.fusion_mode}" if best else "")
+        + (f"; best {evaluation.metric}: {best}; fusion mode {result.fusion_mode}" if best else "")
+        + (f" (both chosen on {evaluation.split}: optimistic there)" if best else "")
     )
 
 
@@ -336,11 +397,10 @@ def _feature_cache(
 
 def _optional_split(cfg: DictConfig, split: str) -> Sequence[Sample] | None:
     """The split's samples, or None when the data source has no such split."""
-    if cfg.data.kind == "folder":
-        folder = {"validation": cfg.data.validation_dir, "test_public": cfg.data.test_dir}.get(
-            split
-        )
-        return None if folder is None else split_samples(cfg, split)
+    if cfg.data.kind == "folder":  # validation: validation_dir, else held-out training images
+        test = split == "test_public" and cfg.data.test_dir is not None
+        available = split == "validation" or test
+        return split_samples(cfg, split) if available else None
     if not (Path(cfg.data.root) / cfg.category.name / split).is_dir():
         return None
     return split_samples(cfg, split)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import hydra
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from filterformer.cli.common import (
@@ -67,9 +67,9 @@ EXAMPLES = (
         "the Filter-Former recipe on one MVTec AD 2 category",
     ),
     (
-        "ff-train preset=demo data=folder data.train_dir=good/ data.test_dir=test/ "
-        "data.mask_dir=masks/ category.name=bottles",
-        "your own images, small trial on a CPU",
+        "ff-train preset=demo data=folder data.train_dir=photos/good category.name=bottles "
+        "data.test_dir=photos/test data.mask_dir=photos/masks",
+        "your own images: a trial on the CPU (README, Your own images)",
     ),
     ("ff-train -m category=can,fabric,vial", "one run folder per category (sweep)"),
     ("ff-train --cfg job preset=inpformer_paper", "print the resolved config, train nothing"),
@@ -83,10 +83,8 @@ def wants_help(args: Sequence[str]) -> bool:
 
 def default_choices(folder: Path) -> dict[str, str]:
     """The choice of each group that ``train.yaml``'s defaults list picks."""
-    import yaml
-
-    defaults = yaml.safe_load((folder / "train.yaml").read_text()).get("defaults", [])
-    return {k: v for item in defaults if isinstance(item, dict) for k, v in item.items()}
+    defaults = OmegaConf.load(folder / "train.yaml").get("defaults", [])
+    return {k: v for item in defaults if isinstance(item, Mapping) for k, v in item.items()}
 
 
 def help_text(folder: Path) -> str:

@@ -35,8 +35,6 @@ class EncoderSpec:
     meta_file: str | None  # name of Meta's released checkpoint (None: no pretrained weights)
     random_init: tuple[tuple[str, object], ...] = ()
     """timm arguments for a random-weights-only variant (loaded weights set these layers)."""
-    patch_size: int = 14
-    """Side of a patch in pixels (the "14" of every DINOv2 architecture here)."""
 
 
 # Mirrors configs/encoder/*.yaml (INP-Former spec §1.1); the configs are the source of `taps`.
