@@ -47,6 +47,7 @@ from filterformer.export.rescale import DEFAULT_TARGET
 from filterformer.export.writer import export_record
 from filterformer.inference.postprocess import postprocess
 from filterformer.io import read_mask, write_png
+from filterformer.lock import lock_output
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
 RESCALE_FILE = "rescale.json"
@@ -222,11 +223,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.runs is not None:
         if not args.submission:
             parser.error("--runs needs --submission NAME")
-        archive = export_submission(args.runs, (args.out or Path(".")) / args.submission, args)
+        out = (args.out or Path(".")) / args.submission
+        lock_output(out)
+        archive = export_submission(args.runs, out, args)
         print(archive or f"{args.submission}: checked, not packed (--no-pack)")
         return 0
     if args.out is None:
         parser.error("--run needs --out DIR")
+    lock_output(args.out)
     exporter = RunExporter(args.run, args)
     if args.images is not None:
         samples = ImageFolderDataset(args.images, "test", category=exporter.run.category)
