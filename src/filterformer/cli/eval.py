@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", help="with runs: torch device (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="with runs: skip the checkpoint's SHA-256 check"
+    )
     return parser
 
 
@@ -270,7 +273,7 @@ def evaluate_runs(args: argparse.Namespace) -> None:
     given = read_thresholds(args.thresholds) if args.thresholds else {}
     evaluator = Evaluator(args)
     for run_dir in run_dirs:
-        run = load_run(run_dir, device=device)
+        run = load_run(run_dir, device=device, verify=not args.no_verify)
         category = run.category
 
         def samples_of(split: str, run=run) -> Sequence[Sample]:

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the SHA-256 check of the checkpoint"
+    )
     return parser
 
 
@@ -80,7 +83,7 @@ class RunExporter:
         from filterformer.runs import load_run
 
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.run = load_run(run_dir, device=self.device)
+        self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)
         self.args = args
         self.rescale, self.threshold = self._calibration()
 
