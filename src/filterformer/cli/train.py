@@ -32,6 +32,7 @@ from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment, short_side_size
 from filterformer.errors import ConfigError
+from filterformer.lock import lock_run
 from filterformer.models.encoder import DinoEncoder
 from filterformer.runs import (
     CONFIG_FILE,
@@ -190,6 +191,8 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
     """Train as ``cfg`` says (as one of several torchrun processes); return the run folder."""
     if cfg.train.get("threads"):
         torch.set_num_threads(int(cfg.train.threads))
+    if distributed.is_main:  # the run folder's only writer from here on (data included)
+        lock_run(cfg.run_dir)
     with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
         cfg = prepare_config(cfg, quiet=not distributed.is_main)
     run_dir = Path(cfg.run_dir)
