@@ -26,7 +26,11 @@ class SubmissionError(FilterformerError, ValueError):
 
 
 class NonFiniteLossError(FilterformerError, RuntimeError):
-    """The training loss became NaN or infinite; the run folder keeps the last good checkpoint."""
+    """The training loss became NaN or infinite (the message says what the run folder kept)."""
+
+
+class FolderLockedError(FilterformerError, RuntimeError):
+    """Another process is writing the run or output folder (its message names that process)."""
 
 
 _OS_ERROR_ADVICE = {

@@ -37,7 +37,7 @@ from filterformer.io import atomic_path, write_json
 from filterformer.models.encoder import ENCODERS, weights_sha256
 from filterformer.models.filterformer import INPFormer
 from filterformer.models.registry import build_encoder, build_model
-from filterformer.training.checkpoint import checkpoint_files, load_checkpoint
+from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
@@ -56,6 +56,7 @@ class Run:
     config: DictConfig
     model: INPFormer
     checkpoint: Path
+    """The weights file that was loaded."""
     geometry: InputGeometry
     category: str
     mode: str
@@ -277,12 +278,17 @@ def create_run(run_dir: str | Path, config: DictConfig, encoder_weights: str) ->
 
 
 def load_run(
-    run_dir: str | Path, *, device: str | torch.device = "cpu", checkpoint: str | None = None
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    checkpoint: str | None = None,
+    verify: bool = True,
 ) -> Run:
     """Load a run folder: model (eval mode) with the checkpoint of its fusion mode, and settings.
 
     ``checkpoint`` names a checkpoint in ``checkpoints/`` (e.g. ``"last"``); by default it is
-    ``best_<mode>`` when that exists, else ``last``.
+    ``best_<mode>`` when that exists, else ``last``. ``verify``: check the checkpoint's files
+    against the SHA-256 its metadata records (False skips that, the user's explicit choice).
     """
     run_dir = Path(run_dir)
     config = resolve_run_paths(_read_config(run_dir), run_dir)
@@ -292,9 +298,8 @@ def load_run(
     folder = run_dir / "checkpoints"
     if checkpoint is None:
         best = f"best_{mode}"
-        checkpoint = best if checkpoint_files(folder / best)[0].is_file() else "last"
-    path = checkpoint_files(folder / checkpoint)[0]
-    loaded = load_checkpoint(path, model, expected=identity)
+        checkpoint = best if has_checkpoint(folder / best) else "last"
+    loaded = load_checkpoint(folder / checkpoint, model, expected=identity, verify=verify)
     model.to(device).eval()
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
@@ -308,7 +313,7 @@ def load_run(
         run_dir=run_dir,
         config=config,
         model=model,
-        checkpoint=path,
+        checkpoint=loaded.files.weights,
         geometry=build_geometry(config),
         category=category,
         mode=mode,

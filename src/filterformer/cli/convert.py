@@ -118,6 +118,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
 
     from filterformer.convert.inp_former import convert_state_dict
     from filterformer.io import atomic_path
+    from filterformer.lock import lock_run
     from filterformer.models.encoder import weights_sha256
     from filterformer.runs import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
     from filterformer.training.checkpoint import save_checkpoint
@@ -138,7 +139,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         pretrain_img_size=config.encoder.pretrain_img_size,
         source=source,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run(run_dir)  # creates run_dir: this process is its only writer
     encoder_file = run_dir / ENCODER_FILE
     with atomic_path(encoder_file) as tmp:
         save_file(weights.encoder, str(tmp), metadata={"converted_from": source})

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", help="with runs: torch device (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="with runs: skip the checkpoint's SHA-256 check"
+    )
     return parser
 
 
@@ -428,7 +431,7 @@ def evaluate_runs(args: argparse.Namespace) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     evaluator = Evaluator(args)
     for run_dir in run_dirs:
-        run = load_run(run_dir, device=device)
+        run = load_run(run_dir, device=device, verify=not args.no_verify)
         maps = RunMaps(run, args, device)
         given = read_thresholds(args.thresholds, run.mode) if args.thresholds else {}
         threshold = given.get(run.category) or run.threshold or maps.calibrate()

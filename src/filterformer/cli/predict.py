@@ -48,6 +48,7 @@ from filterformer.export.rescale import DEFAULT_TARGET
 from filterformer.export.writer import export_record
 from filterformer.inference.postprocess import postprocess
 from filterformer.io import read_anomaly_map, read_mask, write_csv, write_png
+from filterformer.lock import lock_output
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
 RESCALE_FILE = "rescale.json"
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the SHA-256 check of the checkpoint"
+    )
     return parser
 
 
@@ -83,7 +87,7 @@ class RunExporter:
         from filterformer.runs import load_run
 
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.run = load_run(run_dir, device=self.device)
+        self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)
         self.args = args
         self.rescale, self.threshold = self._calibration()
 
@@ -261,11 +265,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.runs is not None:
         if not args.submission:
             parser.error("--runs needs --submission NAME")
-        archive = export_submission(args.runs, (args.out or Path(".")) / args.submission, args)
+        out = (args.out or Path(".")) / args.submission
+        lock_output(out)
+        archive = export_submission(args.runs, out, args)
         print(archive or f"{args.submission}: checked, not packed (--no-pack)")
         return 0
     if args.out is None:
         parser.error("--run needs --out DIR")
+    lock_output(args.out)
     exporter = RunExporter(args.run, args)
     if args.images is not None:
         samples = ImageFolderDataset(args.images, "test", category=exporter.run.category)

@@ -42,6 +42,7 @@ from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment, short_side_size
 from filterformer.errors import ConfigError
+from filterformer.lock import lock_run
 from filterformer.models.encoder import DinoEncoder, check_weights_source
 from filterformer.runs import (
     CONFIG_FILE,
@@ -223,9 +224,6 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
     if cfg.train.get("threads"):
         torch.set_num_threads(int(cfg.train.threads))
     run_dir = Path(cfg.run_dir)
-    check_run_dir(run_dir, cfg.resume)
-    if cfg.resume:
-        check_resumable(run_dir, cfg)
     model, identity = build_from_config(cfg)
     created = _start_run(run_dir, cfg, identity["encoder_weights"]) if distributed.is_main else None
     with _removed_on_failure(created):
@@ -278,14 +276,20 @@ def _train_arguments(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _start_run(run_dir: Path, cfg: DictConfig, encoder_weights: str) -> Path | None:
-    """Write the run folder's config.yaml and versions.json; return the folder this created.
+    """Become the run folder's only writer, check it may be (re)started, write config.yaml
+    and versions.json; return the folder this created.
 
     The returned folder (``run_dir`` or its outermost new parent; None when ``run_dir``
-    existed) is what a failed set-up removes. An operating-system error while writing (no
-    space, read-only disk) removes it at once, leaving nothing behind.
+    existed) is what a failed set-up removes. An operating-system error here (no space, a
+    read-only disk) removes it at once; a refusal (another writer, a trained run) does not,
+    as the folder is then another run's.
     """
     created = outermost_missing(run_dir)
     with _removed_on_failure(created, OSError):
+        lock_run(run_dir)  # the run folder's only writer from here on (data included)
+        check_run_dir(run_dir, cfg.resume)
+        if cfg.resume:
+            check_resumable(run_dir, cfg)
         create_run(run_dir, cfg, encoder_weights)
     return created
 
