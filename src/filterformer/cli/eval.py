@@ -32,8 +32,6 @@ from filterformer.evaluation.report import (
     CategoryMetrics,
     format_table,
     metrics_document,
-    overlay_panel,
-    plot_pro_curve,
     write_metrics,
 )
 from filterformer.evaluation.segf1 import binarize
@@ -45,7 +43,7 @@ from filterformer.evaluation.thresholds import (
     write_thresholds,
 )
 from filterformer.inference.postprocess import postprocess
-from filterformer.io import read_anomaly_map, read_mask, write_json, write_png
+from filterformer.io import read_anomaly_map, read_mask, write_json
 
 MAPS_FOLDER = "anomaly_images"
 BINARY_FOLDER = "anomaly_images_thresholded"
@@ -147,6 +145,8 @@ class Evaluator:
         self.rows.append(metrics.row(category, result, value, rule))
         if out_dir is None:
             return
+        from filterformer.evaluation.figures import plot_pro_curve, write_overlay
+
         limit = self.limits[0]
         plot_pro_curve(
             out_dir / f"pro_curve_{category}.png", result, limit, f"{category} ({self.args.split})"
@@ -154,15 +154,17 @@ class Evaluator:
         for tag, index in metrics.examples().items():
             sample = source.samples[index]
             amap, _ = source.load_map(sample)
-            panel = overlay_panel(
+            stem = str(sample.relpath).replace("/", "_")
+            write_overlay(
+                out_dir / "overlays" / f"{category}_{tag}_{stem}.png",
                 sample.load_image(),
                 amap,
                 self.binary(source, sample, amap),
                 sample.load_mask(),
                 metrics.score_range,
+                value,
+                name=f"{category} {sample.relpath} ({tag})",
             )
-            stem = str(sample.relpath).replace("/", "_")
-            write_png(out_dir / "overlays" / f"{category}_{tag}_{stem}.png", panel)
 
     def finish(self, out_dir: Path | None) -> None:
         """Print the table; write metrics.json/.csv and the --json document."""
