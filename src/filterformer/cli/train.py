@@ -201,7 +201,7 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
         resume=cfg.resume,
         progress=cfg.progress,
     )
-    best = ", ".join(f"{m} {b['score']:.4f}" for m, b in result.best.items())
+    best = ", ".join(f"{m} {100 * b['score']:.2f} %" for m, b in result.best.items())
     if not distributed.is_main:
         return run_dir
     print(
