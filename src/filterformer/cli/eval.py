@@ -40,8 +40,6 @@ from filterformer.evaluation.report import (
     CategoryMetrics,
     format_table,
     metrics_document,
-    overlay_panel,
-    plot_pro_curve,
     write_metrics,
 )
 from filterformer.evaluation.segf1 import binarize
@@ -59,7 +57,7 @@ from filterformer.evaluation.thresholds import (
     write_thresholds,
 )
 from filterformer.inference.postprocess import postprocess
-from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json, write_png
+from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
 
 if TYPE_CHECKING:  # runs imports torch, which the --maps path never loads
     from filterformer.runs import Run
@@ -188,23 +186,28 @@ class Evaluator:
 
     def write_outputs(self, measured: Measured, out_dir: Path) -> None:
         """The category's PRO-curve plot and the overlays of its best, median and worst image."""
+        from filterformer.evaluation.figures import plot_pro_curve, write_overlay
+
         category, source = measured.category, measured.source
         title = f"{category} ({self.args.split})"
+        value = None if source.threshold is None else source.threshold.value
         plot_pro_curve(
             out_dir / f"pro_curve_{category}.png", measured.result, self.limits[0], title
         )
         for tag, index in measured.examples.items():
             sample = source.samples[index]
             amap, _ = source.load_map(sample)
-            panel = overlay_panel(
+            stem = str(sample.relpath).replace("/", "_")
+            write_overlay(
+                out_dir / "overlays" / f"{category}_{tag}_{stem}.png",
                 sample.load_image(),
                 amap,
                 self.binary(source, sample, amap),
                 sample.load_mask(),
                 measured.score_range,
+                value,
+                name=f"{category} {sample.relpath} ({tag})",
             )
-            stem = str(sample.relpath).replace("/", "_")
-            write_png(out_dir / "overlays" / f"{category}_{tag}_{stem}.png", panel)
 
     def finish(self, out_dir: Path | None) -> None:
         """Print the table; write metrics.json/.csv and the --json document."""

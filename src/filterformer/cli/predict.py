@@ -4,6 +4,7 @@
     ff-predict --run RUN --out DIR --split test_public     local layout for ff-eval --maps DIR
     ff-predict --runs RUNS --submission NAME [--out PARENT]  8 categories, check, pack
     ff-predict --run RUN --images FOLDER --out DIR         custom images: overlays, scores.csv
+    ff-predict --run RUN --out DIR --split test_public --overlays   + labelled overlays
     ff-predict --check DIR [--data-root ROOT]              the upload checks only
 
 Maps are written as ``DIR/anomaly_images/<category>/<relpath>.tiff`` (float16, original
@@ -12,7 +13,10 @@ using the run's fusion mode (fusion.json), threshold for that mode (thresholds.j
 post-processing (config). The float16 rescale of a run is fitted once on its validation maps
 (min -> 0, max -> 1000; export/rescale.py) and kept in ``<run>/rescale.json``; the same
 validation pass calibrates a missing threshold (mean + 3 std, stored in thresholds.json as
-ff-eval does). An interrupted export resumes where it stopped.
+ff-eval does). An interrupted export resumes where it stopped. Every file goes under --out:
+with --run the rescale record is ``DIR/rescale.json`` and overlays
+``DIR/overlays/<category>/<relpath>.png``; with --runs the record sits beside the submission
+folder (``PARENT/NAME.rescale.json``), as the server refuses extra files inside it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from filterformer.data.folder import ImageFolderDataset
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, SubmissionError
-from filterformer.evaluation.report import overlay_panel
 from filterformer.evaluation.thresholds import Threshold, threshold_by_rule, write_thresholds
 from filterformer.export import (
     OFFICIAL_COUNTS,
@@ -47,7 +50,7 @@ from filterformer.export.mvtec_submission import map_path, mask_path
 from filterformer.export.rescale import DEFAULT_TARGET
 from filterformer.export.writer import export_record
 from filterformer.inference.postprocess import postprocess
-from filterformer.io import read_anomaly_map, read_mask, write_csv, write_png
+from filterformer.io import read_anomaly_map, read_mask, write_csv
 from filterformer.lock import lock_output
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
@@ -65,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--check", type=Path, metavar="DIR", help="check a submission folder")
     parser.add_argument("--split", nargs="+", choices=SPLITS, default=list(PRIVATE_SPLITS))
     parser.add_argument("--images", type=Path, help="with --run: a folder of your own images")
+    parser.add_argument(
+        "--overlays", action="store_true", help="with --run: also write overlays (on for --images)"
+    )
     parser.add_argument("--submission", help="with --runs: name of the submission folder")
     parser.add_argument("--out", type=Path, help="output folder (--runs: its parent, default .)")
     parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: the run's)")
@@ -150,8 +156,17 @@ class RunExporter:
         )
         return rescale, threshold
 
-    def export(self, samples: Sequence[Sample], out: Path, overlays: bool = False) -> int:
-        """Write maps and masks of ``samples`` under ``out`` (resuming); return how many."""
+    def export(
+        self,
+        samples: Sequence[Sample],
+        out: Path,
+        overlays: bool = False,
+        record: Path | None = None,
+    ) -> int:
+        """Write maps and masks of ``samples`` under ``out`` (resuming); return how many.
+
+        ``record``: the rescale record file (default: beside ``out``, see SubmissionWriter).
+        """
         settings = self.run.postprocess
         writer = SubmissionWriter(
             out,
@@ -159,6 +174,7 @@ class RunExporter:
             self.rescale,
             self.threshold.value,
             postprocess=functools.partial(postprocess, **settings) if settings else None,
+            record_file=record,
         )
         overlay_dir = out / "overlays" / self.run.category
         todo = [
@@ -168,12 +184,21 @@ class RunExporter:
             or (overlays and not (overlay_dir / f"{s.relpath}.png").is_file())
         ]
         score_range = tuple(self.rescale.invert(np.array([0.0, DEFAULT_TARGET])))
+        if overlays:
+            from filterformer.evaluation.figures import write_overlay
         for sample, amap in self.predict(todo):
             writer.write(sample.relpath, amap, shape=sample.shape)
             if overlays:
-                binary = read_mask(writer.paths(sample.relpath)[1], sample.shape)
-                panel = overlay_panel(sample.load_image(), amap, binary, None, score_range)
-                write_png(overlay_dir / f"{sample.relpath}.png", panel)
+                write_overlay(
+                    overlay_dir / f"{sample.relpath}.png",
+                    sample.load_image(),
+                    amap,
+                    read_mask(writer.paths(sample.relpath)[1], sample.shape),
+                    sample.load_mask(),
+                    score_range,
+                    self.threshold.value,
+                    name=str(sample.relpath),
+                )
         return len(todo)
 
     def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
@@ -274,15 +299,16 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--run needs --out DIR")
     lock_output(args.out)
     exporter = RunExporter(args.run, args)
+    record = args.out / RESCALE_FILE
     if args.images is not None:
         samples = ImageFolderDataset(args.images, "test", category=exporter.run.category)
-        exporter.export(samples, args.out, overlays=True)
+        exporter.export(samples, args.out, overlays=True, record=record)
         rows = exporter.scores(samples, args.out)
         write_csv(args.out / SCORES_FILE, rows)
         print(report_scores(rows, exporter.threshold, args.out / SCORES_FILE))
     else:
         for split in args.split:
-            exporter.export(exporter.samples(split), args.out)
+            exporter.export(exporter.samples(split), args.out, args.overlays, record)
     print(f"wrote {args.out}")
     return 0
 

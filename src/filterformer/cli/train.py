@@ -358,8 +358,8 @@ def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | Non
 
 
 def _print_summary(run_dir: Path, evaluation: DictConfig, result: TrainResult) -> None:
-    """One line: the run folder, its length and the best score per fusion mode."""
-    best = ", ".join(f"{m} {b['score']:.4f}" for m, b in result.best.items())
+    """One line: the run folder, its length and the best score per fusion mode (percent)."""
+    best = ", ".join(f"{m} {100 * b['score']:.2f} %" for m, b in result.best.items())
     print(
         f"ff-train: {run_dir} ({result.epoch} epochs, {result.step} steps)"
         + (f"; best {evaluation.metric}: {best}; fusion mode {result.fusion_mode}" if best else "")

@@ -1,8 +1,9 @@
-"""Per-category metrics of a split and their presentation: table, JSON/CSV, plots, overlays.
+"""Per-category metrics of a split and their presentation: table and JSON/CSV.
 
 :class:`CategoryMetrics` feeds one image at a time to every accumulator (AU-PRO and the
 pooled pixel counts, SegF1/ClassF1, image scores) and turns them into one flat row per
 category; the other functions render rows and are shared by ff-eval and ff-predict.
+Plots and overlays are in :mod:`filterformer.evaluation.figures`.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from filterformer.evaluation.aupro import ProAccumulator, ProResult
 from filterformer.evaluation.image_metrics import ImageScores, f1_max, pixel_ap, pixel_auroc
 from filterformer.evaluation.segf1 import SegF1Accumulator
 from filterformer.evaluation.selection import CHOICES, chosen_on, overall, unknown_choices
-from filterformer.io import write_csv, write_json, write_png
+from filterformer.io import write_csv, write_json
 
 TABLE_COLUMNS = (("seg_f1", "SegF1"), ("class_f1", "ClassF1"), ("image_auroc", "I-AUROC"))
 """Columns of the printed table after the AU-PRO ones: (row key, header)."""
@@ -117,13 +117,15 @@ def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], limits: Sequence[float], split: str) -> str:
-    """Plain-text table: one line per category, then the mean; metrics in percent.
+    """Plain-text table: one line per category, then the mean; metrics in percent ("[%]").
 
-    The last column names what was chosen on ``split`` itself (see :mod:`.selection`), and
+    Files (metrics.json / .csv) keep fractions; only this table for people shows percent. The
+    last column names what was chosen on ``split`` itself (see :mod:`.selection`), and
     footnotes say what that means.
     """
-    headers = ["category", *(f"AU-PRO@{limit:g}" for limit in limits)]
-    headers += [title for _, title in TABLE_COLUMNS] + ["threshold rule", f"chosen on {split}"]
+    headers = ["category", *(f"AU-PRO@{limit:g} [%]" for limit in limits)]
+    headers += [f"{title} [%]" for _, title in TABLE_COLUMNS]
+    headers += ["threshold rule", f"chosen on {split}"]
     keys = [pro_key(limit) for limit in limits] + [key for key, _ in TABLE_COLUMNS]
     lines = []
     for row in [*rows, mean_row(rows)] if rows else []:
@@ -225,50 +227,3 @@ def metrics_document(
         "categories": {row["category"]: clean(row) for row in rows},
         "mean": clean(mean_row(rows)),
     }
-
-
-def plot_pro_curve(path: str | os.PathLike, result: ProResult, limit: float, title: str) -> None:
-    """PNG of the PRO curve for FPR up to ``limit``, the AU-PRO in the legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-    value = result.au_pro.get(limit, float("nan"))
-    ax.plot(result.fpr, result.pro, label=f"AU-PRO@{limit:g} = {value:.4f}")
-    ax.axvline(limit, color="grey", linestyle=":", linewidth=1)
-    ax.set(xlim=(0, limit), ylim=(0, 1.01), xlabel="false positive rate", ylabel="PRO", title=title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())
-    plt.close(fig)
-    write_png(path, np.ascontiguousarray(rgba[:, :, :3]))
-
-
-def overlay_panel(
-    image: np.ndarray,
-    amap: np.ndarray,
-    binary: np.ndarray | None,
-    gt: np.ndarray | None,
-    score_range: tuple[float, float],
-) -> np.ndarray:
-    """RGB panel: image | heat map over the image | binary map (red) and GT (green) contours.
-
-    ``score_range`` fixes the colour scale, so panels of one category are comparable.
-    """
-    low, high = score_range
-    scaled = np.clip((amap - low) / max(high - low, 1e-12), 0.0, 1.0)
-    heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
-    blended = cv2.addWeighted(image, 0.5, heat, 0.5, 0.0)
-    contours = image.copy()
-    thickness = max(1, round(max(image.shape[:2]) / 400))
-    for mask, colour in ((gt, (0, 255, 0)), (binary, (255, 0, 0))):
-        if mask is not None:
-            found, _ = cv2.findContours(
-                mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
-            )
-            cv2.drawContours(contours, found, -1, colour, thickness)
-    return np.concatenate([image, blended, contours], axis=1)
