@@ -51,7 +51,7 @@ from filterformer.export.rescale import DEFAULT_TARGET
 from filterformer.export.writer import export_record
 from filterformer.inference.postprocess import postprocess
 from filterformer.io import read_anomaly_map, read_mask, write_csv
-from filterformer.lock import lock_output
+from filterformer.lock import lock_output, unlock_output
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
 RESCALE_FILE = "rescale.json"
@@ -287,17 +287,29 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Export as asked, the output folder locked against a second writer meanwhile."""
     if args.runs is not None:
         if not args.submission:
             parser.error("--runs needs --submission NAME")
-        out = (args.out or Path(".")) / args.submission
-        lock_output(out)
-        archive = export_submission(args.runs, out, args)
-        print(archive or f"{args.submission}: checked, not packed (--no-pack)")
-        return 0
-    if args.out is None:
+        out, beside = (args.out or Path(".")) / args.submission, True  # no file in a submission
+    elif args.out is None:
         parser.error("--run needs --out DIR")
-    lock_output(args.out)
+    else:
+        out, beside = args.out, False
+    lock_output(out, beside=beside)
+    try:
+        if args.runs is not None:
+            archive = export_submission(args.runs, out, args)
+            print(archive or f"{args.submission}: checked, not packed (--no-pack)")
+        else:
+            _export_run(args)
+    finally:
+        unlock_output(out, beside=beside)
+    return 0
+
+
+def _export_run(args: argparse.Namespace) -> None:
+    """One run's maps of ``--images`` (with overlays and scores.csv) or of ``--split``."""
     exporter = RunExporter(args.run, args)
     record = args.out / RESCALE_FILE
     if args.images is not None:
@@ -310,7 +322,6 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for split in args.split:
             exporter.export(exporter.samples(split), args.out, args.overlays, record)
     print(f"wrote {args.out}")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
