@@ -25,9 +25,17 @@ import numpy as np
 from tqdm import tqdm
 
 from filterformer.cli.common import report_user_errors
-from filterformer.data.mvtec_ad2 import PRIVATE_SPLITS, SPLITS, MVTecAD2
+from filterformer.data.datasets import ALL_SPLITS, evaluated_split
+from filterformer.data.mvtec_ad2 import PRIVATE_SPLITS, MVTecAD2
 from filterformer.data.sample import Sample
-from filterformer.errors import DataError
+from filterformer.errors import ConfigError, DataError
+from filterformer.evaluation.protocol import (
+    INPFORMER,
+    MVTEC_AD2,
+    PRO_LIMIT,
+    PROTOCOLS,
+    write_scores,
+)
 from filterformer.evaluation.report import (
     CategoryMetrics,
     format_table,
@@ -49,6 +57,8 @@ from filterformer.io import read_anomaly_map, read_mask, write_json, write_png
 
 MAPS_FOLDER = "anomaly_images"
 BINARY_FOLDER = "anomaly_images_thresholded"
+SCORES_FILE = "scores.csv"
+"""Per-image scores of an evaluated run: image (relative to the category folder), score, label."""
 DEFAULT_K = 3.0
 """Validation mean + 3 std: MVTec AD 2's baseline threshold (Heckler-Kram et al., MVTec AD 2)."""
 
@@ -64,9 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("runs"),
         help="without --maps/--run: evaluate every run under this folder",
     )
-    parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: $FF_DATA_ROOT)")
+    parser.add_argument(
+        "--data-root", type=Path, help="dataset root (default: the run's data.root, $FF_DATA_ROOT)"
+    )
     parser.add_argument("--categories", nargs="+", help="default: every category with maps")
-    parser.add_argument("--split", default="test_public", choices=SPLITS)
+    parser.add_argument(
+        "--split",
+        choices=ALL_SPLITS,
+        help="default: the data's test split (test_public for MVTec AD 2, test for MVTec AD "
+        "and VisA)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="with runs: how to score them (default: the runs' eval.protocol); --maps: mvtec_ad2",
+    )
     parser.add_argument(
         "--pro-limit",
         type=float,
@@ -107,6 +129,8 @@ class CategorySource:
     """``anomaly_images_thresholded/<category>`` when its PNGs give the binary maps."""
     postprocess: dict[str, Any]
     """Keyword arguments of :func:`postprocess` for thresholded maps (not for given PNGs)."""
+    image_score: str = "max"
+    """Score of the image AUROC (``eval.image_score``)."""
 
 
 class Evaluator:
@@ -126,9 +150,11 @@ class Evaluator:
             return read_mask(path, shape=sample.shape)
         return None
 
-    def category(self, category: str, source: CategorySource, out_dir: Path | None) -> None:
+    def category(
+        self, category: str, source: CategorySource, out_dir: Path | None
+    ) -> CategoryMetrics:
         """Evaluate one category; add its row and, with ``out_dir``, its plots and overlays."""
-        metrics = CategoryMetrics(float16=not self.args.float32)
+        metrics = CategoryMetrics(float16=not self.args.float32, image_score=source.image_score)
         bar = tqdm(
             source.maps,
             total=len(source.samples),
@@ -146,7 +172,7 @@ class Evaluator:
         value = None if source.threshold is None else source.threshold.value
         self.rows.append(metrics.row(category, result, value, rule))
         if out_dir is None:
-            return
+            return metrics
         limit = self.limits[0]
         plot_pro_curve(
             out_dir / f"pro_curve_{category}.png", result, limit, f"{category} ({self.args.split})"
@@ -163,10 +189,11 @@ class Evaluator:
             )
             stem = str(sample.relpath).replace("/", "_")
             write_png(out_dir / "overlays" / f"{category}_{tag}_{stem}.png", panel)
+        return metrics
 
     def finish(self, out_dir: Path | None) -> None:
         """Print the table; write metrics.json/.csv and the --json document."""
-        print(format_table(self.rows, self.limits, self.args.split))
+        print(format_table(self.rows, self.limits, self.args.split, MVTEC_AD2))
         if out_dir is not None:
             write_metrics(out_dir, self.rows, self.args.split, self.limits)
         if self.args.json is not None:
@@ -264,9 +291,13 @@ def evaluate_runs(args: argparse.Namespace) -> None:
     import torch
 
     from filterformer.inference.predict import predict_maps
-    from filterformer.runs import load_run, split_samples
+    from filterformer.runs import image_score_rule, load_run, split_samples
 
+    resolve_protocol_and_split(args, run_dirs)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.protocol == INPFORMER:
+        evaluate_inpformer_runs(args, run_dirs, device)
+        return
     given = read_thresholds(args.thresholds) if args.thresholds else {}
     evaluator = Evaluator(args)
     for run_dir in run_dirs:
@@ -274,9 +305,7 @@ def evaluate_runs(args: argparse.Namespace) -> None:
         category = run.category
 
         def samples_of(split: str, run=run) -> Sequence[Sample]:
-            if args.data_root is None:
-                return split_samples(run.config, split)
-            return MVTecAD2(args.data_root, run.category, split)
+            return split_samples(run.config, split, root=args.data_root)
 
         def predict(samples: Sequence[Sample], run=run) -> Iterable[tuple[Sample, np.ndarray]]:
             return predict_maps(
@@ -292,11 +321,14 @@ def evaluate_runs(args: argparse.Namespace) -> None:
             )
 
         threshold = given.get(category) or run.threshold
+        test_split = evaluated_split(run.config.data.kind)  # f1_optimal's split
         if threshold is None:
             threshold = threshold_by_rule(
                 run.threshold_rule,
                 lambda: (amap for _, amap in predict(samples_of("validation"))),
-                lambda: ((amap, s.load_mask()) for s, amap in predict(samples_of("test_public"))),
+                lambda split=test_split: (
+                    (amap, s.load_mask()) for s, amap in predict(samples_of(split))
+                ),
                 f"{run_dir}: {category}",
             )
             write_thresholds(run_dir / "thresholds.json", {category: threshold}, mode=run.mode)
@@ -308,11 +340,92 @@ def evaluate_runs(args: argparse.Namespace) -> None:
             threshold=threshold,
             binary_dir=None,
             postprocess={**run.postprocess, **cli_postprocess(args)},
+            image_score=image_score_rule(run.config, MVTEC_AD2),
         )
         out_dir = run_dir / "eval" / args.split
-        evaluator.category(category, source, out_dir)
-        write_metrics(out_dir, evaluator.rows[-1:], args.split, evaluator.limits)
+        metrics = evaluator.category(category, source, out_dir)
+        write_metrics(
+            out_dir,
+            evaluator.rows[-1:],
+            args.split,
+            evaluator.limits,
+            image_score=source.image_score,
+        )
+        scores = (
+            metrics.images.top_scores if source.image_score == "top1" else metrics.images.max_scores
+        )
+        write_scores(out_dir / SCORES_FILE, image_paths(samples), scores, metrics.images.labels)
     evaluator.finish(None)
+
+
+def resolve_protocol_and_split(args: argparse.Namespace, run_dirs: Sequence[Path]) -> None:
+    """Fill ``args.protocol`` and ``args.split`` from the runs where not given.
+
+    Every run must resolve to the same protocol and split: one table compares like with like.
+    """
+    from filterformer.runs import protocol_of, read_run_config
+
+    configs = {run_dir: read_run_config(run_dir) for run_dir in run_dirs}
+    for name, of_run in (
+        ("protocol", protocol_of),
+        ("split", lambda config: evaluated_split(config.data.kind)),
+    ):
+        if getattr(args, name) is not None:
+            continue
+        values = {run_dir: of_run(config) for run_dir, config in configs.items()}
+        if len(set(values.values())) > 1:
+            listed = ", ".join(f"{run_dir}: {value}" for run_dir, value in values.items())
+            raise ConfigError(
+                f"the runs have different default {name}s ({listed}); evaluate them "
+                f"separately or pass --{name}."
+            )
+        setattr(args, name, next(iter(values.values())))
+
+
+def evaluate_inpformer_runs(
+    args: argparse.Namespace, run_dirs: Sequence[Path], device: str
+) -> None:
+    """The INP-Former protocol for each run: 256 px maps, seven metrics, per-image scores.
+
+    Writes ``<run>/eval/<split>/`` (metrics.json/.csv naming the protocol, scores.csv) per
+    run and prints one table for all runs. No thresholds are needed.
+    """
+    from filterformer.inference.protocol_maps import evaluate_inpformer
+    from filterformer.runs import image_score_rule, load_run, split_samples
+
+    rows = []
+    for run_dir in run_dirs:
+        run = load_run(run_dir, device=device)
+        if run.tiling is not None:
+            raise ConfigError(
+                f"{run_dir}: category.tiling is enabled, but the inpformer protocol scores whole "
+                "images (as the INP-Former code). Pass --protocol mvtec_ad2, or train without "
+                "tiling (preset=inpformer_paper turns it off)."
+            )
+        rule = image_score_rule(run.config, INPFORMER)
+        metrics, images = evaluate_inpformer(
+            run.model,
+            split_samples(run.config, args.split, root=args.data_root),
+            run.geometry,
+            image_score_rule=rule,
+            mode=run.mode,
+            map_stats=run.map_stats,
+            batch_size=int(run.config.eval.batch_size),
+            device=device,
+            progress=not args.no_progress,
+        )
+        rows.append(metrics.row(run.category))
+        out_dir = run_dir / "eval" / args.split
+        write_metrics(out_dir, rows[-1:], args.split, [PRO_LIMIT], INPFORMER, rule)
+        write_scores(out_dir / SCORES_FILE, images, metrics.scores, metrics.labels)
+    print(format_table(rows, [PRO_LIMIT], args.split, INPFORMER))
+    if args.json is not None:
+        write_json(args.json, metrics_document(rows, args.split, [PRO_LIMIT], INPFORMER))
+
+
+def image_paths(samples: Sequence[Sample]) -> list[str]:
+    """Each sample's image path relative to its category folder (scores.csv's ``image``)."""
+    return [f"{s.relpath}{s.path.suffix}" for s in samples]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,6 +443,12 @@ def evaluate(args: argparse.Namespace) -> None:
             "benchmark server (https://benchmark.mvtec.com)."
         )
     if args.maps is not None:
+        if args.protocol == INPFORMER:
+            raise ConfigError(
+                "--protocol inpformer needs the network's maps of the centre crop; --maps holds "
+                "maps at the original size. Evaluate the run with --run instead."
+            )
+        args.protocol, args.split = MVTEC_AD2, args.split or "test_public"
         evaluate_maps(args)
     else:
         evaluate_runs(args)

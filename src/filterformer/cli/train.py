@@ -13,7 +13,7 @@ The config groups and presets live in ``configs/`` (shipped as ``filterformer.co
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from filterformer.cli.common import report_user_errors
+from filterformer.data.datasets import READERS
 from filterformer.data.mvtec_ad2 import resolve_data_root
-from filterformer.data.sample import Sample
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment
@@ -39,6 +39,7 @@ from filterformer.runs import (
     build_smoothing,
     build_tiling,
     create_run,
+    optional_split,
     split_samples,
 )
 from filterformer.training.distributed import (
@@ -95,7 +96,7 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
             progress=cfg.progress,
         )
         cfg.data.root = str(root)
-    elif cfg.data.kind == "mvtec_ad2":
+    elif cfg.data.kind in READERS:
         cfg.data.root = str(resolve_data_root(cfg.data.root).resolve())
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -149,10 +150,10 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
     train_set.preload(progress=cfg.progress and distributed.is_main)
     if cfg.train.feature_cache.enabled:
         train_set = _feature_cache(cfg, model.encoder, train_set, distributed)
-    validation = _optional_split(cfg, "validation")
+    validation = optional_split(cfg, "validation")
     evaluator = None
     if cfg.eval.every and validation is not None:
-        test = _optional_split(cfg, cfg.eval.split)
+        test = optional_split(cfg, cfg.eval.split)
         if test is not None and any(s.label == 1 for s in test):
             evaluator = FusionEvaluator(
                 validation,
@@ -241,18 +242,6 @@ def _feature_cache(
             amp_bf16=cfg.train.amp_bf16,
             progress=cfg.progress and distributed.is_main,
         )
-
-
-def _optional_split(cfg: DictConfig, split: str) -> Sequence[Sample] | None:
-    """The split's samples, or None when the data source has no such split."""
-    if cfg.data.kind == "folder":
-        folder = {"validation": cfg.data.validation_dir, "test_public": cfg.data.test_dir}.get(
-            split
-        )
-        return None if folder is None else split_samples(cfg, split)
-    if not (Path(cfg.data.root) / cfg.category.name / split).is_dir():
-        return None
-    return split_samples(cfg, split)
 
 
 def _plain(node: DictConfig) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import numpy as np
 
 from filterformer.evaluation.aupro import ProAccumulator, ProResult
 from filterformer.evaluation.image_metrics import ImageScores, f1_max, pixel_ap, pixel_auroc
+from filterformer.evaluation.protocol import INPFORMER, MVTEC_AD2, percent
+from filterformer.evaluation.protocol import METRICS as INPFORMER_METRICS
 from filterformer.evaluation.segf1 import SegF1Accumulator
 from filterformer.io import write_csv, write_json, write_png
 
@@ -33,7 +35,9 @@ def pro_key(limit: float) -> str:
 class CategoryMetrics:
     """All metrics of one category and split, accumulated one image at a time."""
 
-    def __init__(self, float16: bool = True) -> None:
+    def __init__(self, float16: bool = True, image_score: str = "max") -> None:
+        self.image_score = image_score
+        """Score of ``image_auroc``: ``max`` or ``top1`` (``eval.image_score``)."""
         self.pro = ProAccumulator(float16=float16)
         self.seg = SegF1Accumulator()
         self.images = ImageScores()
@@ -77,7 +81,9 @@ class CategoryMetrics:
             seg_fp=seg.fp,
             seg_fn=seg.fn,
             class_f1=cls.f1 if has_binary else nan,
-            image_auroc=self.images.auroc_max(),
+            image_auroc=self.images.auroc_top()
+            if self.image_score == "top1"
+            else self.images.auroc_max(),
             image_auroc_top1=self.images.auroc_top(),
             pixel_auroc=pixel_auroc(counts),
             pixel_ap=pixel_ap(counts),
@@ -113,22 +119,36 @@ def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return mean
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], limits: Sequence[float], split: str) -> str:
-    """Plain-text table: one line per category, then the mean; metrics in percent."""
-    headers = ["category", *(f"AU-PRO@{limit:g}" for limit in limits)]
-    headers += [title for _, title in TABLE_COLUMNS] + ["threshold rule"]
-    keys = [pro_key(limit) for limit in limits] + [key for key, _ in TABLE_COLUMNS]
+def table_columns(limits: Sequence[float], protocol: str = MVTEC_AD2) -> list[tuple[str, str]]:
+    """(row key, header) of the metric columns of a protocol's table."""
+    if protocol == INPFORMER:
+        return list(INPFORMER_METRICS)
+    return [(pro_key(limit), f"AU-PRO@{limit:g}") for limit in limits] + list(TABLE_COLUMNS)
+
+
+def format_table(
+    rows: Sequence[Mapping[str, Any]],
+    limits: Sequence[float],
+    split: str,
+    protocol: str = MVTEC_AD2,
+) -> str:
+    """Plain-text table: one line per category, then the mean; metrics in percent.
+
+    The columns are the protocol's metric set; a threshold-rule column follows when the rows
+    have one.
+    """
+    columns = table_columns(limits, protocol)
+    rule = any("threshold_rule" in row for row in rows)
+    headers = ["category", *(title for _, title in columns)] + (["threshold rule"] if rule else [])
     lines = []
     for row in [*rows, mean_row(rows)] if rows else []:
-        cells = [str(row["category"])]
-        cells += ["n/a" if math.isnan(row[k]) else f"{100 * row[k]:.2f}" for k in keys]
-        cells.append(str(row.get("threshold_rule", "")))
-        lines.append(cells)
+        cells = [str(row["category"])] + [percent(row[key]) for key, _ in columns]
+        lines.append(cells + ([str(row.get("threshold_rule", ""))] if rule else []))
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
-    fmt = "  ".join(
-        f"{{:<{w}}}" if i in (0, len(widths) - 1) else f"{{:>{w}}}" for i, w in enumerate(widths)
-    )
-    out = [f"split: {split}", fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
+    left = {0, len(widths) - 1} if rule else {0}
+    fmt = "  ".join(f"{{:<{w}}}" if i in left else f"{{:>{w}}}" for i, w in enumerate(widths))
+    out = [f"split: {split}, protocol: {protocol}"]
+    out += [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*cells) for cells in lines]
     return "\n".join(line.rstrip() for line in out)
 
@@ -138,24 +158,36 @@ def write_metrics(
     rows: Sequence[Mapping[str, Any]],
     split: str,
     limits: Sequence[float],
+    protocol: str = MVTEC_AD2,
+    image_score: str | None = None,
 ) -> None:
     """``metrics.json`` (rows per category + mean) and ``metrics.csv`` (one line each)."""
     out_dir = Path(out_dir)
     all_rows = [*rows, mean_row(rows)]
-    write_json(out_dir / "metrics.json", metrics_document(rows, split, limits))
+    document = metrics_document(rows, split, limits, protocol, image_score)
+    write_json(out_dir / "metrics.json", document)
     fieldnames = list(dict.fromkeys(k for row in all_rows for k in row))
     write_csv(out_dir / "metrics.csv", all_rows, fieldnames)
 
 
 def metrics_document(
-    rows: Sequence[Mapping[str, Any]], split: str, limits: Sequence[float]
+    rows: Sequence[Mapping[str, Any]],
+    split: str,
+    limits: Sequence[float],
+    protocol: str = MVTEC_AD2,
+    image_score: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of an evaluation (NaN is written as null)."""
+    """The JSON document of an evaluation (NaN is written as null).
+
+    ``image_score``: the rule of the image-level metrics' scores (null when not given).
+    """
 
     def clean(row: Mapping[str, Any]) -> dict[str, Any]:
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
     return {
+        "protocol": protocol,
+        "image_score": image_score,
         "split": split,
         "pro_limits": list(limits),
         "categories": {row["category"]: clean(row) for row in rows},
