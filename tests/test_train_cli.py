@@ -42,14 +42,46 @@ def test_cfg_job_prints_the_inpformer_paper_recipe(monkeypatch, capsys):
     ff_train(monkeypatch, "--cfg", "job", "preset=inpformer_paper", "category=can")
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert (cfg["model"]["name"], cfg["encoder"]["variant"]) == ("inpformer", "dinov2_vitb14_reg")
-    assert cfg["input"] == {"resize": [448, 448], "crop": [392, 392], "interpolation": "area"}
+    assert cfg["input"] == {
+        "resize": [448, 448],
+        "crop": [392, 392],
+        "interpolation": "pil_bilinear",
+    }
     assert (cfg["train"]["epochs"], cfg["train"]["batch_size"], cfg["train"]["grad_clip"]) == (
         200,
         16,
         0.1,
     )
     assert cfg["train"]["optimizer"]["name"] == "stable_adamw" and cfg["train"]["augment"] is None
-    assert cfg["category"]["tiling"]["enabled"] is True  # the ISVL hybrid tiles can
+    assert cfg["category"]["tiling"]["enabled"] is False  # the official code: whole images
+    assert cfg["train"]["feature_cache"]["enabled"] is False  # float32 encoder every step
+    assert (cfg["eval"]["protocol"], cfg["eval"]["image_score"]) == ("inpformer", "top1")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> {"a.b.c": value}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_inpformer_fast_differs_from_the_paper_recipe_only_by_its_speed_ups(monkeypatch, capsys):
+    configs = []
+    for preset in ("inpformer_paper", "inpformer_fast"):
+        ff_train(monkeypatch, "--cfg", "job", f"preset={preset}")
+        configs.append(flatten(yaml.safe_load(capsys.readouterr().out)))
+    paper, fast = configs
+    differing = sorted(key for key in paper.keys() | fast.keys() if paper[key] != fast[key])
+    assert differing == [
+        "input.interpolation",
+        "train.feature_cache.dtype",
+        "train.feature_cache.enabled",
+    ]
+    assert (fast["input.interpolation"], fast["train.feature_cache.dtype"]) == ("area", "bfloat16")
 
 
 @pytest.mark.parametrize(
