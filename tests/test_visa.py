@@ -25,14 +25,9 @@ def test_generated_tree_is_read_from_the_split_file(visa_root: Path):
     assert [str(s.relpath) for s in train] == [f"Data/Images/Normal/{i:04d}" for i in range(6)]
     assert all(s.label == 0 and s.mask_path is None for s in train)
     test = VisA(visa_root, "candle", "test")
-    assert [str(s.relpath) for s in test] == [
-        "Data/Images/Anomaly/000",
-        "Data/Images/Anomaly/001",
-        "Data/Images/Anomaly/002",
-        "Data/Images/Normal/0006",
-        "Data/Images/Normal/0007",
-    ]
-    assert [s.label for s in test] == [1, 1, 1, 0, 0]
+    anomalies = [(f"Data/Images/Anomaly/{i:03d}", 1) for i in range(3)]
+    normal = [(f"Data/Images/Normal/{i:04d}", 0) for i in (6, 7)]
+    assert [(str(s.relpath), s.label) for s in test] == anomalies + normal
     bad = test[1]
     assert bad.mask_path == visa_root / "candle" / "Data" / "Masks" / "Anomaly" / "001.png"
     assert bad.path.suffix == ".JPG" and bad.relpath == PurePosixPath("Data/Images/Anomaly/001")
@@ -42,19 +37,17 @@ def test_generated_tree_is_read_from_the_split_file(visa_root: Path):
     assert not test[3].load_mask().any()
 
 
-def test_category_without_rows_lists_the_file_categories(visa_root: Path):
-    with pytest.raises(DataError, match=r"no rows for category 'pcb1'.*candle, cashew"):
-        VisA(visa_root, "pcb1", "test")
-
-
-def test_listed_category_without_its_folder(visa_root: Path):
-    with pytest.raises(DataError, match=r"category 'cashew' not found"):
-        VisA(visa_root, "cashew", "train")
-
-
-def test_unknown_split(visa_root: Path):
-    with pytest.raises(DataError, match=r"Unknown split 'validation' for VisA"):
-        VisA(visa_root, "candle", "validation")
+@pytest.mark.parametrize(
+    ("category", "split", "message"),
+    [
+        ("pcb1", "test", r"no rows for category 'pcb1'.*candle, cashew"),  # not in the file
+        ("cashew", "train", r"category 'cashew' not found"),  # listed, but no folder
+        ("candle", "validation", r"Unknown split 'validation' for VisA.*no validation split"),
+    ],
+)
+def test_bad_category_or_split_is_named(visa_root: Path, category, split, message):
+    with pytest.raises(DataError, match=message):
+        VisA(visa_root, category, split)
 
 
 def test_missing_split_file_says_what_the_root_is(tmp_path: Path):
@@ -62,36 +55,33 @@ def test_missing_split_file_says_what_the_root_is(tmp_path: Path):
         VisA(tmp_path, "candle", "train")
 
 
-def test_missing_column_is_named(visa_root: Path):
-    text = split_file(visa_root).read_text().replace("label,", "kind,", 1)
-    split_file(visa_root).write_text(text)
-    with pytest.raises(DataError, match=r"missing column\(s\) label"):
-        VisA(visa_root, "candle", "train")
-
-
-def test_unknown_label_names_the_line(visa_root: Path):
-    lines = split_file(visa_root).read_text().splitlines()
-    lines[2] = lines[2].replace(",normal,", ",good,")
-    split_file(visa_root).write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"1cls.csv, line 3: label 'good' is unknown"):
-        VisA(visa_root, "candle", "train")
+@pytest.mark.parametrize(
+    ("old", "new", "split", "message"),
+    [
+        ("label,", "kind,", "train", r"missing column\(s\) label"),
+        (
+            "candle,train,normal,candle/Data/Images/Normal/0001",
+            "candle,train,good,candle/Data/Images/Normal/0001",
+            "train",
+            r"1cls.csv, line 3: label 'good' is unknown",
+        ),
+        (
+            ",candle/Data/Masks/Anomaly/001.png",
+            ",",
+            "test",
+            r"line 11: anomalous image without a mask path",
+        ),
+        ("candle,test,anomaly", "candle,train,anomaly", "train", r"an anomalous training image"),
+    ],
+)
+def test_bad_split_file_rows_are_named(visa_root: Path, old, new, split, message):
+    text = split_file(visa_root).read_text()
+    split_file(visa_root).write_text(text.replace(old, new, 1))
+    with pytest.raises(DataError, match=message):
+        VisA(visa_root, "candle", split)
 
 
 def test_listed_image_that_is_missing(visa_root: Path):
     (visa_root / "candle" / "Data" / "Images" / "Normal" / "0003.JPG").unlink()
     with pytest.raises(DataError, match=r"0003.JPG: file not found \(listed in .*line 5\)"):
-        VisA(visa_root, "candle", "train")
-
-
-def test_anomaly_without_mask_path(visa_root: Path):
-    text = split_file(visa_root).read_text().replace(",candle/Data/Masks/Anomaly/001.png", ",")
-    split_file(visa_root).write_text(text)
-    with pytest.raises(DataError, match=r"line 11: anomalous image without a mask path"):
-        VisA(visa_root, "candle", "test")
-
-
-def test_anomalous_training_row_is_refused(visa_root: Path):
-    text = split_file(visa_root).read_text().replace("candle,test,anomaly", "candle,train,anomaly")
-    split_file(visa_root).write_text(text)
-    with pytest.raises(DataError, match=r"an anomalous training image"):
         VisA(visa_root, "candle", "train")

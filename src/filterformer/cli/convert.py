@@ -163,7 +163,8 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
     print(
         f"ff-convert: {run_dir}: {len(weights.encoder)} encoder tensors ({ENCODER_FILE}, "
         f"sha256 {identity['encoder_weights'][:12]}...) and {len(weights.trainable)} trainable "
-        f"tensors ({weights.num_inps} INPs) from {source}. Use: ff-eval --run {run_dir}"
+        f"tensors ({weights.num_inps} INPs) from {source}. Use: ff-eval --run {run_dir} "
+        f"--data-root <{args.data} root>"
     )
     return run_dir
 
