@@ -65,3 +65,52 @@ def test_train_and_evaluate_a_benchmark_category(
     # the MVTec AD 2 protocol needs a threshold, which needs a validation split these lack
     assert eval_main(["--run", str(run_dir), "--protocol", "mvtec_ad2", "--no-progress"]) == 2
     assert "Unknown split 'validation'" in capsys.readouterr().err
+
+
+def test_mvtec_ad2_protocol_honours_image_score_and_writes_scores(
+    synthetic_root: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    run_dir = tmp_path / "run"
+    overrides = [
+        "data=mvtec_ad2",
+        "category=synthetic",
+        f"data.root={synthetic_root}",
+        f"run_dir={run_dir}",
+        "eval.image_score=top1",
+    ]
+    monkeypatch.setattr(sys, "argv", ["ff-train", *TINY, *overrides])
+    train_main()
+    capsys.readouterr()
+    assert eval_main(["--run", str(run_dir), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "split: test_public, protocol: mvtec_ad2" in table and "SegF1" in table
+    document = json.loads((run_dir / "eval" / "test_public" / "metrics.json").read_text())
+    assert (document["protocol"], document["image_score"]) == ("mvtec_ad2", "top1")
+    row = document["categories"]["synthetic"]
+    assert row["image_auroc"] == row["image_auroc_top1"]
+    with open(run_dir / "eval" / "test_public" / "scores.csv", newline="") as handle:
+        scores = list(csv.DictReader(handle))
+    assert len(scores) == row["num_images"] == 12
+    assert scores[0]["image"] == "test_public/bad/000_regular.png"
+
+
+def fake_run(folder: Path, kind: str, protocol: str) -> Path:
+    """A run folder with just enough config.yaml for ff-eval to read its defaults."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(
+        f"model: {{name: inpformer}}\ncategory: {{name: x}}\ndata: {{kind: {kind}}}\n"
+        f"eval: {{protocol: {protocol}}}\n"
+    )
+    return folder
+
+
+def test_runs_of_different_benchmarks_are_not_mixed_in_one_table(tmp_path: Path, capsys):
+    ad = fake_run(tmp_path / "ad", "mvtec_ad", "inpformer")
+    ad2 = fake_run(tmp_path / "ad2", "mvtec_ad2", "mvtec_ad2")
+    assert eval_main(["--run", str(ad), "--run", str(ad2), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "different default protocols" in err and f"{ad}: inpformer" in err
+    assert "pass --protocol" in err
+    maps = ["--maps", str(tmp_path), "--protocol", "inpformer"]
+    assert eval_main(maps) == 2
+    assert "--protocol inpformer needs the network's maps" in capsys.readouterr().err

@@ -343,6 +343,11 @@ def test_converted_checkpoint_evaluates_with_the_inpformer_protocol(
         scores = list(csv.DictReader(handle))
 
     run = load_run(run_dir)
+    assert (run.config.data.kind, run.protocol, run.image_score) == (
+        "mvtec_ad",
+        "inpformer",
+        "top1",
+    )
     samples = MVTecAD(mvtec_ad_root, "carpet", "test")
     inputs = torch.stack([official_input(s.load_image()) for s in samples])
     with torch.no_grad():
@@ -360,3 +365,20 @@ def test_converted_checkpoint_evaluates_with_the_inpformer_protocol(
     assert expected["image_auroc"] == pytest.approx(roc_auc_score(labels, top))
     for key, _ in METRICS:
         assert row[key] == pytest.approx(expected[key], abs=1e-5), key
+
+
+def test_ff_convert_data_names_the_benchmark(tiny_official, tmp_path) -> None:
+    torch.save(tiny_official, tmp_path / "model.pth")
+    argv = ["inp-former", str(tmp_path / "model.pth"), "--encoder", "tiny_random"]
+    visa = ["--category", "candle", "--data", "visa", "--out", str(tmp_path / "visa")]
+    assert convert_main([*argv, *visa]) == 0
+    config = OmegaConf.load(tmp_path / "visa" / "config.yaml")
+    assert (config.data.kind, config.category.name, config.eval.protocol) == (
+        "visa",
+        "candle",
+        "inpformer",
+    )
+    own = [*argv, "--category", "bolts", "--data", "mvtec_ad2", "--out", str(tmp_path / "ad2")]
+    assert convert_main(own) == 0  # a category without a config of its own keeps its name
+    config = OmegaConf.load(tmp_path / "ad2" / "config.yaml")
+    assert (config.data.kind, config.category.name) == ("mvtec_ad2", "bolts")

@@ -9,6 +9,11 @@ Two sources of maps:
 - ``--run RUN_DIR`` (or every run under --runs-dir): the run's model predicts the maps;
   missing thresholds are calibrated on validation (mean + 3 std) and stored in the run.
 
+Runs are scored with their evaluation protocol (``eval.protocol``, or ``--protocol``):
+``mvtec_ad2`` as above, or ``inpformer``, the INP-Former code's seven metrics on 256 px maps of
+the centre crop (no thresholds; :mod:`filterformer.evaluation.protocol`). Either way the
+per-image scores go to ``<run>/eval/<split>/scores.csv``.
+
 Private splits have no ground truth: use ff-predict and the benchmark server for them.
 """
 
