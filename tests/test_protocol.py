@@ -179,6 +179,12 @@ def test_protocol_mask_follows_the_image_geometry() -> None:
     assert 0 < gt.sum() < 60 * 21 and not gt[:20, :20].any()
 
 
+def test_protocol_mask_refuses_a_letterboxed_geometry() -> None:
+    geometry = InputGeometry((56, 70), fit="pad")
+    with pytest.raises(ConfigError, match="inpformer protocol needs input.fit=squash"):
+        protocol_mask(np.zeros((30, 90), bool), geometry)
+
+
 def test_protocol_settings_and_names() -> None:
     assert (PROTOCOL_SMOOTHING.size, PROTOCOL_SMOOTHING.padding) == ((256, 256), "zero")
     assert (PROTOCOL_SMOOTHING.sigma, PROTOCOL_SMOOTHING.kernel_size) == (4.0, 5)

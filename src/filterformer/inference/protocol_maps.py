@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from filterformer.data.sample import Sample
 from filterformer.data.transforms import InputGeometry
+from filterformer.errors import ConfigError
 from filterformer.evaluation.protocol import InpFormerMetrics, image_score
 from filterformer.inference.predict import Smoothing, batches, smooth_maps
 from filterformer.models.filterformer import fuse_maps
@@ -66,12 +67,23 @@ def protocol_maps(
 
 def protocol_mask(mask: np.ndarray, geometry: InputGeometry) -> np.ndarray:
     """An H x W bool mask at the original size -> 256 x 256 bool protocol GT."""
+    check_squash(geometry)
     height, width = geometry.resize_hw
     image = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
     resized = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
     cropped = torch.from_numpy(geometry.center_crop(resized).astype(np.float32) / 255.0)
     small = F.interpolate(cropped[None, None], size=PROTOCOL_SIZE, mode="nearest")[0, 0]
     return (small > GT_THRESHOLD).numpy()
+
+
+def check_squash(geometry: InputGeometry) -> None:
+    """Refuse a letterboxing geometry: the protocol stretches images as the INP-Former code."""
+    if geometry.fit != "squash":
+        raise ConfigError(
+            f"the inpformer protocol needs input.fit=squash (the INP-Former code stretches every "
+            f"image to the input size), got input.fit={geometry.fit}. Evaluate with "
+            "--protocol mvtec_ad2, or train with input.fit=squash."
+        )
 
 
 def evaluate_inpformer(
@@ -87,6 +99,7 @@ def evaluate_inpformer(
     ``options`` are those of :func:`protocol_maps` (mode, map_stats, batch_size, device,
     progress).
     """
+    check_squash(geometry)
     metrics = InpFormerMetrics()
     images = []
     for sample, amap in protocol_maps(model, samples, geometry, **options):
