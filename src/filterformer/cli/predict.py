@@ -32,7 +32,6 @@ import numpy as np
 
 from filterformer.cli.common import report_user_errors
 from filterformer.data.folder import ImageFolderDataset
-from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, SubmissionError
 from filterformer.evaluation.thresholds import Threshold, threshold_by_rule, write_thresholds
@@ -73,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--submission", help="with --runs: name of the submission folder")
     parser.add_argument("--out", type=Path, help="output folder (--runs: its parent, default .)")
-    parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: the run's)")
+    parser.add_argument("--data-root", type=Path, help="dataset root (default: the run's)")
     parser.add_argument("--no-pack", action="store_true", help="with --runs: check, no archive")
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -101,9 +100,7 @@ class RunExporter:
         """The run's samples of ``split`` (from --data-root when given)."""
         from filterformer.runs import split_samples
 
-        if self.args.data_root is not None:
-            return MVTecAD2(self.args.data_root, self.run.category, split)
-        return split_samples(self.run.config, split)
+        return split_samples(self.run.config, split, root=self.args.data_root)
 
     def predict(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, np.ndarray]]:
         """Original-size maps with the run's fusion mode, statistics and tiling."""

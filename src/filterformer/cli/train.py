@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -35,9 +35,9 @@ from filterformer.cli.common import (
     outermost_missing,
 )
 from filterformer.config_checks import check_settings
+from filterformer.data.datasets import READERS
 from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
 from filterformer.data.mvtec_ad2 import resolve_data_root
-from filterformer.data.sample import Sample
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment, short_side_size
@@ -52,6 +52,7 @@ from filterformer.runs import (
     build_tiling,
     create_run,
     holdout_fraction,
+    optional_split,
     patch_size,
     split_samples,
 )
@@ -104,7 +105,7 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         raise ConfigError(config_error_message(err)) from None
     settings = _flatten(OmegaConf.to_container(cfg))
     check_settings(settings, patch_size=patch_size(cfg), world_size=world_size)
-    if cfg.data.kind == "mvtec_ad2":
+    if cfg.data.kind in READERS and cfg.data.kind != "synthetic":  # a dataset's root
         cfg.data.root = str(_absolute(resolve_data_root(cfg.data.root), base))
     elif cfg.data.kind == "folder":
         _prepare_folders(cfg, base, quiet)
@@ -327,12 +328,12 @@ def _training_set(
 
 def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | None]:
     """The periodic evaluator (needs validation and a split with defects) and map statistics."""
-    validation = _optional_split(cfg, "validation")
+    validation = optional_split(cfg, "validation")
     if validation is None:
         return None, None
     geometry, tiling = build_geometry(cfg), build_tiling(cfg)
     evaluator = None
-    test = _optional_split(cfg, cfg.eval.split) if cfg.eval.every else None
+    test = optional_split(cfg, cfg.eval.split) if cfg.eval.every else None
     if test is not None and any(s.label == 1 for s in test):
         evaluator = FusionEvaluator(
             validation,
@@ -397,17 +398,6 @@ def _feature_cache(
             amp_bf16=cfg.train.amp_bf16,
             progress=cfg.progress and distributed.is_main,
         )
-
-
-def _optional_split(cfg: DictConfig, split: str) -> Sequence[Sample] | None:
-    """The split's samples, or None when the data source has no such split."""
-    if cfg.data.kind == "folder":  # validation: validation_dir, else held-out training images
-        test = split == "test_public" and cfg.data.test_dir is not None
-        available = split == "validation" or test
-        return split_samples(cfg, split) if available else None
-    if not (Path(cfg.data.root) / cfg.category.name / split).is_dir():
-        return None
-    return split_samples(cfg, split)
 
 
 def _require_values(cfg: DictConfig) -> None:
