@@ -335,7 +335,8 @@ def test_converted_checkpoint_evaluates_with_the_inpformer_protocol(
     assert code == 0
     table = capsys.readouterr().out
     assert "split: test, protocol: inpformer" in table
-    assert "I-AUROC I-AP I-F1max P-AUROC P-AP P-F1max AU-PRO@0.3" in " ".join(table.split())
+    headers = "I-AUROC I-AP I-F1max P-AUROC P-AP P-F1max AU-PRO@0.3".split()
+    assert " ".join(f"{h} [%]" for h in headers) in " ".join(table.split())
     document = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
     assert (document["protocol"], document["image_score"]) == ("inpformer", "top1")
     row = document["categories"]["carpet"]
