@@ -23,3 +23,7 @@ class SubmissionError(FilterformerError, ValueError):
 
 class NonFiniteLossError(FilterformerError, RuntimeError):
     """The training loss became NaN or infinite; the run folder keeps the last good checkpoint."""
+
+
+class DeployError(FilterformerError, ValueError):
+    """An export cannot be made or used: unsupported model, missing runtime, failed parity."""
