@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime", "openvino"),
+        default="torch",
+        help="run the model in torch, or its ff-export file in ONNX Runtime / OpenVINO",
+    )
+    parser.add_argument("--model", type=Path, help="exported file (default: RUN/export/model.*)")
     return parser
 
 
@@ -80,10 +87,12 @@ class RunExporter:
     def __init__(self, run_dir: Path, args: argparse.Namespace) -> None:
         import torch
 
+        from filterformer.deploy import map_backend
         from filterformer.runs import load_run
 
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.run = load_run(run_dir, device=self.device)
+        self.backend = map_backend(self.run, args.backend, args.model)
         self.args = args
         self.rescale, self.threshold = self._calibration()
 
@@ -100,7 +109,7 @@ class RunExporter:
         from filterformer.inference.predict import predict_maps
 
         return predict_maps(
-            self.run.model,
+            self.backend,
             samples,
             self.run.geometry,
             mode=self.run.mode,
