@@ -309,10 +309,21 @@ def test_ff_predict_refuses_an_export_of_another_run_state(demo_run, exported, t
     assert not out.exists()
 
 
-def test_ff_export_names_a_wrong_output_suffix(demo_run, capsys, tmp_path):
-    args = ["--run", demo_run, "--format", "openvino", "--out", tmp_path / "m.onnx"]
-    assert export_cli(list(map(str, args))) == 2
-    assert "written as a .xml file; e.g. --out" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--format", "openvino", "--out", "m.onnx"], "written as a .xml file; e.g. --out"),
+        (["--format", "openvino", "--dynamic-size"], "export one OpenVINO file per input size"),
+    ],
+)
+def test_ff_export_refuses_what_it_cannot_do_before_tracing(
+    demo_run, capsys, tmp_path, monkeypatch, options, message
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("filterformer.deploy.export.export_onnx", None)  # must not be reached
+    assert export_cli(["--run", str(demo_run), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------- the parts
@@ -361,6 +372,16 @@ def test_parity_fails_on_nan_and_on_a_wrong_shape(tiny_model):
     nan[0, 0, 0] = np.nan
     assert not check_parity(graph, _Session(nan, scores), [inputs], 1e-4).ok
     assert not check_parity(graph, _Session(maps[:1], scores), [inputs], 1e-4).ok
+
+
+def test_a_graph_that_fails_in_its_runtime_is_a_deploy_error(tiny_model):
+    graph = MapGraph(tiny_model, "inp", None, Smoothing(), "max")
+
+    def broken(images):
+        raise RuntimeError("Attempting to broadcast an axis\nmore detail")
+
+    with pytest.raises(DeployError, match="fails in its runtime .*broadcast an axis; nothing"):
+        check_parity(graph, broken, [torch.randn(1, 3, *INPUT_SIZE)], 1e-4)
 
 
 def test_an_exported_backend_gives_its_mode_only():

@@ -56,8 +56,7 @@ def _export(args: argparse.Namespace) -> int:
     from filterformer.data.folder import ImageFolderDataset
     from filterformer.deploy import EXPORT_FILE, default_model_path, export_run
 
-    calibration = argparse.Namespace(**vars(args), backend="torch", model=None)
-    exporter = RunExporter(args.run, calibration)  # loads the run; calibrates it if need be
+    exporter = RunExporter(args.run, args)  # loads the run (torch); calibrates it if need be
     run = exporter.run
     if args.images is not None:
         samples = ImageFolderDataset(args.images, "test", category=run.category)

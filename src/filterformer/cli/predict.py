@@ -92,7 +92,8 @@ class RunExporter:
 
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.run = load_run(run_dir, device=self.device)
-        self.backend = map_backend(self.run, args.backend, args.model)
+        backend, model_file = getattr(args, "backend", "torch"), getattr(args, "model", None)
+        self.backend = map_backend(self.run, backend, model_file)
         self.args = args
         self.rescale, self.threshold = self._calibration()
 

@@ -58,6 +58,22 @@ def parity_batches(
             yield F.interpolate(inputs, size=size, mode="bilinear", align_corners=False)
 
 
+def _check_dynamic(run: Run, fmt: str) -> None:
+    """Refuse the --dynamic-size exports whose position table would be wrong at other sizes."""
+    if fmt == "openvino":
+        raise DeployError(
+            "--dynamic-size with --format openvino: OpenVINO resizes the encoder's position "
+            "table differently from torch (antialiased bicubic; maps off by about 1e-2), so "
+            "export one OpenVINO file per input size, or use --format onnx for any size."
+        )
+    if run.model.encoder.official_pos_interp:
+        raise DeployError(
+            f"--dynamic-size: {run.run_dir} resamples the position table the official DINOv2 "
+            "way (encoder.official_pos_interp), by a scale factor that the trace fixes to the "
+            "example's size; export one file per input size."
+        )
+
+
 def _write(graph: MapGraph, run: Run, stage: Path, fmt: str, dynamic: bool, fp16: bool) -> Path:
     """The exported model in the staging folder (fp32 ONNX first, then what was asked)."""
     onnx_file = stage / "fp32.onnx"
@@ -92,6 +108,8 @@ def export_run(
     """
     check_out_path(out, fmt)
     check_exportable(run.config.model.name, run.model)
+    if dynamic_size:
+        _check_dynamic(run, fmt)
     if not samples:
         raise DeployError(
             f"{run.run_dir}: no images for the parity check; give a folder with --images."
