@@ -19,6 +19,7 @@ import onnx
 import pytest
 import tifffile
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from filterformer.cli.export import main as export_cli
@@ -200,12 +201,14 @@ def test_weights_to_float16_keeps_the_graph_computing_in_float32(exported, tmp_p
 def test_a_dynamic_size_export_scores_any_patch_multiple_with_top1(demo_run, tmp_path, capsys):
     run_dir = tmp_path / "top1"
     shutil.copytree(demo_run, run_dir, ignore=shutil.ignore_patterns("export", "data"))
-    config = (run_dir / "config.yaml").read_text().replace("image_score: max", "image_score: top1")
-    (run_dir / "config.yaml").write_text(config)
+    config = OmegaConf.load(run_dir / "config.yaml")
+    config.eval.image_score = "top1"
+    OmegaConf.save(config, run_dir / "config.yaml")
     args = ["--run", run_dir, "--dynamic-size", "--no-progress"]
     assert export_cli(list(map(str, args))) == 0
     assert "parity on 4 images" in capsys.readouterr().out  # 2 images, at two sizes each
     run = load_run(run_dir)
+    assert run.image_score == "top1"
     session = open_session(run_dir / "export" / "model.onnx", "onnxruntime")
     for size in [(28, 42), (98, 56)]:
         inputs = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(0))
@@ -306,7 +309,7 @@ def test_ff_predict_refuses_an_export_of_another_run_state(demo_run, exported, t
     args = ["--run", demo_run, "--out", out, "--backend", "onnxruntime", "--model", missing]
     assert _ff_predict(*args) == 2
     assert "exported model not found" in capsys.readouterr().err
-    assert not out.exists()
+    assert not (out / MAPS_DIR).exists()  # refused before any map was written
 
 
 @pytest.mark.parametrize(

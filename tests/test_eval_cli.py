@@ -13,6 +13,8 @@ import pytest
 import tifffile
 
 from filterformer.cli.eval import main
+from filterformer.runs import load_run
+from filterformer.training.checkpoint import read_checkpoint_meta, save_checkpoint
 
 SAMPLE = Path(__file__).parent / "data" / "ad2_sample"
 DATA_ROOT = SAMPLE / "mvtec_ad_2"
@@ -318,8 +320,9 @@ def test_best_checkpoint_and_fusion_json_are_labelled_with_eval_split(
 ) -> None:
     """What ff-train's evaluation leaves: best_<mode> and fusion.json, chosen on eval.split."""
     run_dir = run_copy(untrained_run, tmp_path)
-    for path in (run_dir / "checkpoints").glob("last.*"):
-        shutil.copy(path, path.with_name(f"best_inp{path.suffix}"))
+    last = load_run(run_dir, checkpoint="last")
+    meta = read_checkpoint_meta(run_dir / "checkpoints" / "last")
+    save_checkpoint(run_dir / "checkpoints" / "best_inp", last.model, meta={**meta, "mode": "inp"})
     (run_dir / "fusion.json").write_text(json.dumps({"synthetic": "inp"}))
     code, doc = eval_run(run_dir, untrained_run[1])
     assert code == 0 and doc["selected_on"] == "test_public"

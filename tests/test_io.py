@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import cv2
 import numpy as np
 import pytest
 import tifffile
+import torch
+from safetensors.torch import save_file
 
 from filterformer.errors import DataError
 from filterformer.io import (
+    atomic_path,
     image_size,
     read_anomaly_map,
     read_image,
@@ -115,3 +121,20 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         write_json(tmp_path / "r.json", {"a": object()})
     assert (tmp_path / "r.json").read_text() == '{\n  "a": 1\n}\n'
     assert remove_partials(tmp_path) == 0
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_permissions_the_umask_allows(tmp_path, umask):
+    """Not the 0600 of a temporary file: a group sharing run folders can read them."""
+    previous = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"a": 1})
+        write_png(tmp_path / "b.png", np.zeros((2, 3), dtype=np.uint8))
+        write_tiff_float16(tmp_path / "c.tiff", np.zeros((2, 3), dtype=np.float32))
+        write_json(tmp_path / "a.json", {"a": 2})  # a replaced file too
+        with atomic_path(tmp_path / "d.safetensors") as tmp:  # a writer that replaces `tmp`
+            save_file({"x": torch.zeros(2)}, str(tmp))
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["a.json", "b.png", "c.tiff", "d.safetensors"], 0o666 & ~umask)

@@ -21,15 +21,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from filterformer.cli.common import report_user_errors
-from filterformer.deploy.formats import FORMATS
 
 DEFAULT_PARITY_IMAGES = 16
+FORMATS = ("onnx", "openvino")  # as filterformer.deploy.formats; --help must not import torch
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ff-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="run folder (ff-train)")
-    parser.add_argument("--format", choices=list(FORMATS), default="onnx")
+    parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--out", type=Path, help="file to write (default RUN/export/model.*)")
     parser.add_argument(
         "--dynamic-size", action="store_true", help="any input height/width (patch multiples)"
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="device of the calibration pass (default: cuda if any)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the SHA-256 check of the checkpoint"
+    )
     return parser
 
 

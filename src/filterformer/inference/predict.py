@@ -170,7 +170,8 @@ class TorchBackend:
         return {m: _finish(raw, m, self.map_stats, self.smoothing).cpu().numpy() for m in modes}
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
@@ -204,7 +205,7 @@ def predict_mode_maps(
     def score(crops: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Original-size maps of image crops, ``batch_size`` network inputs at a time."""
         out = []
-        for batch in _batches(crops, batch_size):
+        for batch in batches(crops, batch_size):
             fused = backend.maps(torch.stack([geometry.to_tensor(c) for c in batch]), modes)
             out += [
                 {m: geometry.to_original(fused[m][i], crop.shape[:2]) for m in modes}
@@ -215,7 +216,7 @@ def predict_mode_maps(
     bar = tqdm(total=len(samples), desc="predict", unit="img", disable=not progress)
     with bar:
         if tiling is None:
-            for batch in _batches(samples, batch_size):
+            for batch in batches(samples, batch_size):
                 maps = score([sample.load_image() for sample in batch])
                 bar.update(len(batch))
                 yield from zip(batch, maps, strict=True)
