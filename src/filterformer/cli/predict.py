@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-verify", action="store_true", help="skip the SHA-256 check of the checkpoint"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime", "openvino"),
+        default="torch",
+        help="run the model in torch, or its ff-export file in ONNX Runtime / OpenVINO",
+    )
+    parser.add_argument("--model", type=Path, help="exported file (default: RUN/export/model.*)")
     return parser
 
 
@@ -89,10 +96,13 @@ class RunExporter:
     def __init__(self, run_dir: Path, args: argparse.Namespace) -> None:
         import torch
 
+        from filterformer.deploy import map_backend
         from filterformer.runs import load_run
 
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)
+        backend, model_file = getattr(args, "backend", "torch"), getattr(args, "model", None)
+        self.backend = map_backend(self.run, backend, model_file)
         self.args = args
         self.rescale, self.threshold = self._calibration()
 
@@ -107,7 +117,7 @@ class RunExporter:
         from filterformer.inference.predict import predict_maps
 
         return predict_maps(
-            self.run.model,
+            self.backend,
             samples,
             self.run.geometry,
             mode=self.run.mode,
