@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from filterformer.errors import CheckpointError, ConfigError
+from filterformer.errors import ConfigError
+from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.diff_predictor import DiffPredictor
 from filterformer.models.encoder import DinoEncoder
 from filterformer.models.inp import Bottleneck, INPExtractor, INPGuidedDecoder
@@ -114,7 +115,7 @@ def fuse_maps(
     return (z_i + z_f) / 2 if mode == "mean" else torch.maximum(z_i, z_f)
 
 
-class INPFormer(nn.Module):
+class INPFormer(FrozenEncoderModel):
     """INP-Former: frozen encoder, INP Extractor, Bottleneck, INP-guided decoder.
 
     Args:
@@ -197,28 +198,9 @@ class INPFormer(nn.Module):
         """Map name -> B x H x W anomaly map at the network input resolution."""
         return self.maps(self.features(images), tuple(images.shape[-2:]))
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Every parameter except the frozen encoder's."""
-        return [p for name, p in self.named_parameters() if not name.startswith("encoder.")]
-
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part; training clips each part's gradient norm on its own."""
         return {"inp_former": self.trainable_parameters()}
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """State dict without the encoder (which is rebuilt from its own weights file)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
-
-    def load_trainable_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load a `trainable_state_dict`; keys must match exactly."""
-        expected = set(self.trainable_state_dict())
-        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"checkpoint does not fit {type(self).__name__}: missing {missing[:5]}, unexpected "
-                f"{unexpected[:5]}; check that model.name and the model settings match the run"
-            )
-        self.load_state_dict(state_dict, strict=False)
 
 
 class FilterFormer(INPFormer):
