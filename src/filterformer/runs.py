@@ -33,10 +33,12 @@ from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.thresholds import Threshold, read_thresholds
 from filterformer.inference.predict import Smoothing
 from filterformer.io import atomic_path, write_json
-from filterformer.models.encoder import ENCODERS, weights_sha256
-from filterformer.models.filterformer import INPFormer
-from filterformer.models.registry import build_encoder, build_model
+from filterformer.models.base import FrozenEncoderModel
+from filterformer.models.cpr import CPR
+from filterformer.models.encoder import weights_sha256
+from filterformer.models.registry import build_encoder, build_model, encoder_hub_name
 from filterformer.training.checkpoint import checkpoint_files, load_checkpoint
+from filterformer.training.cpr_references import load_references
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
@@ -51,7 +53,7 @@ class Run:
 
     run_dir: Path
     config: DictConfig
-    model: INPFormer
+    model: FrozenEncoderModel
     checkpoint: Path
     geometry: InputGeometry
     category: str
@@ -145,11 +147,11 @@ def encoder_weights_id(config: DictConfig) -> str:
             )
         return weights_sha256(path)
     if encoder.get("pretrained"):
-        return f"hub:{ENCODERS[encoder.variant].arch}"
+        return f"hub:{encoder_hub_name(encoder.variant)}"
     return f"random:seed={config.seed}"
 
 
-def build_from_config(config: DictConfig) -> tuple[INPFormer, dict[str, Any]]:
+def build_from_config(config: DictConfig) -> tuple[FrozenEncoderModel, dict[str, Any]]:
     """Seed, build the encoder and the model of ``config``; return it with its identity.
 
     The identity (``model``, ``encoder``, ``encoder_weights``) is what checkpoints record and
@@ -258,6 +260,9 @@ def load_run(
     path = checkpoint_files(folder / checkpoint)[0]
     loaded = load_checkpoint(path, model, expected=identity)
     model.to(device).eval()
+    geometry = build_geometry(config)
+    if isinstance(model, CPR):  # its training images and fitted retrieval state
+        load_references(run_dir, model, geometry, identity["encoder_weights"])
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
@@ -271,7 +276,7 @@ def load_run(
         config=config,
         model=model,
         checkpoint=path,
-        geometry=build_geometry(config),
+        geometry=geometry,
         category=category,
         mode=mode,
         map_stats=map_stats,
@@ -299,7 +304,7 @@ def _read_config(run_dir: Path) -> DictConfig:
     return config
 
 
-def _fusion_mode(run_dir: Path, config: DictConfig, model: INPFormer) -> str:
+def _fusion_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel) -> str:
     """fusion.json's mode for the category, else the config's default, else the model's own map."""
     category = config.category.name
     fusion_file = run_dir / "fusion.json"
@@ -307,7 +312,7 @@ def _fusion_mode(run_dir: Path, config: DictConfig, model: INPFormer) -> str:
     if fusion_file.is_file():
         mode = json.loads(fusion_file.read_text()).get(category)
     mode = mode or config.eval.get("default_mode")
-    mode = mode or ("filter" if "filter" in model.fusion_modes else "inp")
+    mode = mode or ("filter" if "filter" in model.fusion_modes else model.fusion_modes[0])
     if mode not in model.fusion_modes:
         raise ConfigError(
             f"{run_dir}: fusion mode {mode!r} is not available for model {config.model.name!r}; "

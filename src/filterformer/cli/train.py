@@ -25,12 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from filterformer.cli.common import report_user_errors
+from filterformer.cli.cpr import cpr_training_set
 from filterformer.data.mvtec_ad2 import resolve_data_root
 from filterformer.data.sample import Sample
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment
 from filterformer.errors import ConfigError
+from filterformer.models.cpr import CPR
 from filterformer.models.encoder import DinoEncoder
 from filterformer.runs import (
     CONFIG_FILE,
@@ -147,7 +149,9 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
         tiling=build_tiling(cfg, training=True),
     )
     train_set.preload(progress=cfg.progress and distributed.is_main)
-    if cfg.train.feature_cache.enabled:
+    if isinstance(model, CPR):  # packed (pseudo-defect, reference) pairs: cli/cpr.py
+        train_set = cpr_training_set(cfg, model, train_set, identity, distributed)
+    elif cfg.train.feature_cache.enabled:
         train_set = _feature_cache(cfg, model.encoder, train_set, distributed)
     validation = _optional_split(cfg, "validation")
     evaluator = None

@@ -37,15 +37,18 @@ def perlin_noise(
     u, v = u - np.floor(u.min()), v - np.floor(v.min())
     fu, fv = u - np.floor(u), v - np.floor(v)
     i0, j0 = np.floor(u).astype(np.int32), np.floor(v).astype(np.int32)
-    directions = rng.uniform(0, 2 * np.pi, (int(i0.max()) + 2, int(j0.max()) + 2))
-    gradients = np.stack([np.cos(directions), np.sin(directions)], axis=-1).astype(np.float32)
+    rows, cols = int(i0.max()) + 2, int(j0.max()) + 2
+    directions = rng.uniform(0, 2 * np.pi, rows * cols)
+    grad_y, grad_x = np.cos(directions).astype(np.float32), np.sin(directions).astype(np.float32)
+    base = i0 * cols + j0  # flat index of each pixel's top-left lattice corner
 
     def corner(di: int, dj: int) -> np.ndarray:
         """Dot product of each pixel's offset from corner (i0 + di, j0 + dj) with its gradient."""
-        g = gradients[i0 + di, j0 + dj]
-        return g[..., 0] * (fu - di) + g[..., 1] * (fv - dj)
+        index = base + (di * cols + dj)
+        return np.take(grad_y, index) * (fu - di) + np.take(grad_x, index) * (fv - dj)
 
     wu, wv = _fade(fu), _fade(fv)
-    top = corner(0, 0) + wv * (corner(0, 1) - corner(0, 0))
-    bottom = corner(1, 0) + wv * (corner(1, 1) - corner(1, 0))
+    c00, c01, c10, c11 = corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1)
+    top = c00 + wv * (c01 - c00)
+    bottom = c10 + wv * (c11 - c10)
     return np.float32(np.sqrt(2)) * (top + wu * (bottom - top))

@@ -29,6 +29,8 @@ from filterformer.models.losses import (
 )
 
 MAP_MODES = ("inp", "filter", "mean", "max", "product")
+SINGLE_MAPS = ("inp", "filter", "cpr")
+"""Modes that are one of a model's own maps, used as they are (CPR's only map is "cpr")."""
 FUSE_EPS = 1e-8
 
 
@@ -80,7 +82,7 @@ def fuse_maps(
 ) -> torch.Tensor:
     """Combine the "inp" and "filter" maps (B x H x W) into one map by `mode`.
 
-    - "inp" / "filter": that map, unnormalised.
+    - "inp" / "filter" / "cpr": that map, unnormalised.
     - "mean" / "max": mean / maximum of the z-scores (m - mean_m) / std_m.
     - "product": geometric mean sqrt(r_inp * r_filter) of the ratios
       r_m = max(m, 1e-8) / mean_m. The maps are cosine distances (>= 0), so dividing by the
@@ -88,16 +90,16 @@ def fuse_maps(
     `stats` maps "inp" and "filter" to their validation (mean, std); std and mean are floored
     at 1e-8.
     """
-    if mode not in MAP_MODES:
-        raise ConfigError(f"unknown map mode {mode!r}; valid: {', '.join(MAP_MODES)}")
-    needed = (mode,) if mode in ("inp", "filter") else ("inp", "filter")
+    if mode not in (*MAP_MODES, *SINGLE_MAPS):
+        raise ConfigError(f"unknown map mode {mode!r}; valid: {', '.join(MAP_MODES)}, cpr")
+    needed = (mode,) if mode in SINGLE_MAPS else ("inp", "filter")
     missing = [name for name in needed if name not in maps]
     if missing:
         raise ConfigError(
             f"map mode {mode!r} needs the {' and '.join(needed)} map(s), but the model gives only "
             f"{', '.join(maps)}; use the filterformer model or mode 'inp'"
         )
-    if mode in ("inp", "filter"):
+    if mode in SINGLE_MAPS:
         return maps[mode]
     if stats is None or any(name not in stats for name in needed):
         raise ConfigError(

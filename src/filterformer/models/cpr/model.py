@@ -111,7 +111,7 @@ class CPR(FrozenEncoderModel):
         self.heads = nn.ModuleList(
             RetrievalHead(c, out_dim, inner_dim, inception_dim) for c in self.encoder.channels
         )
-        self.points, self.exponent = points, exponent
+        self.out_dim, self.points, self.exponent = out_dim, points, exponent
         self.margins = (pos_margin, neg_margin)
         self.spatial_negatives = spatial_negatives
         # Farther than the fine scale's search window reaches (its half-diagonal in pixels).

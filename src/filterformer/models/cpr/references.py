@@ -40,7 +40,7 @@ class RetrievalSettings:
     foreground_quantile: float = 0.01
     border_band: float = 3 / 80
     centre_half: float = 1 / 5
-    seed: int = 66
+    fit_seed: int = 66
 
 
 @dataclass
@@ -110,9 +110,9 @@ def fit_reference_set(
             f"global retrieval keeps the top {settings.top_k} of the other training images, but "
             f"there are only {count} training images; lower model.top_k below {count}"
         )
-    generator = torch.Generator().manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.fit_seed)
     samples, seeds = _first_pass(backbone, images, settings, generator, batch_size, progress)
-    codebook = fit_kmeans(samples, settings.num_words, settings.seed)
+    codebook = fit_kmeans(samples, settings.num_words, settings.fit_seed)
     lda = None if seeds is None else _fit_lda(samples, *seeds, settings, generator)
     histograms, decisions = [], []
     for _, fine in _fine_features(backbone, images, batch_size, "histograms", progress):
@@ -172,7 +172,7 @@ def _fit_lda(
     2-means on the random samples; the background word is the one most frequent in the
     border band; a balanced random draw of at most ``foreground_samples`` per class.
     """
-    centres = fit_kmeans(samples, 2, settings.seed)
+    centres = fit_kmeans(samples, 2, settings.fit_seed)
 
     def words(cells: torch.Tensor) -> torch.Tensor:
         return nearest_centre(cells.T[None, :, :, None], centres).flatten()
