@@ -1,7 +1,7 @@
 """Inference time and GPU memory per image by MVTec's runtime protocol.
 
-Follows MVTec's ``measure_runtime_and_memory.py`` as described in
-reference/mvtec_ad2_spec.md §4, so figures are comparable with published ones:
+Follows MVTec's ``measure_runtime_and_memory.py`` (shipped with the dataset), so figures are
+comparable with published ones:
 
 * inputs: random ``randn`` float32 images 3 x H x W, batch 1, for H x W = 256x256, 512x512
   and 1024x1224 in turn;

@@ -59,7 +59,7 @@ OFFICIAL_ARCH = {
     "dinov2_vitl14_reg": "large",
 }
 UNUSED_OFFICIAL_IMPORTS = ("adeval", "pandas", "kornia")
-RESIZE, CROP, EVAL_SIZE = 448, 392, 256  # INP-Former protocol (inp_former_spec.md §1.4, §6.1)
+RESIZE, CROP, EVAL_SIZE = 448, 392, 256  # INP-Former protocol (the INP-Former code's evaluation)
 
 
 def import_official(repo: Path) -> types.SimpleNamespace:

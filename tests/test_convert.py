@@ -255,7 +255,7 @@ def test_ff_convert_writes_a_parity_run_that_load_run_uses(tiny_official, tmp_pa
         tiny_official["encoder.blocks.4.attn.qkv.weight"],
     )
     assert run.model.anomaly_maps(torch.randn(1, 3, 392, 392))["inp"].shape == (1, 392, 392)
-    # the official evaluation protocol (inp_former_spec.md §1.4, §6.1)
+    # the official evaluation protocol (the INP-Former code's evaluation)
     assert run.geometry.interpolation == "pil_bilinear"
     assert run.smoothing == Smoothing(sigma=4.0, kernel_size=5, padding="zero", size=(256, 256))
     assert run.image_score == "top1"

@@ -98,7 +98,12 @@ def test_cfg_job_prints_the_cpr_recipes(monkeypatch: pytest.MonkeyPatch, capsys)
     ff_train(monkeypatch, "--cfg", "job", "preset=cpr_paper", "category=vial")
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert (cfg["model"]["name"], cfg["encoder"]["variant"]) == ("cpr", "densenet201")
-    assert cfg["input"] == {"resize": [320, 320], "crop": None, "interpolation": "bilinear"}
+    assert cfg["input"] == {
+        "resize": [320, 320],
+        "fit": "squash",
+        "crop": None,
+        "interpolation": "bilinear",
+    }
     optimizer = cfg["train"]["optimizer"]
     assert (optimizer["name"], optimizer["lr"], optimizer["weight_decay"]) == ("adamw", 1e-3, 1e-2)
     assert optimizer["final_lr"] == optimizer["lr"] and cfg["train"]["grad_clip"] is None

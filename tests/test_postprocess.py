@@ -1,4 +1,4 @@
-"""Post-processing of binary maps: closing, hole filling, erosion (seed 001)."""
+"""Post-processing of binary maps: closing, hole filling, erosion (ISVL hybrid, VAND 3.0)."""
 
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ import torch
 import yaml
 
 from filterformer.cli.train import main
-from filterformer.evaluation.aupro import ProAccumulator
+from filterformer.evaluation.image_metrics import image_auroc
 from filterformer.inference.predict import predict_maps
-from filterformer.runs import load_run, split_samples
+from filterformer.runs import build_from_config, load_run, split_samples
 
 
 def ff_train(monkeypatch, *args):
@@ -24,7 +24,12 @@ def test_cfg_job_prints_the_filterformer_paper_recipe(monkeypatch, capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["name"] == "filterformer"
     assert cfg["encoder"]["variant"] == "dinov2_vitl14_reg"
-    assert cfg["input"] == {"resize": [896, 896], "crop": None, "interpolation": "area"}
+    assert cfg["input"] == {
+        "resize": [896, 896],
+        "crop": None,
+        "interpolation": "area",
+        "fit": "squash",
+    }
     assert (cfg["train"]["epochs"], cfg["train"]["batch_size"]) == (500, 4)
     optimizer = cfg["train"]["optimizer"]
     assert (optimizer["name"], optimizer["lr"], optimizer["final_lr"]) == ("adamw", 1e-3, 1e-4)
@@ -42,14 +47,19 @@ def test_cfg_job_prints_the_inpformer_paper_recipe(monkeypatch, capsys):
     ff_train(monkeypatch, "--cfg", "job", "preset=inpformer_paper", "category=can")
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert (cfg["model"]["name"], cfg["encoder"]["variant"]) == ("inpformer", "dinov2_vitb14_reg")
-    assert cfg["input"] == {"resize": [448, 448], "crop": [392, 392], "interpolation": "area"}
+    assert cfg["input"] == {
+        "resize": [448, 448],
+        "crop": [392, 392],
+        "interpolation": "area",
+        "fit": "squash",
+    }
     assert (cfg["train"]["epochs"], cfg["train"]["batch_size"], cfg["train"]["grad_clip"]) == (
         200,
         16,
         0.1,
     )
     assert cfg["train"]["optimizer"]["name"] == "stable_adamw" and cfg["train"]["augment"] is None
-    assert cfg["category"]["tiling"]["enabled"] is True  # seed 001 tiles can
+    assert cfg["category"]["tiling"]["enabled"] is True  # the ISVL hybrid tiles can
 
 
 @pytest.mark.parametrize(
@@ -97,13 +107,17 @@ def test_resume_refuses_a_changed_config(monkeypatch, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_demo_preset_learns_to_light_up_defects(monkeypatch, tmp_path):
-    """The full demo recipe: loss falls and both maps are clearly higher inside the defects.
+    """The full demo recipe: the loss falls, and training makes both maps find the defects.
 
-    Margin = (mean inside the defect masks - mean on normal pixels) / std on normal pixels, over
-    all of test_public. Measured: inp +1.05, filter +1.53 (AU-PRO@0.05 0.086 and 0.128). The
-    in-training evaluation is skipped (eval.every=0): this test scores the last weights itself.
-    The margins depend on the randomly initialised encoder, i.e. on `seed` (seed 2: inp +0.32,
-    filter +0.54); training is deterministic on the CPU, so at the preset's seed they are fixed.
+    Score: within each defective test_public image, the AUROC of its map's pixels against the
+    image's own mask (does the map rank defect pixels above the normal pixels of the same
+    image?), averaged over the images; chance is 0.5. Comparing pixels within one image keeps
+    the score free of the lighting shifts between images. The untrained model is the run's own
+    starting point (same seed, same random encoder), so "trained > untrained" is what training
+    added. Measured (seeds 1-3, torch 2.14, timm 1.0.31): trained 0.70-0.82, untrained
+    0.48-0.63; the exact figures move with library versions (they draw the random encoder),
+    which is why only the wide-margin inequalities below are asserted. The in-training
+    evaluation is skipped (eval.every=0): this test scores the last weights itself.
     """
     threads = torch.get_num_threads()
     ff_train(monkeypatch, "preset=demo", "eval.every=0", f"run_dir={tmp_path}", "progress=false")
@@ -115,17 +129,24 @@ def test_demo_preset_learns_to_light_up_defects(monkeypatch, tmp_path):
     assert last < 0.5 * first
 
     run = load_run(tmp_path, checkpoint="last")
-    test = split_samples(run.config, "test_public")
+    untrained, _ = build_from_config(run.config)
+    test = [s for s in split_samples(run.config, "test_public") if s.label == 1]
     for mode in ("inp", "filter"):
-        inside, normal, pro = [], [], ProAccumulator()
-        maps = predict_maps(run.model, test, run.geometry, mode=mode, progress=False)
-        for sample, amap in maps:
-            gt = sample.load_mask()
-            inside.append(amap[gt])
-            normal.append(amap[~gt])
-            pro.update(amap, gt)
-        inside, normal = np.concatenate(inside), np.concatenate(normal)
-        margin = (inside.mean() - normal.mean()) / normal.std()
-        au_pro = pro.compute().au_pro[0.05]
-        print(f"demo {mode}: margin {margin:+.2f} std, AU-PRO@0.05 {au_pro:.4f}")
-        assert margin > 0.5, mode
+        trained_score = _mean_in_image_auroc(run.model, test, run.geometry, mode)
+        untrained_score = _mean_in_image_auroc(untrained, test, run.geometry, mode)
+        print(
+            f"demo {mode}: in-image AUROC trained {trained_score:.3f}, "
+            f"untrained {untrained_score:.3f}"
+        )
+        assert trained_score > 0.6, mode  # chance: 0.5
+        assert trained_score > untrained_score, mode
+
+
+def _mean_in_image_auroc(model, samples, geometry, mode: str) -> float:
+    """Mean over ``samples`` of the AUROC of each map's pixels against the image's mask."""
+    model.eval()
+    scores = [
+        image_auroc(amap.ravel(), sample.load_mask().ravel())
+        for sample, amap in predict_maps(model, samples, geometry, mode=mode, progress=False)
+    ]
+    return float(np.mean(scores))

@@ -22,4 +22,8 @@ class SubmissionError(FilterformerError, ValueError):
 
 
 class NonFiniteLossError(FilterformerError, RuntimeError):
-    """The training loss became NaN or infinite; the run folder keeps the last good checkpoint."""
+    """The training loss became NaN or infinite (the message says what the run folder kept)."""
+
+
+class FolderLockedError(FilterformerError, RuntimeError):
+    """Another process is writing the run or output folder (its message names that process)."""

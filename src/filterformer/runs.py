@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import filterformer
-from filterformer.data.folder import ImageFolderDataset
+from filterformer.data.folder import ImageFolderDataset, holdout_names, split_holdout
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import Tiling
@@ -34,15 +35,17 @@ from filterformer.evaluation.thresholds import Threshold, read_thresholds
 from filterformer.inference.predict import Smoothing
 from filterformer.io import atomic_path, write_json
 from filterformer.models.base import FrozenEncoderModel
-from filterformer.models.cpr import CPR
-from filterformer.models.encoder import weights_sha256
+from filterformer.models.cpr import CPR, DENSENETS
+from filterformer.models.encoder import ENCODERS, weights_sha256
 from filterformer.models.registry import build_encoder, build_model, encoder_hub_name
-from filterformer.training.checkpoint import checkpoint_files, load_checkpoint
+from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
 from filterformer.training.cpr_references import load_references
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
 DATA_KINDS = ("mvtec_ad2", "synthetic", "folder")
+DEFAULT_HOLDOUT_FRACTION = 0.1
+"""Share of the training images held out as validation when a folder run has no validation_dir."""
 IMAGE_SCORES = ("max", "top1")
 """Image score of a map: its max (MVTec's script) or the mean of its top 1 % (INP-Former)."""
 
@@ -55,6 +58,7 @@ class Run:
     config: DictConfig
     model: FrozenEncoderModel
     checkpoint: Path
+    """The weights file that was loaded."""
     geometry: InputGeometry
     category: str
     mode: str
@@ -74,13 +78,37 @@ class Run:
 
 
 def build_geometry(config: DictConfig) -> InputGeometry:
-    """The network input geometry of ``config.input``."""
+    """The network input geometry of ``config.input`` (``fit`` is ``squash`` when absent).
+
+    A fit that keeps the aspect ratio works on whole images only: tiles are cut at the
+    category's fixed tile shape and trained as squashed crops.
+    """
     crop = config.input.get("crop")
+    fit = config.input.get("fit", "squash")
+    tiling = config.category.get("tiling")
+    if fit != "squash" and tiling and tiling.enabled:
+        raise ConfigError(
+            f"input.fit={fit} keeps whole images' aspect ratio, but category "
+            f"{config.category.name!r} is scored in tiles (category.tiling.enabled=true). Set "
+            "input.fit=squash (tiles are resized as the MVTec AD 2 recipes do), or "
+            "category.tiling.enabled=false."
+        )
     return InputGeometry(
         list(config.input.resize),
         None if crop is None else list(crop),
         interpolation=config.input.get("interpolation", "area"),
+        fit=fit,
     )
+
+
+def patch_size(config: DictConfig) -> int:
+    """Patch size of the configured encoder, from its timm architecture (``..._patch14_...``)."""
+    variant = config.encoder.variant
+    if variant in DENSENETS:  # CPR's DenseNet: sizes that its coarsest stride divides
+        return DENSENETS[variant].strides[-1]
+    if variant not in ENCODERS:
+        raise ConfigError(f"unknown encoder.variant {variant!r}; valid: {', '.join(ENCODERS)}.")
+    return int(re.search(r"_patch(\d+)", ENCODERS[variant].arch).group(1))
 
 
 def build_tiling(config: DictConfig, *, training: bool = False) -> Tiling | None:
@@ -175,26 +203,39 @@ def split_samples(config: DictConfig, split: str) -> Sequence[Sample]:
 
     MVTec AD 2-layout data (``mvtec_ad2``, ``synthetic``) has the five AD 2 splits; a
     ``folder`` source maps ``train`` / ``validation`` / ``test_public`` to its train_dir /
-    validation_dir / test_dir (+ mask_dir).
+    validation_dir / test_dir (+ mask_dir). Without a validation_dir, the validation split is
+    the training images named in ``data.holdout`` (ff-train stores them; when absent they are
+    drawn by :func:`holdout_names` with ``data.validation_fraction`` and the run's seed), and
+    the train split is the rest.
     """
     data, category = config.data, config.category.name
     if data.kind in ("mvtec_ad2", "synthetic"):
         return MVTecAD2(data.root, category, split)
-    if data.kind == "folder":
-        folders = {
-            "train": data.train_dir,
-            "validation": data.validation_dir,
-            "test_public": data.test_dir,
-        }
-        if folders.get(split) is None:
-            raise ConfigError(
-                f"data.kind=folder has no folder for split {split!r}; set data.train_dir, "
-                "data.validation_dir and data.test_dir (+ data.mask_dir for ground truth)."
-            )
-        if split == "test_public":
-            return ImageFolderDataset(folders[split], "test", data.get("mask_dir"), category)
-        return ImageFolderDataset(folders[split], "train", None, category)
-    raise ConfigError(f"unknown data.kind {data.kind!r}; valid: {', '.join(DATA_KINDS)}.")
+    if data.kind != "folder":
+        raise ConfigError(f"unknown data.kind {data.kind!r}; valid: {', '.join(DATA_KINDS)}.")
+    if split == "test_public" and data.test_dir is not None:
+        return ImageFolderDataset(data.test_dir, "test", data.get("mask_dir"), category)
+    if split == "validation" and data.validation_dir is not None:
+        return ImageFolderDataset(data.validation_dir, "train", None, category)
+    if split not in ("train", "validation"):
+        raise ConfigError(
+            f"data.kind=folder has no folder for split {split!r}: test_public is data.test_dir "
+            "(+ data.mask_dir for ground truth), set when training. To score any folder of "
+            "images, use ff-predict --images DIR."
+        )
+    train = ImageFolderDataset(data.train_dir, "train", None, category)
+    if data.validation_dir is not None:
+        return train
+    holdout = data.get("holdout")
+    if holdout is None:
+        holdout = holdout_names(train, holdout_fraction(config), int(config.seed))
+    kept, held = split_holdout(train, holdout)
+    return kept if split == "train" else held
+
+
+def holdout_fraction(config: DictConfig) -> float:
+    """``data.validation_fraction``: the share of train_dir held out without a validation_dir."""
+    return float(config.data.get("validation_fraction", DEFAULT_HOLDOUT_FRACTION))
 
 
 def versions(seed: int, encoder_weights: str) -> dict[str, Any]:
@@ -241,12 +282,17 @@ def create_run(run_dir: str | Path, config: DictConfig, encoder_weights: str) ->
 
 
 def load_run(
-    run_dir: str | Path, *, device: str | torch.device = "cpu", checkpoint: str | None = None
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    checkpoint: str | None = None,
+    verify: bool = True,
 ) -> Run:
     """Load a run folder: model (eval mode) with the checkpoint of its fusion mode, and settings.
 
     ``checkpoint`` names a checkpoint in ``checkpoints/`` (e.g. ``"last"``); by default it is
-    ``best_<mode>`` when that exists, else ``last``.
+    ``best_<mode>`` when that exists, else ``last``. ``verify``: check the checkpoint's files
+    against the SHA-256 its metadata records (False skips that, the user's explicit choice).
     """
     run_dir = Path(run_dir)
     config = resolve_run_paths(_read_config(run_dir), run_dir)
@@ -256,9 +302,8 @@ def load_run(
     folder = run_dir / "checkpoints"
     if checkpoint is None:
         best = f"best_{mode}"
-        checkpoint = best if checkpoint_files(folder / best)[0].is_file() else "last"
-    path = checkpoint_files(folder / checkpoint)[0]
-    loaded = load_checkpoint(path, model, expected=identity)
+        checkpoint = best if has_checkpoint(folder / best) else "last"
+    loaded = load_checkpoint(folder / checkpoint, model, expected=identity, verify=verify)
     model.to(device).eval()
     geometry = build_geometry(config)
     if isinstance(model, CPR):  # its training images and fitted retrieval state
@@ -275,7 +320,7 @@ def load_run(
         run_dir=run_dir,
         config=config,
         model=model,
-        checkpoint=path,
+        checkpoint=loaded.files.weights,
         geometry=geometry,
         category=category,
         mode=mode,

@@ -8,7 +8,7 @@ names; its SHA-256 identifies it; the config names it relative to the run folder
 folder can be moved), ``config.yaml`` in parity mode, ``versions.json`` and
 ``checkpoints/last.{safetensors,json}``; ``ff-eval --run`` and ``ff-predict --run`` use it
 as they use a trained run. Parity mode is the official INP-Former pipeline end to end
-(inp_former_spec.md §1.4, §6.1): model ``inpformer``, PIL bilinear resize to 448 then centre
+(its evaluation code): model ``inpformer``, PIL bilinear resize to 448 then centre
 crop 392, DINOv2's own position-embedding interpolation, whole images (no tiling), maps
 smoothed on a 256 x 256 map with zero padding, image score = mean of the top 1 %. Extra hydra
 overrides after the options (e.g. ``data.root=/data/mvtec_ad_2``) adjust the stored config.
@@ -31,6 +31,7 @@ from filterformer.cli.common import report_user_errors
 from filterformer.convert.inp_former import convert_state_dict
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.io import atomic_path
+from filterformer.lock import lock_run
 from filterformer.models.encoder import ENCODERS, weights_sha256
 from filterformer.runs import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
 from filterformer.training.checkpoint import save_checkpoint
@@ -123,7 +124,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         pretrain_img_size=config.encoder.pretrain_img_size,
         source=source,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run(run_dir)  # creates run_dir: this process is its only writer
     encoder_file = run_dir / ENCODER_FILE
     with atomic_path(encoder_file) as tmp:
         save_file(weights.encoder, str(tmp), metadata={"converted_from": source})

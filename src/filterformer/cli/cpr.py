@@ -43,6 +43,7 @@ def check_cpr_config(cfg: DictConfig) -> None:
         )
     problems = {
         "category.tiling.enabled=false": bool(cfg.category.get("tiling", {}).get("enabled")),
+        "input.fit=squash": cfg.input.get("fit", "squash") != "squash",
         "train.augment=null": cfg.train.get("augment") is not None,
         "train.feature_cache.enabled=false": bool(cfg.train.feature_cache.enabled),
     }

@@ -3,7 +3,7 @@
     ff-predict --run RUN --out DIR [--split test_private test_private_mixed]   one category
     ff-predict --run RUN --out DIR --split test_public     local layout for ff-eval --maps DIR
     ff-predict --runs RUNS --submission NAME [--out PARENT]  8 categories, check, pack
-    ff-predict --run RUN --images FOLDER --out DIR         custom images, with overlays
+    ff-predict --run RUN --images FOLDER --out DIR         custom images: overlays, scores.csv
     ff-predict --check DIR [--data-root ROOT]              the upload checks only
 
 Maps are written as ``DIR/anomaly_images/<category>/<relpath>.tiff`` (float16, original
@@ -43,13 +43,18 @@ from filterformer.export import (
     pack_submission,
     save_record,
 )
+from filterformer.export.mvtec_submission import map_path, mask_path
 from filterformer.export.rescale import DEFAULT_TARGET
 from filterformer.export.writer import export_record
 from filterformer.inference.postprocess import postprocess
-from filterformer.io import read_mask, write_png
+from filterformer.io import read_anomaly_map, read_mask, write_csv, write_png
+from filterformer.lock import lock_output
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
 RESCALE_FILE = "rescale.json"
+SCORES_FILE = "scores.csv"
+SHOWN_SCORES = 5
+"""How many of the highest-scoring images the --images table shows."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the SHA-256 check of the checkpoint"
+    )
     return parser
 
 
@@ -79,7 +87,7 @@ class RunExporter:
         from filterformer.runs import load_run
 
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.run = load_run(run_dir, device=self.device)
+        self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)
         self.args = args
         self.rescale, self.threshold = self._calibration()
 
@@ -168,6 +176,41 @@ class RunExporter:
                 write_png(overlay_dir / f"{sample.relpath}.png", panel)
         return len(todo)
 
+    def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
+        """Score and verdict of each exported sample, read back from its map and binary map."""
+        from filterformer.evaluation.image_metrics import top_fraction_mean
+
+        rows = []
+        for sample in samples:
+            amap = read_anomaly_map(map_path(out, self.run.category, sample.relpath))
+            score = amap.max() if self.run.image_score == "max" else top_fraction_mean(amap)
+            binary = read_mask(mask_path(out, self.run.category, sample.relpath), sample.shape)
+            rows.append(
+                {
+                    "image": sample.path.name,
+                    "score": float(self.rescale.invert(np.float64(score))),
+                    "verdict": "anomalous" if binary.any() else "normal",
+                    "anomalous_pixels": int(binary.sum()),
+                }
+            )
+        return rows
+
+
+def report_scores(rows: Sequence[Mapping], threshold: Threshold, path: Path) -> str:
+    """The --images summary: counts, the highest scores, and where scores.csv is."""
+    anomalous = sum(row["verdict"] == "anomalous" for row in rows)
+    top = sorted(rows, key=lambda row: -row["score"])[:SHOWN_SCORES]
+    width = max(len("image"), *(len(row["image"]) for row in top))
+    lines = [
+        f"{len(rows)} images: {anomalous} anomalous, {len(rows) - anomalous} normal "
+        f"(threshold {threshold.value:.6g}, {threshold.describe('images')}; anomalous = any "
+        "pixel above it)",
+        f"{'image':<{width}}  {'score':>10}  verdict",
+        *(f"{row['image']:<{width}}  {row['score']:>10.6g}  {row['verdict']}" for row in top),
+        f"every image: {path}",
+    ]
+    return "\n".join(lines)
+
 
 def _runs_by_category(runs_dir: Path, categories: Sequence[str]) -> dict[str, Path]:
     """One run folder per category under ``runs_dir`` (read from each config.yaml)."""
@@ -222,15 +265,21 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.runs is not None:
         if not args.submission:
             parser.error("--runs needs --submission NAME")
-        archive = export_submission(args.runs, (args.out or Path(".")) / args.submission, args)
+        out = (args.out or Path(".")) / args.submission
+        lock_output(out)
+        archive = export_submission(args.runs, out, args)
         print(archive or f"{args.submission}: checked, not packed (--no-pack)")
         return 0
     if args.out is None:
         parser.error("--run needs --out DIR")
+    lock_output(args.out)
     exporter = RunExporter(args.run, args)
     if args.images is not None:
         samples = ImageFolderDataset(args.images, "test", category=exporter.run.category)
         exporter.export(samples, args.out, overlays=True)
+        rows = exporter.scores(samples, args.out)
+        write_csv(args.out / SCORES_FILE, rows)
+        print(report_scores(rows, exporter.threshold, args.out / SCORES_FILE))
     else:
         for split in args.split:
             exporter.export(exporter.samples(split), args.out)

@@ -26,12 +26,14 @@ from torch.utils.data import Dataset
 
 from filterformer.cli.common import report_user_errors
 from filterformer.cli.cpr import cpr_training_set
+from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
 from filterformer.data.mvtec_ad2 import resolve_data_root
 from filterformer.data.sample import Sample
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
-from filterformer.data.transforms import TrainAugment
+from filterformer.data.transforms import TrainAugment, short_side_size
 from filterformer.errors import ConfigError
+from filterformer.lock import lock_run
 from filterformer.models.cpr import CPR
 from filterformer.models.encoder import DinoEncoder
 from filterformer.runs import (
@@ -41,6 +43,8 @@ from filterformer.runs import (
     build_smoothing,
     build_tiling,
     create_run,
+    holdout_fraction,
+    patch_size,
     split_samples,
 )
 from filterformer.training.distributed import (
@@ -69,6 +73,8 @@ RESUME_FREE_KEYS = frozenset(
     }
 )
 """Settings that may change when a run is resumed: they do not change what is computed."""
+FOLDER_KEYS = ("train_dir", "validation_dir", "test_dir", "mask_dir")
+"""data=folder paths, stored absolute in the run's config."""
 
 
 def config_dir() -> Path:
@@ -80,12 +86,19 @@ def config_dir() -> Path:
     return folder
 
 
-def prepare_config(cfg: DictConfig) -> DictConfig:
-    """Resolve paths (absolute run_dir and data root), generate synthetic data, pick the device."""
+def prepare_config(cfg: DictConfig, quiet: bool = False) -> DictConfig:
+    """Resolve paths, generate synthetic data, hold out validation images, pick the device.
+
+    Relative paths (run_dir, data root, the data.*_dir folders) are made absolute against the
+    folder ff-train was started from, so the stored config works from anywhere. A folder run
+    without validation_dir gets its held-out images (data.holdout); ``input.fit=short_side``
+    gets its canvas (input.resize) fitted to the typical training image. ``quiet``: no notes.
+    """
     cfg = cfg.copy()
-    cfg.run_dir = str(Path(cfg.run_dir).expanduser().resolve())
+    base = launch_dir()
+    cfg.run_dir = str(_absolute(cfg.run_dir, base))
     if cfg.data.kind == "synthetic":
-        root = Path(cfg.data.root).expanduser().resolve()
+        root = _absolute(cfg.data.root, base)
         counts = cfg.data.counts
         make_synthetic_category(
             root,
@@ -98,11 +111,62 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
         )
         cfg.data.root = str(root)
     elif cfg.data.kind == "mvtec_ad2":
-        cfg.data.root = str(resolve_data_root(cfg.data.root).resolve())
+        cfg.data.root = str(_absolute(resolve_data_root(cfg.data.root), base))
+    elif cfg.data.kind == "folder":
+        _prepare_folders(cfg, base, quiet)
+    if cfg.input.get("fit") == "short_side":
+        _fit_short_side(cfg, quiet)
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def launch_dir() -> Path:
+    """The folder ff-train was started from (hydra's runtime.cwd: hydra.job.chdir may move)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+
+
+def _absolute(path: str | Path, base: Path) -> Path:
+    path = Path(path).expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def _note(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"ff-train: {message}", file=sys.stderr)
+
+
+def _prepare_folders(cfg: DictConfig, base: Path, quiet: bool) -> None:
+    """Absolute data.*_dir folders; without validation_dir, the held-out training images."""
+    for key in FOLDER_KEYS:
+        if cfg.data.get(key) is not None:
+            cfg.data[key] = str(_absolute(cfg.data[key], base))
+    if cfg.data.validation_dir is not None:
+        return
+    images = ImageFolderDataset(cfg.data.train_dir, "train")
+    if cfg.data.get("holdout") is None:
+        cfg.data.holdout = holdout_names(images, holdout_fraction(cfg), int(cfg.seed))
+    _note(
+        f"no data.validation_dir: {len(cfg.data.holdout)} of {len(images)} training images are "
+        f"held out as the validation split (data.validation_fraction={holdout_fraction(cfg)}, "
+        f"seed {cfg.seed}) and not trained on; see data.holdout in {cfg.run_dir}/{CONFIG_FILE}",
+        quiet,
+    )
+
+
+def _fit_short_side(cfg: DictConfig, quiet: bool) -> None:
+    """Set input.resize to the short_side canvas of the typical training image."""
+    typical = typical_size(split_samples(cfg, "train"))
+    size = short_side_size(min(cfg.input.resize), typical, patch_size(cfg))
+    cfg.input.resize = list(size)
+    _note(
+        f"input.fit=short_side: network input {size[0]} x {size[1]} for the typical training "
+        f"image of {typical[0]} x {typical[1]}; other aspect ratios are letterboxed",
+        quiet,
+    )
 
 
 def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
@@ -129,8 +193,10 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
     """Train as ``cfg`` says (as one of several torchrun processes); return the run folder."""
     if cfg.train.get("threads"):
         torch.set_num_threads(int(cfg.train.threads))
+    if distributed.is_main:  # the run folder's only writer from here on (data included)
+        lock_run(cfg.run_dir)
     with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
-        cfg = prepare_config(cfg)
+        cfg = prepare_config(cfg, quiet=not distributed.is_main)
     run_dir = Path(cfg.run_dir)
     check_run_dir(run_dir, cfg.resume)
     if cfg.resume:
@@ -211,6 +277,7 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
     print(
         f"ff-train: {run_dir} ({result.epoch} epochs, {result.step} steps)"
         + (f"; best {cfg.eval.metric}: {best}; fusion mode {result.fusion_mode}" if best else "")
+        + (f" (both chosen on {cfg.eval.split}: optimistic there)" if best else "")
     )
     return run_dir
 
@@ -249,11 +316,10 @@ def _feature_cache(
 
 def _optional_split(cfg: DictConfig, split: str) -> Sequence[Sample] | None:
     """The split's samples, or None when the data source has no such split."""
-    if cfg.data.kind == "folder":
-        folder = {"validation": cfg.data.validation_dir, "test_public": cfg.data.test_dir}.get(
-            split
-        )
-        return None if folder is None else split_samples(cfg, split)
+    if cfg.data.kind == "folder":  # validation: validation_dir, else held-out training images
+        test = split == "test_public" and cfg.data.test_dir is not None
+        available = split == "validation" or test
+        return split_samples(cfg, split) if available else None
     if not (Path(cfg.data.root) / cfg.category.name / split).is_dir():
         return None
     return split_samples(cfg, split)

@@ -2,9 +2,8 @@
 
 Each function returns an H x W float32 opacity layer (0 = untouched, 1 = fully painted) and
 the per-channel colour the layer paints with; :func:`paint` composites it. No files are read:
-these stand in for the crops of real defects that the VAND 2025 hybrid cut from other
-datasets (Wang et al., "Accurate Anomaly Localization in Challenging Industrial Settings via
-a Hybrid Detection Framework", 2025, Sec. 3.2.1), which a library must not ship.
+these stand in for the crops of real defects that the VAND 2025 ISVL hybrid pasted (report
+§3.2.1; docs/references.md), which came from other datasets and must not ship with a library.
 """
 
 from __future__ import annotations

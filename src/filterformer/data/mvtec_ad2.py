@@ -1,10 +1,11 @@
 """MVTec AD 2 on disk: find the images, labels, conditions and masks of one category and split.
 
-Discovery follows the official dataset class (reference/mvtec_ad2_spec.md §1.1): private splits
-are flat folders ``<category>/<split>/NNN_*.png`` without labels or ground truth; the other
-splits hold ``good/`` and ``bad/`` folders, and every ``bad`` image has its mask at
-``<split>/ground_truth/bad/<stem>_mask.png``. Only ``.png`` files whose names start with three
-digits are images, so anything else in the dataset folder is ignored. Nothing is written there.
+Discovery follows the official dataset class (MVTec's ``mvtec_ad_2_public_offline.py``,
+shipped with the dataset): private splits are flat folders ``<category>/<split>/NNN_*.png``
+without labels or ground truth; the other splits hold ``good/`` and ``bad/`` folders, and
+every ``bad`` image has its mask at ``<split>/ground_truth/bad/<stem>_mask.png``. Only
+``.png`` files whose names start with three digits are images, so anything else in the
+dataset folder is ignored. Nothing is written there.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Kinds (mixed by weight, :class:`PseudoDefectSettings`):
 - ``crack``, ``spot``, ``scratch``: procedural strokes (:mod:`filterformer.data.defect_strokes`).
 
 The Perlin kinds follow CPR's synthetic anomalies (Li et al., "Target before Shooting",
-IEEE TIP 2024, after DRAEM), cut-paste and the strokes the VAND 2025 hybrid's (Wang et al.,
-2025, Sec. 3.2.1). An item is a pure function of ``(seed, step)`` and the inputs; the mask
+IEEE TIP 2024, after DRAEM), cut-paste and the strokes the VAND 2025 ISVL hybrid's (report
+§3.2.1; docs/references.md). An item is a pure function of ``(seed, step)`` and the inputs; the mask
 marks exactly the pixels whose written value differs from the input image (no JPEG, no
 blending tails left out). An optional foreground map keeps defects on the object.
 """
@@ -25,7 +25,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from filterformer.data.defect_strokes import STROKES, paint
 from filterformer.data.perlin import perlin_noise
@@ -204,15 +203,14 @@ def perlin_region(
     for attempt in range(2 * settings.max_tries):
         periods = tuple(2.0 ** rng.integers(0, settings.perlin_max_exponent + 1, 2))
         noise = perlin_noise(size, periods, rng, angle=rng.uniform(-90, 90))
-        labels, count = ndimage.label(noise > settings.perlin_threshold, structure=np.ones((3, 3)))
-        if count == 0:
-            continue
-        index = np.arange(1, count + 1)
-        keep = ndimage.sum_labels(np.ones(size), labels, index) >= min_pixels
+        blobs = (noise > settings.perlin_threshold).astype(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(blobs, connectivity=8)
+        keep = stats[:, cv2.CC_STAT_AREA] >= min_pixels
+        keep[0] = False  # the background
         if foreground is not None and attempt < settings.max_tries:
-            keep &= ndimage.maximum(foreground > 0.5, labels, index).astype(bool)
+            keep &= np.bincount(labels[foreground > 0.5], minlength=count) > 0
         if keep.any():
-            return np.isin(labels, index[keep])
+            return keep[labels]
     raise DataError(
         f"no Perlin region above threshold {settings.perlin_threshold} in "
         f"{2 * settings.max_tries} draws; lower perlin_threshold or min_area"

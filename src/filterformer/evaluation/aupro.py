@@ -1,6 +1,6 @@
 """Exact, streaming AU-PRO (area under the per-region-overlap curve up to an FPR limit).
 
-The algorithm is MVTec's (`reference/mvtec_ad2_spec.md` §3.1), restated:
+The algorithm is that of MVTec's evaluation code for MVTec AD 2, restated in our words:
 ground-truth regions are the 8-connected components of every mask, pooled over the split
 (K regions, N_ok normal pixels). Every distinct score t is a threshold with ``score >= t``;
 FPR(t) = #normal pixels >= t / N_ok and PRO(t) = (1/K) sum_k |R_k >= t| / |R_k|. Both are

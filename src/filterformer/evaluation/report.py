@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 from filterformer.evaluation.aupro import ProAccumulator, ProResult
 from filterformer.evaluation.image_metrics import ImageScores, f1_max, pixel_ap, pixel_auroc
 from filterformer.evaluation.segf1 import SegF1Accumulator
+from filterformer.evaluation.selection import CHOICES, chosen_on, overall, unknown_choices
 from filterformer.io import write_csv, write_json, write_png
 
 TABLE_COLUMNS = (("seg_f1", "SegF1"), ("class_f1", "ClassF1"), ("image_auroc", "I-AUROC"))
@@ -107,6 +109,7 @@ class CategoryMetrics:
 def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Unweighted mean over categories of every metric (NaN if any category is NaN)."""
     skip = {"category", "num_images", "seg_tp", "seg_fp", "seg_fn", "threshold", "threshold_rule"}
+    skip |= {"selected_on"}  # a record per setting, not a metric
     keys = [k for k in rows[0] if k not in skip] if rows else []
     mean: dict[str, Any] = {"category": "mean", "num_images": sum(r["num_images"] for r in rows)}
     mean.update({k: float(np.mean([float(r[k]) for r in rows])) for k in keys})
@@ -114,23 +117,64 @@ def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], limits: Sequence[float], split: str) -> str:
-    """Plain-text table: one line per category, then the mean; metrics in percent."""
+    """Plain-text table: one line per category, then the mean; metrics in percent.
+
+    The last column names what was chosen on ``split`` itself (see :mod:`.selection`), and
+    footnotes say what that means.
+    """
     headers = ["category", *(f"AU-PRO@{limit:g}" for limit in limits)]
-    headers += [title for _, title in TABLE_COLUMNS] + ["threshold rule"]
+    headers += [title for _, title in TABLE_COLUMNS] + ["threshold rule", f"chosen on {split}"]
     keys = [pro_key(limit) for limit in limits] + [key for key, _ in TABLE_COLUMNS]
     lines = []
     for row in [*rows, mean_row(rows)] if rows else []:
         cells = [str(row["category"])]
         cells += ["n/a" if math.isnan(row[k]) else f"{100 * row[k]:.2f}" for k in keys]
         cells.append(str(row.get("threshold_rule", "")))
+        cells.append(selection_cell(rows if row["category"] == "mean" else [row], split))
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
-    fmt = "  ".join(
-        f"{{:<{w}}}" if i in (0, len(widths) - 1) else f"{{:>{w}}}" for i, w in enumerate(widths)
-    )
+    left = (0, len(widths) - 2, len(widths) - 1)  # category, threshold rule, chosen on
+    fmt = "  ".join(f"{{:<{w}}}" if i in left else f"{{:>{w}}}" for i, w in enumerate(widths))
     out = [f"split: {split}", fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*cells) for cells in lines]
+    out += [textwrap.fill(n, 100, break_on_hyphens=False) for n in selection_notes(rows, split)]
     return "\n".join(line.rstrip() for line in out)
+
+
+def _selections(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, str | None]]:
+    return [row["selected_on"] for row in rows if "selected_on" in row]
+
+
+def selection_cell(rows: Sequence[Mapping[str, Any]], split: str) -> str:
+    """What the rows' numbers were chosen on ``split`` by: e.g. ``checkpoint, fusion mode``;
+    ``?`` marks a setting whose origin is unknown, ``-`` none."""
+    selections = _selections(rows)
+    names = []
+    for name in CHOICES.values():
+        if any(name in chosen_on(s, split) for s in selections):
+            names.append(name)
+        elif any(name in unknown_choices(s) for s in selections):
+            names.append(f"{name}?")
+    return ", ".join(names) or "-"
+
+
+def selection_notes(rows: Sequence[Mapping[str, Any]], split: str) -> list[str]:
+    """Footnotes of the table for settings chosen on ``split`` or of unknown origin."""
+    selections = _selections(rows)
+    notes = []
+    if any(chosen_on(s, split) for s in selections):
+        notes.append(
+            f"chosen on {split}: picked on {split}'s own images or ground truth (the best "
+            "checkpoint and fusion mode of training, an F1-optimal threshold), so these "
+            "numbers are optimistic (selection-biased). Unbiased figures need a split that "
+            "chose nothing, e.g. test_private on the MVTec benchmark server."
+        )
+    if any(unknown_choices(s) for s in selections):
+        notes.append(
+            "?: where this was chosen is not recorded with the maps or threshold; if it was "
+            f"chosen on {split}, these numbers are optimistic too."
+        )
+    return notes
 
 
 def write_metrics(
@@ -139,24 +183,44 @@ def write_metrics(
     split: str,
     limits: Sequence[float],
 ) -> None:
-    """``metrics.json`` (rows per category + mean) and ``metrics.csv`` (one line each)."""
+    """``metrics.json`` (rows per category + mean) and ``metrics.csv`` (one line each).
+
+    In the CSV, a row's ``selected_on`` record becomes ``selected_on.<setting>`` columns.
+    """
     out_dir = Path(out_dir)
-    all_rows = [*rows, mean_row(rows)]
+    all_rows = [_flat(row) for row in [*rows, mean_row(rows)]]
     write_json(out_dir / "metrics.json", metrics_document(rows, split, limits))
     fieldnames = list(dict.fromkeys(k for row in all_rows for k in row))
     write_csv(out_dir / "metrics.csv", all_rows, fieldnames)
 
 
+def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with its nested records spread into ``<key>.<field>`` entries."""
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{field}": v for field, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def metrics_document(
     rows: Sequence[Mapping[str, Any]], split: str, limits: Sequence[float]
 ) -> dict[str, Any]:
-    """The JSON document of an evaluation (NaN is written as null)."""
+    """The JSON document of an evaluation (NaN is written as null).
+
+    ``selected_on`` (top level) is ``split`` when any reported setting was chosen on it,
+    ``"unknown"`` when that cannot be told, else null; each category row holds the record
+    per setting (:mod:`filterformer.evaluation.selection`).
+    """
 
     def clean(row: Mapping[str, Any]) -> dict[str, Any]:
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
     return {
         "split": split,
+        "selected_on": overall(_selections(rows), split),
         "pro_limits": list(limits),
         "categories": {row["category"]: clean(row) for row in rows},
         "mean": clean(mean_row(rows)),

@@ -1,4 +1,4 @@
-"""SegF1 and ClassF1: F1 scores of binary anomaly maps (`reference/mvtec_ad2_spec.md` §3.2-3.3).
+"""SegF1 and ClassF1: F1 scores of binary anomaly maps (as the MVTec AD 2 paper defines them).
 
 SegF1 pools TP, FP and FN over all pixels of all images of a category and split (good
 images included), so it is computed from counts, one image at a time. ClassF1 calls an image

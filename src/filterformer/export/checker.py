@@ -1,7 +1,7 @@
 """Check a submission folder before upload: every check of MVTec's upload checker, and more.
 
-Written from the description of MVTec's ``check_and_prepare_data_for_upload.py`` in
-reference/mvtec_ad2_spec.md section 2.2 (no MVTec code). Unlike that script, which stops at the
+Written from a description of what MVTec's ``check_and_prepare_data_for_upload.py`` (shipped
+with the dataset) checks, without its code. Unlike that script, which stops at the
 first failure, this collects every problem into one report. The checks:
 
 * top level: only the folders ``anomaly_images`` (required) and ``anomaly_images_thresholded``

@@ -5,7 +5,7 @@ float16 maps at the original image size) and, for SegF1 and ClassF1, the binary 
 ``anomaly_images_thresholded/<category>/<split>/<stem>.png`` (8-bit grey, values 0 and 255).
 The splits are the two private test sets, whose file stems are ``000_regular`` ...
 in test_private and ``000_mixed`` ... in test_private_mixed. The counts are the ones MVTec's
-upload checker demands (reference/mvtec_ad2_spec.md, sections 1.3 and 2.1).
+upload checker demands (MVTec's check_and_prepare_data_for_upload.py, shipped with the dataset).
 
 The same layout with the relative path of any sample (``test_public/bad/000_regular``) is our
 local format for test_public, which ``ff-eval --maps`` reads.

@@ -1,4 +1,4 @@
-"""Post-processing of binary anomaly maps (seed 001): closing, hole filling, erosion.
+"""Post-processing of binary anomaly maps (ISVL hybrid): closing, hole filling, erosion.
 
 Closing completes large or hollow defects that the map only partly covers (fabric-like
 categories); hole filling closes what closing could not; erosion trims the halo a smooth map

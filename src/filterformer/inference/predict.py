@@ -5,7 +5,7 @@ mode (:func:`fuse_maps` with the validation statistics of ``map_stats.json``), s
 Gaussian (:class:`Smoothing`), then brought back to the original H x W by
 :meth:`InputGeometry.to_original` (undoing the centre crop, never stretching).
 
-Smoothing follows INP-Former (a 5 x 5 kernel with sigma 4, inp_former_spec.md §6.1). By
+Smoothing follows INP-Former (a 5 x 5 kernel with sigma 4, as the INP-Former code evaluates). By
 default it runs at network resolution rather than on INP-Former's 256 x 256 evaluation map,
 since our maps go back to the full image size, and it pads by replicating the border instead
 of INP-Former's zero padding, which darkens the map along the image border. Parity mode

@@ -78,7 +78,7 @@ class FusionEvaluator:
 
     Each call recomputes the validation statistics (the model changed since the last call),
     then accumulates AU-PRO (up to ``pro_limit``) and the pooled pixel F1-max (an oracle: it
-    reads the split's GT, as seed 000's model selection on test_public does) per mode.
+    reads the split's GT, as the Filter-Former report's selection on test_public does) per mode.
     """
 
     def __init__(

@@ -35,6 +35,8 @@ class DenseNetSpec:
     """timm name of the pretrained model (None: random weights only)."""
     file: str | None
     """What to put into weights/ (the error message names it)."""
+    strides: tuple[int, int] = (4, 8)
+    """Strides of the denseblock1 and denseblock2 outputs."""
 
 
 DENSENETS: dict[str, DenseNetSpec] = {
@@ -122,7 +124,7 @@ class DenseNetFeatures(nn.Module):
             _block_out(self.features.denseblock1),
             _block_out(self.features.denseblock2),
         )
-        self.strides = (4, 8)
+        self.strides = spec.strides
 
     def _build(
         self, spec: DenseNetSpec, weights: str | Path | None, pretrained: bool, download: bool
