@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import timm
@@ -133,9 +134,10 @@ def test_densenet_weights_load_from_timm_and_torchvision_files(tmp_path) -> None
     network.eval()
     state = {k: v.contiguous() for k, v in network.state_dict().items()}
     save_file(state, str(tmp_path / "tiny.safetensors"))
-    old_names = {
-        k.replace("norm1", "norm.1").replace("conv2", "conv.2"): v for k, v in state.items()
+    old_names = {  # torchvision's names: denselayer<i>.norm.1, conv.1, norm.2, conv.2
+        re.sub(r"(denselayer\d+\.(?:norm|conv))([12])", r"\1.\2", k): v for k, v in state.items()
     }
+    assert any(".norm.2." in k for k in old_names) and not any(".conv1." in k for k in old_names)
     torch.save(old_names, tmp_path / "tiny.pth")
     images = torch.randn(2, 3, 64, 72)
     with torch.no_grad():
