@@ -5,18 +5,21 @@ from __future__ import annotations
 import itertools
 import re
 
+import numpy as np
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.models.cpr import CPR, DenseNetFeatures, MemoryBank, pack_pair
 from filterformer.models.cpr.backbones import densenet_layout
 from filterformer.models.cpr.local import windowed_min_distance
 from filterformer.models.cpr.loss import point_pair_loss, sample_points
 from filterformer.models.registry import build_encoder, build_model
+from filterformer.training.cpr_references import load_references, normalised, save_references
 
 
 def unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -235,3 +238,25 @@ def test_cpr_on_dinov2_tokens() -> None:
     maps = model.anomaly_maps(images[:2])["cpr"]
     assert maps.shape == (2, 42, 56) and torch.isfinite(maps).all()
     assert model.encoder.strides == (14, 14) and model.min_distance == pytest.approx(14 * 2**0.5)
+
+
+def test_reference_set_round_trips_through_the_run_file(tmp_path) -> None:
+    geometry = InputGeometry((48, 56))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (48, 56, 3), dtype=np.uint8) for _ in range(8)]
+    for image in images:
+        image[12:36, 14:42] = (220, 180, 40)  # an object on a noisy background
+    model = tiny_cpr(foreground=True)
+    fitted = model.fit_references(normalised(images, geometry))
+    save_references(tmp_path, fitted, images, identity="random:seed=1")
+    other = tiny_cpr(foreground=True)
+    loaded = load_references(tmp_path, other, geometry, identity="random:seed=1")
+    for key, value in fitted.state().items():
+        assert torch.equal(loaded.state()[key], value), key
+    assert torch.equal(loaded.images, fitted.images)
+    model.eval()
+    other.eval()
+    query = normalised(images[:2], geometry)
+    assert torch.equal(model.anomaly_maps(query)["cpr"], other.anomaly_maps(query)["cpr"])
+    with pytest.raises(CheckpointError, match="another setup.*encoder_weights"):
+        load_references(tmp_path, other, geometry, identity="random:seed=2")

@@ -122,7 +122,7 @@ def test_foreground_conv_equals_sklearn_lda_mapped_by_the_robust_range() -> None
     w, b = fit_lda(torch.from_numpy(fg), torch.from_numpy(bg))
     features = torch.from_numpy(pixels)
     ours_lo, ours_hi = robust_range(torch.einsum("bchw,c->bhw", features, w) + b)
-    foreground = ForegroundMap(w, b, ours_lo, ours_hi)(features)
+    foreground = ForegroundMap.from_lda(w, b, ours_lo, ours_hi)(features)
     assert np.allclose(foreground.numpy(), expected, atol=2e-5)
     assert 0.0 < expected.mean() < 1.0  # the clamp bites on both sides of the range
 

@@ -11,6 +11,7 @@ IEEE TIP 2024; numbers in configs/model/cpr.yaml).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -58,20 +59,18 @@ def robust_range(values: torch.Tensor, quantile: float = 0.01) -> tuple[float, f
     return float(inside.min()), float(inside.max())
 
 
+@dataclass
 class ForegroundMap:
-    """The fixed 1x1 conv of CPR: clamp(x . w / (hi - lo) + (b - lo) / (hi - lo), 0, 1)."""
+    """CPR's fixed 1x1 conv: clamp(x . weight + bias, 0, 1), the LDA mapped to [0, 1]."""
 
-    def __init__(self, w: torch.Tensor, b: float, lo: float, hi: float) -> None:
-        scale = max(hi - lo, 1e-12)
-        self.weight = w.float() / scale
-        self.bias = (b - lo) / scale
+    weight: torch.Tensor  # C, already divided by (hi - lo)
+    bias: float
 
     @classmethod
-    def from_state(cls, weight: torch.Tensor, bias: torch.Tensor) -> ForegroundMap:
-        """Rebuild from :meth:`state` (the scaled weight and bias)."""
-        out = cls.__new__(cls)
-        out.weight, out.bias = weight.float(), float(bias)
-        return out
+    def from_lda(cls, w: torch.Tensor, b: float, lo: float, hi: float) -> ForegroundMap:
+        """The conv of decision values x . w + b mapped by their robust range [lo, hi]."""
+        scale = max(hi - lo, 1e-12)
+        return cls(w.float() / scale, (b - lo) / scale)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight, "bias": torch.tensor(self.bias, dtype=torch.float64)}

@@ -71,9 +71,7 @@ class ReferenceSet:
         """Inverse of :meth:`state`, with the images."""
         foreground = None
         if "foreground.weight" in state:
-            foreground = ForegroundMap.from_state(
-                state["foreground.weight"], state["foreground.bias"]
-            )
+            foreground = ForegroundMap(state["foreground.weight"], float(state["foreground.bias"]))
         return cls(
             images=images,
             codebook=state["codebook"],
@@ -127,7 +125,7 @@ def fit_reference_set(
     if lda is not None:
         values = torch.cat(decisions)
         lo, hi = robust_range(values, settings.foreground_quantile)
-        references.foreground = ForegroundMap(lda[0], lda[1], lo, hi)
+        references.foreground = ForegroundMap.from_lda(lda[0], lda[1], lo, hi)
         references.foreground_maps = ((values - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
     return references
 
