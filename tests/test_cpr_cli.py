@@ -126,6 +126,7 @@ def test_model_cpr_without_a_cpr_preset_is_refused(
             "preset=demo",
             "model=cpr",
             "encoder=tiny_densenet",
+            "input.resize=[96,128]",
             f"run_dir={tmp_path / 'run'}",
             "progress=false",
             "data.counts={train: 12, validation: 1, test_public_good: 1, test_public_bad: 1, "
@@ -133,3 +134,4 @@ def test_model_cpr_without_a_cpr_preset_is_refused(
         )
     assert exit_info.value.code == 2
     assert "preset=cpr_paper" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written

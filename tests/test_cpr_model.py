@@ -71,7 +71,7 @@ def test_bank_uses_only_each_querys_neighbours() -> None:
         refs = bank.scales[0][neighbours].float()
         assert torch.allclose(fine, brute_force(queries[0], refs, 3), atol=2e-3)  # float16 bank
         assert torch.isfinite(coarse).all() and coarse.shape == (3, 4, 4)
-    assert bank.nbytes == bank.expected_nbytes() == 6 * 4 * (8 * 8 + 4 * 4) * 2
+    assert bank.nbytes == 6 * 4 * (8 * 8 + 4 * 4) * 2  # N x D x (h_4 w_4 + h_8 w_8) x 2 B
 
 
 def test_loss_is_zero_beyond_the_margins_and_its_gradient_is_the_hinge_cubed() -> None:

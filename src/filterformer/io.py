@@ -146,18 +146,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     What is renamed into place has the permissions the umask allows, as a file made by
     ``open`` would (not the 0600 of a temporary file, which some writers, e.g. safetensors,
-    put in the temporary path's place).
+    put in the temporary path's place). An OSError about the temporary file, or about no file
+    (a full disk names none), is raised again naming ``path``, so that the user learns which
+    output could not be written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = _new_partial(path)
-    mode = stat.S_IMODE(tmp_path.stat().st_mode)
+    tmp_path: Path | None = None
     try:
+        tmp_path = _new_partial(path)
+        mode = stat.S_IMODE(tmp_path.stat().st_mode)
         yield tmp_path
         os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
+    except OSError as err:
+        about_tmp = err.filename is None or tmp_path is None or str(err.filename) == str(tmp_path)
+        if err.errno is None or not about_tmp:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def _new_partial(path: Path) -> Path:

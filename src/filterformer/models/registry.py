@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 from torch import nn
 
 from filterformer.errors import ConfigError
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.cpr import CPR, DENSENETS, DenseNetFeatures
-from filterformer.models.encoder import ENCODERS, DinoEncoder
+from filterformer.models.cpr.backbones import check_densenet_source
+from filterformer.models.encoder import ENCODERS, DinoEncoder, check_weights_source
 from filterformer.models.filterformer import FilterFormer, INPFormer
 
 MODELS: dict[str, type[FrozenEncoderModel]] = {
@@ -57,3 +59,13 @@ def encoder_hub_name(variant: str) -> str:
     if variant in DENSENETS:
         return str(DENSENETS[variant].arch)
     return ENCODERS[variant].arch
+
+
+def check_encoder_source(
+    variant: str, weights: str | Path | None, pretrained: bool, allow_download: bool
+) -> None:
+    """Refuse, before any work, an encoder (DINOv2 or DenseNet) whose weights cannot be had."""
+    if variant in DENSENETS:
+        check_densenet_source(variant, weights, pretrained, allow_download)
+    else:
+        check_weights_source(variant, weights, pretrained, allow_download)

@@ -89,6 +89,31 @@ def densenet_layout(state_dict: dict[str, torch.Tensor]) -> tuple[int, tuple[int
     return int(conv.shape[0]), tuple(layers[b] for b in sorted(layers))
 
 
+def check_densenet_source(
+    variant: str, weights: str | Path | None, pretrained: bool, allow_download: bool
+) -> None:
+    """Refuse, before any work, DenseNet weights that cannot be had (a missing file, or a
+    download that is not allowed); without weights and ``pretrained`` the weights are random."""
+    if variant not in DENSENETS:
+        raise ConfigError(f"unknown DenseNet variant {variant!r}; valid: {', '.join(DENSENETS)}")
+    spec = DENSENETS[variant]
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise CheckpointError(
+                f"encoder weights file {weights} does not exist; put {spec.file or 'it'} there "
+                "or set encoder.weights (see weights/README.md)."
+            )
+        return
+    if pretrained and spec.arch is None:
+        raise ConfigError(f"{variant} has no pretrained weights; set encoder.pretrained=false")
+    if pretrained and not allow_download:
+        raise CheckpointError(
+            f"no local weights for {variant}: put {spec.file} into weights/ and set "
+            "encoder.weights=weights/<file>, or set encoder.allow_download=true. "
+            "See weights/README.md."
+        )
+
+
 class DenseNetFeatures(nn.Module):
     """Frozen DenseNet to ``denseblock2``: [denseblock1 (stride 4), denseblock2 (stride 8)].
 
@@ -108,10 +133,7 @@ class DenseNetFeatures(nn.Module):
         allow_download: bool = False,
     ) -> None:
         super().__init__()
-        if variant not in DENSENETS:
-            raise ConfigError(
-                f"unknown DenseNet variant {variant!r}; valid: {', '.join(DENSENETS)}"
-            )
+        check_densenet_source(variant, weights, pretrained, allow_download)
         self.variant = variant
         spec = DENSENETS[variant]
         network = self._build(spec, weights, pretrained, allow_download)
@@ -129,20 +151,11 @@ class DenseNetFeatures(nn.Module):
     def _build(
         self, spec: DenseNetSpec, weights: str | Path | None, pretrained: bool, download: bool
     ) -> nn.Module:
-        kwargs = dict(growth_rate=spec.growth_rate, block_config=spec.block_config)
         if weights is None and pretrained:
-            if spec.arch is None:
-                raise ConfigError(
-                    f"{self.variant} has no pretrained weights; set encoder.pretrained=false"
-                )
-            if not download:
-                raise CheckpointError(
-                    f"no local weights for {self.variant}: put {spec.file} into weights/ and set "
-                    f"encoder.weights=weights/<file>, or set encoder.allow_download=true. "
-                    "See weights/README.md."
-                )
             return timm.create_model(spec.arch, pretrained=True)
-        return timm.models.densenet.DenseNet(**kwargs)
+        return timm.models.densenet.DenseNet(
+            growth_rate=spec.growth_rate, block_config=spec.block_config
+        )
 
     def _load(self, path: Path, spec: DenseNetSpec) -> None:
         """Load the kept modules' weights from ``path``, refusing another DenseNet variant."""

@@ -61,10 +61,6 @@ class MemoryBank:
         """Bytes held by the descriptors."""
         return sum(s.numel() * s.element_size() for s in self.scales)
 
-    def expected_nbytes(self) -> int:
-        """D x (h_4 w_4 + h_8 w_8 + ...) x 2 bytes per image, times N: the size formula."""
-        return self.size * sum(s.shape[1] * s.shape[2] * s.shape[3] * 2 for s in self.scales)
-
     def distances(
         self,
         queries: Sequence[torch.Tensor],
