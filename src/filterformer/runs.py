@@ -11,6 +11,7 @@ read from there, so a self-contained run folder (ff-convert's) can be moved.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -25,12 +26,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import filterformer
+from filterformer.data.datasets import READERS, read_split
+from filterformer.data.datasets import SPLITS as DATASET_SPLITS
 from filterformer.data.folder import ImageFolderDataset, holdout_names, split_holdout
-from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError, ConfigError
+from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_image_score
 from filterformer.evaluation.thresholds import Threshold, read_thresholds
 from filterformer.inference.predict import Smoothing
 from filterformer.io import atomic_path, write_json
@@ -43,11 +46,9 @@ from filterformer.training.cpr_references import load_references
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
-DATA_KINDS = ("mvtec_ad2", "synthetic", "folder")
+DATA_KINDS = (*READERS, "folder")
 DEFAULT_HOLDOUT_FRACTION = 0.1
 """Share of the training images held out as validation when a folder run has no validation_dir."""
-IMAGE_SCORES = ("max", "top1")
-"""Image score of a map: its max (MVTec's script) or the mean of its top 1 % (INP-Former)."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,10 @@ class Run:
     data_root: Path | None
     smoothing: Smoothing
     """Map smoothing from ``eval.sigma``, ``blur_kernel``, ``blur_padding``, ``protocol_size``."""
+    protocol: str
+    """``eval.protocol``: how ff-eval scores the run (``mvtec_ad2`` for older runs)."""
     image_score: str
-    """``eval.image_score``: one of :data:`IMAGE_SCORES`."""
+    """``eval.image_score``, or the protocol's own image score when it is null."""
 
 
 def build_geometry(config: DictConfig) -> InputGeometry:
@@ -134,14 +137,14 @@ def build_smoothing(config: DictConfig) -> Smoothing:
     )
 
 
-def image_score_rule(config: DictConfig) -> str:
-    """``eval.image_score`` (``max`` when an older run lacks it), validated."""
-    rule = config.eval.get("image_score", "max")
-    if rule not in IMAGE_SCORES:
-        raise ConfigError(
-            f"eval.image_score {rule!r} is unknown; choose one of {', '.join(IMAGE_SCORES)}."
-        )
-    return rule
+def protocol_of(config: DictConfig) -> str:
+    """``eval.protocol`` (``mvtec_ad2`` when an older run lacks it), validated."""
+    return check_protocol(config.eval.get("protocol") or MVTEC_AD2)
+
+
+def image_score_rule(config: DictConfig, protocol: str | None = None) -> str:
+    """``eval.image_score``, else the image score of ``protocol`` (default: the run's)."""
+    return resolve_image_score(config.eval.get("image_score"), protocol or protocol_of(config))
 
 
 def resolve_run_paths(config: DictConfig, run_dir: Path) -> DictConfig:
@@ -198,19 +201,22 @@ def build_from_config(config: DictConfig) -> tuple[FrozenEncoderModel, dict[str,
     return model, identity
 
 
-def split_samples(config: DictConfig, split: str) -> Sequence[Sample]:
+def split_samples(
+    config: DictConfig, split: str, root: str | os.PathLike | None = None
+) -> Sequence[Sample]:
     """The samples of ``split`` for the run's data source and category.
 
-    MVTec AD 2-layout data (``mvtec_ad2``, ``synthetic``) has the five AD 2 splits; a
-    ``folder`` source maps ``train`` / ``validation`` / ``test_public`` to its train_dir /
-    validation_dir / test_dir (+ mask_dir). Without a validation_dir, the validation split is
-    the training images named in ``data.holdout`` (ff-train stores them; when absent they are
-    drawn by :func:`holdout_names` with ``data.validation_fraction`` and the run's seed), and
-    the train split is the rest.
+    Root-based data (``mvtec_ad2``, ``synthetic``, ``mvtec_ad``, ``visa``) is read from
+    ``root``, else ``data.root``, with the splits of its reader; a ``folder`` source maps
+    ``train`` / ``validation`` / ``test_public`` to its train_dir / validation_dir / test_dir
+    (+ mask_dir). Without a validation_dir, the validation split is the training images named
+    in ``data.holdout`` (ff-train stores them; when absent they are drawn by
+    :func:`holdout_names` with ``data.validation_fraction`` and the run's seed), and the train
+    split is the rest.
     """
     data, category = config.data, config.category.name
-    if data.kind in ("mvtec_ad2", "synthetic"):
-        return MVTecAD2(data.root, category, split)
+    if data.kind in READERS:
+        return read_split(data.kind, data.root if root is None else root, category, split)
     if data.kind != "folder":
         raise ConfigError(f"unknown data.kind {data.kind!r}; valid: {', '.join(DATA_KINDS)}.")
     if split == "test_public" and data.test_dir is not None:
@@ -236,6 +242,25 @@ def split_samples(config: DictConfig, split: str) -> Sequence[Sample]:
 def holdout_fraction(config: DictConfig) -> float:
     """``data.validation_fraction``: the share of train_dir held out without a validation_dir."""
     return float(config.data.get("validation_fraction", DEFAULT_HOLDOUT_FRACTION))
+
+
+def optional_split(config: DictConfig, split: str) -> Sequence[Sample] | None:
+    """The split's samples, or None when the data source has no such split.
+
+    MVTec AD and VisA have no validation split, and an MVTec AD 2-layout root may lack one.
+    """
+    data = config.data
+    if data.kind == "folder":  # validation: validation_dir, else held-out training images
+        test = split == "test_public" and data.test_dir is not None
+        return split_samples(config, split) if split == "validation" or test else None
+    if split not in DATASET_SPLITS.get(data.kind, ()):
+        return None
+    if (
+        data.kind in ("mvtec_ad2", "synthetic")
+        and not (Path(data.root) / config.category.name / split).is_dir()
+    ):
+        return None
+    return split_samples(config, split)
 
 
 def versions(seed: int, encoder_weights: str) -> dict[str, Any]:
@@ -295,7 +320,7 @@ def load_run(
     against the SHA-256 its metadata records (False skips that, the user's explicit choice).
     """
     run_dir = Path(run_dir)
-    config = resolve_run_paths(_read_config(run_dir), run_dir)
+    config = resolve_run_paths(read_run_config(run_dir), run_dir)
     model, identity = build_from_config(config)
     category = config.category.name
     mode = _fusion_mode(run_dir, config, model)
@@ -331,11 +356,13 @@ def load_run(
         tiling=build_tiling(config),
         data_root=None if root is None else Path(root),
         smoothing=build_smoothing(config),
+        protocol=protocol_of(config),
         image_score=image_score_rule(config),
     )
 
 
-def _read_config(run_dir: Path) -> DictConfig:
+def read_run_config(run_dir: Path) -> DictConfig:
+    """The run's config.yaml, checked to be an ff-train run config."""
     file = run_dir / CONFIG_FILE
     if not file.is_file():
         what = "does not exist" if not run_dir.exists() else f"has no {CONFIG_FILE}"

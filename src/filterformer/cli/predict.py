@@ -4,6 +4,7 @@
     ff-predict --run RUN --out DIR --split test_public     local layout for ff-eval --maps DIR
     ff-predict --runs RUNS --submission NAME [--out PARENT]  8 categories, check, pack
     ff-predict --run RUN --images FOLDER --out DIR         custom images: overlays, scores.csv
+    ff-predict --run RUN --out DIR --split test_public --overlays   + labelled overlays
     ff-predict --check DIR [--data-root ROOT]              the upload checks only
 
 Maps are written as ``DIR/anomaly_images/<category>/<relpath>.tiff`` (float16, original
@@ -12,7 +13,10 @@ using the run's fusion mode (fusion.json), threshold for that mode (thresholds.j
 post-processing (config). The float16 rescale of a run is fitted once on its validation maps
 (min -> 0, max -> 1000; export/rescale.py) and kept in ``<run>/rescale.json``; the same
 validation pass calibrates a missing threshold (mean + 3 std, stored in thresholds.json as
-ff-eval does). An interrupted export resumes where it stopped.
+ff-eval does). An interrupted export resumes where it stopped. Every file goes under --out:
+with --run the rescale record is ``DIR/rescale.json`` and overlays
+``DIR/overlays/<category>/<relpath>.png``; with --runs the record sits beside the submission
+folder (``PARENT/NAME.rescale.json``), as the server refuses extra files inside it.
 """
 
 from __future__ import annotations
@@ -28,10 +32,8 @@ import numpy as np
 
 from filterformer.cli.common import report_user_errors
 from filterformer.data.folder import ImageFolderDataset
-from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, SubmissionError
-from filterformer.evaluation.report import overlay_panel
 from filterformer.evaluation.thresholds import Threshold, threshold_by_rule, write_thresholds
 from filterformer.export import (
     OFFICIAL_COUNTS,
@@ -47,8 +49,8 @@ from filterformer.export.mvtec_submission import map_path, mask_path
 from filterformer.export.rescale import DEFAULT_TARGET
 from filterformer.export.writer import export_record
 from filterformer.inference.postprocess import postprocess
-from filterformer.io import read_anomaly_map, read_mask, write_csv, write_png
-from filterformer.lock import lock_output
+from filterformer.io import read_anomaly_map, read_mask, write_csv
+from filterformer.lock import lock_output, unlock_output
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
 RESCALE_FILE = "rescale.json"
@@ -65,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--check", type=Path, metavar="DIR", help="check a submission folder")
     parser.add_argument("--split", nargs="+", choices=SPLITS, default=list(PRIVATE_SPLITS))
     parser.add_argument("--images", type=Path, help="with --run: a folder of your own images")
+    parser.add_argument(
+        "--overlays", action="store_true", help="with --run: also write overlays (on for --images)"
+    )
     parser.add_argument("--submission", help="with --runs: name of the submission folder")
     parser.add_argument("--out", type=Path, help="output folder (--runs: its parent, default .)")
-    parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: the run's)")
+    parser.add_argument("--data-root", type=Path, help="dataset root (default: the run's)")
     parser.add_argument("--no-pack", action="store_true", help="with --runs: check, no archive")
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -95,9 +100,7 @@ class RunExporter:
         """The run's samples of ``split`` (from --data-root when given)."""
         from filterformer.runs import split_samples
 
-        if self.args.data_root is not None:
-            return MVTecAD2(self.args.data_root, self.run.category, split)
-        return split_samples(self.run.config, split)
+        return split_samples(self.run.config, split, root=self.args.data_root)
 
     def predict(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, np.ndarray]]:
         """Original-size maps with the run's fusion mode, statistics and tiling."""
@@ -150,8 +153,17 @@ class RunExporter:
         )
         return rescale, threshold
 
-    def export(self, samples: Sequence[Sample], out: Path, overlays: bool = False) -> int:
-        """Write maps and masks of ``samples`` under ``out`` (resuming); return how many."""
+    def export(
+        self,
+        samples: Sequence[Sample],
+        out: Path,
+        overlays: bool = False,
+        record: Path | None = None,
+    ) -> int:
+        """Write maps and masks of ``samples`` under ``out`` (resuming); return how many.
+
+        ``record``: the rescale record file (default: beside ``out``, see SubmissionWriter).
+        """
         settings = self.run.postprocess
         writer = SubmissionWriter(
             out,
@@ -159,6 +171,7 @@ class RunExporter:
             self.rescale,
             self.threshold.value,
             postprocess=functools.partial(postprocess, **settings) if settings else None,
+            record_file=record,
         )
         overlay_dir = out / "overlays" / self.run.category
         todo = [
@@ -168,12 +181,21 @@ class RunExporter:
             or (overlays and not (overlay_dir / f"{s.relpath}.png").is_file())
         ]
         score_range = tuple(self.rescale.invert(np.array([0.0, DEFAULT_TARGET])))
+        if overlays:
+            from filterformer.evaluation.figures import write_overlay
         for sample, amap in self.predict(todo):
             writer.write(sample.relpath, amap, shape=sample.shape)
             if overlays:
-                binary = read_mask(writer.paths(sample.relpath)[1], sample.shape)
-                panel = overlay_panel(sample.load_image(), amap, binary, None, score_range)
-                write_png(overlay_dir / f"{sample.relpath}.png", panel)
+                write_overlay(
+                    overlay_dir / f"{sample.relpath}.png",
+                    sample.load_image(),
+                    amap,
+                    read_mask(writer.paths(sample.relpath)[1], sample.shape),
+                    sample.load_mask(),
+                    score_range,
+                    self.threshold.value,
+                    name=str(sample.relpath),
+                )
         return len(todo)
 
     def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
@@ -262,29 +284,41 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Export as asked, the output folder locked against a second writer meanwhile."""
     if args.runs is not None:
         if not args.submission:
             parser.error("--runs needs --submission NAME")
-        out = (args.out or Path(".")) / args.submission
-        lock_output(out)
-        archive = export_submission(args.runs, out, args)
-        print(archive or f"{args.submission}: checked, not packed (--no-pack)")
-        return 0
-    if args.out is None:
+        out, beside = (args.out or Path(".")) / args.submission, True  # no file in a submission
+    elif args.out is None:
         parser.error("--run needs --out DIR")
-    lock_output(args.out)
+    else:
+        out, beside = args.out, False
+    lock_output(out, beside=beside)
+    try:
+        if args.runs is not None:
+            archive = export_submission(args.runs, out, args)
+            print(archive or f"{args.submission}: checked, not packed (--no-pack)")
+        else:
+            _export_run(args)
+    finally:
+        unlock_output(out, beside=beside)
+    return 0
+
+
+def _export_run(args: argparse.Namespace) -> None:
+    """One run's maps of ``--images`` (with overlays and scores.csv) or of ``--split``."""
     exporter = RunExporter(args.run, args)
+    record = args.out / RESCALE_FILE
     if args.images is not None:
         samples = ImageFolderDataset(args.images, "test", category=exporter.run.category)
-        exporter.export(samples, args.out, overlays=True)
+        exporter.export(samples, args.out, overlays=True, record=record)
         rows = exporter.scores(samples, args.out)
         write_csv(args.out / SCORES_FILE, rows)
         print(report_scores(rows, exporter.threshold, args.out / SCORES_FILE))
     else:
         for split in args.split:
-            exporter.export(exporter.samples(split), args.out)
+            exporter.export(exporter.samples(split), args.out, args.overlays, record)
     print(f"wrote {args.out}")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

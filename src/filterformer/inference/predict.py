@@ -136,7 +136,8 @@ def network_maps(
     return _finish(model.anomaly_maps(images), mode, map_stats, smoothing)
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
@@ -166,7 +167,7 @@ def predict_mode_maps(
     def score(crops: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Original-size maps of image crops, ``batch_size`` network inputs at a time."""
         out = []
-        for batch in _batches(crops, batch_size):
+        for batch in batches(crops, batch_size):
             inputs = torch.stack([geometry.to_tensor(crop) for crop in batch]).to(device)
             with torch.no_grad():
                 raw = model.anomaly_maps(inputs)
@@ -180,7 +181,7 @@ def predict_mode_maps(
     bar = tqdm(total=len(samples), desc="predict", unit="img", disable=not progress)
     with bar:
         if tiling is None:
-            for batch in _batches(samples, batch_size):
+            for batch in batches(samples, batch_size):
                 maps = score([sample.load_image() for sample in batch])
                 bar.update(len(batch))
                 yield from zip(batch, maps, strict=True)
