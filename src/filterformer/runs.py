@@ -37,10 +37,12 @@ from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_
 from filterformer.evaluation.thresholds import Threshold, read_thresholds
 from filterformer.inference.predict import Smoothing
 from filterformer.io import atomic_path, write_json
+from filterformer.models.base import FrozenEncoderModel
+from filterformer.models.cpr import CPR, DENSENETS
 from filterformer.models.encoder import ENCODERS, weights_sha256
-from filterformer.models.filterformer import INPFormer
-from filterformer.models.registry import build_encoder, build_model
+from filterformer.models.registry import build_encoder, build_model, encoder_hub_name
 from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
+from filterformer.training.cpr_references import load_references
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
@@ -55,7 +57,7 @@ class Run:
 
     run_dir: Path
     config: DictConfig
-    model: INPFormer
+    model: FrozenEncoderModel
     checkpoint: Path
     """The weights file that was loaded."""
     geometry: InputGeometry
@@ -105,6 +107,8 @@ def build_geometry(config: DictConfig) -> InputGeometry:
 def patch_size(config: DictConfig) -> int:
     """Patch size of the configured encoder, from its timm architecture (``..._patch14_...``)."""
     variant = config.encoder.variant
+    if variant in DENSENETS:  # CPR's DenseNet: sizes that its coarsest stride divides
+        return DENSENETS[variant].strides[-1]
     if variant not in ENCODERS:
         raise ConfigError(f"unknown encoder.variant {variant!r}; valid: {', '.join(ENCODERS)}.")
     return int(re.search(r"_patch(\d+)", ENCODERS[variant].arch).group(1))
@@ -174,11 +178,11 @@ def encoder_weights_id(config: DictConfig) -> str:
             )
         return weights_sha256(path)
     if encoder.get("pretrained"):
-        return f"hub:{ENCODERS[encoder.variant].arch}"
+        return f"hub:{encoder_hub_name(encoder.variant)}"
     return f"random:seed={config.seed}"
 
 
-def build_from_config(config: DictConfig) -> tuple[INPFormer, dict[str, Any]]:
+def build_from_config(config: DictConfig) -> tuple[FrozenEncoderModel, dict[str, Any]]:
     """Seed, build the encoder and the model of ``config``; return it with its identity.
 
     The identity (``model``, ``encoder``, ``encoder_weights``) is what checkpoints record and
@@ -326,6 +330,9 @@ def load_run(
         checkpoint = best if has_checkpoint(folder / best) else "last"
     loaded = load_checkpoint(folder / checkpoint, model, expected=identity, verify=verify)
     model.to(device).eval()
+    geometry = build_geometry(config)
+    if isinstance(model, CPR):  # its training images and fitted retrieval state
+        load_references(run_dir, model, geometry, identity["encoder_weights"])
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
@@ -339,7 +346,7 @@ def load_run(
         config=config,
         model=model,
         checkpoint=loaded.files.weights,
-        geometry=build_geometry(config),
+        geometry=geometry,
         category=category,
         mode=mode,
         map_stats=map_stats,
@@ -369,7 +376,7 @@ def read_run_config(run_dir: Path) -> DictConfig:
     return config
 
 
-def _fusion_mode(run_dir: Path, config: DictConfig, model: INPFormer) -> str:
+def _fusion_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel) -> str:
     """fusion.json's mode for the category, else the config's default, else the model's own map."""
     category = config.category.name
     fusion_file = run_dir / "fusion.json"
@@ -377,7 +384,7 @@ def _fusion_mode(run_dir: Path, config: DictConfig, model: INPFormer) -> str:
     if fusion_file.is_file():
         mode = json.loads(fusion_file.read_text()).get(category)
     mode = mode or config.eval.get("default_mode")
-    mode = mode or ("filter" if "filter" in model.fusion_modes else "inp")
+    mode = mode or ("filter" if "filter" in model.fusion_modes else model.fusion_modes[0])
     if mode not in model.fusion_modes:
         raise ConfigError(
             f"{run_dir}: fusion mode {mode!r} is not available for model {config.model.name!r}; "

@@ -34,6 +34,7 @@ from filterformer.cli.common import (
     config_error_message,
     outermost_missing,
 )
+from filterformer.cli.cpr import check_cpr_config, cpr_training_set
 from filterformer.config_checks import check_settings
 from filterformer.data.datasets import READERS
 from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
@@ -43,7 +44,9 @@ from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment, short_side_size
 from filterformer.errors import ConfigError
 from filterformer.lock import lock_run
-from filterformer.models.encoder import DinoEncoder, check_weights_source
+from filterformer.models.cpr import CPR
+from filterformer.models.encoder import DinoEncoder
+from filterformer.models.registry import check_encoder_source
 from filterformer.runs import (
     CONFIG_FILE,
     build_from_config,
@@ -105,6 +108,8 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         raise ConfigError(config_error_message(err)) from None
     settings = _flatten(OmegaConf.to_container(cfg))
     check_settings(settings, patch_size=patch_size(cfg), world_size=world_size)
+    if cfg.model.name == "cpr":
+        check_cpr_config(cfg)
     if cfg.data.kind in READERS and cfg.data.kind != "synthetic":  # a dataset's root
         cfg.data.root = str(_absolute(resolve_data_root(cfg.data.root), base))
     elif cfg.data.kind == "folder":
@@ -112,7 +117,7 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
     if cfg.input.get("fit") == "short_side":
         _fit_short_side(cfg, quiet)
     weights = cfg.encoder.get("weights")
-    check_weights_source(
+    check_encoder_source(
         cfg.encoder.variant,
         None if weights is None else Path(weights).expanduser(),
         cfg.encoder.get("pretrained", False),
@@ -231,6 +236,8 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
         with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
             make_data(cfg)
         train_set = _training_set(cfg, model.encoder, distributed)
+        if isinstance(model, CPR):  # packed (pseudo-defect, reference) pairs: cli/cpr.py
+            train_set = cpr_training_set(cfg, model, train_set, identity, distributed)
         evaluator, statistics = _evaluation(cfg)
     result = train(
         model,
