@@ -70,7 +70,7 @@ from filterformer.evaluation.thresholds import (
     threshold_by_rule,
     write_thresholds,
 )
-from filterformer.inference.postprocess import postprocess
+from filterformer.inference.postprocess import for_sample
 from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
 
 if TYPE_CHECKING:  # runs imports torch, which the --maps path never loads
@@ -187,7 +187,9 @@ class Evaluator:
     def binary(self, source: CategorySource, sample: Sample, amap: np.ndarray) -> np.ndarray | None:
         """The final binary map: the thresholded map post-processed, or the given PNG."""
         if source.threshold is not None:
-            return postprocess(binarize(amap, source.threshold.value), **source.postprocess)
+            mask = binarize(amap, source.threshold.value)
+            step = for_sample(source.postprocess, sample.split, sample.load_image)
+            return mask if step is None else step(mask)
         if source.binary_dir is not None:
             path = source.binary_dir / f"{sample.relpath}.png"
             return read_mask(path, shape=sample.shape)

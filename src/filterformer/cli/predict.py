@@ -22,7 +22,6 @@ folder (``PARENT/NAME.rescale.json``), as the server refuses extra files inside 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -48,7 +47,7 @@ from filterformer.export import (
 from filterformer.export.mvtec_submission import map_path, mask_path
 from filterformer.export.rescale import DEFAULT_TARGET
 from filterformer.export.writer import export_record
-from filterformer.inference.postprocess import postprocess
+from filterformer.inference.postprocess import for_sample
 from filterformer.io import read_anomaly_map, read_mask, write_csv
 from filterformer.lock import lock_output, unlock_output
 
@@ -180,7 +179,6 @@ class RunExporter:
             self.run.category,
             self.rescale,
             self.threshold.value,
-            postprocess=functools.partial(postprocess, **settings) if settings else None,
             record_file=record,
         )
         overlay_dir = out / "overlays" / self.run.category
@@ -194,7 +192,8 @@ class RunExporter:
         if overlays:
             from filterformer.evaluation.figures import write_overlay
         for sample, amap in self.predict(todo):
-            writer.write(sample.relpath, amap, shape=sample.shape)
+            step = for_sample(settings, sample.split, sample.load_image)
+            writer.write(sample.relpath, amap, shape=sample.shape, postprocess=step)
             if overlays:
                 write_overlay(
                     overlay_dir / f"{sample.relpath}.png",

@@ -111,10 +111,12 @@ class SubmissionWriter:
         relpath: str | PurePosixPath,
         scores: np.ndarray,
         shape: tuple[int, int] | None = None,
+        postprocess: MaskPostprocess | None = None,
     ) -> bool:
         """Export one H x W score map; return False if its files existed and were kept.
 
         ``shape`` is the original (H, W) of the image; a map of another size is refused.
+        ``postprocess`` replaces the writer's own for this map (e.g. one needing its image).
         """
         if self.is_done(relpath):
             return False
@@ -127,8 +129,9 @@ class SubmissionWriter:
             )
         half, mask = self.rescale.encode(scores, self.threshold)
         if png is not None:
-            if self.postprocess is not None:
-                mask = np.asarray(self.postprocess(mask), dtype=bool)
+            step = postprocess or self.postprocess
+            if step is not None:
+                mask = np.asarray(step(mask), dtype=bool)
             write_mask_png(png, mask)
         write_tiff_float16(tiff, half)
         return True
