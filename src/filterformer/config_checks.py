@@ -109,6 +109,13 @@ RULES: dict[str, Allowed] = {
     "category.tiling.tile": SIZE,
     "category.tiling.overlap": OVERLAP,
     "category.tiling.train": FLAG,
+    "category.tiling.mode": choice("window", "grid"),
+    "category.tiling.grid": Allowed(
+        "a [cols, rows] pair of integers >= 1",
+        lambda v: (
+            isinstance(v, list | tuple) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)
+        ),
+    ),
     "category.postprocess.closing": KERNEL,
     "category.postprocess.fill_holes": FLAG,
     "category.postprocess.erosion": KERNEL,

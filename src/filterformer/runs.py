@@ -30,7 +30,7 @@ from filterformer.data.datasets import READERS, read_split
 from filterformer.data.datasets import SPLITS as DATASET_SPLITS
 from filterformer.data.folder import ImageFolderDataset, holdout_names, split_holdout
 from filterformer.data.sample import Sample
-from filterformer.data.tiling import Tiling
+from filterformer.data.tiling import AnyTiling, GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_image_score
@@ -70,7 +70,7 @@ class Run:
     threshold_rule: dict[str, Any]
     """How to calibrate a missing threshold: the category config's ``threshold`` section."""
     postprocess: dict[str, Any]
-    tiling: Tiling | None
+    tiling: AnyTiling | None
     data_root: Path | None
     smoothing: Smoothing
     """Map smoothing from ``eval.sigma``, ``blur_kernel``, ``blur_padding``, ``protocol_size``."""
@@ -114,14 +114,20 @@ def patch_size(config: DictConfig) -> int:
     return int(re.search(r"_patch(\d+)", ENCODERS[variant].arch).group(1))
 
 
-def build_tiling(config: DictConfig, *, training: bool = False) -> Tiling | None:
-    """The category's sliding-window tiling, or None when it is off.
+def build_tiling(config: DictConfig, *, training: bool = False) -> AnyTiling | None:
+    """The category's tiling (sliding windows or an ISVL grid), or None when it is off.
 
     ``training``: the tiling of training crops, None unless ``category.tiling.train`` too.
     """
     tiling = config.category.get("tiling")
     if not tiling or not tiling.enabled or (training and not tiling.get("train", False)):
         return None
+    mode = tiling.get("mode", "window")
+    if mode == "grid":
+        pyramid = tiling.get("pyramid") if training else None
+        return GridTiling(list(tiling.grid), None if pyramid is None else list(pyramid))
+    if mode != "window":
+        raise ConfigError(f"category.tiling.mode={mode!r}: use window (overlapping) or grid.")
     return Tiling(tuple(tiling.tile), tiling.overlap, tiling.get("window", "hann"))
 
 
