@@ -29,6 +29,8 @@ import filterformer
 from filterformer.data.datasets import READERS, read_split
 from filterformer.data.datasets import SPLITS as DATASET_SPLITS
 from filterformer.data.folder import ImageFolderDataset, holdout_names, split_holdout
+from filterformer.data.pseudo_split import SPLIT as PSEUDO_SPLIT
+from filterformer.data.pseudo_split import pseudo_validation
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling, GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
@@ -221,6 +223,8 @@ def split_samples(
     split is the rest.
     """
     data, category = config.data, config.category.name
+    if split == PSEUDO_SPLIT:
+        return pseudo_samples(config, split_samples(config, "validation", root))
     if data.kind in READERS:
         return read_split(data.kind, data.root if root is None else root, category, split)
     if data.kind != "folder":
@@ -250,12 +254,44 @@ def holdout_fraction(config: DictConfig) -> float:
     return float(config.data.get("validation_fraction", DEFAULT_HOLDOUT_FRACTION))
 
 
+def pseudo_samples(
+    config: DictConfig, validation: Sequence[Sample], cache_dir: str | os.PathLike | None = None
+) -> list[Sample]:
+    """The ``validation_pseudo`` split of ``validation`` by ``config.eval.pseudo``.
+
+    ``cache_dir`` defaults to ``eval.pseudo.dir`` (the run folder's ``validation_pseudo``).
+    """
+    settings = config.eval.get("pseudo") or {}
+    cache = cache_dir or settings.get("dir")
+    if not cache:
+        raise ConfigError(
+            f"split {PSEUDO_SPLIT} needs a cache folder: set eval.pseudo.dir (e.g. "
+            "${run_dir}/validation_pseudo)."
+        )
+    kinds = settings.get("kinds")
+    return pseudo_validation(
+        validation,
+        cache,
+        int(settings.get("seed", 0)),
+        None if kinds is None else dict(kinds),
+    )
+
+
+def run_pseudo_samples(run: Run, root: str | os.PathLike | None = None) -> list[Sample]:
+    """A loaded run's validation_pseudo samples, cached in its folder (from ``root`` if given)."""
+    validation = split_samples(run.config, "validation", root)
+    return pseudo_samples(run.config, validation, run.run_dir / PSEUDO_SPLIT)
+
+
 def optional_split(config: DictConfig, split: str) -> Sequence[Sample] | None:
     """The split's samples, or None when the data source has no such split.
 
     MVTec AD and VisA have no validation split, and an MVTec AD 2-layout root may lack one.
     """
     data = config.data
+    if split == PSEUDO_SPLIT:
+        validation = optional_split(config, "validation")
+        return None if validation is None else pseudo_samples(config, validation)
     if data.kind == "folder":  # validation: validation_dir, else held-out training images
         test = split == "test_public" and data.test_dir is not None
         return split_samples(config, split) if split == "validation" or test else None

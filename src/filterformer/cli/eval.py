@@ -330,6 +330,7 @@ def maps_source(
     audits = [audit]
     binary_dir = binary_root / category if binary_root else None
     threshold = given.get(category)
+    threshold = None if threshold is None else threshold.for_split(args.split)
     if threshold is None and not (binary_dir and (binary_dir / args.split).is_dir()):
         binary_dir = None
         if (maps_root / category / "validation").is_dir():
@@ -405,6 +406,12 @@ class RunMaps:
 
         return split_samples(self.run.config, split, root=self.args.data_root)
 
+    def pseudo(self) -> Sequence[Sample]:
+        """The run's validation_pseudo samples (cached in the run folder)."""
+        from filterformer.runs import run_pseudo_samples
+
+        return run_pseudo_samples(self.run, self.args.data_root)
+
     def predict(self, samples: Sequence[Sample]) -> Iterable[tuple[Sample, np.ndarray]]:
         """Original-size maps with the run's fusion mode, statistics, smoothing and tiling."""
         from filterformer.inference.predict import predict_maps
@@ -437,6 +444,7 @@ class RunMaps:
                 lambda: (amap for _, amap in self.predict(self.samples("validation"))),
                 lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples(test_split))),
                 f"{run.run_dir}: {run.category}",
+                pseudo=lambda: ((a, s.load_mask()) for s, a in self.predict(self.pseudo())),
             )
         except FilterformerError as err:
             raise type(err)(
@@ -477,6 +485,7 @@ def evaluate_runs(args: argparse.Namespace) -> None:
         maps = RunMaps(run, args, device)
         given = read_thresholds(args.thresholds, run.mode) if args.thresholds else {}
         threshold = given.get(run.category) or run.threshold or maps.calibrate()
+        threshold = threshold.for_split(args.split)  # the evaluated split's own
         eval_split = run.config.eval.get("split", "test_public")
         selection = run_selection(run_dir, run.category, eval_split, run.checkpoint, threshold)
         samples = maps.samples(args.split)

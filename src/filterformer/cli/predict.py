@@ -111,6 +111,12 @@ class RunExporter:
 
         return split_samples(self.run.config, split, root=self.args.data_root)
 
+    def pseudo(self) -> Sequence[Sample]:
+        """The run's validation_pseudo samples (cached in the run folder)."""
+        from filterformer.runs import run_pseudo_samples
+
+        return run_pseudo_samples(self.run, self.args.data_root)
+
     def predict(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, np.ndarray]]:
         """Original-size maps with the run's fusion mode, statistics and tiling."""
         from filterformer.inference.predict import predict_maps
@@ -144,18 +150,22 @@ class RunExporter:
                 low, high = min(low, float(amap.min())), max(high, float(amap.max()))
                 yield amap
 
-        validation = tracked(self.predict(self.samples("validation")))
+        def validation() -> Iterator[np.ndarray]:
+            return tracked(self.predict(self.samples("validation")))
+
         threshold = run.threshold
         if threshold is None:
             threshold = threshold_by_rule(
                 run.threshold_rule,
-                lambda: validation,
+                validation,
                 lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples("test_public"))),
                 f"{run.run_dir}: {run.category}",
+                pseudo=lambda: ((a, s.load_mask()) for s, a in self.predict(self.pseudo())),
             )
             write_thresholds(run.run_dir / "thresholds.json", {run.category: threshold}, run.mode)
-        for _ in validation:  # the rescale needs the range of every validation map
-            pass
+        if not np.isfinite(low):  # the rescale needs the range of every validation map
+            for _ in validation():
+                pass
         rescale = MapRescale.from_range(low, high)
         save_record(
             record_file, run.category, {**export_record(rescale, threshold.value), "mode": run.mode}
@@ -180,6 +190,7 @@ class RunExporter:
             self.rescale,
             self.threshold.value,
             record_file=record,
+            split_thresholds={split: t.value for split, t in self.threshold.splits.items()},
         )
         overlay_dir = out / "overlays" / self.run.category
         todo = [
@@ -193,7 +204,7 @@ class RunExporter:
             from filterformer.evaluation.figures import write_overlay
         for sample, amap in self.predict(todo):
             step = for_sample(settings, sample.split, sample.load_image)
-            writer.write(sample.relpath, amap, shape=sample.shape, postprocess=step)
+            writer.write(sample.relpath, amap, sample.shape, step, sample.split)
             if overlays:
                 write_overlay(
                     overlay_dir / f"{sample.relpath}.png",
@@ -202,7 +213,7 @@ class RunExporter:
                     read_mask(writer.paths(sample.relpath)[1], sample.shape),
                     sample.load_mask(),
                     score_range,
-                    self.threshold.value,
+                    self.threshold.for_split(sample.split).value,
                     name=str(sample.relpath),
                 )
         return len(todo)
