@@ -1,4 +1,4 @@
-"""Post-processing of binary maps (ISVL hybrid §3.4): each op on a hand-made example."""
+"""Post-processing of binary maps (ISVL hybrid §3.1.1 and code): each op on a hand-made example."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ column is aligned to the image border instead of being padded, so every tile lie
 image. Along an axis shorter than the tile, the single tile is the whole axis (the caller
 resizes it to the network input).
 
-:class:`GridTiling` is the ISVL hybrid's tiling (§3.1): ``cols x rows`` equal, non-overlapping
-tiles, the remainder of each axis given to the last row / column, maps pasted back without
-blending; at training time a pyramid of several grids (the original is the grid 1 x 1).
+:class:`GridTiling` is the ISVL hybrid's tiling (§3.2.1 and code): ``cols x rows`` equal,
+non-overlapping tiles, the remainder of each axis given to the last row / column, maps pasted
+back without blending; at training time a pyramid of several grids (the original is 1 x 1).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def _check_grid(grid: Sequence[int]) -> Grid:
 
 
 class GridTiling:
-    """Non-overlapping ``cols x rows`` tiles pasted back (ISVL hybrid §3.1).
+    """Non-overlapping ``cols x rows`` tiles pasted back (ISVL hybrid §3.2.1 and code).
 
     ``pyramid``: the grids training crops are drawn from (default: ``grid`` only); each tile of
     every grid is equally likely, as when every tile is one training image (ISVL hybrid code).

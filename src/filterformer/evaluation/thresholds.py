@@ -9,7 +9,7 @@ Rules (SegF1 as the MVTec AD 2 paper defines it), each fixed before the evaluate
 - ``f1_optimal``: the best pooled pixel F1 on test_public. It uses test labels, so it is an
   **oracle** (the ceiling of the label-free rules) and is always reported as such.
 - ``fixed``: a number ``level`` on a stated map scale (``scale``: the map value 1.0 reads as
-  ``scale``), e.g. the ISVL hybrid's hand-picked 0-255 values (ISVL hybrid §3.1) with
+  ``scale``), e.g. the ISVL hybrid's hand-picked 0-255 values (ISVL hybrid §3.1.1) with
   ``scale: 255``: the threshold on the map is ``level / scale``.
 
 A category's rule may hold ``splits: {<split>: {rule...}}``: a rule of its own for that split

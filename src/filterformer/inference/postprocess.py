@@ -1,10 +1,10 @@
-"""Post-processing of binary anomaly maps (ISVL hybrid §3.4): foreground, closing, holes, erosion.
+"""Post-processing of binary maps (ISVL hybrid §3.1.1 and code): foreground, closing, erosion.
 
 Closing completes large or hollow defects that the map only partly covers (fabric-like
 categories); hole filling closes what closing could not; if the two whiten more than
 ``fill_guard`` of the image, the mask before them is kept (ISVL hybrid code: "> 95 % white").
 Erosion trims the halo a smooth map leaves around a defect. The foreground mask (ISVL hybrid
-§3.4, walnuts on the mixed split) keeps only pixels of the brighter of two HSV colour clusters.
+code, walnuts on the mixed split) keeps only pixels of the brighter of two HSV colour clusters.
 Order: foreground, closing, hole filling, erosion. Every size is in original-image pixels (masks
 are at the image's original size); 0 switches a step off. ``kernel`` is ``ellipse`` (odd sizes)
 or ``rect`` (any size: the ISVL hybrid code's 80 x 80, 10 x 10 and 15 x 15 rectangles).
@@ -51,7 +51,7 @@ def _kernel(size: int, kernel: str) -> np.ndarray:
 def hsv_foreground(image: np.ndarray, dilation: int = 15, iterations: int = 20) -> np.ndarray:
     """H x W bool foreground of an RGB uint8 image by 2-means on its HSV hue and value.
 
-    The cluster with the lower mean value (darker) is background (ISVL hybrid §3.4: walnuts lie
+    The cluster with the lower mean value (darker) is background (ISVL hybrid code: walnuts lie
     on a dark tray); the foreground is dilated by a ``dilation`` square so that defects on the
     rim survive. Deterministic: the two centres start at the darkest and brightest pixel.
     """
