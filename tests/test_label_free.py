@@ -50,6 +50,16 @@ def test_pseudo_split_is_exact_deterministic_and_cached(tmp_path):
     assert not all(np.array_equal(m, s.load_mask()) for m, s in zip(masks, other, strict=True))
 
 
+def test_mixed_pseudo_split_relights_the_same_defects(tmp_path):
+    validation = _validation(tmp_path)
+    regular = pseudo_validation(validation, tmp_path / "p", seed=3)
+    mixed = pseudo_validation(validation, tmp_path / "p", seed=3, mixed=True)
+    assert [s.split for s in mixed] == ["validation_pseudo_mixed"] * 3
+    for a, b in zip(regular, mixed, strict=True):
+        np.testing.assert_array_equal(a.load_mask(), b.load_mask())  # the same defects
+        assert not np.array_equal(a.load_image(), b.load_image())  # under other lighting
+
+
 def test_default_training_and_calibration_read_no_test_mask(monkeypatch, tmp_path):
     """ff-train (selection every epoch) and ff-predict's threshold calibration, both by
     f1_pseudo and by the default mean + 3 std, under the default eval.split."""
@@ -66,15 +76,24 @@ def test_default_training_and_calibration_read_no_test_mask(monkeypatch, tmp_pat
     monkeypatch.setattr(sys, "argv", ["ff-train", *TINY, f"run_dir={run}"])
     train_main()
     torch.set_num_threads(threads)
-    assert (run / "validation_pseudo" / "settings.json").is_file()
+    assert (run / "validation_pseudo" / "regular" / "settings.json").is_file()
     assert any(run.glob("checkpoints/best_*"))  # selection ran, on validation_pseudo
     for rule in ("mean_std", "f1_pseudo"):
         (run / "thresholds.json").unlink(missing_ok=True)
         (run / "rescale.json").unlink(missing_ok=True)
         config = (run / "config.yaml").read_text()
-        (run / "config.yaml").write_text(config.replace("rule: mean_std", f"rule: {rule}"))
+        config = config.replace("rule: mean_std", f"rule: {rule}")
+        if rule == "f1_pseudo":  # and the mixed split's own, on relit pseudo-defects
+            config = config.replace(
+                "  threshold:\n",
+                "  threshold:\n    splits: {test_private_mixed: {rule: f1_pseudo}}\n",
+                1,
+            )
+        (run / "config.yaml").write_text(config)
         out = tmp_path / f"out_{rule}"
         argv = ["--run", str(run), "--out", str(out), "--no-progress"]
         assert predict_main([*argv, "--split", "test_private"]) == 0
         [threshold] = read_thresholds(run / "thresholds.json").values()
         assert threshold.rule == rule and not threshold.is_oracle("test_public")
+    mixed = threshold.for_split("test_private_mixed")
+    assert mixed.rule == "f1_pseudo" and mixed.source_split == "validation_pseudo_mixed"

@@ -14,6 +14,7 @@ from filterformer.cli.suite import suite_jobs
 from filterformer.cli.train import main as train_main
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.errors import ConfigError
+from filterformer.evaluation.thresholds import read_thresholds
 
 SUITE = "suite=inpformer_cpr_hybrid"
 
@@ -116,5 +117,7 @@ def test_a_suite_trains_each_category_with_its_model_into_one_submission(monkeyp
     archive = export_submission(suite, tmp_path / "team", parsed, counts={"can": 2, "vial": 2})
     assert archive is not None and archive.is_file()
     for category in ("can", "vial"):
-        threshold = yaml.safe_load((suite / category / "thresholds.json").read_text())
-        assert "f1_pseudo" in str(threshold)  # label-free, from the run's validation_pseudo
+        [threshold] = read_thresholds(suite / category / "thresholds.json").values()
+        assert (threshold.rule, threshold.source_split) == ("f1_pseudo", "validation_pseudo")
+        mixed = threshold.for_split("test_private_mixed")  # its own, on relit pseudo-defects
+        assert (mixed.rule, mixed.source_split) == ("f1_pseudo", "validation_pseudo_mixed")

@@ -176,7 +176,7 @@ def test_f1_pseudo_is_the_best_f1_on_pseudo_defects_and_label_free() -> None:
         raise AssertionError("f1_pseudo must not read test labels")
 
     best = threshold_by_rule(
-        {"rule": "f1_pseudo"}, iter, no_labels, "cat", pseudo=lambda: iter([(amap, mask)])
+        {"rule": "f1_pseudo"}, iter, no_labels, "cat", pseudo=lambda mixed: iter([(amap, mask)])
     )
     assert best.source_split == "validation_pseudo" and not best.is_oracle("test_public")
     assert ((amap > best.value) == mask).all()

@@ -255,7 +255,10 @@ def holdout_fraction(config: DictConfig) -> float:
 
 
 def pseudo_samples(
-    config: DictConfig, validation: Sequence[Sample], cache_dir: str | os.PathLike | None = None
+    config: DictConfig,
+    validation: Sequence[Sample],
+    cache_dir: str | os.PathLike | None = None,
+    mixed: bool = False,
 ) -> list[Sample]:
     """The ``validation_pseudo`` split of ``validation`` by ``config.eval.pseudo``.
 
@@ -274,13 +277,16 @@ def pseudo_samples(
         cache,
         int(settings.get("seed", 0)),
         None if kinds is None else dict(kinds),
+        mixed,
     )
 
 
-def run_pseudo_samples(run: Run, root: str | os.PathLike | None = None) -> list[Sample]:
-    """A loaded run's validation_pseudo samples, cached in its folder (from ``root`` if given)."""
+def run_pseudo_samples(
+    run: Run, root: str | os.PathLike | None = None, mixed: bool = False
+) -> list[Sample]:
+    """A loaded run's validation_pseudo(_mixed) samples, cached in its folder (``root``: data)."""
     validation = split_samples(run.config, "validation", root)
-    return pseudo_samples(run.config, validation, run.run_dir / PSEUDO_SPLIT)
+    return pseudo_samples(run.config, validation, run.run_dir / PSEUDO_SPLIT, mixed)
 
 
 def optional_split(config: DictConfig, split: str) -> Sequence[Sample] | None:

@@ -406,11 +406,11 @@ class RunMaps:
 
         return split_samples(self.run.config, split, root=self.args.data_root)
 
-    def pseudo(self) -> Sequence[Sample]:
-        """The run's validation_pseudo samples (cached in the run folder)."""
+    def pseudo(self, mixed: bool = False) -> Sequence[Sample]:
+        """The run's validation_pseudo(_mixed) samples (cached in the run folder)."""
         from filterformer.runs import run_pseudo_samples
 
-        return run_pseudo_samples(self.run, self.args.data_root)
+        return run_pseudo_samples(self.run, self.args.data_root, mixed)
 
     def predict(self, samples: Sequence[Sample]) -> Iterable[tuple[Sample, np.ndarray]]:
         """Original-size maps with the run's fusion mode, statistics, smoothing and tiling."""
@@ -444,7 +444,9 @@ class RunMaps:
                 lambda: (amap for _, amap in self.predict(self.samples("validation"))),
                 lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples(test_split))),
                 f"{run.run_dir}: {run.category}",
-                pseudo=lambda: ((a, s.load_mask()) for s, a in self.predict(self.pseudo())),
+                pseudo=lambda mixed: (
+                    (a, s.load_mask()) for s, a in self.predict(self.pseudo(mixed))
+                ),
             )
         except FilterformerError as err:
             raise type(err)(

@@ -111,11 +111,11 @@ class RunExporter:
 
         return split_samples(self.run.config, split, root=self.args.data_root)
 
-    def pseudo(self) -> Sequence[Sample]:
-        """The run's validation_pseudo samples (cached in the run folder)."""
+    def pseudo(self, mixed: bool = False) -> Sequence[Sample]:
+        """The run's validation_pseudo(_mixed) samples (cached in the run folder)."""
         from filterformer.runs import run_pseudo_samples
 
-        return run_pseudo_samples(self.run, self.args.data_root)
+        return run_pseudo_samples(self.run, self.args.data_root, mixed)
 
     def predict(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, np.ndarray]]:
         """Original-size maps with the run's fusion mode, statistics and tiling."""
@@ -160,7 +160,9 @@ class RunExporter:
                 validation,
                 lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples("test_public"))),
                 f"{run.run_dir}: {run.category}",
-                pseudo=lambda: ((a, s.load_mask()) for s, a in self.predict(self.pseudo())),
+                pseudo=lambda mixed: (
+                    (a, s.load_mask()) for s, a in self.predict(self.pseudo(mixed))
+                ),
             )
             write_thresholds(run.run_dir / "thresholds.json", {run.category: threshold}, run.mode)
         if not np.isfinite(low):  # the rescale needs the range of every validation map

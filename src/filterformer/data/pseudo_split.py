@@ -19,11 +19,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from filterformer.data.pseudo_defects import PseudoDefects, PseudoDefectSettings
 from filterformer.data.sample import Sample
+from filterformer.data.transforms import color_jitter, directional_light
 from filterformer.io import read_mask, write_json, write_mask_png, write_png
 
 SPLIT = "validation_pseudo"
+MIXED_SPLIT = "validation_pseudo_mixed"
+"""The same pseudo-defects under synthetic lighting changes: thresholds for test_private_mixed."""
+LIGHTING = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.2, "hue": 0.0}
+"""Ours: colour-jitter amplitudes of the mixed pseudo split (preset=filterformer_paper's
+train.augment), plus a directional light of strength 0.4 (the same preset's)."""
 DEFAULT_KINDS: dict[str, float] = {
     "perlin_structure": 1.0,
     "perlin_texture": 1.0,
@@ -48,13 +56,15 @@ def pseudo_validation(
     cache_dir: str | Path,
     seed: int = 0,
     kinds: Mapping[str, float] | None = None,
+    mixed: bool = False,
 ) -> list[Sample]:
     """The ``validation_pseudo`` samples of ``validation`` (written to ``cache_dir`` once).
 
     Every item carries a defect (anomaly probability 1); an image on which no defect could be
-    drawn is kept as a normal sample (label 0, empty mask).
+    drawn is kept as a normal sample (label 0, empty mask). ``mixed``: each defective image
+    then gets a random lighting change (:data:`LIGHTING`), the split ``validation_pseudo_mixed``.
     """
-    cache_dir = Path(cache_dir)
+    cache_dir = Path(cache_dir) / ("mixed" if mixed else "regular")
     kinds = dict(kinds or DEFAULT_KINDS)
     record = _settings_record(seed, kinds, validation)
     record_file = cache_dir / "settings.json"
@@ -66,6 +76,8 @@ def pseudo_validation(
         mask_path = cache_dir / f"{sample.relpath}_mask.png"
         if not (fresh and image_path.is_file() and mask_path.is_file()):
             image, mask = generator(sample.load_image(), seed, index)
+            if mixed:
+                image = relight(image, np.random.default_rng([seed, index, 1]))
             write_png(image_path, image)
             write_mask_png(mask_path, mask)
             label = int(mask.any())
@@ -75,7 +87,7 @@ def pseudo_validation(
             replace(
                 sample,
                 path=image_path,
-                split=SPLIT,
+                split=MIXED_SPLIT if mixed else SPLIT,
                 label=label,
                 mask_path=mask_path,
             )
@@ -83,3 +95,8 @@ def pseudo_validation(
     if not fresh:
         write_json(record_file, record)
     return samples
+
+
+def relight(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random global lighting change: colour jitter, then a directional light ramp."""
+    return directional_light(color_jitter(image, LIGHTING, rng), 0.4, rng)

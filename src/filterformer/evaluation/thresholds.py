@@ -52,6 +52,11 @@ PARAMS = ("k", "q", "level", "scale")
 """Parameters of the rules, kept in the stored records."""
 PSEUDO_SPLIT = "validation_pseudo"
 """Validation images with pasted pseudo-defects (label-free, exact masks)."""
+PSEUDO_MIXED = "validation_pseudo_mixed"
+"""The same under synthetic lighting changes: f1_pseudo for the mixed split."""
+MIXED_SPLIT = "test_private_mixed"
+PseudoPairs = Callable[[bool], Iterable[tuple[np.ndarray, np.ndarray]]]
+"""``pseudo(mixed)``: (map, exact mask) pairs of validation_pseudo(_mixed)."""
 
 
 @dataclass(frozen=True)
@@ -224,10 +229,11 @@ def _one_rule(
     rule: Mapping[str, Any],
     validation: Callable[[], Iterable[np.ndarray]],
     labelled: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
-    pseudo: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None,
+    pseudo: PseudoPairs | None,
     source: str,
+    split: str | None = None,
 ) -> Threshold:
-    """One threshold by one rule (no ``splits``); see :func:`threshold_by_rule`."""
+    """One threshold by one rule (no ``splits``) for ``split``; see :func:`threshold_by_rule`."""
     name = rule.get("rule", "mean_std")
     if name == "mean_std":
         return mean_std_threshold(validation(), float(rule.get("k", 3.0)), source)
@@ -245,7 +251,8 @@ def _one_rule(
                 f"{source}: threshold rule 'f1_pseudo' needs the {PSEUDO_SPLIT} maps; this "
                 "command cannot make them. Use mean_std or quantile here."
             )
-        return _best_f1(pseudo(), PSEUDO_SPLIT, "f1_pseudo", source)
+        mixed = split == MIXED_SPLIT
+        return _best_f1(pseudo(mixed), PSEUDO_MIXED if mixed else PSEUDO_SPLIT, "f1_pseudo", source)
     if name == "f1_optimal":
         return _best_f1(labelled(), "test_public", "f1_optimal", source)
     raise ConfigError(
@@ -258,7 +265,7 @@ def threshold_by_rule(
     validation: Callable[[], Iterable[np.ndarray]],
     labelled: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
     source: str,
-    pseudo: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None,
+    pseudo: PseudoPairs | None = None,
 ) -> Threshold:
     """Calibrate a threshold as a category config's ``threshold`` section says.
 
@@ -266,13 +273,14 @@ def threshold_by_rule(
     ``{"rule": "fixed", "level": 79, "scale": 255}``, ``{"rule": "f1_pseudo"}`` or
     ``{"rule": "f1_optimal"}``, optionally with ``splits: {<split>: {rule...}}``.
     ``validation`` yields the validation maps (it may be called more than once); ``labelled``
-    yields (map, GT mask) pairs of test_public, called only for "f1_optimal"; ``pseudo`` yields
-    (map, exact mask) pairs of validation_pseudo, called only for "f1_pseudo".
+    yields (map, GT mask) pairs of test_public, called only for "f1_optimal"; ``pseudo(mixed)``
+    yields (map, exact mask) pairs of validation_pseudo (``mixed``: validation_pseudo_mixed,
+    for a rule under ``splits.test_private_mixed``), called only for "f1_pseudo".
     """
     base = _one_rule(rule, validation, labelled, pseudo, source)
     overrides = rule.get("splits") or {}
     splits = {
-        split: _one_rule(sub, validation, labelled, pseudo, f"{source} (split {split})")
+        split: _one_rule(sub, validation, labelled, pseudo, f"{source} (split {split})", split)
         for split, sub in overrides.items()
     }
     return Threshold(base.value, base.rule, base.params, base.source_split, splits)
