@@ -48,6 +48,7 @@ GROUPS = {
     "encoder": "the frozen DINOv2-with-registers ViT",
     "data": "where the images come from",
     "category": "tiling, post-processing and threshold rule of one category",
+    "suite": "one model per category (suite=NAME trains them all; category=C one)",
 }
 """The config groups in the order the help lists them, each with what it chooses."""
 
@@ -72,6 +73,10 @@ EXAMPLES = (
         "your own images: a trial on the CPU (README, Your own images)",
     ),
     ("ff-train -m category=can,fabric,vial", "one run folder per category (sweep)"),
+    (
+        "ff-train suite=inpformer_cpr_hybrid data.root=/data/mvtec_ad_2",
+        "the ISVL hybrid: each category with its own model, one suite folder",
+    ),
     ("ff-train --cfg job preset=inpformer_paper", "print the resolved config, train nothing"),
 )
 
