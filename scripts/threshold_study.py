@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from filterformer.cli.eval import RunMaps
 from filterformer.evaluation.segf1 import SegF1Accumulator, binarize
 from filterformer.evaluation.thresholds import threshold_by_rule
-from filterformer.inference.predict import predict_maps
 from filterformer.io import write_json
-from filterformer.runs import Run, load_run, run_pseudo_samples, split_samples
+from filterformer.runs import load_run
 
 RULES = {
     "mean_std (k 3)": {"rule": "mean_std", "k": 3},
@@ -54,27 +54,18 @@ def train(work: Path) -> list[Path]:
     return runs
 
 
-def maps_of(run: Run, samples) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """(map, mask) of every sample with the run's fusion mode, smoothing and tiling."""
-    pairs = predict_maps(
-        run.model,
-        samples,
-        run.geometry,
-        mode=run.mode,
-        map_stats=run.map_stats,
-        smoothing=run.smoothing,
-        tiling=run.tiling,
-        progress=False,
-    )
-    return [(amap, sample.load_mask()) for sample, amap in pairs]
+def maps_of(maps: RunMaps, samples) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(map, mask) of every sample, as ff-eval scores the run."""
+    return [(amap, sample.load_mask()) for sample, amap in maps.predict(samples)]
 
 
 def study(run_dir: Path, root: str | None) -> list[dict]:
     """One row per rule: its threshold and the SegF1 it gives on test_public."""
-    run = load_run(run_dir)
-    validation = [m for m, _ in maps_of(run, split_samples(run.config, "validation", root))]
-    pseudo = {mixed: maps_of(run, run_pseudo_samples(run, root, mixed)) for mixed in (False, True)}
-    test = maps_of(run, split_samples(run.config, "test_public", root))
+    run = load_run(run_dir, device="cpu")
+    maps = RunMaps(run, argparse.Namespace(data_root=root, no_progress=True), "cpu")
+    validation = [m for m, _ in maps_of(maps, maps.samples("validation"))]
+    pseudo = {mixed: maps_of(maps, maps.pseudo(mixed)) for mixed in (False, True)}
+    test = maps_of(maps, maps.samples("test_public"))
     rows = []
     for label, rule in RULES.items():
         threshold = threshold_by_rule(

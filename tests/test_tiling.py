@@ -172,7 +172,7 @@ def test_bad_grids_are_refused(grid, shape, match):
 
 def test_grid_paste_rejects_wrong_tile_maps():
     grid = GridTiling([2, 1])
-    with pytest.raises(ConfigError, match="2 grid tiles"):
+    with pytest.raises(ConfigError, match="has 2 tiles"):
         grid.blend([np.zeros((4, 2))], 4, 4)
     with pytest.raises(ConfigError, match="needs a 4x2 map"):
         grid.blend([np.zeros((4, 2)), np.zeros((2, 2))], 4, 4)

@@ -52,6 +52,27 @@ def _window_1d(length: int, window: str) -> np.ndarray:
     return np.sin(np.pi * centres) ** 2
 
 
+def checked_tiles(
+    boxes: Sequence[Box], tile_maps: Sequence[np.ndarray]
+) -> list[tuple[Box, np.ndarray]]:
+    """(box, map) pairs, refusing a wrong number of maps or a map not of its tile's size."""
+    if len(tile_maps) != len(boxes):
+        raise ConfigError(
+            f"tiling: got {len(tile_maps)} tile maps for an image that has {len(boxes)} tiles; "
+            "pass one map per entry of tiles(height, width)."
+        )
+    pairs = []
+    for (y0, x0, y1, x1), tile_map in zip(boxes, tile_maps, strict=True):
+        tile_map = np.asarray(tile_map)
+        if tile_map.shape != (y1 - y0, x1 - x0):
+            raise ConfigError(
+                f"tiling: tile ({y0}, {x0}, {y1}, {x1}) needs a {y1 - y0}x{x1 - x0} map, "
+                f"got shape {tile_map.shape}; resize each tile map to its tile first."
+            )
+        pairs.append(((y0, x0, y1, x1), tile_map))
+    return pairs
+
+
 class Tiling:
     """A sliding-window tile grid of ``tile`` = (height, width) pixels.
 
@@ -124,21 +145,9 @@ class Tiling:
         positive, so every pixel is defined; a pixel seen by one tile only gets that tile's
         value unchanged, and a constant map stays that constant. Sums run in float64.
         """
-        boxes = self.tiles(height, width)
-        if len(tile_maps) != len(boxes):
-            raise ConfigError(
-                f"tiling: got {len(tile_maps)} tile maps for a {height}x{width} image that has "
-                f"{len(boxes)} tiles; pass one map per entry of tiles({height}, {width})."
-            )
         total = np.zeros((height, width), dtype=np.float64)
         weight = np.zeros((height, width), dtype=np.float64)
-        for (y0, x0, y1, x1), tile_map in zip(boxes, tile_maps, strict=True):
-            tile_map = np.asarray(tile_map)
-            if tile_map.shape != (y1 - y0, x1 - x0):
-                raise ConfigError(
-                    f"tiling: tile ({y0}, {x0}, {y1}, {x1}) needs a {y1 - y0}x{x1 - x0} map, "
-                    f"got shape {tile_map.shape}; resize each tile map to its tile first."
-                )
+        for (y0, x0, y1, x1), tile_map in checked_tiles(self.tiles(height, width), tile_maps):
             w = np.outer(_window_1d(y1 - y0, self.window), _window_1d(x1 - x0, self.window))
             total[y0:y1, x0:x1] += w * tile_map
             weight[y0:y1, x0:x1] += w
@@ -208,19 +217,8 @@ class GridTiling:
 
     def blend(self, tile_maps: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
         """Paste per-tile maps (in the order of :meth:`tiles`) into one H x W float32 map."""
-        boxes = self.tiles(height, width)
-        if len(tile_maps) != len(boxes):
-            raise ConfigError(
-                f"tiling: got {len(tile_maps)} tile maps for a {height}x{width} image cut into "
-                f"{len(boxes)} grid tiles; pass one map per entry of tiles({height}, {width})."
-            )
         out = np.empty((height, width), dtype=np.float32)
-        for (y0, x0, y1, x1), tile_map in zip(boxes, tile_maps, strict=True):
-            if np.shape(tile_map) != (y1 - y0, x1 - x0):
-                raise ConfigError(
-                    f"tiling: grid tile ({y0}, {x0}, {y1}, {x1}) needs a {y1 - y0}x{x1 - x0} "
-                    f"map, got shape {np.shape(tile_map)}; resize each tile map to its tile."
-                )
+        for (y0, x0, y1, x1), tile_map in checked_tiles(self.tiles(height, width), tile_maps):
             out[y0:y1, x0:x1] = tile_map
         return out
 
