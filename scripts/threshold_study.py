@@ -38,7 +38,12 @@ RULES = {
 RECIPES = {
     "inpformer": ["preset=demo", "model=inpformer"],
     "filterformer": ["preset=demo"],
-    "cpr": ["preset=cpr_demo"],
+    "cpr": [  # on the demo's images (one data root for all three)
+        "preset=cpr_demo",
+        "data.image_size=[168,210]",
+        "data.counts={train: 48, validation: 8, test_public_good: 8, test_public_bad: 24, "
+        "test_private: 10, test_private_mixed: 10}",
+    ],
 }
 
 
