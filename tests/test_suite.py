@@ -1,5 +1,6 @@
 """Suites (configs/suite): one model per category, trained into one folder, one submission."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from filterformer.cli.common import config_dir
+from filterformer.cli.eval import main as eval_main
 from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.suite import suite_jobs
 from filterformer.cli.train import main as train_main
@@ -116,6 +118,10 @@ def test_a_suite_trains_each_category_with_its_model_into_one_submission(monkeyp
     parsed.no_progress = True
     archive = export_submission(suite, tmp_path / "team", parsed, counts={"can": 2, "vial": 2})
     assert archive is not None and archive.is_file()
+    document = tmp_path / "metrics.json"
+    argv = ["--runs-dir", str(suite), "--no-progress", "--json", str(document)]
+    assert eval_main([*argv, "--split", "test_public"]) == 0  # one table for the suite
+    assert set(json.loads(document.read_text())["categories"]) == {"can", "vial"}
     for category in ("can", "vial"):
         [threshold] = read_thresholds(suite / category / "thresholds.json").values()
         assert (threshold.rule, threshold.source_split) == ("f1_pseudo", "validation_pseudo")
