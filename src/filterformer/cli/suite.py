@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from filterformer.errors import ConfigError
@@ -62,7 +61,8 @@ def split_args(args: Sequence[str]) -> tuple[str | None, dict[str, Any], list[st
         if key == PREFIX:
             name = value
         elif key.startswith(PREFIX + "."):
-            settings[key[len(PREFIX) + 1 :]] = yaml.safe_load(value)
+            parsed = OmegaConf.create(f"v: {value}")  # YAML, as hydra reads values
+            settings[key[len(PREFIX) + 1 :]] = OmegaConf.to_container(parsed)["v"]
         else:
             rest.append(arg)
     return name, settings, rest
