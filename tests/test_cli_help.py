@@ -53,7 +53,7 @@ def test_help_never_imports_torch(argv):
     assert "usage:" in done.stdout
 
 
-def test_train_help_lists_every_group_with_its_choices_and_five_examples():
+def test_train_help_lists_every_group_with_its_choices_and_six_examples():
     folder = config_dir()
     text = help_text(folder)
     groups = config_groups(folder)
@@ -64,7 +64,7 @@ def test_train_help_lists_every_group_with_its_choices_and_five_examples():
         assert all(choice in line for choice in choices), (group, line)
     assert "filterformer_paper*" in text and "vial*" in text  # train.yaml's defaults
     examples = text.split("examples:")[1]
-    assert sum(ln.strip().startswith("ff-train ") for ln in examples.splitlines()) == 5
+    assert sum(ln.strip().startswith("ff-train ") for ln in examples.splitlines()) == 6
     assert "--hydra-help" in text and "-m, --multirun" in text
 
 

@@ -51,7 +51,7 @@ def test_every_shipped_recipe_passes(preset, category):
         ("train.optimizer.betas", [0.9, 1.0], "a [beta1, beta2] pair, each a number in [0, 1)"),
         ("eval.pro_limit", 0, "a number > 0 and <= 1"),
         ("eval.blur_kernel", 4, "an odd integer >= 1"),
-        ("category.postprocess.closing", 4, "0 (off) or an odd integer >= 1"),
+        ("category.postprocess.closing", -2, "0 (off) or an integer >= 1"),
         ("category.tiling.overlap", 1.0, "a fraction in [0, 1)"),
         ("seed", -1, "an integer in [0, 4294967295]"),
         ("resume", "yes", "true or false"),

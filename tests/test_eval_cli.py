@@ -320,6 +320,8 @@ def test_best_checkpoint_and_fusion_json_are_labelled_with_eval_split(
 ) -> None:
     """What ff-train's evaluation leaves: best_<mode> and fusion.json, chosen on eval.split."""
     run_dir = run_copy(untrained_run, tmp_path)
+    config = run_dir / "config.yaml"  # as trained with eval.split=test_public (the report's)
+    config.write_text(config.read_text().replace("split: validation_pseudo", "split: test_public"))
     last = load_run(run_dir, checkpoint="last")
     meta = read_checkpoint_meta(run_dir / "checkpoints" / "last")
     save_checkpoint(run_dir / "checkpoints" / "best_inp", last.model, meta={**meta, "mode": "inp"})

@@ -1,4 +1,4 @@
-"""Post-processing of binary maps: closing, hole filling, erosion (ISVL hybrid, VAND 3.0)."""
+"""Post-processing of binary maps (ISVL hybrid §3.1.1 and code): each op on a hand-made example."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from filterformer.errors import ConfigError
-from filterformer.inference.postprocess import postprocess
+from filterformer.inference.postprocess import (
+    for_sample,
+    hsv_foreground,
+    postprocess,
+    settings_for_split,
+)
 
 
 def test_all_steps_off_is_the_identity() -> None:
@@ -47,7 +52,82 @@ def test_defects_touching_the_border_are_kept() -> None:
     assert postprocess(mask, erosion=3)[:, 0].all()
 
 
-@pytest.mark.parametrize("kwargs", [{"closing": 4}, {"erosion": -1}])
-def test_even_or_negative_kernels_are_refused(kwargs: dict) -> None:
-    with pytest.raises(ConfigError, match="odd"):
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"closing": 4}, "odd"),
+        ({"erosion": -1}, ">= 0"),
+        ({"kernel": "disk"}, "ellipse, rect"),
+        ({"fill_guard": 0.0}, "fill_guard"),
+        ({"foreground": 15}, "needs the image"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
         postprocess(np.zeros((5, 5), bool), **kwargs)
+
+
+def test_rect_kernels_may_be_even_and_erode_exactly_their_size() -> None:
+    mask = np.zeros((12, 12), bool)
+    mask[2:10, 2:10] = True  # 8 x 8
+    out = postprocess(mask, erosion=4, kernel="rect")
+    assert out.sum() == 5 * 5  # an even rect removes 2 rows above/left and 1 below/right
+
+
+def test_closing_and_filling_that_whiten_the_image_keep_the_raw_mask() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = True  # a frame: its hole is 64 %
+    np.testing.assert_array_equal(postprocess(mask, fill_holes=True), mask)  # 100 % > 95 %
+    assert postprocess(mask, fill_holes=True, fill_guard=1.0).all()
+
+
+def test_guard_does_not_undo_erosion() -> None:
+    mask = np.ones((9, 9), bool)
+    out = postprocess(mask, closing=3, erosion=3)  # closing keeps 100 %: reverted to raw, eroded
+    assert out.all()  # the border counts as foreground: erosion of a full mask is full
+
+
+def _walnut_image() -> np.ndarray:
+    """A dark tray (value 20) with one bright brown nut in rows/cols 4..11."""
+    image = np.full((16, 16, 3), 20, np.uint8)
+    image[4:12, 4:12] = (170, 120, 60)
+    return image
+
+
+def test_hsv_foreground_is_the_brighter_cluster_dilated() -> None:
+    fg = hsv_foreground(_walnut_image(), dilation=0)
+    assert fg[4:12, 4:12].all() and fg.sum() == 64
+    grown = hsv_foreground(_walnut_image(), dilation=3)
+    assert grown[3:13, 3:13].all() and grown.sum() == 100
+
+
+def test_foreground_mask_removes_detections_on_the_background() -> None:
+    mask = np.zeros((16, 16), bool)
+    mask[0:2, 0:2] = mask[6:8, 6:8] = True  # one on the tray, one on the nut
+    out = postprocess(mask, foreground=1, image=_walnut_image())
+    assert out[6:8, 6:8].all() and out.sum() == 4
+
+
+def test_split_overrides_apply_to_their_split_only() -> None:
+    settings = {"closing": 11, "fill_holes": True, "kernel": "rect"}
+    settings["splits"] = {"test_private_mixed": {"foreground": 15}}
+    assert settings_for_split(settings, "test_private") == {
+        "closing": 11,
+        "fill_holes": True,
+        "kernel": "rect",
+    }
+    assert settings_for_split(settings, "test_private_mixed")["foreground"] == 15
+
+
+def test_for_sample_loads_the_image_only_when_needed() -> None:
+    loads: list[int] = []
+
+    def load() -> np.ndarray:
+        loads.append(1)
+        return _walnut_image()
+
+    settings = {"erosion": 0, "splits": {"test_private_mixed": {"foreground": 1}}}
+    assert for_sample(settings, "test_private", load) is None and not loads
+    step = for_sample(settings, "test_private_mixed", load)
+    assert step is not None and loads == [1]
+    assert step(np.ones((16, 16), bool)).sum() == 64  # the nut, dilated by a 1 x 1 square

@@ -17,7 +17,7 @@ from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.predict import main as predict_cli
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
-from filterformer.data.tiling import Tiling
+from filterformer.data.tiling import GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.export import MAPS_DIR, MASKS_DIR, PRIVATE_SPLITS
@@ -109,6 +109,19 @@ def test_tiled_inference_blends_several_tiles_to_the_original_size(model, tmp_pa
     assert len(tiling.tiles(*sample.shape)) == 3
     [(_, amap)] = predict_maps(model, [sample], GEOMETRY, mode="filter", tiling=tiling)
     assert amap.shape == (70, 200) and np.isfinite(amap).all()
+
+
+def test_grid_inference_pastes_each_cell_scored_alone(model, tmp_path):
+    """ISVL hybrid grids: the map of each cell is the untiled map of that cell's crop."""
+    [sample] = _samples(tmp_path, [(60, 160)])
+    grid = GridTiling([2, 1])
+    [(_, amap)] = predict_maps(model, [sample], GEOMETRY, mode="filter", tiling=grid, batch_size=1)
+    image = sample.load_image()
+    for y0, x0, y1, x1 in grid.tiles(60, 160):
+        [cell] = _samples(tmp_path / f"cell{x0}", [(y1 - y0, x1 - x0)])
+        write_png(cell.path, image[y0:y1, x0:x1])
+        [(_, alone)] = predict_maps(model, [cell], GEOMETRY, mode="filter", batch_size=1)
+        np.testing.assert_allclose(amap[y0:y1, x0:x1], alone, rtol=1e-5, atol=1e-6)
 
 
 def test_network_maps_fuse_then_smooth(model):

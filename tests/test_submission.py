@@ -163,6 +163,27 @@ def test_writer_without_threshold_writes_maps_only_and_checker_warns(tmp_path):
     assert "SegF1 and ClassF1 as 0" in problems[0].message
 
 
+def test_each_split_is_binarised_at_its_own_threshold(tmp_path):
+    mixed = 1.2
+    writer = SubmissionWriter(
+        tmp_path / "out",
+        "walnuts",
+        RESCALE,
+        THRESHOLD,
+        split_thresholds={"test_private_mixed": mixed},
+    )
+    scores = _scores(3, (6, 8))
+    writer.write("test_private/000_regular", scores, split="test_private")
+    writer.write("test_private_mixed/000_mixed", scores, split="test_private_mixed")
+    regular = np.asarray(Image.open(writer.paths("test_private/000_regular")[1])) == 255
+    mixed_mask = np.asarray(Image.open(writer.paths("test_private_mixed/000_mixed")[1])) == 255
+    np.testing.assert_array_equal(regular, scores > THRESHOLD)
+    np.testing.assert_array_equal(mixed_mask, scores > mixed)
+    assert regular.sum() > mixed_mask.sum()
+    record = json.loads(writer.record_file.read_text())["walnuts"]
+    assert record["splits"]["test_private_mixed"]["threshold"] == mixed
+
+
 def test_postprocess_shapes_the_png_only(tmp_path):
     writer = SubmissionWriter(
         tmp_path / "out", "can", RESCALE, THRESHOLD, postprocess=lambda m: np.ones_like(m)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from filterformer.data.tiling import Tiling
+from filterformer.data.tiling import GridTiling, Tiling
 from filterformer.errors import ConfigError
 
 
@@ -122,3 +122,57 @@ def test_random_tile_lies_inside_and_has_tile_size():
 def test_bad_settings_raise_config_error(kwargs):
     with pytest.raises(ConfigError):
         Tiling(**kwargs)
+
+
+# ------------------------------------------------------------ ISVL hybrid grids (non-overlapping)
+
+
+def test_grid_gives_the_remainder_to_the_last_row_and_column():
+    """A 7 x 10 image cut into 3 cols x 2 rows: columns 3, 3, 4 wide; rows 3, 4 high."""
+    assert GridTiling([3, 2]).tiles(7, 10) == [
+        (0, 0, 3, 3),
+        (0, 3, 3, 6),
+        (0, 6, 3, 10),
+        (3, 0, 7, 3),
+        (3, 3, 7, 6),
+        (3, 6, 7, 10),
+    ]
+
+
+def test_grid_paste_back_is_the_exact_inverse_of_cutting():
+    image = np.arange(7 * 10, dtype=np.float32).reshape(7, 10)
+    grid = GridTiling([3, 2])
+    tiles = [image[y0:y1, x0:x1] for y0, x0, y1, x1 in grid.tiles(7, 10)]
+    np.testing.assert_array_equal(grid.blend(tiles, 7, 10), image)
+
+
+def test_grid_1x1_is_the_whole_image():
+    assert GridTiling([1, 1]).tiles(5, 9) == [(0, 0, 5, 9)]
+
+
+def test_pyramid_training_tiles_come_from_every_grid_equally_per_tile():
+    """Original + 2 x 2: 5 crops, each drawn about a fifth of the time."""
+    grid = GridTiling([2, 2], pyramid=[[1, 1], [2, 2]])
+    rng = np.random.default_rng(0)
+    draws = [grid.random_tile(8, 8, rng) for _ in range(2000)]
+    expected = {(0, 0, 8, 8), (0, 0, 4, 4), (0, 4, 4, 8), (4, 0, 8, 4), (4, 4, 8, 8)}
+    assert set(draws) == expected
+    assert all(250 < draws.count(box) < 550 for box in expected)
+    assert grid.tiles(8, 8) == GridTiling([2, 2]).tiles(8, 8)  # the pyramid is for training only
+
+
+@pytest.mark.parametrize(
+    ("grid", "shape", "match"),
+    [([0, 2], (8, 8), "integers >= 1"), ([2], (8, 8), r"\[cols, rows\]"), ([9, 1], (8, 8), "8x8")],
+)
+def test_bad_grids_are_refused(grid, shape, match):
+    with pytest.raises(ConfigError, match=match):
+        GridTiling(grid).tiles(*shape)
+
+
+def test_grid_paste_rejects_wrong_tile_maps():
+    grid = GridTiling([2, 1])
+    with pytest.raises(ConfigError, match="has 2 tiles"):
+        grid.blend([np.zeros((4, 2))], 4, 4)
+    with pytest.raises(ConfigError, match="needs a 4x2 map"):
+        grid.blend([np.zeros((4, 2)), np.zeros((2, 2))], 4, 4)

@@ -40,7 +40,7 @@ def test_cfg_job_prints_the_filterformer_paper_recipe(monkeypatch, capsys):
         "hflip",
         "directional_light",
     }
-    assert cfg["category"]["name"] == "vial" and cfg["eval"]["split"] == "test_public"
+    assert cfg["category"]["name"] == "vial" and cfg["eval"]["split"] == "validation_pseudo"
 
 
 def test_cfg_job_prints_the_inpformer_paper_recipe(monkeypatch, capsys):

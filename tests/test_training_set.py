@@ -12,7 +12,7 @@ import torch
 
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
-from filterformer.data.tiling import Tiling
+from filterformer.data.tiling import GridTiling, Tiling
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import InputGeometry, TrainAugment
 from filterformer.io import write_png
@@ -151,3 +151,21 @@ def test_tiles_depend_only_on_seed_epoch_and_index(tmp_path):
         torch.testing.assert_close(again[index], first[index], rtol=0, atol=0)
     boxes = {first.tile(0, np.random.default_rng([1, epoch, 0]))[0] for epoch in range(5)}
     assert len(boxes) > 1  # other epochs, other tiles
+
+
+def test_grid_pyramid_items_are_their_cells_resized(tmp_path):
+    """ISVL hybrid pyramid (original + 2 x 2): each item is one cell of one grid, resized."""
+    samples = _smooth_samples(tmp_path)[:1]  # 150 x 130
+    grid = GridTiling([2, 2], pyramid=[[1, 1], [2, 2]])
+    data = TrainingImages(samples, TILE_GEOMETRY, tiling=grid, seed=3)
+    assert data.cache_size(150, 130) == (64, 64)  # the finest cell (2 x 2) at 32 x 32
+    image = samples[0].load_image()
+    seen = set()
+    for epoch in range(12):
+        data.set_epoch(epoch)
+        box = grid.random_tile(150, 130, np.random.default_rng([3, epoch, 0]))
+        seen.add(box)
+        y0, x0, y1, x1 = box
+        direct = TILE_GEOMETRY.to_tensor(image[y0:y1, x0:x1])
+        assert (data[0] - direct).abs().mean().item() < 0.05  # same region, cached at 64 x 64
+    assert (0, 0, 150, 130) in seen and len(seen) >= 3

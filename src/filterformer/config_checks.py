@@ -73,7 +73,7 @@ def choice(*values: str) -> Allowed:
 
 
 FLAG = Allowed("true or false", lambda v: isinstance(v, bool))
-KERNEL = Allowed("0 (off) or an odd integer >= 1", lambda v: _is_int(v) and (v == 0 or v % 2))
+KERNEL = Allowed("0 (off) or an integer >= 1", lambda v: _is_int(v) and v >= 0)
 OVERLAP = Allowed(
     "a fraction in [0, 1) or a whole number of pixels >= 0",
     lambda v: (isinstance(v, float) and 0 <= v < 1) or (_is_int(v) and v >= 0),
@@ -109,9 +109,18 @@ RULES: dict[str, Allowed] = {
     "category.tiling.tile": SIZE,
     "category.tiling.overlap": OVERLAP,
     "category.tiling.train": FLAG,
+    "category.tiling.mode": choice("window", "grid"),
+    "category.tiling.grid": Allowed(
+        "a [cols, rows] pair of integers >= 1",
+        lambda v: (
+            isinstance(v, list | tuple) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)
+        ),
+    ),
     "category.postprocess.closing": KERNEL,
     "category.postprocess.fill_holes": FLAG,
     "category.postprocess.erosion": KERNEL,
+    "category.postprocess.kernel": choice("ellipse", "rect"),
+    "category.postprocess.fill_guard": number(0, above=True, high=1),
     "category.threshold.k": Allowed("a number", _is_number),
     "category.threshold.q": number(0, high=1),
     "train.epochs": integer(1),

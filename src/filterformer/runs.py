@@ -29,8 +29,10 @@ import filterformer
 from filterformer.data.datasets import READERS, read_split
 from filterformer.data.datasets import SPLITS as DATASET_SPLITS
 from filterformer.data.folder import ImageFolderDataset, holdout_names, split_holdout
+from filterformer.data.pseudo_split import SPLIT as PSEUDO_SPLIT
+from filterformer.data.pseudo_split import pseudo_validation
 from filterformer.data.sample import Sample
-from filterformer.data.tiling import Tiling
+from filterformer.data.tiling import AnyTiling, GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_image_score
@@ -70,7 +72,7 @@ class Run:
     threshold_rule: dict[str, Any]
     """How to calibrate a missing threshold: the category config's ``threshold`` section."""
     postprocess: dict[str, Any]
-    tiling: Tiling | None
+    tiling: AnyTiling | None
     data_root: Path | None
     smoothing: Smoothing
     """Map smoothing from ``eval.sigma``, ``blur_kernel``, ``blur_padding``, ``protocol_size``."""
@@ -114,14 +116,20 @@ def patch_size(config: DictConfig) -> int:
     return int(re.search(r"_patch(\d+)", ENCODERS[variant].arch).group(1))
 
 
-def build_tiling(config: DictConfig, *, training: bool = False) -> Tiling | None:
-    """The category's sliding-window tiling, or None when it is off.
+def build_tiling(config: DictConfig, *, training: bool = False) -> AnyTiling | None:
+    """The category's tiling (sliding windows or an ISVL grid), or None when it is off.
 
     ``training``: the tiling of training crops, None unless ``category.tiling.train`` too.
     """
     tiling = config.category.get("tiling")
     if not tiling or not tiling.enabled or (training and not tiling.get("train", False)):
         return None
+    mode = tiling.get("mode", "window")
+    if mode == "grid":
+        pyramid = tiling.get("pyramid") if training else None
+        return GridTiling(list(tiling.grid), None if pyramid is None else list(pyramid))
+    if mode != "window":
+        raise ConfigError(f"category.tiling.mode={mode!r}: use window (overlapping) or grid.")
     return Tiling(tuple(tiling.tile), tiling.overlap, tiling.get("window", "hann"))
 
 
@@ -215,6 +223,8 @@ def split_samples(
     split is the rest.
     """
     data, category = config.data, config.category.name
+    if split == PSEUDO_SPLIT:
+        return pseudo_samples(config, split_samples(config, "validation", root))
     if data.kind in READERS:
         return read_split(data.kind, data.root if root is None else root, category, split)
     if data.kind != "folder":
@@ -244,12 +254,50 @@ def holdout_fraction(config: DictConfig) -> float:
     return float(config.data.get("validation_fraction", DEFAULT_HOLDOUT_FRACTION))
 
 
+def pseudo_samples(
+    config: DictConfig,
+    validation: Sequence[Sample],
+    cache_dir: str | os.PathLike | None = None,
+    mixed: bool = False,
+) -> list[Sample]:
+    """The ``validation_pseudo`` split of ``validation`` by ``config.eval.pseudo``.
+
+    ``cache_dir`` defaults to ``eval.pseudo.dir`` (the run folder's ``validation_pseudo``).
+    """
+    settings = config.eval.get("pseudo") or {}
+    cache = cache_dir or settings.get("dir")
+    if not cache:
+        raise ConfigError(
+            f"split {PSEUDO_SPLIT} needs a cache folder: set eval.pseudo.dir (e.g. "
+            "${run_dir}/validation_pseudo)."
+        )
+    kinds = settings.get("kinds")
+    return pseudo_validation(
+        validation,
+        cache,
+        int(settings.get("seed", 0)),
+        None if kinds is None else dict(kinds),
+        mixed,
+    )
+
+
+def run_pseudo_samples(
+    run: Run, root: str | os.PathLike | None = None, mixed: bool = False
+) -> list[Sample]:
+    """A loaded run's validation_pseudo(_mixed) samples, cached in its folder (``root``: data)."""
+    validation = split_samples(run.config, "validation", root)
+    return pseudo_samples(run.config, validation, run.run_dir / PSEUDO_SPLIT, mixed)
+
+
 def optional_split(config: DictConfig, split: str) -> Sequence[Sample] | None:
     """The split's samples, or None when the data source has no such split.
 
     MVTec AD and VisA have no validation split, and an MVTec AD 2-layout root may lack one.
     """
     data = config.data
+    if split == PSEUDO_SPLIT:
+        validation = optional_split(config, "validation")
+        return None if validation is None else pseudo_samples(config, validation)
     if data.kind == "folder":  # validation: validation_dir, else held-out training images
         test = split == "test_public" and data.test_dir is not None
         return split_samples(config, split) if split == "validation" or test else None

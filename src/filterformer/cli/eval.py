@@ -70,7 +70,7 @@ from filterformer.evaluation.thresholds import (
     threshold_by_rule,
     write_thresholds,
 )
-from filterformer.inference.postprocess import postprocess
+from filterformer.inference.postprocess import for_sample
 from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
 
 if TYPE_CHECKING:  # runs imports torch, which the --maps path never loads
@@ -187,7 +187,9 @@ class Evaluator:
     def binary(self, source: CategorySource, sample: Sample, amap: np.ndarray) -> np.ndarray | None:
         """The final binary map: the thresholded map post-processed, or the given PNG."""
         if source.threshold is not None:
-            return postprocess(binarize(amap, source.threshold.value), **source.postprocess)
+            mask = binarize(amap, source.threshold.value)
+            step = for_sample(source.postprocess, sample.split, sample.load_image)
+            return mask if step is None else step(mask)
         if source.binary_dir is not None:
             path = source.binary_dir / f"{sample.relpath}.png"
             return read_mask(path, shape=sample.shape)
@@ -328,6 +330,7 @@ def maps_source(
     audits = [audit]
     binary_dir = binary_root / category if binary_root else None
     threshold = given.get(category)
+    threshold = None if threshold is None else threshold.for_split(args.split)
     if threshold is None and not (binary_dir and (binary_dir / args.split).is_dir()):
         binary_dir = None
         if (maps_root / category / "validation").is_dir():
@@ -403,6 +406,12 @@ class RunMaps:
 
         return split_samples(self.run.config, split, root=self.args.data_root)
 
+    def pseudo(self, mixed: bool = False) -> Sequence[Sample]:
+        """The run's validation_pseudo(_mixed) samples (cached in the run folder)."""
+        from filterformer.runs import run_pseudo_samples
+
+        return run_pseudo_samples(self.run, self.args.data_root, mixed)
+
     def predict(self, samples: Sequence[Sample]) -> Iterable[tuple[Sample, np.ndarray]]:
         """Original-size maps with the run's fusion mode, statistics, smoothing and tiling."""
         from filterformer.inference.predict import predict_maps
@@ -435,6 +444,9 @@ class RunMaps:
                 lambda: (amap for _, amap in self.predict(self.samples("validation"))),
                 lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples(test_split))),
                 f"{run.run_dir}: {run.category}",
+                pseudo=lambda mixed: (
+                    (a, s.load_mask()) for s, a in self.predict(self.pseudo(mixed))
+                ),
             )
         except FilterformerError as err:
             raise type(err)(
@@ -475,6 +487,7 @@ def evaluate_runs(args: argparse.Namespace) -> None:
         maps = RunMaps(run, args, device)
         given = read_thresholds(args.thresholds, run.mode) if args.thresholds else {}
         threshold = given.get(run.category) or run.threshold or maps.calibrate()
+        threshold = threshold.for_split(args.split)  # the evaluated split's own
         eval_split = run.config.eval.get("split", "test_public")
         selection = run_selection(run_dir, run.category, eval_split, run.checkpoint, threshold)
         samples = maps.samples(args.split)

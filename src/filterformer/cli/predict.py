@@ -22,7 +22,6 @@ folder (``PARENT/NAME.rescale.json``), as the server refuses extra files inside 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -48,7 +47,7 @@ from filterformer.export import (
 from filterformer.export.mvtec_submission import map_path, mask_path
 from filterformer.export.rescale import DEFAULT_TARGET
 from filterformer.export.writer import export_record
-from filterformer.inference.postprocess import postprocess
+from filterformer.inference.postprocess import for_sample
 from filterformer.io import read_anomaly_map, read_mask, write_csv
 from filterformer.lock import lock_output, unlock_output
 
@@ -112,6 +111,12 @@ class RunExporter:
 
         return split_samples(self.run.config, split, root=self.args.data_root)
 
+    def pseudo(self, mixed: bool = False) -> Sequence[Sample]:
+        """The run's validation_pseudo(_mixed) samples (cached in the run folder)."""
+        from filterformer.runs import run_pseudo_samples
+
+        return run_pseudo_samples(self.run, self.args.data_root, mixed)
+
     def predict(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, np.ndarray]]:
         """Original-size maps with the run's fusion mode, statistics and tiling."""
         from filterformer.inference.predict import predict_maps
@@ -145,18 +150,24 @@ class RunExporter:
                 low, high = min(low, float(amap.min())), max(high, float(amap.max()))
                 yield amap
 
-        validation = tracked(self.predict(self.samples("validation")))
+        def validation() -> Iterator[np.ndarray]:
+            return tracked(self.predict(self.samples("validation")))
+
         threshold = run.threshold
         if threshold is None:
             threshold = threshold_by_rule(
                 run.threshold_rule,
-                lambda: validation,
+                validation,
                 lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples("test_public"))),
                 f"{run.run_dir}: {run.category}",
+                pseudo=lambda mixed: (
+                    (a, s.load_mask()) for s, a in self.predict(self.pseudo(mixed))
+                ),
             )
             write_thresholds(run.run_dir / "thresholds.json", {run.category: threshold}, run.mode)
-        for _ in validation:  # the rescale needs the range of every validation map
-            pass
+        if not np.isfinite(low):  # the rescale needs the range of every validation map
+            for _ in validation():
+                pass
         rescale = MapRescale.from_range(low, high)
         save_record(
             record_file, run.category, {**export_record(rescale, threshold.value), "mode": run.mode}
@@ -180,8 +191,8 @@ class RunExporter:
             self.run.category,
             self.rescale,
             self.threshold.value,
-            postprocess=functools.partial(postprocess, **settings) if settings else None,
             record_file=record,
+            split_thresholds={split: t.value for split, t in self.threshold.splits.items()},
         )
         overlay_dir = out / "overlays" / self.run.category
         todo = [
@@ -194,7 +205,8 @@ class RunExporter:
         if overlays:
             from filterformer.evaluation.figures import write_overlay
         for sample, amap in self.predict(todo):
-            writer.write(sample.relpath, amap, shape=sample.shape)
+            step = for_sample(settings, sample.split, sample.load_image)
+            writer.write(sample.relpath, amap, sample.shape, step, sample.split)
             if overlays:
                 write_overlay(
                     overlay_dir / f"{sample.relpath}.png",
@@ -203,7 +215,7 @@ class RunExporter:
                     read_mask(writer.paths(sample.relpath)[1], sample.shape),
                     sample.load_mask(),
                     score_range,
-                    self.threshold.value,
+                    self.threshold.for_split(sample.split).value,
                     name=str(sample.relpath),
                 )
         return len(todo)

@@ -48,6 +48,7 @@ GROUPS = {
     "encoder": "the frozen DINOv2-with-registers ViT",
     "data": "where the images come from",
     "category": "tiling, post-processing and threshold rule of one category",
+    "suite": "one model per category (suite=NAME trains them all; category=C one)",
 }
 """The config groups in the order the help lists them, each with what it chooses."""
 
@@ -72,6 +73,10 @@ EXAMPLES = (
         "your own images: a trial on the CPU (README, Your own images)",
     ),
     ("ff-train -m category=can,fabric,vial", "one run folder per category (sweep)"),
+    (
+        "ff-train suite=inpformer_cpr_hybrid data.root=/data/mvtec_ad_2",
+        "the ISVL hybrid: each category with its own model, one suite folder",
+    ),
     ("ff-train --cfg job preset=inpformer_paper", "print the resolved config, train nothing"),
 )
 
@@ -185,10 +190,33 @@ def _hydra_raises() -> Iterator[None]:
 
 
 def main() -> None:
-    """Console entry point ``ff-train``."""
+    """Console entry point ``ff-train`` (``suite=NAME``: one run per routed category)."""
     if wants_help(sys.argv[1:]):
         print_help()
         return
+    from filterformer.cli.suite import suite_jobs
+
+    prog, args = sys.argv[0], sys.argv[1:]
+    planned: list = []
+    code = report_user_errors(PROG, lambda: planned.append(suite_jobs(config_dir(), args)))
+    if code:
+        sys.exit(code)
+    jobs = planned[0]
+    if jobs is None:
+        _main_once()
+        return
+    try:
+        for job in jobs:
+            if "--cfg" not in args:
+                print(f"{PROG}: {job.category}: {job.route} -> {job.run_dir}", file=sys.stderr)
+            sys.argv = [prog, *job.argv]
+            _main_once()
+    finally:
+        sys.argv = [prog, *args]
+
+
+def _main_once() -> None:
+    """Compose and train the config of ``sys.argv``; hydra's errors become one line, exit 2."""
     SweepFolder.folder = SweepFolder.created = None
     with _hydra_raises():
         try:

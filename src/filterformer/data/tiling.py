@@ -9,6 +9,10 @@ Tiles are placed at a fixed stride from the top-left corner; the last tile of ea
 column is aligned to the image border instead of being padded, so every tile lies inside the
 image. Along an axis shorter than the tile, the single tile is the whole axis (the caller
 resizes it to the network input).
+
+:class:`GridTiling` is the ISVL hybrid's tiling (§3.2.1 and code): ``cols x rows`` equal,
+non-overlapping tiles, the remainder of each axis given to the last row / column, maps pasted
+back without blending; at training time a pyramid of several grids (the original is 1 x 1).
 """
 
 from __future__ import annotations
@@ -46,6 +50,27 @@ def _window_1d(length: int, window: str) -> np.ndarray:
         return np.ones(length, dtype=np.float64)
     centres = (np.arange(length, dtype=np.float64) + 0.5) / length
     return np.sin(np.pi * centres) ** 2
+
+
+def checked_tiles(
+    boxes: Sequence[Box], tile_maps: Sequence[np.ndarray]
+) -> list[tuple[Box, np.ndarray]]:
+    """(box, map) pairs, refusing a wrong number of maps or a map not of its tile's size."""
+    if len(tile_maps) != len(boxes):
+        raise ConfigError(
+            f"tiling: got {len(tile_maps)} tile maps for an image that has {len(boxes)} tiles; "
+            "pass one map per entry of tiles(height, width)."
+        )
+    pairs = []
+    for (y0, x0, y1, x1), tile_map in zip(boxes, tile_maps, strict=True):
+        tile_map = np.asarray(tile_map)
+        if tile_map.shape != (y1 - y0, x1 - x0):
+            raise ConfigError(
+                f"tiling: tile ({y0}, {x0}, {y1}, {x1}) needs a {y1 - y0}x{x1 - x0} map, "
+                f"got shape {tile_map.shape}; resize each tile map to its tile first."
+            )
+        pairs.append(((y0, x0, y1, x1), tile_map))
+    return pairs
 
 
 class Tiling:
@@ -91,6 +116,10 @@ class Tiling:
     def __repr__(self) -> str:
         return f"Tiling(tile={self.tile}, overlap={self.overlap!r}, window={self.window!r})"
 
+    def record(self) -> dict:
+        """The settings as JSON (for manifests)."""
+        return {"tile": list(self.tile), "overlap": self.overlap, "window": self.window}
+
     def tiles(self, height: int, width: int) -> list[Box]:
         """All tiles of an H x W image, row by row; together they cover every pixel."""
         if height < 1 or width < 1:
@@ -116,22 +145,83 @@ class Tiling:
         positive, so every pixel is defined; a pixel seen by one tile only gets that tile's
         value unchanged, and a constant map stays that constant. Sums run in float64.
         """
-        boxes = self.tiles(height, width)
-        if len(tile_maps) != len(boxes):
-            raise ConfigError(
-                f"tiling: got {len(tile_maps)} tile maps for a {height}x{width} image that has "
-                f"{len(boxes)} tiles; pass one map per entry of tiles({height}, {width})."
-            )
         total = np.zeros((height, width), dtype=np.float64)
         weight = np.zeros((height, width), dtype=np.float64)
-        for (y0, x0, y1, x1), tile_map in zip(boxes, tile_maps, strict=True):
-            tile_map = np.asarray(tile_map)
-            if tile_map.shape != (y1 - y0, x1 - x0):
-                raise ConfigError(
-                    f"tiling: tile ({y0}, {x0}, {y1}, {x1}) needs a {y1 - y0}x{x1 - x0} map, "
-                    f"got shape {tile_map.shape}; resize each tile map to its tile first."
-                )
+        for (y0, x0, y1, x1), tile_map in checked_tiles(self.tiles(height, width), tile_maps):
             w = np.outer(_window_1d(y1 - y0, self.window), _window_1d(x1 - x0, self.window))
             total[y0:y1, x0:x1] += w * tile_map
             weight[y0:y1, x0:x1] += w
         return (total / weight).astype(np.float32)
+
+
+Grid = tuple[int, int]
+"""A grid as (cols, rows)."""
+
+
+def _cuts(length: int, parts: int) -> list[int]:
+    """Edges of ``parts`` equal segments of ``length``; the last takes the remainder."""
+    step = length // parts
+    return [i * step for i in range(parts)] + [length]
+
+
+def _check_grid(grid: Sequence[int]) -> Grid:
+    if len(grid) != 2 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in grid):
+        raise ConfigError(f"tiling: grid {list(grid)} must be [cols, rows], integers >= 1.")
+    return int(grid[0]), int(grid[1])
+
+
+class GridTiling:
+    """Non-overlapping ``cols x rows`` tiles pasted back (ISVL hybrid §3.2.1 and code).
+
+    ``pyramid``: the grids training crops are drawn from (default: ``grid`` only); each tile of
+    every grid is equally likely, as when every tile is one training image (ISVL hybrid code).
+    """
+
+    window = "paste"
+
+    def __init__(self, grid: Sequence[int], pyramid: Sequence[Sequence[int]] | None = None) -> None:
+        self.grid = _check_grid(grid)
+        self.pyramid = [_check_grid(g) for g in (pyramid or [self.grid])]
+
+    def __repr__(self) -> str:
+        return f"GridTiling(grid={list(self.grid)}, pyramid={[list(g) for g in self.pyramid]})"
+
+    def record(self) -> dict:
+        """The settings as JSON (for manifests)."""
+        return {"grid": list(self.grid), "pyramid": [list(g) for g in self.pyramid]}
+
+    @staticmethod
+    def grid_tiles(height: int, width: int, grid: Grid) -> list[Box]:
+        """The tiles of one ``(cols, rows)`` grid of an H x W image, row by row."""
+        cols, rows = grid
+        if height < rows or width < cols:
+            raise ConfigError(
+                f"tiling: a {height}x{width} image cannot be cut into {cols} cols x {rows} rows; "
+                "use a coarser category.tiling.grid."
+            )
+        ys, xs = _cuts(height, rows), _cuts(width, cols)
+        return [(ys[r], xs[c], ys[r + 1], xs[c + 1]) for r in range(rows) for c in range(cols)]
+
+    def tiles(self, height: int, width: int) -> list[Box]:
+        """The test-time tiles (``grid``) of an H x W image; they partition its pixels."""
+        return self.grid_tiles(height, width, self.grid)
+
+    def random_tile(self, height: int, width: int, rng: np.random.Generator) -> Box:
+        """One tile of one pyramid grid, uniformly among all their tiles (training crops)."""
+        boxes = [b for g in self.pyramid for b in self.grid_tiles(height, width, g)]
+        return boxes[int(rng.integers(len(boxes)))]
+
+    def max_cells(self) -> Grid:
+        """The largest (cols, rows) counts of the pyramid: its finest cell per axis."""
+        return max(g[0] for g in self.pyramid), max(g[1] for g in self.pyramid)
+
+    def blend(self, tile_maps: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+        """Paste per-tile maps (in the order of :meth:`tiles`) into one H x W float32 map."""
+        out = np.empty((height, width), dtype=np.float32)
+        for (y0, x0, y1, x1), tile_map in checked_tiles(self.tiles(height, width), tile_maps):
+            out[y0:y1, x0:x1] = tile_map
+        return out
+
+
+AnyTiling = Tiling | GridTiling
+"""Either tiling: both give ``tiles``, ``random_tile``, ``blend`` and ``record``."""

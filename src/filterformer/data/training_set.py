@@ -13,6 +13,9 @@ Each image is decoded once and kept as uint8 at the scale the network sees it:
   15 MB of the full-resolution image. An item is then a random tile of the original image
   (:meth:`Tiling.random_tile`), cut from the cached image at exactly the resize size, so it
   has the pixel scale of the tiles that :func:`predict_maps` scores.
+- with a :class:`GridTiling` (ISVL hybrid grids): at the scale that maps the finest cell of
+  the training pyramid onto the resize size; an item is one random cell of one pyramid grid,
+  cut from the cache and resized, as inference resizes each grid tile.
 
 Randomness (tile position, augmentation) is seeded per item from (seed, epoch, index), so a
 resumed run sees exactly the items an uninterrupted one would have seen.
@@ -28,7 +31,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from filterformer.data.sample import Sample
-from filterformer.data.tiling import Box, Tiling
+from filterformer.data.tiling import AnyTiling, Box, GridTiling
 from filterformer.data.transforms import InputGeometry, TrainAugment
 
 
@@ -48,7 +51,7 @@ class TrainingImages(Dataset[torch.Tensor]):
         augment: TrainAugment | None = None,
         cache: bool = True,
         seed: int = 0,
-        tiling: Tiling | None = None,
+        tiling: AnyTiling | None = None,
     ) -> None:
         self.samples = list(samples)
         self.geometry = geometry
@@ -75,6 +78,12 @@ class TrainingImages(Dataset[torch.Tensor]):
         """
         if self.tiling is None:
             return self.geometry.scaled_size(height, width)
+        if isinstance(self.tiling, GridTiling):  # the finest pyramid cell at the resize size
+            cells = reversed(self.tiling.max_cells())  # (rows, cols)
+            return tuple(  # type: ignore[return-value]
+                max(r, min(side, r * n))
+                for side, r, n in zip((height, width), self.geometry.resize_hw, cells, strict=True)
+            )
         return tuple(  # type: ignore[return-value]
             max(r, int(round(side * r / t)))
             for side, r, t in zip(
@@ -101,6 +110,10 @@ class TrainingImages(Dataset[torch.Tensor]):
         sample = self.samples[index]
         box = self.tiling.random_tile(*sample.shape, rng)
         image = self.resized_image(index)
+        if isinstance(self.tiling, GridTiling):  # tiles of several sizes: cut, then resize
+            scale = [c / s for c, s in zip(image.shape[:2], sample.shape, strict=True)] * 2
+            y0, x0, y1, x1 = (round(v * f) for v, f in zip(box, scale, strict=True))
+            return box, self.geometry.resize_to(image[y0:y1, x0:x1], self.geometry.resize_hw)
         corner = []
         for start, side, cached, size in zip(
             box[:2], sample.shape, image.shape[:2], self.geometry.resize_hw, strict=True

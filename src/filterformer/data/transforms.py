@@ -302,9 +302,9 @@ class TrainAugment:
             if mask is not None:
                 mask = _warp(np.asarray(mask, dtype=np.uint8), matrix, cv2.INTER_NEAREST) > 0
         if self.color_jitter is not None:
-            image = _color_jitter(image, self.color_jitter, rng)
+            image = color_jitter(image, self.color_jitter, rng)
         if self.directional_light is not None and rng.random() < self.directional_light["p"]:
-            image = _directional_light(image, self.directional_light["strength"], rng)
+            image = directional_light(image, self.directional_light["strength"], rng)
         return image, mask
 
     def _geometry(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray | None:
@@ -366,7 +366,7 @@ def _random_box(
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
-def _color_jitter(
+def color_jitter(
     image: np.ndarray, amplitudes: Mapping[str, float], rng: np.random.Generator
 ) -> np.ndarray:
     """Random brightness, contrast, saturation (factors in [1-a, 1+a]) and hue shift."""
@@ -389,7 +389,7 @@ def _color_jitter(
     return out
 
 
-def _directional_light(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+def directional_light(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
     """Multiply by a smooth linear brightness ramp along a random direction."""
     height, width = image.shape[:2]
     angle = rng.uniform(0, 2 * np.pi)

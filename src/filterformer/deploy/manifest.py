@@ -78,9 +78,7 @@ def preprocessing(run: Run) -> dict[str, Any]:
         "mean": [float(f"{v:.7g}") for v in geometry.mean.flatten().tolist()],
         "std": [float(f"{v:.7g}") for v in geometry.std.flatten().tolist()],
         "letterbox_value": 0.0,
-        "tiling": None
-        if tiling is None
-        else {"tile": list(tiling.tile), "overlap": tiling.overlap, "window": tiling.window},
+        "tiling": None if tiling is None else tiling.record(),
     }
 
 

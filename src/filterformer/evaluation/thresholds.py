@@ -4,8 +4,17 @@ Rules (SegF1 as the MVTec AD 2 paper defines it), each fixed before the evaluate
 
 - ``mean_std``: mean + k std of all validation pixels (k = 3: MVTec's baseline).
 - ``quantile``: the q-quantile of all validation pixels (on float16-rounded scores).
-- ``f1_optimal``: the best pooled pixel F1 on test_public. Evaluated on test_public itself it
-  is an **oracle** and is reported as such.
+- ``f1_pseudo``: the best pooled pixel F1 on ``validation_pseudo`` (validation images with
+  pasted pseudo-defects and their exact masks): label-free.
+- ``f1_optimal``: the best pooled pixel F1 on test_public. It uses test labels, so it is an
+  **oracle** (the ceiling of the label-free rules) and is always reported as such.
+- ``fixed``: a number ``level`` on a stated map scale (``scale``: the map value 1.0 reads as
+  ``scale``), e.g. the ISVL hybrid's hand-picked 0-255 values (ISVL hybrid §3.1.1) with
+  ``scale: 255``: the threshold on the map is ``level / scale``.
+
+A category's rule may hold ``splits: {<split>: {rule...}}``: a rule of its own for that split
+(e.g. ``test_private_mixed``); the stored record then holds ``splits`` with one threshold each,
+and :meth:`Threshold.for_split` picks the evaluated split's.
 
 A pixel is anomalous iff its score is strictly above the threshold (MVTec's baseline rule).
 On disk: ``{"<category>": {"value": t, "rule": "mean_std", "k": 3, "source_split": "validation"}}``;
@@ -18,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +44,19 @@ from filterformer.evaluation.aupro import (
 from filterformer.evaluation.image_metrics import f1_max
 from filterformer.io import write_json
 
-CALIBRATION_RULES = ("mean_std", "quantile", "f1_optimal")
+CALIBRATION_RULES = ("mean_std", "quantile", "f1_pseudo", "f1_optimal", "fixed")
 """Rules a category config may name: :func:`threshold_by_rule` calibrates with them."""
 RULES = (*CALIBRATION_RULES, "given")
 """Rules a stored threshold may carry (``given``: a number from elsewhere)."""
+PARAMS = ("k", "q", "level", "scale")
+"""Parameters of the rules, kept in the stored records."""
+PSEUDO_SPLIT = "validation_pseudo"
+"""Validation images with pasted pseudo-defects (label-free, exact masks)."""
+PSEUDO_MIXED = "validation_pseudo_mixed"
+"""The same under synthetic lighting changes: f1_pseudo for the mixed split."""
+MIXED_SPLIT = "test_private_mixed"
+PseudoPairs = Callable[[bool], Iterable[tuple[np.ndarray, np.ndarray]]]
+"""``pseudo(mixed)``: (map, exact mask) pairs of validation_pseudo(_mixed)."""
 
 
 @dataclass(frozen=True)
@@ -49,10 +67,16 @@ class Threshold:
     rule: str = "given"
     params: dict[str, float] = field(default_factory=dict)
     source_split: str | None = None
+    splits: Mapping[str, Threshold] = field(default_factory=dict)
+    """Thresholds of their own for some splits (the others use this one)."""
+
+    def for_split(self, split: str) -> Threshold:
+        """The threshold that binarises maps of ``split``."""
+        return self.splits.get(split, self)
 
     def is_oracle(self, evaluated_split: str) -> bool:
-        """True if the threshold was tuned on the GT of the split being evaluated."""
-        return self.rule == "f1_optimal" and self.source_split == evaluated_split
+        """True if test labels chose the threshold (f1_optimal): always an oracle."""
+        return self.rule == "f1_optimal"
 
     def describe(self, evaluated_split: str) -> str:
         """Short label for tables, e.g. ``mean+3std(validation)`` or ``f1_optimal(...) ORACLE``."""
@@ -60,6 +84,8 @@ class Threshold:
             label = f"mean+{self.params.get('k', 3):g}std"
         elif self.rule == "quantile":
             label = f"quantile{self.params.get('q', 0):g}"
+        elif self.rule == "fixed":
+            label = f"fixed{self.params.get('level', 0):g}/{self.params.get('scale', 1):g}"
         else:
             label = self.rule
         if self.source_split:
@@ -71,6 +97,8 @@ class Threshold:
         record: dict[str, Any] = {"value": self.value, "rule": self.rule, **self.params}
         if self.source_split:
             record["source_split"] = self.source_split
+        if self.splits:
+            record["splits"] = {split: t.to_json() for split, t in self.splits.items()}
         return record
 
     @classmethod
@@ -85,8 +113,17 @@ class Threshold:
         rule = record.get("rule", "given")
         if rule not in RULES:
             raise ConfigError(f"{where}: unknown threshold rule {rule!r}; use one of {RULES}.")
-        params = {k: float(v) for k, v in record.items() if k in ("k", "q")}
-        return cls(float(record["value"]), rule, params, record.get("source_split"))
+        params = {k: float(v) for k, v in record.items() if k in PARAMS}
+        splits = record.get("splits") or {}
+        if not isinstance(splits, Mapping):
+            raise ConfigError(f"{where}: 'splits' must map split names to thresholds.")
+        return cls(
+            float(record["value"]),
+            rule,
+            params,
+            record.get("source_split"),
+            {s: cls.from_json(r, f"{where} (split {s})") for s, r in splits.items()},
+        )
 
 
 class MapMoments:
@@ -171,18 +208,32 @@ def f1_optimal_threshold(counts: PixelCounts, source_split: str = "test_public")
     return Threshold(best.threshold, "f1_optimal", {}, source_split)
 
 
-def threshold_by_rule(
+def _best_f1(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]], split: str, rule: str, source: str
+) -> Threshold:
+    """The pooled pixel F1-optimal threshold over (map, mask) pairs of ``split``."""
+    pixels = ProAccumulator()
+    for i, (amap, gt) in enumerate(pairs):
+        pixels.update(amap, gt, f"{source} {split} map {i}")
+    return replace(f1_optimal_threshold(pixels.pixel_counts(), split), rule=rule)
+
+
+def fixed_threshold(level: float, scale: float, source: str) -> Threshold:
+    """``level`` on a map scale where the map value 1.0 reads ``scale`` (e.g. 79 of 255)."""
+    if not scale > 0:
+        raise ConfigError(f"{source}: threshold rule 'fixed' needs scale > 0 (e.g. 255).")
+    return Threshold(level / scale, "fixed", {"level": level, "scale": scale})
+
+
+def _one_rule(
     rule: Mapping[str, Any],
     validation: Callable[[], Iterable[np.ndarray]],
     labelled: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    pseudo: PseudoPairs | None,
     source: str,
+    split: str | None = None,
 ) -> Threshold:
-    """Calibrate a threshold as a category config's ``threshold`` section says.
-
-    ``rule`` is ``{"rule": "mean_std", "k": 3}``, ``{"rule": "quantile", "q": 0.999}`` or
-    ``{"rule": "f1_optimal"}``. ``validation`` yields the validation maps; ``labelled`` yields
-    (map, GT mask) pairs of test_public and is only called for "f1_optimal".
-    """
+    """One threshold by one rule (no ``splits``) for ``split``; see :func:`threshold_by_rule`."""
     name = rule.get("rule", "mean_std")
     if name == "mean_std":
         return mean_std_threshold(validation(), float(rule.get("k", 3.0)), source)
@@ -190,14 +241,49 @@ def threshold_by_rule(
         if "q" not in rule:
             raise ConfigError(f"{source}: threshold rule 'quantile' needs q (e.g. q: 0.999).")
         return quantile_threshold(validation(), float(rule["q"]), source)
+    if name == "fixed":
+        if "level" not in rule:
+            raise ConfigError(f"{source}: threshold rule 'fixed' needs level (and scale).")
+        return fixed_threshold(float(rule["level"]), float(rule.get("scale", 1.0)), source)
+    if name == "f1_pseudo":
+        if pseudo is None:
+            raise ConfigError(
+                f"{source}: threshold rule 'f1_pseudo' needs the {PSEUDO_SPLIT} maps; this "
+                "command cannot make them. Use mean_std or quantile here."
+            )
+        mixed = split == MIXED_SPLIT
+        return _best_f1(pseudo(mixed), PSEUDO_MIXED if mixed else PSEUDO_SPLIT, "f1_pseudo", source)
     if name == "f1_optimal":
-        pixels = ProAccumulator()
-        for i, (amap, gt) in enumerate(labelled()):
-            pixels.update(amap, gt, f"{source} test_public map {i}")
-        return f1_optimal_threshold(pixels.pixel_counts(), "test_public")
+        return _best_f1(labelled(), "test_public", "f1_optimal", source)
     raise ConfigError(
         f"{source}: unknown threshold rule {name!r}; valid: {', '.join(CALIBRATION_RULES)}."
     )
+
+
+def threshold_by_rule(
+    rule: Mapping[str, Any],
+    validation: Callable[[], Iterable[np.ndarray]],
+    labelled: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    source: str,
+    pseudo: PseudoPairs | None = None,
+) -> Threshold:
+    """Calibrate a threshold as a category config's ``threshold`` section says.
+
+    ``rule`` is e.g. ``{"rule": "mean_std", "k": 3}``, ``{"rule": "quantile", "q": 0.999}``,
+    ``{"rule": "fixed", "level": 79, "scale": 255}``, ``{"rule": "f1_pseudo"}`` or
+    ``{"rule": "f1_optimal"}``, optionally with ``splits: {<split>: {rule...}}``.
+    ``validation`` yields the validation maps (it may be called more than once); ``labelled``
+    yields (map, GT mask) pairs of test_public, called only for "f1_optimal"; ``pseudo(mixed)``
+    yields (map, exact mask) pairs of validation_pseudo (``mixed``: validation_pseudo_mixed,
+    for a rule under ``splits.test_private_mixed``), called only for "f1_pseudo".
+    """
+    base = _one_rule(rule, validation, labelled, pseudo, source)
+    overrides = rule.get("splits") or {}
+    splits = {
+        split: _one_rule(sub, validation, labelled, pseudo, f"{source} (split {split})", split)
+        for split, sub in overrides.items()
+    }
+    return Threshold(base.value, base.rule, base.params, base.source_split, splits)
 
 
 def _select_mode(category: str, entry: Any, mode: str | None, where: str) -> Any:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -70,6 +70,7 @@ class SubmissionWriter:
         threshold: float | None = None,
         postprocess: MaskPostprocess | None = None,
         record_file: str | os.PathLike | None = None,
+        split_thresholds: Mapping[str, float] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.record_file = Path(record_file) if record_file else record_path(self.out_dir)
@@ -77,7 +78,12 @@ class SubmissionWriter:
         self.rescale = rescale
         self.threshold = None if threshold is None else float(threshold)
         self.postprocess = postprocess
+        self.split_thresholds = {k: float(v) for k, v in (split_thresholds or {}).items()}
         self.record = export_record(rescale, self.threshold)
+        if self.split_thresholds and self.threshold is not None:
+            self.record["splits"] = {
+                split: export_record(rescale, t) for split, t in self.split_thresholds.items()
+            }
         self._claim_record()
         if self.out_dir.is_dir():
             remove_partials(self.out_dir)
@@ -111,10 +117,14 @@ class SubmissionWriter:
         relpath: str | PurePosixPath,
         scores: np.ndarray,
         shape: tuple[int, int] | None = None,
+        postprocess: MaskPostprocess | None = None,
+        split: str | None = None,
     ) -> bool:
         """Export one H x W score map; return False if its files existed and were kept.
 
         ``shape`` is the original (H, W) of the image; a map of another size is refused.
+        ``postprocess`` replaces the writer's own for this map (e.g. one needing its image);
+        ``split`` picks that split's threshold when the writer has one for it.
         """
         if self.is_done(relpath):
             return False
@@ -125,10 +135,14 @@ class SubmissionWriter:
                 f"{tiff}: map of shape {scores.shape} but the image is {shape} (H, W); maps "
                 "must be 2-D at the original image size (InputGeometry.to_original)."
             )
-        half, mask = self.rescale.encode(scores, self.threshold)
+        threshold = self.threshold
+        if threshold is not None and split is not None:
+            threshold = self.split_thresholds.get(split, threshold)
+        half, mask = self.rescale.encode(scores, threshold)
         if png is not None:
-            if self.postprocess is not None:
-                mask = np.asarray(self.postprocess(mask), dtype=bool)
+            step = postprocess or self.postprocess
+            if step is not None:
+                mask = np.asarray(step(mask), dtype=bool)
             write_mask_png(png, mask)
         write_tiff_float16(tiff, half)
         return True

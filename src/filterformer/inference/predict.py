@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from filterformer.data.sample import Sample
-from filterformer.data.tiling import Tiling
+from filterformer.data.tiling import AnyTiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.models.filterformer import fuse_maps
@@ -187,7 +187,7 @@ def predict_mode_maps(
     smoothing: Smoothing = DEFAULT_SMOOTHING,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
-    tiling: Tiling | None = None,
+    tiling: AnyTiling | None = None,
     progress: bool = True,
 ) -> Iterator[tuple[Sample, dict[str, np.ndarray]]]:
     """Yield (sample, mode -> H x W float32 map at the original size), in sample order.

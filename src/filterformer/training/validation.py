@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from filterformer.data.sample import Sample
-from filterformer.data.tiling import Tiling
+from filterformer.data.tiling import AnyTiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.evaluation.aupro import ProAccumulator
 from filterformer.evaluation.image_metrics import f1_max
@@ -26,7 +26,7 @@ METRICS = ("au_pro", "f1_max")
 """What :class:`FusionEvaluator` reports per mode (``eval.metric`` picks one for selection)."""
 
 
-def _network_inputs(samples: Sequence[Sample], tiling: Tiling | None) -> Iterator[np.ndarray]:
+def _network_inputs(samples: Sequence[Sample], tiling: AnyTiling | None) -> Iterator[np.ndarray]:
     """Every whole image, or every tile of every image, that the network will see."""
     for sample in samples:
         image = sample.load_image()
@@ -43,7 +43,7 @@ def map_statistics(
     samples: Sequence[Sample],
     geometry: InputGeometry,
     *,
-    tiling: Tiling | None = None,
+    tiling: AnyTiling | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 8,
     progress: bool = False,
@@ -87,7 +87,7 @@ class FusionEvaluator:
         test: Sequence[Sample],
         geometry: InputGeometry,
         *,
-        tiling: Tiling | None = None,
+        tiling: AnyTiling | None = None,
         smoothing: Smoothing = DEFAULT_SMOOTHING,
         device: str | torch.device = "cpu",
         batch_size: int = 8,
