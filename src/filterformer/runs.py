@@ -300,14 +300,15 @@ def _read_config(run_dir: Path) -> DictConfig:
 
 
 def _fusion_mode(run_dir: Path, config: DictConfig, model: INPFormer) -> str:
-    """fusion.json's mode for the category, else the config's default, else the model's own map."""
+    """fusion.json's mode for the category, else the config's default, else the model's own
+    map ("filter" if it has one, else its first)."""
     category = config.category.name
     fusion_file = run_dir / "fusion.json"
     mode = None
     if fusion_file.is_file():
         mode = json.loads(fusion_file.read_text()).get(category)
     mode = mode or config.eval.get("default_mode")
-    mode = mode or ("filter" if "filter" in model.fusion_modes else "inp")
+    mode = mode or ("filter" if "filter" in model.fusion_modes else model.fusion_modes[0])
     if mode not in model.fusion_modes:
         raise ConfigError(
             f"{run_dir}: fusion mode {mode!r} is not available for model {config.model.name!r}; "

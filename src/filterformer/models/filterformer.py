@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from filterformer.errors import CheckpointError, ConfigError
+from filterformer.errors import ConfigError
+from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.diff_predictor import DiffPredictor
 from filterformer.models.encoder import DinoEncoder
 from filterformer.models.inp import Bottleneck, INPExtractor, INPGuidedDecoder
@@ -28,6 +29,7 @@ from filterformer.models.losses import (
 )
 
 MAP_MODES = ("inp", "filter", "mean", "max", "product")
+FUSED_MODES = ("mean", "max", "product")
 FUSE_EPS = 1e-8
 
 
@@ -79,7 +81,8 @@ def fuse_maps(
 ) -> torch.Tensor:
     """Combine the "inp" and "filter" maps (B x H x W) into one map by `mode`.
 
-    - "inp" / "filter": that map, unnormalised.
+    - "inp" / "filter", or the name of any other map of the model (EAR's "msgms"): that map,
+      unnormalised.
     - "mean" / "max": mean / maximum of the z-scores (m - mean_m) / std_m.
     - "product": geometric mean sqrt(r_inp * r_filter) of the ratios
       r_m = max(m, 1e-8) / mean_m. The maps are cosine distances (>= 0), so dividing by the
@@ -87,8 +90,11 @@ def fuse_maps(
     `stats` maps "inp" and "filter" to their validation (mean, std); std and mean are floored
     at 1e-8.
     """
+    if mode in maps and mode not in FUSED_MODES:
+        return maps[mode]
     if mode not in MAP_MODES:
-        raise ConfigError(f"unknown map mode {mode!r}; valid: {', '.join(MAP_MODES)}")
+        valid = [*MAP_MODES, *sorted(set(maps) - set(MAP_MODES))]
+        raise ConfigError(f"unknown map mode {mode!r}; valid: {', '.join(valid)}")
     needed = (mode,) if mode in ("inp", "filter") else ("inp", "filter")
     missing = [name for name in needed if name not in maps]
     if missing:
@@ -96,8 +102,6 @@ def fuse_maps(
             f"map mode {mode!r} needs the {' and '.join(needed)} map(s), but the model gives only "
             f"{', '.join(maps)}; use the filterformer model or mode 'inp'"
         )
-    if mode in ("inp", "filter"):
-        return maps[mode]
     if stats is None or any(name not in stats for name in needed):
         raise ConfigError(
             f"map mode {mode!r} needs validation (mean, std) for 'inp' and 'filter' "
@@ -114,7 +118,7 @@ def fuse_maps(
     return (z_i + z_f) / 2 if mode == "mean" else torch.maximum(z_i, z_f)
 
 
-class INPFormer(nn.Module):
+class INPFormer(FrozenEncoderModel):
     """INP-Former: frozen encoder, INP Extractor, Bottleneck, INP-guided decoder.
 
     Args:
@@ -197,28 +201,9 @@ class INPFormer(nn.Module):
         """Map name -> B x H x W anomaly map at the network input resolution."""
         return self.maps(self.features(images), tuple(images.shape[-2:]))
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Every parameter except the frozen encoder's."""
-        return [p for name, p in self.named_parameters() if not name.startswith("encoder.")]
-
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part; training clips each part's gradient norm on its own."""
         return {"inp_former": self.trainable_parameters()}
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """State dict without the encoder (which is rebuilt from its own weights file)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
-
-    def load_trainable_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load a `trainable_state_dict`; keys must match exactly."""
-        expected = set(self.trainable_state_dict())
-        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"checkpoint does not fit {type(self).__name__}: missing {missing[:5]}, unexpected "
-                f"{unexpected[:5]}; check that model.name and the model settings match the run"
-            )
-        self.load_state_dict(state_dict, strict=False)
 
 
 class FilterFormer(INPFormer):

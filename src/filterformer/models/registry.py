@@ -5,22 +5,30 @@ from __future__ import annotations
 import inspect
 
 from filterformer.errors import ConfigError
+from filterformer.models.base import FrozenEncoderModel
+from filterformer.models.ear import EAR
 from filterformer.models.encoder import ENCODERS, DinoEncoder
 from filterformer.models.filterformer import FilterFormer, INPFormer
 
-MODELS: dict[str, type[INPFormer]] = {"inpformer": INPFormer, "filterformer": FilterFormer}
+MODELS: dict[str, type[FrozenEncoderModel]] = {
+    "inpformer": INPFormer,
+    "filterformer": FilterFormer,
+    "ear": EAR,
+}
 
 
 def _init_args(cls: type) -> set[str]:
-    """Keyword arguments accepted by `cls` and the model classes it forwards to."""
+    """Keyword arguments accepted by `cls` and the model classes it forwards ``**kwargs`` to."""
     names: set[str] = set()
     for klass in cls.__mro__:
-        if issubclass(klass, INPFormer):
-            names |= set(inspect.signature(klass.__init__).parameters) - {"self", "encoder"}
-    return names - {"inp_former_args"}
+        if klass is FrozenEncoderModel:
+            break
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in parameters if p.kind is not p.VAR_KEYWORD}
+    return names - {"self", "encoder"}
 
 
-def build_model(name: str, encoder: DinoEncoder, **kwargs: object) -> INPFormer:
+def build_model(name: str, encoder: DinoEncoder, **kwargs: object) -> FrozenEncoderModel:
     """Instantiate model `name` (a key of MODELS) on `encoder` with the config's arguments."""
     if name not in MODELS:
         raise ConfigError(f"unknown model name {name!r}; valid: {', '.join(MODELS)}")

@@ -1,0 +1,5 @@
+"""EAR (reconstruction by inpainting behind a DINO attention mask) and FADeR on it."""
+
+from filterformer.models.ear.model import EAR
+
+__all__ = ["EAR"]
