@@ -33,14 +33,16 @@ from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.thresholds import Threshold, read_thresholds
 from filterformer.inference.predict import Smoothing
 from filterformer.io import atomic_path, write_json
+from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.encoder import ENCODERS, weights_sha256
-from filterformer.models.filterformer import INPFormer
 from filterformer.models.registry import build_encoder, build_model
 from filterformer.training.checkpoint import checkpoint_files, load_checkpoint
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
 DATA_KINDS = ("mvtec_ad2", "synthetic", "folder")
+BASE_RUNS: dict[str, tuple[str, str]] = {"fader": ("ear_run", "ear")}
+"""Models trained on top of another run: name -> (model key naming that run, the run's model)."""
 IMAGE_SCORES = ("max", "top1")
 """Image score of a map: its max (MVTec's script) or the mean of its top 1 % (INP-Former)."""
 
@@ -51,7 +53,7 @@ class Run:
 
     run_dir: Path
     config: DictConfig
-    model: INPFormer
+    model: FrozenEncoderModel
     checkpoint: Path
     geometry: InputGeometry
     category: str
@@ -149,23 +151,71 @@ def encoder_weights_id(config: DictConfig) -> str:
     return f"random:seed={config.seed}"
 
 
-def build_from_config(config: DictConfig) -> tuple[INPFormer, dict[str, Any]]:
+def build_from_config(
+    config: DictConfig, *, from_base_run: bool = True
+) -> tuple[FrozenEncoderModel, dict[str, Any]]:
     """Seed, build the encoder and the model of ``config``; return it with its identity.
 
     The identity (``model``, ``encoder``, ``encoder_weights``) is what checkpoints record and
-    what loading them checks.
+    what loading them checks. A model trained on top of another run (:data:`BASE_RUNS`:
+    ``model=fader`` names its EAR run in ``model.ear_run``) starts from that run's weights;
+    ``from_base_run=False`` skips them (:func:`load_run`: the run's own checkpoint holds
+    every weight, so the base run need not exist any more).
     """
     seed_everything(int(config.seed))
     encoder_args = OmegaConf.to_container(config.encoder, resolve=True)
     model_args = OmegaConf.to_container(config.model, resolve=True)
+    name = model_args.pop("name")
+    base_key = BASE_RUNS.get(name, (None,))[0]
+    model_args.pop(base_key, None)
     encoder = build_encoder(encoder_args.pop("variant"), **encoder_args)
-    model = build_model(model_args.pop("name"), encoder, **model_args)
+    model = build_model(name, encoder, **model_args)
     identity = {
         "model": config.model.name,
         "encoder": config.encoder.variant,
         "encoder_weights": encoder_weights_id(config),
     }
+    if base_key is not None and from_base_run:
+        start_from_base_run(model, config, identity)
     return model, identity
+
+
+def start_from_base_run(
+    model: FrozenEncoderModel, config: DictConfig, identity: Mapping[str, Any]
+) -> None:
+    """Load into ``model`` the trained weights of the run its config builds on.
+
+    The base run must hold the base model with the same settings (``model`` keeps them, e.g.
+    FADeR keeps EAR's U-Net, mosaic and mask) and the same encoder weights.
+    """
+    name = config.model.name
+    key, base_name = BASE_RUNS[name]
+    if not config.model.get(key):
+        raise ConfigError(
+            f"model={name} starts from a trained {base_name} run: set model.{key}=<its run "
+            f"folder> (made by ff-train model={base_name} ...)."
+        )
+    run_dir = Path(config.model[key]).expanduser()
+    base = _read_config(run_dir)
+    if base.model.name != base_name:
+        raise ConfigError(
+            f"model.{key}={run_dir} holds model {base.model.name}; model={name} needs a run of "
+            f"model {base_name} (ff-train model={base_name} ...)."
+        )
+    settings = OmegaConf.to_container(base.model, resolve=True)
+    settings.pop("name")
+    ours = OmegaConf.to_container(config.model, resolve=True)
+    differing = {k: v for k, v in settings.items() if ours.get(k) != v}
+    if differing:
+        fix = " ".join(f"model.{k}={json.dumps(v).replace(' ', '')}" for k, v in differing.items())
+        raise ConfigError(
+            f"{run_dir} was trained with other {base_name} settings than this config; add {fix}"
+        )
+    base_model = build_model(base_name, model.encoder, **settings)
+    path = _checkpoint_path(run_dir, _fusion_mode(run_dir, base, base_model))
+    expected = {**identity, "model": base_name}
+    load_checkpoint(path, base_model, expected=expected)
+    model.load_state_dict(base_model.trainable_state_dict(), strict=False)
 
 
 def split_samples(config: DictConfig, split: str) -> Sequence[Sample]:
@@ -248,14 +298,10 @@ def load_run(
     """
     run_dir = Path(run_dir)
     config = resolve_run_paths(_read_config(run_dir), run_dir)
-    model, identity = build_from_config(config)
+    model, identity = build_from_config(config, from_base_run=False)
     category = config.category.name
     mode = _fusion_mode(run_dir, config, model)
-    folder = run_dir / "checkpoints"
-    if checkpoint is None:
-        best = f"best_{mode}"
-        checkpoint = best if checkpoint_files(folder / best)[0].is_file() else "last"
-    path = checkpoint_files(folder / checkpoint)[0]
+    path = _checkpoint_path(run_dir, mode, checkpoint)
     loaded = load_checkpoint(path, model, expected=identity)
     model.to(device).eval()
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
@@ -285,6 +331,15 @@ def load_run(
     )
 
 
+def _checkpoint_path(run_dir: Path, mode: str, checkpoint: str | None = None) -> Path:
+    """The weights file of ``checkpoint`` (default: ``best_<mode>`` if saved, else ``last``)."""
+    folder = run_dir / "checkpoints"
+    if checkpoint is None:
+        best = f"best_{mode}"
+        checkpoint = best if checkpoint_files(folder / best)[0].is_file() else "last"
+    return checkpoint_files(folder / checkpoint)[0]
+
+
 def _read_config(run_dir: Path) -> DictConfig:
     file = run_dir / CONFIG_FILE
     if not file.is_file():
@@ -299,9 +354,8 @@ def _read_config(run_dir: Path) -> DictConfig:
     return config
 
 
-def _fusion_mode(run_dir: Path, config: DictConfig, model: INPFormer) -> str:
-    """fusion.json's mode for the category, else the config's default, else the model's own
-    map ("filter" if it has one, else its first)."""
+def _fusion_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel) -> str:
+    """fusion.json's mode for the category, else the config's default, else the model's own map."""
     category = config.category.name
     fusion_file = run_dir / "fusion.json"
     mode = None

@@ -3,7 +3,7 @@ EAR and FADeR."""
 
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.diff_predictor import DiffPredictor
-from filterformer.models.ear import EAR
+from filterformer.models.ear import EAR, FADeR
 from filterformer.models.encoder import ENCODERS, DinoEncoder, EncoderSpec, weights_sha256
 from filterformer.models.filterformer import (
     MAP_MODES,
@@ -24,6 +24,7 @@ __all__ = [
     "DiffPredictor",
     "DinoEncoder",
     "EAR",
+    "FADeR",
     "EncoderSpec",
     "FilterFormer",
     "FrozenEncoderModel",

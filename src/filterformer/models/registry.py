@@ -6,7 +6,7 @@ import inspect
 
 from filterformer.errors import ConfigError
 from filterformer.models.base import FrozenEncoderModel
-from filterformer.models.ear import EAR
+from filterformer.models.ear import EAR, FADeR
 from filterformer.models.encoder import ENCODERS, DinoEncoder
 from filterformer.models.filterformer import FilterFormer, INPFormer
 
@@ -14,6 +14,7 @@ MODELS: dict[str, type[FrozenEncoderModel]] = {
     "inpformer": INPFormer,
     "filterformer": FilterFormer,
     "ear": EAR,
+    "fader": FADeR,
 }
 
 

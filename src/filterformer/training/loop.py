@@ -47,7 +47,7 @@ from filterformer.training.distributed import (
     wrap_trainable,
 )
 from filterformer.training.feature_cache import TapFeatures
-from filterformer.training.optim import build_optimizer
+from filterformer.training.optim import build_optimizer, optimizer_parameters
 from filterformer.training.schedule import WarmupCosine
 from filterformer.training.seed import rng_state, seed_everything, set_deterministic, set_rng_state
 
@@ -190,7 +190,7 @@ def train(
     model.to(device)
     opt = build_optimizer(
         optimizer.name,
-        model.trainable_parameters(),
+        optimizer_parameters(model),
         lr=optimizer.lr,
         betas=optimizer.betas,
         weight_decay=optimizer.weight_decay,
