@@ -324,3 +324,8 @@ def test_dino_layout_weights_file_loads_into_the_vits8_architecture(tmp_path: Pa
     loaded = build_encoder("tiny_random_vits8", weights=str(path), pretrain_img_size=224)
     loaded = loaded.vit.state_dict()
     assert loaded and all(torch.equal(tensor, state[key]) for key, tensor in loaded.items())
+
+
+def test_ear_refuses_to_train_on_cached_encoder_taps(ear: EAR) -> None:
+    with pytest.raises(ConfigError, match="train.feature_cache.enabled=false"):
+        ear.features_from_taps([torch.zeros(1, 20, 64)], (4, 5))

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from filterformer.errors import CheckpointError
+from filterformer.errors import CheckpointError, ConfigError
 
 
 class FrozenEncoderModel(nn.Module):
@@ -23,6 +23,14 @@ class FrozenEncoderModel(nn.Module):
     """
 
     fusion_modes: tuple[str, ...] = ()
+
+    def features_from_taps(self, taps: list[torch.Tensor], grid: tuple[int, int]) -> object:
+        """Training on cached encoder taps (``train.feature_cache``): only models that read
+        nothing but the taps can; the others refuse here, at their first step."""
+        raise ConfigError(
+            f"model {type(self).__name__} reads the images themselves, not only the encoder's "
+            "taps, so it cannot train on cached taps; set train.feature_cache.enabled=false."
+        )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every parameter that trains: not the frozen encoder's, not ``requires_grad=False``."""
