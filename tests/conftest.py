@@ -1,7 +1,9 @@
-"""Shared fixtures: the golden AD 2 sample, a small synthetic category, a tiny image folder."""
+"""Shared fixtures: the golden AD 2 sample, a small synthetic category, a tiny image folder,
+and a writer of encoder weights in Meta's file layout."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -68,3 +70,25 @@ def tiny_demo_overrides() -> list[str]:
         "data.counts={train: 4, validation: 2, test_public_good: 1, test_public_bad: 1, "
         "test_private: 1, test_private_mixed: 1}",
     ]
+
+
+@pytest.fixture(scope="session")
+def write_meta_weights() -> Callable[[dict[str, torch.Tensor], Path], Path]:
+    """Writes a timm DINOv2-reg state dict to a .pth laid out as Meta's released files are.
+
+    Meta's files keep the cls position inside ``pos_embed`` (timm folds it into
+    ``cls_token``), call the registers ``register_tokens`` and hold a ``mask_token``.
+    """
+
+    def write(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
+        skip = ("cls_token", "reg_token", "pos_embed")
+        meta = {k: v for k, v in state_dict.items() if k not in skip}
+        cls_pos = torch.randn_like(state_dict["cls_token"])
+        meta["cls_token"] = state_dict["cls_token"] - cls_pos
+        meta["pos_embed"] = torch.cat([cls_pos, state_dict["pos_embed"]], dim=1)
+        meta["register_tokens"] = state_dict["reg_token"]
+        meta["mask_token"] = torch.zeros(1, state_dict["cls_token"].shape[-1])
+        torch.save(meta, path)
+        return path
+
+    return write

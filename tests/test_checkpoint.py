@@ -1,12 +1,24 @@
 """Checkpoints round-trip trainable weights, metadata and training state, and refuse misfits."""
 
+import hashlib
 import json
+import os
+import re
+import stat
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from filterformer.errors import CheckpointError
-from filterformer.training.checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
+from filterformer.io import PARTIAL_MARK
+from filterformer.training import checkpoint
+from filterformer.training.checkpoint import (
+    checkpoint_files,
+    load_checkpoint,
+    remove_stale_files,
+    save_checkpoint,
+)
 
 IDENTITY = {"model": "filterformer", "encoder": "tiny_random", "encoder_weights": "abc123"}
 
@@ -80,12 +92,92 @@ def test_missing_checkpoint_and_missing_training_state(tmp_path):
         load_checkpoint(tmp_path / "best_inp", Toy(), expected=IDENTITY, with_training_state=True)
 
 
-def test_detects_a_save_interrupted_between_files(tmp_path):
-    model = Toy()
-    save(tmp_path / "last", model, step=7, training_state={"x": 1})
-    weights, meta_file, _ = checkpoint_files(tmp_path / "last")
-    old_meta = meta_file.read_bytes()
-    save(tmp_path / "last", model, step=8, training_state={"x": 2})
-    meta_file.write_bytes(old_meta)  # killed after the weights, before the JSON
+class Interrupted(Exception):
+    """Stands for a kill at one point of a save."""
+
+
+@pytest.mark.parametrize("stage", ["weights", "state", "committed"])
+def test_a_save_interrupted_anywhere_leaves_one_whole_checkpoint(tmp_path, monkeypatch, stage):
+    """A checkpoint becomes current in one step (its JSON): until then the previous one is
+    whole, afterwards the new one; what the interrupted save left is removed on the next start."""
+    old, new = Toy(), Toy()
+    save(tmp_path / "last", old, step=7, training_state={"x": 1})
+
+    def interrupt(name, reached):
+        if (name, reached) == ("last", stage):
+            raise Interrupted
+
+    monkeypatch.setattr(checkpoint, "save_hook", interrupt)
+    with pytest.raises(Interrupted):
+        save(tmp_path / "last", new, step=8, training_state={"x": 2})
+    monkeypatch.undo()
+    (tmp_path / f".last{PARTIAL_MARK}1234.json").write_text("{")  # a killed JSON write
+
+    current = new if stage == "committed" else old
+    loaded = Toy()
+    state = load_checkpoint(tmp_path / "last", loaded, expected=IDENTITY, with_training_state=True)
+    assert state.meta["step"] == (8 if stage == "committed" else 7)
+    assert torch.equal(loaded.head.weight, current.head.weight)
+    assert remove_stale_files(tmp_path) >= 2  # the other weights file and the partial JSON
+    assert sorted(tmp_path.iterdir()) == sorted(checkpoint_files(tmp_path / "last"))
+    load_checkpoint(tmp_path / "last", Toy(), expected=IDENTITY, with_training_state=True)
+
+
+def test_a_new_save_replaces_the_files_of_the_previous_one(tmp_path):
+    save(tmp_path / "best_inp", Toy(), step=1)
+    save(tmp_path / "best_inp", Toy(), step=2)
+    files = checkpoint_files(tmp_path / "best_inp")
+    assert files.state is None
+    assert sorted(tmp_path.iterdir()) == sorted([files.weights, files.meta])
+    assert remove_stale_files(tmp_path) == 0
+
+
+@pytest.mark.parametrize("kind", ["weights", "state"])
+def test_a_changed_byte_is_refused_naming_the_file_unless_verify_is_off(tmp_path, kind):
+    src = Toy()
+    save(tmp_path / "last", src, training_state={"optimizer": {"lr": 0.5}})
+    files = checkpoint_files(tmp_path / "last")
+    file = getattr(files, kind)
+    recorded = json.loads(files.meta.read_text())["files"][kind]
+    assert recorded == {"name": file.name, "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor's (or state's) data
+    file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(file))}: SHA-256 differs"):
+        load_checkpoint(tmp_path / "last", Toy(), expected=IDENTITY, with_training_state=True)
+    dst = Toy()  # the user's explicit choice: load without checking
+    load_checkpoint(tmp_path / "last", dst, expected=IDENTITY, verify=False)
+    changed = sum(
+        int((dst.trainable_state_dict()[name] != tensor).sum())
+        for name, tensor in src.trainable_state_dict().items()
+    )
+    assert changed == (1 if kind == "weights" else 0)  # loaded as it is, flipped bit included
+
+
+def test_a_checkpoint_of_the_earlier_layout_still_loads(tmp_path):
+    """Saved before the JSON named its files: <name>.safetensors, <name>.state.pt, no hashes.
+    Its step, in all three files, still tells an interrupted save."""
+    src = Toy()
+    weights = {k: v.contiguous() for k, v in src.trainable_state_dict().items()}
+    save_file(weights, str(tmp_path / "last.safetensors"), metadata={"step": "7"})
+    torch.save({"x": 1, "step": 7}, tmp_path / "last.state.pt")
+    (tmp_path / "last.json").write_text(json.dumps({**IDENTITY, "step": 7, "epoch": 1}))
+    dst = Toy()
+    loaded = load_checkpoint(tmp_path / "last", dst, expected=IDENTITY, with_training_state=True)
+    assert torch.equal(dst.head.weight, src.head.weight) and loaded.training_state["x"] == 1
+    assert remove_stale_files(tmp_path) == 0
+
+    save_file(weights, str(tmp_path / "last.safetensors"), metadata={"step": "8"})
     with pytest.raises(CheckpointError, match="interrupted"):
-        load_checkpoint(weights, Toy(), expected=IDENTITY)
+        load_checkpoint(tmp_path / "last", Toy(), expected=IDENTITY)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_checkpoint_files_get_the_permissions_the_umask_allows(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        save(tmp_path / "last", Toy(), training_state={"x": 1})
+    finally:
+        os.umask(previous)
+    files = checkpoint_files(tmp_path / "last")
+    assert {stat.S_IMODE(file.stat().st_mode) for file in files} == {0o666 & ~umask}

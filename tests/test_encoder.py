@@ -108,19 +108,8 @@ def test_official_pos_embed_keeps_rows_and_columns_apart() -> None:
     assert (out[1:, 0, 0] > out[:-1, 0, 0]).all()  # and increasing down the 8 rows
 
 
-def _meta_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A timm DINOv2-reg state dict written the way Meta's released .pth files are."""
-    meta = {k: v for k, v in state_dict.items() if k not in ("cls_token", "reg_token", "pos_embed")}
-    cls_pos = torch.randn_like(state_dict["cls_token"])
-    meta["cls_token"] = state_dict["cls_token"] - cls_pos
-    meta["pos_embed"] = torch.cat([cls_pos, state_dict["pos_embed"]], dim=1)
-    meta["register_tokens"] = state_dict["reg_token"]
-    meta["mask_token"] = torch.zeros(1, state_dict["cls_token"].shape[-1])
-    return meta
-
-
 @pytest.mark.parametrize("layout", ["timm.safetensors", "meta.pth"])
-def test_weights_file_round_trip(tmp_path: Path, layout: str) -> None:
+def test_weights_file_round_trip(tmp_path: Path, layout: str, write_meta_weights) -> None:
     spec = ENCODERS["tiny_random"]
     source = timm.create_model(
         spec.arch,
@@ -134,7 +123,7 @@ def test_weights_file_round_trip(tmp_path: Path, layout: str) -> None:
     state_dict = {k: v.contiguous() for k, v in source.state_dict().items()}
     path = tmp_path / f"tiny_{layout}"
     if layout == "meta.pth":
-        torch.save(_meta_layout(state_dict), path)
+        write_meta_weights(state_dict, path)
     else:
         save_file(state_dict, str(path))
     loaded = DinoEncoder("tiny_random", weights=path)

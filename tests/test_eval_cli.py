@@ -13,6 +13,8 @@ import pytest
 import tifffile
 
 from filterformer.cli.eval import main
+from filterformer.runs import load_run
+from filterformer.training.checkpoint import read_checkpoint_meta, save_checkpoint
 
 SAMPLE = Path(__file__).parent / "data" / "ad2_sample"
 DATA_ROOT = SAMPLE / "mvtec_ad_2"
@@ -219,3 +221,156 @@ def test_run_on_a_folder_dataset_is_evaluated_with_overlays(untrained_run, tmp_p
     assert main(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
     overlays = sorted((run_dir / "eval" / "test_public" / "overlays").iterdir())
     assert overlays and all(p.name.startswith("bricks_") for p in overlays)
+
+
+def scaled_float32_maps(tmp_path: Path, factor: float) -> Path:
+    """The sample's maps as float32 TIFFs times ``factor`` (same ranking, other range)."""
+    maps = maps_copy(tmp_path)
+    for path in (maps / "anomaly_images").rglob("*.tiff"):
+        tifffile.imwrite(path, tifffile.imread(path).astype(np.float32) * np.float32(factor))
+    return maps
+
+
+def test_tiny_float32_maps_warn_with_pixel_counts_and_float32_is_exact(tmp_path, capsys) -> None:
+    maps = scaled_float32_maps(tmp_path, 1e-10)  # every score below float16's 2**-25: all 0
+    code, rounded = run(["--maps", str(maps)], tmp_path)
+    err = capsys.readouterr().err
+    assert code == 0 and "ff-eval: warning:" in err
+    assert "9216 (100.0%) flush to zero" in err and "--float32" in err  # 3 maps of 48 x 64
+    assert rounded["categories"]["fakecat"]["au_pro@0.05"] < GOLDEN_PRO / 2
+    code, exact = run(["--maps", str(maps), "--float32"], tmp_path)
+    assert code == 0 and "warning" not in capsys.readouterr().err
+    assert exact["categories"]["fakecat"]["au_pro@0.05"] == pytest.approx(GOLDEN_PRO, abs=1e-9)
+
+
+def test_well_scaled_float32_maps_pass_without_a_warning(tmp_path, capsys) -> None:
+    code, doc = run(["--maps", str(scaled_float32_maps(tmp_path, 1.0)), "--strict"], tmp_path)
+    assert code == 0 and capsys.readouterr().err == ""
+    assert doc["categories"]["fakecat"]["au_pro@0.05"] == pytest.approx(GOLDEN_PRO, abs=1e-9)
+
+
+def test_extra_and_integer_maps_warn_and_strict_refuses_writing_nothing(tmp_path, capsys) -> None:
+    maps = maps_copy(tmp_path)
+    extra = corrupt(maps, "test_public/bad/999_unknown.tiff", np.zeros((48, 64), np.float16))
+    integer = corrupt(maps, "test_public/good/000_regular.tiff", np.ones((48, 64), np.uint8))
+    code, _ = run(["--maps", str(maps)], tmp_path)
+    warnings = capsys.readouterr().err.splitlines()
+    assert code == 0 and len(warnings) == 2
+    assert "without an image" in warnings[0] and str(extra) in warnings[0]
+    assert "integer TIFFs (uint8" in warnings[1] and str(integer) in warnings[1]
+    out = tmp_path / "strict_out"
+    code, doc = run(["--maps", str(maps), "--strict", "--out", str(out)], tmp_path / "x")
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and doc is None and not out.exists()
+    assert len(err) == 1 and err[0].startswith("ff-eval: error: ") and "--strict" in err[0]
+    assert str(extra) in err[0] and str(integer) in err[0]
+
+
+def test_maps_rows_say_where_their_settings_were_chosen(tmp_path, capsys) -> None:
+    """--maps cannot know the checkpoint and fusion mode; the threshold tells its own split."""
+    _, doc = run(["--maps", str(maps_copy(tmp_path))], tmp_path)
+    assert doc["selected_on"] == "unknown"
+    assert doc["categories"]["fakecat"]["selected_on"] == {
+        "checkpoint": "unknown",
+        "fusion_mode": "unknown",
+        "threshold": "validation",  # calibrated here: validation mean + 3 std
+    }
+    assert "checkpoint?, fusion mode?\n" in capsys.readouterr().out
+    _, doc = run(["--maps", str(SAMPLE)], tmp_path)  # given PNGs: their threshold is unknown
+    assert doc["categories"]["fakecat"]["selected_on"]["threshold"] == "unknown"
+    oracle = tmp_path / "oracle.json"
+    record = {"value": 1.0, "rule": "f1_optimal", "source_split": "test_public"}
+    oracle.write_text(json.dumps({"fakecat": record}))
+    _, doc = run(["--maps", str(SAMPLE), "--thresholds", str(oracle)], tmp_path)
+    row = doc["categories"]["fakecat"]
+    assert doc["selected_on"] == "test_public" and row["selected_on"]["threshold"] == "test_public"
+    assert row["threshold_rule"].endswith("ORACLE")
+    table = capsys.readouterr().out
+    assert "checkpoint?, fusion mode?, threshold" in table and "optimistic" in table
+
+
+def run_copy(untrained_run: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A writable copy of the untrained run folder, without what evaluating it added."""
+    ignore = shutil.ignore_patterns("thresholds.json", "eval")
+    return Path(shutil.copytree(untrained_run[0], tmp_path / "run", ignore=ignore))
+
+
+def eval_run(run_dir: Path, data_root: Path, *extra: str) -> tuple[int, dict | None]:
+    out = run_dir / "result.json"
+    code = main(
+        ["--run", str(run_dir), "--data-root", str(data_root), "--json", str(out)]
+        + ["--no-progress", "--device", "cpu", *extra]
+    )
+    return code, json.loads(out.read_text()) if out.is_file() else None
+
+
+def test_run_without_selection_is_labelled_as_choosing_nothing(untrained_run, tmp_path) -> None:
+    """`last` and no fusion.json (as ff-convert or eval.every=0 leave it): nothing chosen."""
+    run_dir = run_copy(untrained_run, tmp_path)
+    code, doc = eval_run(run_dir, untrained_run[1])
+    assert code == 0 and doc["selected_on"] is None
+    expected = {"checkpoint": None, "fusion_mode": None, "threshold": "validation"}
+    assert doc["categories"]["synthetic"]["selected_on"] == expected
+    stored = json.loads((run_dir / "eval" / "test_public" / "metrics.json").read_text())
+    assert stored["categories"]["synthetic"]["selected_on"] == expected
+
+
+def test_best_checkpoint_and_fusion_json_are_labelled_with_eval_split(
+    untrained_run, tmp_path, capsys
+) -> None:
+    """What ff-train's evaluation leaves: best_<mode> and fusion.json, chosen on eval.split."""
+    run_dir = run_copy(untrained_run, tmp_path)
+    last = load_run(run_dir, checkpoint="last")
+    meta = read_checkpoint_meta(run_dir / "checkpoints" / "last")
+    save_checkpoint(run_dir / "checkpoints" / "best_inp", last.model, meta={**meta, "mode": "inp"})
+    (run_dir / "fusion.json").write_text(json.dumps({"synthetic": "inp"}))
+    code, doc = eval_run(run_dir, untrained_run[1])
+    assert code == 0 and doc["selected_on"] == "test_public"
+    selection = doc["categories"]["synthetic"]["selected_on"]
+    assert selection == {
+        "checkpoint": "test_public",
+        "fusion_mode": "test_public",
+        "threshold": "validation",
+    }
+    table = capsys.readouterr().out
+    assert "checkpoint, fusion mode" in table and "selection-biased" in table
+    code, doc = eval_run(run_dir, untrained_run[1], "--split", "validation")
+    assert code == 0 and doc["selected_on"] == "validation"  # the threshold's split
+    assert doc["categories"]["synthetic"]["selected_on"]["checkpoint"] == "test_public"
+
+
+def test_a_mode_without_threshold_is_calibrated_and_stored(untrained_run, tmp_path, capsys):
+    run_dir = run_copy(untrained_run, tmp_path)
+    other = {"value": 7.0, "rule": "mean_std", "k": 3, "source_split": "validation"}
+    (run_dir / "thresholds.json").write_text(json.dumps({"synthetic": {"inp": other}}))
+    code, doc = eval_run(run_dir, untrained_run[1])  # the run's mode is "filter"
+    assert code == 0 and "calibrated mean+3std(validation)" in capsys.readouterr().err
+    stored = json.loads((run_dir / "thresholds.json").read_text())["synthetic"]
+    assert stored["inp"] == other and stored["filter"]["rule"] == "mean_std"
+    assert doc["categories"]["synthetic"]["threshold"] == stored["filter"]["value"]
+
+
+def test_f1_optimal_rule_is_calibrated_on_test_public_and_labelled_an_oracle(
+    untrained_run, tmp_path
+) -> None:
+    from omegaconf import OmegaConf
+
+    run_dir = run_copy(untrained_run, tmp_path)
+    config = OmegaConf.load(run_dir / "config.yaml")
+    config.category.threshold = {"rule": "f1_optimal"}
+    OmegaConf.save(config, run_dir / "config.yaml")
+    code, doc = eval_run(run_dir, untrained_run[1])
+    row = doc["categories"]["synthetic"]
+    assert code == 0 and row["threshold_rule"] == "f1_optimal(test_public) ORACLE"
+    assert row["selected_on"]["threshold"] == "test_public" and doc["selected_on"] == "test_public"
+
+
+def test_calibration_without_validation_split_is_one_clear_error(untrained_run, tmp_path, capsys):
+    run_dir = run_copy(untrained_run, tmp_path)
+    data = Path(shutil.copytree(untrained_run[1], tmp_path / "data"))
+    shutil.rmtree(data / "synthetic" / "validation")
+    code, _ = eval_run(run_dir, data)
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert "fusion mode 'filter' has no threshold" in err[0] and "validation" in err[0]
+    assert not (run_dir / "thresholds.json").exists()

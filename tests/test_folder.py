@@ -1,4 +1,4 @@
-"""Custom image folders: formats, labels from masks, and bad inputs."""
+"""Custom image folders: formats, labels from masks, held-out validation, and bad inputs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from filterformer.data.folder import ImageFolderDataset
-from filterformer.errors import DataError
+from filterformer.data.folder import (
+    ImageFolderDataset,
+    holdout_names,
+    split_holdout,
+    typical_size,
+)
+from filterformer.errors import ConfigError, DataError
 
 
 @pytest.fixture
@@ -89,3 +94,50 @@ def test_same_stem_twice_and_bad_split_arguments(test_folders):
     cv2.imwrite(str(images / "a.jpg"), np.zeros((10, 12, 3), dtype=np.uint8))
     with pytest.raises(DataError, match=str(images / "a")):
         ImageFolderDataset(images)
+
+
+def _folder(tmp_path: Path, count: int, shapes=((10, 12),)) -> ImageFolderDataset:
+    """``count`` images 00.png, 01.png, ... cycling through ``shapes`` (H, W)."""
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for index in range(count):
+        shape = shapes[index % len(shapes)]
+        cv2.imwrite(str(folder / f"{index:02d}.png"), np.full((*shape, 3), 9, dtype=np.uint8))
+    return ImageFolderDataset(folder, split="train")
+
+
+@pytest.mark.parametrize(("count", "held"), [(2, 1), (9, 1), (10, 1), (30, 3), (44, 4)])
+def test_holdout_is_a_tenth_at_least_one_and_reproducible(tmp_path, count, held):
+    data = _folder(tmp_path, count)
+    names = holdout_names(data, 0.1, seed=1)
+    assert len(names) == held and names == sorted(names)
+    assert names == holdout_names(data, 0.1, seed=1)  # same folder and seed: same images
+    train, validation = split_holdout(data, names)
+    assert [s.path.name for s in validation] == names
+    assert {s.path.name for s in train}.isdisjoint(names)
+    assert len(train) + len(validation) == count and all(s.label == 0 for s in validation)
+
+
+def test_holdout_depends_on_the_seed(tmp_path):
+    data = _folder(tmp_path, 30)
+    drawn = {tuple(holdout_names(data, 0.1, seed=seed)) for seed in range(6)}
+    assert len(drawn) > 1
+
+
+def test_holdout_bad_inputs(tmp_path):
+    data = _folder(tmp_path, 3)
+    for fraction in (0.0, 1.0, -0.1):
+        with pytest.raises(ConfigError, match="validation_fraction"):
+            holdout_names(data, fraction, seed=0)
+    with pytest.raises(DataError, match="cannot spare 3"):
+        holdout_names(data, 0.9, seed=0)  # nothing would be left to train on
+    with pytest.raises(DataError, match="validation_dir"):
+        holdout_names(data[:1], 0.1, seed=0)  # a single image cannot be split
+    with pytest.raises(DataError, match="99.png not found"):
+        split_holdout(data, ["00.png", "99.png"])
+
+
+def test_typical_size_is_the_most_frequent(tmp_path):
+    data = _folder(tmp_path, 5, shapes=((10, 12), (12, 10), (12, 10)))
+    assert typical_size(data) == (12, 10)  # 2 of 5 are 10 x 12, 3 are 12 x 10
+    assert typical_size(data[:2]) == (10, 12)  # a tie: the first image's size

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import cv2
 import numpy as np
 import pytest
+import tifffile
+import torch
+from safetensors.torch import save_file
 
 from filterformer.errors import DataError
 from filterformer.io import (
+    atomic_path,
     image_size,
     read_anomaly_map,
     read_image,
     read_mask,
+    read_tiff_map,
     remove_partials,
     write_json,
     write_mask_png,
@@ -98,9 +106,35 @@ def test_float16_tiff_round_trip_and_non_finite_refused(tmp_path):
     assert not (tmp_path / "b.tiff").exists()
 
 
+def test_tiff_map_keeps_its_stored_type_until_read_as_scores(tmp_path):
+    """ff-eval --maps needs the stored type to warn about integer maps."""
+    tifffile.imwrite(tmp_path / "int.tiff", np.array([[0, 7], [255, 1]], dtype=np.uint8))
+    raw = read_tiff_map(tmp_path / "int.tiff", (2, 2))
+    assert raw.dtype == np.uint8
+    scores = read_anomaly_map(tmp_path / "int.tiff", (2, 2))
+    assert scores.dtype == np.float32 and scores[1, 0] == 255.0
+
+
 def test_failed_write_keeps_the_old_file(tmp_path):
     write_json(tmp_path / "r.json", {"a": 1})
     with pytest.raises(TypeError):
         write_json(tmp_path / "r.json", {"a": object()})
     assert (tmp_path / "r.json").read_text() == '{\n  "a": 1\n}\n'
     assert remove_partials(tmp_path) == 0
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_permissions_the_umask_allows(tmp_path, umask):
+    """Not the 0600 of a temporary file: a group sharing run folders can read them."""
+    previous = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"a": 1})
+        write_png(tmp_path / "b.png", np.zeros((2, 3), dtype=np.uint8))
+        write_tiff_float16(tmp_path / "c.tiff", np.zeros((2, 3), dtype=np.float32))
+        write_json(tmp_path / "a.json", {"a": 2})  # a replaced file too
+        with atomic_path(tmp_path / "d.safetensors") as tmp:  # a writer that replaces `tmp`
+            save_file({"x": torch.zeros(2)}, str(tmp))
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["a.json", "b.png", "c.tiff", "d.safetensors"], 0o666 & ~umask)

@@ -6,6 +6,8 @@ import sys
 import pytest
 import yaml
 
+from filterformer.training.checkpoint import checkpoint_files
+
 
 def multirun(tmp_path, overrides, *launcher):
     """ff-train -m over two synthetic categories, in a fresh process as a user would run it."""
@@ -32,8 +34,8 @@ def assert_one_run_per_category(tmp_path):
         assert config["category"]["name"] == name
         assert config["data"]["root"] == str(runs / name / "data")
         assert (runs / name / "data" / name / "train").is_dir()
-        for file in ("last.safetensors", "last.json", "last.state.pt"):
-            assert (runs / name / "checkpoints" / file).is_file()
+        files = checkpoint_files(runs / name / "checkpoints" / "last")
+        assert all(file.is_file() for file in files)  # weights, metadata, training state
         assert len((runs / name / "train_log.csv").read_text().splitlines()) == 2  # header + step
 
 

@@ -71,8 +71,8 @@ def test_run_folder_holds_the_contract_files(tiny_run):
         "encoder_weights",
     } <= set(versions)
     assert versions["encoder_weights"] == "random:seed=1"
-    assert {p.name for p in (tiny_run / "checkpoints").glob("best_*.safetensors")} == {
-        f"best_{m}.safetensors" for m in ("inp", "filter", "mean", "max", "product")
+    assert {p.name for p in (tiny_run / "checkpoints").glob("best_*.json")} == {
+        f"best_{m}.json" for m in ("inp", "filter", "mean", "max", "product")
     }
 
 
@@ -96,7 +96,7 @@ def test_load_run_gives_the_model_of_the_chosen_mode_and_its_settings(tiny_run):
 
 def test_load_run_reads_thresholds_and_can_pick_the_last_checkpoint(tiny_run, tmp_path):
     run = load_run(tiny_run, checkpoint="last")
-    assert run.checkpoint.name == "last.safetensors"
+    assert run.checkpoint == checkpoint_files(tiny_run / "checkpoints" / "last").weights
     write_thresholds(
         tiny_run / "thresholds.json",
         {"synthetic": Threshold(0.7, "mean_std", {"k": 3.0}, "validation")},
@@ -192,3 +192,34 @@ def test_each_checkpoint_is_used_with_the_map_statistics_of_its_own_weights(tiny
     assert load_run(run_dir, checkpoint="last").map_stats == {
         name: (v["mean"], v["std"]) for name, v in final.items()
     }
+
+
+def test_a_changed_weights_file_is_refused_by_name_unless_the_user_skips_the_check(
+    tiny_run, tmp_path, capsys
+):
+    """One flipped bit in best_<mode>: load_run, ff-eval and ff-predict refuse it, naming the
+    file; --no-verify (verify=False) is the user's explicit choice to use it anyway."""
+    import shutil
+
+    from filterformer.cli.eval import main as eval_cli
+    from filterformer.cli.predict import main as predict_cli
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    weights = load_run(run_dir).checkpoint
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x80
+    weights.write_bytes(bytes(data))
+
+    with pytest.raises(CheckpointError, match=rf"{weights}: SHA-256 differs"):
+        load_run(run_dir)
+    assert load_run(run_dir, checkpoint="last").checkpoint != weights  # `last` is intact
+    out = tmp_path / "maps"
+    predict = ["--run", str(run_dir), "--out", str(out), "--split", "test_public", "--no-progress"]
+    evaluate = ["--run", str(run_dir), "--no-progress"]
+    for cli, args in ((predict_cli, predict), (eval_cli, evaluate)):
+        assert cli(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{weights}: SHA-256 differs" in err
+    assert load_run(run_dir, verify=False).checkpoint == weights
+    assert predict_cli([*predict, "--no-verify"]) == 0

@@ -94,8 +94,15 @@ def test_per_mode_form_of_the_run_folder(tmp_path: Path) -> None:
     write_thresholds(path, {"can": Threshold(2.0, "mean_std", {"k": 3.0}, "validation")}, "max")
     assert set(json.loads(path.read_text())["can"]) == {"inp", "max"}
     assert read_thresholds(path, mode="max")["can"].value == 2.0
-    with pytest.raises(ConfigError, match="'filter'"):
-        read_thresholds(path, mode="filter")
+    assert read_thresholds(path, mode="filter") == {}  # not calibrated yet: the caller does it
+    with pytest.raises(ConfigError, match=r"several fusion modes \['inp', 'max'\]"):
+        read_thresholds(path)  # which of the two is ambiguous
+
+
+def test_a_record_without_a_rule_is_a_given_threshold(tmp_path: Path) -> None:
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"can": {"value": 0.5}, "rice": {"value": 1, "rule": "given"}}))
+    assert read_thresholds(path) == {"can": Threshold(0.5, "given"), "rice": Threshold(1.0)}
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,28 @@
-"""The training loop: exact resume, NaN guard, best checkpoint per fusion mode, run-folder files."""
+"""The training loop: exact resume (after kill -9 anywhere), NaN guard, best checkpoint per
+fusion mode, run-folder files."""
 
 import csv
 import json
+import math
+import multiprocessing
+import os
+import random
+import re
+import signal
+import time
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import InputGeometry, TrainAugment
 from filterformer.errors import ConfigError
 from filterformer.models import MAP_MODES, build_encoder, build_model
-from filterformer.training.checkpoint import load_checkpoint
+from filterformer.training import checkpoint
+from filterformer.training.checkpoint import checkpoint_files, has_checkpoint, load_checkpoint
 from filterformer.training.loop import Evaluation, NonFiniteLossError, OptimizerSettings, train
 from filterformer.training.validation import FusionEvaluator, map_statistics
 
@@ -242,3 +252,138 @@ def test_training_steps_never_read_a_tensor_back_to_the_host(synthetic_root, tmp
     monkeypatch.setattr(torch.Tensor, "__bool__", record(torch.Tensor.__bool__))
     run(synthetic_root, tmp_path, model, epochs=2, log_every=1000)
     assert reads == []
+
+
+@pytest.mark.parametrize(
+    ("bad_step", "kept"),
+    [
+        (1, "No checkpoint was kept: the loss diverged before the first epoch ended"),
+        (4, "checkpoints/last keeps the last good epoch (1, step 2)"),
+    ],
+)
+def test_divergence_message_says_what_the_run_folder_kept(synthetic_root, tmp_path, bad_step, kept):
+    with pytest.raises(NonFiniteLossError) as error:
+        run(synthetic_root, tmp_path, model=NaNAtStep(tiny_model(), bad_step=bad_step))
+    assert kept in str(error.value) and "train.optimizer.lr" in str(error.value)
+    assert has_checkpoint(tmp_path / "checkpoints" / "last") == (bad_step > 2)
+
+
+PAUSE = 0.1  # seconds the save hook waits at each stage of a save (the kill loop)
+PLAN = [  # each attempt is killed a moment after the n-th event that matches the pattern
+    ("step", 1),  # no checkpoint yet: the next attempt starts from the beginning
+    ("last:committed", 1),  # epoch 1 done
+    ("best_.*:weights", 1),  # from epoch 1: the improved best_<mode> of epoch 2 half-saved
+    ("last:state", 1),  # that best saved; last of epoch 2 written, not committed
+    ("last:committed", 1),  # last of epoch 2 current; the files it replaced not yet deleted
+    ("step", 1),  # from epoch 2: during step 6, its row logged beyond the checkpoint
+    ("last:committed", 1),  # the final last current: only the next start removes old files
+]
+
+
+def weight_scores(model):
+    """Scores that are a function of the weights alone (identical in every attempt)."""
+    total = sum(float(t.double().sum()) for t in model.trainable_state_dict().values())
+    fraction = total * 1e3 - math.floor(total * 1e3)
+    scores = {"inp": {"f1_max": fraction}, "filter": {"f1_max": 1.0 - fraction}}
+    return Evaluation(scores, {"inp": (0.0, 1.0), "filter": (1.0, 2.0)})
+
+
+def run_evaluated(root, run_dir, **kwargs):
+    """run() evaluated after every epoch, resuming: saves of best_* and last every epoch."""
+    return run(
+        root,
+        run_dir,
+        log_every=1,
+        eval_every=1,
+        evaluator=weight_scores,
+        category="synthetic",
+        map_statistics=lambda model: {"inp": (0.0, 1.0), "filter": (1.0, 2.0)},
+        resume=True,
+        **kwargs,
+    )
+
+
+def attempt(root, run_dir, events):
+    """The forked process: train, reporting steps and save stages (pausing at each)."""
+    torch.set_num_threads(1)
+
+    def at_stage(name, stage):
+        events.send(f"{name}:{stage}")
+        time.sleep(PAUSE)
+
+    checkpoint.save_hook = at_stage
+    run_evaluated(root, run_dir, step_callback=lambda step, row: events.send("step"))
+    events.send("done")
+
+
+def kill_after(process, events, pattern, occurrence, delay):
+    """Wait for the ``occurrence``-th event matching ``pattern``, then SIGKILL the attempt
+    ``delay`` seconds later.
+
+    Returns False when the attempt finished first.
+    """
+    seen = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not events.poll(0.5):
+            assert process.is_alive(), f"attempt died on its own (exit {process.exitcode})"
+            continue
+        name = events.recv()
+        if name == "done":
+            return False
+        seen += bool(re.fullmatch(pattern, name))
+        if seen == occurrence:
+            time.sleep(delay)
+            os.kill(process.pid, signal.SIGKILL)
+            return True
+    pytest.fail("attempt stalled")
+
+
+def listing(folder):
+    """Every file under ``folder``, with the random token of checkpoint file names masked."""
+    return sorted(
+        re.sub(r"\.[0-9a-f]{12}\.", ".TOKEN.", str(p.relative_to(folder)))
+        for p in folder.rglob("*")
+        if p.is_file()
+    )
+
+
+def test_kill_at_random_instants_then_resume_ends_bit_identical(synthetic_root, tmp_path):
+    """kill -9 at random instants (plan: :data:`PLAN`), then resume=true: the run ends with the
+    weights, logs and files of one that was never killed, and nothing temporary survives.
+
+    Each attempt trains in a forked process that reports its steps and the stages of its
+    checkpoint saves (through the save hook, which also pauses there to widen the window); the
+    test kills it with SIGKILL a random moment after a planned event and starts the next
+    attempt with resume=true, until one runs through.
+    """
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_evaluated(synthetic_root, straight)
+    fork = multiprocessing.get_context("fork")
+    rng = random.Random(0)
+    kills = 0
+    for event, occurrence in [*PLAN, (None, None)]:
+        receiver, sender = fork.Pipe(duplex=False)
+        process = fork.Process(target=attempt, args=(synthetic_root, killed, sender))
+        process.start()
+        sender.close()
+        if event is None:  # the last attempt runs through
+            process.join(60)
+            assert process.exitcode == 0
+            break
+        delay = rng.uniform(0, PAUSE if event != "step" else 0.05)
+        kills += kill_after(process, receiver, event, occurrence, delay)
+        process.join(10)
+        receiver.close()
+    assert kills == len(PLAN)
+
+    for name in ("last", "best_inp", "best_filter"):
+        want, got = (checkpoint_files(f / "checkpoints" / name) for f in (straight, killed))
+        assert json.loads(got.meta.read_text())["step"] == json.loads(want.meta.read_text())["step"]
+        want_weights, got_weights = load_file(want.weights), load_file(got.weights)
+        assert want_weights.keys() == got_weights.keys()
+        for tensor, value in want_weights.items():
+            assert torch.equal(got_weights[tensor], value), (name, tensor)
+    for file in ("train_log.csv", "eval_log.csv", "fusion.json", "map_stats.json"):
+        assert (killed / file).read_bytes() == (straight / file).read_bytes(), file
+    assert listing(killed) == listing(straight)  # nothing temporary or unfinished is left

@@ -24,7 +24,12 @@ def test_cfg_job_prints_the_filterformer_paper_recipe(monkeypatch, capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["name"] == "filterformer"
     assert cfg["encoder"]["variant"] == "dinov2_vitl14_reg"
-    assert cfg["input"] == {"resize": [896, 896], "crop": None, "interpolation": "area"}
+    assert cfg["input"] == {
+        "resize": [896, 896],
+        "crop": None,
+        "interpolation": "area",
+        "fit": "squash",
+    }
     assert (cfg["train"]["epochs"], cfg["train"]["batch_size"]) == (500, 4)
     optimizer = cfg["train"]["optimizer"]
     assert (optimizer["name"], optimizer["lr"], optimizer["final_lr"]) == ("adamw", 1e-3, 1e-4)
@@ -42,7 +47,12 @@ def test_cfg_job_prints_the_inpformer_paper_recipe(monkeypatch, capsys):
     ff_train(monkeypatch, "--cfg", "job", "preset=inpformer_paper", "category=can")
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert (cfg["model"]["name"], cfg["encoder"]["variant"]) == ("inpformer", "dinov2_vitb14_reg")
-    assert cfg["input"] == {"resize": [448, 448], "crop": [392, 392], "interpolation": "area"}
+    assert cfg["input"] == {
+        "resize": [448, 448],
+        "crop": [392, 392],
+        "interpolation": "area",
+        "fit": "squash",
+    }
     assert (cfg["train"]["epochs"], cfg["train"]["batch_size"], cfg["train"]["grad_clip"]) == (
         200,
         16,
@@ -63,9 +73,11 @@ def test_cfg_job_prints_the_inpformer_paper_recipe(monkeypatch, capsys):
 def test_unknown_names_list_the_valid_ones(monkeypatch, capsys, override, valid):
     with pytest.raises(SystemExit) as exit_info:
         ff_train(monkeypatch, override)
-    assert exit_info.value.code != 0
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "Available options" in err and all(f"\t{name}\n" in err for name in valid)
+    assert err.startswith("ff-train: error: ") and err.count("\n") == 1
+    listed = err.split("valid: ")[1].strip().split(", ")
+    assert set(valid) <= set(listed)
 
 
 def test_user_errors_exit_2_with_a_message_and_no_traceback(monkeypatch, capsys, tmp_path):

@@ -1,4 +1,4 @@
-"""Input geometry (resize, centre crop, way back to the original size) and augmentation."""
+"""Input geometry (resize, fit, centre crop, way back to the original size) and augmentation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from PIL import Image
 from torchvision import transforms as tv
 from torchvision.transforms import v2
 
-from filterformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, InputGeometry, TrainAugment
+from filterformer.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InputGeometry,
+    TrainAugment,
+    short_side_size,
+)
 from filterformer.errors import ConfigError
 
 
@@ -193,3 +199,95 @@ def test_augmentation_is_deterministic_per_seed_and_off_when_none():
 def test_unknown_augmentation_option():
     with pytest.raises(ConfigError, match="brightnes"):
         TrainAugment(color_jitter={"brightnes": 0.2})
+
+
+ORIGINALS = [(60, 96), (96, 60), (50, 50), (45, 100)]  # wide, tall, square, very wide
+
+
+@pytest.mark.parametrize("fit", ["pad", "short_side"])
+@pytest.mark.parametrize("original", ORIGINALS)
+def test_letterbox_keeps_the_aspect_ratio_and_pads_with_the_mean(fit, original):
+    geometry = InputGeometry((28, 42), fit=fit)
+    top, left, height, width = geometry.image_box(*original)
+    assert (height == 28 or width == 42) and height <= 28 and width <= 42  # fits, touching
+    assert abs(width / height - original[1] / original[0]) < 1.5 / min(height, width)
+    assert (top, left) == ((28 - height) // 2, (42 - width) // 2)  # centred
+    tensor = geometry.to_tensor(_random_image(*original))
+    assert tensor.shape == (3, 28, 42)  # one input shape for every aspect ratio
+    inside = torch.zeros(28, 42, dtype=torch.bool)
+    inside[top : top + height, left : left + width] = True
+    assert torch.all(tensor[:, ~inside] == 0)  # the normalisation mean, exactly
+    assert torch.all(tensor[:, inside].abs().sum(dim=0) > 0)
+
+
+@pytest.mark.parametrize("fit", ["squash", "pad"])
+@pytest.mark.parametrize("original", ORIGINALS)
+def test_map_of_the_image_area_returns_to_the_original_size_exactly(fit, original):
+    geometry = InputGeometry((28, 42), fit=fit)
+    top, left, height, width = geometry.image_box(*original)
+    amap = np.full((28, 42), 100.0, dtype=np.float32)  # letterbox bands: never seen again
+    amap[top : top + height, left : left + width] = 1.0
+    restored = geometry.to_original(amap, original)
+    assert restored.shape == original and restored.dtype == np.float32
+    np.testing.assert_array_equal(restored, np.ones(original, dtype=np.float32))
+
+
+@pytest.mark.parametrize("fit", ["squash", "pad"])
+@pytest.mark.parametrize("original", [(60, 96), (96, 60), (45, 100)])
+def test_a_gradient_image_maps_back_to_itself(fit, original):
+    """Network input -> map -> original size lands every pixel where it came from."""
+    height, width = original
+    ys, xs = np.mgrid[0:height, 0:width]
+    ramp = (40 + 150 * (ys / (height - 1) + xs / (width - 1)) / 2).astype(np.uint8)
+    geometry = InputGeometry((28, 42), fit=fit, interpolation="bilinear")
+    tensor = geometry.to_tensor(np.repeat(ramp[:, :, None], 3, axis=2))
+    amap = (tensor[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255  # channel 0, un-normalised
+    restored = geometry.to_original(amap, original)
+    error = np.abs(restored - ramp)
+    assert error.mean() < 1.0 and error.max() < 5.0  # grey levels; a shift or stretch: > 80
+
+
+def test_mask_round_trip_with_letterbox():
+    geometry = InputGeometry((28, 42), fit="pad")
+    mask = np.zeros((96, 60), dtype=bool)  # tall image in a wide canvas
+    mask[30:70, 10:40] = True
+    small = geometry.from_original_mask(mask)
+    _, left, _, width = geometry.image_box(96, 60)
+    assert small.shape == (28, 42) and left > 0  # a tall image: bands left and right
+    assert not small[:, :left].any() and not small[:, left + width :].any()
+    back = geometry.to_original(small.astype(np.float32), (96, 60)) > 0.5
+    assert (back != mask).mean() < 0.03  # only the mask's border pixels may move
+
+
+@pytest.mark.parametrize(
+    ("image", "short", "expected"),
+    [
+        ((1200, 1600), 168, (168, 224)),  # 4:3: exact
+        ((1600, 1200), 168, (224, 168)),  # portrait keeps its orientation
+        ((1080, 1920), 168, (168, 308)),  # 298.7 rounds up to 22 patches
+        ((500, 500), 224, (224, 224)),
+        ((48, 64), 28, (28, 42)),  # 37.3 rounds up to 3 patches
+    ],
+)
+def test_short_side_size_reference_values(image, short, expected):
+    assert short_side_size(short, image, 14) == expected
+
+
+def test_short_side_size_is_a_patch_multiple_within_one_patch_of_the_ratio():
+    rng = np.random.default_rng(0)
+    for height, width in rng.integers(20, 3000, (200, 2)):
+        canvas = short_side_size(224, (height, width), 14)
+        assert min(canvas) == 224 and all(side % 14 == 0 for side in canvas)
+        exact = max(height, width) * 224 / min(height, width)
+        assert exact <= max(canvas) < exact + 14
+        geometry = InputGeometry(canvas, fit="short_side")
+        assert min(geometry.scaled_size(height, width)) == 224  # the short side, exactly
+
+
+def test_fit_arguments_are_checked():
+    with pytest.raises(ConfigError, match="input.fit 'stretch' is unknown"):
+        InputGeometry((28, 28), fit="stretch")
+    with pytest.raises(ConfigError, match="input.crop=null or input.fit=squash"):
+        InputGeometry((28, 28), (14, 14), fit="pad")
+    with pytest.raises(ConfigError, match="multiple of the patch size 14; e.g. 210"):
+        short_side_size(220, (100, 200), 14)

@@ -11,7 +11,8 @@ import contextlib
 import csv
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 def read_anomaly_map(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a 2-D anomaly map (TIFF, any float type) as float32, refusing NaN/inf and bad sizes."""
+    return as_score_map(read_tiff_map(path, shape), path)
+
+
+def read_tiff_map(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a 2-D TIFF map in its stored dtype (checks of the dtype need it), refusing
+    missing or unreadable files and sizes other than ``shape``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: anomaly map not found. Run ff-predict for this split first.")
@@ -119,6 +126,11 @@ def read_anomaly_map(path: str | os.PathLike, shape: tuple[int, int] | None = No
             f"{path}: map is {amap.shape[0]}x{amap.shape[1]} (HxW) but its image is "
             f"{shape[0]}x{shape[1]}. Maps must be at the original image size."
         )
+    return amap
+
+
+def as_score_map(amap: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """A map read from ``path`` as float32 scores, refusing NaN and inf."""
     amap = amap.astype(np.float32)
     if not np.isfinite(amap).all():
         raise DataError(
@@ -130,25 +142,50 @@ def read_anomaly_map(path: str | os.PathLike, shape: tuple[int, int] | None = No
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    What is renamed into place has the permissions the umask allows, as a file made by
+    ``open`` would (not the 0600 of a temporary file, which some writers, e.g. safetensors,
+    put in the temporary path's place). An OSError about the temporary file, or about no file
+    (a full disk names none), is raised again naming ``path``, so that the user learns which
+    output could not be written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}{PARTIAL_MARK}", suffix=path.suffix, dir=path.parent
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        tmp_path = _new_partial(path)
+        mode = stat.S_IMODE(tmp_path.stat().st_mode)
         yield tmp_path
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
+    except OSError as err:
+        about_tmp = err.filename is None or tmp_path is None or str(err.filename) == str(tmp_path)
+        if err.errno is None or not about_tmp:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
-def remove_partials(folder: str | os.PathLike) -> int:
-    """Delete temporary files a killed run left under ``folder``; return how many."""
+def _new_partial(path: Path) -> Path:
+    """Create an empty temporary file with a unique name beside ``path`` (mode 0o666 & ~umask)."""
+    while True:
+        tmp = path.with_name(f".{path.stem}{PARTIAL_MARK}{secrets.token_hex(4)}{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+
+
+def remove_partials(folder: str | os.PathLike, *, recursive: bool = True) -> int:
+    """Delete temporary files a killed run left in ``folder`` (and below); return how many."""
+    pattern = f".*{PARTIAL_MARK}*"
+    found = Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern)
     count = 0
-    for tmp in Path(folder).rglob(f".*{PARTIAL_MARK}*"):
+    for tmp in found:
         tmp.unlink(missing_ok=True)
         count += 1
     return count

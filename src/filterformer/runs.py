@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import filterformer
-from filterformer.data.folder import ImageFolderDataset
+from filterformer.data.folder import ImageFolderDataset, holdout_names, split_holdout
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import Tiling
@@ -36,11 +37,13 @@ from filterformer.io import atomic_path, write_json
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.encoder import ENCODERS, weights_sha256
 from filterformer.models.registry import build_encoder, build_model
-from filterformer.training.checkpoint import checkpoint_files, load_checkpoint
+from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
 DATA_KINDS = ("mvtec_ad2", "synthetic", "folder")
+DEFAULT_HOLDOUT_FRACTION = 0.1
+"""Share of the training images held out as validation when a folder run has no validation_dir."""
 BASE_RUNS: dict[str, tuple[str, str]] = {"fader": ("ear_run", "ear")}
 """Models trained on top of another run: name -> (model key naming that run, the run's model)."""
 IMAGE_SCORES = ("max", "top1")
@@ -55,6 +58,7 @@ class Run:
     config: DictConfig
     model: FrozenEncoderModel
     checkpoint: Path
+    """The weights file that was loaded."""
     geometry: InputGeometry
     category: str
     mode: str
@@ -74,13 +78,35 @@ class Run:
 
 
 def build_geometry(config: DictConfig) -> InputGeometry:
-    """The network input geometry of ``config.input``."""
+    """The network input geometry of ``config.input`` (``fit`` is ``squash`` when absent).
+
+    A fit that keeps the aspect ratio works on whole images only: tiles are cut at the
+    category's fixed tile shape and trained as squashed crops.
+    """
     crop = config.input.get("crop")
+    fit = config.input.get("fit", "squash")
+    tiling = config.category.get("tiling")
+    if fit != "squash" and tiling and tiling.enabled:
+        raise ConfigError(
+            f"input.fit={fit} keeps whole images' aspect ratio, but category "
+            f"{config.category.name!r} is scored in tiles (category.tiling.enabled=true). Set "
+            "input.fit=squash (tiles are resized as the MVTec AD 2 recipes do), or "
+            "category.tiling.enabled=false."
+        )
     return InputGeometry(
         list(config.input.resize),
         None if crop is None else list(crop),
         interpolation=config.input.get("interpolation", "area"),
+        fit=fit,
     )
+
+
+def patch_size(config: DictConfig) -> int:
+    """Patch size of the configured encoder, from its timm architecture (``..._patch14_...``)."""
+    variant = config.encoder.variant
+    if variant not in ENCODERS:
+        raise ConfigError(f"unknown encoder.variant {variant!r}; valid: {', '.join(ENCODERS)}.")
+    return int(re.search(r"_patch(\d+)", ENCODERS[variant].arch).group(1))
 
 
 def build_tiling(config: DictConfig, *, training: bool = False) -> Tiling | None:
@@ -212,9 +238,9 @@ def start_from_base_run(
             f"{run_dir} was trained with other {base_name} settings than this config; add {fix}"
         )
     base_model = build_model(base_name, model.encoder, **settings)
-    path = _checkpoint_path(run_dir, _fusion_mode(run_dir, base, base_model))
+    checkpoint = _default_checkpoint(run_dir, _fusion_mode(run_dir, base, base_model))
     expected = {**identity, "model": base_name}
-    load_checkpoint(path, base_model, expected=expected)
+    load_checkpoint(run_dir / "checkpoints" / checkpoint, base_model, expected=expected)
     model.load_state_dict(base_model.trainable_state_dict(), strict=False)
 
 
@@ -223,26 +249,39 @@ def split_samples(config: DictConfig, split: str) -> Sequence[Sample]:
 
     MVTec AD 2-layout data (``mvtec_ad2``, ``synthetic``) has the five AD 2 splits; a
     ``folder`` source maps ``train`` / ``validation`` / ``test_public`` to its train_dir /
-    validation_dir / test_dir (+ mask_dir).
+    validation_dir / test_dir (+ mask_dir). Without a validation_dir, the validation split is
+    the training images named in ``data.holdout`` (ff-train stores them; when absent they are
+    drawn by :func:`holdout_names` with ``data.validation_fraction`` and the run's seed), and
+    the train split is the rest.
     """
     data, category = config.data, config.category.name
     if data.kind in ("mvtec_ad2", "synthetic"):
         return MVTecAD2(data.root, category, split)
-    if data.kind == "folder":
-        folders = {
-            "train": data.train_dir,
-            "validation": data.validation_dir,
-            "test_public": data.test_dir,
-        }
-        if folders.get(split) is None:
-            raise ConfigError(
-                f"data.kind=folder has no folder for split {split!r}; set data.train_dir, "
-                "data.validation_dir and data.test_dir (+ data.mask_dir for ground truth)."
-            )
-        if split == "test_public":
-            return ImageFolderDataset(folders[split], "test", data.get("mask_dir"), category)
-        return ImageFolderDataset(folders[split], "train", None, category)
-    raise ConfigError(f"unknown data.kind {data.kind!r}; valid: {', '.join(DATA_KINDS)}.")
+    if data.kind != "folder":
+        raise ConfigError(f"unknown data.kind {data.kind!r}; valid: {', '.join(DATA_KINDS)}.")
+    if split == "test_public" and data.test_dir is not None:
+        return ImageFolderDataset(data.test_dir, "test", data.get("mask_dir"), category)
+    if split == "validation" and data.validation_dir is not None:
+        return ImageFolderDataset(data.validation_dir, "train", None, category)
+    if split not in ("train", "validation"):
+        raise ConfigError(
+            f"data.kind=folder has no folder for split {split!r}: test_public is data.test_dir "
+            "(+ data.mask_dir for ground truth), set when training. To score any folder of "
+            "images, use ff-predict --images DIR."
+        )
+    train = ImageFolderDataset(data.train_dir, "train", None, category)
+    if data.validation_dir is not None:
+        return train
+    holdout = data.get("holdout")
+    if holdout is None:
+        holdout = holdout_names(train, holdout_fraction(config), int(config.seed))
+    kept, held = split_holdout(train, holdout)
+    return kept if split == "train" else held
+
+
+def holdout_fraction(config: DictConfig) -> float:
+    """``data.validation_fraction``: the share of train_dir held out without a validation_dir."""
+    return float(config.data.get("validation_fraction", DEFAULT_HOLDOUT_FRACTION))
 
 
 def versions(seed: int, encoder_weights: str) -> dict[str, Any]:
@@ -289,20 +328,27 @@ def create_run(run_dir: str | Path, config: DictConfig, encoder_weights: str) ->
 
 
 def load_run(
-    run_dir: str | Path, *, device: str | torch.device = "cpu", checkpoint: str | None = None
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    checkpoint: str | None = None,
+    verify: bool = True,
 ) -> Run:
     """Load a run folder: model (eval mode) with the checkpoint of its fusion mode, and settings.
 
     ``checkpoint`` names a checkpoint in ``checkpoints/`` (e.g. ``"last"``); by default it is
-    ``best_<mode>`` when that exists, else ``last``.
+    ``best_<mode>`` when that exists, else ``last``. ``verify``: check the checkpoint's files
+    against the SHA-256 its metadata records (False skips that, the user's explicit choice).
     """
     run_dir = Path(run_dir)
     config = resolve_run_paths(_read_config(run_dir), run_dir)
     model, identity = build_from_config(config, from_base_run=False)
     category = config.category.name
     mode = _fusion_mode(run_dir, config, model)
-    path = _checkpoint_path(run_dir, mode, checkpoint)
-    loaded = load_checkpoint(path, model, expected=identity)
+    checkpoint = checkpoint or _default_checkpoint(run_dir, mode)
+    loaded = load_checkpoint(
+        run_dir / "checkpoints" / checkpoint, model, expected=identity, verify=verify
+    )
     model.to(device).eval()
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
@@ -316,7 +362,7 @@ def load_run(
         run_dir=run_dir,
         config=config,
         model=model,
-        checkpoint=path,
+        checkpoint=loaded.files.weights,
         geometry=build_geometry(config),
         category=category,
         mode=mode,
@@ -331,13 +377,10 @@ def load_run(
     )
 
 
-def _checkpoint_path(run_dir: Path, mode: str, checkpoint: str | None = None) -> Path:
-    """The weights file of ``checkpoint`` (default: ``best_<mode>`` if saved, else ``last``)."""
-    folder = run_dir / "checkpoints"
-    if checkpoint is None:
-        best = f"best_{mode}"
-        checkpoint = best if checkpoint_files(folder / best)[0].is_file() else "last"
-    return checkpoint_files(folder / checkpoint)[0]
+def _default_checkpoint(run_dir: Path, mode: str) -> str:
+    """``best_<mode>`` if the run saved one, else ``last``."""
+    best = f"best_{mode}"
+    return best if has_checkpoint(run_dir / "checkpoints" / best) else "last"
 
 
 def _read_config(run_dir: Path) -> DictConfig:

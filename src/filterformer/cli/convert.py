@@ -20,20 +20,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from hydra import compose, initialize_config_module
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
-
-from filterformer.cli.common import report_user_errors
-from filterformer.convert.inp_former import convert_state_dict
+from filterformer.cli.common import (
+    config_dir,
+    config_error_message,
+    config_groups,
+    report_user_errors,
+)
 from filterformer.errors import CheckpointError, ConfigError
-from filterformer.io import atomic_path
-from filterformer.models.encoder import ENCODERS, weights_sha256
-from filterformer.runs import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
-from filterformer.training.checkpoint import save_checkpoint
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that --help stays fast
+    import torch
+    from omegaconf import DictConfig
 
 ENCODER_FILE = "encoder.safetensors"
 PARITY_OVERRIDES = (
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument(
         "--encoder",
         required=True,
-        choices=list(ENCODERS),
+        choices=config_groups(config_dir())["encoder"],
         help="encoder the checkpoint was trained with (dinov2reg_vit_base_14 -> dinov2_vitb14_reg)",
     )
     inp.add_argument("--category", required=True, help="category the checkpoint was trained on")
@@ -70,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_official(path: Path) -> dict[str, torch.Tensor]:
     """Read a `torch.save`d state dict (tensors only, never arbitrary pickled objects)."""
+    import torch
+
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found.")
     try:
@@ -90,6 +91,9 @@ def parity_config(
     variant: str, category: str, run_dir: Path, overrides: Sequence[str]
 ) -> DictConfig:
     """The run config: ff-train's defaults in parity mode, then the user's overrides."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
     settings = [
         *PARITY_OVERRIDES,
         f"encoder={variant}",
@@ -102,11 +106,23 @@ def parity_config(
         with initialize_config_module("filterformer.configs", version_base=None):
             return compose("train", overrides=settings)
     except HydraException as err:
-        raise ConfigError(f"bad config override among {list(overrides)}: {err}") from None
+        raise ConfigError(
+            f"bad config override among {list(overrides)}: {config_error_message(err)}"
+        ) from None
 
 
 def convert_inp_former(args: argparse.Namespace) -> Path:
     """Write the run folder for an official INP-Former checkpoint; return its path."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from filterformer.convert.inp_former import convert_state_dict
+    from filterformer.io import atomic_path
+    from filterformer.lock import lock_run
+    from filterformer.models.encoder import weights_sha256
+    from filterformer.runs import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
+    from filterformer.training.checkpoint import save_checkpoint
+
     run_dir = args.out.resolve()
     if (run_dir / CONFIG_FILE).exists() and not args.force:
         raise ConfigError(
@@ -123,7 +139,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         pretrain_img_size=config.encoder.pretrain_img_size,
         source=source,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run(run_dir)  # creates run_dir: this process is its only writer
     encoder_file = run_dir / ENCODER_FILE
     with atomic_path(encoder_file) as tmp:
         save_file(weights.encoder, str(tmp), metadata={"converted_from": source})

@@ -5,10 +5,16 @@ Two sources of maps:
 - ``--maps DIR``: precomputed maps ``DIR/<category>/<split>/{good,bad}/<stem>.tiff`` (or DIR
   holding ``anomaly_images/``, as ff-predict writes). Binary maps come from --thresholds,
   else from ``anomaly_images_thresholded/.../<stem>.png`` beside them, else from the
-  validation mean + 3 std of ``DIR/<category>/validation`` maps. This path never imports torch.
-- ``--run RUN_DIR`` (or every run under --runs-dir): the run's model predicts the maps;
-  missing thresholds are calibrated on validation (mean + 3 std) and stored in the run.
+  validation mean + 3 std of ``DIR/<category>/validation`` maps. Maps without an image,
+  integer TIFFs and maps that lose precision in float16 are warned about (refused with
+  ``--strict``; :mod:`filterformer.evaluation.map_audit`). This path never imports torch.
+- ``--run RUN_DIR`` (or every run under --runs-dir): the run's model predicts the maps; a
+  fusion mode without a threshold in thresholds.json gets one by the category's rule
+  (validation mean + k std or quantile, or F1-optimal on test_public: an oracle there),
+  stored in the run.
 
+Every row says which split chose its checkpoint, fusion mode and threshold (``selected_on``,
+:mod:`filterformer.evaluation.selection`); numbers on a split that chose one are optimistic.
 Private splits have no ground truth: use ff-predict and the benchmark server for them.
 """
 
@@ -19,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -27,16 +33,22 @@ from tqdm import tqdm
 from filterformer.cli.common import report_user_errors
 from filterformer.data.mvtec_ad2 import PRIVATE_SPLITS, SPLITS, MVTecAD2
 from filterformer.data.sample import Sample
-from filterformer.errors import DataError
+from filterformer.errors import DataError, FilterformerError
+from filterformer.evaluation.aupro import ProResult
+from filterformer.evaluation.map_audit import MapAudit
 from filterformer.evaluation.report import (
     CategoryMetrics,
     format_table,
     metrics_document,
-    overlay_panel,
-    plot_pro_curve,
     write_metrics,
 )
 from filterformer.evaluation.segf1 import binarize
+from filterformer.evaluation.selection import (
+    UNKNOWN,
+    Selection,
+    run_selection,
+    threshold_origin,
+)
 from filterformer.evaluation.thresholds import (
     Threshold,
     mean_std_threshold,
@@ -45,7 +57,10 @@ from filterformer.evaluation.thresholds import (
     write_thresholds,
 )
 from filterformer.inference.postprocess import postprocess
-from filterformer.io import read_anomaly_map, read_mask, write_json, write_png
+from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
+
+if TYPE_CHECKING:  # runs imports torch, which the --maps path never loads
+    from filterformer.runs import Run
 
 MAPS_FOLDER = "anomaly_images"
 BINARY_FOLDER = "anomaly_images_thresholded"
@@ -84,12 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="AU-PRO on float32 maps (exact, memory grows with distinct scores) "
         "instead of the server's float16 rounding",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="with --maps: refuse (exit 2) maps without an image, integer TIFFs and maps that "
+        "lose precision in float16, instead of warning",
+    )
     parser.add_argument("--json", type=Path, help="also write the metrics document here")
     parser.add_argument(
         "--out", type=Path, help="with --maps: write metrics, PRO curves and overlays here"
     )
     parser.add_argument("--device", help="with runs: torch device (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="with runs: skip the checkpoint's SHA-256 check"
+    )
     return parser
 
 
@@ -109,6 +133,17 @@ class CategorySource:
     """Keyword arguments of :func:`postprocess` for thresholded maps (not for given PNGs)."""
 
 
+@dataclass
+class Measured:
+    """One category's metrics, kept until its plots and overlays are written."""
+
+    category: str
+    source: CategorySource
+    result: ProResult
+    examples: dict[str, int]
+    score_range: tuple[float, float]
+
+
 class Evaluator:
     """Runs the metrics of every category of one split and writes the outputs."""
 
@@ -126,8 +161,8 @@ class Evaluator:
             return read_mask(path, shape=sample.shape)
         return None
 
-    def category(self, category: str, source: CategorySource, out_dir: Path | None) -> None:
-        """Evaluate one category; add its row and, with ``out_dir``, its plots and overlays."""
+    def measure(self, category: str, source: CategorySource, selection: Selection) -> Measured:
+        """Evaluate one category and add its row, labelled with what chose its settings."""
         metrics = CategoryMetrics(float16=not self.args.float32)
         bar = tqdm(
             source.maps,
@@ -144,25 +179,35 @@ class Evaluator:
         else:
             rule = "given binary maps" if source.binary_dir is not None else "none"
         value = None if source.threshold is None else source.threshold.value
-        self.rows.append(metrics.row(category, result, value, rule))
-        if out_dir is None:
-            return
-        limit = self.limits[0]
+        row = metrics.row(category, result, value, rule)
+        row["selected_on"] = selection.to_json()
+        self.rows.append(row)
+        return Measured(category, source, result, metrics.examples(), metrics.score_range)
+
+    def write_outputs(self, measured: Measured, out_dir: Path) -> None:
+        """The category's PRO-curve plot and the overlays of its best, median and worst image."""
+        from filterformer.evaluation.figures import plot_pro_curve, write_overlay
+
+        category, source = measured.category, measured.source
+        title = f"{category} ({self.args.split})"
+        value = None if source.threshold is None else source.threshold.value
         plot_pro_curve(
-            out_dir / f"pro_curve_{category}.png", result, limit, f"{category} ({self.args.split})"
+            out_dir / f"pro_curve_{category}.png", measured.result, self.limits[0], title
         )
-        for tag, index in metrics.examples().items():
+        for tag, index in measured.examples.items():
             sample = source.samples[index]
             amap, _ = source.load_map(sample)
-            panel = overlay_panel(
+            stem = str(sample.relpath).replace("/", "_")
+            write_overlay(
+                out_dir / "overlays" / f"{category}_{tag}_{stem}.png",
                 sample.load_image(),
                 amap,
                 self.binary(source, sample, amap),
                 sample.load_mask(),
-                metrics.score_range,
+                measured.score_range,
+                value,
+                name=f"{category} {sample.relpath} ({tag})",
             )
-            stem = str(sample.relpath).replace("/", "_")
-            write_png(out_dir / "overlays" / f"{category}_{tag}_{stem}.png", panel)
 
     def finish(self, out_dir: Path | None) -> None:
         """Print the table; write metrics.json/.csv and the --json document."""
@@ -189,27 +234,97 @@ def resolve_maps_dir(maps: Path) -> tuple[Path, Path | None]:
     return maps, binary if binary is not None and binary.is_dir() else None
 
 
-def map_reader(maps_root: Path, category: str) -> Callable[[Sample], tuple[np.ndarray, str]]:
-    """Reads ``<maps_root>/<category>/<relpath>.tiff`` at the sample's size."""
+def map_reader(
+    maps_root: Path, category: str, audit: MapAudit | None = None
+) -> Callable[[Sample], tuple[np.ndarray, str]]:
+    """Reads ``<maps_root>/<category>/<relpath>.tiff`` at the sample's size (into ``audit``)."""
 
     def load(sample: Sample) -> tuple[np.ndarray, str]:
         path = maps_root / category / f"{sample.relpath}.tiff"
-        return read_anomaly_map(path, shape=sample.shape), str(path)
+        raw = read_tiff_map(path, shape=sample.shape)
+        if audit is not None:
+            audit.update(raw, path)
+        return as_score_map(raw, path), str(path)
 
     return load
 
 
-def calibrate_from_maps(args: argparse.Namespace, maps_root: Path, category: str) -> Threshold:
+def audited_samples(
+    args: argparse.Namespace, maps_root: Path, category: str, split: str, float16: bool
+) -> tuple[Sequence[Sample], MapAudit]:
+    """The split's samples and the audit of its maps (extra map files already noted)."""
+    samples = MVTecAD2(args.data_root, category, split)
+    audit = MapAudit(str(maps_root / category / split), float16=float16)
+    folder = maps_root / category / split
+    if folder.is_dir():
+        audit.check_unmatched(folder, (maps_root / category / f"{s.relpath}.tiff" for s in samples))
+    return samples, audit
+
+
+def calibrate_from_maps(
+    args: argparse.Namespace, maps_root: Path, category: str
+) -> tuple[Threshold, MapAudit]:
     """Validation mean + 3 std from the maps in ``<maps_root>/<category>/validation``."""
-    load = map_reader(maps_root, category)
-    samples = MVTecAD2(args.data_root, category, "validation")
-    return mean_std_threshold(
+    samples, audit = audited_samples(args, maps_root, category, "validation", float16=False)
+    load = map_reader(maps_root, category, audit)
+    threshold = mean_std_threshold(
         (load(s)[0] for s in samples), DEFAULT_K, str(maps_root / category / "validation")
     )
+    return threshold, audit
+
+
+def report_findings(audits: Iterable[MapAudit], strict: bool) -> None:
+    """Print each audit finding as a warning, or with ``strict`` refuse them all in one line."""
+    findings = [finding for audit in audits for finding in audit.finish()]
+    if findings and strict:
+        raise DataError(" ".join(findings) + " (--strict; without it these are warnings.)")
+    for finding in findings:
+        print(f"ff-eval: warning: {finding}", file=sys.stderr)
+
+
+def maps_source(
+    args: argparse.Namespace,
+    maps_root: Path,
+    binary_root: Path | None,
+    category: str,
+    given: dict[str, Threshold],
+) -> tuple[CategorySource, Selection, list[MapAudit]]:
+    """One category of --maps: its maps, threshold (calibrated if needed) and audits."""
+    samples, audit = audited_samples(args, maps_root, category, args.split, not args.float32)
+    audits = [audit]
+    binary_dir = binary_root / category if binary_root else None
+    threshold = given.get(category)
+    if threshold is None and not (binary_dir and (binary_dir / args.split).is_dir()):
+        binary_dir = None
+        if (maps_root / category / "validation").is_dir():
+            threshold, validation_audit = calibrate_from_maps(args, maps_root, category)
+            audits.append(validation_audit)
+        else:
+            print(
+                f"ff-eval: {category}: no thresholds, binary maps or validation maps; "
+                "SegF1 and ClassF1 are not computed.",
+                file=sys.stderr,
+            )
+    load = map_reader(maps_root, category, audit)
+    maps = ((s, *load(s)) for s in samples)
+    source = CategorySource(
+        samples,
+        map_reader(maps_root, category),
+        maps,
+        threshold,
+        None if threshold is not None else binary_dir,
+        cli_postprocess(args),
+    )
+    selection = Selection(
+        checkpoint=UNKNOWN,
+        fusion_mode=UNKNOWN,
+        threshold=threshold_origin(threshold, binary_maps_given=source.binary_dir is not None),
+    )
+    return source, selection, audits
 
 
 def evaluate_maps(args: argparse.Namespace) -> None:
-    """The --maps path (no torch)."""
+    """The --maps path (no torch). Outputs are written only once every category passed."""
     maps_root, binary_root = resolve_maps_dir(args.maps)
     categories = args.categories or sorted(
         p.name for p in maps_root.iterdir() if p.is_dir() and not p.name.startswith(".")
@@ -218,24 +333,14 @@ def evaluate_maps(args: argparse.Namespace) -> None:
         raise DataError(f"{maps_root}: no category folders with maps found.")
     given = read_thresholds(args.thresholds) if args.thresholds else {}
     evaluator = Evaluator(args)
+    measured = []
     for category in categories:
-        samples = MVTecAD2(args.data_root, category, args.split)
-        binary_dir = binary_root / category if binary_root else None
-        threshold = given.get(category)
-        if threshold is None and not (binary_dir and (binary_dir / args.split).is_dir()):
-            binary_dir = None
-            if (maps_root / category / "validation").is_dir():
-                threshold = calibrate_from_maps(args, maps_root, category)
-            else:
-                print(
-                    f"ff-eval: {category}: no thresholds, binary maps or validation maps; "
-                    "SegF1 and ClassF1 are not computed.",
-                    file=sys.stderr,
-                )
-        load = map_reader(maps_root, category)
-        maps = ((s, *load(s)) for s in samples)
-        source = CategorySource(samples, load, maps, threshold, binary_dir, cli_postprocess(args))
-        evaluator.category(category, source, args.out)
+        source, selection, audits = maps_source(args, maps_root, binary_root, category, given)
+        measured.append(evaluator.measure(category, source, selection))
+        report_findings(audits, args.strict)
+    if args.out is not None:
+        for item in measured:
+            evaluator.write_outputs(item, args.out)
     evaluator.finish(args.out)
 
 
@@ -252,65 +357,100 @@ def run_folders(args: argparse.Namespace) -> list[Path]:
     return runs
 
 
+class RunMaps:
+    """The maps of one loaded run on any split, and its missing threshold."""
+
+    def __init__(self, run: Run, args: argparse.Namespace, device: str) -> None:
+        self.run, self.args, self.device = run, args, device
+
+    def samples(self, split: str) -> Sequence[Sample]:
+        """The split's samples: from --data-root if given, else from the run's data."""
+        from filterformer.runs import split_samples
+
+        if self.args.data_root is None:
+            return split_samples(self.run.config, split)
+        return MVTecAD2(self.args.data_root, self.run.category, split)
+
+    def predict(self, samples: Sequence[Sample]) -> Iterable[tuple[Sample, np.ndarray]]:
+        """Original-size maps with the run's fusion mode, statistics, smoothing and tiling."""
+        from filterformer.inference.predict import predict_maps
+
+        run = self.run
+        return predict_maps(
+            run.model,
+            samples,
+            run.geometry,
+            mode=run.mode,
+            map_stats=run.map_stats,
+            smoothing=run.smoothing,
+            tiling=run.tiling,
+            device=self.device,
+            progress=not self.args.no_progress,
+        )
+
+    def calibrate(self) -> Threshold:
+        """A threshold for the run's fusion mode by its category's rule, stored in the run.
+
+        mean_std and quantile read the validation maps, f1_optimal the test_public ground
+        truth (an oracle when test_public is evaluated).
+        """
+        run = self.run
+        rule = run.threshold_rule
+        try:
+            threshold = threshold_by_rule(
+                rule,
+                lambda: (amap for _, amap in self.predict(self.samples("validation"))),
+                lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples("test_public"))),
+                f"{run.run_dir}: {run.category}",
+            )
+        except FilterformerError as err:
+            raise type(err)(
+                f"{run.run_dir}: fusion mode {run.mode!r} has no threshold, and calibrating one "
+                f"by the category's rule {dict(rule)} failed: {err}"
+            ) from None
+        write_thresholds(run.run_dir / "thresholds.json", {run.category: threshold}, run.mode)
+        print(
+            f"ff-eval: {run.run_dir}: no threshold for fusion mode {run.mode!r}; calibrated "
+            f"{threshold.describe(self.args.split)} = {threshold.value:.6g} (stored in "
+            "thresholds.json).",
+            file=sys.stderr,
+        )
+        return threshold
+
+
 def evaluate_runs(args: argparse.Namespace) -> None:
     """The --run path: predict with each run's model, calibrate missing thresholds, evaluate.
 
     Threshold: --thresholds, else the run's thresholds.json entry for its fusion mode, else
-    validation mean + 3 std (then stored in the run's thresholds.json). Post-processing: the
-    run's category settings, overridden by the command line. Writes ``<run>/eval/<split>/``
-    (metrics, PRO curve, overlays) per run and prints one table for all runs.
+    one calibrated by the category's rule (then stored in the run's thresholds.json).
+    Post-processing: the run's category settings, overridden by the command line. Writes
+    ``<run>/eval/<split>/`` (metrics, PRO curve, overlays) per run and prints one table.
     """
     run_dirs = run_folders(args)
     import torch
 
-    from filterformer.inference.predict import predict_maps
-    from filterformer.runs import load_run, split_samples
+    from filterformer.runs import load_run
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    given = read_thresholds(args.thresholds) if args.thresholds else {}
     evaluator = Evaluator(args)
     for run_dir in run_dirs:
-        run = load_run(run_dir, device=device)
-        category = run.category
-
-        def samples_of(split: str, run=run) -> Sequence[Sample]:
-            if args.data_root is None:
-                return split_samples(run.config, split)
-            return MVTecAD2(args.data_root, run.category, split)
-
-        def predict(samples: Sequence[Sample], run=run) -> Iterable[tuple[Sample, np.ndarray]]:
-            return predict_maps(
-                run.model,
-                samples,
-                run.geometry,
-                mode=run.mode,
-                map_stats=run.map_stats,
-                smoothing=run.smoothing,
-                tiling=run.tiling,
-                device=device,
-                progress=not args.no_progress,
-            )
-
-        threshold = given.get(category) or run.threshold
-        if threshold is None:
-            threshold = threshold_by_rule(
-                run.threshold_rule,
-                lambda: (amap for _, amap in predict(samples_of("validation"))),
-                lambda: ((amap, s.load_mask()) for s, amap in predict(samples_of("test_public"))),
-                f"{run_dir}: {category}",
-            )
-            write_thresholds(run_dir / "thresholds.json", {category: threshold}, mode=run.mode)
-        samples = samples_of(args.split)
+        run = load_run(run_dir, device=device, verify=not args.no_verify)
+        maps = RunMaps(run, args, device)
+        given = read_thresholds(args.thresholds, run.mode) if args.thresholds else {}
+        threshold = given.get(run.category) or run.threshold or maps.calibrate()
+        eval_split = run.config.eval.get("split", "test_public")
+        selection = run_selection(run_dir, run.category, eval_split, run.checkpoint, threshold)
+        samples = maps.samples(args.split)
         source = CategorySource(
             samples,
-            load_map=lambda s, predict=predict: (next(iter(predict([s])))[1], str(s.path)),
-            maps=((s, amap, str(s.path)) for s, amap in predict(samples)),
+            load_map=lambda s, maps=maps: (next(iter(maps.predict([s])))[1], str(s.path)),
+            maps=((s, amap, str(s.path)) for s, amap in maps.predict(samples)),
             threshold=threshold,
             binary_dir=None,
             postprocess={**run.postprocess, **cli_postprocess(args)},
         )
         out_dir = run_dir / "eval" / args.split
-        evaluator.category(category, source, out_dir)
+        evaluator.write_outputs(evaluator.measure(run.category, source, selection), out_dir)
         write_metrics(out_dir, evaluator.rows[-1:], args.split, evaluator.limits)
     evaluator.finish(None)
 

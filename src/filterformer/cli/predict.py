@@ -3,7 +3,8 @@
     ff-predict --run RUN --out DIR [--split test_private test_private_mixed]   one category
     ff-predict --run RUN --out DIR --split test_public     local layout for ff-eval --maps DIR
     ff-predict --runs RUNS --submission NAME [--out PARENT]  8 categories, check, pack
-    ff-predict --run RUN --images FOLDER --out DIR         custom images, with overlays
+    ff-predict --run RUN --images FOLDER --out DIR         custom images: overlays, scores.csv
+    ff-predict --run RUN --out DIR --split test_public --overlays   + labelled overlays
     ff-predict --check DIR [--data-root ROOT]              the upload checks only
 
 Maps are written as ``DIR/anomaly_images/<category>/<relpath>.tiff`` (float16, original
@@ -12,7 +13,10 @@ using the run's fusion mode (fusion.json), threshold for that mode (thresholds.j
 post-processing (config). The float16 rescale of a run is fitted once on its validation maps
 (min -> 0, max -> 1000; export/rescale.py) and kept in ``<run>/rescale.json``; the same
 validation pass calibrates a missing threshold (mean + 3 std, stored in thresholds.json as
-ff-eval does). An interrupted export resumes where it stopped.
+ff-eval does). An interrupted export resumes where it stopped. Every file goes under --out:
+with --run the rescale record is ``DIR/rescale.json`` and overlays
+``DIR/overlays/<category>/<relpath>.png``; with --runs the record sits beside the submission
+folder (``PARENT/NAME.rescale.json``), as the server refuses extra files inside it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from filterformer.data.folder import ImageFolderDataset
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, SubmissionError
-from filterformer.evaluation.report import overlay_panel
 from filterformer.evaluation.thresholds import Threshold, threshold_by_rule, write_thresholds
 from filterformer.export import (
     OFFICIAL_COUNTS,
@@ -43,13 +46,18 @@ from filterformer.export import (
     pack_submission,
     save_record,
 )
+from filterformer.export.mvtec_submission import map_path, mask_path
 from filterformer.export.rescale import DEFAULT_TARGET
 from filterformer.export.writer import export_record
 from filterformer.inference.postprocess import postprocess
-from filterformer.io import read_mask, write_png
+from filterformer.io import read_anomaly_map, read_mask, write_csv
+from filterformer.lock import lock_output
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
 RESCALE_FILE = "rescale.json"
+SCORES_FILE = "scores.csv"
+SHOWN_SCORES = 5
+"""How many of the highest-scoring images the --images table shows."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--check", type=Path, metavar="DIR", help="check a submission folder")
     parser.add_argument("--split", nargs="+", choices=SPLITS, default=list(PRIVATE_SPLITS))
     parser.add_argument("--images", type=Path, help="with --run: a folder of your own images")
+    parser.add_argument(
+        "--overlays", action="store_true", help="with --run: also write overlays (on for --images)"
+    )
     parser.add_argument("--submission", help="with --runs: name of the submission folder")
     parser.add_argument("--out", type=Path, help="output folder (--runs: its parent, default .)")
     parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: the run's)")
@@ -67,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the SHA-256 check of the checkpoint"
+    )
     return parser
 
 
@@ -79,7 +93,7 @@ class RunExporter:
         from filterformer.runs import load_run
 
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.run = load_run(run_dir, device=self.device)
+        self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)
         self.args = args
         self.rescale, self.threshold = self._calibration()
 
@@ -142,8 +156,17 @@ class RunExporter:
         )
         return rescale, threshold
 
-    def export(self, samples: Sequence[Sample], out: Path, overlays: bool = False) -> int:
-        """Write maps and masks of ``samples`` under ``out`` (resuming); return how many."""
+    def export(
+        self,
+        samples: Sequence[Sample],
+        out: Path,
+        overlays: bool = False,
+        record: Path | None = None,
+    ) -> int:
+        """Write maps and masks of ``samples`` under ``out`` (resuming); return how many.
+
+        ``record``: the rescale record file (default: beside ``out``, see SubmissionWriter).
+        """
         settings = self.run.postprocess
         writer = SubmissionWriter(
             out,
@@ -151,6 +174,7 @@ class RunExporter:
             self.rescale,
             self.threshold.value,
             postprocess=functools.partial(postprocess, **settings) if settings else None,
+            record_file=record,
         )
         overlay_dir = out / "overlays" / self.run.category
         todo = [
@@ -160,13 +184,57 @@ class RunExporter:
             or (overlays and not (overlay_dir / f"{s.relpath}.png").is_file())
         ]
         score_range = tuple(self.rescale.invert(np.array([0.0, DEFAULT_TARGET])))
+        if overlays:
+            from filterformer.evaluation.figures import write_overlay
         for sample, amap in self.predict(todo):
             writer.write(sample.relpath, amap, shape=sample.shape)
             if overlays:
-                binary = read_mask(writer.paths(sample.relpath)[1], sample.shape)
-                panel = overlay_panel(sample.load_image(), amap, binary, None, score_range)
-                write_png(overlay_dir / f"{sample.relpath}.png", panel)
+                write_overlay(
+                    overlay_dir / f"{sample.relpath}.png",
+                    sample.load_image(),
+                    amap,
+                    read_mask(writer.paths(sample.relpath)[1], sample.shape),
+                    sample.load_mask(),
+                    score_range,
+                    self.threshold.value,
+                    name=str(sample.relpath),
+                )
         return len(todo)
+
+    def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
+        """Score and verdict of each exported sample, read back from its map and binary map."""
+        from filterformer.evaluation.image_metrics import top_fraction_mean
+
+        rows = []
+        for sample in samples:
+            amap = read_anomaly_map(map_path(out, self.run.category, sample.relpath))
+            score = amap.max() if self.run.image_score == "max" else top_fraction_mean(amap)
+            binary = read_mask(mask_path(out, self.run.category, sample.relpath), sample.shape)
+            rows.append(
+                {
+                    "image": sample.path.name,
+                    "score": float(self.rescale.invert(np.float64(score))),
+                    "verdict": "anomalous" if binary.any() else "normal",
+                    "anomalous_pixels": int(binary.sum()),
+                }
+            )
+        return rows
+
+
+def report_scores(rows: Sequence[Mapping], threshold: Threshold, path: Path) -> str:
+    """The --images summary: counts, the highest scores, and where scores.csv is."""
+    anomalous = sum(row["verdict"] == "anomalous" for row in rows)
+    top = sorted(rows, key=lambda row: -row["score"])[:SHOWN_SCORES]
+    width = max(len("image"), *(len(row["image"]) for row in top))
+    lines = [
+        f"{len(rows)} images: {anomalous} anomalous, {len(rows) - anomalous} normal "
+        f"(threshold {threshold.value:.6g}, {threshold.describe('images')}; anomalous = any "
+        "pixel above it)",
+        f"{'image':<{width}}  {'score':>10}  verdict",
+        *(f"{row['image']:<{width}}  {row['score']:>10.6g}  {row['verdict']}" for row in top),
+        f"every image: {path}",
+    ]
+    return "\n".join(lines)
 
 
 def _runs_by_category(runs_dir: Path, categories: Sequence[str]) -> dict[str, Path]:
@@ -222,18 +290,25 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.runs is not None:
         if not args.submission:
             parser.error("--runs needs --submission NAME")
-        archive = export_submission(args.runs, (args.out or Path(".")) / args.submission, args)
+        out = (args.out or Path(".")) / args.submission
+        lock_output(out)
+        archive = export_submission(args.runs, out, args)
         print(archive or f"{args.submission}: checked, not packed (--no-pack)")
         return 0
     if args.out is None:
         parser.error("--run needs --out DIR")
+    lock_output(args.out)
     exporter = RunExporter(args.run, args)
+    record = args.out / RESCALE_FILE
     if args.images is not None:
         samples = ImageFolderDataset(args.images, "test", category=exporter.run.category)
-        exporter.export(samples, args.out, overlays=True)
+        exporter.export(samples, args.out, overlays=True, record=record)
+        rows = exporter.scores(samples, args.out)
+        write_csv(args.out / SCORES_FILE, rows)
+        print(report_scores(rows, exporter.threshold, args.out / SCORES_FILE))
     else:
         for split in args.split:
-            exporter.export(exporter.samples(split), args.out)
+            exporter.export(exporter.samples(split), args.out, args.overlays, record)
     print(f"wrote {args.out}")
     return 0
 

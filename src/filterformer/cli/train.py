@@ -1,4 +1,7 @@
-"""ff-train: train one model on one category into a run folder (hydra command line).
+"""ff-train's training: from a composed config to a trained run folder.
+
+The command line (help, hydra composition, one-line errors) is :mod:`filterformer.cli.train_app`;
+``python -m filterformer.cli.train`` runs it too (what torchrun starts):
 
     ff-train category=vial data.root=/data/mvtec_ad_2 encoder.weights=weights/<file>
     ff-train preset=demo run_dir=runs/demo
@@ -12,26 +15,35 @@ The config groups and presets live in ``configs/`` (shipped as ``filterformer.co
 
 from __future__ import annotations
 
+import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import Dataset
 
-from filterformer.cli.common import report_user_errors
+from filterformer.cli import train_app
+from filterformer.cli.common import (
+    config_dir,  # noqa: F401 (ff-demo, scripts, tests use it)
+    config_error_message,
+    outermost_missing,
+)
+from filterformer.config_checks import check_settings
+from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
 from filterformer.data.mvtec_ad2 import resolve_data_root
 from filterformer.data.sample import Sample
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
-from filterformer.data.transforms import TrainAugment
+from filterformer.data.transforms import TrainAugment, short_side_size
 from filterformer.errors import ConfigError
-from filterformer.models.encoder import DinoEncoder
+from filterformer.lock import lock_run
+from filterformer.models.encoder import DinoEncoder, check_weights_source
 from filterformer.runs import (
     CONFIG_FILE,
     build_from_config,
@@ -39,17 +51,13 @@ from filterformer.runs import (
     build_smoothing,
     build_tiling,
     create_run,
+    holdout_fraction,
+    patch_size,
     split_samples,
 )
-from filterformer.training.distributed import (
-    SINGLE_PROCESS,
-    DistributedContext,
-    close_distributed,
-    init_distributed,
-    main_first,
-)
+from filterformer.training.distributed import SINGLE_PROCESS, DistributedContext, main_first
 from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
-from filterformer.training.loop import OptimizerSettings, check_run_dir, train
+from filterformer.training.loop import OptimizerSettings, TrainResult, check_run_dir, train
 from filterformer.training.validation import FusionEvaluator, map_statistics
 
 RESUME_FREE_KEYS = frozenset(
@@ -67,40 +75,122 @@ RESUME_FREE_KEYS = frozenset(
     }
 )
 """Settings that may change when a run is resumed: they do not change what is computed."""
+FOLDER_KEYS = ("train_dir", "validation_dir", "test_dir", "mask_dir")
+"""data=folder paths, stored absolute in the run's config."""
 
 
-def config_dir() -> Path:
-    """The hydra config folder: the installed ``filterformer.configs``, else the repository's."""
-    try:
-        folder = Path(str(resources.files("filterformer.configs")))
-    except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parents[3] / "configs"
-    return folder
+def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) -> DictConfig:
+    """A checked, resolved copy of ``cfg``: absolute paths, the device; nothing is written.
 
-
-def prepare_config(cfg: DictConfig) -> DictConfig:
-    """Resolve paths (absolute run_dir and data root), generate synthetic data, pick the device."""
+    Every value is checked up front (:func:`check_settings`, with the DDP ``world_size``) and
+    the encoder's weights must be at hand (a file, or permission to download them), so a bad
+    setting stops the run before data is generated or a folder is created. Relative paths
+    (run_dir, data root, the data.*_dir folders) are made absolute against the folder
+    ff-train was started from, so the stored config works from anywhere. A folder run
+    without validation_dir gets its held-out images (data.holdout); ``input.fit=short_side``
+    gets its canvas (input.resize) fitted to the typical training image. ``quiet``: no notes.
+    """
     cfg = cfg.copy()
-    cfg.run_dir = str(Path(cfg.run_dir).expanduser().resolve())
-    if cfg.data.kind == "synthetic":
-        root = Path(cfg.data.root).expanduser().resolve()
-        counts = cfg.data.counts
-        make_synthetic_category(
-            root,
-            cfg.category.name,
-            seed=cfg.data.seed,
-            image_size=tuple(cfg.data.image_size),
-            counts=None if counts is None else OmegaConf.to_container(counts),
-            texture=cfg.data.texture,
-            progress=cfg.progress,
-        )
-        cfg.data.root = str(root)
-    elif cfg.data.kind == "mvtec_ad2":
-        cfg.data.root = str(resolve_data_root(cfg.data.root).resolve())
-    if cfg.device == "auto":
-        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
-    OmegaConf.resolve(cfg)
+    base = launch_dir()
+    try:
+        _require_values(cfg)
+        cfg.run_dir = str(_absolute(cfg.run_dir, base))
+        if cfg.data.kind == "synthetic":
+            cfg.data.root = str(_absolute(cfg.data.root, base))
+        if cfg.device == "auto":
+            cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(config_error_message(err)) from None
+    settings = _flatten(OmegaConf.to_container(cfg))
+    check_settings(settings, patch_size=patch_size(cfg), world_size=world_size)
+    if cfg.data.kind == "mvtec_ad2":
+        cfg.data.root = str(_absolute(resolve_data_root(cfg.data.root), base))
+    elif cfg.data.kind == "folder":
+        _prepare_folders(cfg, base, quiet)
+    if cfg.input.get("fit") == "short_side":
+        _fit_short_side(cfg, quiet)
+    weights = cfg.encoder.get("weights")
+    check_weights_source(
+        cfg.encoder.variant,
+        None if weights is None else Path(weights).expanduser(),
+        cfg.encoder.get("pretrained", False),
+        cfg.encoder.get("allow_download", False),
+    )
     return cfg
+
+
+def make_data(cfg: DictConfig) -> None:
+    """Generate the synthetic category of a resolved ``cfg`` (reused when it exists already)."""
+    if cfg.data.kind != "synthetic":
+        return
+    counts = cfg.data.counts
+    make_synthetic_category(
+        cfg.data.root,
+        cfg.category.name,
+        seed=cfg.data.seed,
+        image_size=tuple(cfg.data.image_size),
+        counts=None if counts is None else OmegaConf.to_container(counts),
+        texture=cfg.data.texture,
+        progress=cfg.progress,
+    )
+
+
+def prepare_config(cfg: DictConfig, quiet: bool = False) -> DictConfig:
+    """:func:`resolve_config`, then generate the synthetic data it names."""
+    cfg = resolve_config(cfg, quiet=quiet)
+    make_data(cfg)
+    return cfg
+
+
+def launch_dir() -> Path:
+    """The folder ff-train was started from (hydra's runtime.cwd: hydra.job.chdir may move)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+
+
+def _absolute(path: str | Path, base: Path) -> Path:
+    path = Path(path).expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def _note(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"ff-train: {message}", file=sys.stderr)
+
+
+def _prepare_folders(cfg: DictConfig, base: Path, quiet: bool) -> None:
+    """Absolute data.*_dir folders; without validation_dir, the held-out training images."""
+    for key in FOLDER_KEYS:
+        if cfg.data.get(key) is not None:
+            cfg.data[key] = str(_absolute(cfg.data[key], base))
+    if cfg.data.validation_dir is not None:
+        return
+    images = ImageFolderDataset(cfg.data.train_dir, "train")
+    if cfg.data.get("holdout") is None:
+        cfg.data.holdout = holdout_names(images, holdout_fraction(cfg), int(cfg.seed))
+    _note(
+        f"no data.validation_dir: {len(cfg.data.holdout)} of {len(images)} training images are "
+        f"held out as the validation split (data.validation_fraction={holdout_fraction(cfg)}, "
+        f"seed {cfg.seed}) and not trained on; see data.holdout in {cfg.run_dir}/{CONFIG_FILE}",
+        quiet,
+    )
+
+
+def _fit_short_side(cfg: DictConfig, quiet: bool) -> None:
+    """Set input.resize to the short_side canvas of the typical training image."""
+    if cfg.data.kind == "synthetic":  # not generated yet; every image has data.image_size
+        typical = tuple(cfg.data.image_size)
+    else:
+        typical = typical_size(split_samples(cfg, "train"))
+    size = short_side_size(min(cfg.input.resize), typical, patch_size(cfg))
+    cfg.input.resize = list(size)
+    _note(
+        f"input.fit=short_side: network input {size[0]} x {size[1]} for the typical training "
+        f"image of {typical[0]} x {typical[1]}; other aspect ratios are letterboxed",
+        quiet,
+    )
 
 
 def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
@@ -124,91 +214,157 @@ def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCESS) -> Path:
-    """Train as ``cfg`` says (as one of several torchrun processes); return the run folder."""
+    """Train as ``cfg`` says (as one of several torchrun processes); return the run folder.
+
+    Nothing is written before the config is checked and the model is built (encoder weights
+    loaded); a run folder this call creates is removed again if the set-up fails.
+    """
+    cfg = resolve_config(cfg, distributed.world_size, quiet=not distributed.is_main)
+    arguments = _train_arguments(cfg)
     if cfg.train.get("threads"):
         torch.set_num_threads(int(cfg.train.threads))
-    with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
-        cfg = prepare_config(cfg)
     run_dir = Path(cfg.run_dir)
-    check_run_dir(run_dir, cfg.resume)
-    if cfg.resume:
-        check_resumable(run_dir, cfg)
     model, identity = build_from_config(cfg)
-    if distributed.is_main:
-        create_run(run_dir, cfg, identity["encoder_weights"])
-    geometry = build_geometry(cfg)
-    tiling = build_tiling(cfg)
-    augment = None if cfg.train.augment is None else TrainAugment(**_plain(cfg.train.augment))
-    train_set = TrainingImages(
-        split_samples(cfg, "train"),
-        geometry,
-        augment,
-        seed=cfg.seed,
-        tiling=build_tiling(cfg, training=True),
-    )
-    train_set.preload(progress=cfg.progress and distributed.is_main)
-    if cfg.train.feature_cache.enabled:
-        train_set = _feature_cache(cfg, model.encoder, train_set, distributed)
-    validation = _optional_split(cfg, "validation")
-    evaluator = None
-    if cfg.eval.every and validation is not None:
-        test = _optional_split(cfg, cfg.eval.split)
-        if test is not None and any(s.label == 1 for s in test):
-            evaluator = FusionEvaluator(
-                validation,
-                test,
-                geometry,
-                tiling=tiling,
-                smoothing=build_smoothing(cfg),
-                device=cfg.device,
-                batch_size=cfg.eval.batch_size,
-                pro_limit=cfg.eval.pro_limit,
-                progress=cfg.progress,
-            )
-    statistics = None
-    if validation is not None:
-        statistics = partial(
-            map_statistics,
-            samples=validation,
-            geometry=geometry,
-            tiling=tiling,
-            device=cfg.device,
-            batch_size=cfg.eval.batch_size,
-            progress=cfg.progress,
-        )
+    created = _start_run(run_dir, cfg, identity["encoder_weights"]) if distributed.is_main else None
+    with _removed_on_failure(created):
+        with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
+            make_data(cfg)
+        train_set = _training_set(cfg, model.encoder, distributed)
+        evaluator, statistics = _evaluation(cfg)
     result = train(
         model,
         train_set,
         run_dir=run_dir,
         checkpoint_meta={**identity, "config": OmegaConf.to_container(cfg)},
-        epochs=cfg.train.epochs,
-        batch_size=cfg.train.batch_size,
-        optimizer=OptimizerSettings(**_plain(cfg.train.optimizer)),
-        grad_clip=cfg.train.grad_clip,
-        device=cfg.device,
-        amp_bf16=cfg.train.amp_bf16,
-        seed=cfg.seed,
-        deterministic=cfg.train.deterministic,
-        num_workers=cfg.train.num_workers,
-        compile_step=cfg.train.compile,
-        log_every=cfg.train.log_every,
-        distributed=distributed,
-        eval_every=cfg.eval.every if evaluator else 0,
         evaluator=evaluator,
-        select_metric=cfg.eval.metric,
-        category=cfg.category.name,
+        eval_every=cfg.eval.every if evaluator else 0,
         map_statistics=statistics,
-        resume=cfg.resume,
+        distributed=distributed,
+        **arguments,
+    )
+    if distributed.is_main:
+        _print_summary(run_dir, cfg.eval, result)
+    return run_dir
+
+
+def _train_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """The arguments of :func:`train` that come straight from the config.
+
+    Read before anything is written, so that a setting missing from the config (``~key``)
+    is a one-line error and not a traceback in the middle of a new run folder.
+    """
+    try:
+        return dict(
+            epochs=cfg.train.epochs,
+            batch_size=cfg.train.batch_size,
+            optimizer=OptimizerSettings(**_plain(cfg.train.optimizer)),
+            grad_clip=cfg.train.grad_clip,
+            device=cfg.device,
+            amp_bf16=cfg.train.amp_bf16,
+            seed=cfg.seed,
+            deterministic=cfg.train.deterministic,
+            num_workers=cfg.train.num_workers,
+            compile_step=cfg.train.compile,
+            log_every=cfg.train.log_every,
+            select_metric=cfg.eval.metric,
+            category=cfg.category.name,
+            resume=cfg.resume,
+            progress=cfg.progress,
+        )
+    except OmegaConfBaseException as err:
+        raise ConfigError(config_error_message(err)) from None
+
+
+def _start_run(run_dir: Path, cfg: DictConfig, encoder_weights: str) -> Path | None:
+    """Become the run folder's only writer, check it may be (re)started, write config.yaml
+    and versions.json; return the folder this created.
+
+    The returned folder (``run_dir`` or its outermost new parent; None when ``run_dir``
+    existed) is what a failed set-up removes. An operating-system error here (no space, a
+    read-only disk) removes it at once; a refusal (another writer, a trained run) does not,
+    as the folder is then another run's.
+    """
+    created = outermost_missing(run_dir)
+    with _removed_on_failure(created, OSError):
+        lock_run(run_dir)  # the run folder's only writer from here on (data included)
+        check_run_dir(run_dir, cfg.resume)
+        if cfg.resume:
+            check_resumable(run_dir, cfg)
+        create_run(run_dir, cfg, encoder_weights)
+    return created
+
+
+@contextmanager
+def _removed_on_failure(
+    folder: Path | None, errors: type[BaseException] = BaseException
+) -> Iterator[None]:
+    """Remove ``folder`` (when not None) if the block raises one of ``errors``."""
+    try:
+        yield
+    except errors:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _training_set(
+    cfg: DictConfig, encoder: DinoEncoder, distributed: DistributedContext
+) -> Dataset:
+    """The preloaded training images, or their cached encoder taps (train.feature_cache)."""
+    augment = None if cfg.train.augment is None else TrainAugment(**_plain(cfg.train.augment))
+    images = TrainingImages(
+        split_samples(cfg, "train"),
+        build_geometry(cfg),
+        augment,
+        seed=cfg.seed,
+        tiling=build_tiling(cfg, training=True),
+    )
+    images.preload(progress=cfg.progress and distributed.is_main)
+    if not cfg.train.feature_cache.enabled:
+        return images
+    return _feature_cache(cfg, encoder, images, distributed)
+
+
+def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | None]:
+    """The periodic evaluator (needs validation and a split with defects) and map statistics."""
+    validation = _optional_split(cfg, "validation")
+    if validation is None:
+        return None, None
+    geometry, tiling = build_geometry(cfg), build_tiling(cfg)
+    evaluator = None
+    test = _optional_split(cfg, cfg.eval.split) if cfg.eval.every else None
+    if test is not None and any(s.label == 1 for s in test):
+        evaluator = FusionEvaluator(
+            validation,
+            test,
+            geometry,
+            tiling=tiling,
+            smoothing=build_smoothing(cfg),
+            device=cfg.device,
+            batch_size=cfg.eval.batch_size,
+            pro_limit=cfg.eval.pro_limit,
+            progress=cfg.progress,
+        )
+    statistics = partial(
+        map_statistics,
+        samples=validation,
+        geometry=geometry,
+        tiling=tiling,
+        device=cfg.device,
+        batch_size=cfg.eval.batch_size,
         progress=cfg.progress,
     )
-    best = ", ".join(f"{m} {b['score']:.4f}" for m, b in result.best.items())
-    if not distributed.is_main:
-        return run_dir
+    return evaluator, statistics
+
+
+def _print_summary(run_dir: Path, evaluation: DictConfig, result: TrainResult) -> None:
+    """One line: the run folder, its length and the best score per fusion mode (percent)."""
+    best = ", ".join(f"{m} {100 * b['score']:.2f} %" for m, b in result.best.items())
     print(
         f"ff-train: {run_dir} ({result.epoch} epochs, {result.step} steps)"
-        + (f"; best {cfg.eval.metric}: {best}; fusion mode {result.fusion_mode}" if best else "")
+        + (f"; best {evaluation.metric}: {best}; fusion mode {result.fusion_mode}" if best else "")
+        + (f" (both chosen on {evaluation.split}: optimistic there)" if best else "")
     )
-    return run_dir
 
 
 def _feature_cache(
@@ -245,14 +401,23 @@ def _feature_cache(
 
 def _optional_split(cfg: DictConfig, split: str) -> Sequence[Sample] | None:
     """The split's samples, or None when the data source has no such split."""
-    if cfg.data.kind == "folder":
-        folder = {"validation": cfg.data.validation_dir, "test_public": cfg.data.test_dir}.get(
-            split
-        )
-        return None if folder is None else split_samples(cfg, split)
+    if cfg.data.kind == "folder":  # validation: validation_dir, else held-out training images
+        test = split == "test_public" and cfg.data.test_dir is not None
+        available = split == "validation" or test
+        return split_samples(cfg, split) if available else None
     if not (Path(cfg.data.root) / cfg.category.name / split).is_dir():
         return None
     return split_samples(cfg, split)
+
+
+def _require_values(cfg: DictConfig) -> None:
+    """Refuse mandatory settings (``???`` in the config, e.g. data.train_dir) left unset."""
+    missing = [k for k, v in _flatten(OmegaConf.to_container(cfg)).items() if v == "???"]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)}: required but not set; add "
+            f"{' '.join(f'{k}=...' for k in missing)} to the command line."
+        )
 
 
 def _plain(node: DictConfig) -> dict[str, Any]:
@@ -273,20 +438,9 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-@hydra.main(config_path=str(config_dir()), config_name="train", version_base=None)
-def _hydra_main(cfg: DictConfig) -> None:
-    distributed = init_distributed()
-    try:
-        code = report_user_errors("ff-train", lambda: run_training(cfg, distributed))
-    finally:
-        close_distributed()
-    if code:
-        sys.exit(code)  # only on failure: a multirun sweep goes on after each job
-
-
 def main() -> None:
-    """Console entry point ``ff-train``."""
-    _hydra_main()
+    """``python -m filterformer.cli.train`` (what torchrun starts): the ff-train command line."""
+    train_app.main()
 
 
 if __name__ == "__main__":

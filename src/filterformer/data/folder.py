@@ -9,16 +9,23 @@ Labels follow from the masks, which are read once at construction:
   MVTec AD 2 splits.
 
 The mask of ``<stem>.<ext>`` is ``<stem>.png`` or ``<stem>_mask.png`` in ``mask_dir``.
+
+Without a validation folder, :func:`holdout_names` holds a reproducible part of the training
+images out as the validation split (:func:`split_holdout`): they calibrate the map statistics
+and the threshold and are never trained on.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from filterformer.data.sample import Sample, SampleSequence
-from filterformer.errors import DataError
+from filterformer.errors import ConfigError, DataError
 from filterformer.io import image_size, read_mask
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -132,3 +139,52 @@ def _masks(mask_dir: Path, images: Sequence[Path]) -> dict[str, Path]:
             )
         masks[stem] = path
     return masks
+
+
+def holdout_names(samples: Sequence[Sample], fraction: float, seed: int) -> list[str]:
+    """File names of the training images held out as validation, sorted.
+
+    ``round(fraction * n)`` of the ``n`` samples, at least one, drawn with ``seed``: the same
+    folder and seed always give the same names. At least one image is left to train on.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(
+            f"data.validation_fraction {fraction} must lie strictly between 0 and 1; e.g. 0.1."
+        )
+    count = max(1, int(round(fraction * len(samples))))
+    if count >= len(samples):
+        folder = samples[0].path.parent if samples else "data.train_dir"
+        raise DataError(
+            f"{folder}: {len(samples)} training image(s) cannot spare {count} as validation. "
+            "Add training images, or give normal images for validation in data.validation_dir."
+        )
+    picked = np.random.default_rng(seed).choice(len(samples), size=count, replace=False)
+    return sorted(samples[int(i)].path.name for i in picked)
+
+
+def split_holdout(
+    samples: Sequence[Sample], names: Collection[str]
+) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+    """(training samples, held-out samples): those whose file name is in ``names`` are held out.
+
+    Every held-out name must still be in the folder, or the validation split would silently
+    change (or the run would have trained on what is now called validation).
+    """
+    names = set(names)
+    missing = sorted(names - {s.path.name for s in samples})
+    if missing:
+        folder = samples[0].path.parent if samples else "data.train_dir"
+        raise DataError(
+            f"{folder}: held-out validation image(s) {', '.join(missing[:3])} not found. The "
+            "run kept them out of training (data.holdout in its config.yaml); put them back."
+        )
+    kept = tuple(s for s in samples if s.path.name not in names)
+    held = tuple(s for s in samples if s.path.name in names)
+    return kept, held
+
+
+def typical_size(samples: Sequence[Sample]) -> tuple[int, int]:
+    """The most frequent (H, W) among ``samples`` (the earliest one among equally frequent)."""
+    if not samples:
+        raise DataError("no images to take the typical image size from.")
+    return Counter(s.shape for s in samples).most_common(1)[0][0]

@@ -3,8 +3,9 @@
 MVTec AD 2 images are 1.4-5 Mpx PNGs; decoding them every epoch would dominate training time.
 Each image is decoded once and kept as uint8 at the scale the network sees it:
 
-- whole images: at the resize size of the input geometry (before crop and augmentation),
-  ``3 * H_r * W_r`` bytes per image (e.g. 0.6 MB at 448 x 448, 2.4 MB at 896 x 896);
+- whole images: at the scaled size of the input geometry (before augmentation and crop or
+  letterbox), at most ``3 * H_r * W_r`` bytes per image (e.g. 0.6 MB at 448 x 448, 2.4 MB at
+  896 x 896);
 - with a :class:`Tiling` (categories scored tile by tile): at the scale that maps one tile
   onto the resize size, ``scale = resize / tile`` per axis, i.e. about
   ``3 * H * W * (H_r / tile_h) * (W_r / tile_w)`` bytes for an H x W image (a 2448 x 2048
@@ -67,13 +68,13 @@ class TrainingImages(Dataset[torch.Tensor]):
             self.resized_image(index)
 
     def cache_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) at which an H x W image is cached: the resize size, or the tile scale.
+        """(h, w) at which an H x W image is cached: its scaled size, or the tile scale.
 
         Along an axis no longer than the tile the single tile is the whole axis, so that axis
         is cached at the resize size, as inference stretches that tile.
         """
         if self.tiling is None:
-            return self.geometry.resize_hw
+            return self.geometry.scaled_size(height, width)
         return tuple(  # type: ignore[return-value]
             max(r, int(round(side * r / t)))
             for side, r, t in zip(
@@ -119,4 +120,4 @@ class TrainingImages(Dataset[torch.Tensor]):
             _, image = self.tile(index, rng)
         if self.augment is not None:
             image, _ = self.augment(image, rng=rng)
-        return self.geometry.normalize(self.geometry.center_crop(image))
+        return self.geometry.to_input(image)

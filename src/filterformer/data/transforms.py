@@ -1,8 +1,9 @@
-"""Network input geometry (resize, centre crop, normalise, and the way back) and augmentation.
+"""Network input geometry (resize, fit, crop, normalise, and the way back) and augmentation.
 
-Images are H x W x 3 uint8 RGB NumPy arrays until :meth:`InputGeometry.normalize` turns them
+Images are H x W x 3 uint8 RGB NumPy arrays until :meth:`InputGeometry.to_input` turns them
 into a 3 x h x w float tensor. :class:`InputGeometry` also maps an anomaly map made at network
-resolution back to the original image size, undoing the crop by padding (never stretching).
+resolution back to the original image size, undoing the crop by padding (never stretching) and
+cutting a letterboxed image's area out of the input before resizing it back.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from filterformer.errors import ConfigError
@@ -22,10 +24,33 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Interpolation = Literal["area", "bilinear", "pil_bilinear"]
 INTERPOLATIONS: tuple[str, ...] = ("area", "bilinear", "pil_bilinear")
+Fit = Literal["squash", "pad", "short_side"]
+FITS: tuple[str, ...] = ("squash", "pad", "short_side")
+
+Box = tuple[int, int, int, int]
+"""(top, left, h, w) of a rectangle inside an image."""
 
 
 class InputGeometry:
-    """Resize to ``resize`` (H, W), optionally centre-crop to ``crop`` (h, w), normalise.
+    """Resize to ``resize`` (H, W) as ``fit`` says, optionally centre-crop to ``crop``, normalise.
+
+    ``fit`` says how an image of any aspect ratio meets the network input:
+
+    - ``squash`` (default; the MVTec AD 2 recipes and INP-Former): stretched to H x W whatever
+      its aspect ratio, then centre-cropped to ``crop`` if one is given;
+    - ``pad``: scaled with its aspect ratio kept until it fits inside H x W, and centred on an
+      H x W canvas of the normalisation mean (zeros after normalising): letterboxing. The
+      maps' letterbox bands are cut off before they are resized back to the original size;
+    - ``short_side``: as ``pad``, on a canvas that :func:`short_side_size` fitted to the
+      typical image of the data (its short side becomes min(H, W), its long side the multiple
+      of the encoder's patch size at or above its scaled long side); ff-train stores that
+      canvas as ``input.resize``. The typical image then fills the canvas but for less than
+      one patch of padding along its long side.
+
+    Every image therefore becomes one network input shape, :attr:`input_size`, whatever its
+    aspect ratio: batches never mix shapes, and a folder of images of several aspect ratios
+    keeps each one's ratio (those unlike the typical image get wider letterbox bands).
+    A crop is for ``squash`` only.
 
     ``interpolation`` (one of :data:`INTERPOLATIONS`) picks the resize:
 
@@ -46,15 +71,24 @@ class InputGeometry:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         interpolation: Interpolation = "area",
+        fit: Fit = "squash",
     ) -> None:
         if interpolation not in INTERPOLATIONS:
             raise ConfigError(
                 f"input.interpolation {interpolation!r} is unknown; choose one of "
                 f"{', '.join(INTERPOLATIONS)}."
             )
+        if fit not in FITS:
+            raise ConfigError(f"input.fit {fit!r} is unknown; choose one of {', '.join(FITS)}.")
         self.interpolation = interpolation
+        self.fit = fit
         self.resize_hw = _size_pair(resize, "resize")
         self.crop_hw = None if crop is None else _size_pair(crop, "crop")
+        if self.crop_hw and fit != "squash":
+            raise ConfigError(
+                f"input.crop {list(self.crop_hw)} needs input.fit=squash (got {fit!r}): a "
+                "letterboxed image would lose its border. Set input.crop=null or input.fit=squash."
+            )
         if self.crop_hw and any(c > r for c, r in zip(self.crop_hw, self.resize_hw, strict=True)):
             raise ConfigError(
                 f"Centre crop {self.crop_hw} is larger than the resize {self.resize_hw}; "
@@ -66,7 +100,7 @@ class InputGeometry:
     def __repr__(self) -> str:
         return (
             f"InputGeometry(resize={self.resize_hw}, crop={self.crop_hw}, "
-            f"interpolation={self.interpolation!r})"
+            f"interpolation={self.interpolation!r}, fit={self.fit!r})"
         )
 
     @property
@@ -75,7 +109,7 @@ class InputGeometry:
         return self.crop_hw or self.resize_hw
 
     @property
-    def crop_box(self) -> tuple[int, int, int, int]:
+    def crop_box(self) -> Box:
         """(top, left, h, w) of the crop inside the resized image (torchvision's rounding)."""
         height, width = self.resize_hw
         crop_h, crop_w = self.input_size
@@ -83,9 +117,28 @@ class InputGeometry:
         left = int(round((width - crop_w) / 2.0))
         return top, left, crop_h, crop_w
 
+    def scaled_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) an H x W image is resized to: the resize size, or its aspect-kept fit in it."""
+        if self.fit == "squash":
+            return self.resize_hw
+        scale = min(self.resize_hw[0] / height, self.resize_hw[1] / width)
+        return tuple(  # type: ignore[return-value]
+            min(limit, max(1, int(round(side * scale))))
+            for side, limit in zip((height, width), self.resize_hw, strict=True)
+        )
+
+    def image_box(self, height: int, width: int) -> Box:
+        """(top, left, h, w) of an H x W image's pixels in the network input (before a crop).
+
+        The whole resize canvas for ``squash``; the centred letterbox area otherwise.
+        """
+        scaled_h, scaled_w = self.scaled_size(height, width)
+        canvas_h, canvas_w = self.resize_hw
+        return (canvas_h - scaled_h) // 2, (canvas_w - scaled_w) // 2, scaled_h, scaled_w
+
     def resize(self, image: np.ndarray) -> np.ndarray:
-        """Resize an H x W (x 3) uint8 image to the resize size."""
-        return self.resize_to(image, self.resize_hw)
+        """Resize an H x W (x 3) uint8 image to its :meth:`scaled_size`."""
+        return self.resize_to(image, self.scaled_size(*image.shape[:2]))
 
     def resize_to(self, image: np.ndarray, size: Sequence[int]) -> np.ndarray:
         """Resize an H x W (x 3) uint8 image to ``size`` (h, w) by the geometry's interpolation."""
@@ -111,26 +164,46 @@ class InputGeometry:
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
         return (tensor - self.mean) / self.std
 
+    def to_input(self, resized: np.ndarray) -> torch.Tensor:
+        """The network input from an image already at its :meth:`scaled_size` (e.g. augmented).
+
+        ``squash``: centre crop and normalise. Otherwise normalise and centre on a canvas of
+        zeros (the normalisation mean) of the resize size.
+        """
+        if self.fit == "squash":
+            return self.normalize(self.center_crop(resized))
+        top, left, height, width = self.image_box(*resized.shape[:2])
+        canvas_h, canvas_w = self.resize_hw
+        if (height, width) != resized.shape[:2]:
+            raise ValueError(
+                f"image has shape {resized.shape[:2]}, expected its scaled size {(height, width)}"
+            )
+        pads = (left, canvas_w - left - width, top, canvas_h - top - height)
+        return F.pad(self.normalize(resized), pads)
+
     def to_tensor(self, image: np.ndarray) -> torch.Tensor:
-        """The network input for one image: resize, centre crop, normalise."""
-        return self.normalize(self.center_crop(self.resize(image)))
+        """The network input for one image: resize, centre crop or letterbox, normalise."""
+        return self.to_input(self.resize(image))
 
     def from_original_mask(self, mask: np.ndarray) -> np.ndarray:
         """A bool mask at the original size, brought to network input resolution (nearest)."""
-        height, width = self.resize_hw
+        top, left, height, width = self.image_box(*mask.shape[:2])
         resized = cv2.resize(
             np.asarray(mask, dtype=np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
         )
-        return self.center_crop(resized) > 0
+        canvas = np.zeros(self.resize_hw, dtype=np.uint8)
+        canvas[top : top + height, left : left + width] = resized
+        return self.center_crop(canvas) > 0
 
     def to_original(
         self, amap: torch.Tensor | np.ndarray, original_hw: Sequence[int]
     ) -> np.ndarray:
         """An h x w map at network input resolution -> float32 H x W at the original size.
 
-        The map is put back in its crop box inside a canvas of the resize size; the rest of the
-        canvas (never seen by the network) gets the map's minimum, i.e. "not scored". The
-        canvas is then resized bilinearly to ``original_hw``.
+        ``squash``: the map is put back in its crop box inside a canvas of the resize size; the
+        rest of the canvas (never seen by the network) gets the map's minimum, i.e. "not
+        scored". ``pad`` / ``short_side``: the image's letterbox area is cut out of the map.
+        Either is then resized bilinearly to ``original_hw``.
         """
         if isinstance(amap, torch.Tensor):
             amap = amap.detach().float().cpu().numpy()
@@ -139,11 +212,36 @@ class InputGeometry:
             raise ValueError(
                 f"map has shape {amap.shape}, expected the network input size {self.input_size}"
             )
-        top, left, crop_h, crop_w = self.crop_box
-        canvas = np.full(self.resize_hw, amap.min(), dtype=np.float32)
-        canvas[top : top + crop_h, left : left + crop_w] = amap
         height, width = (int(v) for v in original_hw)
-        return cv2.resize(canvas, (width, height), interpolation=cv2.INTER_LINEAR)
+        if self.fit == "squash":
+            top, left, crop_h, crop_w = self.crop_box
+            area = np.full(self.resize_hw, amap.min(), dtype=np.float32)
+            area[top : top + crop_h, left : left + crop_w] = amap
+        else:
+            top, left, box_h, box_w = self.image_box(height, width)
+            area = amap[top : top + box_h, left : left + box_w]
+        return cv2.resize(area, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def short_side_size(short: int, image_hw: Sequence[int], multiple: int) -> tuple[int, int]:
+    """The ``short_side`` canvas (h, w) for images of ``image_hw``, oriented as they are.
+
+    Its short side is ``short``; its long side keeps the image's aspect ratio, rounded up to a
+    multiple of ``multiple`` (the encoder's patch size), so the image fits with its short side
+    exactly ``short`` and less than one patch of padding along its long side.
+    """
+    height, width = (int(v) for v in image_hw)
+    if min(height, width) < 1:
+        raise ConfigError(f"image size {height}x{width} must be positive.")
+    if short < 1 or short % multiple:
+        example = max(multiple, short // multiple * multiple)
+        raise ConfigError(
+            f"input.fit=short_side: the short side min(input.resize) = {short} must be a positive "
+            f"multiple of the patch size {multiple}; e.g. {example}."
+        )
+    patches = -(-max(height, width) * short // (min(height, width) * multiple))  # exact ceil
+    long = patches * multiple
+    return (short, long) if height <= width else (long, short)
 
 
 class TrainAugment:

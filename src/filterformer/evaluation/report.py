@@ -1,25 +1,27 @@
-"""Per-category metrics of a split and their presentation: table, JSON/CSV, plots, overlays.
+"""Per-category metrics of a split and their presentation: table and JSON/CSV.
 
 :class:`CategoryMetrics` feeds one image at a time to every accumulator (AU-PRO and the
 pooled pixel counts, SegF1/ClassF1, image scores) and turns them into one flat row per
 category; the other functions render rows and are shared by ff-eval and ff-predict.
+Plots and overlays are in :mod:`filterformer.evaluation.figures`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from filterformer.evaluation.aupro import ProAccumulator, ProResult
 from filterformer.evaluation.image_metrics import ImageScores, f1_max, pixel_ap, pixel_auroc
 from filterformer.evaluation.segf1 import SegF1Accumulator
-from filterformer.io import write_csv, write_json, write_png
+from filterformer.evaluation.selection import CHOICES, chosen_on, overall, unknown_choices
+from filterformer.io import write_csv, write_json
 
 TABLE_COLUMNS = (("seg_f1", "SegF1"), ("class_f1", "ClassF1"), ("image_auroc", "I-AUROC"))
 """Columns of the printed table after the AU-PRO ones: (row key, header)."""
@@ -107,6 +109,7 @@ class CategoryMetrics:
 def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Unweighted mean over categories of every metric (NaN if any category is NaN)."""
     skip = {"category", "num_images", "seg_tp", "seg_fp", "seg_fn", "threshold", "threshold_rule"}
+    skip |= {"selected_on"}  # a record per setting, not a metric
     keys = [k for k in rows[0] if k not in skip] if rows else []
     mean: dict[str, Any] = {"category": "mean", "num_images": sum(r["num_images"] for r in rows)}
     mean.update({k: float(np.mean([float(r[k]) for r in rows])) for k in keys})
@@ -114,23 +117,66 @@ def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], limits: Sequence[float], split: str) -> str:
-    """Plain-text table: one line per category, then the mean; metrics in percent."""
-    headers = ["category", *(f"AU-PRO@{limit:g}" for limit in limits)]
-    headers += [title for _, title in TABLE_COLUMNS] + ["threshold rule"]
+    """Plain-text table: one line per category, then the mean; metrics in percent ("[%]").
+
+    Files (metrics.json / .csv) keep fractions; only this table for people shows percent. The
+    last column names what was chosen on ``split`` itself (see :mod:`.selection`), and
+    footnotes say what that means.
+    """
+    headers = ["category", *(f"AU-PRO@{limit:g} [%]" for limit in limits)]
+    headers += [f"{title} [%]" for _, title in TABLE_COLUMNS]
+    headers += ["threshold rule", f"chosen on {split}"]
     keys = [pro_key(limit) for limit in limits] + [key for key, _ in TABLE_COLUMNS]
     lines = []
     for row in [*rows, mean_row(rows)] if rows else []:
         cells = [str(row["category"])]
         cells += ["n/a" if math.isnan(row[k]) else f"{100 * row[k]:.2f}" for k in keys]
         cells.append(str(row.get("threshold_rule", "")))
+        cells.append(selection_cell(rows if row["category"] == "mean" else [row], split))
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
-    fmt = "  ".join(
-        f"{{:<{w}}}" if i in (0, len(widths) - 1) else f"{{:>{w}}}" for i, w in enumerate(widths)
-    )
+    left = (0, len(widths) - 2, len(widths) - 1)  # category, threshold rule, chosen on
+    fmt = "  ".join(f"{{:<{w}}}" if i in left else f"{{:>{w}}}" for i, w in enumerate(widths))
     out = [f"split: {split}", fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*cells) for cells in lines]
+    out += [textwrap.fill(n, 100, break_on_hyphens=False) for n in selection_notes(rows, split)]
     return "\n".join(line.rstrip() for line in out)
+
+
+def _selections(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, str | None]]:
+    return [row["selected_on"] for row in rows if "selected_on" in row]
+
+
+def selection_cell(rows: Sequence[Mapping[str, Any]], split: str) -> str:
+    """What the rows' numbers were chosen on ``split`` by: e.g. ``checkpoint, fusion mode``;
+    ``?`` marks a setting whose origin is unknown, ``-`` none."""
+    selections = _selections(rows)
+    names = []
+    for name in CHOICES.values():
+        if any(name in chosen_on(s, split) for s in selections):
+            names.append(name)
+        elif any(name in unknown_choices(s) for s in selections):
+            names.append(f"{name}?")
+    return ", ".join(names) or "-"
+
+
+def selection_notes(rows: Sequence[Mapping[str, Any]], split: str) -> list[str]:
+    """Footnotes of the table for settings chosen on ``split`` or of unknown origin."""
+    selections = _selections(rows)
+    notes = []
+    if any(chosen_on(s, split) for s in selections):
+        notes.append(
+            f"chosen on {split}: picked on {split}'s own images or ground truth (the best "
+            "checkpoint and fusion mode of training, an F1-optimal threshold), so these "
+            "numbers are optimistic (selection-biased). Unbiased figures need a split that "
+            "chose nothing, e.g. test_private on the MVTec benchmark server."
+        )
+    if any(unknown_choices(s) for s in selections):
+        notes.append(
+            "?: where this was chosen is not recorded with the maps or threshold; if it was "
+            f"chosen on {split}, these numbers are optimistic too."
+        )
+    return notes
 
 
 def write_metrics(
@@ -139,72 +185,45 @@ def write_metrics(
     split: str,
     limits: Sequence[float],
 ) -> None:
-    """``metrics.json`` (rows per category + mean) and ``metrics.csv`` (one line each)."""
+    """``metrics.json`` (rows per category + mean) and ``metrics.csv`` (one line each).
+
+    In the CSV, a row's ``selected_on`` record becomes ``selected_on.<setting>`` columns.
+    """
     out_dir = Path(out_dir)
-    all_rows = [*rows, mean_row(rows)]
+    all_rows = [_flat(row) for row in [*rows, mean_row(rows)]]
     write_json(out_dir / "metrics.json", metrics_document(rows, split, limits))
     fieldnames = list(dict.fromkeys(k for row in all_rows for k in row))
     write_csv(out_dir / "metrics.csv", all_rows, fieldnames)
 
 
+def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with its nested records spread into ``<key>.<field>`` entries."""
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{field}": v for field, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def metrics_document(
     rows: Sequence[Mapping[str, Any]], split: str, limits: Sequence[float]
 ) -> dict[str, Any]:
-    """The JSON document of an evaluation (NaN is written as null)."""
+    """The JSON document of an evaluation (NaN is written as null).
+
+    ``selected_on`` (top level) is ``split`` when any reported setting was chosen on it,
+    ``"unknown"`` when that cannot be told, else null; each category row holds the record
+    per setting (:mod:`filterformer.evaluation.selection`).
+    """
 
     def clean(row: Mapping[str, Any]) -> dict[str, Any]:
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
     return {
         "split": split,
+        "selected_on": overall(_selections(rows), split),
         "pro_limits": list(limits),
         "categories": {row["category"]: clean(row) for row in rows},
         "mean": clean(mean_row(rows)),
     }
-
-
-def plot_pro_curve(path: str | os.PathLike, result: ProResult, limit: float, title: str) -> None:
-    """PNG of the PRO curve for FPR up to ``limit``, the AU-PRO in the legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-    value = result.au_pro.get(limit, float("nan"))
-    ax.plot(result.fpr, result.pro, label=f"AU-PRO@{limit:g} = {value:.4f}")
-    ax.axvline(limit, color="grey", linestyle=":", linewidth=1)
-    ax.set(xlim=(0, limit), ylim=(0, 1.01), xlabel="false positive rate", ylabel="PRO", title=title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())
-    plt.close(fig)
-    write_png(path, np.ascontiguousarray(rgba[:, :, :3]))
-
-
-def overlay_panel(
-    image: np.ndarray,
-    amap: np.ndarray,
-    binary: np.ndarray | None,
-    gt: np.ndarray | None,
-    score_range: tuple[float, float],
-) -> np.ndarray:
-    """RGB panel: image | heat map over the image | binary map (red) and GT (green) contours.
-
-    ``score_range`` fixes the colour scale, so panels of one category are comparable.
-    """
-    low, high = score_range
-    scaled = np.clip((amap - low) / max(high - low, 1e-12), 0.0, 1.0)
-    heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
-    blended = cv2.addWeighted(image, 0.5, heat, 0.5, 0.0)
-    contours = image.copy()
-    thickness = max(1, round(max(image.shape[:2]) / 400))
-    for mask, colour in ((gt, (0, 255, 0)), (binary, (255, 0, 0))):
-        if mask is not None:
-            found, _ = cv2.findContours(
-                mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
-            )
-            cv2.drawContours(contours, found, -1, colour, thickness)
-    return np.concatenate([image, blended, contours], axis=1)

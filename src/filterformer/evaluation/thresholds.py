@@ -35,7 +35,10 @@ from filterformer.evaluation.aupro import (
 from filterformer.evaluation.image_metrics import f1_max
 from filterformer.io import write_json
 
-RULES = ("mean_std", "quantile", "f1_optimal", "given")
+CALIBRATION_RULES = ("mean_std", "quantile", "f1_optimal")
+"""Rules a category config may name: :func:`threshold_by_rule` calibrates with them."""
+RULES = (*CALIBRATION_RULES, "given")
+"""Rules a stored threshold may carry (``given``: a number from elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -168,9 +171,6 @@ def f1_optimal_threshold(counts: PixelCounts, source_split: str = "test_public")
     return Threshold(best.threshold, "f1_optimal", {}, source_split)
 
 
-RULES = ("mean_std", "quantile", "f1_optimal")
-
-
 def threshold_by_rule(
     rule: Mapping[str, Any],
     validation: Callable[[], Iterable[np.ndarray]],
@@ -195,26 +195,35 @@ def threshold_by_rule(
         for i, (amap, gt) in enumerate(labelled()):
             pixels.update(amap, gt, f"{source} test_public map {i}")
         return f1_optimal_threshold(pixels.pixel_counts(), "test_public")
-    raise ConfigError(f"{source}: unknown threshold rule {name!r}; valid: {', '.join(RULES)}.")
+    raise ConfigError(
+        f"{source}: unknown threshold rule {name!r}; valid: {', '.join(CALIBRATION_RULES)}."
+    )
 
 
 def _select_mode(category: str, entry: Any, mode: str | None, where: str) -> Any:
-    """Pick the fusion mode's record from a ``{"<mode>": {...}}`` entry."""
+    """Pick the fusion mode's record from a ``{"<mode>": {...}}`` entry (None if it has none).
+
+    Without ``mode``, a nested entry must hold exactly one mode.
+    """
     nested = isinstance(entry, Mapping) and "value" not in entry
     if not nested:
         return entry
-    if mode in entry:
-        return entry[mode]
-    if mode is None and len(entry) == 1:
+    if mode is not None:
+        return entry.get(mode)
+    if len(entry) == 1:
         return next(iter(entry.values()))
     raise ConfigError(
-        f"{where}: category {category!r} has thresholds for modes {sorted(entry)} but not for "
-        f"{mode!r}. Calibrate that mode or choose one of them."
+        f"{where}: category {category!r} has thresholds for several fusion modes "
+        f"{sorted(entry)}; say which one (the run's fusion mode picks it with --run)."
     )
 
 
 def read_thresholds(path: str | os.PathLike, mode: str | None = None) -> dict[str, Threshold]:
-    """Read thresholds.json in any of its forms; ``mode`` picks the fusion mode if nested."""
+    """Read thresholds.json in any of its forms; ``mode`` picks the fusion mode if nested.
+
+    A category whose nested entry has no record for ``mode`` is left out, so the caller
+    calibrates that mode by the category's rule.
+    """
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
@@ -224,11 +233,13 @@ def read_thresholds(path: str | os.PathLike, mode: str | None = None) -> dict[st
         raise ConfigError(f"{path}: not valid JSON ({err}).") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: expected an object {{category: threshold}}.")
+    records = {
+        category: _select_mode(category, entry, mode, str(path)) for category, entry in raw.items()
+    }
     return {
-        category: Threshold.from_json(
-            _select_mode(category, entry, mode, str(path)), f"{path}: {category}"
-        )
-        for category, entry in raw.items()
+        category: Threshold.from_json(record, f"{path}: {category}")
+        for category, record in records.items()
+        if record is not None
     }
 
 

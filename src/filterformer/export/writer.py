@@ -11,8 +11,9 @@ Every file is written atomically, so a file that exists is complete. A re-run th
 resumes: samples whose files exist are skipped (:meth:`SubmissionWriter.is_done` lets the
 caller skip the inference too), and temporary files left by a killed run are deleted.
 
-The rescale and threshold of each category are recorded in ``<out>.rescale.json``
-(:func:`record_path`, beside the folder because the server refuses extra files inside it).
+The rescale and threshold of each category are recorded in a JSON file: by default
+``<out>.rescale.json`` (:func:`record_path`, beside a submission folder because the server
+refuses extra files inside it); ``ff-predict --run`` keeps it inside its output folder instead.
 Resuming with a different rescale or threshold is refused, since one category must never mix
 two scales.
 """
@@ -57,7 +58,8 @@ class SubmissionWriter:
     ``threshold`` is in original score units (None: maps only, and the server will report
     SegF1 and ClassF1 as 0). ``postprocess`` turns the raw mask ``score > threshold`` into
     the mask written to PNG (e.g. morphological closing); without it the PNG is exactly the
-    float16 TIFF thresholded at ``rescale.threshold(threshold)``.
+    float16 TIFF thresholded at ``rescale.threshold(threshold)``. ``record_file`` is where the
+    rescale record goes (default :func:`record_path`, beside ``out_dir``).
     """
 
     def __init__(
@@ -67,8 +69,10 @@ class SubmissionWriter:
         rescale: MapRescale,
         threshold: float | None = None,
         postprocess: MaskPostprocess | None = None,
+        record_file: str | os.PathLike | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
+        self.record_file = Path(record_file) if record_file else record_path(self.out_dir)
         self.category = category
         self.rescale = rescale
         self.threshold = None if threshold is None else float(threshold)
@@ -80,7 +84,7 @@ class SubmissionWriter:
 
     def _claim_record(self) -> None:
         """Store the category's rescale, refusing to resume under a different one."""
-        path = record_path(self.out_dir)
+        path = self.record_file
         if path.is_file():
             previous = json.loads(path.read_text()).get(self.category)
             if previous is not None and previous != self.record:

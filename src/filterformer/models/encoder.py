@@ -167,13 +167,74 @@ def _check_variant(state_dict: dict[str, torch.Tensor], path: Path, variant: str
     )
 
 
+def encoder_spec(variant: str) -> EncoderSpec:
+    """The :class:`EncoderSpec` of ``variant``, refusing an unknown name."""
+    if variant not in ENCODERS:
+        raise ConfigError(f"unknown encoder variant {variant!r}; valid: {', '.join(ENCODERS)}")
+    return ENCODERS[variant]
+
+
+def check_weights_source(
+    variant: str, weights: str | Path | None, pretrained: bool, allow_download: bool
+) -> None:
+    """Refuse, before any work, an encoder whose weights cannot be had.
+
+    A ``weights`` file must exist; without one, ``pretrained`` needs a variant with released
+    weights and permission to download them (never silently).
+    """
+    spec = encoder_spec(variant)
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise CheckpointError(
+                f"encoder weights file {weights} does not exist; put it there or set "
+                "encoder.weights (see weights/README.md)."
+            )
+        return
+    if not pretrained:
+        return
+    if spec.meta_file is None:
+        raise ConfigError(
+            f"encoder variant {variant!r} has no pretrained weights; set "
+            f"encoder.pretrained=false or give encoder.weights"
+        )
+    if not allow_download:
+        raise CheckpointError(
+            f"no local weights for {variant}: {_weights_advice(variant)}, or set "
+            "encoder.allow_download=true."
+        )
+
+
+def _weights_advice(variant: str) -> str:
+    """How to give ``variant`` a local weights file (part of an error message)."""
+    spec = ENCODERS[variant]
+    return (
+        f"put Meta's {spec.meta_file} (or timm's {spec.arch}.{spec.hub_tag} model.safetensors) "
+        f"into weights/ and set encoder.weights=weights/{spec.meta_file} (see weights/README.md)"
+    )
+
+
+def _first_line(err: Exception) -> str:
+    """The first non-empty line of an exception's message (its type name if it has none)."""
+    return next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
 def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a Meta `.pth` or a timm `.safetensors` file."""
-    if not path.is_file():
-        raise CheckpointError(f"encoder weights file {path} does not exist; see weights/README.md.")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    """Read a state dict from a Meta `.pth` or a timm `.safetensors` file.
+
+    A file that is neither (truncated, another format, not a checkpoint at all) is refused
+    with a :class:`CheckpointError` naming it, never with the unpickler's traceback.
+    """
+    loader = "safetensors" if path.suffix == ".safetensors" else "torch.load"
+    try:
+        if loader == "safetensors":
+            return load_file(str(path))
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip, safetensors and runtime errors alike
+        raise CheckpointError(
+            f"{path} is not a readable weights file ({loader}: {_first_line(err)}); point "
+            "encoder.weights at Meta's .pth or timm's .safetensors file of the encoder "
+            "(see weights/README.md)."
+        ) from None
     if not isinstance(state_dict, dict):
         raise CheckpointError(
             f"{path} does not hold a state dict (found {type(state_dict).__name__})."
@@ -208,9 +269,7 @@ class DinoEncoder(nn.Module):
         pretrain_img_size: int = 518,
     ) -> None:
         super().__init__()
-        if variant not in ENCODERS:
-            raise ConfigError(f"unknown encoder variant {variant!r}; valid: {', '.join(ENCODERS)}")
-        spec = ENCODERS[variant]
+        spec = encoder_spec(variant)
         self.variant = variant
         self.taps = tuple(spec.taps if taps is None else taps)
         increasing = list(self.taps) == sorted(set(self.taps))
@@ -240,20 +299,15 @@ class DinoEncoder(nn.Module):
         shape = dict(embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads)
         kwargs = dict(dynamic_img_size=True, img_size=img_size, num_classes=0, **shape)
         kwargs |= dict(spec.random_init)
+        check_weights_source(self.variant, weights, pretrained, allow_download)
         if weights is None and pretrained:
-            if spec.meta_file is None:
-                raise ConfigError(
-                    f"encoder variant {self.variant!r} has no pretrained weights; set "
-                    f"encoder.pretrained=false or give encoder.weights"
-                )
-            if not allow_download:
+            try:
+                return timm.create_model(spec.arch, pretrained=True, **kwargs)
+            except OSError as err:  # offline, hub or cache errors all derive from OSError
                 raise CheckpointError(
-                    f"no local weights for {self.variant}: put Meta's {spec.meta_file} (or timm's "
-                    f"{spec.arch}.{spec.hub_tag} model.safetensors) into weights/ and set "
-                    f"encoder.weights=weights/{spec.meta_file}, or set "
-                    f"encoder.allow_download=true. See weights/README.md."
-                )
-            return timm.create_model(spec.arch, pretrained=True, **kwargs)
+                    f"could not download the {self.variant} weights ({_first_line(err)}); "
+                    f"{_weights_advice(self.variant)}."
+                ) from None
         if weights is None:
             return timm.create_model(spec.arch, pretrained=False, **kwargs)
         path = Path(weights)

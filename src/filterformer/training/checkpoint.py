@@ -1,36 +1,70 @@
-"""Checkpoints: trainable weights in safetensors, metadata in JSON, training state in torch.
+"""Checkpoints: trainable weights in safetensors, training state in torch, metadata in JSON.
 
-A checkpoint ``<name>`` in a folder is up to three files, each written atomically:
+A checkpoint ``<name>`` in a folder is one unit of up to three files:
 
-- ``<name>.safetensors``: the model's trainable weights only (the frozen encoder comes from its
-  own weights file, identified by hash), plus the step in the safetensors header;
 - ``<name>.json``: metadata (model name, encoder variant, encoder-weights hash, step, epoch,
-  resolved config, tensor shapes, and whatever the caller adds such as metrics);
-- ``<name>.state.pt`` (only for resumable checkpoints): optimiser, scheduler and random
+  resolved config, tensor shapes, and whatever the caller adds such as metrics) and, under
+  ``files``, the names and SHA-256 of the two files below;
+- ``<name>.<token>.safetensors``: the model's trainable weights only (the frozen encoder comes
+  from its own weights file, identified by hash), plus the step in the safetensors header;
+- ``<name>.<token>.state.pt`` (only for resumable checkpoints): optimiser, scheduler and random
   states. safetensors stores tensors only, so this nested state is a plain ``torch.save``
   file of tensors and Python scalars, loaded with ``weights_only=True``.
 
-The state file is written first and the JSON last; all three carry the step, so a save
-interrupted between files is detected on load instead of silently mixing two steps.
+Saving writes the weights and the state under new names (a fresh random token), then
+atomically replaces the JSON: that rename is the one step that makes the new checkpoint
+current. Until it, the previous checkpoint is complete and current; after it, the previous
+files are deleted. A kill at any instant thus leaves the old or the new checkpoint whole, plus
+at most files that no JSON names, which :func:`remove_stale_files` deletes on the next start.
+Loading checks each file's SHA-256 against the JSON (``verify=False`` skips that) and names
+the file on a mismatch. A checkpoint saved before the JSON named its files
+(``<name>.safetensors``, ``<name>.state.pt``, no hashes) still loads, unverified.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from filterformer.errors import CheckpointError
-from filterformer.io import atomic_path, write_json
+from filterformer.io import atomic_path, remove_partials, write_json
+from filterformer.models.encoder import weights_sha256
 
 IDENTITY_KEYS = ("model", "encoder", "encoder_weights")
 """Metadata that must match between a checkpoint and the model it is loaded into."""
+
+WEIGHTS_SUFFIX, STATE_SUFFIX = ".safetensors", ".state.pt"
+_VERSIONED = re.compile(r"(?P<name>.+)\.[0-9a-f]{12}(\.safetensors|\.state\.pt)")
+"""A weights or state file saved under a checkpoint's name and a token."""
+
+
+def _no_hook(name: str, stage: str) -> None:
+    """The default :data:`save_hook`: nothing."""
+
+
+save_hook: Callable[[str, str], None] = _no_hook
+"""Called with the checkpoint's name during :func:`save_checkpoint`, after the stages
+``"weights"``, ``"state"`` (when saved) and ``"committed"`` (the JSON replaced, the old files
+not yet deleted): a seam for tests that interrupt a save at each of these points."""
+
+
+class CheckpointFiles(NamedTuple):
+    """The files of one checkpoint, as its metadata names them."""
+
+    weights: Path
+    meta: Path
+    state: Path | None
+    """None for a checkpoint saved without training state."""
 
 
 @dataclass(frozen=True)
@@ -39,18 +73,27 @@ class LoadedCheckpoint:
 
     meta: dict[str, Any]
     training_state: dict[str, Any] | None
+    files: CheckpointFiles
+    """The files that were read."""
 
 
-def checkpoint_files(path: str | Path) -> tuple[Path, Path, Path]:
-    """(weights, metadata, training-state) files of the checkpoint ``path`` (suffix optional)."""
-    stem = Path(path)
-    if stem.suffix == ".safetensors":
-        stem = stem.with_suffix("")
-    return (
-        stem.with_name(stem.name + ".safetensors"),
-        stem.with_name(stem.name + ".json"),
-        stem.with_name(stem.name + ".state.pt"),
-    )
+def metadata_file(path: str | Path) -> Path:
+    """The JSON of the checkpoint ``path``: ``<folder>/<name>`` or any of its files."""
+    path = Path(path)
+    match = _VERSIONED.fullmatch(path.name)
+    name = match["name"] if match else path.name.removesuffix(".json")
+    return path.with_name(name.removesuffix(WEIGHTS_SUFFIX) + ".json")
+
+
+def has_checkpoint(path: str | Path) -> bool:
+    """Whether the checkpoint ``path`` exists (its JSON, written last, is what makes it)."""
+    return metadata_file(path).is_file()
+
+
+def checkpoint_files(path: str | Path) -> CheckpointFiles:
+    """The (weights, metadata, training-state) files of the checkpoint ``path``."""
+    meta_file = metadata_file(path)
+    return _files(meta_file, read_checkpoint_meta(meta_file))
 
 
 def save_checkpoint(
@@ -60,34 +103,62 @@ def save_checkpoint(
     meta: Mapping[str, Any],
     training_state: Mapping[str, Any] | None = None,
 ) -> None:
-    """Save ``model.trainable_state_dict()`` with ``meta`` (holding ``step`` and the identity)."""
+    """Save ``model.trainable_state_dict()`` with ``meta`` (holding ``step`` and the identity).
+
+    The checkpoint replaces an earlier one of the same name as a unit (module docstring).
+    """
     missing = [key for key in ("step", *IDENTITY_KEYS) if key not in meta]
     if missing:
         raise ValueError(f"checkpoint metadata lacks {missing}")
-    weights_file, meta_file, state_file = checkpoint_files(path)
+    meta_file = metadata_file(path)
+    meta_file.parent.mkdir(parents=True, exist_ok=True)
+    stem = meta_file.with_suffix(f".{secrets.token_hex(6)}")
     step = int(meta["step"])
     weights = {
         name: tensor.detach().to("cpu", copy=True).contiguous()
         for name, tensor in model.trainable_state_dict().items()
     }
+    files = {
+        "weights": _write(
+            stem.with_name(stem.name + WEIGHTS_SUFFIX),
+            lambda file: save_file(weights, str(file), metadata={"step": str(step)}),
+        )
+    }
+    save_hook(meta_file.stem, "weights")
     if training_state is not None:
-        with atomic_path(state_file) as tmp:
-            torch.save({**training_state, "step": step}, tmp)
-    else:
-        state_file.unlink(missing_ok=True)
-    with atomic_path(weights_file) as tmp:
-        save_file(weights, str(tmp), metadata={"step": str(step)})
+        files["state"] = _write(
+            stem.with_name(stem.name + STATE_SUFFIX),
+            lambda file: torch.save({**training_state, "step": step}, file),
+        )
+        save_hook(meta_file.stem, "state")
     shapes = {name: list(tensor.shape) for name, tensor in weights.items()}
-    write_json(meta_file, {**meta, "shapes": shapes})
+    write_json(meta_file, {**meta, "shapes": shapes, "files": files})
+    save_hook(meta_file.stem, "committed")
+    _remove_unnamed(meta_file)
+
+
+def remove_stale_files(folder: str | Path) -> int:
+    """Delete what interrupted saves left in a checkpoint folder; return how many files.
+
+    That is temporary files, and weights or state files that no checkpoint's JSON names.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    count = remove_partials(folder, recursive=False)
+    names = {match["name"] for match in map(_VERSIONED.fullmatch, os.listdir(folder)) if match}
+    for name in sorted(names):
+        count += _remove_unnamed(folder / f"{name}.json")
+    return count
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """The JSON metadata of a checkpoint, with a clear error when it is missing or broken."""
-    weights_file, meta_file, _ = checkpoint_files(path)
-    if not weights_file.is_file() or not meta_file.is_file():
+    meta_file = metadata_file(path)
+    if not meta_file.is_file():
         raise CheckpointError(
-            f"{weights_file}: checkpoint not found (need both {weights_file.name} and "
-            f"{meta_file.name}). Check the run folder, or train first with ff-train."
+            f"{meta_file}: checkpoint not found. Check the run folder, or train first with "
+            "ff-train."
         )
     try:
         return json.loads(meta_file.read_text())
@@ -101,34 +172,108 @@ def load_checkpoint(
     *,
     expected: Mapping[str, Any],
     with_training_state: bool = False,
+    verify: bool = True,
 ) -> LoadedCheckpoint:
     """Load a checkpoint's weights into ``model`` after checking that it fits.
 
     ``expected`` gives the identity of ``model`` (``model``, ``encoder``, ``encoder_weights``);
-    any difference, and any missing or mis-shaped tensor, raises :class:`CheckpointError`
+    any difference, any missing or mis-shaped tensor and (with ``verify``) any file whose
+    SHA-256 differs from the one recorded in the metadata raises :class:`CheckpointError`
     naming what differs. ``model`` is not modified unless every check passes.
     """
-    weights_file, _, state_file = checkpoint_files(path)
-    meta = read_checkpoint_meta(path)
-    _check_identity(weights_file, meta, expected)
+    meta_file = metadata_file(path)
+    meta = read_checkpoint_meta(meta_file)
+    files = _files(meta_file, meta)
+    _check_identity(files.weights, meta, expected)
+    _check_file(files, "weights", meta, verify)
     try:
-        weights = load_file(str(weights_file))
-        with safe_open(str(weights_file), framework="pt") as fh:
+        weights = load_file(str(files.weights))
+        with safe_open(str(files.weights), framework="pt") as fh:
             saved_step = (fh.metadata() or {}).get("step")
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{weights_file}: unreadable safetensors file ({err}).") from None
+        raise CheckpointError(f"{files.weights}: unreadable safetensors file ({err}).") from None
     if saved_step != str(meta["step"]):
         raise CheckpointError(
-            f"{weights_file}: weights are from step {saved_step} but the metadata says step "
+            f"{files.weights}: weights are from step {saved_step} but the metadata says step "
             f"{meta['step']}; the save was interrupted. Use another checkpoint of the run."
         )
-    _check_shapes(weights_file, weights, model.trainable_state_dict())
+    _check_shapes(files.weights, weights, model.trainable_state_dict())
     training_state = None
     if with_training_state:
-        training_state = _read_training_state(state_file, int(meta["step"]))
+        training_state = _read_training_state(files, meta, verify)
     result = model.load_state_dict(weights, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # guaranteed by _check_shapes
-    return LoadedCheckpoint(meta=meta, training_state=training_state)
+    return LoadedCheckpoint(meta=meta, training_state=training_state, files=files)
+
+
+def _write(file: Path, write: Callable[[Path], None]) -> dict[str, str]:
+    """Write a new file of a checkpoint, complete and on disk; return its name and SHA-256."""
+    with atomic_path(file) as tmp:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return {"name": file.name, "sha256": weights_sha256(file)}
+
+
+def _files(meta_file: Path, meta: Mapping[str, Any]) -> CheckpointFiles:
+    recorded = meta.get("files")
+    if recorded is None:  # saved before the metadata named its files
+        stem = meta_file.with_suffix("")
+        state = stem.with_name(stem.name + STATE_SUFFIX)
+        return CheckpointFiles(stem.with_name(stem.name + WEIGHTS_SUFFIX), meta_file, state)
+    state = recorded.get("state")
+    return CheckpointFiles(
+        meta_file.with_name(recorded["weights"]["name"]),
+        meta_file,
+        None if state is None else meta_file.with_name(state["name"]),
+    )
+
+
+def _remove_unnamed(meta_file: Path) -> int:
+    """Delete the weights and state files of a checkpoint's name that its JSON does not name.
+
+    Without a JSON, every file saved under the name and a token goes; an unreadable JSON
+    leaves everything in place.
+    """
+    name = meta_file.stem
+    candidates = [
+        meta_file.with_name(entry)
+        for entry in os.listdir(meta_file.parent)
+        if (match := _VERSIONED.fullmatch(entry)) and match["name"] == name
+    ]
+    keep: set[Path] = set()
+    if meta_file.is_file():
+        try:
+            keep = {file for file in _files(meta_file, read_checkpoint_meta(meta_file)) if file}
+        except (CheckpointError, KeyError, TypeError):
+            return 0
+        candidates += [meta_file.with_name(name + s) for s in (WEIGHTS_SUFFIX, STATE_SUFFIX)]
+    stale = [file for file in candidates if file not in keep and file.is_file()]
+    for file in stale:
+        file.unlink(missing_ok=True)
+    return len(stale)
+
+
+def _check_file(files: CheckpointFiles, kind: str, meta: Mapping[str, Any], verify: bool) -> None:
+    """Require the checkpoint's ``kind`` file ("weights" or "state") and, with ``verify``,
+    the SHA-256 its metadata records for it."""
+    file = getattr(files, kind)
+    if not file.is_file():
+        raise CheckpointError(
+            f"{file}: missing, though {files.meta.name} names it: the run folder is incomplete "
+            "(copy all of it again, or use another checkpoint), or a training run replaced the "
+            "checkpoint while it was read (try again)."
+        )
+    recorded = (meta.get("files") or {}).get(kind, {}).get("sha256")
+    if verify and recorded is not None and weights_sha256(file) != recorded:
+        raise CheckpointError(
+            f"{file}: SHA-256 differs from the one recorded in {files.meta.name}: the file is "
+            "corrupted or was changed. Restore it from a copy of the run folder or use another "
+            "checkpoint (--no-verify, or verify=False, loads it anyway)."
+        )
 
 
 def _check_identity(file: Path, meta: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
@@ -164,16 +309,20 @@ def _check_shapes(
         )
 
 
-def _read_training_state(state_file: Path, step: int) -> dict[str, Any]:
-    if not state_file.is_file():
+def _read_training_state(
+    files: CheckpointFiles, meta: Mapping[str, Any], verify: bool
+) -> dict[str, Any]:
+    if files.state is None or (not files.state.is_file() and "files" not in meta):
         raise CheckpointError(
-            f"{state_file}: no training state beside this checkpoint, so training cannot resume "
+            f"{files.meta}: no training state with this checkpoint, so training cannot resume "
             "from it. Resume from checkpoints/last, or start a new run."
         )
-    state = torch.load(state_file, map_location="cpu", weights_only=True)
-    if state.get("step") != step:
+    _check_file(files, "state", meta, verify)
+    state = torch.load(files.state, map_location="cpu", weights_only=True)
+    if state.get("step") != meta["step"]:
         raise CheckpointError(
-            f"{state_file}: training state is from step {state.get('step')} but the weights are "
-            f"from step {step}; the save was interrupted. Start a new run (resume=false)."
+            f"{files.state}: training state is from step {state.get('step')} but the weights "
+            f"are from step {meta['step']}; the save was interrupted. Start a new run "
+            "(resume=false)."
         )
     return state

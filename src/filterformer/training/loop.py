@@ -2,16 +2,22 @@
 
 Files it keeps in the run folder (docs/architecture.md):
 
-- ``checkpoints/last.*`` after every epoch (weights, metadata, optimiser/scheduler/RNG state);
-- ``checkpoints/best_<mode>.*`` whenever an evaluation improves that fusion mode's score;
+- ``checkpoints/last`` after every epoch (weights, metadata, optimiser/scheduler/RNG state),
+  saved as one unit (:mod:`filterformer.training.checkpoint`);
+- ``checkpoints/best_<mode>`` whenever an evaluation improves that fusion mode's score;
 - ``train_log.csv`` (one row per step) and ``eval_log.csv`` (one row per evaluation and mode),
-  both rewritten atomically together with ``last``, so they always match the checkpoint;
+  appended as rows come (:mod:`filterformer.training.logs`);
 - ``fusion.json`` ``{"<category>": "<best mode>"}`` after every evaluation;
 - ``map_stats.json`` (validation mean/std per map) at the end.
 
+The process holds the run folder's lock while it trains (:mod:`filterformer.lock`), and on
+start deletes what an interrupted one left (temporary files, unfinished checkpoint files).
+
 Resuming loads ``last`` and replays nothing: the data order (a function of seed and epoch),
-the augmentations (seeded per epoch and item) and the random states are restored, so an
-interrupted and resumed run ends with the same weights as one that ran through.
+the augmentations (seeded per epoch and item) and the random states are restored, and the
+logs are cut back to their length at that checkpoint, so an interrupted and resumed run ends
+with the same weights and logs as one that ran through. A run killed before its first
+checkpoint starts again from the beginning.
 
 The step never waits for the device: the losses of each step stay on it and are copied to
 the host (one synchronisation) every ``log_every`` steps and at the end of every epoch, where
@@ -24,7 +30,6 @@ model with data parallelism (:mod:`filterformer.training.distributed`).
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -37,8 +42,14 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from filterformer.errors import ConfigError, NonFiniteLossError
-from filterformer.io import write_csv, write_json
-from filterformer.training.checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
+from filterformer.io import remove_partials, write_json
+from filterformer.lock import lock_run
+from filterformer.training.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    remove_stale_files,
+    save_checkpoint,
+)
 from filterformer.training.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
@@ -47,6 +58,7 @@ from filterformer.training.distributed import (
     wrap_trainable,
 )
 from filterformer.training.feature_cache import TapFeatures
+from filterformer.training.logs import CsvLog
 from filterformer.training.optim import build_optimizer, optimizer_parameters
 from filterformer.training.schedule import WarmupCosine
 from filterformer.training.seed import rng_state, seed_everything, set_deterministic, set_rng_state
@@ -91,6 +103,54 @@ class OptimizerSettings:
     clip_threshold: float = 1.0
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train (values come from the config's ``train`` section, ``seed`` and ``resume``)."""
+
+    epochs: int
+    batch_size: int
+    """The global batch; with several processes each takes an equal share."""
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    """Optimiser and warm-up + cosine schedule, stepped every iteration."""
+    grad_clip: float | None = 0.1
+    """L2-norm clip before each step, per part of ``model.parameter_groups()`` (INP-Former's
+    parts; the Diff Predictor) so L_df never rescales INP-Former's update (None or 0: off)."""
+    device: str | torch.device = "cpu"
+    amp_bf16: bool = False
+    """Autocast the forward pass to bfloat16 (CUDA only; ignored on CPU)."""
+    seed: int = 1
+    deterministic: bool = True
+    """Deterministic torch kernels and no cuDNN autotuning."""
+    num_workers: int = 0
+    """DataLoader worker processes (kept alive across epochs)."""
+    compile_step: bool = False
+    """``torch.compile`` the step after the encoder (forward and losses)."""
+    log_every: int = 50
+    """Copy the step losses to the host (log rows, NaN guard, progress bar) every this many
+    steps, and at the end of every epoch."""
+    resume: bool = False
+    """Continue from ``checkpoints/last`` if present. Without it, a run folder that already
+    holds ``last`` is refused rather than overwritten."""
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """When training evaluates, how it picks the best checkpoints, and what it writes at the end."""
+
+    every: int = 0
+    """Evaluate every this many epochs and after the last one (0: never)."""
+    evaluator: Evaluator | None = None
+    """Scores per fusion mode."""
+    select_metric: str = "f1_max"
+    """The score that decides ``best_<mode>``."""
+    category: str | None = None
+    """The entry of fusion.json."""
+    map_statistics: MapStatistics | None = None
+    """Computes map_stats.json at the end (None: not written); when the evaluation after the
+    last epoch already measured them, its statistics are used."""
+
+
 @dataclass
 class TrainResult:
     """Where training ended and the best evaluation score per fusion mode."""
@@ -132,7 +192,36 @@ def train(
     step_callback: StepCallback | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``model`` on ``train_set`` and keep the run's files.
+    """Train ``model`` on ``train_set`` and keep the run's files: :class:`Trainer` in one call.
+
+    The keywords are the fields of :class:`TrainSettings` and of :class:`EvaluationSettings`
+    (``eval_every`` is its ``every``) and the other arguments of :class:`Trainer`.
+    """
+    settings = TrainSettings(
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer or OptimizerSettings(),
+        grad_clip=grad_clip,
+        device=device,
+        amp_bf16=amp_bf16,
+        seed=seed,
+        deterministic=deterministic,
+        num_workers=num_workers,
+        compile_step=compile_step,
+        log_every=log_every,
+        resume=resume,
+        progress=progress,
+    )
+    evaluation = EvaluationSettings(eval_every, evaluator, select_metric, category, map_statistics)
+    trainer = Trainer(
+        model, train_set, run_dir, checkpoint_meta, settings, evaluation, distributed, step_callback
+    )
+    return trainer.run()
+
+
+class Trainer:
+    """One training run into a run folder, in parts: set-up (here), resume or a fresh start,
+    the epochs, evaluation with the best checkpoints, the checkpoint of each epoch, the end.
 
     Args:
         train_set: a Dataset of normalised 3 x h x w images, or the cached encoder taps of
@@ -140,180 +229,253 @@ def train(
             ``features_from_taps``.
         checkpoint_meta: identity and config stored with every checkpoint (``model``,
             ``encoder``, ``encoder_weights``, ``config``); a resumed run must match it.
-        batch_size: the global batch; with several processes each takes an equal share.
-        optimizer: optimiser and warm-up + cosine schedule, stepped every iteration
-            (default: INP-Former's StableAdamW settings).
-        grad_clip: L2-norm clip before each step, per part of `model.parameter_groups()`
-            (INP-Former's parts; the Diff Predictor) so L_df never rescales INP-Former's
-            update (None or 0: off).
-        amp_bf16: autocast the forward pass to bfloat16 (CUDA only; ignored on CPU).
-        deterministic: deterministic torch kernels and no cuDNN autotuning.
-        num_workers: DataLoader worker processes (kept alive across epochs).
-        compile_step: ``torch.compile`` the step after the encoder (forward and losses).
-        log_every: copy the step losses to the host (log rows, NaN guard, progress bar)
-            every this many steps, and at the end of every epoch.
         distributed: this process's rank among the torchrun processes; only rank 0 writes
-            files and shows progress.
-        eval_every: evaluate every this many epochs and after the last one (0: never).
-        evaluator: scores per fusion mode; ``select_metric`` picks the score that decides
-            ``best_<mode>``; ``category`` names the entry of fusion.json.
-        map_statistics: computes map_stats.json at the end (None: not written); when the
-            evaluation after the last epoch already measured them, its statistics are used.
-        resume: continue from ``checkpoints/last`` if present. Without it, a run folder that
-            already holds ``last`` is refused rather than overwritten.
+            files (and holds the run folder's lock) and shows progress.
         step_callback: called for every step when its row is logged (monitoring; raising
             from it stops training before the next checkpoint).
     """
-    run_dir = Path(run_dir)
-    device = torch.device(device)
-    optimizer = optimizer or OptimizerSettings()
-    main = distributed.is_main
-    last = last_checkpoint(run_dir)
-    check_run_dir(run_dir, resume)
-    set_deterministic(deterministic)
-    seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
-    if len(train_set) < batch_size:
-        raise ConfigError(
-            f"batch size {batch_size} is larger than the {len(train_set)} training images; "
-            "lower train.batch_size."
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train_set: Dataset,
+        run_dir: str | Path,
+        checkpoint_meta: Mapping[str, Any],
+        settings: TrainSettings,
+        evaluation: EvaluationSettings | None = None,
+        distributed: DistributedContext = SINGLE_PROCESS,
+        step_callback: StepCallback | None = None,
+    ) -> None:
+        self.model, self.train_set = model, train_set
+        self.run_dir = Path(run_dir)
+        self.last = last_checkpoint(self.run_dir)
+        self.meta = checkpoint_meta
+        self.settings, self.evaluation = settings, evaluation or EvaluationSettings()
+        self.distributed, self.main = distributed, distributed.is_main
+        self.step_callback = step_callback
+        self.device = torch.device(settings.device)
+        check_run_dir(self.run_dir, settings.resume)
+        if len(train_set) < settings.batch_size:
+            raise ConfigError(
+                f"batch size {settings.batch_size} is larger than the {len(train_set)} training "
+                "images; lower train.batch_size."
+            )
+        if self.main:
+            lock_run(self.run_dir)
+            remove_partials(self.run_dir, recursive=False)
+            remove_stale_files(self.last.parent)
+        set_deterministic(settings.deterministic)
+        seed_everything(settings.seed)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.loader = training_loader(
+            train_set,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            context=distributed,
+            num_workers=settings.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=self.generator,
         )
-    loader = training_loader(
-        train_set,
-        batch_size=batch_size,
-        seed=seed,
-        context=distributed,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        generator=generator,
-    )
-    model.to(device)
-    opt = build_optimizer(
-        optimizer.name,
-        optimizer_parameters(model),
-        lr=optimizer.lr,
-        betas=optimizer.betas,
-        weight_decay=optimizer.weight_decay,
-        eps=optimizer.eps,
-        amsgrad=optimizer.amsgrad,
-        clip_threshold=optimizer.clip_threshold,
-    )
-    scheduler = WarmupCosine(
-        opt,
-        base_lr=optimizer.lr,
-        final_lr=optimizer.final_lr,
-        total_iters=epochs * len(loader),
-        warmup_iters=optimizer.warmup_iters,
-    )
-    log = _Logs(run_dir)
-    result = TrainResult(step=0, epoch=0)
-    if resume and checkpoint_files(last)[0].exists():
-        state = load_checkpoint(
-            last, model, expected=checkpoint_meta, with_training_state=True
-        ).training_state
-        opt.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        set_rng_state(state["rng"])
-        result = TrainResult(step=state["step"], epoch=state["epoch"], best=state["best"])
-        log.restore(result.step, result.epoch)
+        model.to(self.device)
+        self.optimizer, self.scheduler = self._optimizer()
+        self.logs = {
+            "train": CsvLog(self.run_dir / "train_log.csv"),
+            "eval": CsvLog(self.run_dir / "eval_log.csv"),
+        }
+        self.result = TrainResult(step=0, epoch=0)
+        self.kept: tuple[int, int] | None = None  # (epoch, step) of `last`, once there is one
+        self.final_stats: MapStats | None = None  # measured by the last epoch's evaluation
+        self.pending = _PendingLosses(distributed)
 
-    step = wrap_trainable(model, loss_step(model, train_set), distributed)
-    if compile_step:
-        step = torch.compile(step)
-    autocast = torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=amp_bf16 and device.type == "cuda"
-    )
-    pending = _PendingLosses(distributed)
-    bar = tqdm(
-        total=epochs * len(loader),
-        initial=result.step,
-        desc="train",
-        disable=not (progress and main),
-    )
+    def run(self) -> TrainResult:
+        """Train from the start or from ``last`` to the last epoch; write the end's files."""
+        self._resume_or_start()
+        settings = self.settings
+        step = wrap_trainable(self.model, loss_step(self.model, self.train_set), self.distributed)
+        if settings.compile_step:
+            step = torch.compile(step)
+        self.bar = tqdm(
+            total=settings.epochs * len(self.loader),
+            initial=self.result.step,
+            desc="train",
+            disable=not (settings.progress and self.main),
+        )
+        for epoch in range(self.result.epoch, settings.epochs):
+            started = time.perf_counter()
+            self._train_epoch(epoch, step)
+            self.result.epoch = epoch + 1
+            self.result.epoch_seconds.append(time.perf_counter() - started)
+            if self.main:
+                self._evaluate_if_due()
+                self._save_last()
+            self.kept = (self.result.epoch, self.result.step)
+            self.distributed.barrier()
+        self.bar.close()
+        if self.main:
+            self._write_end_files()
+        return self.result
 
-    def flush() -> None:
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, WarmupCosine]:
+        """The optimiser of the trainable parameters and its warm-up + cosine schedule."""
+        settings = self.settings.optimizer
+        optimizer = build_optimizer(
+            settings.name,
+            optimizer_parameters(self.model),
+            lr=settings.lr,
+            betas=settings.betas,
+            weight_decay=settings.weight_decay,
+            eps=settings.eps,
+            amsgrad=settings.amsgrad,
+            clip_threshold=settings.clip_threshold,
+        )
+        scheduler = WarmupCosine(
+            optimizer,
+            base_lr=settings.lr,
+            final_lr=settings.final_lr,
+            total_iters=self.settings.epochs * len(self.loader),
+            warmup_iters=settings.warmup_iters,
+        )
+        return optimizer, scheduler
+
+    def _resume_or_start(self) -> None:
+        """Restore ``last`` (resume) with the logs cut back to it, or start with no logs."""
+        sizes = {"train": 0, "eval": 0}
+        if self.settings.resume and has_checkpoint(self.last):
+            loaded = load_checkpoint(
+                self.last, self.model, expected=self.meta, with_training_state=True
+            )
+            state = loaded.training_state
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.generator.set_state(state["generator"])
+            set_rng_state(state["rng"])
+            self.result = TrainResult(step=state["step"], epoch=state["epoch"], best=state["best"])
+            self.kept = (self.result.epoch, self.result.step)
+            sizes = state.get("logs")  # None: saved before logs were appended; keep them whole
+        if self.main and sizes is not None:
+            for name, log in self.logs.items():
+                log.cut(sizes[name])
+
+    def _train_epoch(self, epoch: int, step: LossStep) -> None:
+        """One pass over the loader: forward, backward, clipped optimiser step, schedule."""
+        model, optimizer, settings = self.model, self.optimizer, self.settings
+        autocast = torch.autocast(
+            self.device.type,
+            dtype=torch.bfloat16,
+            enabled=settings.amp_bf16 and self.device.type == "cuda",
+        )
+        clip_groups = list(model.parameter_groups().values())
+        model.train()
+        set_loader_epoch(self.loader, epoch)
+        for batch in self.loader:
+            lr = optimizer.param_groups[0]["lr"]
+            with autocast:
+                losses = step(batch.to(self.device, non_blocking=True))
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if settings.grad_clip:
+                for params in clip_groups:
+                    torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+            optimizer.step()
+            self.scheduler.step()
+            self.result.step += 1
+            self.pending.add({"step": self.result.step, "epoch": epoch, "lr": lr}, losses)
+            self.bar.update()
+            if self.result.step % settings.log_every == 0:
+                self._flush()
+        self._flush()
+
+    def _flush(self) -> None:
         """Copy the pending losses to the host, log them, stop at the first non-finite one."""
-        rows = pending.flush()
+        rows = self.pending.flush()
         bad = next((n for n, row in enumerate(rows) if not _finite(row)), None)
-        log.train_rows.extend(rows if bad is None else rows[: bad + 1])
+        if self.main:
+            self.logs["train"].append(rows if bad is None else rows[: bad + 1])
         if rows:
-            bar.set_postfix(
+            self.bar.set_postfix(
                 {k: f"{v:.4g}" for k, v in rows[-1].items() if k not in ("step", "epoch")}
             )
         if bad is not None:
-            if main:
-                log.write()
-            bar.close()
-            row = rows[bad]
-            raise NonFiniteLossError(
-                f"training diverged: non-finite loss at step {row['step']} (epoch {row['epoch']}): "
-                f"{ {k: v for k, v in row.items() if k not in ('step', 'epoch')} }. "
-                f"{last}.safetensors keeps the last good epoch. Lower train.optimizer.lr, "
-                "keep train.grad_clip on, or turn train.amp_bf16 off."
-            )
-        if step_callback is not None:
+            self.bar.close()
+            raise NonFiniteLossError(_divergence_message(rows[bad], self.kept))
+        if self.step_callback is not None:
             for row in rows:
-                step_callback(row["step"], row)
+                self.step_callback(row["step"], row)
 
-    clip_groups = list(model.parameter_groups().values())
-    final_stats: MapStats | None = None  # measured by the evaluation of the last epoch, if any
-    for epoch in range(result.epoch, epochs):
-        started = time.perf_counter()
-        model.train()
-        set_loader_epoch(loader, epoch)
-        for batch in loader:
-            lr = opt.param_groups[0]["lr"]
-            with autocast:
-                losses = step(batch.to(device, non_blocking=True))
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            if grad_clip:
-                for params in clip_groups:
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            scheduler.step()
-            result.step += 1
-            pending.add({"step": result.step, "epoch": epoch, "lr": lr}, losses)
-            bar.update()
-            if result.step % log_every == 0:
-                flush()
-        flush()
-        result.epoch = epoch + 1
-        result.epoch_seconds.append(time.perf_counter() - started)
-        if main:
-            due = eval_every and (result.epoch % eval_every == 0 or result.epoch == epochs)
-            if evaluator is not None and due:
-                evaluation = _evaluate(
-                    model, evaluator, select_metric, result, run_dir, checkpoint_meta, log
-                )
-                if result.epoch == epochs:
-                    final_stats = evaluation.map_stats
-                result.fusion_mode = _write_fusion(run_dir, category, result.best)
-            training_state = {
-                "optimizer": opt.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "rng": rng_state(),
-                "epoch": result.epoch,
-                "best": result.best,
-            }
-            meta = {**checkpoint_meta, "step": result.step, "epoch": result.epoch}
-            save_checkpoint(last, model, meta=meta, training_state=training_state)
-            log.write()
-        distributed.barrier()
-    bar.close()
-    if not main:
-        return result
-    if result.fusion_mode is None and result.best:
-        result.fusion_mode = _write_fusion(run_dir, category, result.best)
-    if map_statistics is not None:
-        model.eval()
-        stats = final_stats if final_stats is not None else map_statistics(model)
-        write_json(
-            run_dir / "map_stats.json", {k: {"mean": m, "std": s} for k, (m, s) in stats.items()}
+    def _evaluate_if_due(self) -> None:
+        """Evaluate when due: log the scores, keep improved ``best_<mode>``, write fusion.json."""
+        evaluation, result = self.evaluation, self.result
+        due = evaluation.every and (
+            result.epoch % evaluation.every == 0 or result.epoch == self.settings.epochs
         )
-    return result
+        if evaluation.evaluator is None or not due:
+            return
+        self.model.eval()
+        scored = evaluation.evaluator(self.model)
+        self.model.train()
+        for metrics in scored.scores.values():
+            if evaluation.select_metric not in metrics:
+                raise ConfigError(
+                    f"eval.metric={evaluation.select_metric!r} is not computed; choose one of "
+                    f"{sorted(metrics)}."
+                )
+        self.logs["eval"].append(
+            [
+                {"step": result.step, "epoch": result.epoch, "mode": mode, **metrics}
+                for mode, metrics in scored.scores.items()
+            ]
+        )
+        for mode, metrics in scored.scores.items():
+            self._keep_if_best(mode, metrics, scored.map_stats)
+        if result.epoch == self.settings.epochs:
+            self.final_stats = scored.map_stats
+        result.fusion_mode = _write_fusion(self.run_dir, evaluation.category, result.best)
+
+    def _keep_if_best(
+        self, mode: str, metrics: Mapping[str, float], map_stats: MapStats | None
+    ) -> None:
+        """Save ``best_<mode>`` (with its metrics and map statistics) if the score improved."""
+        result, score = self.result, metrics[self.evaluation.select_metric]
+        best = result.best.get(mode)
+        if not math.isfinite(score) or (best is not None and score <= best["score"]):
+            return
+        result.best[mode] = {"score": score, "epoch": result.epoch, "step": result.step}
+        meta = {**self.meta, "step": result.step, "epoch": result.epoch, "mode": mode}
+        meta["metrics"] = metrics
+        if map_stats is not None:
+            meta["map_stats"] = map_stats
+        save_checkpoint(self.last.with_name(f"best_{mode}"), self.model, meta=meta)
+
+    def _save_last(self) -> None:
+        """Save ``last`` with everything resuming needs, the logs' lengths included."""
+        result = self.result
+        training_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": rng_state(),
+            "epoch": result.epoch,
+            "best": result.best,
+            "logs": {name: log.size() for name, log in self.logs.items()},
+        }
+        meta = {**self.meta, "step": result.step, "epoch": result.epoch}
+        save_checkpoint(self.last, self.model, meta=meta, training_state=training_state)
+
+    def _write_end_files(self) -> None:
+        """fusion.json (when evaluations found a best mode) and map_stats.json."""
+        result, evaluation = self.result, self.evaluation
+        if result.fusion_mode is None and result.best:
+            result.fusion_mode = _write_fusion(self.run_dir, evaluation.category, result.best)
+        if evaluation.map_statistics is None:
+            return
+        self.model.eval()
+        stats = self.final_stats
+        if stats is None:
+            stats = evaluation.map_statistics(self.model)
+        write_json(
+            self.run_dir / "map_stats.json",
+            {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
+        )
 
 
 def loss_step(model: torch.nn.Module, train_set: Dataset) -> LossStep:
@@ -330,53 +492,37 @@ def loss_step(model: torch.nn.Module, train_set: Dataset) -> LossStep:
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:
-    """The resumable checkpoint of a run folder (its files may not exist yet)."""
+    """The resumable checkpoint of a run folder (it may not exist yet)."""
     return Path(run_dir) / "checkpoints" / "last"
 
 
 def check_run_dir(run_dir: str | Path, resume: bool) -> None:
     """Refuse to start over in a folder that holds a trained run, unless resuming it."""
-    if checkpoint_files(last_checkpoint(run_dir))[0].exists() and not resume:
+    if has_checkpoint(last_checkpoint(run_dir)) and not resume:
         raise ConfigError(
             f"{run_dir}: already holds a trained run (checkpoints/last). Set resume=true to "
             "continue it, or choose another run_dir."
         )
 
 
-def _evaluate(
-    model: torch.nn.Module,
-    evaluator: Evaluator,
-    select_metric: str,
-    result: TrainResult,
-    run_dir: Path,
-    checkpoint_meta: Mapping[str, Any],
-    log: _Logs,
-) -> Evaluation:
-    """Score every fusion mode; save ``best_<mode>`` where the selection metric improved."""
-    model.eval()
-    evaluation = evaluator(model)
-    model.train()
-    stats_meta = {} if evaluation.map_stats is None else {"map_stats": evaluation.map_stats}
-    for mode, metrics in evaluation.scores.items():
-        if select_metric not in metrics:
-            raise ConfigError(
-                f"eval.metric={select_metric!r} is not computed; choose one of {sorted(metrics)}."
-            )
-        log.eval_rows.append({"step": result.step, "epoch": result.epoch, "mode": mode, **metrics})
-        score = metrics[select_metric]
-        best = result.best.get(mode)
-        if math.isfinite(score) and (best is None or score > best["score"]):
-            result.best[mode] = {"score": score, "epoch": result.epoch, "step": result.step}
-            meta = {
-                **checkpoint_meta,
-                "step": result.step,
-                "epoch": result.epoch,
-                "mode": mode,
-                "metrics": metrics,
-                **stats_meta,
-            }
-            save_checkpoint(run_dir / "checkpoints" / f"best_{mode}", model, meta=meta)
-    return evaluation
+def _divergence_message(row: Mapping[str, Any], kept: tuple[int, int] | None) -> str:
+    """What diverged, what the run folder kept of the training, and what to change."""
+    losses = {k: v for k, v in row.items() if k not in ("step", "epoch")}
+    fix = "lower train.optimizer.lr, keep train.grad_clip on, or turn train.amp_bf16 off"
+    if kept is None:
+        outcome = (
+            "No checkpoint was kept: the loss diverged before the first epoch ended. Train "
+            f"again from scratch (resume=false; the same run_dir is fine) and {fix}."
+        )
+    else:
+        outcome = (
+            f"checkpoints/last keeps the last good epoch ({kept[0]}, step {kept[1]}). To train "
+            f"on, {fix}, in a new run_dir (resuming repeats the same steps)."
+        )
+    return (
+        f"training diverged: non-finite loss at step {row['step']} (epoch {row['epoch']}): "
+        f"{losses}. {outcome}"
+    )
 
 
 def _write_fusion(run_dir: Path, category: str | None, best: Mapping[str, Mapping]) -> str | None:
@@ -418,38 +564,3 @@ class _PendingLosses:
 
 def _finite(row: Mapping[str, Any]) -> bool:
     return all(math.isfinite(value) for value in row.values())
-
-
-class _Logs:
-    """train_log.csv and eval_log.csv, kept in memory and written together with ``last``."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.train_file = run_dir / "train_log.csv"
-        self.eval_file = run_dir / "eval_log.csv"
-        self.train_rows: list[dict[str, Any]] = []
-        self.eval_rows: list[dict[str, Any]] = []
-
-    def restore(self, step: int, epoch: int) -> None:
-        """Reload the rows up to a resumed checkpoint, dropping later ones."""
-        self.train_rows = [r for r in _read_csv(self.train_file) if int(r["step"]) <= step]
-        self.eval_rows = [r for r in _read_csv(self.eval_file) if int(r["epoch"]) <= epoch]
-
-    def write(self) -> None:
-        write_csv(self.train_file, self.train_rows, _fieldnames(self.train_rows))
-        if self.eval_rows:
-            write_csv(self.eval_file, self.eval_rows, _fieldnames(self.eval_rows))
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _fieldnames(rows: list[dict[str, Any]]) -> list[str]:
-    """Union of the rows' keys in first-seen order."""
-    names: dict[str, None] = {}
-    for row in rows:
-        names.update(dict.fromkeys(row))
-    return list(names)

@@ -1,0 +1,202 @@
+"""The ``ff-train`` command line: help, hydra composition and one-line errors, then cli/train.py.
+
+- ``--help`` is ours, not hydra's generic one: what the command does, the config groups with
+  their choices (read from the config folder, so a new file shows up by itself) and examples,
+  printed without importing torch or hydra. ``--hydra-help`` still shows hydra's options.
+- Hydra composes the config (``-m`` sweeps, launchers and ``--cfg job`` as usual) before torch
+  is imported, and raises its errors instead of printing them and exiting 1 (HYDRA_FULL_ERROR):
+  an unknown group or choice, an override of a key that does not exist or a bad override
+  becomes one line on stderr and exit code 2, as every user error of the training does.
+- Nothing is left behind by such an error: hydra writes nothing for a single run (the run
+  folder is made by cli/train.py once the config is valid), and a failed sweep has the new
+  folder that holds only hydra's record removed (:class:`SweepFolder`).
+
+torchrun starts ``python -m filterformer.cli.train``, which runs :func:`main` too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import hydra
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from filterformer.cli.common import (
+    config_dir,
+    config_error_message,
+    config_groups,
+    fail,
+    outermost_missing,
+    report_user_errors,
+)
+
+PROG = "ff-train"
+SWEEP_RECORD = "multirun.yaml"
+
+GROUPS = {
+    "preset": "the recipe: model, encoder, input size, optimiser, length",
+    "model": "the network trained on the frozen encoder",
+    "encoder": "the frozen DINOv2-with-registers ViT",
+    "data": "where the images come from",
+    "category": "tiling, post-processing and threshold rule of one category",
+}
+"""The config groups in the order the help lists them, each with what it chooses."""
+
+SETTINGS = (
+    ("run_dir=DIR", "the run folder (default runs/<model>/<category>)"),
+    ("data.root=DIR", "the MVTec AD 2 folder (default: $FF_DATA_ROOT)"),
+    ("encoder.weights=FILE", "the encoder's weights file (weights/README.md)"),
+    ("resume=true", "continue an interrupted run exactly"),
+    ("train.epochs=N", "also train.batch_size, train.optimizer.lr, seed, device, ..."),
+)
+
+EXAMPLES = (
+    ("ff-train preset=demo run_dir=runs/demo", "tiny random ViT, synthetic data, CPU, minutes"),
+    (
+        "ff-train category=vial data.root=/data/mvtec_ad_2 "
+        "encoder.weights=weights/dinov2_vitl14_reg4_pretrain.pth",
+        "the Filter-Former recipe on one MVTec AD 2 category",
+    ),
+    (
+        "ff-train preset=demo data=folder data.train_dir=photos/good category.name=bottles "
+        "data.test_dir=photos/test data.mask_dir=photos/masks",
+        "your own images: a trial on the CPU (README, Your own images)",
+    ),
+    ("ff-train -m category=can,fabric,vial", "one run folder per category (sweep)"),
+    ("ff-train --cfg job preset=inpformer_paper", "print the resolved config, train nothing"),
+)
+
+
+def wants_help(args: Sequence[str]) -> bool:
+    """Whether the command line asks for the help (``-h`` or ``--help`` anywhere)."""
+    return any(arg in ("-h", "--help") for arg in args)
+
+
+def default_choices(folder: Path) -> dict[str, str]:
+    """The choice of each group that ``train.yaml``'s defaults list picks."""
+    defaults = OmegaConf.load(folder / "train.yaml").get("defaults", [])
+    return {k: v for item in defaults if isinstance(item, Mapping) for k, v in item.items()}
+
+
+def help_text(folder: Path) -> str:
+    """The text of ``ff-train --help``."""
+    groups, defaults = config_groups(folder), default_choices(folder)
+    order = [g for g in GROUPS if g in groups] + [g for g in groups if g not in GROUPS]
+    lines = [
+        "usage: ff-train [group=choice | key=value ...] [-m] [--cfg job] [--hydra-help]",
+        "       torchrun --nproc_per_node N -m filterformer.cli.train [key=value ...]",
+        "",
+        "Train one model (Filter-Former or INP-Former on a frozen DINOv2 encoder) on one",
+        "category into a run folder (config, checkpoints, logs). Every value of",
+        f"{folder / 'train.yaml'} can be set as key=value; a group picks one file.",
+        "",
+        "config groups (* = default):",
+    ]
+    for group in order:
+        choices = ", ".join(c + "*" * (defaults.get(group) == c) for c in groups[group])
+        lines.append(f"  {group:<10}{choices}")
+        if group in GROUPS:
+            lines.append(f"  {'':<10}({GROUPS[group]})")
+    lines += ["", "common settings:"]
+    lines += [f"  {key:<22}{what}" for key, what in SETTINGS]
+    lines += [
+        "",
+        "options:",
+        "  -m, --multirun        one run per value of a sweep (category=can,fabric);",
+        "                        add hydra/launcher=joblib to run them in parallel",
+        "  --cfg job             print the resolved config and exit",
+        "  --hydra-help          hydra's own options",
+        "",
+        "examples:",
+    ]
+    for command, what in EXAMPLES:
+        lines += [f"  {command}", f"      {what}"]
+    return "\n".join(lines)
+
+
+def print_help() -> None:
+    """Print :func:`help_text` for the installed config folder."""
+    print(help_text(config_dir()))
+
+
+class SweepFolder(Callback):
+    """Hydra callback (``hydra.callbacks.sweep_folder``): notes the folder a sweep creates."""
+
+    folder: ClassVar[Path | None] = None
+    created: ClassVar[Path | None] = None
+    """The outermost folder the sweep creates (None: its folder existed)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(str(config.hydra.sweep.dir)).resolve()
+        SweepFolder.folder, SweepFolder.created = folder, outermost_missing(folder)
+
+
+def remove_sweep_record() -> None:
+    """After a failed sweep, remove the folder it created if it holds only hydra's record.
+
+    That is ``multirun.yaml`` and empty job folders: with ``hydra.output_subdir: null``
+    hydra writes nothing else there, and every job trains into its own run folder.
+    """
+    folder, created = SweepFolder.folder, SweepFolder.created
+    if folder is None or created is None or not folder.is_dir():
+        return
+    if all(
+        p.name == SWEEP_RECORD or (p.is_dir() and not any(p.iterdir())) for p in folder.iterdir()
+    ):
+        shutil.rmtree(created, ignore_errors=True)
+
+
+@hydra.main(config_path=str(config_dir()), config_name="train", version_base=None)
+def _train(cfg: DictConfig) -> None:
+    """Train one composed config (one job of a sweep); exit 2 on a user error."""
+    from filterformer.cli.train import run_training  # torch: only once there is a config
+    from filterformer.training.distributed import close_distributed, init_distributed
+
+    distributed = init_distributed()
+    try:
+        code = report_user_errors(PROG, lambda: run_training(cfg, distributed))
+    finally:
+        close_distributed()
+    if code:
+        sys.exit(code)  # only on failure: a multirun sweep goes on after each job
+
+
+@contextmanager
+def _hydra_raises() -> Iterator[None]:
+    """Make hydra raise its errors (HYDRA_FULL_ERROR=1) instead of printing them and exiting 1."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def main() -> None:
+    """Console entry point ``ff-train``."""
+    if wants_help(sys.argv[1:]):
+        print_help()
+        return
+    SweepFolder.folder = SweepFolder.created = None
+    with _hydra_raises():
+        try:
+            _train()
+        except (HydraException, OmegaConfBaseException) as err:
+            remove_sweep_record()
+            sys.exit(fail(PROG, config_error_message(err)))
+        except SystemExit as exit_info:  # a job's user error (exit code 2)
+            if exit_info.code:
+                remove_sweep_record()
+            raise

@@ -1,0 +1,213 @@
+"""Figures for people: PRO curves with the chance line, and labelled overlays of one image.
+
+Both are built as matplotlib figures (no pyplot state, so they are safe in any process and
+easy to inspect in tests) and saved as PNG with :func:`save_figure`. Data stay in fractions
+and original score units; only labels meant for reading show percent.
+
+Contours are drawn in colours that show on any image: prediction cyan, ground truth magenta,
+each with a black outline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patheffects import withStroke
+
+from filterformer.evaluation.aupro import ProResult
+from filterformer.io import write_png
+
+PREDICTION_COLOUR = "cyan"
+GROUND_TRUTH_COLOUR = "magenta"
+OUTLINE = [withStroke(linewidth=4.5, foreground="black")]
+"""A dark outline around contour lines, so that light and dark images alike show them."""
+HEAT_CMAP = "inferno"
+PANEL_HEIGHT_PX = 450
+"""Height of each overlay panel: detail stays readable on small images (upscaled)."""
+DPI = 100
+
+
+def save_figure(path: str | os.PathLike, figure: Figure) -> None:
+    """Render ``figure`` and write it as an RGB PNG (atomically)."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    write_png(path, np.ascontiguousarray(rgba[:, :, :3]))
+
+
+def pro_curve_figure(result: ProResult, limit: float, title: str) -> Figure:
+    """The PRO curve up to twice the integration limit, with the chance line and the limit.
+
+    A random map flags defect and normal pixels alike, so its PRO equals the FPR (the
+    diagonal); its AU-PRO is ``limit / 2``. The area that AU-PRO integrates is shaded.
+    """
+    figure = Figure(figsize=(6, 4.5), dpi=DPI, layout="constrained")
+    ax = figure.subplots()
+    value = result.au_pro.get(limit, float("nan"))
+    x_max = min(1.0, 2 * limit)
+    ax.plot(
+        result.fpr,
+        result.pro,
+        color="tab:blue",
+        label=f"PRO curve: AU-PRO@{limit:g} = {value:.4f} ({100 * value:.2f} %)",
+    )
+    inside = result.fpr <= limit
+    ax.fill_between(result.fpr[inside], result.pro[inside], color="tab:blue", alpha=0.15)
+    ax.plot(
+        [0, x_max],
+        [0, x_max],
+        color="grey",
+        linestyle="--",
+        label=f"chance (random map): PRO = FPR, AU-PRO@{limit:g} = {limit / 2:.4f}",
+    )
+    ax.axvline(limit, color="black", linestyle=":", label=f"integration limit FPR = {limit:g}")
+    ax.set(
+        xlim=(0, x_max),
+        ylim=(0, 1.01),
+        xlabel="false positive rate (fraction of normal pixels flagged)",
+        ylabel="PRO (mean fraction of each defect region found)",
+        title=title,
+    )
+    ax.legend(loc="upper left", fontsize="small")
+    return figure
+
+
+def plot_pro_curve(path: str | os.PathLike, result: ProResult, limit: float, title: str) -> None:
+    """PNG of :func:`pro_curve_figure`."""
+    save_figure(path, pro_curve_figure(result, limit, title))
+
+
+def image_verdict(score: float, threshold: float | None) -> str | None:
+    """``anomalous`` when the image score is above the pixel threshold, else ``normal``.
+
+    The image score is the max of the map, so the verdict is anomalous exactly when the
+    thresholded map (``score > threshold``, before post-processing) has a positive pixel.
+    None without a threshold.
+    """
+    if threshold is None:
+        return None
+    return "anomalous" if score > threshold else "normal"
+
+
+def verdict_title(name: str, score: float, threshold: float | None) -> str:
+    """Figure title: the image, its score and, with a threshold, the verdict."""
+    verdict = image_verdict(score, threshold)
+    if verdict is None:
+        return f"{name}: image score {score:.4g} (max of the map; no threshold)"
+    sign = ">" if verdict == "anomalous" else "<="
+    return f"{name}: {verdict} (image score {score:.4g} {sign} threshold {threshold:.4g})"
+
+
+def _contour_lines(mask: np.ndarray, colour: str) -> LineCollection:
+    """Outer boundaries of the regions of a bool mask, in the mask's pixel coordinates."""
+    found, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    segments = [np.vstack([c[:, 0], c[:1, 0]]).astype(float) for c in found]
+    lines = LineCollection(segments, colors=colour, linewidths=2)
+    lines.set_path_effects(OUTLINE)
+    return lines
+
+
+def _legend_handles(binary: np.ndarray | None, gt: np.ndarray | None) -> list[Line2D]:
+    """Legend entries for the contours shown (also when a mask has no region)."""
+    entries = [(binary, PREDICTION_COLOUR, "prediction"), (gt, GROUND_TRUTH_COLOUR, "ground truth")]
+    return [
+        Line2D([], [], color=colour, linewidth=2, path_effects=OUTLINE, label=label)
+        for mask, colour, label in entries
+        if mask is not None
+    ]
+
+
+def _overlay_axes(figure: Figure, width: float, height: float) -> list[Axes]:
+    """Three image axes of ``width`` x ``height`` px and a colour-bar axis after the second.
+
+    A fixed layout (no layout engine): each panel box has the image's aspect ratio, so the
+    colour bar is exactly as tall as the map, and drawing is fast.
+    """
+    margin, gap, bar, bar_labels = 15, 20, 18, 85
+    bottom, top = 40, 75  # legend below; panel titles and figure title above
+    size = (
+        2 * margin + 3 * width + 2 * gap + bar + bar_labels,
+        bottom + height + top,
+    )
+    figure.set_size_inches(size[0] / DPI, size[1] / DPI)
+    lefts = [margin, margin + width + gap, margin + 2 * width + 2 * gap + bar + bar_labels]
+    boxes = [(left, bottom, width, height) for left in lefts]
+    boxes.append((lefts[1] + width + gap / 2, bottom, bar, height))
+    return [
+        figure.add_axes((x / size[0], y / size[1], w / size[0], h / size[1]))
+        for x, y, w, h in boxes
+    ]
+
+
+def overlay_figure(
+    image: np.ndarray,
+    amap: np.ndarray,
+    binary: np.ndarray | None,
+    gt: np.ndarray | None,
+    score_range: tuple[float, float],
+    threshold: float | None = None,
+    name: str = "image",
+) -> Figure:
+    """Three titled panels: the image, its anomaly map (colour bar) and prediction vs truth.
+
+    ``score_range`` fixes the colour scale, so that the overlays of one category compare;
+    ``threshold`` (original score units) is marked on the colour bar and gives the verdict
+    in the figure title. ``binary`` (the final binary map) and ``gt`` may each be None.
+    """
+    height, width = image.shape[:2]
+    figure = Figure(dpi=DPI)
+    *axes, bar_axis = _overlay_axes(figure, PANEL_HEIGHT_PX * width / height, PANEL_HEIGHT_PX)
+    low, high = score_range
+    norm = Normalize(vmin=low, vmax=max(high, low + 1e-12))
+    for ax, title in zip(axes, ("image", "anomaly map", "prediction"), strict=True):
+        ax.imshow(image, aspect="auto")
+        ax.set_title(title)
+        ax.set_axis_off()
+    axes[1].imshow(amap, cmap=HEAT_CMAP, norm=norm, alpha=0.55, aspect="auto")
+    colour_bar = figure.colorbar(ScalarMappable(norm=norm, cmap=HEAT_CMAP), cax=bar_axis)
+    colour_bar.set_label("anomaly score")
+    if threshold is not None and low <= threshold <= high:
+        bar_axis.axhline(threshold, color=PREDICTION_COLOUR, linewidth=2, path_effects=OUTLINE)
+        colour_bar.set_label("anomaly score (line: threshold)")
+    for mask, colour in ((gt, GROUND_TRUTH_COLOUR), (binary, PREDICTION_COLOUR)):
+        if mask is not None:
+            axes[2].add_collection(_contour_lines(mask, colour), autolim=False)
+    if gt is not None:
+        axes[2].set_title("prediction vs ground truth")
+    handles = _legend_handles(binary, gt)
+    if handles:
+        axes[2].legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncol=len(handles),
+            frameon=False,
+        )
+    title_y = 1 - 12 / (figure.get_size_inches()[1] * DPI)  # 12 px below the top edge
+    figure.suptitle(verdict_title(name, float(np.max(amap)), threshold), y=title_y, va="top")
+    return figure
+
+
+def write_overlay(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    amap: np.ndarray,
+    binary: np.ndarray | None,
+    gt: np.ndarray | None,
+    score_range: Sequence[float],
+    threshold: float | None = None,
+    name: str = "image",
+) -> None:
+    """PNG of :func:`overlay_figure`."""
+    low, high = score_range
+    save_figure(path, overlay_figure(image, amap, binary, gt, (low, high), threshold, name))

@@ -1,0 +1,97 @@
+"""One writer per folder: an exclusive lock, held by a process until it ends.
+
+ff-train locks its run folder and ff-predict its output folder, so that two processes never
+write one folder at once (one run's results would silently replace the other's). The lock is
+an advisory ``fcntl.flock`` on a lock file, which the OS releases when the process ends,
+however it ends: a killed run never blocks its own resume. The file holds the holder's PID and
+host, which a refused process names; it is removed when the holder exits normally.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+from filterformer.errors import FolderLockedError
+
+RUN_LOCK = ".lock"
+"""The lock file inside a run folder."""
+
+_held: dict[Path, tuple[int, int]] = {}
+"""Lock file -> (open descriptor, PID of the process that took it), for this process."""
+
+
+def lock_run(run_dir: str | os.PathLike) -> None:
+    """Make this process the only writer of ``run_dir`` (``<run_dir>/.lock``), or raise
+    :class:`FolderLockedError` naming the process that is."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    _lock(run_dir / RUN_LOCK, run_dir, "or train into another run_dir")
+
+
+def lock_output(out: str | os.PathLike) -> None:
+    """Make this process the only writer of the output folder ``out``, or raise
+    :class:`FolderLockedError`.
+
+    The lock file is ``<out>.lock`` beside the folder: inside it, it would be an extra file of
+    a benchmark submission.
+    """
+    out = Path(out).expanduser().resolve()
+    _lock(out.with_name(out.name + ".lock"), out, "or write to another --out")
+
+
+def _lock(lock_file: Path, folder: Path, alternative: str) -> None:
+    """Take ``lock_file`` for the rest of this process's life (again: nothing to do)."""
+    if lock_file in _held:
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise FolderLockedError(
+                f"{folder}: another process is writing this folder ({holder}, lock file "
+                f"{lock_file.name}). Wait for it to finish, {alternative}."
+            ) from None
+        if _is_file_of(fd, lock_file):
+            break
+        os.close(fd)  # its holder removed the file while this process waited: take the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}".encode())
+    _held[lock_file] = (fd, os.getpid())
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its file says (it may be a moment before the holder writes it)."""
+    for _ in range(20):
+        text = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.05)
+    return "PID unknown"
+
+
+def _is_file_of(fd: int, path: Path) -> bool:
+    """Whether ``path`` still is the file open as ``fd``."""
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+
+
+@atexit.register
+def _release() -> None:
+    """On a normal exit, remove this process's lock files, then release their locks."""
+    for lock_file, (fd, pid) in _held.items():
+        if pid == os.getpid():  # not in a forked child, which inherited the table
+            lock_file.unlink(missing_ok=True)
+            os.close(fd)
+    _held.clear()

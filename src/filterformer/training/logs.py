@@ -1,0 +1,60 @@
+"""train_log.csv and eval_log.csv: CSV files that grow by appended rows.
+
+Rows are appended as they come (a kill loses none that were logged). A checkpoint records
+each log's size, and resuming from it cuts the logs back to those sizes, so after a resume
+the logs hold exactly the rows of the checkpoint's steps, then the new ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class CsvLog:
+    """One CSV log; its header is the keys of the first rows written to it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._header: list[str] | None = None
+
+    def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append ``rows`` (the header first, into an empty log)."""
+        if not rows:
+            return
+        header = self._header or self._read_header()
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header or _fieldnames(rows))
+            if not header:
+                writer.writeheader()
+            writer.writerows(rows)
+        self._header = writer.fieldnames
+
+    def size(self) -> int:
+        """The log's length in bytes (0 before its first row)."""
+        return self.path.stat().st_size if self.path.is_file() else 0
+
+    def cut(self, size: int) -> None:
+        """Drop what was appended after the log was ``size`` bytes long (0: delete it)."""
+        if size == 0:
+            self.path.unlink(missing_ok=True)
+        elif self.size() > size:
+            os.truncate(self.path, size)
+        self._header = None
+
+    def _read_header(self) -> list[str] | None:
+        if self.size() == 0:
+            return None
+        with open(self.path, newline="") as fh:
+            return next(csv.reader(fh))
+
+
+def _fieldnames(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Union of the rows' keys in first-seen order."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    return list(names)
