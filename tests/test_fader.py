@@ -294,3 +294,28 @@ def test_fader_config_and_paper_preset_compose() -> None:
     assert (cfg.model.mask, cfg.model.scaling) == ("soft", "nearest")  # FADeR Table 3
     ear = _compose("preset=ear_paper").model
     assert all(cfg.model[k] == v for k, v in ear.items() if k != "name")  # EAR's settings
+
+
+@pytest.mark.parametrize("preset", ["ear_paper", "fader_paper"])
+def test_ear_and_fader_recipes_pass_the_up_front_checks(preset) -> None:
+    from omegaconf import OmegaConf
+
+    from filterformer.cli.train import _flatten
+    from filterformer.config_checks import check_settings
+
+    settings = _flatten(OmegaConf.to_container(_compose(f"preset={preset}"), resolve=True))
+    check_settings(settings, patch_size=8)
+    bad = {**settings, "model.attention_mass": 1.5, "model.mosaic_scale": 0}
+    if preset == "fader_paper":
+        bad |= {"model.strength": 2.0, "model.scaling": "bicubic"}
+    with pytest.raises(ConfigError) as error:
+        check_settings(bad, patch_size=8)
+    named = ["model.attention_mass=1.5", "model.mosaic_scale=0", "model.strength=2.0"]
+    assert all(n in str(error.value) for n in named[: 2 + (preset == "fader_paper")])
+
+
+def test_attenuation_settings_are_checked_up_front() -> None:
+    from filterformer.config_checks import check_settings
+
+    with pytest.raises(ConfigError, match="model.attenuation=cpr .allowed: one of none, fader"):
+        check_settings({"model.attenuation": "cpr"})
