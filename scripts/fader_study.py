@@ -35,7 +35,7 @@ from tqdm import tqdm
 from filterformer.cli.eval import main as eval_cli
 from filterformer.cli.train import config_dir, run_training
 from filterformer.io import write_csv, write_json
-from filterformer.training.checkpoint import checkpoint_files
+from filterformer.training.checkpoint import has_checkpoint
 from filterformer.training.loop import last_checkpoint
 
 SYSTEMS: dict[str, list[str]] = {
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_once(run_dir: Path, overrides: Sequence[str]) -> None:
     """ff-train into ``run_dir`` unless it already holds a trained run."""
-    if checkpoint_files(last_checkpoint(run_dir))[0].is_file():
+    if has_checkpoint(last_checkpoint(run_dir)):
         return
     with initialize_config_dir(str(config_dir()), version_base=None):
         cfg = compose("train", overrides=[*overrides, f"run_dir={run_dir}"])
