@@ -1,27 +1,64 @@
-"""Inference speed: anomaly-map images/s and peak memory per precision and torch.compile.
+"""Inference speed: anomaly-map images/s and peak memory per precision, compile and runtime.
 
     python scripts/bench_infer.py preset=filterformer_paper --batch 4
     python scripts/bench_infer.py preset=inpformer_paper encoder=tiny_random --compile off on
+    python scripts/bench_infer.py preset=demo --backend torch onnxruntime openvino
 
-Positional arguments are ff-train overrides (model, encoder, input size). Every variant runs
-``model.anomaly_maps`` on random batches of ``--batch`` images at the network input size, in a
-fresh process (so that its peak memory is its own), with a randomly initialised encoder: the
-network alone, without decoding, tiling or the way back to the original size. bf16 autocast is
-CUDA-only: on CPU those variants are skipped (and the output says so).
+Positional arguments are ff-train overrides (model, encoder, input size). Every variant runs in
+a fresh process (so that its peak memory is its own) on random batches of ``--batch`` images
+at the network input size, with a randomly initialised encoder: the network alone, without
+decoding, tiling or the way back to the original size. bf16 autocast is CUDA-only: on CPU
+those variants are skipped (and the output says so).
+
+``--backend torch`` (default) times ``model.anomaly_maps`` per precision and compile setting.
+Naming other backends adds a second table on the CPU in float32: the run's whole exported map
+graph (``MapGraph``: maps, fusion, smoothing, image score) in torch, ONNX Runtime and OpenVINO,
+each with the thread count of ``train.threads`` (else torch's). The graph is exported once
+(ff-export's trace, then OpenVINO's conversion) before the timed processes start. Besides the
+peak RSS, "added GiB" is what building the model or loading the file and running it added to
+the peak of the process before (the interpreter with torch and filterformer imported), since
+each runtime's process still imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from bench_train import compose_config, peak_memory, print_table, run_isolated
+from omegaconf import DictConfig
 
-from filterformer.runs import build_from_config, build_geometry
+from filterformer.deploy.formats import onnx_to_openvino
+from filterformer.deploy.graph import MapGraph, export_onnx
+from filterformer.runs import build_from_config, build_geometry, build_smoothing, image_score_rule
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def _timed(run: Callable[[], None], steps: int, batch: int, device: torch.device) -> dict:
+    """First call, one warm-up, then images/s over ``steps`` calls and the peak memory."""
+    started = time.perf_counter()
+    run()
+    first = time.perf_counter() - started
+    run()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for _ in range(steps):
+        run()
+    elapsed = time.perf_counter() - started
+    return {
+        "first batch s": first,
+        "images/s": steps * batch / elapsed,
+        "peak GiB": peak_memory(device),
+    }
 
 
 def infer_variant(
@@ -44,23 +81,76 @@ def infer_variant(
         for amap in out.values():  # wait for the device, as copying the maps back would
             amap.float().cpu()
 
-    started = time.perf_counter()
-    run()
-    first = time.perf_counter() - started
-    run()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(steps):
-        run()
-    elapsed = time.perf_counter() - started
-    return {
-        "precision": "bf16" if bf16 else "fp32",
-        "compile": "on" if compiled else "off",
-        "first batch s": first,
-        "images/s": steps * batch / elapsed,
-        "peak GiB": peak_memory(device),
-    }
+    variant = {"precision": "bf16" if bf16 else "fp32", "compile": "on" if compiled else "off"}
+    return variant | _timed(run, steps, batch, device)
+
+
+def map_graph(cfg: DictConfig) -> MapGraph:
+    """The exported map graph of a freshly built model: its own map, no fusion statistics."""
+    model, _ = build_from_config(cfg)
+    mode = "filter" if "filter" in model.fusion_modes else "inp"
+    return MapGraph(model, mode, None, build_smoothing(cfg), image_score_rule(cfg))
+
+
+def backend_variant(
+    overrides: Sequence[str], backend: str, model_file: str | None, batch: int, steps: int
+) -> dict[str, Any]:
+    """Time the whole map graph in ``backend`` (torch, or ``model_file`` in a runtime)."""
+    from filterformer.deploy.runtime import open_session
+
+    cfg = compose_config(overrides)
+    threads = int(cfg.train.get("threads") or torch.get_num_threads())
+    torch.set_num_threads(threads)
+    size = build_geometry(cfg).input_size
+    images = np.random.default_rng(0).standard_normal((batch, 3, *size), dtype=np.float32)
+    cpu = torch.device("cpu")
+    baseline = peak_memory(cpu)  # the interpreter with torch and filterformer imported
+    if backend == "torch":
+        graph, inputs = map_graph(cfg), torch.from_numpy(images)
+
+        def run() -> None:
+            with torch.no_grad():
+                graph(inputs)
+    else:
+        session = open_session(Path(model_file), backend, threads=threads)
+
+        def run() -> None:
+            session(images)
+
+    figures = {"backend": backend, "threads": threads} | _timed(run, steps, batch, cpu)
+    return figures | {"added GiB": figures["peak GiB"] - baseline}
+
+
+def export_graph(overrides: Sequence[str], folder: Path, backends: Sequence[str]) -> dict:
+    """Export the map graph once: backend -> its model file (None for torch)."""
+    cfg = compose_config(overrides)
+    onnx_file = folder / "model.onnx"
+    export_onnx(map_graph(cfg), build_geometry(cfg).input_size, onnx_file)
+    files = {"torch": None, "onnxruntime": str(onnx_file)}
+    if "openvino" in backends:
+        onnx_to_openvino(onnx_file, folder / "model.xml")
+        files["openvino"] = str(folder / "model.xml")
+    return {b: files[b] for b in backends}
+
+
+def with_ratios(rows: list[dict[str, Any]]) -> None:
+    """Add the speed-up and peak-memory ratios of every row against the first one."""
+    for row in rows:
+        row["speed-up"] = f"{row['images/s'] / rows[0]['images/s']:.2f}x"
+        row["memory"] = f"{row['peak GiB'] / rows[0]['peak GiB']:.2f}x"
+
+
+def backend_table(args: argparse.Namespace) -> None:
+    """Torch against the runtimes on the CPU, in float32, ratios against torch."""
+    backends = ["torch", *(b for b in args.backend if b in RUNTIMES)]
+    with tempfile.TemporaryDirectory() as folder:
+        files = export_graph(args.overrides, Path(folder), backends)
+        jobs = [(args.overrides, b, files[b], args.batch, args.steps) for b in backends]
+        rows = run_isolated(backend_variant, jobs)
+    with_ratios(rows)
+    print("whole map graph (maps, fusion, smoothing, score), CPU, fp32; ratios against torch:")
+    columns = ["backend", "threads", "first batch s", "images/s", "peak GiB", "added GiB"]
+    print_table(rows, [*columns, "speed-up"])
 
 
 def main() -> None:
@@ -73,9 +163,24 @@ def main() -> None:
         "--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"]
     )
     parser.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off", "on"])
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        choices=("torch", *RUNTIMES),
+        default=["torch"],
+        help="with onnxruntime / openvino: only the runtime table (torch included)",
+    )
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
     parser.add_argument("--steps", type=int, default=10, help="timed batches per variant")
     args = parser.parse_args()
+    cfg = compose_config(args.overrides)
+    print(
+        f"{cfg.model.name} on {cfg.encoder.variant}, input {build_geometry(cfg).input_size}, "
+        f"batch {args.batch}"
+    )
+    if any(b in RUNTIMES for b in args.backend):
+        backend_table(args)
+        return
     device = torch.device(args.device)
     precisions = [p for p in args.precision if p == "fp32" or device.type == "cuda"]
     if "bf16" in args.precision and device.type != "cuda":
@@ -85,15 +190,8 @@ def main() -> None:
         for p, c in itertools.product(precisions, args.compile)
     ]
     rows = run_isolated(infer_variant, jobs)
-    base = rows[0]
-    for row in rows:
-        row["speed-up"] = f"{row['images/s'] / base['images/s']:.2f}x"
-        row["memory"] = f"{row['peak GiB'] / base['peak GiB']:.2f}x"
-    cfg = compose_config(args.overrides)
-    print(
-        f"{cfg.model.name} on {cfg.encoder.variant}, input {build_geometry(cfg).input_size}, "
-        f"batch {args.batch}, {device.type}; ratios against the first row:"
-    )
+    with_ratios(rows)
+    print(f"{device.type}; ratios against the first row:")
     columns = ["precision", "compile", "first batch s", "images/s", "peak GiB"]
     print_table(rows, [*columns, "speed-up", "memory"])
 

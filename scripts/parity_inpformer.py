@@ -15,8 +15,8 @@ loads that with `load_run`, and feeds both models the same images, printing max 
 - the encoder taps (official blocks 2..9 or 4..18 without cls/registers vs DinoEncoder),
 - the 392 x 392 anomaly maps (official `cal_anomaly_maps` vs `INPFormer.anomaly_maps`),
 - the INP-Former evaluation maps (256 x 256, Gaussian 5 x 5 sigma 4, zero padding) and the
-  top-1 % scores: official post-processing of the official map vs our run's own smoothing
-  (`Smoothing` of the converted run's config) and image score of our map,
+  top-1 % scores: official post-processing of the official map vs ff-eval's inpformer
+  protocol (`PROTOCOL_SMOOTHING`, the run's image score) on our map,
 - the network inputs of the official torchvision pipeline (PIL resize 448, crop 392) and of
   the run's InputGeometry (`pil_bilinear` in parity mode),
 - end to end: each model on its own pipeline from the same uint8 image to the 256 x 256
@@ -47,8 +47,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from filterformer.cli.convert import main as ff_convert
-from filterformer.evaluation.image_metrics import TOP_FRACTION, top_fraction_mean
+from filterformer.evaluation.image_metrics import TOP_FRACTION
+from filterformer.evaluation.protocol import image_score
 from filterformer.inference.predict import smooth_maps
+from filterformer.inference.protocol_maps import PROTOCOL_SMOOTHING
 from filterformer.models.encoder import ENCODERS
 from filterformer.models.filterformer import fuse_maps
 from filterformer.runs import Run, load_run
@@ -165,11 +167,12 @@ def evaluation_map(
 
 @torch.no_grad()
 def our_evaluation_map(run: Run, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Our pipeline on network inputs: fused map, run's smoothing (256 map), run's image score."""
+    """ff-eval's inpformer protocol on network inputs: fused map, 256 map, run's image score."""
     fused = fuse_maps(run.model.anomaly_maps(inputs), run.mode, run.map_stats).float()
-    smooth = smooth_maps(fused, run.smoothing)
-    score = top_fraction_mean if run.image_score == "top1" else np.max
-    return smooth.unsqueeze(1), torch.tensor([score(m.numpy()) for m in smooth])
+    smooth = smooth_maps(fused, PROTOCOL_SMOOTHING)
+    return smooth.unsqueeze(1), torch.tensor(
+        [image_score(m.numpy(), run.image_score) for m in smooth]
+    )
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -92,3 +92,82 @@ def write_meta_weights() -> Callable[[dict[str, torch.Tensor], Path], Path]:
         return path
 
     return write
+
+
+BENCHMARK_SIZE = (64, 80)  # (H, W) of the generated MVTec AD / VisA images
+
+
+def _texture_image(rng: np.random.Generator, defect: np.ndarray | None = None) -> np.ndarray:
+    """A smooth random RGB texture (uint8); ``defect`` (bool H x W) is painted bright."""
+    coarse = rng.integers(60, 200, (8, 10, 3), dtype=np.uint8)
+    image = cv2.resize(coarse, BENCHMARK_SIZE[::-1], interpolation=cv2.INTER_CUBIC)
+    if defect is not None:
+        image[defect] = 255
+    return image
+
+
+def _defect_mask(rng: np.random.Generator) -> np.ndarray:
+    mask = np.zeros(BENCHMARK_SIZE, dtype=bool)
+    top, left = rng.integers(8, 40), rng.integers(8, 56)
+    mask[top : top + 12, left : left + 14] = True
+    return mask
+
+
+def make_mvtec_ad_tree(root: Path, category: str, seed: int = 0) -> Path:
+    """An MVTec AD-layout category: 6 train/good, 2 test/good, 2 test/cut, 1 test/hole."""
+    rng = np.random.default_rng(seed)
+    folder = root / category
+    for relative, count in (("train/good", 6), ("test/good", 2)):
+        (folder / relative).mkdir(parents=True)
+        for i in range(count):
+            cv2.imwrite(str(folder / relative / f"{i:03d}.png"), _texture_image(rng))
+    for defect, count in (("cut", 2), ("hole", 1)):
+        (folder / "test" / defect).mkdir(parents=True)
+        (folder / "ground_truth" / defect).mkdir(parents=True)
+        for i in range(count):
+            mask = _defect_mask(rng)
+            cv2.imwrite(str(folder / "test" / defect / f"{i:03d}.png"), _texture_image(rng, mask))
+            mask_file = folder / "ground_truth" / defect / f"{i:03d}_mask.png"
+            cv2.imwrite(str(mask_file), mask.astype(np.uint8) * 255)
+    (root / "license.txt").write_text("not an image\n")
+    return root
+
+
+def make_visa_tree(root: Path, category: str, seed: int = 0) -> Path:
+    """A VisA-layout root with split_csv/1cls.csv: 6 train, 2 test normal, 3 test anomalies.
+
+    Masks hold the defect's index (1 or 2), as VisA's do, not 255.
+    """
+    rng = np.random.default_rng(seed)
+    images, masks = root / category / "Data" / "Images", root / category / "Data" / "Masks"
+    for sub in (images / "Normal", images / "Anomaly", masks / "Anomaly"):
+        sub.mkdir(parents=True)
+    rows = ["object,split,label,image,mask"]
+    for i in range(8):
+        cv2.imwrite(str(images / "Normal" / f"{i:04d}.JPG"), _texture_image(rng))
+        split = "train" if i < 6 else "test"
+        rows.append(f"{category},{split},normal,{category}/Data/Images/Normal/{i:04d}.JPG,")
+    for i in range(3):
+        mask = _defect_mask(rng)
+        cv2.imwrite(str(images / "Anomaly" / f"{i:03d}.JPG"), _texture_image(rng, mask))
+        cv2.imwrite(str(masks / "Anomaly" / f"{i:03d}.png"), mask.astype(np.uint8) * (1 + i % 2))
+        rows.append(
+            f"{category},test,anomaly,{category}/Data/Images/Anomaly/{i:03d}.JPG,"
+            f"{category}/Data/Masks/Anomaly/{i:03d}.png"
+        )
+    rows.append("cashew,train,normal,cashew/Data/Images/Normal/0000.JPG,")
+    (root / "split_csv").mkdir()
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def mvtec_ad_root(tmp_path: Path) -> Path:
+    """A writable MVTec AD-layout root with the category ``carpet`` (make_mvtec_ad_tree)."""
+    return make_mvtec_ad_tree(tmp_path / "mvtec_ad", "carpet")
+
+
+@pytest.fixture
+def visa_root(tmp_path: Path) -> Path:
+    """A writable VisA-layout root with the category ``candle`` (make_visa_tree)."""
+    return make_visa_tree(tmp_path / "visa", "candle")

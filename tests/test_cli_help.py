@@ -39,6 +39,7 @@ def group_listing(text: str) -> list[str]:
         ["demo", "--help"],
         ["convert", "--help"],
         ["convert", "inp-former", "--help"],
+        ["export", "--help"],
     ],
 )
 def test_help_never_imports_torch(argv):

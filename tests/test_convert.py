@@ -10,20 +10,28 @@ first element of a ParameterList, stored as a plain attribute, hence a top-level
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
+from PIL import Image
 from safetensors.torch import save_file
+from sklearn.metrics import roc_auc_score
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from filterformer.cli.convert import main as convert_main
+from filterformer.cli.eval import main as eval_main
 from filterformer.convert.inp_former import convert_state_dict, official_layout
+from filterformer.data.mvtec_ad import MVTecAD
 from filterformer.errors import CheckpointError
+from filterformer.evaluation.protocol import METRICS, InpFormerMetrics
 from filterformer.inference.predict import Smoothing
 from filterformer.models import ENCODERS, build_model, weights_sha256
 from filterformer.models.encoder import DinoEncoder
@@ -286,3 +294,92 @@ def test_ff_convert_names_the_bad_file(tmp_path, capsys) -> None:
     assert convert_main(argv) == 2
     assert f"{checkpoint}: not a readable PyTorch state dict" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def official_input(image: np.ndarray) -> torch.Tensor:
+    """The INP-Former code's image transform: PIL bilinear 448, ToTensor, crop 392, normalise."""
+    resized = Image.fromarray(image).resize((448, 448), Image.BILINEAR)
+    tensor = torch.from_numpy(np.asarray(resized, np.float32) / 255.0).permute(2, 0, 1)
+    tensor = tensor[:, 28:420, 28:420]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    return (tensor - mean[:, None, None]) / std[:, None, None]
+
+
+def official_evaluation_map(amap: torch.Tensor) -> torch.Tensor:
+    """The code's evaluation map: bilinear to 256, 5 x 5 Gaussian (sigma 4) as one 2-D conv."""
+    small = F.interpolate(amap[:, None], size=256, mode="bilinear", align_corners=False)
+    offsets = torch.arange(5, dtype=torch.float32) - 2
+    grid = torch.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * 4.0**2))
+    return F.conv2d(small, (grid / grid.sum())[None, None], padding=2)[:, 0]
+
+
+def official_mask(mask: np.ndarray) -> np.ndarray:
+    """The code's GT: PIL bilinear 448 on the 0/255 mask, crop 392, nearest 256, > 0.5."""
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((448, 448), Image.BILINEAR)
+    tensor = torch.from_numpy(np.asarray(resized, np.float32) / 255.0)[28:420, 28:420]
+    return (F.interpolate(tensor[None, None], size=256, mode="nearest")[0, 0] > 0.5).numpy()
+
+
+def test_converted_checkpoint_evaluates_with_the_inpformer_protocol(
+    tiny_official, mvtec_ad_root, tmp_path, capsys
+) -> None:
+    """ff-convert then ff-eval --split test: the metrics of the 256 px maps made by hand."""
+    torch.save(tiny_official, tmp_path / "model.pth")
+    run_dir = tmp_path / "run"
+    convert = ["inp-former", str(tmp_path / "model.pth"), "--encoder", "tiny_random"]
+    assert convert_main([*convert, "--category", "carpet", "--out", str(run_dir)]) == 0
+    code = eval_main(
+        ["--run", str(run_dir), "--data-root", str(mvtec_ad_root), "--split", "test"]
+        + ["--no-progress"]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "split: test, protocol: inpformer" in table
+    headers = "I-AUROC I-AP I-F1max P-AUROC P-AP P-F1max AU-PRO@0.3".split()
+    assert " ".join(f"{h} [%]" for h in headers) in " ".join(table.split())
+    document = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
+    assert (document["protocol"], document["image_score"]) == ("inpformer", "top1")
+    row = document["categories"]["carpet"]
+    with open(run_dir / "eval" / "test" / "scores.csv", newline="") as handle:
+        scores = list(csv.DictReader(handle))
+
+    run = load_run(run_dir)
+    assert (run.config.data.kind, run.protocol, run.image_score) == (
+        "mvtec_ad",
+        "inpformer",
+        "top1",
+    )
+    samples = MVTecAD(mvtec_ad_root, "carpet", "test")
+    inputs = torch.stack([official_input(s.load_image()) for s in samples])
+    with torch.no_grad():
+        maps = official_evaluation_map(run.model.anomaly_maps(inputs)["inp"]).numpy()
+    gts = np.stack([official_mask(s.load_mask()) for s in samples])
+    labels = [s.label for s in samples]
+    top = [float(np.sort(m.ravel())[::-1][: int(m.size * 0.01)].mean()) for m in maps]
+    assert [r["image"] for r in scores] == [f"{s.relpath}.png" for s in samples]
+    assert [int(r["label"]) for r in scores] == labels == [1, 1, 0, 0, 1]
+    np.testing.assert_allclose([float(r["score"]) for r in scores], top, rtol=1e-5)
+    by_hand = InpFormerMetrics()
+    for amap, gt, score, label in zip(maps, gts, top, labels, strict=True):
+        by_hand.update(amap, gt, score, label, "by hand")
+    expected = by_hand.row("carpet")
+    assert expected["image_auroc"] == pytest.approx(roc_auc_score(labels, top))
+    for key, _ in METRICS:
+        assert row[key] == pytest.approx(expected[key], abs=1e-5), key
+
+
+def test_ff_convert_data_names_the_benchmark(tiny_official, tmp_path) -> None:
+    torch.save(tiny_official, tmp_path / "model.pth")
+    argv = ["inp-former", str(tmp_path / "model.pth"), "--encoder", "tiny_random"]
+    visa = ["--category", "candle", "--data", "visa", "--out", str(tmp_path / "visa")]
+    assert convert_main([*argv, *visa]) == 0
+    config = OmegaConf.load(tmp_path / "visa" / "config.yaml")
+    assert (config.data.kind, config.category.name, config.eval.protocol) == (
+        "visa",
+        "candle",
+        "inpformer",
+    )
+    own = [*argv, "--category", "bolts", "--data", "mvtec_ad2", "--out", str(tmp_path / "ad2")]
+    assert convert_main(own) == 0  # a category without a config of its own keeps its name
+    config = OmegaConf.load(tmp_path / "ad2" / "config.yaml")
+    assert (config.data.kind, config.category.name) == ("mvtec_ad2", "bolts")

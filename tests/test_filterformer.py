@@ -193,11 +193,11 @@ def test_trainable_parameter_counts_match_the_spec(capsys) -> None:
 
 
 def test_registry_refuses_unknown_names(encoder: DinoEncoder) -> None:
-    assert set(MODELS) == {"inpformer", "filterformer", "ear", "fader"}
+    assert set(MODELS) == {"inpformer", "filterformer", "cpr", "ear", "fader"}
     with pytest.raises(
-        ConfigError, match="unknown model name 'cpr'; valid: inpformer, filterformer"
+        ConfigError, match="unknown model name 'patchcore'; valid: inpformer, filterformer, cpr"
     ):
-        build_model("cpr", encoder)
+        build_model("patchcore", encoder)
     with pytest.raises(ConfigError, match="'diff_depth'"):
         build_model("inpformer", encoder, diff_depth=2)
     with pytest.raises(ConfigError, match="diff_loss_type 'l1'"):

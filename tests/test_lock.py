@@ -107,6 +107,12 @@ def test_ff_predict_output_folder_has_one_writer(tmp_path, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and f"{out}: another process is writing" in lines[0]
     assert f"(PID {process.pid} on " in lines[0]
-    assert not out.exists()  # the lock file lives beside the folder: a submission holds none
-    assert os.path.isfile(f"{out}.lock")
+    assert os.listdir(out) == [RUN_LOCK]  # the holder's lock; the refused process wrote nothing
     lock_output(out)
+
+
+def test_a_submission_is_locked_from_beside_it_so_it_holds_no_extra_file(tmp_path):
+    submission = tmp_path / "my_submission"
+    lock_output(submission, beside=True)
+    assert os.path.isfile(tmp_path / "my_submission.lock")
+    assert not submission.exists()

@@ -50,7 +50,7 @@ def test_cfg_job_prints_the_inpformer_paper_recipe(monkeypatch, capsys):
     assert cfg["input"] == {
         "resize": [448, 448],
         "crop": [392, 392],
-        "interpolation": "area",
+        "interpolation": "pil_bilinear",
         "fit": "squash",
     }
     assert (cfg["train"]["epochs"], cfg["train"]["batch_size"], cfg["train"]["grad_clip"]) == (
@@ -59,7 +59,38 @@ def test_cfg_job_prints_the_inpformer_paper_recipe(monkeypatch, capsys):
         0.1,
     )
     assert cfg["train"]["optimizer"]["name"] == "stable_adamw" and cfg["train"]["augment"] is None
-    assert cfg["category"]["tiling"]["enabled"] is True  # the ISVL hybrid tiles can
+    assert cfg["category"]["tiling"]["enabled"] is False  # the official code: whole images
+    assert cfg["train"]["feature_cache"]["enabled"] is False  # float32 encoder every step
+    assert (cfg["eval"]["protocol"], cfg["eval"]["image_score"]) == ("inpformer", "top1")
+
+
+def differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs."""
+    keys = []
+    for key in sorted(a.keys() | b.keys()):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys += differing_keys(x, y, f"{prefix}{key}.")
+        elif x != y:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def test_inpformer_fast_differs_from_the_paper_recipe_only_by_its_speed_ups(monkeypatch, capsys):
+    configs = []
+    for preset in ("inpformer_paper", "inpformer_fast"):
+        ff_train(monkeypatch, "--cfg", "job", f"preset={preset}")
+        configs.append(yaml.safe_load(capsys.readouterr().out))
+    paper, fast = configs
+    assert differing_keys(paper, fast) == [
+        "input.interpolation",
+        "train.feature_cache.dtype",
+        "train.feature_cache.enabled",
+    ]
+    assert (fast["input"]["interpolation"], fast["train"]["feature_cache"]["dtype"]) == (
+        "area",
+        "bfloat16",
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,11 @@ from typing import Any
 
 from filterformer.data.transforms import FITS, INTERPOLATIONS
 from filterformer.errors import ConfigError
+from filterformer.evaluation.protocol import IMAGE_SCORES, PROTOCOLS
 from filterformer.models.attenuation import ATTENUATIONS, FILLS
 from filterformer.models.ear.attention import HEAD_RULES
 from filterformer.models.ear.fader import PREDICTOR_INPUTS
 from filterformer.models.fader import MASK_KINDS, SCALINGS
-from filterformer.runs import IMAGE_SCORES
 from filterformer.training.validation import METRICS
 
 
@@ -171,7 +171,8 @@ RULES: dict[str, Allowed] = {
     "eval.sigma": number(0),
     "eval.blur_kernel": Allowed("an odd integer >= 1", lambda v: _is_int(v) and v >= 1 and v % 2),
     "eval.protocol_size": optional(SIZE),
-    "eval.image_score": choice(*IMAGE_SCORES),
+    "eval.protocol": choice(*PROTOCOLS),
+    "eval.image_score": optional(choice(*IMAGE_SCORES)),
 }
 """Each setting's allowed values; ``data.counts.<split>`` entries are integers >= 0."""
 

@@ -51,3 +51,7 @@ def os_error_message(err: OSError) -> str | None:
         return None
     path = err.filename if err.filename is not None else "(the system named no file)"
     return f"{path}: {advice}."
+
+
+class DeployError(FilterformerError, ValueError):
+    """An export cannot be made or used: unsupported model, missing runtime, failed parity."""

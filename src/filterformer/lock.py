@@ -32,15 +32,26 @@ def lock_run(run_dir: str | os.PathLike) -> None:
     _lock(run_dir / RUN_LOCK, run_dir, "or train into another run_dir")
 
 
-def lock_output(out: str | os.PathLike) -> None:
+def lock_output(out: str | os.PathLike, *, beside: bool = False) -> None:
     """Make this process the only writer of the output folder ``out``, or raise
     :class:`FolderLockedError`.
 
-    The lock file is ``<out>.lock`` beside the folder: inside it, it would be an extra file of
-    a benchmark submission.
+    The lock file is ``<out>/.lock``, so that every file stays inside the folder the user
+    named; with ``beside`` it is ``<out>.lock`` next to the folder, for a benchmark
+    submission, where any extra file inside would be refused by the upload check.
     """
     out = Path(out).expanduser().resolve()
-    _lock(out.with_name(out.name + ".lock"), out, "or write to another --out")
+    _lock(_output_lock_file(out, beside), out, "or write to another --out")
+
+
+def unlock_output(out: str | os.PathLike, *, beside: bool = False) -> None:
+    """Remove and release :func:`lock_output`'s lock before the process ends (a command that
+    runs inside a longer process, as ff-predict does inside ff-demo)."""
+    _unlock(_output_lock_file(Path(out).expanduser().resolve(), beside))
+
+
+def _output_lock_file(out: Path, beside: bool) -> Path:
+    return out.with_name(out.name + ".lock") if beside else out / RUN_LOCK
 
 
 def _lock(lock_file: Path, folder: Path, alternative: str) -> None:
@@ -87,11 +98,16 @@ def _is_file_of(fd: int, path: Path) -> bool:
     return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
+def _unlock(lock_file: Path) -> None:
+    """Remove a lock file this process holds, then release its lock."""
+    fd, pid = _held.pop(lock_file, (None, None))
+    if fd is not None and pid == os.getpid():  # not in a forked child, which inherited it
+        lock_file.unlink(missing_ok=True)
+        os.close(fd)
+
+
 @atexit.register
 def _release() -> None:
     """On a normal exit, remove this process's lock files, then release their locks."""
-    for lock_file, (fd, pid) in _held.items():
-        if pid == os.getpid():  # not in a forked child, which inherited the table
-            lock_file.unlink(missing_ok=True)
-            os.close(fd)
-    _held.clear()
+    for lock_file in list(_held):
+        _unlock(lock_file)

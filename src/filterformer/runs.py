@@ -11,6 +11,7 @@ read from there, so a self-contained run folder (ff-convert's) can be moved.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -25,29 +26,31 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import filterformer
+from filterformer.data.datasets import READERS, read_split
+from filterformer.data.datasets import SPLITS as DATASET_SPLITS
 from filterformer.data.folder import ImageFolderDataset, holdout_names, split_holdout
-from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError, ConfigError
+from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_image_score
 from filterformer.evaluation.thresholds import Threshold, read_thresholds
 from filterformer.inference.predict import Smoothing
 from filterformer.io import atomic_path, write_json
 from filterformer.models.base import FrozenEncoderModel
+from filterformer.models.cpr import CPR, DENSENETS
 from filterformer.models.encoder import ENCODERS, weights_sha256
-from filterformer.models.registry import build_encoder, build_model
+from filterformer.models.registry import build_encoder, build_model, encoder_hub_name
 from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
+from filterformer.training.cpr_references import load_references
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
-DATA_KINDS = ("mvtec_ad2", "synthetic", "folder")
+DATA_KINDS = (*READERS, "folder")
 DEFAULT_HOLDOUT_FRACTION = 0.1
 """Share of the training images held out as validation when a folder run has no validation_dir."""
 BASE_RUNS: dict[str, tuple[str, str]] = {"fader": ("ear_run", "ear")}
 """Models trained on top of another run: name -> (model key naming that run, the run's model)."""
-IMAGE_SCORES = ("max", "top1")
-"""Image score of a map: its max (MVTec's script) or the mean of its top 1 % (INP-Former)."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,10 @@ class Run:
     data_root: Path | None
     smoothing: Smoothing
     """Map smoothing from ``eval.sigma``, ``blur_kernel``, ``blur_padding``, ``protocol_size``."""
+    protocol: str
+    """``eval.protocol``: how ff-eval scores the run (``mvtec_ad2`` for older runs)."""
     image_score: str
-    """``eval.image_score``: one of :data:`IMAGE_SCORES`."""
+    """``eval.image_score``, or the protocol's own image score when it is null."""
 
 
 def build_geometry(config: DictConfig) -> InputGeometry:
@@ -104,6 +109,8 @@ def build_geometry(config: DictConfig) -> InputGeometry:
 def patch_size(config: DictConfig) -> int:
     """Patch size of the configured encoder, from its timm architecture (``..._patch14_...``)."""
     variant = config.encoder.variant
+    if variant in DENSENETS:  # CPR's DenseNet: sizes that its coarsest stride divides
+        return DENSENETS[variant].strides[-1]
     if variant not in ENCODERS:
         raise ConfigError(f"unknown encoder.variant {variant!r}; valid: {', '.join(ENCODERS)}.")
     return int(re.search(r"_patch(\d+)", ENCODERS[variant].arch).group(1))
@@ -132,14 +139,14 @@ def build_smoothing(config: DictConfig) -> Smoothing:
     )
 
 
-def image_score_rule(config: DictConfig) -> str:
-    """``eval.image_score`` (``max`` when an older run lacks it), validated."""
-    rule = config.eval.get("image_score", "max")
-    if rule not in IMAGE_SCORES:
-        raise ConfigError(
-            f"eval.image_score {rule!r} is unknown; choose one of {', '.join(IMAGE_SCORES)}."
-        )
-    return rule
+def protocol_of(config: DictConfig) -> str:
+    """``eval.protocol`` (``mvtec_ad2`` when an older run lacks it), validated."""
+    return check_protocol(config.eval.get("protocol") or MVTEC_AD2)
+
+
+def image_score_rule(config: DictConfig, protocol: str | None = None) -> str:
+    """``eval.image_score``, else the image score of ``protocol`` (default: the run's)."""
+    return resolve_image_score(config.eval.get("image_score"), protocol or protocol_of(config))
 
 
 def resolve_run_paths(config: DictConfig, run_dir: Path) -> DictConfig:
@@ -173,7 +180,7 @@ def encoder_weights_id(config: DictConfig) -> str:
             )
         return weights_sha256(path)
     if encoder.get("pretrained"):
-        return f"hub:{ENCODERS[encoder.variant].arch}"
+        return f"hub:{encoder_hub_name(encoder.variant)}"
     return f"random:seed={config.seed}"
 
 
@@ -222,7 +229,7 @@ def start_from_base_run(
             f"folder> (made by ff-train model={base_name} ...)."
         )
     run_dir = Path(config.model[key]).expanduser()
-    base = _read_config(run_dir)
+    base = read_run_config(run_dir)
     if base.model.name != base_name:
         raise ConfigError(
             f"model.{key}={run_dir} holds model {base.model.name}; model={name} needs a run of "
@@ -244,19 +251,22 @@ def start_from_base_run(
     model.load_state_dict(base_model.trainable_state_dict(), strict=False)
 
 
-def split_samples(config: DictConfig, split: str) -> Sequence[Sample]:
+def split_samples(
+    config: DictConfig, split: str, root: str | os.PathLike | None = None
+) -> Sequence[Sample]:
     """The samples of ``split`` for the run's data source and category.
 
-    MVTec AD 2-layout data (``mvtec_ad2``, ``synthetic``) has the five AD 2 splits; a
-    ``folder`` source maps ``train`` / ``validation`` / ``test_public`` to its train_dir /
-    validation_dir / test_dir (+ mask_dir). Without a validation_dir, the validation split is
-    the training images named in ``data.holdout`` (ff-train stores them; when absent they are
-    drawn by :func:`holdout_names` with ``data.validation_fraction`` and the run's seed), and
-    the train split is the rest.
+    Root-based data (``mvtec_ad2``, ``synthetic``, ``mvtec_ad``, ``visa``) is read from
+    ``root``, else ``data.root``, with the splits of its reader; a ``folder`` source maps
+    ``train`` / ``validation`` / ``test_public`` to its train_dir / validation_dir / test_dir
+    (+ mask_dir). Without a validation_dir, the validation split is the training images named
+    in ``data.holdout`` (ff-train stores them; when absent they are drawn by
+    :func:`holdout_names` with ``data.validation_fraction`` and the run's seed), and the train
+    split is the rest.
     """
     data, category = config.data, config.category.name
-    if data.kind in ("mvtec_ad2", "synthetic"):
-        return MVTecAD2(data.root, category, split)
+    if data.kind in READERS:
+        return read_split(data.kind, data.root if root is None else root, category, split)
     if data.kind != "folder":
         raise ConfigError(f"unknown data.kind {data.kind!r}; valid: {', '.join(DATA_KINDS)}.")
     if split == "test_public" and data.test_dir is not None:
@@ -282,6 +292,25 @@ def split_samples(config: DictConfig, split: str) -> Sequence[Sample]:
 def holdout_fraction(config: DictConfig) -> float:
     """``data.validation_fraction``: the share of train_dir held out without a validation_dir."""
     return float(config.data.get("validation_fraction", DEFAULT_HOLDOUT_FRACTION))
+
+
+def optional_split(config: DictConfig, split: str) -> Sequence[Sample] | None:
+    """The split's samples, or None when the data source has no such split.
+
+    MVTec AD and VisA have no validation split, and an MVTec AD 2-layout root may lack one.
+    """
+    data = config.data
+    if data.kind == "folder":  # validation: validation_dir, else held-out training images
+        test = split == "test_public" and data.test_dir is not None
+        return split_samples(config, split) if split == "validation" or test else None
+    if split not in DATASET_SPLITS.get(data.kind, ()):
+        return None
+    if (
+        data.kind in ("mvtec_ad2", "synthetic")
+        and not (Path(data.root) / config.category.name / split).is_dir()
+    ):
+        return None
+    return split_samples(config, split)
 
 
 def versions(seed: int, encoder_weights: str) -> dict[str, Any]:
@@ -341,7 +370,7 @@ def load_run(
     against the SHA-256 its metadata records (False skips that, the user's explicit choice).
     """
     run_dir = Path(run_dir)
-    config = resolve_run_paths(_read_config(run_dir), run_dir)
+    config = resolve_run_paths(read_run_config(run_dir), run_dir)
     model, identity = build_from_config(config, from_base_run=False)
     category = config.category.name
     mode = _fusion_mode(run_dir, config, model)
@@ -350,6 +379,9 @@ def load_run(
         run_dir / "checkpoints" / checkpoint, model, expected=identity, verify=verify
     )
     model.to(device).eval()
+    geometry = build_geometry(config)
+    if isinstance(model, CPR):  # its training images and fitted retrieval state
+        load_references(run_dir, model, geometry, identity["encoder_weights"])
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
@@ -363,7 +395,7 @@ def load_run(
         config=config,
         model=model,
         checkpoint=loaded.files.weights,
-        geometry=build_geometry(config),
+        geometry=geometry,
         category=category,
         mode=mode,
         map_stats=map_stats,
@@ -373,6 +405,7 @@ def load_run(
         tiling=build_tiling(config),
         data_root=None if root is None else Path(root),
         smoothing=build_smoothing(config),
+        protocol=protocol_of(config),
         image_score=image_score_rule(config),
     )
 
@@ -383,7 +416,8 @@ def _default_checkpoint(run_dir: Path, mode: str) -> str:
     return best if has_checkpoint(run_dir / "checkpoints" / best) else "last"
 
 
-def _read_config(run_dir: Path) -> DictConfig:
+def read_run_config(run_dir: Path) -> DictConfig:
+    """The run's config.yaml, checked to be an ff-train run config."""
     file = run_dir / CONFIG_FILE
     if not file.is_file():
         what = "does not exist" if not run_dir.exists() else f"has no {CONFIG_FILE}"

@@ -24,9 +24,12 @@ def config_dir() -> Path:
 
 
 def config_groups(folder: Path) -> dict[str, list[str]]:
-    """Each config group (a sub-folder of ``folder``, hydra's own aside) -> its choices."""
+    """Each config group (a sub-folder of ``folder``, hydra's own aside) -> its choices.
+
+    Files whose names start with ``_`` are shared parts that choices extend, not choices.
+    """
     return {
-        group.name: sorted(file.stem for file in group.glob("*.yaml"))
+        group.name: sorted(file.stem for file in group.glob("[!_]*.yaml"))
         for group in sorted(folder.iterdir())
         if group.is_dir() and group.name != "hydra" and any(group.glob("*.yaml"))
     }

@@ -1,17 +1,21 @@
 """ff-convert: turn another code base's checkpoint into a filterformer run folder.
 
     ff-convert inp-former model.pth --encoder dinov2_vitb14_reg --category bottle --out runs/bottle
+    ff-eval --run runs/bottle --data-root /data/mvtec_anomaly_detection --split test
 
 ``inp-former`` reads the ``model.pth`` that the official INP-Former scripts save (encoder
 included). The run folder gets the checkpoint's encoder as ``encoder.safetensors`` (timm
 names; its SHA-256 identifies it; the config names it relative to the run folder, so the
 folder can be moved), ``config.yaml`` in parity mode, ``versions.json`` and
 ``checkpoints/last.{safetensors,json}``; ``ff-eval --run`` and ``ff-predict --run`` use it
-as they use a trained run. Parity mode is the official INP-Former pipeline end to end
-(its evaluation code): model ``inpformer``, PIL bilinear resize to 448 then centre
-crop 392, DINOv2's own position-embedding interpolation, whole images (no tiling), maps
-smoothed on a 256 x 256 map with zero padding, image score = mean of the top 1 %. Extra hydra
-overrides after the options (e.g. ``data.root=/data/mvtec_ad_2``) adjust the stored config.
+as they use a trained run. Parity mode is ``preset=inpformer_paper``, the official INP-Former
+pipeline end to end: model ``inpformer``, PIL bilinear resize to 448 then centre crop 392,
+DINOv2's own position-embedding interpolation, whole images (no tiling), and the INP-Former
+evaluation protocol (``eval.protocol=inpformer``: 256 x 256 maps, zero-padded Gaussian, top-1 %
+image score, its seven metrics). ``--data`` names the benchmark (``mvtec_ad``, where the
+official checkpoints come from, ``visa`` or ``mvtec_ad2``), so that
+``ff-eval --run RUN --data-root ROOT`` needs nothing else. Extra hydra overrides after the
+options (e.g. ``data.root=/data/mvtec_anomaly_detection``) adjust the stored config.
 """
 
 from __future__ import annotations
@@ -35,18 +39,10 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that --help stays fa
     from omegaconf import DictConfig
 
 ENCODER_FILE = "encoder.safetensors"
-PARITY_OVERRIDES = (
-    "preset=inpformer_paper",  # INP-Former recipe: model inpformer
-    "input.resize=[448,448]",  # spec §1.4: Resize(448)
-    "input.crop=[392,392]",  # spec §1.4: CenterCrop(392)
-    "input.interpolation=pil_bilinear",  # spec §1.4: torchvision Resize on a PIL image
-    "encoder.official_pos_interp=true",  # DINOv2's (grid + 0.1) / 37 bicubic resample (spec §1.3)
-    "category.tiling.enabled=false",  # the official evaluation scores whole images
-    "eval.default_mode=inp",  # INP-Former has one map
-    "eval.protocol_size=[256,256]",  # spec §6.1: maps evaluated at 256 x 256
-    "eval.blur_padding=zero",  # spec §6.1: zero-padded Gaussian convolution
-    "eval.image_score=top1",  # spec §6.1: mean of the top 1 % (max_ratio 0.01)
-)
+PARITY_OVERRIDES = ("preset=inpformer_paper",)
+"""The official recipe and evaluation (configs/preset/inpformer_paper.yaml)."""
+DATA_KINDS = ("mvtec_ad", "visa", "mvtec_ad2")
+"""Benchmarks a converted checkpoint can be evaluated on; the official ones are MVTec AD's."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inp.add_argument("--category", required=True, help="category the checkpoint was trained on")
     inp.add_argument("--out", type=Path, required=True, help="run folder to create")
+    inp.add_argument(
+        "--data",
+        choices=DATA_KINDS,
+        default=DATA_KINDS[0],
+        help="benchmark the run reads (data=...; default mvtec_ad); set its root with "
+        "data.root=... or ff-eval --data-root",
+    )
     inp.add_argument("--force", action="store_true", help="replace an existing run folder's files")
     inp.add_argument("overrides", nargs="*", help="hydra overrides of the stored config")
     return parser
@@ -88,7 +91,11 @@ def load_official(path: Path) -> dict[str, torch.Tensor]:
 
 
 def parity_config(
-    variant: str, category: str, run_dir: Path, overrides: Sequence[str]
+    variant: str,
+    category: str,
+    run_dir: Path,
+    overrides: Sequence[str],
+    data: str = DATA_KINDS[0],
 ) -> DictConfig:
     """The run config: ff-train's defaults in parity mode, then the user's overrides."""
     from hydra import compose, initialize_config_module
@@ -96,9 +103,10 @@ def parity_config(
 
     settings = [
         *PARITY_OVERRIDES,
+        f"data={data}",
         f"encoder={variant}",
         "encoder.pretrained=false",
-        f"category.name={category}",
+        category_override(category),
         f"run_dir={run_dir}",
         *overrides,
     ]
@@ -109,6 +117,12 @@ def parity_config(
         raise ConfigError(
             f"bad config override among {list(overrides)}: {config_error_message(err)}"
         ) from None
+
+
+def category_override(category: str) -> str:
+    """``category=<name>`` when a category config has that name, else ``category.name=<name>``."""
+    shipped = category in config_groups(config_dir())["category"]
+    return f"category={category}" if shipped else f"category.name={category}"
 
 
 def convert_inp_former(args: argparse.Namespace) -> Path:
@@ -128,7 +142,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         raise ConfigError(
             f"{run_dir} already holds a run ({CONFIG_FILE}); choose another --out or pass --force."
         )
-    config = parity_config(args.encoder, args.category, run_dir, args.overrides)
+    config = parity_config(args.encoder, args.category, run_dir, args.overrides, args.data)
     model_config, source = config.model, str(args.checkpoint)
     weights = convert_state_dict(
         load_official(args.checkpoint),
@@ -164,7 +178,8 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
     print(
         f"ff-convert: {run_dir}: {len(weights.encoder)} encoder tensors ({ENCODER_FILE}, "
         f"sha256 {identity['encoder_weights'][:12]}...) and {len(weights.trainable)} trainable "
-        f"tensors ({weights.num_inps} INPs) from {source}. Use: ff-eval --run {run_dir}"
+        f"tensors ({weights.num_inps} INPs) from {source}. Use: ff-eval --run {run_dir} "
+        f"--data-root <{args.data} root>"
     )
     return run_dir
 

@@ -15,6 +15,12 @@ Two sources of maps:
 
 Every row says which split chose its checkpoint, fusion mode and threshold (``selected_on``,
 :mod:`filterformer.evaluation.selection`); numbers on a split that chose one are optimistic.
+
+Runs are scored with their evaluation protocol (``eval.protocol``, or ``--protocol``):
+``mvtec_ad2`` as above, or ``inpformer``, the INP-Former code's seven metrics on 256 px maps of
+the centre crop (no thresholds; :mod:`filterformer.evaluation.protocol`). Either way the
+per-image scores go to ``<run>/eval/<split>/scores.csv``.
+
 Private splits have no ground truth: use ff-predict and the benchmark server for them.
 """
 
@@ -31,11 +37,19 @@ import numpy as np
 from tqdm import tqdm
 
 from filterformer.cli.common import report_user_errors
-from filterformer.data.mvtec_ad2 import PRIVATE_SPLITS, SPLITS, MVTecAD2
+from filterformer.data.datasets import ALL_SPLITS, evaluated_split
+from filterformer.data.mvtec_ad2 import PRIVATE_SPLITS, MVTecAD2
 from filterformer.data.sample import Sample
-from filterformer.errors import DataError, FilterformerError
+from filterformer.errors import ConfigError, DataError, FilterformerError
 from filterformer.evaluation.aupro import ProResult
 from filterformer.evaluation.map_audit import MapAudit
+from filterformer.evaluation.protocol import (
+    INPFORMER,
+    MVTEC_AD2,
+    PRO_LIMIT,
+    PROTOCOLS,
+    write_scores,
+)
 from filterformer.evaluation.report import (
     CategoryMetrics,
     format_table,
@@ -64,6 +78,8 @@ if TYPE_CHECKING:  # runs imports torch, which the --maps path never loads
 
 MAPS_FOLDER = "anomaly_images"
 BINARY_FOLDER = "anomaly_images_thresholded"
+SCORES_FILE = "scores.csv"
+"""Per-image scores of an evaluated run: image (relative to the category folder), score, label."""
 DEFAULT_K = 3.0
 """Validation mean + 3 std: MVTec AD 2's baseline threshold (Heckler-Kram et al., MVTec AD 2)."""
 
@@ -79,9 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("runs"),
         help="without --maps/--run: evaluate every run under this folder",
     )
-    parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: $FF_DATA_ROOT)")
+    parser.add_argument(
+        "--data-root", type=Path, help="dataset root (default: the run's data.root, $FF_DATA_ROOT)"
+    )
     parser.add_argument("--categories", nargs="+", help="default: every category with maps")
-    parser.add_argument("--split", default="test_public", choices=SPLITS)
+    parser.add_argument(
+        "--split",
+        choices=ALL_SPLITS,
+        help="default: the data's test split (test_public for MVTec AD 2, test for MVTec AD "
+        "and VisA)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="with runs: how to score them (default: the runs' eval.protocol); --maps: mvtec_ad2",
+    )
     parser.add_argument(
         "--pro-limit",
         type=float,
@@ -131,6 +159,8 @@ class CategorySource:
     """``anomaly_images_thresholded/<category>`` when its PNGs give the binary maps."""
     postprocess: dict[str, Any]
     """Keyword arguments of :func:`postprocess` for thresholded maps (not for given PNGs)."""
+    image_score: str = "max"
+    """Score of the image AUROC and of scores.csv (``eval.image_score``)."""
 
 
 @dataclass
@@ -142,6 +172,8 @@ class Measured:
     result: ProResult
     examples: dict[str, int]
     score_range: tuple[float, float]
+    image_scores: list[float]
+    """Each image's score by ``source.image_score``, in sample order."""
 
 
 class Evaluator:
@@ -163,7 +195,7 @@ class Evaluator:
 
     def measure(self, category: str, source: CategorySource, selection: Selection) -> Measured:
         """Evaluate one category and add its row, labelled with what chose its settings."""
-        metrics = CategoryMetrics(float16=not self.args.float32)
+        metrics = CategoryMetrics(float16=not self.args.float32, image_score=source.image_score)
         bar = tqdm(
             source.maps,
             total=len(source.samples),
@@ -182,7 +214,9 @@ class Evaluator:
         row = metrics.row(category, result, value, rule)
         row["selected_on"] = selection.to_json()
         self.rows.append(row)
-        return Measured(category, source, result, metrics.examples(), metrics.score_range)
+        images = metrics.images
+        scores = images.top_scores if source.image_score == "top1" else images.max_scores
+        return Measured(category, source, result, metrics.examples(), metrics.score_range, scores)
 
     def write_outputs(self, measured: Measured, out_dir: Path) -> None:
         """The category's PRO-curve plot and the overlays of its best, median and worst image."""
@@ -211,7 +245,7 @@ class Evaluator:
 
     def finish(self, out_dir: Path | None) -> None:
         """Print the table; write metrics.json/.csv and the --json document."""
-        print(format_table(self.rows, self.limits, self.args.split))
+        print(format_table(self.rows, self.limits, self.args.split, MVTEC_AD2))
         if out_dir is not None:
             write_metrics(out_dir, self.rows, self.args.split, self.limits)
         if self.args.json is not None:
@@ -367,9 +401,7 @@ class RunMaps:
         """The split's samples: from --data-root if given, else from the run's data."""
         from filterformer.runs import split_samples
 
-        if self.args.data_root is None:
-            return split_samples(self.run.config, split)
-        return MVTecAD2(self.args.data_root, self.run.category, split)
+        return split_samples(self.run.config, split, root=self.args.data_root)
 
     def predict(self, samples: Sequence[Sample]) -> Iterable[tuple[Sample, np.ndarray]]:
         """Original-size maps with the run's fusion mode, statistics, smoothing and tiling."""
@@ -391,16 +423,17 @@ class RunMaps:
     def calibrate(self) -> Threshold:
         """A threshold for the run's fusion mode by its category's rule, stored in the run.
 
-        mean_std and quantile read the validation maps, f1_optimal the test_public ground
-        truth (an oracle when test_public is evaluated).
+        mean_std and quantile read the validation maps, f1_optimal the ground truth of the
+        data's test split (an oracle when that split is evaluated).
         """
         run = self.run
         rule = run.threshold_rule
+        test_split = evaluated_split(run.config.data.kind)
         try:
             threshold = threshold_by_rule(
                 rule,
                 lambda: (amap for _, amap in self.predict(self.samples("validation"))),
-                lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples("test_public"))),
+                lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples(test_split))),
                 f"{run.run_dir}: {run.category}",
             )
         except FilterformerError as err:
@@ -429,9 +462,13 @@ def evaluate_runs(args: argparse.Namespace) -> None:
     run_dirs = run_folders(args)
     import torch
 
-    from filterformer.runs import load_run
+    from filterformer.runs import image_score_rule, load_run
 
+    resolve_protocol_and_split(args, run_dirs)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.protocol == INPFORMER:
+        evaluate_inpformer_runs(args, run_dirs, device)
+        return
     evaluator = Evaluator(args)
     for run_dir in run_dirs:
         run = load_run(run_dir, device=device, verify=not args.no_verify)
@@ -448,11 +485,88 @@ def evaluate_runs(args: argparse.Namespace) -> None:
             threshold=threshold,
             binary_dir=None,
             postprocess={**run.postprocess, **cli_postprocess(args)},
+            image_score=image_score_rule(run.config, MVTEC_AD2),
         )
         out_dir = run_dir / "eval" / args.split
-        evaluator.write_outputs(evaluator.measure(run.category, source, selection), out_dir)
-        write_metrics(out_dir, evaluator.rows[-1:], args.split, evaluator.limits)
+        measured = evaluator.measure(run.category, source, selection)
+        evaluator.write_outputs(measured, out_dir)
+        rows, limits = evaluator.rows[-1:], evaluator.limits
+        write_metrics(out_dir, rows, args.split, limits, image_score=source.image_score)
+        labels = [s.label for s in samples]
+        write_scores(out_dir / SCORES_FILE, image_paths(samples), measured.image_scores, labels)
     evaluator.finish(None)
+
+
+def resolve_protocol_and_split(args: argparse.Namespace, run_dirs: Sequence[Path]) -> None:
+    """Fill ``args.protocol`` and ``args.split`` from the runs where not given.
+
+    Every run must resolve to the same protocol and split: one table compares like with like.
+    """
+    from filterformer.runs import protocol_of, read_run_config
+
+    configs = {run_dir: read_run_config(run_dir) for run_dir in run_dirs}
+    for name, of_run in (
+        ("protocol", protocol_of),
+        ("split", lambda config: evaluated_split(config.data.kind)),
+    ):
+        if getattr(args, name) is not None:
+            continue
+        values = {run_dir: of_run(config) for run_dir, config in configs.items()}
+        if len(set(values.values())) > 1:
+            listed = ", ".join(f"{run_dir}: {value}" for run_dir, value in values.items())
+            raise ConfigError(
+                f"the runs have different default {name}s ({listed}); evaluate them "
+                f"separately or pass --{name}."
+            )
+        setattr(args, name, next(iter(values.values())))
+
+
+def evaluate_inpformer_runs(
+    args: argparse.Namespace, run_dirs: Sequence[Path], device: str
+) -> None:
+    """The INP-Former protocol for each run: 256 px maps, seven metrics, per-image scores.
+
+    Writes ``<run>/eval/<split>/`` (metrics.json/.csv naming the protocol, scores.csv) per
+    run and prints one table for all runs. No thresholds are needed.
+    """
+    from filterformer.inference.protocol_maps import evaluate_inpformer
+    from filterformer.runs import image_score_rule, load_run, split_samples
+
+    rows = []
+    for run_dir in run_dirs:
+        run = load_run(run_dir, device=device, verify=not args.no_verify)
+        if run.tiling is not None:
+            raise ConfigError(
+                f"{run_dir}: category.tiling is enabled, but the inpformer protocol scores whole "
+                "images (as the INP-Former code). Pass --protocol mvtec_ad2, or train without "
+                "tiling (preset=inpformer_paper turns it off)."
+            )
+        rule = image_score_rule(run.config, INPFORMER)
+        metrics, images = evaluate_inpformer(
+            run.model,
+            split_samples(run.config, args.split, root=args.data_root),
+            run.geometry,
+            image_score_rule=rule,
+            mode=run.mode,
+            map_stats=run.map_stats,
+            batch_size=int(run.config.eval.batch_size),
+            device=device,
+            progress=not args.no_progress,
+        )
+        eval_split = run.config.eval.get("split", "test_public")
+        selection = run_selection(run_dir, run.category, eval_split, run.checkpoint, None)
+        rows.append({**metrics.row(run.category), "selected_on": selection.to_json()})
+        out_dir = run_dir / "eval" / args.split
+        write_metrics(out_dir, rows[-1:], args.split, [PRO_LIMIT], INPFORMER, rule)
+        write_scores(out_dir / SCORES_FILE, images, metrics.scores, metrics.labels)
+    print(format_table(rows, [PRO_LIMIT], args.split, INPFORMER))
+    if args.json is not None:
+        write_json(args.json, metrics_document(rows, args.split, [PRO_LIMIT], INPFORMER))
+
+
+def image_paths(samples: Sequence[Sample]) -> list[str]:
+    """Each sample's image path relative to its category folder (scores.csv's ``image``)."""
+    return [f"{s.relpath}{s.path.suffix}" for s in samples]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -470,6 +584,12 @@ def evaluate(args: argparse.Namespace) -> None:
             "benchmark server (https://benchmark.mvtec.com)."
         )
     if args.maps is not None:
+        if args.protocol == INPFORMER:
+            raise ConfigError(
+                "--protocol inpformer needs the network's maps of the centre crop; --maps holds "
+                "maps at the original size. Evaluate the run with --run instead."
+            )
+        args.protocol, args.split = MVTEC_AD2, args.split or "test_public"
         evaluate_maps(args)
     else:
         evaluate_runs(args)

@@ -32,7 +32,6 @@ import numpy as np
 
 from filterformer.cli.common import report_user_errors
 from filterformer.data.folder import ImageFolderDataset
-from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, SubmissionError
 from filterformer.evaluation.thresholds import Threshold, threshold_by_rule, write_thresholds
@@ -51,7 +50,7 @@ from filterformer.export.rescale import DEFAULT_TARGET
 from filterformer.export.writer import export_record
 from filterformer.inference.postprocess import postprocess
 from filterformer.io import read_anomaly_map, read_mask, write_csv
-from filterformer.lock import lock_output
+from filterformer.lock import lock_output, unlock_output
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
 RESCALE_FILE = "rescale.json"
@@ -73,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--submission", help="with --runs: name of the submission folder")
     parser.add_argument("--out", type=Path, help="output folder (--runs: its parent, default .)")
-    parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: the run's)")
+    parser.add_argument("--data-root", type=Path, help="dataset root (default: the run's)")
     parser.add_argument("--no-pack", action="store_true", help="with --runs: check, no archive")
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -81,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-verify", action="store_true", help="skip the SHA-256 check of the checkpoint"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime", "openvino"),
+        default="torch",
+        help="run the model in torch, or its ff-export file in ONNX Runtime / OpenVINO",
+    )
+    parser.add_argument("--model", type=Path, help="exported file (default: RUN/export/model.*)")
     return parser
 
 
@@ -90,10 +96,13 @@ class RunExporter:
     def __init__(self, run_dir: Path, args: argparse.Namespace) -> None:
         import torch
 
+        from filterformer.deploy import map_backend
         from filterformer.runs import load_run
 
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)
+        backend, model_file = getattr(args, "backend", "torch"), getattr(args, "model", None)
+        self.backend = map_backend(self.run, backend, model_file)
         self.args = args
         self.rescale, self.threshold = self._calibration()
 
@@ -101,16 +110,14 @@ class RunExporter:
         """The run's samples of ``split`` (from --data-root when given)."""
         from filterformer.runs import split_samples
 
-        if self.args.data_root is not None:
-            return MVTecAD2(self.args.data_root, self.run.category, split)
-        return split_samples(self.run.config, split)
+        return split_samples(self.run.config, split, root=self.args.data_root)
 
     def predict(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, np.ndarray]]:
         """Original-size maps with the run's fusion mode, statistics and tiling."""
         from filterformer.inference.predict import predict_maps
 
         return predict_maps(
-            self.run.model,
+            self.backend,
             samples,
             self.run.geometry,
             mode=self.run.mode,
@@ -287,17 +294,29 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Export as asked, the output folder locked against a second writer meanwhile."""
     if args.runs is not None:
         if not args.submission:
             parser.error("--runs needs --submission NAME")
-        out = (args.out or Path(".")) / args.submission
-        lock_output(out)
-        archive = export_submission(args.runs, out, args)
-        print(archive or f"{args.submission}: checked, not packed (--no-pack)")
-        return 0
-    if args.out is None:
+        out, beside = (args.out or Path(".")) / args.submission, True  # no file in a submission
+    elif args.out is None:
         parser.error("--run needs --out DIR")
-    lock_output(args.out)
+    else:
+        out, beside = args.out, False
+    lock_output(out, beside=beside)
+    try:
+        if args.runs is not None:
+            archive = export_submission(args.runs, out, args)
+            print(archive or f"{args.submission}: checked, not packed (--no-pack)")
+        else:
+            _export_run(args)
+    finally:
+        unlock_output(out, beside=beside)
+    return 0
+
+
+def _export_run(args: argparse.Namespace) -> None:
+    """One run's maps of ``--images`` (with overlays and scores.csv) or of ``--split``."""
     exporter = RunExporter(args.run, args)
     record = args.out / RESCALE_FILE
     if args.images is not None:
@@ -310,7 +329,6 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for split in args.split:
             exporter.export(exporter.samples(split), args.out, args.overlays, record)
     print(f"wrote {args.out}")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

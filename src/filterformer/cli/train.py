@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -34,16 +34,19 @@ from filterformer.cli.common import (
     config_error_message,
     outermost_missing,
 )
+from filterformer.cli.cpr import check_cpr_config, cpr_training_set
 from filterformer.config_checks import check_settings
+from filterformer.data.datasets import READERS
 from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
 from filterformer.data.mvtec_ad2 import resolve_data_root
-from filterformer.data.sample import Sample
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment, short_side_size
 from filterformer.errors import ConfigError
 from filterformer.lock import lock_run
-from filterformer.models.encoder import DinoEncoder, check_weights_source
+from filterformer.models.cpr import CPR
+from filterformer.models.encoder import DinoEncoder
+from filterformer.models.registry import check_encoder_source
 from filterformer.runs import (
     CONFIG_FILE,
     build_from_config,
@@ -52,6 +55,7 @@ from filterformer.runs import (
     build_tiling,
     create_run,
     holdout_fraction,
+    optional_split,
     patch_size,
     split_samples,
 )
@@ -104,14 +108,16 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         raise ConfigError(config_error_message(err)) from None
     settings = _flatten(OmegaConf.to_container(cfg))
     check_settings(settings, patch_size=patch_size(cfg), world_size=world_size)
-    if cfg.data.kind == "mvtec_ad2":
+    if cfg.model.name == "cpr":
+        check_cpr_config(cfg)
+    if cfg.data.kind in READERS and cfg.data.kind != "synthetic":  # a dataset's root
         cfg.data.root = str(_absolute(resolve_data_root(cfg.data.root), base))
     elif cfg.data.kind == "folder":
         _prepare_folders(cfg, base, quiet)
     if cfg.input.get("fit") == "short_side":
         _fit_short_side(cfg, quiet)
     weights = cfg.encoder.get("weights")
-    check_weights_source(
+    check_encoder_source(
         cfg.encoder.variant,
         None if weights is None else Path(weights).expanduser(),
         cfg.encoder.get("pretrained", False),
@@ -230,6 +236,8 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
         with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
             make_data(cfg)
         train_set = _training_set(cfg, model.encoder, distributed)
+        if isinstance(model, CPR):  # packed (pseudo-defect, reference) pairs: cli/cpr.py
+            train_set = cpr_training_set(cfg, model, train_set, identity, distributed)
         evaluator, statistics = _evaluation(cfg)
     result = train(
         model,
@@ -327,12 +335,12 @@ def _training_set(
 
 def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | None]:
     """The periodic evaluator (needs validation and a split with defects) and map statistics."""
-    validation = _optional_split(cfg, "validation")
+    validation = optional_split(cfg, "validation")
     if validation is None:
         return None, None
     geometry, tiling = build_geometry(cfg), build_tiling(cfg)
     evaluator = None
-    test = _optional_split(cfg, cfg.eval.split) if cfg.eval.every else None
+    test = optional_split(cfg, cfg.eval.split) if cfg.eval.every else None
     if test is not None and any(s.label == 1 for s in test):
         evaluator = FusionEvaluator(
             validation,
@@ -397,17 +405,6 @@ def _feature_cache(
             amp_bf16=cfg.train.amp_bf16,
             progress=cfg.progress and distributed.is_main,
         )
-
-
-def _optional_split(cfg: DictConfig, split: str) -> Sequence[Sample] | None:
-    """The split's samples, or None when the data source has no such split."""
-    if cfg.data.kind == "folder":  # validation: validation_dir, else held-out training images
-        test = split == "test_public" and cfg.data.test_dir is not None
-        available = split == "validation" or test
-        return split_samples(cfg, split) if available else None
-    if not (Path(cfg.data.root) / cfg.category.name / split).is_dir():
-        return None
-    return split_samples(cfg, split)
 
 
 def _require_values(cfg: DictConfig) -> None:

@@ -53,7 +53,7 @@ GROUPS = {
 
 SETTINGS = (
     ("run_dir=DIR", "the run folder (default runs/<model>/<category>)"),
-    ("data.root=DIR", "the MVTec AD 2 folder (default: $FF_DATA_ROOT)"),
+    ("data.root=DIR", "the dataset's folder, e.g. MVTec AD 2's (default: $FF_DATA_ROOT)"),
     ("encoder.weights=FILE", "the encoder's weights file (weights/README.md)"),
     ("resume=true", "continue an interrupted run exactly"),
     ("train.epochs=N", "also train.batch_size, train.optimizer.lr, seed, device, ..."),

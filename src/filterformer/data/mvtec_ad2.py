@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path, PurePosixPath
+from collections.abc import Sequence
+from pathlib import Path
 
-from filterformer.data.sample import Sample, SampleSequence
+from filterformer.data.sample import Sample, SampleSequence, make_sample, pair_masks
 from filterformer.errors import DataError
-from filterformer.io import image_size
 
 CATEGORIES = (
     "can",
@@ -36,24 +36,26 @@ PRIVATE_SPLITS = ("test_private", "test_private_mixed")
 
 DATA_ROOT_ENV = "FF_DATA_ROOT"
 IMAGE_GLOB = "[0-9][0-9][0-9]*.png"
-MASK_SUFFIX = "_mask"
 _CONDITION = re.compile(r"\d{3}_(?P<condition>.+)")
 
 
-def resolve_data_root(root: str | os.PathLike | None) -> Path:
-    """The dataset root: ``root`` if given, else the ``FF_DATA_ROOT`` environment variable."""
+def resolve_data_root(root: str | os.PathLike | None, example: str = "mvtec_ad_2") -> Path:
+    """The dataset root: ``root`` if given, else the ``FF_DATA_ROOT`` environment variable.
+
+    ``example`` names the dataset's extracted folder in the error messages.
+    """
     if root is None:
         root = os.environ.get(DATA_ROOT_ENV)
         if not root:
             raise DataError(
                 "No data root given. Pass the folder that holds the category folders "
-                f"(e.g. .../mvtec_ad_2) or set the environment variable {DATA_ROOT_ENV}."
+                f"(e.g. .../{example}) or set the environment variable {DATA_ROOT_ENV}."
             )
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(
             f"{path}: data root not found. Point it (or {DATA_ROOT_ENV}) at the folder that "
-            "holds the category folders, e.g. the extracted mvtec_ad_2 folder."
+            f"holds the category folders, e.g. the extracted {example} folder."
         )
     return path
 
@@ -61,6 +63,34 @@ def resolve_data_root(root: str | os.PathLike | None) -> Path:
 def available_categories(root: str | os.PathLike) -> list[str]:
     """Category folder names present under a data root (official or not), sorted."""
     return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def category_folder(
+    root: Path,
+    category: str,
+    split: str,
+    splits: Sequence[str],
+    official: Sequence[str],
+    dataset: str,
+    note: str = "",
+) -> Path:
+    """``root/category`` after checking the split name and that the folder exists.
+
+    The errors list the dataset's splits, the categories present and the official names;
+    ``note`` is added to an unknown split's message.
+    """
+    if split not in splits:
+        raise DataError(
+            f"Unknown split {split!r} for {dataset}. Choose one of: {', '.join(splits)}.{note}"
+        )
+    folder = root / category
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: category {category!r} not found. Categories under "
+            f"{root}: {', '.join(available_categories(root)) or 'none'}; "
+            f"official {dataset} names: {', '.join(official)}."
+        )
+    return folder
 
 
 def parse_condition(stem: str) -> str:
@@ -78,15 +108,7 @@ class MVTecAD2(SampleSequence):
 
     def __init__(self, root: str | os.PathLike | None, category: str, split: str) -> None:
         self.root = resolve_data_root(root)
-        if split not in SPLITS:
-            raise DataError(f"Unknown split {split!r}. Choose one of: {', '.join(SPLITS)}.")
-        category_dir = self.root / category
-        if not category_dir.is_dir():
-            raise DataError(
-                f"{category_dir}: category {category!r} not found. Categories under "
-                f"{self.root}: {', '.join(available_categories(self.root)) or 'none'}; "
-                f"official MVTec AD 2 names: {', '.join(CATEGORIES)}."
-            )
+        category_dir = category_folder(self.root, category, split, SPLITS, CATEGORIES, "MVTec AD 2")
         self.category = category
         self.split = split
         split_dir = category_dir / split
@@ -109,39 +131,16 @@ class MVTecAD2(SampleSequence):
     def _labelled(self, split_dir: Path) -> list[Sample]:
         """Samples of good/ (label 0) and bad/ (label 1, each with its mask)."""
         samples = [self._sample(p, 0, None) for p in _images(split_dir / "good")]
-        gt_dir = split_dir / "ground_truth" / "bad"
-        bad = _images(split_dir / "bad")
-        for path in bad:
-            mask_path = gt_dir / f"{path.stem}{MASK_SUFFIX}.png"
-            if not mask_path.is_file():
-                raise DataError(
-                    f"{path}: anomalous image without its mask {mask_path}. "
-                    "Restore the mask from the dataset archive or remove the image."
-                )
-            samples.append(self._sample(path, 1, mask_path))
-        stems = {p.stem for p in bad}
-        for mask_path in sorted(gt_dir.glob(f"*{MASK_SUFFIX}.png")):
-            if mask_path.stem[: -len(MASK_SUFFIX)] not in stems:
-                raise DataError(
-                    f"{mask_path}: mask without an image in {split_dir / 'bad'}. "
-                    "Restore the image or remove the mask."
-                )
+        masks = pair_masks(
+            split_dir / "bad", _images(split_dir / "bad"), split_dir / "ground_truth" / "bad"
+        )
+        samples += [self._sample(path, 1, mask) for path, mask in masks.items()]
         return samples
 
     def _sample(self, path: Path, label: int | None, mask_path: Path | None) -> Sample:
-        height, width = image_size(path)
-        relative = path.relative_to(self.root / self.category).with_suffix("")
-        return Sample(
-            path=path,
-            category=self.category,
-            split=self.split,
-            relpath=PurePosixPath(*relative.parts),
-            label=label,
-            condition=parse_condition(path.stem),
-            mask_path=mask_path,
-            height=height,
-            width=width,
-        )
+        category_dir = self.root / self.category
+        condition = parse_condition(path.stem)
+        return make_sample(path, category_dir, self.split, label, mask_path, condition)
 
     def __repr__(self) -> str:
         return (

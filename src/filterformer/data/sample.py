@@ -10,7 +10,10 @@ from typing import overload
 import numpy as np
 
 from filterformer.errors import DataError
-from filterformer.io import read_image, read_mask
+from filterformer.io import image_size, read_image, read_mask
+
+MASK_SUFFIX = "_mask"
+"""Ground-truth masks of MVTec's datasets are named ``<image stem>_mask.png``."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,58 @@ class Sample:
                 )
             return np.zeros(self.shape, dtype=bool)
         return read_mask(self.mask_path, shape=self.shape)
+
+
+def make_sample(
+    path: Path,
+    category_dir: Path,
+    split: str,
+    label: int | None,
+    mask_path: Path | None,
+    condition: str,
+) -> Sample:
+    """A sample of an image under ``category_dir``; its size is read from the file header.
+
+    ``relpath`` is the image path relative to the category folder, without suffix.
+    """
+    height, width = image_size(path)
+    relative = path.relative_to(category_dir).with_suffix("")
+    return Sample(
+        path=path,
+        category=category_dir.name,
+        split=split,
+        relpath=PurePosixPath(*relative.parts),
+        label=label,
+        condition=condition,
+        mask_path=mask_path,
+        height=height,
+        width=width,
+    )
+
+
+def pair_masks(image_dir: Path, images: Sequence[Path], mask_dir: Path) -> dict[Path, Path]:
+    """Image -> its mask ``<mask_dir>/<stem>_mask.png`` for the anomalous ``images`` of a folder.
+
+    Raises DataError for an anomalous image without its mask and for a mask without an image,
+    naming the file.
+    """
+    pairs = {}
+    for path in images:
+        mask_path = mask_dir / f"{path.stem}{MASK_SUFFIX}.png"
+        if not mask_path.is_file():
+            raise DataError(
+                f"{path}: anomalous image without its mask {mask_path}. "
+                "Restore the mask from the dataset archive or remove the image."
+            )
+        pairs[path] = mask_path
+    stems = {p.stem for p in images}
+    for mask_path in sorted(mask_dir.glob(f"*{MASK_SUFFIX}.png")):
+        if mask_path.stem[: -len(MASK_SUFFIX)] not in stems:
+            raise DataError(
+                f"{mask_path}: mask without an image in {image_dir}. "
+                "Restore the image or remove the mask."
+            )
+    return pairs
 
 
 class SampleSequence(Sequence[Sample]):

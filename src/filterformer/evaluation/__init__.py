@@ -1,8 +1,9 @@
 """Metrics of anomaly maps, computed one image at a time (no torch needed).
 
 AU-PRO (:mod:`.aupro`), SegF1/ClassF1 (:mod:`.segf1`), image and pixel AUROC/AP
-(:mod:`.image_metrics`), threshold rules (:mod:`.thresholds`), reports (:mod:`.report`) and
-figures (:mod:`.figures`).
+(:mod:`.image_metrics`), threshold rules (:mod:`.thresholds`), reports (:mod:`.report`),
+figures (:mod:`.figures`) and the evaluation protocols with the INP-Former metric set
+(:mod:`.protocol`).
 """
 
 from filterformer.evaluation.aupro import ProAccumulator, ProResult, au_pro

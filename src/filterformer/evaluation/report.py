@@ -19,6 +19,8 @@ import numpy as np
 
 from filterformer.evaluation.aupro import ProAccumulator, ProResult
 from filterformer.evaluation.image_metrics import ImageScores, f1_max, pixel_ap, pixel_auroc
+from filterformer.evaluation.protocol import INPFORMER, MVTEC_AD2, percent
+from filterformer.evaluation.protocol import METRICS as INPFORMER_METRICS
 from filterformer.evaluation.segf1 import SegF1Accumulator
 from filterformer.evaluation.selection import CHOICES, chosen_on, overall, unknown_choices
 from filterformer.io import write_csv, write_json
@@ -35,7 +37,9 @@ def pro_key(limit: float) -> str:
 class CategoryMetrics:
     """All metrics of one category and split, accumulated one image at a time."""
 
-    def __init__(self, float16: bool = True) -> None:
+    def __init__(self, float16: bool = True, image_score: str = "max") -> None:
+        self.image_score = image_score
+        """Score of ``image_auroc``: ``max`` or ``top1`` (``eval.image_score``)."""
         self.pro = ProAccumulator(float16=float16)
         self.seg = SegF1Accumulator()
         self.images = ImageScores()
@@ -79,7 +83,9 @@ class CategoryMetrics:
             seg_fp=seg.fp,
             seg_fn=seg.fn,
             class_f1=cls.f1 if has_binary else nan,
-            image_auroc=self.images.auroc_max(),
+            image_auroc=self.images.auroc_top()
+            if self.image_score == "top1"
+            else self.images.auroc_max(),
             image_auroc_top1=self.images.auroc_top(),
             pixel_auroc=pixel_auroc(counts),
             pixel_ap=pixel_ap(counts),
@@ -116,28 +122,41 @@ def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return mean
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], limits: Sequence[float], split: str) -> str:
+def table_columns(limits: Sequence[float], protocol: str = MVTEC_AD2) -> list[tuple[str, str]]:
+    """(row key, header) of the metric columns of a protocol's table."""
+    if protocol == INPFORMER:
+        return list(INPFORMER_METRICS)
+    return [(pro_key(limit), f"AU-PRO@{limit:g}") for limit in limits] + list(TABLE_COLUMNS)
+
+
+def format_table(
+    rows: Sequence[Mapping[str, Any]],
+    limits: Sequence[float],
+    split: str,
+    protocol: str = MVTEC_AD2,
+) -> str:
     """Plain-text table: one line per category, then the mean; metrics in percent ("[%]").
 
     Files (metrics.json / .csv) keep fractions; only this table for people shows percent. The
-    last column names what was chosen on ``split`` itself (see :mod:`.selection`), and
-    footnotes say what that means.
+    columns are the protocol's metric set, the threshold rule (when the rows have one)
+    and what was chosen on ``split`` itself (see :mod:`.selection`); footnotes say what that
+    means.
     """
-    headers = ["category", *(f"AU-PRO@{limit:g} [%]" for limit in limits)]
-    headers += [f"{title} [%]" for _, title in TABLE_COLUMNS]
-    headers += ["threshold rule", f"chosen on {split}"]
-    keys = [pro_key(limit) for limit in limits] + [key for key, _ in TABLE_COLUMNS]
+    columns = table_columns(limits, protocol)
+    rule = any("threshold_rule" in row for row in rows)
+    headers = ["category", *(f"{title} [%]" for _, title in columns)]
+    headers += (["threshold rule"] if rule else []) + [f"chosen on {split}"]
     lines = []
     for row in [*rows, mean_row(rows)] if rows else []:
-        cells = [str(row["category"])]
-        cells += ["n/a" if math.isnan(row[k]) else f"{100 * row[k]:.2f}" for k in keys]
-        cells.append(str(row.get("threshold_rule", "")))
+        cells = [str(row["category"])] + [percent(row[key]) for key, _ in columns]
+        cells += [str(row.get("threshold_rule", ""))] if rule else []
         cells.append(selection_cell(rows if row["category"] == "mean" else [row], split))
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
-    left = (0, len(widths) - 2, len(widths) - 1)  # category, threshold rule, chosen on
+    left = {0, len(widths) - 1} | ({len(widths) - 2} if rule else set())  # names, not numbers
     fmt = "  ".join(f"{{:<{w}}}" if i in left else f"{{:>{w}}}" for i, w in enumerate(widths))
-    out = [f"split: {split}", fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
+    out = [f"split: {split}, protocol: {protocol}"]
+    out += [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*cells) for cells in lines]
     out += [textwrap.fill(n, 100, break_on_hyphens=False) for n in selection_notes(rows, split)]
     return "\n".join(line.rstrip() for line in out)
@@ -184,6 +203,8 @@ def write_metrics(
     rows: Sequence[Mapping[str, Any]],
     split: str,
     limits: Sequence[float],
+    protocol: str = MVTEC_AD2,
+    image_score: str | None = None,
 ) -> None:
     """``metrics.json`` (rows per category + mean) and ``metrics.csv`` (one line each).
 
@@ -191,7 +212,8 @@ def write_metrics(
     """
     out_dir = Path(out_dir)
     all_rows = [_flat(row) for row in [*rows, mean_row(rows)]]
-    write_json(out_dir / "metrics.json", metrics_document(rows, split, limits))
+    document = metrics_document(rows, split, limits, protocol, image_score)
+    write_json(out_dir / "metrics.json", document)
     fieldnames = list(dict.fromkeys(k for row in all_rows for k in row))
     write_csv(out_dir / "metrics.csv", all_rows, fieldnames)
 
@@ -208,10 +230,15 @@ def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def metrics_document(
-    rows: Sequence[Mapping[str, Any]], split: str, limits: Sequence[float]
+    rows: Sequence[Mapping[str, Any]],
+    split: str,
+    limits: Sequence[float],
+    protocol: str = MVTEC_AD2,
+    image_score: str | None = None,
 ) -> dict[str, Any]:
     """The JSON document of an evaluation (NaN is written as null).
 
+    ``image_score``: the rule of the image-level metrics' scores (null when not given).
     ``selected_on`` (top level) is ``split`` when any reported setting was chosen on it,
     ``"unknown"`` when that cannot be told, else null; each category row holds the record
     per setting (:mod:`filterformer.evaluation.selection`).
@@ -221,6 +248,8 @@ def metrics_document(
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
     return {
+        "protocol": protocol,
+        "image_score": image_score,
         "split": split,
         "selected_on": overall(_selections(rows), split),
         "pro_limits": list(limits),

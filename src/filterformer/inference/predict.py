@@ -14,6 +14,10 @@ map is resized to 256 x 256 (bilinear, align_corners=False), blurred with zero p
 resized back. It exists to compare with the official numbers, not for the best full-resolution
 maps (it throws away detail that the network resolution keeps).
 
+The network part is a :class:`MapBackend`: :class:`TorchBackend` runs the model itself (fusing
+any set of modes from one forward pass), and an exported graph (``filterformer.deploy``) runs
+in ONNX Runtime or OpenVINO; reading, tiling and the way back are shared by both.
+
 With a :class:`Tiling`, each tile of the original image is resized to the network input on its
 own, scored, brought back to the tile's size and the tiles are blended. A tile that covers the
 whole image gives exactly the whole-image map.
@@ -24,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -136,14 +140,45 @@ def network_maps(
     return _finish(model.anomaly_maps(images), mode, map_stats, smoothing)
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
+class MapBackend(Protocol):
+    """What turns normalised network inputs into finished (fused, smoothed) maps."""
+
+    def maps(self, inputs: torch.Tensor, modes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Mode -> B x h x w float32 maps at network resolution of B x 3 x h x w inputs."""
+        ...
+
+
+class TorchBackend:
+    """The PyTorch model as a :class:`MapBackend` (put in eval mode on ``device``)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        map_stats: MapStats | None = None,
+        smoothing: Smoothing = DEFAULT_SMOOTHING,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.model = model.eval().to(device)
+        self.map_stats = map_stats
+        self.smoothing = smoothing
+        self.device = device
+
+    def maps(self, inputs: torch.Tensor, modes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Every mode fused from one forward pass of the model."""
+        with torch.no_grad():
+            raw = self.model.anomaly_maps(inputs.to(self.device))
+        return {m: _finish(raw, m, self.map_stats, self.smoothing).cpu().numpy() for m in modes}
+
+
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
 
 
 def predict_mode_maps(
-    model: nn.Module,
+    model: nn.Module | MapBackend,
     samples: Sequence[Sample],
     geometry: InputGeometry,
     *,
@@ -157,20 +192,21 @@ def predict_mode_maps(
 ) -> Iterator[tuple[Sample, dict[str, np.ndarray]]]:
     """Yield (sample, mode -> H x W float32 map at the original size), in sample order.
 
-    Every mode is fused from the same forward pass, so scoring several fusion modes costs one
-    inference. The model is put in eval mode on ``device``. Whole images are batched
-    ``batch_size`` at a time; with ``tiling`` the tiles of one image are.
+    ``model`` is a torch model (run as a :class:`TorchBackend` with ``map_stats``,
+    ``smoothing`` and ``device``) or any :class:`MapBackend`, which brings its own fusion and
+    smoothing. Every mode is fused from the same forward pass, so scoring several fusion modes
+    costs one inference. Whole images are batched ``batch_size`` at a time; with ``tiling``
+    the tiles of one image are.
     """
-    model.eval().to(device)
+    backend = (
+        TorchBackend(model, map_stats, smoothing, device) if isinstance(model, nn.Module) else model
+    )
 
     def score(crops: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Original-size maps of image crops, ``batch_size`` network inputs at a time."""
         out = []
-        for batch in _batches(crops, batch_size):
-            inputs = torch.stack([geometry.to_tensor(crop) for crop in batch]).to(device)
-            with torch.no_grad():
-                raw = model.anomaly_maps(inputs)
-            fused = {m: _finish(raw, m, map_stats, smoothing).cpu().numpy() for m in modes}
+        for batch in batches(crops, batch_size):
+            fused = backend.maps(torch.stack([geometry.to_tensor(c) for c in batch]), modes)
             out += [
                 {m: geometry.to_original(fused[m][i], crop.shape[:2]) for m in modes}
                 for i, crop in enumerate(batch)
@@ -180,7 +216,7 @@ def predict_mode_maps(
     bar = tqdm(total=len(samples), desc="predict", unit="img", disable=not progress)
     with bar:
         if tiling is None:
-            for batch in _batches(samples, batch_size):
+            for batch in batches(samples, batch_size):
                 maps = score([sample.load_image() for sample in batch])
                 bar.update(len(batch))
                 yield from zip(batch, maps, strict=True)
@@ -197,7 +233,7 @@ def predict_mode_maps(
 
 
 def predict_maps(
-    model: nn.Module,
+    model: nn.Module | MapBackend,
     samples: Sequence[Sample],
     geometry: InputGeometry,
     *,

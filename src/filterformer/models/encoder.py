@@ -7,9 +7,10 @@ height and width that are multiples of the patch size give an h x w token grid.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
@@ -287,6 +289,7 @@ class DinoEncoder(nn.Module):
         self.num_heads = spec.num_heads
         self.patch_size = self.vit.patch_embed.patch_size[0]
         self.num_prefix_tokens = self.vit.num_prefix_tokens
+        self._fixed_positions: torch.Tensor | None = None
 
     def _build(
         self,
@@ -337,14 +340,54 @@ class DinoEncoder(nn.Module):
             )
         return height // p, width // p
 
+    def position_table(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The 1 x (h*w) x C positions this encoder adds to the patch tokens of an h x w grid.
+
+        Resampled from the stored table as :meth:`forward` does: the official DINOv2 way, or
+        timm's (antialiased bicubic). Every supported ViT keeps the cls position out of the
+        table (timm's ``no_embed_class``), so the table holds patch positions only.
+        """
+        vit = self.vit
+        if self.official_pos_interp:
+            return official_pos_embed(vit.pos_embed, vit.patch_embed.grid_size, grid)
+        if tuple(grid) == tuple(vit.patch_embed.grid_size):
+            return vit.pos_embed
+        return resample_abs_pos_embed(
+            vit.pos_embed,
+            new_size=list(grid),
+            old_size=vit.patch_embed.grid_size,
+            num_prefix_tokens=0,
+        )
+
+    @contextlib.contextmanager
+    def fixed_positions(self, grid: tuple[int, int]) -> Iterator[None]:
+        """Within the block, use the positions of ``grid`` computed once, as a constant.
+
+        For exporting a graph of one input size: the resample then is no part of the graph
+        (runtimes differ from torch in antialiased bicubic resizing), and the tokens are those
+        :meth:`forward` computes. An input of another grid size is refused meanwhile.
+        """
+        self._fixed_positions = self.position_table(grid).detach().clone()
+        try:
+            yield
+        finally:
+            self._fixed_positions = None
+
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch-embed, add positions and prepend cls + register tokens: B x (5 + h*w) x C."""
         vit = self.vit
         patches = vit.patch_embed(images)  # B x h x w x C (dynamic_img_size)
-        if not self.official_pos_interp:
+        if self._fixed_positions is None and not self.official_pos_interp:
             return vit._pos_embed(patches)
         batch, h, w, channels = patches.shape
-        pos = official_pos_embed(vit.pos_embed, vit.patch_embed.grid_size, (h, w))
+        pos = self._fixed_positions
+        if pos is None:
+            pos = self.position_table((h, w))
+        elif pos.shape[1] != h * w:
+            raise ConfigError(
+                f"input grid {h} x {w} differs from the fixed positions' grid "
+                f"({pos.shape[1]} tokens); use one input size inside fixed_positions()."
+            )
         prefix = [vit.cls_token.expand(batch, -1, -1), vit.reg_token.expand(batch, -1, -1)]
         return torch.cat([*prefix, patches.reshape(batch, h * w, channels) + pos], dim=1)
 

@@ -1,0 +1,95 @@
+"""ff-export: a run's whole map path as an ONNX file or an OpenVINO IR, checked against torch.
+
+    ff-export --run RUN                                   RUN/export/model.onnx
+    ff-export --run RUN --format openvino --out DIR/model.xml [--fp16]
+    ff-export --run RUN --dynamic-size --images FOLDER    any input size; parity on FOLDER
+
+The graph takes normalised B x 3 x h x w network inputs and gives the anomaly maps at
+network-input resolution (fused by the run's mode, smoothed) and the image scores. Before the
+file is written, the parity check runs it in ONNX Runtime (onnx) or OpenVINO (openvino) on the
+run's validation images (or --images) against the torch model: over the tolerance (1e-4, or
+1e-2 with --fp16, in units of max(1, peak |torch value|)) the export fails with exit code 2 and
+nothing is written. export.json beside the file holds the preprocessing, threshold, float16
+rescale and post-processing, so a caller needs no filterformer. A run without a threshold or
+rescale is calibrated first, as ff-predict does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from filterformer.cli.common import report_user_errors
+
+DEFAULT_PARITY_IMAGES = 16
+FORMATS = ("onnx", "openvino")  # as filterformer.deploy.formats; --help must not import torch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ff-export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="run folder (ff-train)")
+    parser.add_argument("--format", choices=FORMATS, default="onnx")
+    parser.add_argument("--out", type=Path, help="file to write (default RUN/export/model.*)")
+    parser.add_argument(
+        "--dynamic-size", action="store_true", help="any input height/width (patch multiples)"
+    )
+    parser.add_argument("--fp16", action="store_true", help="store the weights as float16")
+    parser.add_argument("--images", type=Path, help="parity check on this folder's images")
+    parser.add_argument(
+        "--parity-images",
+        type=int,
+        default=DEFAULT_PARITY_IMAGES,
+        metavar="N",
+        help=f"check on the first N images (default {DEFAULT_PARITY_IMAGES}; 0: all)",
+    )
+    parser.add_argument("--tolerance", type=float, help="parity tolerance (default 1e-4/1e-2)")
+    parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: the run's)")
+    parser.add_argument("--device", help="device of the calibration pass (default: cuda if any)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the SHA-256 check of the checkpoint"
+    )
+    return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from filterformer.cli.predict import RunExporter
+    from filterformer.data.folder import ImageFolderDataset
+    from filterformer.deploy import EXPORT_FILE, default_model_path, export_run
+
+    exporter = RunExporter(args.run, args)  # loads the run (torch); calibrates it if need be
+    run = exporter.run
+    if args.images is not None:
+        samples = ImageFolderDataset(args.images, "test", category=run.category)
+    else:
+        samples = exporter.samples("validation")
+    if args.parity_images > 0:
+        samples = samples[: args.parity_images]
+    out = args.out or default_model_path(run.run_dir, args.format)
+    parity = export_run(
+        run,
+        out,
+        args.format,
+        rescale=exporter.rescale,
+        threshold=exporter.threshold,
+        samples=samples,
+        batch_size=args.batch_size,
+        dynamic_size=args.dynamic_size,
+        fp16=args.fp16,
+        tolerance=args.tolerance,
+    )
+    print(parity.describe())
+    print(f"wrote {out} and {out.parent / EXPORT_FILE}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ff-export; returns the exit code (2 for any user-fixable error)."""
+    args = build_parser().parse_args(argv)
+    return report_user_errors("ff-export", lambda: _export(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,26 @@
+"""Deployment: a run's map path exported to ONNX or OpenVINO, checked against torch, and run.
+
+See :mod:`filterformer.deploy.export` (ff-export, ff-predict --backend) and export.json
+(:mod:`filterformer.deploy.manifest`), which lets a caller use the file without filterformer.
+"""
+
+from filterformer.deploy.export import default_model_path, export_run, map_backend
+from filterformer.deploy.graph import EXPORTABLE_MODELS, MapGraph
+from filterformer.deploy.manifest import EXPORT_FILE
+from filterformer.deploy.parity import FP16_TOLERANCE, FP32_TOLERANCE, Parity
+from filterformer.deploy.runtime import BACKENDS, ExportedBackend, open_session
+
+__all__ = [
+    "BACKENDS",
+    "EXPORTABLE_MODELS",
+    "EXPORT_FILE",
+    "FP16_TOLERANCE",
+    "FP32_TOLERANCE",
+    "ExportedBackend",
+    "MapGraph",
+    "Parity",
+    "default_model_path",
+    "export_run",
+    "map_backend",
+    "open_session",
+]
