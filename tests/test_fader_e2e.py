@@ -112,3 +112,33 @@ def test_attenuated_inp_former_trains_evaluates_and_predicts(
     )
     assert "rank" in logged(run_dir)
     check_eval_and_predict(run_dir, tmp_path / "maps")
+
+
+@pytest.mark.parametrize(("data", "category"), [("mvtec_ad", "carpet"), ("visa", "candle")])
+def test_ear_and_fader_on_a_benchmark_category(
+    data, category, request, tmp_path, monkeypatch, capsys
+) -> None:
+    """The FADeR paper's datasets (Tables 1-5): image and pixel AUROC from ff-eval."""
+    root = request.getfixturevalue(f"{data}_root")
+    common = [
+        "preset=demo",
+        "train.epochs=1",
+        "eval.every=0",
+        "progress=false",
+        "input.resize=[56,70]",
+        *TINY_UNET,
+        f"data={data}",
+        f"category={category}",
+        f"data.root={root}",
+    ]
+    ear_dir, fader_dir = tmp_path / "A", tmp_path / "B"
+    ff_train(monkeypatch, "model=ear", *common, f"run_dir={ear_dir}")
+    ff_train(
+        monkeypatch, "model=fader", *common, f"model.ear_run={ear_dir}", f"run_dir={fader_dir}"
+    )
+    for run_dir in (ear_dir, fader_dir):
+        assert eval_cli(["--run", str(run_dir), "--no-progress"]) == 0
+        metrics = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
+        row = metrics["categories"][category]
+        assert 0.0 <= row["image_auroc"] <= 1.0 and 0.0 <= row["pixel_auroc"] <= 1.0
+    capsys.readouterr()
