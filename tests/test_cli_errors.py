@@ -63,7 +63,7 @@ def ff_train(monkeypatch, capsys, *args: str) -> tuple[int | None, str]:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["model=foo"], ["model/foo", "valid: cpr, filterformer, inpformer"]),
+        (["model=foo"], ["model/foo", "valid: cpr, ear, fader, filterformer, inpformer"]),
         (["modle=inpformer"], ["'modle'", "check the spelling"]),
         (["train.epoch=3"], ["'train.epoch'", "check the spelling"]),
         (["train.epochs=[1"], ["'train.epochs=[1'"]),

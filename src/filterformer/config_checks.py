@@ -18,6 +18,10 @@ from typing import Any
 from filterformer.data.transforms import FITS, INTERPOLATIONS
 from filterformer.errors import ConfigError
 from filterformer.evaluation.protocol import IMAGE_SCORES, PROTOCOLS
+from filterformer.models.attenuation import ATTENUATIONS, FILLS
+from filterformer.models.ear.attention import HEAD_RULES
+from filterformer.models.ear.fader import PREDICTOR_INPUTS
+from filterformer.models.fader import MASK_KINDS, SCALINGS
 from filterformer.training.validation import METRICS
 
 
@@ -101,6 +105,26 @@ RULES: dict[str, Allowed] = {
     "model.mining_gamma": number(0),
     "model.diff_depth": integer(1),
     "model.diff_weight": number(0),
+    "model.attenuation": choice(*ATTENUATIONS),
+    "model.attenuation_hidden": integer(1),
+    "model.attenuation_strength": number(0, high=1),
+    "model.attenuation_fill": choice(*FILLS),
+    "model.attenuation_margin": number(0),
+    "model.mosaic_scale": integer(1),
+    "model.attention_mass": number(0, high=1),
+    "model.attention_heads": choice(*HEAD_RULES),
+    "model.ssim_window": Allowed("an odd integer >= 1", lambda v: _is_int(v) and v >= 1 and v % 2),
+    "model.ssim_sigma": number(0, above=True),
+    "model.msgms_scales": integer(1),
+    "model.gms_c": number(0, above=True),
+    "model.hidden": integer(1),
+    "model.strength": number(0, high=1),
+    "model.mask": choice(*MASK_KINDS),
+    "model.hard_threshold": number(0, high=1),
+    "model.scaling": choice(*SCALINGS),
+    "model.margin": number(0),
+    "model.predictor_input": choice(*PREDICTOR_INPUTS),
+    "model.decoder_lr_scale": number(0),
     "data.image_size": SIZE,
     "data.validation_fraction": Allowed(
         "a fraction strictly between 0 and 1", lambda v: _is_number(v) and 0 < v < 1

@@ -51,6 +51,8 @@ CONFIG_FILE = "config.yaml"
 DATA_KINDS = (*READERS, "folder")
 DEFAULT_HOLDOUT_FRACTION = 0.1
 """Share of the training images held out as validation when a folder run has no validation_dir."""
+BASE_RUNS: dict[str, tuple[str, str]] = {"fader": ("ear_run", "ear")}
+"""Models trained on top of another run: name -> (model key naming that run, the run's model)."""
 
 
 @dataclass(frozen=True)
@@ -190,23 +192,71 @@ def encoder_weights_id(config: DictConfig) -> str:
     return f"random:seed={config.seed}"
 
 
-def build_from_config(config: DictConfig) -> tuple[FrozenEncoderModel, dict[str, Any]]:
+def build_from_config(
+    config: DictConfig, *, from_base_run: bool = True
+) -> tuple[FrozenEncoderModel, dict[str, Any]]:
     """Seed, build the encoder and the model of ``config``; return it with its identity.
 
     The identity (``model``, ``encoder``, ``encoder_weights``) is what checkpoints record and
-    what loading them checks.
+    what loading them checks. A model trained on top of another run (:data:`BASE_RUNS`:
+    ``model=fader`` names its EAR run in ``model.ear_run``) starts from that run's weights;
+    ``from_base_run=False`` skips them (:func:`load_run`: the run's own checkpoint holds
+    every weight, so the base run need not exist any more).
     """
     seed_everything(int(config.seed))
     encoder_args = OmegaConf.to_container(config.encoder, resolve=True)
     model_args = OmegaConf.to_container(config.model, resolve=True)
+    name = model_args.pop("name")
+    base_key = BASE_RUNS.get(name, (None,))[0]
+    model_args.pop(base_key, None)
     encoder = build_encoder(encoder_args.pop("variant"), **encoder_args)
-    model = build_model(model_args.pop("name"), encoder, **model_args)
+    model = build_model(name, encoder, **model_args)
     identity = {
         "model": config.model.name,
         "encoder": config.encoder.variant,
         "encoder_weights": encoder_weights_id(config),
     }
+    if base_key is not None and from_base_run:
+        start_from_base_run(model, config, identity)
     return model, identity
+
+
+def start_from_base_run(
+    model: FrozenEncoderModel, config: DictConfig, identity: Mapping[str, Any]
+) -> None:
+    """Load into ``model`` the trained weights of the run its config builds on.
+
+    The base run must hold the base model with the same settings (``model`` keeps them, e.g.
+    FADeR keeps EAR's U-Net, mosaic and mask) and the same encoder weights.
+    """
+    name = config.model.name
+    key, base_name = BASE_RUNS[name]
+    if not config.model.get(key):
+        raise ConfigError(
+            f"model={name} starts from a trained {base_name} run: set model.{key}=<its run "
+            f"folder> (made by ff-train model={base_name} ...)."
+        )
+    run_dir = Path(config.model[key]).expanduser()
+    base = read_run_config(run_dir)
+    if base.model.name != base_name:
+        raise ConfigError(
+            f"model.{key}={run_dir} holds model {base.model.name}; model={name} needs a run of "
+            f"model {base_name} (ff-train model={base_name} ...)."
+        )
+    settings = OmegaConf.to_container(base.model, resolve=True)
+    settings.pop("name")
+    ours = OmegaConf.to_container(config.model, resolve=True)
+    differing = {k: v for k, v in settings.items() if ours.get(k) != v}
+    if differing:
+        fix = " ".join(f"model.{k}={json.dumps(v).replace(' ', '')}" for k, v in differing.items())
+        raise ConfigError(
+            f"{run_dir} was trained with other {base_name} settings than this config; add {fix}"
+        )
+    base_model = build_model(base_name, model.encoder, **settings)
+    checkpoint = _default_checkpoint(run_dir, _fusion_mode(run_dir, base, base_model))
+    expected = {**identity, "model": base_name}
+    load_checkpoint(run_dir / "checkpoints" / checkpoint, base_model, expected=expected)
+    model.load_state_dict(base_model.trainable_state_dict(), strict=False)
 
 
 def split_samples(
@@ -369,14 +419,13 @@ def load_run(
     """
     run_dir = Path(run_dir)
     config = resolve_run_paths(read_run_config(run_dir), run_dir)
-    model, identity = build_from_config(config)
+    model, identity = build_from_config(config, from_base_run=False)
     category = config.category.name
     mode = _fusion_mode(run_dir, config, model)
-    folder = run_dir / "checkpoints"
-    if checkpoint is None:
-        best = f"best_{mode}"
-        checkpoint = best if has_checkpoint(folder / best) else "last"
-    loaded = load_checkpoint(folder / checkpoint, model, expected=identity, verify=verify)
+    checkpoint = checkpoint or _default_checkpoint(run_dir, mode)
+    loaded = load_checkpoint(
+        run_dir / "checkpoints" / checkpoint, model, expected=identity, verify=verify
+    )
     model.to(device).eval()
     geometry = build_geometry(config)
     if isinstance(model, CPR):  # its training images and fitted retrieval state
@@ -407,6 +456,12 @@ def load_run(
         protocol=protocol_of(config),
         image_score=image_score_rule(config),
     )
+
+
+def _default_checkpoint(run_dir: Path, mode: str) -> str:
+    """``best_<mode>`` if the run saved one, else ``last``."""
+    best = f"best_{mode}"
+    return best if has_checkpoint(run_dir / "checkpoints" / best) else "last"
 
 
 def read_run_config(run_dir: Path) -> DictConfig:

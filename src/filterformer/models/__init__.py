@@ -1,6 +1,9 @@
-"""Models: the frozen DINOv2 encoder, INP-Former's parts, Filter-Former's Diff Predictor, losses."""
+"""Models: the frozen ViT encoder, INP-Former's parts, Filter-Former's Diff Predictor, losses,
+EAR and FADeR."""
 
+from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.diff_predictor import DiffPredictor
+from filterformer.models.ear import EAR, FADeR
 from filterformer.models.encoder import ENCODERS, DinoEncoder, EncoderSpec, weights_sha256
 from filterformer.models.filterformer import (
     MAP_MODES,
@@ -20,8 +23,11 @@ __all__ = [
     "Bottleneck",
     "DiffPredictor",
     "DinoEncoder",
+    "EAR",
+    "FADeR",
     "EncoderSpec",
     "FilterFormer",
+    "FrozenEncoderModel",
     "INPExtractor",
     "INPFeatures",
     "INPFormer",

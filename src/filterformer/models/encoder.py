@@ -37,6 +37,8 @@ class EncoderSpec:
     meta_file: str | None  # name of Meta's released checkpoint (None: no pretrained weights)
     random_init: tuple[tuple[str, object], ...] = ()
     """timm arguments for a random-weights-only variant (loaded weights set these layers)."""
+    hub_tag: str = "lvd142m"
+    """timm's pretrained tag of ``arch`` (its hub copy of the weights)."""
 
 
 # Mirrors configs/encoder/*.yaml (INP-Former spec §1.1); the configs are the source of `taps`.
@@ -77,6 +79,28 @@ ENCODERS: dict[str, EncoderSpec] = {
         taps=tuple(range(2, 10)),
         meta_file=None,
         random_init=(("init_values", 1.0), ("weight_init", "jax")),
+    ),
+    # DINO ViT-S/8 (Caron et al., "Emerging Properties in Self-Supervised Vision Transformers"):
+    # EAR / FADeR read its last block's [CLS] attention (configs/model/ear.yaml); tap = last block.
+    "dino_vits8": EncoderSpec(
+        arch="vit_small_patch8_224",
+        embed_dim=384,
+        num_heads=6,
+        depth=12,
+        taps=(11,),
+        meta_file="dino_deitsmall8_pretrain.pth",
+        hub_tag="dino",
+    ),
+    # The ViT-S/8 architecture shrunk for tests (random weights only; "jax" init so that the
+    # attention is not near uniform).
+    "tiny_random_vits8": EncoderSpec(
+        arch="vit_small_patch8_224",
+        embed_dim=64,
+        num_heads=2,
+        depth=3,
+        taps=(2,),
+        meta_file=None,
+        random_init=(("weight_init", "jax"),),
     ),
 }
 
@@ -186,8 +210,8 @@ def _weights_advice(variant: str) -> str:
     """How to give ``variant`` a local weights file (part of an error message)."""
     spec = ENCODERS[variant]
     return (
-        f"put Meta's {spec.meta_file} (or timm's {spec.arch}.lvd142m model.safetensors) into "
-        f"weights/ and set encoder.weights=weights/{spec.meta_file} (see weights/README.md)"
+        f"put Meta's {spec.meta_file} (or timm's {spec.arch}.{spec.hub_tag} model.safetensors) "
+        f"into weights/ and set encoder.weights=weights/{spec.meta_file} (see weights/README.md)"
     )
 
 

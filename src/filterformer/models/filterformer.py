@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from filterformer.errors import ConfigError
+from filterformer.models.attenuation import ATTENUATIONS, TokenAttenuator, token_residuals
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.diff_predictor import DiffPredictor
 from filterformer.models.encoder import DinoEncoder
@@ -29,8 +30,7 @@ from filterformer.models.losses import (
 )
 
 MAP_MODES = ("inp", "filter", "mean", "max", "product")
-SINGLE_MAPS = ("inp", "filter", "cpr")
-"""Modes that are one of a model's own maps, used as they are (CPR's only map is "cpr")."""
+FUSED_MODES = ("mean", "max", "product")
 FUSE_EPS = 1e-8
 
 
@@ -42,6 +42,8 @@ class INPFeatures:
     dec_groups: list[torch.Tensor]  # D_g: reversed decoder outputs averaged per group
     inps: torch.Tensor  # P: B x M x C
     fused: torch.Tensor  # F: B x N x C, mean of all taps
+    ranking: tuple[torch.Tensor, torch.Tensor] | None = None
+    """With attenuation, in training: (predicted, measured) per-token residuals, B x N each."""
 
 
 def group_maps(
@@ -82,7 +84,8 @@ def fuse_maps(
 ) -> torch.Tensor:
     """Combine the "inp" and "filter" maps (B x H x W) into one map by `mode`.
 
-    - "inp" / "filter" / "cpr": that map, unnormalised.
+    - "inp" / "filter", or the name of any other map of the model (EAR's "msgms"): that map,
+      unnormalised.
     - "mean" / "max": mean / maximum of the z-scores (m - mean_m) / std_m.
     - "product": geometric mean sqrt(r_inp * r_filter) of the ratios
       r_m = max(m, 1e-8) / mean_m. The maps are cosine distances (>= 0), so dividing by the
@@ -90,17 +93,18 @@ def fuse_maps(
     `stats` maps "inp" and "filter" to their validation (mean, std); std and mean are floored
     at 1e-8.
     """
-    if mode not in (*MAP_MODES, *SINGLE_MAPS):
-        raise ConfigError(f"unknown map mode {mode!r}; valid: {', '.join(MAP_MODES)}, cpr")
-    needed = (mode,) if mode in SINGLE_MAPS else ("inp", "filter")
+    if mode in maps and mode not in FUSED_MODES:
+        return maps[mode]
+    if mode not in MAP_MODES:
+        valid = [*MAP_MODES, *sorted(set(maps) - set(MAP_MODES))]
+        raise ConfigError(f"unknown map mode {mode!r}; valid: {', '.join(valid)}")
+    needed = (mode,) if mode in ("inp", "filter") else ("inp", "filter")
     missing = [name for name in needed if name not in maps]
     if missing:
         raise ConfigError(
             f"map mode {mode!r} needs the {' and '.join(needed)} map(s), but the model gives only "
             f"{', '.join(maps)}; use the filterformer model or mode 'inp'"
         )
-    if mode in SINGLE_MAPS:
-        return maps[mode]
     if stats is None or any(name not in stats for name in needed):
         raise ConfigError(
             f"map mode {mode!r} needs validation (mean, std) for 'inp' and 'filter' "
@@ -117,6 +121,15 @@ def fuse_maps(
     return (z_i + z_f) / 2 if mode == "mean" else torch.maximum(z_i, z_f)
 
 
+def _split_off(
+    params: list[nn.Parameter], name: str, part: nn.Module
+) -> dict[str, list[nn.Parameter]]:
+    """{"inp_former": ``params`` without ``part``'s, ``name``: ``part``'s parameters}."""
+    own = list(part.parameters())
+    ids = {id(p) for p in own}
+    return {"inp_former": [p for p in params if id(p) not in ids], name: own}
+
+
 class INPFormer(FrozenEncoderModel):
     """INP-Former: frozen encoder, INP Extractor, Bottleneck, INP-guided decoder.
 
@@ -129,6 +142,9 @@ class INPFormer(FrozenEncoderModel):
         coherence_weight: lambda_c of the coherence loss.
         mining_gamma: exponent of the soft-mining gradient weights.
         groups: indices into the taps (and into the reversed decoder outputs) averaged per group.
+        attenuation: "none", or "fader": FADeR's attenuation of the fused tokens before the
+            bottleneck (our extension, `TokenAttenuator`), with ``attenuation_hidden``,
+            ``attenuation_strength``, ``attenuation_fill`` and ``attenuation_margin``.
     """
 
     fusion_modes: tuple[str, ...] = ("inp",)
@@ -144,8 +160,17 @@ class INPFormer(FrozenEncoderModel):
         coherence_weight: float = 0.2,
         mining_gamma: float = 3.0,
         groups: Sequence[Sequence[int]] = ((0, 1, 2, 3), (4, 5, 6, 7)),
+        attenuation: str = "none",
+        attenuation_hidden: int = 256,
+        attenuation_strength: float = 1.0,
+        attenuation_fill: str = "inp",
+        attenuation_margin: float = 1.0,
     ) -> None:
         super().__init__()
+        if attenuation not in ATTENUATIONS:
+            raise ConfigError(
+                f"unknown model.attenuation {attenuation!r}; valid: {', '.join(ATTENUATIONS)}"
+            )
         self.groups = tuple(tuple(g) for g in groups)
         limit = min(len(encoder.taps), decoder_depth)
         if not all(g and all(0 <= i < limit for i in g) for g in self.groups):
@@ -160,6 +185,11 @@ class INPFormer(FrozenEncoderModel):
         self.extractor = INPExtractor(dim, heads, num_inps, extractor_depth, mlp_ratio, ln_eps)
         self.bottleneck = Bottleneck(dim, mlp_ratio)
         self.decoder = INPGuidedDecoder(dim, heads, decoder_depth, mlp_ratio, ln_eps)
+        self.attenuator = None
+        if attenuation == "fader":
+            self.attenuator = TokenAttenuator(
+                dim, attenuation_hidden, attenuation_strength, attenuation_fill, attenuation_margin
+            )
 
     def features(self, images: torch.Tensor) -> INPFeatures:
         """Run encoder, extractor, bottleneck and decoder on B x 3 x H x W images."""
@@ -174,19 +204,34 @@ class INPFormer(FrozenEncoderModel):
         """
         fused = torch.stack(taps).mean(dim=0)
         inps = self.extractor(fused)
-        decoded = self.decoder(self.bottleneck(fused), inps)[::-1]  # mirror: last block first
-        return INPFeatures(
-            group_maps(taps, self.groups, grid),
-            group_maps(decoded, self.groups, grid),
-            inps,
-            fused,
-        )
+        enc_groups = group_maps(taps, self.groups, grid)
+        if self.attenuator is None:
+            return INPFeatures(enc_groups, self.decode(fused, inps, grid), inps, fused)
+        attenuated, predicted = self.attenuator(fused, inps)
+        ranking = None
+        if self.training:  # the target: the residuals without attenuation
+            with torch.no_grad():
+                plain = self.decode(fused, inps, grid)
+            ranking = (predicted, token_residuals(enc_groups, plain))
+        return INPFeatures(enc_groups, self.decode(attenuated, inps, grid), inps, fused, ranking)
+
+    def decode(
+        self, tokens: torch.Tensor, inps: torch.Tensor, grid: tuple[int, int]
+    ) -> list[torch.Tensor]:
+        """Bottleneck and decoder -> the decoder groups D_g (last block first, as mirrored)."""
+        decoded = self.decoder(self.bottleneck(tokens), inps)[::-1]
+        return group_maps(decoded, self.groups, grid)
 
     def losses(self, feats: INPFeatures) -> dict[str, torch.Tensor]:
-        """Training losses: "loss" = "sm" + coherence_weight * "coherence"."""
+        """Training losses: "loss" = "sm" + coherence_weight * "coherence" (+ "rank" with
+        attenuation: the ranking loss, which reaches the attenuator only)."""
         sm = soft_mining_loss(feats.enc_groups, feats.dec_groups, self.mining_gamma)
         coherence = coherence_loss(feats.fused, feats.inps)
-        return {"loss": sm + self.coherence_weight * coherence, "sm": sm, "coherence": coherence}
+        out = {"loss": sm + self.coherence_weight * coherence, "sm": sm, "coherence": coherence}
+        if feats.ranking is not None:
+            out["rank"] = self.attenuator.loss(*feats.ranking)
+            out["loss"] = out["loss"] + out["rank"]
+        return out
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.losses(self.features(images))
@@ -201,8 +246,11 @@ class INPFormer(FrozenEncoderModel):
         return self.maps(self.features(images), tuple(images.shape[-2:]))
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters by part; training clips each part's gradient norm on its own."""
-        return {"inp_former": self.trainable_parameters()}
+        """Trainable parameters by part; training clips each part's gradient norm on its own:
+        INP-Former's modules, and the attenuator's MLP if any."""
+        if self.attenuator is None:
+            return {"inp_former": self.trainable_parameters()}
+        return _split_off(self.trainable_parameters(), "attenuator", self.attenuator)
 
 
 class FilterFormer(INPFormer):
@@ -245,10 +293,13 @@ class FilterFormer(INPFormer):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """INP-Former's parts and the Diff Predictor apart: L_df reaches only the predictor, and
         clipping the two norms separately keeps it from scaling INP-Former's updates."""
-        predictor = list(self.diff_predictor.parameters())
-        own = {id(p) for p in predictor}
-        inp_former = [p for p in self.trainable_parameters() if id(p) not in own]
-        return {"inp_former": inp_former, "diff_predictor": predictor}
+        groups = super().parameter_groups()
+        split = _split_off(groups.pop("inp_former"), "diff_predictor", self.diff_predictor)
+        return {
+            "inp_former": split["inp_former"],
+            **groups,
+            "diff_predictor": split["diff_predictor"],
+        }
 
     def residuals(self, feats: INPFeatures) -> list[torch.Tensor]:
         """Predicted normal residuals R̂_g = P(E_g) ≈ n(E_g) - n(D_g), B x C x h x w each."""

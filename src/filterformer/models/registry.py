@@ -11,6 +11,7 @@ from filterformer.errors import ConfigError
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.cpr import CPR, DENSENETS, DenseNetFeatures
 from filterformer.models.cpr.backbones import check_densenet_source
+from filterformer.models.ear import EAR, FADeR
 from filterformer.models.encoder import ENCODERS, DinoEncoder, check_weights_source
 from filterformer.models.filterformer import FilterFormer, INPFormer
 
@@ -18,17 +19,23 @@ MODELS: dict[str, type[FrozenEncoderModel]] = {
     "inpformer": INPFormer,
     "filterformer": FilterFormer,
     "cpr": CPR,
+    "ear": EAR,
+    "fader": FADeR,
 }
 
 
 def _init_args(cls: type) -> set[str]:
-    """Keyword arguments accepted by `cls` and the model classes it forwards to."""
+    """Keyword arguments accepted by `cls` and the model classes it forwards ``**kwargs`` to."""
     names: set[str] = set()
     for klass in cls.__mro__:
-        if issubclass(klass, FrozenEncoderModel) and "__init__" in vars(klass):
-            names |= set(inspect.signature(klass.__init__).parameters) - {"self", "encoder"}
+        if klass is FrozenEncoderModel:
+            break
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in parameters if p.kind is not p.VAR_KEYWORD}
     names |= set(getattr(cls, "keyword_settings", ()))  # settings taken by **keywords
-    return names - {"inp_former_args", "retrieval"}
+    return names - {"self", "encoder"}
 
 
 def build_model(name: str, encoder: nn.Module, **kwargs: object) -> FrozenEncoderModel:

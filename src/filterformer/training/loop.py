@@ -59,7 +59,7 @@ from filterformer.training.distributed import (
 )
 from filterformer.training.feature_cache import TapFeatures
 from filterformer.training.logs import CsvLog
-from filterformer.training.optim import build_optimizer
+from filterformer.training.optim import build_optimizer, optimizer_parameters
 from filterformer.training.schedule import WarmupCosine
 from filterformer.training.seed import rng_state, seed_everything, set_deterministic, set_rng_state
 
@@ -320,7 +320,7 @@ class Trainer:
         settings = self.settings.optimizer
         optimizer = build_optimizer(
             settings.name,
-            self.model.trainable_parameters(),
+            optimizer_parameters(self.model),
             lr=settings.lr,
             betas=settings.betas,
             weight_decay=settings.weight_decay,

@@ -8,6 +8,7 @@ step size shrinks by the same factor. This keeps early steps bounded without a l
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -107,7 +108,7 @@ class StableAdamW(torch.optim.Optimizer):
 
 def build_optimizer(
     name: str,
-    params: Iterable[torch.Tensor],
+    params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
     *,
     lr: float,
     betas: tuple[float, float],
@@ -135,3 +136,17 @@ def build_optimizer(
         f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)} "
         "(train.optimizer.name=...)."
     )
+
+
+def optimizer_parameters(model: torch.nn.Module) -> list[torch.Tensor] | list[dict[str, Any]]:
+    """What the optimiser of ``model`` trains: ``model.trainable_parameters()``, or, when the
+    model gives some part of ``model.parameter_groups()`` its own learning-rate multiplier
+    (the optional ``model.lr_scales()``, e.g. FADeR's decoder at 0.1 x), one group per part
+    with its ``lr_scale``, which the schedule multiplies into that group's rate."""
+    scales = getattr(model, "lr_scales", dict)()
+    if not scales:
+        return model.trainable_parameters()
+    return [
+        {"params": params, "lr_scale": float(scales.get(name, 1.0))}
+        for name, params in model.parameter_groups().items()
+    ]

@@ -27,7 +27,11 @@ def warmup_cosine_lr(
 
 
 class WarmupCosine(LRScheduler):
-    """:func:`warmup_cosine_lr` as a torch scheduler; call ``step()`` after every optimiser step."""
+    """:func:`warmup_cosine_lr` as a torch scheduler; call ``step()`` after every optimiser step.
+
+    A parameter group with an ``lr_scale`` gets that multiple of the rate (see
+    :func:`filterformer.training.optim.optimizer_parameters`).
+    """
 
     def __init__(
         self,
@@ -52,4 +56,4 @@ class WarmupCosine(LRScheduler):
             total_iters=self.total_iters,
             warmup_iters=self.warmup_iters,
         )
-        return [lr for _ in self.optimizer.param_groups]
+        return [lr * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]
