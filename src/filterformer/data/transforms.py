@@ -161,7 +161,8 @@ class InputGeometry:
 
     def normalize(self, image: np.ndarray) -> torch.Tensor:
         """H x W x 3 uint8 RGB -> 3 x H x W float32, scaled to [0, 1] then standardised."""
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        # a copy: cached images are read-only arrays, which torch refuses to wrap
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
         return (tensor - self.mean) / self.std
 
     def to_input(self, resized: np.ndarray) -> torch.Tensor:
