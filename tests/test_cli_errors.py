@@ -135,6 +135,21 @@ def test_weights_are_checked_before_synthetic_data_is_generated(monkeypatch, cap
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_batch_larger_than_the_training_set_leaves_no_run_folder(monkeypatch, capsys, tmp_path):
+    """A data-dependent check (4 training images, batch 8): refused before the run starts."""
+    run_dir = tmp_path / "run"
+    code, err = ff_train(
+        monkeypatch,
+        capsys,
+        *TINY,
+        "train.batch_size=8",
+        f"data.root={tmp_path / 'data'}",
+        f"run_dir={run_dir}",
+    )
+    assert_one_line_error(code, err, "batch size 8", "4 training images", "train.batch_size")
+    assert not run_dir.exists()
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_a_weights_file_that_is_no_checkpoint_is_named(
     monkeypatch, capsys, tmp_path, tmp_path_factory, suffix

@@ -61,7 +61,13 @@ from filterformer.runs import (
 )
 from filterformer.training.distributed import SINGLE_PROCESS, DistributedContext, main_first
 from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
-from filterformer.training.loop import OptimizerSettings, TrainResult, check_run_dir, train
+from filterformer.training.loop import (
+    OptimizerSettings,
+    TrainResult,
+    check_batch_size,
+    check_run_dir,
+    train,
+)
 from filterformer.training.validation import FusionEvaluator, map_statistics
 
 RESUME_FREE_KEYS = frozenset(
@@ -238,6 +244,7 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
         train_set = _training_set(cfg, model.encoder, distributed)
         if isinstance(model, CPR):  # packed (pseudo-defect, reference) pairs: cli/cpr.py
             train_set = cpr_training_set(cfg, model, train_set, identity, distributed)
+        check_batch_size(len(train_set), cfg.train.batch_size)  # before a run starts
         evaluator, statistics = _evaluation(cfg)
     result = train(
         model,

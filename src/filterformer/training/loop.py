@@ -255,11 +255,7 @@ class Trainer:
         self.step_callback = step_callback
         self.device = torch.device(settings.device)
         check_run_dir(self.run_dir, settings.resume)
-        if len(train_set) < settings.batch_size:
-            raise ConfigError(
-                f"batch size {settings.batch_size} is larger than the {len(train_set)} training "
-                "images; lower train.batch_size."
-            )
+        check_batch_size(len(train_set), settings.batch_size)
         if self.main:
             lock_run(self.run_dir)
             remove_partials(self.run_dir, recursive=False)
@@ -489,6 +485,15 @@ def loss_step(model: torch.nn.Module, train_set: Dataset) -> LossStep:
         return model.losses(model.features_from_taps(list(taps.float().unbind(1)), grid))
 
     return from_taps
+
+
+def check_batch_size(images: int, batch_size: int) -> None:
+    """Refuse a batch larger than the training set (no step could be made)."""
+    if images < batch_size:
+        raise ConfigError(
+            f"batch size {batch_size} is larger than the {images} training images; lower "
+            "train.batch_size."
+        )
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:
