@@ -63,7 +63,6 @@ def test_routed_overrides_reach_their_route_only():
     [
         (["suite=nope"], "valid: filterformer_cpr, inpformer_cpr_hybrid"),
         ([SUITE, "category=bottle"], "no route for category 'bottle'"),
-        ([SUITE, "-m"], "leave out -m"),
     ],
 )
 def test_bad_suite_command_lines_are_refused(args, match):
@@ -127,3 +126,30 @@ def test_a_suite_trains_each_category_with_its_model_into_one_submission(monkeyp
         assert (threshold.rule, threshold.source_split) == ("f1_pseudo", "validation_pseudo")
         mixed = threshold.for_split("test_private_mixed")  # its own, on relit pseudo-defects
         assert (mixed.rule, mixed.source_split) == ("f1_pseudo", "validation_pseudo_mixed")
+
+
+def test_a_suite_with_m_sweeps_each_route_so_a_launcher_runs_one_job_per_category(
+    monkeypatch, tmp_path
+):
+    """``-m``: one hydra sweep per route (and per category overrides), each category its own
+    job (joblib, SLURM), into the same suite folder as without -m."""
+    jobs = suite_jobs(config_dir(), [SUITE, "-m", "hydra/launcher=joblib", "suite.dir=S"])
+    assert {job.category for job in jobs} == {
+        "can,fabric,rice",  # INP-Former with the lighting augmentation
+        "sheet_metal,wallplugs,walnuts",
+        "fruit_jelly,vial",  # CPR
+    }
+    assert all(job.argv[0] == "-m" and job.argv[-1] == "run_dir=S/${category.name}" for job in jobs)
+
+    data = tmp_path / "data"
+    for category in ("sheet_metal", "wallplugs"):
+        make_synthetic_category(data, category=category, image_size=(64, 96), counts=COUNTS)
+    suite = tmp_path / "suite"
+    threads = torch.get_num_threads()
+    sweep = [f"hydra.sweep.dir={tmp_path / 'multirun'}", "eval.every=0"]
+    args = [SUITE, "-m", f"suite.dir={suite}", "suite.categories=[sheet_metal,wallplugs]"]
+    ff_train(monkeypatch, *args, f"data.root={data}", *TINY, *sweep)
+    torch.set_num_threads(threads)
+    for category in ("sheet_metal", "wallplugs"):
+        config = OmegaConf.load(suite / category / "config.yaml")
+        assert (config.category.name, config.model.name) == (category, "inpformer")

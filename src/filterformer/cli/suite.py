@@ -91,8 +91,6 @@ def suite_jobs(folder: Path, args: Sequence[str]) -> list[Job] | None:
     if name is None:
         return None
     flags, rest = _flags_first(rest)
-    if any(a in ("-m", "--multirun") for a in flags):
-        raise ConfigError(f"suite={name} runs its categories itself; leave out -m.")
     suite = load_suite(folder, name)
     base_dir = Path(str(settings.get("dir", suite.dir)))
     chosen = _category_of(rest)
@@ -121,4 +119,23 @@ def suite_jobs(folder: Path, args: Sequence[str]) -> list[Job] | None:
             elif routed.group(1) == spec.route:
                 argv.append(routed.group(2))
         jobs.append(Job(category, str(spec.route), [str(a) for a in argv], run_dir))
+    if any(a in ("-m", "--multirun") for a in flags):
+        return _sweeps(jobs, base_dir)
     return jobs
+
+
+def _sweeps(jobs: Sequence[Job], base_dir: Path) -> list[Job]:
+    """With ``-m``: one hydra sweep over the categories whose command lines differ only in
+    the category, so that the launcher (joblib, SLURM) runs every category as its own job."""
+    groups: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        key = tuple(a for a in job.argv if not a.startswith(("category=", "run_dir=")))
+        groups.setdefault(key, []).append(job)
+    sweeps = []
+    for argv, group in groups.items():
+        categories = ",".join(job.category for job in group)
+        run_dir = f"run_dir={base_dir}/${{category.name}}"  # resolved per job by hydra
+        sweeps.append(
+            Job(categories, group[0].route, [*argv, f"category={categories}", run_dir], base_dir)
+        )
+    return sweeps
