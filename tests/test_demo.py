@@ -163,3 +163,12 @@ def test_encoder_weights_of_another_size_are_refused_before_any_output(
     err = capsys.readouterr().err.strip()
     assert "dinov2_vitl14_reg" in err and "ViT-S/14 or ViT-B/14" in err and "\n" not in err
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_summary_says_whether_test_public_chose_anything():
+    biased = demo._selection_note(
+        {"checkpoint": "test_public", "fusion_mode": "test_public", "threshold": "validation"}
+    )
+    assert "checkpoint and fusion mode" in biased and "optimistic" in biased
+    label_free = {"checkpoint": "validation_pseudo", "fusion_mode": None, "threshold": "validation"}
+    assert "unbiased" in demo._selection_note(label_free)

@@ -34,6 +34,7 @@ from filterformer.evaluation.report import pro_key
 from filterformer.io import write_json
 
 CATEGORY = "synthetic"
+SPLIT = "test_public"  # the split the demo evaluates
 MARKER = "ff-demo.json"
 """Written first into the output folder: it marks the folder as ff-demo's (replaceable)."""
 PREVIOUS = ".previous"
@@ -288,6 +289,14 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def _selection_note(selected_on: dict[str, str | None]) -> str:
+    """Whether test_public chose anything it is scored with (metrics.json's selected_on)."""
+    chosen = [what.replace("_", " ") for what, split in selected_on.items() if split == SPLIT]
+    if chosen:
+        return f"{SPLIT} also chose the {' and '.join(chosen)}, so the figures are optimistic."
+    return f"Nothing was chosen on {SPLIT} (no test label was used), so the figures are unbiased."
+
+
 def explain(row: dict[str, Any], labels: Sequence[int], encoder: str | None) -> str:
     """The closing summary: this run's figures beside what to expect, and what they mean."""
     chance = chance_levels(labels)
@@ -308,8 +317,7 @@ def explain(row: dict[str, Any], labels: Sequence[int], encoder: str | None) -> 
         lines.append(f"  {title:<12} " + text.replace("\n", "\n" + " " * 15))
     lines.append(
         "  Chance: what a map without information scores (for ClassF1: calling every image "
-        "anomalous).\n  test_public also chose the fusion mode (and checkpoint) in training, "
-        "so the figures are optimistic.\n"
+        "anomalous).\n  " + _selection_note(row.get("selected_on") or {}) + "\n"
     )
     if encoder is None:
         lines.append(
