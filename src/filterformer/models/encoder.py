@@ -186,11 +186,7 @@ def check_weights_source(
     """
     spec = encoder_spec(variant)
     if weights is not None:
-        if not Path(weights).is_file():
-            raise CheckpointError(
-                f"encoder weights file {weights} does not exist; put it there or set "
-                "encoder.weights (see weights/README.md)."
-            )
+        require_weights_file(weights)
         return
     if not pretrained:
         return
@@ -203,6 +199,15 @@ def check_weights_source(
         raise CheckpointError(
             f"no local weights for {variant}: {_weights_advice(variant)}, or set "
             "encoder.allow_download=true."
+        )
+
+
+def require_weights_file(weights: str | Path, name: str = "it") -> None:
+    """Refuse an ``encoder.weights`` path that is no file (``name``: the file to put there)."""
+    if not Path(weights).is_file():
+        raise CheckpointError(
+            f"encoder weights file {weights} does not exist; put {name} there or set "
+            "encoder.weights (see weights/README.md)."
         )
 
 

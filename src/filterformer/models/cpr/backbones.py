@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from filterformer.errors import CheckpointError, ConfigError
-from filterformer.models.encoder import DinoEncoder, load_weights_file
+from filterformer.models.encoder import DinoEncoder, load_weights_file, require_weights_file
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,7 @@ def check_densenet_source(
         raise ConfigError(f"unknown DenseNet variant {variant!r}; valid: {', '.join(DENSENETS)}")
     spec = DENSENETS[variant]
     if weights is not None:
-        if not Path(weights).is_file():
-            raise CheckpointError(
-                f"encoder weights file {weights} does not exist; put {spec.file or 'it'} there "
-                "or set encoder.weights (see weights/README.md)."
-            )
+        require_weights_file(weights, spec.file or "it")
         return
     if pretrained and spec.arch is None:
         raise ConfigError(f"{variant} has no pretrained weights; set encoder.pretrained=false")
