@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from filterformer.cli.eval import RunMaps
 from filterformer.evaluation.segf1 import SegF1Accumulator, binarize
 from filterformer.evaluation.thresholds import threshold_by_rule
+from filterformer.inference.run_maps import RunMaps
 from filterformer.io import write_json
 from filterformer.runs import load_run
 
@@ -67,7 +67,7 @@ def maps_of(maps: RunMaps, samples) -> list[tuple[np.ndarray, np.ndarray | None]
 def study(run_dir: Path, root: str | None) -> list[dict]:
     """One row per rule: its threshold and the SegF1 it gives on test_public."""
     run = load_run(run_dir, device="cpu")
-    maps = RunMaps(run, argparse.Namespace(data_root=root, no_progress=True), "cpu")
+    maps = RunMaps(run, device="cpu", data_root=root, progress=False)
     validation = [m for m, _ in maps_of(maps, maps.samples("validation"))]
     pseudo = {mixed: maps_of(maps, maps.pseudo(mixed)) for mixed in (False, True)}
     test = maps_of(maps, maps.samples("test_public"))

@@ -67,14 +67,13 @@ from filterformer.evaluation.thresholds import (
     Threshold,
     mean_std_threshold,
     read_thresholds,
-    threshold_by_rule,
     write_thresholds,
 )
 from filterformer.inference.postprocess import for_sample
 from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
 
 if TYPE_CHECKING:  # runs imports torch, which the --maps path never loads
-    from filterformer.runs import Run
+    from filterformer.inference.run_maps import RunMaps
 
 MAPS_FOLDER = "anomaly_images"
 BINARY_FOLDER = "anomaly_images_thresholded"
@@ -394,73 +393,23 @@ def run_folders(args: argparse.Namespace) -> list[Path]:
     return runs
 
 
-class RunMaps:
-    """The maps of one loaded run on any split, and its missing threshold."""
-
-    def __init__(self, run: Run, args: argparse.Namespace, device: str) -> None:
-        self.run, self.args, self.device = run, args, device
-
-    def samples(self, split: str) -> Sequence[Sample]:
-        """The split's samples: from --data-root if given, else from the run's data."""
-        from filterformer.runs import split_samples
-
-        return split_samples(self.run.config, split, root=self.args.data_root)
-
-    def pseudo(self, mixed: bool = False) -> Sequence[Sample]:
-        """The run's validation_pseudo(_mixed) samples (cached in the run folder)."""
-        from filterformer.runs import run_pseudo_samples
-
-        return run_pseudo_samples(self.run, self.args.data_root, mixed)
-
-    def predict(self, samples: Sequence[Sample]) -> Iterable[tuple[Sample, np.ndarray]]:
-        """Original-size maps with the run's fusion mode, statistics, smoothing and tiling."""
-        from filterformer.inference.predict import predict_maps
-
-        run = self.run
-        return predict_maps(
-            run.model,
-            samples,
-            run.geometry,
-            mode=run.mode,
-            map_stats=run.map_stats,
-            smoothing=run.smoothing,
-            tiling=run.tiling,
-            device=self.device,
-            progress=not self.args.no_progress,
-        )
-
-    def calibrate(self) -> Threshold:
-        """A threshold for the run's fusion mode by its category's rule, stored in the run.
-
-        mean_std and quantile read the validation maps, f1_optimal the ground truth of the
-        data's test split (an oracle when that split is evaluated).
-        """
-        run = self.run
-        rule = run.threshold_rule
-        test_split = evaluated_split(run.config.data.kind)
-        try:
-            threshold = threshold_by_rule(
-                rule,
-                lambda: (amap for _, amap in self.predict(self.samples("validation"))),
-                lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples(test_split))),
-                f"{run.run_dir}: {run.category}",
-                pseudo=lambda mixed: (
-                    (a, s.load_mask()) for s, a in self.predict(self.pseudo(mixed))
-                ),
-            )
-        except FilterformerError as err:
-            raise type(err)(
-                f"{run.run_dir}: fusion mode {run.mode!r} has no threshold, and calibrating one "
-                f"by the category's rule {dict(rule)} failed: {err}"
-            ) from None
-        write_thresholds(run.run_dir / "thresholds.json", {run.category: threshold}, run.mode)
-        print(
-            f"ff-eval: {run.run_dir}: no threshold for fusion mode {run.mode!r}; calibrated "
-            f"{threshold.describe(self.args.split)} = {threshold.value:.6g} (stored in "
-            "thresholds.json).",
-            file=sys.stderr,
-        )
-        return threshold
+def calibrate(maps: RunMaps, split: str) -> Threshold:
+    """A threshold for the run's fusion mode by its category's rule, stored in the run."""
+    run = maps.run
+    try:
+        threshold = maps.threshold()
+    except FilterformerError as err:
+        raise type(err)(
+            f"{run.run_dir}: fusion mode {run.mode!r} has no threshold, and calibrating one "
+            f"by the category's rule {dict(run.threshold_rule)} failed: {err}"
+        ) from None
+    write_thresholds(run.run_dir / "thresholds.json", {run.category: threshold}, run.mode)
+    print(
+        f"ff-eval: {run.run_dir}: no threshold for fusion mode {run.mode!r}; calibrated "
+        f"{threshold.describe(split)} = {threshold.value:.6g} (stored in thresholds.json).",
+        file=sys.stderr,
+    )
+    return threshold
 
 
 def evaluate_runs(args: argparse.Namespace) -> None:
@@ -474,6 +423,7 @@ def evaluate_runs(args: argparse.Namespace) -> None:
     run_dirs = run_folders(args)
     import torch
 
+    from filterformer.inference.run_maps import RunMaps
     from filterformer.runs import image_score_rule, load_run
 
     resolve_protocol_and_split(args, run_dirs)
@@ -484,9 +434,9 @@ def evaluate_runs(args: argparse.Namespace) -> None:
     evaluator = Evaluator(args)
     for run_dir in run_dirs:
         run = load_run(run_dir, device=device, verify=not args.no_verify)
-        maps = RunMaps(run, args, device)
+        maps = RunMaps(run, device=device, data_root=args.data_root, progress=not args.no_progress)
         given = read_thresholds(args.thresholds, run.mode) if args.thresholds else {}
-        threshold = given.get(run.category) or run.threshold or maps.calibrate()
+        threshold = given.get(run.category) or run.threshold or calibrate(maps, args.split)
         threshold = threshold.for_split(args.split)  # the evaluated split's own
         eval_split = run.config.eval.get("split", "test_public")
         selection = run_selection(run_dir, run.category, eval_split, run.checkpoint, threshold)

@@ -64,7 +64,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.images is not None:
         samples = ImageFolderDataset(args.images, "test", category=run.category)
     else:
-        samples = exporter.samples("validation")
+        samples = exporter.maps.samples("validation")
     if args.parity_images > 0:
         samples = samples[: args.parity_images]
     out = args.out or default_model_path(run.run_dir, args.format)

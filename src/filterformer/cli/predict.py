@@ -33,7 +33,7 @@ from filterformer.cli.common import report_user_errors
 from filterformer.data.folder import ImageFolderDataset
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, SubmissionError
-from filterformer.evaluation.thresholds import Threshold, threshold_by_rule, write_thresholds
+from filterformer.evaluation.thresholds import Threshold, write_thresholds
 from filterformer.export import (
     OFFICIAL_COUNTS,
     PRIVATE_SPLITS,
@@ -96,43 +96,22 @@ class RunExporter:
         import torch
 
         from filterformer.deploy import map_backend
+        from filterformer.inference.run_maps import RunMaps
         from filterformer.runs import load_run
 
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)
         backend, model_file = getattr(args, "backend", "torch"), getattr(args, "model", None)
-        self.backend = map_backend(self.run, backend, model_file)
         self.args = args
-        self.rescale, self.threshold = self._calibration()
-
-    def samples(self, split: str) -> Sequence[Sample]:
-        """The run's samples of ``split`` (from --data-root when given)."""
-        from filterformer.runs import split_samples
-
-        return split_samples(self.run.config, split, root=self.args.data_root)
-
-    def pseudo(self, mixed: bool = False) -> Sequence[Sample]:
-        """The run's validation_pseudo(_mixed) samples (cached in the run folder)."""
-        from filterformer.runs import run_pseudo_samples
-
-        return run_pseudo_samples(self.run, self.args.data_root, mixed)
-
-    def predict(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, np.ndarray]]:
-        """Original-size maps with the run's fusion mode, statistics and tiling."""
-        from filterformer.inference.predict import predict_maps
-
-        return predict_maps(
-            self.backend,
-            samples,
-            self.run.geometry,
-            mode=self.run.mode,
-            map_stats=self.run.map_stats,
-            smoothing=self.run.smoothing,
-            batch_size=self.args.batch_size,
+        self.maps = RunMaps(
+            self.run,
             device=self.device,
-            tiling=self.run.tiling,
-            progress=not self.args.no_progress,
+            data_root=args.data_root,
+            progress=not args.no_progress,
+            batch_size=args.batch_size,
+            backend=map_backend(self.run, backend, model_file),
         )
+        self.rescale, self.threshold = self._calibration()
 
     def _calibration(self) -> tuple[MapRescale, Threshold]:
         """The stored rescale and threshold, or both from one pass over the validation maps."""
@@ -151,19 +130,11 @@ class RunExporter:
                 yield amap
 
         def validation() -> Iterator[np.ndarray]:
-            return tracked(self.predict(self.samples("validation")))
+            return tracked(self.maps.predict(self.maps.samples("validation")))
 
         threshold = run.threshold
         if threshold is None:
-            threshold = threshold_by_rule(
-                run.threshold_rule,
-                validation,
-                lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples("test_public"))),
-                f"{run.run_dir}: {run.category}",
-                pseudo=lambda mixed: (
-                    (a, s.load_mask()) for s, a in self.predict(self.pseudo(mixed))
-                ),
-            )
+            threshold = self.maps.threshold(validation)
             write_thresholds(run.run_dir / "thresholds.json", {run.category: threshold}, run.mode)
         if not np.isfinite(low):  # the rescale needs the range of every validation map
             for _ in validation():
@@ -204,7 +175,7 @@ class RunExporter:
         score_range = tuple(self.rescale.invert(np.array([0.0, DEFAULT_TARGET])))
         if overlays:
             from filterformer.evaluation.figures import write_overlay
-        for sample, amap in self.predict(todo):
+        for sample, amap in self.maps.predict(todo):
             step = for_sample(settings, sample.split, sample.load_image)
             writer.write(sample.relpath, amap, sample.shape, step, sample.split)
             if overlays:
@@ -222,12 +193,12 @@ class RunExporter:
 
     def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
         """Score and verdict of each exported sample, read back from its map and binary map."""
-        from filterformer.evaluation.image_metrics import top_fraction_mean
+        from filterformer.evaluation.protocol import image_score
 
         rows = []
         for sample in samples:
             amap = read_anomaly_map(map_path(out, self.run.category, sample.relpath))
-            score = amap.max() if self.run.image_score == "max" else top_fraction_mean(amap)
+            score = image_score(amap, self.run.image_score)
             binary = read_mask(mask_path(out, self.run.category, sample.relpath), sample.shape)
             rows.append(
                 {
@@ -289,7 +260,7 @@ def export_submission(
         print(f"{category}: {run_dir}", file=sys.stderr)
         exporter = RunExporter(run_dir, args)
         for split in PRIVATE_SPLITS:
-            exporter.export(exporter.samples(split), out)
+            exporter.export(exporter.maps.samples(split), out)
         del exporter
     problems = check_submission(out, args.data_root, counts, progress=not args.no_progress)
     if problems:
@@ -339,7 +310,7 @@ def _export_run(args: argparse.Namespace) -> None:
         print(report_scores(rows, exporter.threshold, args.out / SCORES_FILE))
     else:
         for split in args.split:
-            exporter.export(exporter.samples(split), args.out, args.overlays, record)
+            exporter.export(exporter.maps.samples(split), args.out, args.overlays, record)
     print(f"wrote {args.out}")
 
 
