@@ -31,6 +31,7 @@ from filterformer.cli.common import report_user_errors
 from filterformer.data.mvtec_ad2 import SPLITS, MVTecAD2
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.report import pro_key
+from filterformer.evaluation.selection import chosen_on
 from filterformer.io import write_json
 
 CATEGORY = "synthetic"
@@ -243,12 +244,12 @@ def run_steps(cfg: Any, train_overrides: Sequence[str], out: Path, progress: boo
     run_training(cfg)
 
     print(f"\n== 3/4 evaluation: ff-eval --run {run_dir} --split test_public")
-    if ff_eval.main(["--run", str(run_dir), "--split", "test_public", *quiet]):
+    if ff_eval.main(["--run", str(run_dir), "--split", SPLIT, *quiet]):
         raise SystemExit(2)
 
     print(f"\n== 4/4 export: ff-predict --run {run_dir} --out {export_dir} ...")
     for argv in (
-        ["--split", "test_public", "--overlays"],
+        ["--split", SPLIT, "--overlays"],
         ["--split", "test_private", "test_private_mixed"],
     ):
         if ff_predict.main(["--run", str(run_dir), "--out", str(export_dir), *argv, *quiet]):
@@ -261,7 +262,7 @@ def print_locations(out: Path) -> None:
     print("\nDone. Where things are:")
     for what, where in (
         ("run folder (config, checkpoints, logs)", run_dir),
-        ("metrics (JSON/CSV), PRO curve, overlays", run_dir / "eval" / "test_public"),
+        ("metrics (JSON/CSV), PRO curve, overlays", run_dir / "eval" / SPLIT),
         ("anomaly maps (float16 TIFF)", export_dir / "anomaly_images" / CATEGORY),
         ("binary masks (PNG, 0/255)", export_dir / "anomaly_images_thresholded" / CATEGORY),
         ("overlays of every test_public image", export_dir / "overlays" / CATEGORY),
@@ -291,7 +292,7 @@ def _percent(value: float | None) -> str:
 
 def _selection_note(selected_on: dict[str, str | None]) -> str:
     """Whether test_public chose anything it is scored with (metrics.json's selected_on)."""
-    chosen = [what.replace("_", " ") for what, split in selected_on.items() if split == SPLIT]
+    chosen = chosen_on(selected_on, SPLIT)
     if chosen:
         return f"{SPLIT} also chose the {' and '.join(chosen)}, so the figures are optimistic."
     return f"Nothing was chosen on {SPLIT} (no test label was used), so the figures are unbiased."
@@ -338,16 +339,16 @@ def explain(row: dict[str, Any], labels: Sequence[int], encoder: str | None) -> 
 
 def summarise(out: Path, encoder: str | None) -> dict[str, Any]:
     """Print where things are and what the figures mean; return the marker document."""
-    metrics = json.loads((out / "run" / "eval" / "test_public" / "metrics.json").read_text())
+    metrics = json.loads((out / "run" / "eval" / SPLIT / "metrics.json").read_text())
     row = metrics["categories"][CATEGORY]
-    labels = [int(s.label) for s in MVTecAD2(out / "data", CATEGORY, "test_public")]
+    labels = [int(s.label) for s in MVTecAD2(out / "data", CATEGORY, SPLIT)]
     print_locations(out)
     print()
     print(explain(row, labels, encoder))
     return {
         "status": "complete",
         "encoder": encoder or "tiny_random",
-        "split": "test_public",
+        "split": SPLIT,
         "metrics": {key: row.get(key) for key, _ in METRICS},
         "chance": chance_levels(labels),
         "expected_random_encoder": None if encoder else RANDOM_ENCODER_RANGE,
