@@ -161,8 +161,8 @@ class InputGeometry:
 
     def normalize(self, image: np.ndarray) -> torch.Tensor:
         """H x W x 3 uint8 RGB -> 3 x H x W float32, scaled to [0, 1] then standardised."""
-        # a copy: cached images are read-only arrays, which torch refuses to wrap
-        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
+        # astype makes the one (writable) copy: cached images are read-only arrays
+        tensor = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) / 255.0
         return (tensor - self.mean) / self.std
 
     def to_input(self, resized: np.ndarray) -> torch.Tensor:
