@@ -30,10 +30,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from filterformer.cli.train import config_dir, run_training
+from filterformer.runs.compose import config_dir
+from filterformer.runs.train import run_training
 from filterformer.evaluation.protocol import METRICS, percent
 from filterformer.inference.protocol_maps import evaluate_inpformer
-from filterformer.runs import Run, load_run, split_samples
+from filterformer.runs.run import Run, load_run, split_samples
 
 VARIANTS = {
     "inpformer_paper": ["preset=inpformer_paper"],

@@ -21,7 +21,7 @@ forward pass per tile instead of one per image).
 
     python scripts/measure_runtime.py --encoder dinov2_vitl14_reg --input-size 896 896 --out .
     python scripts/measure_runtime.py --device cpu --encoder tiny_random --iterations 5
-    python scripts/measure_runtime.py --run runs/vial        # a trained run (filterformer.runs)
+    python scripts/measure_runtime.py --run runs/vial        # a trained run (filterformer.runs.run)
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def _fresh_builder(args: argparse.Namespace) -> Callable[[], nn.Module]:
 
 def _run_builder(run_dir: Path, args: argparse.Namespace) -> Callable[[], nn.Module]:
     """The trained model of a run folder, with its fusion mode, statistics and geometry."""
-    from filterformer.runs import load_run
+    from filterformer.runs.run import load_run
 
     def build() -> nn.Module:
         run = load_run(run_dir)

@@ -35,7 +35,7 @@ from filterformer.evaluation.protocol import METRICS, InpFormerMetrics
 from filterformer.inference.predict import Smoothing
 from filterformer.models import ENCODERS, build_model, weights_sha256
 from filterformer.models.encoder import DinoEncoder
-from filterformer.runs import load_run
+from filterformer.runs.run import load_run
 
 Factory = Callable[[tuple[int, ...]], torch.Tensor]
 

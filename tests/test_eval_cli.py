@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from filterformer.cli.eval import main
-from filterformer.runs import load_run
+from filterformer.runs.run import load_run
 from filterformer.training.checkpoint import read_checkpoint_meta, save_checkpoint
 
 SAMPLE = Path(__file__).parent / "data" / "ad2_sample"
@@ -143,7 +143,7 @@ def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     from hydra import compose, initialize_config_dir
 
     from filterformer.data.synthetic import make_synthetic_category
-    from filterformer.runs import build_from_config, create_run
+    from filterformer.runs.run import build_from_config, create_run
     from filterformer.training.checkpoint import save_checkpoint
 
     base = tmp_path_factory.mktemp("run_eval")
@@ -194,7 +194,7 @@ def test_run_on_a_folder_dataset_is_evaluated_with_overlays(untrained_run, tmp_p
     """Custom data (data=folder): samples have bare-stem relpaths and split "test"."""
     from hydra import compose, initialize_config_dir
 
-    from filterformer.runs import build_from_config, create_run
+    from filterformer.runs.run import build_from_config, create_run
     from filterformer.training.checkpoint import save_checkpoint
 
     _, root = untrained_run

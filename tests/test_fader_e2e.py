@@ -23,7 +23,7 @@ from filterformer.cli.eval import main as eval_cli
 from filterformer.cli.predict import main as predict_cli
 from filterformer.cli.train import main as train_cli
 from filterformer.data.mvtec_ad2 import MVTecAD2
-from filterformer.export import MAPS_DIR, PRIVATE_SPLITS
+from filterformer.submission import MAPS_DIR, PRIVATE_SPLITS
 
 TINY_UNET = ["model.widths=[4,8,8,16,16]"]
 

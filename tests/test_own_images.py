@@ -24,7 +24,7 @@ from filterformer.data.folder import ImageFolderDataset
 from filterformer.data.training_set import TrainingImages
 from filterformer.errors import ConfigError
 from filterformer.inference.predict import predict_maps
-from filterformer.runs import build_from_config, build_geometry, split_samples
+from filterformer.runs.run import build_from_config, build_geometry, split_samples
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 WIDE, TALL = (48, 64), (64, 48)

@@ -7,11 +7,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from filterformer.cli.train import config_dir, run_training
+from filterformer.runs.compose import config_dir
+from filterformer.runs.train import run_training
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
 from filterformer.inference.predict import Smoothing
-from filterformer.runs import (
+from filterformer.runs.run import (
     build_smoothing,
     build_tiling,
     create_run,

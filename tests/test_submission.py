@@ -12,7 +12,7 @@ from PIL import Image
 
 from filterformer.errors import ConfigError, DataError, SubmissionError
 from filterformer.evaluation.segf1 import binarize
-from filterformer.export import (
+from filterformer.submission import (
     MAPS_DIR,
     MASKS_DIR,
     OFFICIAL_COUNTS,

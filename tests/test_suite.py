@@ -9,7 +9,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from filterformer.cli.common import config_dir
+from filterformer.runs.compose import config_dir
 from filterformer.cli.eval import main as eval_main
 from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.suite import suite_jobs

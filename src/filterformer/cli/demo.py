@@ -140,7 +140,7 @@ def demo_config(
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from filterformer.cli.train import config_dir
+    from filterformer.runs.compose import config_dir
 
     train_overrides = [
         "preset=demo",
@@ -232,7 +232,7 @@ def run_steps(cfg: Any, train_overrides: Sequence[str], out: Path, progress: boo
     """Steps 1-4: generate, train, evaluate, export; every step writes under ``out``."""
     from filterformer.cli import eval as ff_eval
     from filterformer.cli import predict as ff_predict
-    from filterformer.cli.train import prepare_config, run_training
+    from filterformer.runs.train import prepare_config, run_training
 
     data_root, run_dir, export_dir = out / "data", out / "run", out / "export"
     quiet = [] if progress else ["--no-progress"]

@@ -73,7 +73,7 @@ from filterformer.inference.postprocess import for_sample
 from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
 
 if TYPE_CHECKING:  # runs imports torch, which the --maps path never loads
-    from filterformer.inference.run_maps import RunMaps
+    from filterformer.runs.run_maps import RunMaps
 
 MAPS_FOLDER = "anomaly_images"
 BINARY_FOLDER = "anomaly_images_thresholded"
@@ -423,8 +423,8 @@ def evaluate_runs(args: argparse.Namespace) -> None:
     run_dirs = run_folders(args)
     import torch
 
-    from filterformer.inference.run_maps import RunMaps
-    from filterformer.runs import image_score_rule, load_run
+    from filterformer.runs.run_maps import RunMaps
+    from filterformer.runs.run import image_score_rule, load_run
 
     resolve_protocol_and_split(args, run_dirs)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -465,7 +465,7 @@ def resolve_protocol_and_split(args: argparse.Namespace, run_dirs: Sequence[Path
 
     Every run must resolve to the same protocol and split: one table compares like with like.
     """
-    from filterformer.runs import protocol_of, read_run_config
+    from filterformer.runs.run import protocol_of, read_run_config
 
     configs = {run_dir: read_run_config(run_dir) for run_dir in run_dirs}
     for name, of_run in (
@@ -493,7 +493,7 @@ def evaluate_inpformer_runs(
     run and prints one table for all runs. No thresholds are needed.
     """
     from filterformer.inference.protocol_maps import evaluate_inpformer
-    from filterformer.runs import image_score_rule, load_run, split_samples
+    from filterformer.runs.run import image_score_rule, load_run, split_samples
 
     rows = []
     for run_dir in run_dirs:

@@ -23,7 +23,7 @@ from pathlib import Path
 from filterformer.cli.common import report_user_errors
 
 DEFAULT_PARITY_IMAGES = 16
-FORMATS = ("onnx", "openvino")  # as filterformer.deploy.formats; --help must not import torch
+FORMATS = ("onnx", "openvino")  # as filterformer.export.formats; --help must not import torch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _export(args: argparse.Namespace) -> int:
     from filterformer.cli.predict import RunExporter
     from filterformer.data.folder import ImageFolderDataset
-    from filterformer.deploy import EXPORT_FILE, default_model_path, export_run
+    from filterformer.export import EXPORT_FILE, default_model_path, export_run
 
     exporter = RunExporter(args.run, args)  # loads the run (torch); calibrates it if need be
     run = exporter.run

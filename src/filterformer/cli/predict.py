@@ -34,7 +34,7 @@ from filterformer.data.folder import ImageFolderDataset
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, SubmissionError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
-from filterformer.export import (
+from filterformer.submission import (
     OFFICIAL_COUNTS,
     PRIVATE_SPLITS,
     MapRescale,
@@ -44,9 +44,9 @@ from filterformer.export import (
     pack_submission,
     save_record,
 )
-from filterformer.export.mvtec_submission import map_path, mask_path
-from filterformer.export.rescale import DEFAULT_TARGET
-from filterformer.export.writer import export_record
+from filterformer.submission.mvtec_submission import map_path, mask_path
+from filterformer.submission.rescale import DEFAULT_TARGET
+from filterformer.submission.writer import export_record
 from filterformer.inference.postprocess import for_sample
 from filterformer.io import read_anomaly_map, read_mask, write_csv
 from filterformer.lock import lock_output, unlock_output
@@ -95,9 +95,9 @@ class RunExporter:
     def __init__(self, run_dir: Path, args: argparse.Namespace) -> None:
         import torch
 
-        from filterformer.deploy import map_backend
-        from filterformer.inference.run_maps import RunMaps
-        from filterformer.runs import load_run
+        from filterformer.export import map_backend
+        from filterformer.runs.run_maps import RunMaps
+        from filterformer.runs.run import load_run
 
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)

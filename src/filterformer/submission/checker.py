@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from filterformer.errors import DataError, SubmissionError
-from filterformer.export.mvtec_submission import (
+from filterformer.submission.mvtec_submission import (
     MAP_SUFFIX,
     MAPS_DIR,
     MASK_SUFFIX,

@@ -18,7 +18,7 @@ from filterformer.evaluation.thresholds import Threshold, threshold_by_rule
 
 if TYPE_CHECKING:
     from filterformer.inference.predict import MapBackend
-    from filterformer.runs import Run
+    from filterformer.runs.run import Run
 
 
 class RunMaps:
@@ -40,13 +40,13 @@ class RunMaps:
 
     def samples(self, split: str) -> Sequence[Sample]:
         """The split's samples: from ``data_root`` if given, else from the run's data."""
-        from filterformer.runs import split_samples
+        from filterformer.runs.run import split_samples
 
         return split_samples(self.run.config, split, root=self.data_root)
 
     def pseudo(self, mixed: bool = False) -> Sequence[Sample]:
         """The run's validation_pseudo(_mixed) samples (cached in the run folder)."""
-        from filterformer.runs import run_pseudo_samples
+        from filterformer.runs.run import run_pseudo_samples
 
         return run_pseudo_samples(self.run, self.data_root, mixed)
 

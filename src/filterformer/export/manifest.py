@@ -20,14 +20,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from filterformer.deploy.graph import INPUT_NAME, OUTPUT_NAMES
+from filterformer.export.graph import INPUT_NAME, OUTPUT_NAMES
 from filterformer.errors import DeployError
 from filterformer.evaluation.thresholds import Threshold
-from filterformer.export.rescale import MapRescale
-from filterformer.export.writer import export_record
+from filterformer.submission.rescale import MapRescale
+from filterformer.submission.writer import export_record
 from filterformer.io import write_json
 from filterformer.models.encoder import weights_sha256
-from filterformer.runs import Run
+from filterformer.runs.run import Run
 
 EXPORT_FILE = "export.json"
 FORMAT_VERSION = 1

@@ -6,8 +6,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from filterformer.cli.train import _flatten, config_dir, resolve_config
-from filterformer.config_checks import RULES, check_settings
+from filterformer.runs.compose import config_dir
+from filterformer.runs.train import _flatten, resolve_config
+from filterformer.runs.checks import RULES, check_settings
 from filterformer.errors import ConfigError
 
 VALID = {

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from filterformer.deploy.graph import MapGraph
-from filterformer.deploy.runtime import Session
+from filterformer.export.graph import MapGraph
+from filterformer.export.runtime import Session
 from filterformer.errors import DeployError
 
 FP32_TOLERANCE = 1e-4

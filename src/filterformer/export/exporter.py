@@ -1,6 +1,6 @@
 """Export a loaded run's map path, check it against torch, and load it back for ff-predict.
 
-:func:`export_run` traces the run's :class:`~filterformer.deploy.graph.MapGraph` to ONNX
+:func:`export_run` traces the run's :class:`~filterformer.export.graph.MapGraph` to ONNX
 (converted to OpenVINO on request), runs the parity check on real network inputs in the
 format's runtime, and only then moves the file to ``out`` and lists it in export.json.
 :func:`map_backend` gives ff-predict the backend it asked for.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from filterformer.data.sample import Sample
-from filterformer.deploy.formats import (
+from filterformer.export.formats import (
     FORMATS,
     check_out_path,
     move_into_place,
@@ -23,15 +23,15 @@ from filterformer.deploy.formats import (
     staged,
     weights_to_float16,
 )
-from filterformer.deploy.graph import MapGraph, check_exportable, export_onnx
-from filterformer.deploy.manifest import add_file, run_record, verify_export
-from filterformer.deploy.parity import FP16_TOLERANCE, FP32_TOLERANCE, Parity, check_parity
-from filterformer.deploy.runtime import RUNTIMES, ExportedBackend, open_session
+from filterformer.export.graph import MapGraph, check_exportable, export_onnx
+from filterformer.export.manifest import add_file, run_record, verify_export
+from filterformer.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, Parity, check_parity
+from filterformer.export.runtime import RUNTIMES, ExportedBackend, open_session
 from filterformer.errors import DeployError
 from filterformer.evaluation.thresholds import Threshold
-from filterformer.export.rescale import MapRescale
+from filterformer.submission.rescale import MapRescale
 from filterformer.inference.predict import MapBackend
-from filterformer.runs import Run
+from filterformer.runs.run import Run
 
 EXPORT_DIR = "export"
 """Where ff-export puts a run's export by default: ``<run>/export/model.onnx`` (or .xml)."""
@@ -103,7 +103,7 @@ def export_run(
     """Export ``run`` to ``out`` as ``fmt`` if the parity check on ``samples`` passes.
 
     The check runs in the format's runtime (ONNX Runtime or OpenVINO) on the CPU, with the
-    tolerance of :mod:`~filterformer.deploy.parity` unless one is given. On failure a
+    tolerance of :mod:`~filterformer.export.parity` unless one is given. On failure a
     :class:`DeployError` is raised and nothing is written at ``out``.
     """
     check_out_path(out, fmt)

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from filterformer.errors import SubmissionError
-from filterformer.export.checker import require_valid
-from filterformer.export.mvtec_submission import OFFICIAL_COUNTS
+from filterformer.submission.checker import require_valid
+from filterformer.submission.mvtec_submission import OFFICIAL_COUNTS
 from filterformer.io import atomic_path
 
 

@@ -26,24 +26,24 @@ from filterformer.cli.export import main as export_cli
 from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.predict import main as predict_cli
 from filterformer.cli.train import main as train_cli
-from filterformer.deploy import (
+from filterformer.export import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
     ExportedBackend,
     MapGraph,
     open_session,
 )
-from filterformer.deploy.formats import require, weights_to_float16
-from filterformer.deploy.graph import check_exportable, image_scores
-from filterformer.deploy.parity import check_parity
+from filterformer.export.formats import require, weights_to_float16
+from filterformer.export.graph import check_exportable, image_scores
+from filterformer.export.parity import check_parity
 from filterformer.errors import ConfigError, DeployError
 from filterformer.evaluation.image_metrics import top_fraction_mean
-from filterformer.export import MAPS_DIR, MASKS_DIR, check_submission
-from filterformer.export.rescale import MapRescale
+from filterformer.submission import MAPS_DIR, MASKS_DIR, check_submission
+from filterformer.submission.rescale import MapRescale
 from filterformer.inference.predict import Smoothing, network_maps
 from filterformer.io import read_image
 from filterformer.models.registry import build_encoder, build_model
-from filterformer.runs import load_run, split_samples
+from filterformer.runs.run import load_run, split_samples
 
 CATEGORY = "synthetic"  # the demo preset's category
 INPUT_SIZE = (56, 70)  # conftest's tiny_demo_overrides: input.resize
@@ -85,7 +85,7 @@ def _stub_trace(monkeypatch, source: Path) -> None:
     def copy(graph, input_size, path, *, dynamic_size=False):
         shutil.copy(source, path)
 
-    monkeypatch.setattr("filterformer.deploy.export.export_onnx", copy)
+    monkeypatch.setattr("filterformer.export.exporter.export_onnx", copy)
 
 
 def _ff_predict(*args) -> int:
@@ -161,7 +161,7 @@ def test_export_refuses_a_perturbed_graph_and_keeps_the_earlier_file(
     good, _ = exported
     out = tmp_path / "model.onnx"
     shutil.copy(good, out)  # an earlier export at --out
-    monkeypatch.setattr("filterformer.deploy.export.export_onnx", _perturbed_copy(good))
+    monkeypatch.setattr("filterformer.export.exporter.export_onnx", _perturbed_copy(good))
     assert export_cli(["--run", str(demo_run), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "FAILED" in err and "nothing was written" in err and "Traceback" not in err
@@ -323,7 +323,7 @@ def test_ff_export_refuses_what_it_cannot_do_before_tracing(
     demo_run, capsys, tmp_path, monkeypatch, options, message
 ):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("filterformer.deploy.export.export_onnx", None)  # must not be reached
+    monkeypatch.setattr("filterformer.export.exporter.export_onnx", None)  # must not be reached
     assert export_cli(["--run", str(demo_run), *options]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

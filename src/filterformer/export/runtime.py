@@ -18,8 +18,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from filterformer.deploy.formats import require
-from filterformer.deploy.graph import INPUT_NAME, OUTPUT_NAMES
+from filterformer.export.formats import require
+from filterformer.export.graph import INPUT_NAME, OUTPUT_NAMES
 from filterformer.errors import ConfigError, DeployError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
