@@ -35,11 +35,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from filterformer.runs.compose import config_dir
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment
+from filterformer.runs.compose import config_dir
 from filterformer.runs.run import build_from_config, build_geometry
 from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
 from filterformer.training.loop import OptimizerSettings, train

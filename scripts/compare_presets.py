@@ -30,11 +30,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from filterformer.runs.compose import config_dir
-from filterformer.runs.train import run_training
 from filterformer.evaluation.protocol import METRICS, percent
 from filterformer.inference.protocol_maps import evaluate_inpformer
+from filterformer.runs.compose import config_dir
 from filterformer.runs.run import Run, load_run, split_samples
+from filterformer.runs.train import run_training
 
 VARIANTS = {
     "inpformer_paper": ["preset=inpformer_paper"],

@@ -33,9 +33,9 @@ from hydra import compose, initialize_config_dir
 from tqdm import tqdm
 
 from filterformer.cli.eval import main as eval_cli
+from filterformer.io import write_csv, write_json
 from filterformer.runs.compose import config_dir
 from filterformer.runs.train import run_training
-from filterformer.io import write_csv, write_json
 from filterformer.training.checkpoint import has_checkpoint
 from filterformer.training.loop import last_checkpoint
 

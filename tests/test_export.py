@@ -26,6 +26,8 @@ from filterformer.cli.export import main as export_cli
 from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.predict import main as predict_cli
 from filterformer.cli.train import main as train_cli
+from filterformer.errors import ConfigError, DeployError
+from filterformer.evaluation.image_metrics import top_fraction_mean
 from filterformer.export import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
@@ -36,14 +38,12 @@ from filterformer.export import (
 from filterformer.export.formats import require, weights_to_float16
 from filterformer.export.graph import check_exportable, image_scores
 from filterformer.export.parity import check_parity
-from filterformer.errors import ConfigError, DeployError
-from filterformer.evaluation.image_metrics import top_fraction_mean
-from filterformer.submission import MAPS_DIR, MASKS_DIR, check_submission
-from filterformer.submission.rescale import MapRescale
 from filterformer.inference.predict import Smoothing, network_maps
 from filterformer.io import read_image
 from filterformer.models.registry import build_encoder, build_model
 from filterformer.runs.run import load_run, split_samples
+from filterformer.submission import MAPS_DIR, MASKS_DIR, check_submission
+from filterformer.submission.rescale import MapRescale
 
 CATEGORY = "synthetic"  # the demo preset's category
 INPUT_SIZE = (56, 70)  # conftest's tiny_demo_overrides: input.resize
@@ -396,7 +396,7 @@ def test_an_exported_backend_gives_its_mode_only():
 
 def test_other_model_families_are_refused(tiny_model):
     with pytest.raises(DeployError, match="model 'cpr' has no exportable map path"):
-        check_exportable("cpr", tiny_model)
+        check_exportable("cpr")
 
 
 def test_a_missing_runtime_names_the_extra_to_install(monkeypatch):

@@ -20,7 +20,6 @@ from filterformer.data.sample import Sample
 from filterformer.data.tiling import GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
-from filterformer.submission import MAPS_DIR, MASKS_DIR, PRIVATE_SPLITS
 from filterformer.inference.predict import (
     Smoothing,
     gaussian_blur,
@@ -32,6 +31,7 @@ from filterformer.inference.predict import (
 from filterformer.io import write_json, write_png
 from filterformer.models.registry import build_encoder, build_model
 from filterformer.runs.run import build_from_config, create_run
+from filterformer.submission import MAPS_DIR, MASKS_DIR, PRIVATE_SPLITS
 from filterformer.training.checkpoint import save_checkpoint
 
 GEOMETRY = InputGeometry(resize=(112, 140))  # the tiny encoder's 8 x 10 token grid

@@ -9,7 +9,6 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from filterformer.runs.compose import config_dir
 from filterformer.cli.eval import main as eval_main
 from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.suite import suite_jobs
@@ -17,6 +16,7 @@ from filterformer.cli.train import main as train_main
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.errors import ConfigError
 from filterformer.evaluation.thresholds import read_thresholds
+from filterformer.runs.compose import config_dir
 
 SUITE = "suite=inpformer_cpr_hybrid"
 

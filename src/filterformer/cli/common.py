@@ -11,12 +11,6 @@ from collections.abc import Callable
 from filterformer.errors import FilterformerError, os_error_message
 
 
-
-
-
-
-
-
 def report_user_errors(prog: str, job: Callable[[], object]) -> int:
     """Run a command's work and return its exit code.
 
@@ -42,4 +36,3 @@ def fail(prog: str, message: str) -> int:
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
     print(f"{prog}: error: {line}", file=sys.stderr)
     return 2
-

@@ -423,8 +423,8 @@ def evaluate_runs(args: argparse.Namespace) -> None:
     run_dirs = run_folders(args)
     import torch
 
-    from filterformer.runs.run_maps import RunMaps
     from filterformer.runs.run import image_score_rule, load_run
+    from filterformer.runs.run_maps import RunMaps
 
     resolve_protocol_and_split(args, run_dirs)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -34,6 +34,9 @@ from filterformer.data.folder import ImageFolderDataset
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, SubmissionError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
+from filterformer.inference.postprocess import for_sample
+from filterformer.io import read_anomaly_map, read_mask, write_csv
+from filterformer.lock import lock_output, unlock_output
 from filterformer.submission import (
     OFFICIAL_COUNTS,
     PRIVATE_SPLITS,
@@ -47,9 +50,6 @@ from filterformer.submission import (
 from filterformer.submission.mvtec_submission import map_path, mask_path
 from filterformer.submission.rescale import DEFAULT_TARGET
 from filterformer.submission.writer import export_record
-from filterformer.inference.postprocess import for_sample
-from filterformer.io import read_anomaly_map, read_mask, write_csv
-from filterformer.lock import lock_output, unlock_output
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
 RESCALE_FILE = "rescale.json"
@@ -96,8 +96,8 @@ class RunExporter:
         import torch
 
         from filterformer.export import map_backend
-        from filterformer.runs.run_maps import RunMaps
         from filterformer.runs.run import load_run
+        from filterformer.runs.run_maps import RunMaps
 
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)

@@ -9,6 +9,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+
 def config_dir() -> Path:
     """The hydra config folder: the installed ``filterformer.configs``, else the repository's."""
     try:
@@ -16,6 +17,7 @@ def config_dir() -> Path:
     except ModuleNotFoundError:
         folder = Path(__file__).resolve().parents[3] / "configs"
     return folder
+
 
 def config_groups(folder: Path) -> dict[str, list[str]]:
     """Each config group (a sub-folder of ``folder``, hydra's own aside) -> its choices.
@@ -27,6 +29,7 @@ def config_groups(folder: Path) -> dict[str, list[str]]:
         for group in sorted(folder.iterdir())
         if group.is_dir() and group.name != "hydra" and any(group.glob("*.yaml"))
     }
+
 
 def config_error_message(err: Exception) -> str:
     """One line for a hydra composition or omegaconf error (bad override, missing value, ...).

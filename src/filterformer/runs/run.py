@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,52 +34,26 @@ from filterformer.data.tiling import AnyTiling, GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_image_score
-from filterformer.evaluation.thresholds import Threshold, read_thresholds
+from filterformer.evaluation.thresholds import read_thresholds
 from filterformer.inference.predict import Smoothing
+from filterformer.inference.run import Run
 from filterformer.io import atomic_path, write_json
 from filterformer.models.base import FrozenEncoderModel
-from filterformer.models.cpr import CPR, DENSENETS
-from filterformer.models.encoder import ENCODERS, weights_sha256
-from filterformer.models.registry import build_encoder, build_model, encoder_hub_name
+from filterformer.models.encoder import weights_sha256
+from filterformer.models.registry import (
+    build_encoder,
+    build_model,
+    encoder_hub_name,
+    encoder_stride,
+    family,
+)
 from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
-from filterformer.training.cpr_references import load_references
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
 DATA_KINDS = (*READERS, "folder")
 DEFAULT_HOLDOUT_FRACTION = 0.1
 """Share of the training images held out as validation when a folder run has no validation_dir."""
-BASE_RUNS: dict[str, tuple[str, str]] = {"fader": ("ear_run", "ear")}
-"""Models trained on top of another run: name -> (model key naming that run, the run's model)."""
-
-
-@dataclass(frozen=True)
-class Run:
-    """A trained run, loaded: the model in eval mode and everything needed to use it."""
-
-    run_dir: Path
-    config: DictConfig
-    model: FrozenEncoderModel
-    checkpoint: Path
-    """The weights file that was loaded."""
-    geometry: InputGeometry
-    category: str
-    mode: str
-    """Fusion mode: fusion.json's choice, else ``eval.default_mode``, else the model's own."""
-    map_stats: dict[str, tuple[float, float]] | None
-    threshold: Threshold | None
-    """This category's threshold for ``mode`` from thresholds.json (None if not calibrated)."""
-    threshold_rule: dict[str, Any]
-    """How to calibrate a missing threshold: the category config's ``threshold`` section."""
-    postprocess: dict[str, Any]
-    tiling: AnyTiling | None
-    data_root: Path | None
-    smoothing: Smoothing
-    """Map smoothing from ``eval.sigma``, ``blur_kernel``, ``blur_padding``, ``protocol_size``."""
-    protocol: str
-    """``eval.protocol``: how ff-eval scores the run (``mvtec_ad2`` for older runs)."""
-    image_score: str
-    """``eval.image_score``, or the protocol's own image score when it is null."""
 
 
 def build_geometry(config: DictConfig) -> InputGeometry:
@@ -109,13 +81,8 @@ def build_geometry(config: DictConfig) -> InputGeometry:
 
 
 def patch_size(config: DictConfig) -> int:
-    """Patch size of the configured encoder, from its timm architecture (``..._patch14_...``)."""
-    variant = config.encoder.variant
-    if variant in DENSENETS:  # CPR's DenseNet: sizes that its coarsest stride divides
-        return DENSENETS[variant].strides[-1]
-    if variant not in ENCODERS:
-        raise ConfigError(f"unknown encoder.variant {variant!r}; valid: {', '.join(ENCODERS)}.")
-    return int(re.search(r"_patch(\d+)", ENCODERS[variant].arch).group(1))
+    """The side network inputs must be a multiple of: the encoder's patch (or CNN stride)."""
+    return encoder_stride(config.encoder.variant)
 
 
 def build_tiling(config: DictConfig, *, training: bool = False) -> AnyTiling | None:
@@ -198,8 +165,8 @@ def build_from_config(
     """Seed, build the encoder and the model of ``config``; return it with its identity.
 
     The identity (``model``, ``encoder``, ``encoder_weights``) is what checkpoints record and
-    what loading them checks. A model trained on top of another run (:data:`BASE_RUNS`:
-    ``model=fader`` names its EAR run in ``model.ear_run``) starts from that run's weights;
+    what loading them checks. A model trained on top of another run (its family's
+    ``base_run``, whose key in ``model`` names that run's folder) starts from it;
     ``from_base_run=False`` skips them (:func:`load_run`: the run's own checkpoint holds
     every weight, so the base run need not exist any more).
     """
@@ -207,7 +174,8 @@ def build_from_config(
     encoder_args = OmegaConf.to_container(config.encoder, resolve=True)
     model_args = OmegaConf.to_container(config.model, resolve=True)
     name = model_args.pop("name")
-    base_key = BASE_RUNS.get(name, (None,))[0]
+    base_run = family(name).base_run
+    base_key = None if base_run is None else base_run.key
     model_args.pop(base_key, None)
     encoder = build_encoder(encoder_args.pop("variant"), **encoder_args)
     model = build_model(name, encoder, **model_args)
@@ -227,10 +195,11 @@ def start_from_base_run(
     """Load into ``model`` the trained weights of the run its config builds on.
 
     The base run must hold the base model with the same settings (``model`` keeps them, e.g.
-    FADeR keeps EAR's U-Net, mosaic and mask) and the same encoder weights.
+    the model keeps its base's architecture) and the same encoder weights.
     """
     name = config.model.name
-    key, base_name = BASE_RUNS[name]
+    base_run = family(name).base_run
+    key, base_name = base_run.key, base_run.family
     if not config.model.get(key):
         raise ConfigError(
             f"model={name} starts from a trained {base_name} run: set model.{key}=<its run "
@@ -428,8 +397,9 @@ def load_run(
     )
     model.to(device).eval()
     geometry = build_geometry(config)
-    if isinstance(model, CPR):  # its training images and fitted retrieval state
-        load_references(run_dir, model, geometry, identity["encoder_weights"])
+    family(config.model.name).load_run_files(
+        model, run_dir, geometry, identity["encoder_weights"]
+    )
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}

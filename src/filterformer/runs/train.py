@@ -28,10 +28,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import Dataset
 
-from filterformer.io import outermost_missing
-from filterformer.runs.compose import config_error_message
-from filterformer.cli.cpr import check_cpr_config, cpr_training_set
-from filterformer.runs.checks import check_settings
 from filterformer.data.datasets import READERS
 from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
 from filterformer.data.mvtec_ad2 import resolve_data_root
@@ -39,10 +35,14 @@ from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment, short_side_size
 from filterformer.errors import ConfigError
+from filterformer.io import outermost_missing
 from filterformer.lock import lock_run
-from filterformer.models.cpr import CPR
+from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.encoder import DinoEncoder
-from filterformer.models.registry import check_encoder_source
+from filterformer.models.family import TrainingContext
+from filterformer.models.registry import check_encoder_source, family
+from filterformer.runs.checks import check_settings
+from filterformer.runs.compose import config_error_message
 from filterformer.runs.run import (
     CONFIG_FILE,
     build_from_config,
@@ -109,9 +109,14 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
     except OmegaConfBaseException as err:
         raise ConfigError(config_error_message(err)) from None
     settings = _flatten(OmegaConf.to_container(cfg))
-    check_settings(settings, patch_size=patch_size(cfg), world_size=world_size)
-    if cfg.model.name == "cpr":
-        check_cpr_config(cfg)
+    plugin = family(cfg.model.name)
+    check_settings(
+        settings,
+        family_ranges=plugin.setting_ranges,
+        patch_size=patch_size(cfg),
+        world_size=world_size,
+    )
+    plugin.check_settings(settings)
     if cfg.data.kind in READERS and cfg.data.kind != "synthetic":  # a dataset's root
         cfg.data.root = str(_absolute(resolve_data_root(cfg.data.root), base))
     elif cfg.data.kind == "folder":
@@ -237,9 +242,7 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
     with _removed_on_failure(created):
         with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
             make_data(cfg)
-        train_set = _training_set(cfg, model.encoder, distributed)
-        if isinstance(model, CPR):  # packed (pseudo-defect, reference) pairs: cli/cpr.py
-            train_set = cpr_training_set(cfg, model, train_set, identity, distributed)
+        train_set = _training_set(cfg, model, identity["encoder_weights"], distributed)
         check_batch_size(len(train_set), cfg.train.batch_size)  # before a run starts
         evaluator, statistics = _evaluation(cfg)
     result = train(
@@ -319,9 +322,13 @@ def _removed_on_failure(
 
 
 def _training_set(
-    cfg: DictConfig, encoder: DinoEncoder, distributed: DistributedContext
+    cfg: DictConfig,
+    model: FrozenEncoderModel,
+    encoder_weights: str,
+    distributed: DistributedContext,
 ) -> Dataset:
-    """The preloaded training images, or their cached encoder taps (train.feature_cache)."""
+    """What the loop iterates: the preloaded training images, their cached encoder taps
+    (train.feature_cache), or what the model's family makes of them (``training_set``)."""
     augment = None if cfg.train.augment is None else TrainAugment(**_plain(cfg.train.augment))
     images = TrainingImages(
         split_samples(cfg, "train"),
@@ -331,9 +338,23 @@ def _training_set(
         tiling=build_tiling(cfg, training=True),
     )
     images.preload(progress=cfg.progress and distributed.is_main)
-    if not cfg.train.feature_cache.enabled:
-        return images
-    return _feature_cache(cfg, encoder, images, distributed)
+    context = TrainingContext(
+        config=OmegaConf.to_container(cfg, resolve=True),
+        run_dir=Path(cfg.run_dir),
+        encoder_weights=encoder_weights,
+        device=cfg.device,
+        seed=int(cfg.seed),
+        epochs=cfg.train.epochs,
+        batch_size=cfg.train.batch_size,
+        resume=cfg.resume,
+        progress=cfg.progress,
+        is_main=distributed.is_main,
+        main_first=partial(main_first, distributed),
+    )
+    train_set = family(cfg.model.name).training_set(model, images, context)
+    if not cfg.train.feature_cache.enabled or train_set is not images:
+        return train_set
+    return _feature_cache(cfg, model.encoder, images, distributed)
 
 
 def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | None]:
