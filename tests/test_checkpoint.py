@@ -154,22 +154,27 @@ def test_a_changed_byte_is_refused_naming_the_file_unless_verify_is_off(tmp_path
     assert changed == (1 if kind == "weights" else 0)  # loaded as it is, flipped bit included
 
 
-def test_a_checkpoint_of_the_earlier_layout_still_loads(tmp_path):
+def test_a_checkpoint_of_the_earlier_layout_loads_unverified_only(tmp_path):
     """Saved before the JSON named its files: <name>.safetensors, <name>.state.pt, no hashes.
-    Its step, in all three files, still tells an interrupted save."""
+    Nothing can verify it, so only verify=False loads it; its step, in all three files, still
+    tells an interrupted save."""
     src = Toy()
     weights = {k: v.contiguous() for k, v in src.trainable_state_dict().items()}
     save_file(weights, str(tmp_path / "last.safetensors"), metadata={"step": "7"})
     torch.save({"x": 1, "step": 7}, tmp_path / "last.state.pt")
     (tmp_path / "last.json").write_text(json.dumps({**IDENTITY, "step": 7, "epoch": 1}))
+    with pytest.raises(CheckpointError, match="no SHA-256 of its weights.*--no-verify"):
+        load_checkpoint(tmp_path / "last", Toy(), expected=IDENTITY)
     dst = Toy()
-    loaded = load_checkpoint(tmp_path / "last", dst, expected=IDENTITY, with_training_state=True)
+    loaded = load_checkpoint(
+        tmp_path / "last", dst, expected=IDENTITY, with_training_state=True, verify=False
+    )
     assert torch.equal(dst.head.weight, src.head.weight) and loaded.training_state["x"] == 1
     assert remove_stale_files(tmp_path) == 0
 
     save_file(weights, str(tmp_path / "last.safetensors"), metadata={"step": "8"})
     with pytest.raises(CheckpointError, match="interrupted"):
-        load_checkpoint(tmp_path / "last", Toy(), expected=IDENTITY)
+        load_checkpoint(tmp_path / "last", Toy(), expected=IDENTITY, verify=False)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])

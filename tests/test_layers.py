@@ -1,7 +1,8 @@
 """The package layers of src/filterformer import one way: down, never up, never in a circle.
 
 cli -> api -> runs -> training / inference / export / convert -> models -> data / evaluation /
-submission -> io / lock / ranges -> errors. Every import counts, inside functions too (ast).
+submission -> io / lock / manifest / ranges -> errors. Every import counts, inside functions too
+(ast).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ LAYERS = {
     "submission": 2,
     "io": 1,
     "lock": 1,
+    "manifest": 1,
     "ranges": 1,
     "errors": 0,
     "configs": 0,
@@ -36,6 +38,8 @@ SIDEWAYS = {
     ("export", "inference"),
     ("evaluation", "data"),
     ("submission", "evaluation"),
+    ("lock", "io"),
+    ("manifest", "io"),
 }
 """Imports between parts of one rank, each one way only."""
 

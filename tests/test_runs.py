@@ -1,6 +1,7 @@
 """Run folders: what ff-train writes, and load_run giving back a ready model and its settings."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ from omegaconf import OmegaConf
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
 from filterformer.inference.predict import Smoothing
+from filterformer.models.encoder import weights_sha256
 from filterformer.runs.compose import config_dir
+from filterformer.runs.files import sign_run
 from filterformer.runs.run import (
     build_smoothing,
     build_tiling,
@@ -96,30 +99,29 @@ def test_load_run_gives_the_model_of_the_chosen_mode_and_its_settings(tiny_run):
 
 
 def test_load_run_reads_thresholds_and_can_pick_the_last_checkpoint(tiny_run, tmp_path):
-    run = load_run(tiny_run, checkpoint="last")
-    assert run.checkpoint == checkpoint_files(tiny_run / "checkpoints" / "last").weights
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    run = load_run(run_dir, checkpoint="last")
+    assert run.checkpoint == checkpoint_files(run_dir / "checkpoints" / "last").weights
+    best = load_run(run_dir).checkpoint
     write_thresholds(
-        tiny_run / "thresholds.json",
-        {"synthetic": Threshold(0.7, "mean_std", {"k": 3.0}, "validation")},
+        run_dir / "thresholds.json",
+        {"synthetic": Threshold(0.7, "mean_std", {"k": 3.0}, checkpoint=weights_sha256(best))},
         mode=run.mode,
     )
-    try:
-        assert load_run(tiny_run).threshold.value == 0.7
-    finally:
-        (tiny_run / "thresholds.json").unlink()
+    with pytest.raises(CheckpointError, match="thresholds.json: was changed since"):
+        load_run(run_dir)
+    sign_run(run_dir)  # as the run's writer (its calibration) does
+    assert load_run(run_dir).threshold.value == 0.7
 
 
 def test_load_run_refuses_a_checkpoint_of_another_encoder(tiny_run, tmp_path):
-    meta_file = checkpoint_files(tiny_run / "checkpoints" / "last")[1]
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    meta_file = checkpoint_files(run_dir / "checkpoints" / "last")[1]
     original = meta_file.read_text()
     meta_file.write_text(json.dumps({**json.loads(original), "encoder_weights": "random:seed=2"}))
-    try:
-        with pytest.raises(
-            CheckpointError, match="encoder_weights: checkpoint has 'random:seed=2'"
-        ):
-            load_run(tiny_run, checkpoint="last")
-    finally:
-        meta_file.write_text(original)
+    sign_run(run_dir)  # a consistent run, of another encoder
+    with pytest.raises(CheckpointError, match="encoder_weights: checkpoint has 'random:seed=2'"):
+        load_run(run_dir, checkpoint="last")
 
 
 def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -180,8 +182,6 @@ def test_relative_encoder_weights_are_read_from_the_run_folder(tmp_path, monkeyp
 def test_each_checkpoint_is_used_with_the_map_statistics_of_its_own_weights(tiny_run, tmp_path):
     """Fused maps normalise by validation statistics, which differ between checkpoints: a best
     checkpoint brings its own; `last` uses map_stats.json (computed after the last epoch)."""
-    import shutil
-
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
     mode = json.loads((run_dir / "fusion.json").read_text())["synthetic"]
@@ -190,6 +190,9 @@ def test_each_checkpoint_is_used_with_the_map_statistics_of_its_own_weights(tiny
     assert set(meta["map_stats"]) == {"inp", "filter"}  # written by the training loop
     meta["map_stats"] = {"inp": [0.25, 0.5], "filter": [0.75, 1.5]}
     meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"{meta_file}: was changed since"):
+        load_run(run_dir)  # not by the run's writer: refused
+    sign_run(run_dir)
 
     assert load_run(run_dir).map_stats == {"inp": (0.25, 0.5), "filter": (0.75, 1.5)}
     final = json.loads((run_dir / "map_stats.json").read_text())
@@ -203,8 +206,6 @@ def test_a_changed_weights_file_is_refused_by_name_unless_the_user_skips_the_che
 ):
     """One flipped bit in best_<mode>: load_run, ff-eval and ff-predict refuse it, naming the
     file; --no-verify (verify=False) is the user's explicit choice to use it anyway."""
-    import shutil
-
     from filterformer.cli.eval import main as eval_cli
     from filterformer.cli.predict import main as predict_cli
 

@@ -130,6 +130,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
     from filterformer.io import atomic_path
     from filterformer.lock import lock_run
     from filterformer.models.encoder import weights_sha256
+    from filterformer.runs.files import sign_run
     from filterformer.runs.run import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
     from filterformer.training.checkpoint import save_checkpoint
 
@@ -171,6 +172,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         "converted_from": converted_from,
     }
     save_checkpoint(run_dir / "checkpoints" / "last", model, meta=meta)
+    sign_run(run_dir)
     print(
         f"ff-convert: {run_dir}: {len(weights.encoder)} encoder tensors ({ENCODER_FILE}, "
         f"sha256 {identity['encoder_weights'][:12]}...) and {len(weights.trainable)} trainable "

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from filterformer.errors import ConfigError
+from filterformer.io import check_name
 
 PREFIX = "suite"
 ROUTED = re.compile(r"^([A-Za-z_][\w]*):(.+)$")
@@ -110,7 +111,7 @@ def suite_jobs(folder: Path, args: Sequence[str]) -> list[Job] | None:
         argv = [*flags, *suite.routes[spec.route], *(spec.get("overrides") or [])]
         if spec.get("lighting") and suite.get("lighting"):
             argv += list(suite.lighting)
-        run_dir = base_dir / category
+        run_dir = base_dir / check_name(category, f"suite={name}: category")
         argv += [f"category={category}", f"run_dir={run_dir}"]
         for arg in rest:
             routed = ROUTED.match(arg)

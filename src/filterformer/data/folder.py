@@ -26,7 +26,7 @@ import numpy as np
 
 from filterformer.data.sample import Sample, SampleSequence
 from filterformer.errors import ConfigError, DataError
-from filterformer.io import image_size, read_mask
+from filterformer.io import check_name, image_size, read_mask
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 FOLDER_SPLITS = ("train", "test")
@@ -56,7 +56,7 @@ class ImageFolderDataset(SampleSequence):
                 "normal. Drop the mask folder, or use split='test'."
             )
         self.split = split
-        self.category = category or self.image_dir.name
+        self.category = check_name(category or self.image_dir.name, "category")
         images = _images(self.image_dir)
         if not images:
             raise DataError(
@@ -109,6 +109,7 @@ def _images(folder: Path) -> list[Path]:
     )
     by_stem: dict[str, Path] = {}
     for path in images:
+        check_name(path.stem, f"{path}: file name without its extension")
         if path.stem in by_stem:
             raise DataError(
                 f"{path}: has the same stem as {by_stem[path.stem]}, so their outputs would "

@@ -24,7 +24,7 @@ import skimage.data
 from tqdm import tqdm
 
 from filterformer.errors import ConfigError, DataError
-from filterformer.io import remove_partials, write_json, write_mask_png, write_png
+from filterformer.io import check_name, remove_partials, write_json, write_mask_png, write_png
 
 TEXTURES = ("brick", "grass", "gravel")
 _TINTS = {"brick": (1.0, 0.78, 0.62), "grass": (0.72, 0.95, 0.55), "gravel": (0.86, 0.86, 0.92)}
@@ -95,7 +95,7 @@ def make_synthetic_category(
     second call with the same parameters returns at once, and an interrupted one is completed.
     """
     params = _params(seed, image_size, counts, texture)
-    cat_dir = Path(root) / category
+    cat_dir = Path(root) / check_name(category, "category")
     params_path = cat_dir / PARAMS_FILE
     specs = _plan(seed, params["counts"])
     if params_path.is_file():

@@ -8,7 +8,6 @@ height and width that are multiples of the patch size give an h x w token grid.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
 from filterformer.errors import CheckpointError, ConfigError
+from filterformer.io import file_sha256
 
 
 @dataclass(frozen=True)
@@ -106,12 +106,8 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 
 def weights_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a weights file, read in 1 MiB chunks (for the run metadata)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 hex digest of a weights file (for the run metadata)."""
+    return file_sha256(path)
 
 
 def official_pos_embed(

@@ -53,7 +53,15 @@ from filterformer.evaluation.selection import (
 )
 from filterformer.evaluation.thresholds import Threshold, mean_std_threshold, read_thresholds
 from filterformer.inference.postprocess import for_sample
-from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
+from filterformer.io import (
+    as_score_map,
+    check_name,
+    output_path,
+    read_mask,
+    read_tiff_map,
+    resolved,
+    write_json,
+)
 from filterformer.lock import reading_run
 
 if TYPE_CHECKING:  # runs import torch, which the maps path never loads
@@ -131,9 +139,10 @@ def report(
 def output_dir(run_dir: Path, out: Path | None, split: str) -> Path:
     """Where a run's evaluation outputs go: ``<out>/<run name>/<split>``, or beside the run,
     ``<run>_eval/<split>`` (the run folder itself is never written by a reader)."""
+    run_dir = resolved(run_dir)  # its name, even for "." or a link
     if out is not None:
-        return out / run_dir.name / split
-    return run_dir.with_name(run_dir.name + OUTPUT_SUFFIX) / split
+        return output_path(out, run_dir.name, split)
+    return output_path(run_dir.parent, run_dir.name + OUTPUT_SUFFIX, split)
 
 
 def require_threshold(run: Run) -> Threshold:
@@ -230,14 +239,17 @@ class Evaluator:
         title = f"{category} ({self.args.split})"
         value = None if source.threshold is None else source.threshold.value
         plot_pro_curve(
-            out_dir / f"pro_curve_{category}.png", measured.result, self.limits[0], title
+            output_path(out_dir, f"pro_curve_{category}.png"),
+            measured.result,
+            self.limits[0],
+            title,
         )
         for tag, index in measured.examples.items():
             sample = source.samples[index]
             amap, _ = source.load_map(sample)
             stem = str(sample.relpath).replace("/", "_")
             write_overlay(
-                out_dir / "overlays" / f"{category}_{tag}_{stem}.png",
+                output_path(out_dir, "overlays", f"{category}_{tag}_{stem}.png"),
                 sample.load_image(),
                 amap,
                 self.binary(source, sample, amap),
@@ -363,7 +375,7 @@ def maps_source(
 def evaluate_maps(args: EvalOptions) -> EvaluationReport:
     """The --maps path (no torch). Outputs are written only once every category passed."""
     maps_root, binary_root = resolve_maps_dir(args.maps)
-    categories = args.categories or sorted(
+    categories = [check_name(c, "--categories") for c in args.categories or []] or sorted(
         p.name for p in maps_root.iterdir() if p.is_dir() and not p.name.startswith(".")
     )
     if not categories:

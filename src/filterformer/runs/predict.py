@@ -22,7 +22,7 @@ from filterformer.errors import ConfigError, SubmissionError
 from filterformer.evaluation.thresholds import Threshold
 from filterformer.export import map_backend
 from filterformer.inference.postprocess import for_sample
-from filterformer.io import read_anomaly_map, read_mask
+from filterformer.io import output_path, read_anomaly_map, read_mask
 from filterformer.lock import reading_run
 from filterformer.runs.evaluate import require_threshold
 from filterformer.runs.run import load_run
@@ -109,12 +109,16 @@ class RunExporter:
             record_file=record,
             split_thresholds={split: t.value for split, t in self.threshold.splits.items()},
         )
-        overlay_dir = out / "overlays" / self.run.category
+
+        def overlay(sample: Sample) -> Path:
+            """``<out>/overlays/<category>/<relpath>.png``, checked to stay inside ``out``."""
+            *folders, name = sample.relpath.parts
+            return output_path(out, "overlays", self.run.category, *folders, f"{name}.png")
+
         todo = [
             s
             for s in samples
-            if not writer.is_done(s.relpath)
-            or (overlays and not (overlay_dir / f"{s.relpath}.png").is_file())
+            if not writer.is_done(s.relpath) or (overlays and not overlay(s).is_file())
         ]
         score_range = tuple(self.rescale.invert(np.array([0.0, DEFAULT_TARGET])))
         if overlays:
@@ -124,7 +128,7 @@ class RunExporter:
             writer.write(sample.relpath, amap, sample.shape, step, sample.split)
             if overlays:
                 write_overlay(
-                    overlay_dir / f"{sample.relpath}.png",
+                    overlay(sample),
                     sample.load_image(),
                     amap,
                     read_mask(writer.paths(sample.relpath)[1], sample.shape),

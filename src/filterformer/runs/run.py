@@ -11,6 +11,7 @@ read from there, so a self-contained run folder (ff-convert's) can be moved.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -32,12 +33,13 @@ from filterformer.data.pseudo_split import pseudo_validation
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling, GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
-from filterformer.errors import CheckpointError, ConfigError
+from filterformer.errors import CheckpointError, ConfigError, DataError
 from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_image_score
 from filterformer.evaluation.thresholds import Threshold, read_thresholds
 from filterformer.inference.predict import Smoothing
 from filterformer.inference.run import Run
-from filterformer.io import atomic_path, write_json
+from filterformer.io import atomic_path, check_name, resolved, write_json
+from filterformer.manifest import signing
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.encoder import weights_sha256
 from filterformer.models.registry import (
@@ -47,10 +49,20 @@ from filterformer.models.registry import (
     encoder_stride,
     family,
 )
+from filterformer.runs.files import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    THRESHOLDS_FILE,
+    VERSIONS_FILE,
+    parse_map_stats,
+    read_fusion,
+    read_map_stats,
+    verify_run_files,
+)
 from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
 from filterformer.training.seed import seed_everything
 
-CONFIG_FILE = "config.yaml"
+LOG = logging.getLogger("filterformer")
 DATA_KINDS = (*READERS, "folder")
 DEFAULT_HOLDOUT_FRACTION = 0.1
 """Share of the training images held out as validation when a folder run has no validation_dir."""
@@ -222,10 +234,12 @@ def start_from_base_run(
             f"{run_dir} was trained with other {base_name} settings than this config; add {fix}"
         )
     base_model = build_model(base_name, model.encoder, **settings)
+    fix = f"Restore {run_dir} from a copy, or train it again (ff-train model={base_name} ...)."
+    verify_run_files(run_dir, fix)
     mode = _fusion_mode(run_dir, base, base_model)
     checkpoint = _default_checkpoint(run_dir, _check_mode(run_dir, base, base_model, mode))
     expected = {**identity, "model": base_name}
-    load_checkpoint(run_dir / "checkpoints" / checkpoint, base_model, expected=expected)
+    load_checkpoint(run_dir / CHECKPOINTS_DIR / checkpoint, base_model, expected=expected, fix=fix)
     model.load_state_dict(base_model.trainable_state_dict(), strict=False)
 
 
@@ -331,6 +345,27 @@ def optional_split(config: DictConfig, split: str) -> Sequence[Sample] | None:
     return split_samples(config, split)
 
 
+def require_training_splits(config: DictConfig) -> None:
+    """Refuse up front a dataset category without the validation split its training needs.
+
+    In the MVTec AD 2 layout, ``validation/`` is what the map statistics, the best
+    checkpoints and the threshold come from; a run trained without it would have none of
+    them, and ff-eval would fail only afterwards. (The synthetic category is generated with
+    it; MVTec AD and VisA have no validation split, and are scored without one.)
+    """
+    data, category = config.data, config.category.name
+    if data.kind == "synthetic" or "validation" not in DATASET_SPLITS.get(data.kind, ()):
+        return
+    folder = Path(data.root) / category / "validation"
+    if (Path(data.root) / category).is_dir() and not folder.is_dir():
+        raise DataError(
+            f"{folder}: missing. Training on {data.kind} data needs the category's validation "
+            "images (map statistics, best checkpoints and the threshold come from them): "
+            "restore the folder from the dataset archive, or train on the images with "
+            "data=folder, which holds some training images out as validation."
+        )
+
+
 def versions(seed: int, encoder_weights: str) -> dict[str, Any]:
     """Library versions, git commit and the run's seed and encoder identity (versions.json)."""
     import timm
@@ -365,12 +400,16 @@ def _git_commit() -> str | None:
 
 
 def create_run(run_dir: str | Path, config: DictConfig, encoder_weights: str) -> Path:
-    """Write config.yaml (resolved) and versions.json into ``run_dir``; return its path."""
+    """Write config.yaml (resolved) and versions.json into ``run_dir``, signed; return its path.
+
+    The caller is the run's writer (it holds the run's lock).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run_dir / CONFIG_FILE) as tmp:
-        tmp.write_text(OmegaConf.to_yaml(config, resolve=True))
-    write_json(run_dir / "versions.json", versions(int(config.seed), encoder_weights))
+    with signing(run_dir, run_dir / CONFIG_FILE, run_dir / VERSIONS_FILE):
+        with atomic_path(run_dir / CONFIG_FILE) as tmp:
+            tmp.write_text(OmegaConf.to_yaml(config, resolve=True))
+        write_json(run_dir / VERSIONS_FILE, versions(int(config.seed), encoder_weights))
     return run_dir
 
 
@@ -387,26 +426,35 @@ def load_run(
 
     ``mode``: a fusion mode other than the run's own (fusion.json). ``checkpoint`` names a
     checkpoint in ``checkpoints/`` (e.g. ``"last"``); by default it is ``best_<mode>`` when
-    that exists, else ``last``. ``verify``: check the checkpoint's files against the SHA-256
-    its metadata records (False skips that, the user's explicit choice). The mode's
-    threshold comes from thresholds.json (``read_threshold=False``: not read, for
-    calibration); one calibrated on another checkpoint is refused.
+    that exists, else ``last``. ``verify``: check the run's files against its manifest and
+    the checkpoint's files against the SHA-256 its metadata records, before anything is
+    built (False skips that, the user's explicit choice). The mode's threshold comes from
+    thresholds.json (``read_threshold=False``: not read, for calibration); one calibrated on
+    another checkpoint is refused.
     """
     run_dir = Path(run_dir)
+    if verify:
+        require_run_folder(run_dir)
+        verify_run_files(run_dir)
     config = resolve_run_paths(read_run_config(run_dir), run_dir)
     model, identity = build_from_config(config, from_base_run=False)
     category = config.category.name
     mode = _check_mode(run_dir, config, model, mode or _fusion_mode(run_dir, config, model))
     checkpoint = checkpoint or _default_checkpoint(run_dir, mode)
     loaded = load_checkpoint(
-        run_dir / "checkpoints" / checkpoint, model, expected=identity, verify=verify
+        run_dir / CHECKPOINTS_DIR / checkpoint, model, expected=identity, verify=verify
     )
     model.to(device).eval()
     geometry = build_geometry(config)
     family(config.model.name).load_run_files(model, run_dir, geometry, identity["encoder_weights"])
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
-    map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
+    fix = "Restore it from a copy of the run folder, or use another checkpoint."
+    map_stats = (
+        read_map_stats(run_dir)
+        if stored is None
+        else parse_map_stats(stored, f"{loaded.files.meta}: map_stats", fix)
+    )
     threshold = (
         _stored_threshold(run_dir, category, mode, loaded.files.weights) if read_threshold else None
     )
@@ -432,13 +480,22 @@ def load_run(
 
 
 def _default_checkpoint(run_dir: Path, mode: str) -> str:
-    """``best_<mode>`` if the run saved one, else ``last``."""
+    """``best_<mode>`` if the run saved one, else ``last``.
+
+    A verified run cannot have lost its best checkpoint (the manifest lists it); an
+    unverified one that evaluated (fusion.json) but has none is said to fall back.
+    """
     best = f"best_{mode}"
-    return best if has_checkpoint(run_dir / "checkpoints" / best) else "last"
+    if has_checkpoint(run_dir / CHECKPOINTS_DIR / best):
+        return best
+    if (run_dir / "fusion.json").is_file():
+        LOG.warning("%s: no checkpoints/%s.json; using checkpoints/last", run_dir, best)
+    return "last"
 
 
-def read_run_config(run_dir: Path) -> DictConfig:
-    """The run's config.yaml, checked to be an ff-train run config."""
+def require_run_folder(run_dir: Path) -> Path:
+    """``run_dir``'s config.yaml, or a :class:`ConfigError`: the folder is no run."""
+    resolved(run_dir)  # a symbolic link loop is named as one
     file = run_dir / CONFIG_FILE
     if not file.is_file():
         what = "does not exist" if not run_dir.exists() else f"has no {CONFIG_FILE}"
@@ -446,9 +503,24 @@ def read_run_config(run_dir: Path) -> DictConfig:
             f"{run_dir}: not a run folder ({what}). Pass a folder made by ff-train "
             "(it holds config.yaml, checkpoints/ and versions.json)."
         )
-    config = OmegaConf.load(file)
-    if not isinstance(config, DictConfig) or "model" not in config or "category" not in config:
+    return file
+
+
+def read_run_config(run_dir: Path) -> DictConfig:
+    """The run's config.yaml, checked to be an ff-train run config with a usable category."""
+    file = require_run_folder(run_dir)
+    try:
+        config = OmegaConf.load(file)
+    except Exception as err:  # PyYAML's errors (omegaconf's parser), omegaconf's, decoding
+        problem = " ".join(str(err).split())
+        raise ConfigError(
+            f"{file}: not a readable run config ({problem}). Restore it from a copy of the run."
+        ) from None
+    if not isinstance(config, DictConfig) or not all(
+        isinstance(config.get(key), DictConfig) for key in ("model", "category")
+    ):
         raise ConfigError(f"{file}: not an ff-train run config (no model/category section).")
+    check_name(config.category.get("name"), f"{file}: category.name")
     return config
 
 
@@ -459,7 +531,7 @@ def fusion_modes(run_dir: str | Path) -> tuple[str, ...]:
 
 def _stored_threshold(run_dir: Path, category: str, mode: str, weights: Path) -> Threshold | None:
     """The mode's threshold from thresholds.json, checked to be of the loaded checkpoint."""
-    thresholds_file = run_dir / "thresholds.json"
+    thresholds_file = run_dir / THRESHOLDS_FILE
     if not thresholds_file.is_file():
         return None
     threshold = read_thresholds(thresholds_file, mode).get(category)
@@ -474,11 +546,7 @@ def _stored_threshold(run_dir: Path, category: str, mode: str, weights: Path) ->
 
 def _fusion_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel) -> str:
     """fusion.json's mode for the category, else the config's default, else the model's own map."""
-    category = config.category.name
-    fusion_file = run_dir / "fusion.json"
-    mode = None
-    if fusion_file.is_file():
-        mode = json.loads(fusion_file.read_text()).get(category)
+    mode = read_fusion(run_dir, config.category.name)
     mode = mode or config.eval.get("default_mode")
     return mode or ("filter" if "filter" in model.fusion_modes else model.fusion_modes[0])
 
@@ -491,11 +559,3 @@ def _check_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel, mo
             f"valid: {', '.join(model.fusion_modes)}. Fix fusion.json or eval.default_mode."
         )
     return mode
-
-
-def _map_stats(run_dir: Path) -> dict[str, tuple[float, float]] | None:
-    file = run_dir / "map_stats.json"
-    if not file.is_file():
-        return None
-    raw: Mapping[str, Mapping[str, float]] = json.loads(file.read_text())
-    return {name: (float(v["mean"]), float(v["std"])) for name, v in raw.items()}

@@ -22,9 +22,24 @@ AUTO_DEVICE = "auto"
 
 
 def resolve_device(device: str | None) -> str:
-    """``auto`` (or None): ``cuda`` when a GPU is visible, else ``cpu``; any other name as is."""
+    """``auto`` (or None): ``cuda`` when a GPU is visible, else ``cpu``; any other name after
+    checking that torch knows it and, for ``cuda[:N]``, that this machine has that GPU (a
+    :class:`ConfigError` before anything is read or written)."""
     if device in (None, AUTO_DEVICE):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(str(device))
+    except RuntimeError:
+        raise ConfigError(
+            f"device {device!r} is not a torch device; use auto, cpu or cuda (cuda:N)."
+        ) from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            have = f"{count} CUDA GPU(s) visible to torch" if count else "no CUDA GPU visible"
+            raise ConfigError(
+                f"device {device!r}: this machine has {have}; use the device cpu (or auto)."
+            )
     return str(device)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,8 +36,10 @@ from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment, short_side_size
 from filterformer.errors import ConfigError, FilterformerError
-from filterformer.io import outermost_missing
+from filterformer.io import check_name, outermost_missing, resolved
 from filterformer.lock import lock_run
+from filterformer.manifest import signing
+from filterformer.manifest import start as start_manifest
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.encoder import DinoEncoder
 from filterformer.models.family import TrainingContext
@@ -45,6 +47,7 @@ from filterformer.models.registry import check_encoder_source, family
 from filterformer.runs.calibrate import Calibration, calibrate_run
 from filterformer.runs.checks import check_settings
 from filterformer.runs.compose import config_error_message
+from filterformer.runs.files import verify_for_resume
 from filterformer.runs.run import (
     CONFIG_FILE,
     build_from_config,
@@ -55,9 +58,11 @@ from filterformer.runs.run import (
     holdout_fraction,
     optional_split,
     patch_size,
+    require_training_splits,
     split_samples,
 )
 from filterformer.runs.settings import plain, resolve_device, train_settings
+from filterformer.training.checkpoint import has_checkpoint
 from filterformer.training.distributed import SINGLE_PROCESS, DistributedContext, main_first
 from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
 from filterformer.training.loop import (
@@ -65,6 +70,7 @@ from filterformer.training.loop import (
     TrainResult,
     check_batch_size,
     check_run_dir,
+    last_checkpoint,
     train,
 )
 from filterformer.training.validation import FusionEvaluator, map_statistics
@@ -105,6 +111,7 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
     base = launch_dir()
     try:
         _require_values(cfg)
+        check_name(cfg.category.name, "category.name")
         cfg.run_dir = str(_absolute(cfg.run_dir, base))
         if cfg.data.kind == "synthetic":
             cfg.data.root = str(_absolute(cfg.data.root, base))
@@ -123,6 +130,7 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
     plugin.check_settings(settings)
     if cfg.data.kind in READERS and cfg.data.kind != "synthetic":  # a dataset's root
         cfg.data.root = str(_absolute(resolve_data_root(cfg.data.root), base))
+        require_training_splits(cfg)
     elif cfg.data.kind == "folder":
         _prepare_folders(cfg, base, quiet)
     if cfg.input.get("fit") == "short_side":
@@ -169,7 +177,7 @@ def launch_dir() -> Path:
 
 def _absolute(path: str | Path, base: Path) -> Path:
     path = Path(path).expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
+    return resolved(path if path.is_absolute() else base / path)
 
 
 def _note(message: str, quiet: bool) -> None:
@@ -313,8 +321,11 @@ def _start_run(run_dir: Path, cfg: DictConfig, encoder_weights: str) -> Path | N
     with _removed_on_failure(created, OSError):
         lock_run(run_dir)  # the run folder's only writer from here on (data included)
         check_run_dir(run_dir, cfg.resume)
-        if cfg.resume:
+        if cfg.resume and has_checkpoint(last_checkpoint(run_dir)):
+            verify_for_resume(run_dir)  # before anything of the run is read or rewritten
             check_resumable(run_dir, cfg)
+        else:
+            start_manifest(run_dir)  # training starts from nothing
         create_run(run_dir, cfg, encoder_weights)
     return created
 
@@ -362,7 +373,10 @@ def _training_set(
         is_main=distributed.is_main,
         main_first=partial(main_first, distributed),
     )
-    train_set = family(cfg.model.name).training_set(model, images, context)
+    plugin = family(cfg.model.name)
+    run_files = [Path(cfg.run_dir) / name for name in plugin.run_files]
+    with signing(cfg.run_dir, *run_files) if distributed.is_main else nullcontext():
+        train_set = plugin.training_set(model, images, context)
     if not cfg.train.feature_cache.enabled or train_set is not images:
         return train_set
     return _feature_cache(cfg, model.encoder, images, distributed)

@@ -8,10 +8,13 @@ the logs hold exactly the rows of the checkpoint's steps, then the new ones.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from filterformer.errors import CheckpointError
 
 
 class CsvLog:
@@ -37,8 +40,23 @@ class CsvLog:
         """The log's length in bytes (0 before its first row)."""
         return self.path.stat().st_size if self.path.is_file() else 0
 
-    def cut(self, size: int) -> None:
-        """Drop what was appended after the log was ``size`` bytes long (0: delete it)."""
+    def sha256(self, size: int | None = None) -> str:
+        """SHA-256 of the log's first ``size`` bytes (None: all of it; no log: of nothing)."""
+        data = self.path.read_bytes() if self.path.is_file() else b""
+        return hashlib.sha256(data if size is None else data[:size]).hexdigest()
+
+    def cut(self, size: int, sha256: str | None = None) -> None:
+        """Drop what was appended after the log was ``size`` bytes long (0: delete it).
+
+        The log must still hold those bytes (with ``sha256``: exactly those), or resuming
+        would mix two histories in one log: then :class:`CheckpointError`.
+        """
+        if self.size() < size or (sha256 is not None and self.sha256(size) != sha256):
+            raise CheckpointError(
+                f"{self.path}: no longer holds the {size} bytes it had when checkpoints/last "
+                "was saved (it was shortened or changed). Restore the run folder from a copy, "
+                "or start a new run (resume=false, another run_dir)."
+            )
         if size == 0:
             self.path.unlink(missing_ok=True)
         elif self.size() > size:

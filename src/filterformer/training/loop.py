@@ -41,12 +41,15 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from filterformer.errors import ConfigError, NonFiniteLossError
+from filterformer.errors import CheckpointError, ConfigError, NonFiniteLossError
 from filterformer.io import remove_partials, write_json
 from filterformer.lock import lock_run
+from filterformer.manifest import signing
 from filterformer.training.checkpoint import (
+    RESUME_FIX,
     has_checkpoint,
     load_checkpoint,
+    metadata_file,
     remove_stale_files,
     save_checkpoint,
 )
@@ -302,22 +305,31 @@ class Trainer:
 
     def _resume_or_start(self) -> None:
         """Restore ``last`` (resume) with the logs cut back to it, or start with no logs."""
-        sizes = {"train": 0, "eval": 0}
+        sizes, digests = {"train": 0, "eval": 0}, {}
         if self.settings.resume and has_checkpoint(self.last):
             loaded = load_checkpoint(
-                self.last, self.model, expected=self.meta, with_training_state=True
+                self.last, self.model, expected=self.meta, with_training_state=True, fix=RESUME_FIX
             )
             state = loaded.training_state
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.generator.set_state(state["generator"])
-            set_rng_state(state["rng"])
-            self.result = TrainResult(step=state["step"], epoch=state["epoch"], best=state["best"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.generator.set_state(state["generator"])
+                set_rng_state(state["rng"])
+                self.result = TrainResult(
+                    step=state["step"], epoch=int(state["epoch"]), best=dict(state["best"])
+                )
+                sizes = state.get("logs")  # None: saved before logs were appended; keep them
+                digests = state.get("log_sha256", {})
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+                raise CheckpointError(
+                    f"{loaded.files.state}: the training state does not fit this run "
+                    f"({type(err).__name__}: {err}). {RESUME_FIX}"
+                ) from None
             self.kept = (self.result.epoch, self.result.step)
-            sizes = state.get("logs")  # None: saved before logs were appended; keep them whole
         if self.main and sizes is not None:
             for name, log in self.logs.items():
-                log.cut(sizes[name])
+                log.cut(sizes[name], digests.get(name))
 
     def _train_epoch(self, epoch: int, step: LossStep) -> None:
         """One pass over the loader: forward, backward, clipped optimiser step, schedule."""
@@ -407,7 +419,9 @@ class Trainer:
         meta["metrics"] = metrics
         if map_stats is not None:
             meta["map_stats"] = map_stats
-        save_checkpoint(self.last.with_name(f"best_{mode}"), self.model, meta=meta)
+        best_file = self.last.with_name(f"best_{mode}")
+        with signing(self.run_dir, metadata_file(best_file)):
+            save_checkpoint(best_file, self.model, meta=meta)
 
     def _save_last(self) -> None:
         """Save ``last`` with everything resuming needs, the logs' lengths included."""
@@ -420,9 +434,11 @@ class Trainer:
             "epoch": result.epoch,
             "best": result.best,
             "logs": {name: log.size() for name, log in self.logs.items()},
+            "log_sha256": {name: log.sha256() for name, log in self.logs.items()},
         }
         meta = {**self.meta, "step": result.step, "epoch": result.epoch}
-        save_checkpoint(self.last, self.model, meta=meta, training_state=training_state)
+        with signing(self.run_dir, metadata_file(self.last)):
+            save_checkpoint(self.last, self.model, meta=meta, training_state=training_state)
 
     def _write_end_files(self) -> None:
         """fusion.json (when evaluations found a best mode) and map_stats.json."""
@@ -435,10 +451,11 @@ class Trainer:
         stats = self.final_stats
         if stats is None:
             stats = evaluation.map_statistics(self.model)
-        write_json(
-            self.run_dir / "map_stats.json",
-            {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
-        )
+        with signing(self.run_dir, self.run_dir / "map_stats.json"):
+            write_json(
+                self.run_dir / "map_stats.json",
+                {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
+            )
 
 
 def loss_step(model: torch.nn.Module, train_set: Dataset) -> LossStep:
@@ -502,7 +519,8 @@ def _write_fusion(run_dir: Path, category: str | None, best: Mapping[str, Mappin
     if not best:
         return None
     mode = max(best, key=lambda m: best[m]["score"])
-    write_json(run_dir / "fusion.json", {category or "default": mode})
+    with signing(run_dir, run_dir / "fusion.json"):
+        write_json(run_dir / "fusion.json", {category or "default": mode})
     return mode
 
 
