@@ -27,7 +27,14 @@ from filterformer.runs.calibrate import Calibration, calibrate_run
 from filterformer.runs.compose import compose_config
 from filterformer.runs.evaluate import EvalOptions, EvaluationReport, evaluate
 from filterformer.runs.exporting import ExportResult, export_run_folder
-from filterformer.runs.predict import Prediction, PredictOptions, predict_images
+from filterformer.runs.predict import (
+    RESCALE_FILE,
+    Prediction,
+    PredictOptions,
+    RunExporter,
+    predict_images,
+    writing_output,
+)
 from filterformer.runs.run import read_run_config
 from filterformer.runs.train import TrainOutcome, run_training
 
@@ -104,6 +111,30 @@ class TrainedRun:
             images = [images]
         options = PredictOptions(device=device, no_progress=True)
         return predict_images(self.path, list(images), threshold=threshold, options=options)
+
+    def write_maps(
+        self,
+        out: str | Path,
+        splits: Sequence[str] = ("test_private", "test_private_mixed"),
+        *,
+        overlays: bool = False,
+        data_root: str | Path | None = None,
+        device: str | None = None,
+        progress: bool = False,
+    ) -> Path:
+        """Write the maps and masks of ``splits`` in the MVTec AD 2 server's layout under
+        ``out`` (as ``ff-predict --run RUN --out OUT --split ...``; resumable); return ``out``."""
+        out = Path(out)
+        options = PredictOptions(
+            data_root=None if data_root is None else Path(data_root),
+            device=device,
+            no_progress=not progress,
+        )
+        with writing_output(out):
+            exporter = RunExporter(self.path, options)
+            for split in splits:
+                exporter.export(exporter.maps.samples(split), out, overlays, out / RESCALE_FILE)
+        return out
 
     def export(
         self,

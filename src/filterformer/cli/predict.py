@@ -29,14 +29,12 @@ from typing import TYPE_CHECKING
 
 from filterformer.cli.common import report_user_errors, show_library_log
 from filterformer.io import write_csv
-from filterformer.lock import lock_output, unlock_output
 from filterformer.submission import PRIVATE_SPLITS, check_submission, format_report
 
 if TYPE_CHECKING:
     from filterformer.runs.predict import PredictOptions
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
-RESCALE_FILE = "rescale.json"
 SCORES_FILE = "scores.csv"
 SHOWN_SCORES = 5
 """How many of the highest-scoring images the --images table shows."""
@@ -97,24 +95,21 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--run needs --out DIR")
     else:
         out, beside = args.out, False
-    lock_output(out, beside=beside)
-    try:
-        if args.runs is not None:
-            from filterformer.runs.predict import export_submission
+    from filterformer.runs.predict import export_submission, writing_output
 
+    with writing_output(out, beside=beside):
+        if args.runs is not None:
             archive = export_submission(args.runs, out, _options(args))
             print(archive or f"{args.submission}: checked, not packed (--no-pack)")
         else:
             _export_run(args)
-    finally:
-        unlock_output(out, beside=beside)
     return 0
 
 
 def _export_run(args: argparse.Namespace) -> None:
     """One run's maps of ``--images`` (with overlays and scores.csv) or of ``--split``."""
     from filterformer.data.folder import ImageFolderDataset
-    from filterformer.runs.predict import RunExporter, report_scores
+    from filterformer.runs.predict import RESCALE_FILE, RunExporter, report_scores
 
     exporter = RunExporter(args.run, _options(args))
     record = args.out / RESCALE_FILE

@@ -11,7 +11,8 @@ and map range come from thresholds.json, calibrated when training ended.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from filterformer.evaluation.thresholds import Threshold
 from filterformer.export import map_backend
 from filterformer.inference.postprocess import for_sample
 from filterformer.io import output_path, read_anomaly_map, read_mask
-from filterformer.lock import reading_run
+from filterformer.lock import lock_output, reading_run, unlock_output
 from filterformer.runs.evaluate import require_threshold
 from filterformer.runs.run import load_run
 from filterformer.runs.run_maps import RunMaps
@@ -41,8 +42,20 @@ from filterformer.submission.mvtec_submission import map_path, mask_path
 from filterformer.submission.rescale import DEFAULT_TARGET
 
 LOG = logging.getLogger("filterformer")
+RESCALE_FILE = "rescale.json"
+"""The float16 rescale record ff-predict writes beside the maps of ``--run``."""
 SHOWN_SCORES = 5
 """How many of the highest-scoring images the --images table shows."""
+
+
+@contextmanager
+def writing_output(out: Path, *, beside: bool = False) -> Iterator[None]:
+    """Be the only writer of the output folder ``out`` while the block runs."""
+    lock_output(out, beside=beside)
+    try:
+        yield
+    finally:
+        unlock_output(out, beside=beside)
 
 
 @dataclass

@@ -49,6 +49,7 @@ from filterformer.models.registry import (
     encoder_stride,
     family,
 )
+from filterformer.runs.compose import category_threshold_rule
 from filterformer.runs.files import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -469,7 +470,7 @@ def load_run(
         mode=mode,
         map_stats=map_stats,
         threshold=threshold,
-        threshold_rule=dict(config.category.get("threshold") or {"rule": "mean_std", "k": 3}),
+        threshold_rule=dict(config.category.get("threshold") or category_threshold_rule(category)),
         postprocess=dict(config.category.get("postprocess") or {}),
         tiling=build_tiling(config),
         data_root=None if root is None else Path(root),
