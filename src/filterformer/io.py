@@ -109,21 +109,22 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
                 width, height = im.size
     except FileNotFoundError:
         raise DataError(f"{path}: file not found. Check the path or the dataset root.") from None
-    except Image.DecompressionBombError as err:  # PIL's limit, if set below ours
-        raise DataError(_too_large(path, str(err))) from None
+    except Image.DecompressionBombError:  # PIL's own check, at twice its MAX_IMAGE_PIXELS
+        raise DataError(_too_large(path, f"over {2 * Image.MAX_IMAGE_PIXELS} pixels")) from None
     except (UnidentifiedImageError, OSError) as err:
         raise DataError(
             f"{path}: not a readable image ({err}). Replace it with an intact copy."
         ) from None
     if width * height > MAX_IMAGE_PIXELS:
-        raise DataError(_too_large(path, f"its header declares {width} x {height} pixels"))
+        raise DataError(_too_large(path, f"{width} x {height} pixels"))
     return height, width
 
 
-def _too_large(path: Path, size: str) -> str:
+def _too_large(path: Path, declared: str) -> str:
     return (
-        f"{path}: {size}, more than the {MAX_IMAGE_PIXELS} pixels an image may have, so it is "
-        "not decoded (a corrupt file or a decompression bomb). Replace it, or resize it first."
+        f"{path}: its header declares {declared}; an image may have at most "
+        f"{MAX_IMAGE_PIXELS}, so it is not decoded (a corrupt file or a decompression bomb). "
+        "Replace it, or resize it first."
     )
 
 
