@@ -12,7 +12,6 @@ are not defects, so they never enter a mask. Everything is a pure function of th
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,7 +23,14 @@ import skimage.data
 from tqdm import tqdm
 
 from filterformer.errors import ConfigError, DataError
-from filterformer.io import check_name, remove_partials, write_json, write_mask_png, write_png
+from filterformer.io import (
+    check_name,
+    read_json,
+    remove_partials,
+    write_json,
+    write_mask_png,
+    write_png,
+)
 
 TEXTURES = ("brick", "grass", "gravel")
 _TINTS = {"brick": (1.0, 0.78, 0.62), "grass": (0.72, 0.95, 0.55), "gravel": (0.86, 0.86, 0.92)}
@@ -99,7 +105,7 @@ def make_synthetic_category(
     params_path = cat_dir / PARAMS_FILE
     specs = _plan(seed, params["counts"])
     if params_path.is_file():
-        stored = json.loads(params_path.read_text())
+        stored = read_json(params_path, "synthetic category record", "Delete the folder.")
         if stored != params:
             raise DataError(
                 f"{cat_dir}: holds a synthetic category made with other parameters ({stored}). "

@@ -20,7 +20,9 @@ from filterformer.errors import DataError
 from filterformer.io import read_json
 from filterformer.manifest import READER_FIX, recover, signing, verify_run
 from filterformer.models.registry import families
-from filterformer.training.checkpoint import RESUME_FIX
+from filterformer.training.checkpoint import RESUME_FIX, verify_checkpoint
+from filterformer.training.logs import check_logs
+from filterformer.training.loop import last_checkpoint
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
@@ -52,10 +54,14 @@ def verify_run_files(run_dir: str | os.PathLike, fix: str = READER_FIX) -> None:
 
 
 def verify_for_resume(run_dir: str | os.PathLike) -> None:
-    """What ff-train checks before resuming: files its last process was writing when it
-    stopped are signed as they are (that process was this run's writer), the rest verified."""
+    """What ff-train checks before resuming, before any work: files its last process was
+    writing when it stopped are signed as they are (that process was this run's writer), the
+    rest verified, and so are ``last``'s weights and training state and the logs' beginnings."""
+    run_dir = Path(run_dir)
     recover(run_dir, RESUME_FIX)
     verify_run_files(run_dir, RESUME_FIX)
+    meta = verify_checkpoint(last_checkpoint(run_dir), with_training_state=True, fix=RESUME_FIX)
+    check_logs(run_dir, meta.get("logs"), RESUME_FIX)
 
 
 def sign_run(run_dir: str | os.PathLike) -> None:

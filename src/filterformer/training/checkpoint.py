@@ -185,6 +185,21 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def verify_checkpoint(
+    path: str | Path, *, with_training_state: bool = False, fix: str = VERIFY_FIX
+) -> dict[str, Any]:
+    """Check a checkpoint's files against the SHA-256 its metadata records (which it must),
+    without loading them; return the metadata. :class:`CheckpointError` names what differs."""
+    meta_file = metadata_file(path)
+    meta = read_checkpoint_meta(meta_file)
+    files = _files(meta_file, meta)
+    _require_hashes(files, meta, with_training_state, fix)
+    _check_file(files, "weights", meta, True, fix)
+    if with_training_state and files.state is not None:
+        _check_file(files, "state", meta, True, fix)
+    return meta
+
+
 def load_checkpoint(
     path: str | Path,
     model: torch.nn.Module,

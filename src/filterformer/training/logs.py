@@ -45,18 +45,12 @@ class CsvLog:
         data = self.path.read_bytes() if self.path.is_file() else b""
         return hashlib.sha256(data if size is None else data[:size]).hexdigest()
 
-    def cut(self, size: int, sha256: str | None = None) -> None:
-        """Drop what was appended after the log was ``size`` bytes long (0: delete it).
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the log: its size and SHA-256 now."""
+        return {"size": self.size(), "sha256": self.sha256()}
 
-        The log must still hold those bytes (with ``sha256``: exactly those), or resuming
-        would mix two histories in one log: then :class:`CheckpointError`.
-        """
-        if self.size() < size or (sha256 is not None and self.sha256(size) != sha256):
-            raise CheckpointError(
-                f"{self.path}: no longer holds the {size} bytes it had when checkpoints/last "
-                "was saved (it was shortened or changed). Restore the run folder from a copy, "
-                "or start a new run (resume=false, another run_dir)."
-            )
+    def cut(self, size: int) -> None:
+        """Drop what was appended after the log was ``size`` bytes long (0: delete it)."""
         if size == 0:
             self.path.unlink(missing_ok=True)
         elif self.size() > size:
@@ -68,6 +62,38 @@ class CsvLog:
             return None
         with open(self.path, newline="") as fh:
             return next(csv.reader(fh))
+
+
+def check_logs(folder: Path, records: Any, fix: str) -> None:
+    """Refuse logs in ``folder`` that no longer begin with what a checkpoint recorded of them
+    (``{file name: {"size", "sha256"}}``, :meth:`CsvLog.record`; None: nothing recorded).
+
+    A resumed run appends to its logs after cutting them back to those bytes: a shortened or
+    changed log would mix two histories.
+    """
+    for name, record in _log_records(folder, records, fix):
+        log = CsvLog(folder / name)
+        size, sha256 = record
+        if log.size() < size or log.sha256(size) != sha256:
+            raise CheckpointError(
+                f"{log.path}: no longer begins with the {size} bytes it had when checkpoints/last "
+                f"was saved (it was shortened or changed). {fix}"
+            )
+
+
+def _log_records(folder: Path, records: Any, fix: str) -> list[tuple[str, tuple[int, str]]]:
+    """(file name, (size, SHA-256)) of each log a checkpoint recorded, checked to be such."""
+    try:
+        found = [
+            (name, (int(record["size"]), str(record["sha256"])))
+            for name, record in (records or {}).items()
+            if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")
+        ]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        found = []
+    if len(found) != len(records or {}):
+        raise CheckpointError(f"{folder}: the logs' record {records!r} is malformed. {fix}")
+    return found
 
 
 def _fieldnames(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -61,7 +61,7 @@ from filterformer.training.distributed import (
     wrap_trainable,
 )
 from filterformer.training.feature_cache import TapFeatures
-from filterformer.training.logs import CsvLog
+from filterformer.training.logs import CsvLog, check_logs
 from filterformer.training.optim import build_optimizer, optimizer_parameters
 from filterformer.training.schedule import WarmupCosine
 from filterformer.training.seed import rng_state, seed_everything, set_deterministic, set_rng_state
@@ -305,7 +305,7 @@ class Trainer:
 
     def _resume_or_start(self) -> None:
         """Restore ``last`` (resume) with the logs cut back to it, or start with no logs."""
-        sizes, digests = {"train": 0, "eval": 0}, {}
+        sizes = {"train": 0, "eval": 0}
         if self.settings.resume and has_checkpoint(self.last):
             loaded = load_checkpoint(
                 self.last, self.model, expected=self.meta, with_training_state=True, fix=RESUME_FIX
@@ -320,16 +320,17 @@ class Trainer:
                     step=state["step"], epoch=int(state["epoch"]), best=dict(state["best"])
                 )
                 sizes = state.get("logs")  # None: saved before logs were appended; keep them
-                digests = state.get("log_sha256", {})
             except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
                 raise CheckpointError(
                     f"{loaded.files.state}: the training state does not fit this run "
                     f"({type(err).__name__}: {err}). {RESUME_FIX}"
                 ) from None
             self.kept = (self.result.epoch, self.result.step)
+            if self.main:
+                check_logs(self.run_dir, loaded.meta.get("logs"), RESUME_FIX)
         if self.main and sizes is not None:
             for name, log in self.logs.items():
-                log.cut(sizes[name], digests.get(name))
+                log.cut(sizes[name])
 
     def _train_epoch(self, epoch: int, step: LossStep) -> None:
         """One pass over the loader: forward, backward, clipped optimiser step, schedule."""
@@ -434,9 +435,9 @@ class Trainer:
             "epoch": result.epoch,
             "best": result.best,
             "logs": {name: log.size() for name, log in self.logs.items()},
-            "log_sha256": {name: log.sha256() for name, log in self.logs.items()},
         }
         meta = {**self.meta, "step": result.step, "epoch": result.epoch}
+        meta["logs"] = {log.path.name: log.record() for log in self.logs.values()}
         with signing(self.run_dir, metadata_file(self.last)):
             save_checkpoint(self.last, self.model, meta=meta, training_state=training_state)
 
