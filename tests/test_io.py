@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import struct
-import zlib
 
 import cv2
 import numpy as np
@@ -15,6 +13,7 @@ import tifffile
 import torch
 from safetensors.torch import save_file
 
+from conftest import png_header
 from filterformer.errors import ConfigError, DataError, os_error_message
 from filterformer.io import (
     MAX_IMAGE_PIXELS,
@@ -145,17 +144,6 @@ def test_written_files_get_the_permissions_the_umask_allows(tmp_path, umask):
         os.umask(previous)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(["a.json", "b.png", "c.tiff", "d.safetensors"], 0o666 & ~umask)
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height RGB pixels, with no pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def test_a_decompression_bomb_header_is_refused_before_decoding(tmp_path):
