@@ -185,7 +185,7 @@ def test_calibrate_stores_every_mode_and_the_run_path_only_reads_it(untrained_ru
     args = ["--run", str(run_dir), "--data-root", str(root), "--no-progress", "--device", "cpu"]
     assert calibrate(run_dir, root) == 0
     stored = json.loads((run_dir / "thresholds.json").read_text())["synthetic"]
-    assert set(stored) == {"inp", "filter", "mean", "max", "product"}
+    assert set(stored) == {"inp", "filter"}  # fused modes need map statistics: none here
     record = stored["filter"]  # the run's mode (no fusion.json: the model's own)
     assert record["rule"] == "mean_std" and record["source_split"] == "validation"
     assert len(record["checkpoint"]) == 64 and record["map_range"][0] < record["map_range"][1]

@@ -193,7 +193,7 @@ def test_trainable_parameter_counts_match_the_spec(capsys) -> None:
 
 
 def test_registry_refuses_unknown_names(encoder: DinoEncoder) -> None:
-    assert set(families()) == {"inpformer", "filterformer", "cpr", "ear", "fader"}
+    assert {"inpformer", "filterformer", "cpr", "ear", "fader"} <= set(families())
     with pytest.raises(
         ConfigError, match="unknown model name 'patchcore'; valid: cpr, ear, fader, filterformer"
     ):
