@@ -10,8 +10,8 @@ Two sources of maps:
   ``--strict``; :mod:`filterformer.evaluation.map_audit`). This path never imports torch.
 - ``--run RUN_DIR`` (or every run under --runs-dir): the run's model predicts the maps; a
   fusion mode without a threshold in thresholds.json gets one by the category's rule
-  (validation mean + k std or quantile, or F1-optimal on test_public: an oracle there),
-  stored in the run.
+  (validation mean + k std or quantile, or F1-optimal on the labelled test split: an oracle
+  there), stored in the run.
 
 Every row says which split chose its checkpoint, fusion mode and threshold (``selected_on``,
 :mod:`filterformer.evaluation.selection`); numbers on a split that chose one are optimistic.
