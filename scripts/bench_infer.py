@@ -37,7 +37,12 @@ from omegaconf import DictConfig
 
 from filterformer.export.formats import onnx_to_openvino
 from filterformer.export.graph import MapGraph, export_onnx
-from filterformer.runs.run import build_from_config, build_geometry, build_smoothing, image_score_rule
+from filterformer.runs.run import (
+    build_from_config,
+    build_geometry,
+    build_smoothing,
+    image_score_rule,
+)
 
 RUNTIMES = ("onnxruntime", "openvino")
 

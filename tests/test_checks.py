@@ -6,10 +6,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from filterformer.errors import ConfigError
+from filterformer.runs.checks import RULES, check_settings
 from filterformer.runs.compose import config_dir
 from filterformer.runs.train import _flatten, resolve_config
-from filterformer.runs.checks import RULES, check_settings
-from filterformer.errors import ConfigError
 
 VALID = {
     "train.epochs": 15,

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from filterformer.runs.compose import config_dir, config_groups
 from filterformer.cli.train import help_text
+from filterformer.runs.compose import config_dir, config_groups
 
 HELP_WITHOUT_TORCH = """
 import sys

@@ -23,9 +23,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from filterformer.cli.export import main as export_cli
-from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.predict import main as predict_cli
 from filterformer.cli.train import main as train_cli
+from filterformer.errors import ConfigError, DeployError
+from filterformer.evaluation.image_metrics import top_fraction_mean
 from filterformer.export import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
@@ -36,14 +37,13 @@ from filterformer.export import (
 from filterformer.export.formats import require, weights_to_float16
 from filterformer.export.graph import check_exportable, image_scores
 from filterformer.export.parity import check_parity
-from filterformer.errors import ConfigError, DeployError
-from filterformer.evaluation.image_metrics import top_fraction_mean
-from filterformer.submission import MAPS_DIR, MASKS_DIR, check_submission
-from filterformer.submission.rescale import MapRescale
 from filterformer.inference.predict import Smoothing, network_maps
 from filterformer.io import read_image
 from filterformer.models.registry import build_encoder, build_model
+from filterformer.runs.predict import PredictOptions, export_submission
 from filterformer.runs.run import load_run, split_samples
+from filterformer.submission import MAPS_DIR, MASKS_DIR, check_submission
+from filterformer.submission.rescale import MapRescale
 
 CATEGORY = "synthetic"  # the demo preset's category
 INPUT_SIZE = (56, 70)  # conftest's tiny_demo_overrides: input.resize
@@ -65,7 +65,7 @@ def exported(demo_run) -> tuple[Path, str]:
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert export_cli(["--run", str(demo_run), "--no-progress"]) == 0
-    return demo_run / "export" / "model.onnx", printed.getvalue()
+    return demo_run.with_name(demo_run.name + "_export") / "model.onnx", printed.getvalue()
 
 
 def _inputs(run, split: str) -> torch.Tensor:
@@ -215,7 +215,9 @@ def test_a_dynamic_size_export_scores_any_patch_multiple_with_top1(demo_run, tmp
     assert "parity on 4 images" in capsys.readouterr().out  # 2 images, at two sizes each
     run = load_run(run_dir)
     assert run.image_score == "top1"
-    session = open_session(run_dir / "export" / "model.onnx", "onnxruntime")
+    session = open_session(
+        run_dir.with_name(run_dir.name + "_export") / "model.onnx", "onnxruntime"
+    )
     for size in [(28, 42), (98, 56)]:
         inputs = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(0))
         expected = network_maps(run.model, inputs, run.mode, run.map_stats, run.smoothing).numpy()
@@ -260,12 +262,9 @@ def test_ff_predict_onnxruntime_writes_the_torch_files_and_passes_the_check(
     demo_run, exported, tmp_path
 ):
     assert _ff_predict("--run", demo_run, "--out", tmp_path / "torch") == 0
-    args = build_parser().parse_args(
-        ["--runs", str(demo_run.parent), "--submission", "ort", "--backend", "onnxruntime"]
-    )
-    args.no_progress = True
+    options = PredictOptions(backend="onnxruntime", no_progress=True)
     counts = {CATEGORY: 1}  # the tiny demo has one image per private split
-    archive = export_submission(demo_run.parent, tmp_path / "ort", args, counts=counts)
+    archive = export_submission(demo_run.parent, tmp_path / "ort", options, counts=counts)
     assert archive.is_file()  # packed only after the upload checks found no error
     assert not [
         p for p in check_submission(tmp_path / "ort", None, counts) if p.severity == "error"
@@ -407,7 +406,7 @@ def test_an_exported_backend_gives_its_mode_only():
 
 def test_other_model_families_are_refused(tiny_model):
     with pytest.raises(DeployError, match="model 'cpr' has no exportable map path"):
-        check_exportable("cpr", tiny_model)
+        check_exportable("cpr")
 
 
 def test_a_missing_runtime_names_the_extra_to_install(monkeypatch):

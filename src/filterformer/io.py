@@ -252,6 +252,7 @@ def _json_default(obj: Any) -> Any:
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
+
 def outermost_missing(path: Path) -> Path | None:
     """The outermost folder of ``path`` that does not exist yet (None when ``path`` exists).
 

@@ -5,14 +5,13 @@ See :mod:`filterformer.export.exporter` (ff-export, ff-predict --backend) and ex
 """
 
 from filterformer.export.exporter import default_model_path, export_run, map_backend
-from filterformer.export.graph import EXPORTABLE_MODELS, MapGraph
+from filterformer.export.graph import MapGraph, exportable_families
 from filterformer.export.manifest import EXPORT_FILE
 from filterformer.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, Parity
 from filterformer.export.runtime import BACKENDS, ExportedBackend, open_session
 
 __all__ = [
     "BACKENDS",
-    "EXPORTABLE_MODELS",
     "EXPORT_FILE",
     "FP16_TOLERANCE",
     "FP32_TOLERANCE",
@@ -20,6 +19,7 @@ __all__ = [
     "MapGraph",
     "Parity",
     "default_model_path",
+    "exportable_families",
     "export_run",
     "map_backend",
     "open_session",

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from filterformer.data.sample import Sample
+from filterformer.errors import DeployError
+from filterformer.evaluation.thresholds import Threshold
 from filterformer.export.formats import (
     FORMATS,
     check_out_path,
@@ -27,19 +29,19 @@ from filterformer.export.graph import MapGraph, check_exportable, export_onnx
 from filterformer.export.manifest import add_file, run_record, verify_export
 from filterformer.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, Parity, check_parity
 from filterformer.export.runtime import RUNTIMES, ExportedBackend, open_session
-from filterformer.errors import DeployError
-from filterformer.evaluation.thresholds import Threshold
-from filterformer.submission.rescale import MapRescale
 from filterformer.inference.predict import MapBackend
-from filterformer.runs.run import Run
+from filterformer.inference.run import Run
+from filterformer.submission.rescale import MapRescale
 
-EXPORT_DIR = "export"
+EXPORT_SUFFIX = "_export"
+"""A run's default export folder is ``<run>_export`` beside it (a run folder is never written
+by a reader)."""
 """Where ff-export puts a run's export by default: ``<run>/export/model.onnx`` (or .xml)."""
 
 
 def default_model_path(run_dir: Path, fmt: str) -> Path:
     """The default export file of a run for a format (``onnx`` or ``openvino``)."""
-    return run_dir / EXPORT_DIR / f"model{FORMATS[fmt]}"
+    return run_dir.with_name(run_dir.name + EXPORT_SUFFIX) / f"model{FORMATS[fmt]}"
 
 
 def parity_batches(
@@ -107,7 +109,7 @@ def export_run(
     :class:`DeployError` is raised and nothing is written at ``out``.
     """
     check_out_path(out, fmt)
-    check_exportable(run.config.model.name, run.model)
+    check_exportable(run.config.model.name)
     if dynamic_size:
         _check_dynamic(run, fmt)
     if not samples:

@@ -23,10 +23,9 @@ from torch import nn
 from filterformer.errors import DeployError
 from filterformer.evaluation.image_metrics import TOP_FRACTION
 from filterformer.inference.predict import Smoothing, network_maps
-from filterformer.models.filterformer import INPFormer
+from filterformer.models.base import FrozenEncoderModel
+from filterformer.models.registry import families, family
 
-EXPORTABLE_MODELS = ("inpformer", "filterformer")
-"""Model families whose whole map path has been exported and checked against torch."""
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("maps", "scores")
 EXAMPLE_BATCH = 2
@@ -58,7 +57,7 @@ class MapGraph(nn.Module):
 
     def __init__(
         self,
-        model: INPFormer,
+        model: FrozenEncoderModel,
         mode: str,
         map_stats: Mapping[str, tuple[float, float]] | None,
         smoothing: Smoothing,
@@ -76,11 +75,16 @@ class MapGraph(nn.Module):
         return maps, image_scores(maps, self.image_score)
 
 
-def check_exportable(model_name: str, model: nn.Module) -> None:
+def exportable_families() -> list[str]:
+    """Families whose whole map path has been exported and checked against torch."""
+    return sorted(name for name, plugin in families().items() if plugin.exportable)
+
+
+def check_exportable(model_name: str) -> None:
     """Refuse model families whose map path has not been checked as an exported graph."""
-    if model_name not in EXPORTABLE_MODELS or not isinstance(model, INPFormer):
+    if not family(model_name).exportable:
         raise DeployError(
-            f"ff-export supports the {' and '.join(EXPORTABLE_MODELS)} models; model "
+            f"ff-export supports the {', '.join(exportable_families())} models; model "
             f"{model_name!r} has no exportable map path yet. Use ff-predict --backend torch."
         )
 

@@ -20,14 +20,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from filterformer.export.graph import INPUT_NAME, OUTPUT_NAMES
 from filterformer.errors import DeployError
 from filterformer.evaluation.thresholds import Threshold
-from filterformer.submission.rescale import MapRescale
-from filterformer.submission.writer import export_record
+from filterformer.export.graph import INPUT_NAME, OUTPUT_NAMES
+from filterformer.inference.run import Run
 from filterformer.io import write_json
 from filterformer.models.encoder import weights_sha256
-from filterformer.runs.run import Run
+from filterformer.submission.rescale import MapRescale
+from filterformer.submission.writer import export_record
 
 EXPORT_FILE = "export.json"
 FORMAT_VERSION = 1

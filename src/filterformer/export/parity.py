@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from filterformer.errors import DeployError
 from filterformer.export.graph import MapGraph
 from filterformer.export.runtime import Session
-from filterformer.errors import DeployError
 
 FP32_TOLERANCE = 1e-4
 """Float32 export: the runtimes reorder float32 sums, nothing else."""

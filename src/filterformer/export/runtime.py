@@ -18,9 +18,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from filterformer.errors import ConfigError, DeployError
 from filterformer.export.formats import require
 from filterformer.export.graph import INPUT_NAME, OUTPUT_NAMES
-from filterformer.errors import ConfigError, DeployError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}

@@ -40,7 +40,7 @@ from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
-from filterformer.models.filterformer import fuse_maps
+from filterformer.models.fusion import fuse_maps
 
 MapStats = Mapping[str, tuple[float, float]]
 

@@ -10,79 +10,27 @@ from the mapping (older run configs, another model's settings) are not checked.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from filterformer.data.transforms import FITS, INTERPOLATIONS
 from filterformer.errors import ConfigError
 from filterformer.evaluation.protocol import IMAGE_SCORES, PROTOCOLS
-from filterformer.models.attenuation import ATTENUATIONS, FILLS
-from filterformer.models.ear.attention import HEAD_RULES
-from filterformer.models.ear.fader import PREDICTOR_INPUTS
-from filterformer.models.fader import MASK_KINDS, SCALINGS
-from filterformer.training.validation import METRICS
-
-
-@dataclass(frozen=True)
-class Allowed:
-    """What a setting may be: a test and the words that describe it in the error message."""
-
-    text: str
-    test: Callable[[Any], bool]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
-def integer(low: int, high: int | None = None) -> Allowed:
-    """An integer in [low, high] (no upper bound when ``high`` is None)."""
-    text = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    return Allowed(text, lambda v: _is_int(v) and v >= low and (high is None or v <= high))
-
-
-def number(low: float, *, above: bool = False, high: float | None = None) -> Allowed:
-    """A finite number >= low (> low with ``above``), and <= ``high`` when given."""
-    sign = ">" if above else ">="
-    text = f"a number {sign} {low}" + ("" if high is None else f" and <= {high}")
-
-    def test(v: Any) -> bool:
-        return _is_number(v) and (v > low if above else v >= low) and (high is None or v <= high)
-
-    return Allowed(text, test)
-
-
-def optional(rule: Allowed) -> Allowed:
-    """``rule`` or null."""
-    return Allowed(f"null or {rule.text}", lambda v: v is None or rule.test(v))
-
-
-def pair(rule: Allowed) -> Allowed:
-    """A [height, width] list whose two values follow ``rule``."""
-    return Allowed(
-        f"a [height, width] pair, each {rule.text}",
-        lambda v: isinstance(v, list | tuple) and len(v) == 2 and all(rule.test(x) for x in v),
-    )
-
-
-def choice(*values: str) -> Allowed:
-    """One of the given names."""
-    return Allowed(f"one of {', '.join(values)}", lambda v: v in values)
-
-
-FLAG = Allowed("true or false", lambda v: isinstance(v, bool))
-KERNEL = Allowed("0 (off) or an integer >= 1", lambda v: _is_int(v) and v >= 0)
-OVERLAP = Allowed(
-    "a fraction in [0, 1) or a whole number of pixels >= 0",
-    lambda v: (isinstance(v, float) and 0 <= v < 1) or (_is_int(v) and v >= 0),
+from filterformer.ranges import (
+    FLAG,
+    KERNEL,
+    ODD,
+    OVERLAP,
+    SIZE,
+    Allowed,
+    choice,
+    integer,
+    is_int,
+    is_number,
+    number,
+    optional,
 )
-SIZE = pair(integer(1))
+from filterformer.training.validation import METRICS
 
 RULES: dict[str, Allowed] = {
     "seed": integer(0, 2**32 - 1),  # numpy's seed range
@@ -96,38 +44,9 @@ RULES: dict[str, Allowed] = {
     "encoder.allow_download": FLAG,
     "encoder.official_pos_interp": FLAG,
     "encoder.pretrain_img_size": integer(1),
-    "model.num_inps": integer(1),
-    "model.extractor_depth": integer(1),
-    "model.decoder_depth": integer(1),
-    "model.mlp_ratio": number(0, above=True),
-    "model.ln_eps": number(0, above=True),
-    "model.coherence_weight": number(0),
-    "model.mining_gamma": number(0),
-    "model.diff_depth": integer(1),
-    "model.diff_weight": number(0),
-    "model.attenuation": choice(*ATTENUATIONS),
-    "model.attenuation_hidden": integer(1),
-    "model.attenuation_strength": number(0, high=1),
-    "model.attenuation_fill": choice(*FILLS),
-    "model.attenuation_margin": number(0),
-    "model.mosaic_scale": integer(1),
-    "model.attention_mass": number(0, high=1),
-    "model.attention_heads": choice(*HEAD_RULES),
-    "model.ssim_window": Allowed("an odd integer >= 1", lambda v: _is_int(v) and v >= 1 and v % 2),
-    "model.ssim_sigma": number(0, above=True),
-    "model.msgms_scales": integer(1),
-    "model.gms_c": number(0, above=True),
-    "model.hidden": integer(1),
-    "model.strength": number(0, high=1),
-    "model.mask": choice(*MASK_KINDS),
-    "model.hard_threshold": number(0, high=1),
-    "model.scaling": choice(*SCALINGS),
-    "model.margin": number(0),
-    "model.predictor_input": choice(*PREDICTOR_INPUTS),
-    "model.decoder_lr_scale": number(0),
     "data.image_size": SIZE,
     "data.validation_fraction": Allowed(
-        "a fraction strictly between 0 and 1", lambda v: _is_number(v) and 0 < v < 1
+        "a fraction strictly between 0 and 1", lambda v: is_number(v) and 0 < v < 1
     ),
     "category.tiling.enabled": FLAG,
     "category.tiling.tile": SIZE,
@@ -137,7 +56,7 @@ RULES: dict[str, Allowed] = {
     "category.tiling.grid": Allowed(
         "a [cols, rows] pair of integers >= 1",
         lambda v: (
-            isinstance(v, list | tuple) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)
+            isinstance(v, list | tuple) and len(v) == 2 and all(is_int(x) and x >= 1 for x in v)
         ),
     ),
     "category.postprocess.closing": KERNEL,
@@ -145,7 +64,7 @@ RULES: dict[str, Allowed] = {
     "category.postprocess.erosion": KERNEL,
     "category.postprocess.kernel": choice("ellipse", "rect"),
     "category.postprocess.fill_guard": number(0, above=True, high=1),
-    "category.threshold.k": Allowed("a number", _is_number),
+    "category.threshold.k": Allowed("a number", is_number),
     "category.threshold.q": number(0, high=1),
     "train.epochs": integer(1),
     "train.batch_size": integer(1),
@@ -164,7 +83,7 @@ RULES: dict[str, Allowed] = {
         lambda v: (
             isinstance(v, list | tuple)
             and len(v) == 2
-            and all(_is_number(x) and 0 <= x < 1 for x in v)
+            and all(is_number(x) and 0 <= x < 1 for x in v)
         ),
     ),
     "train.optimizer.weight_decay": number(0),
@@ -178,31 +97,38 @@ RULES: dict[str, Allowed] = {
     "eval.metric": choice(*METRICS),
     "eval.pro_limit": number(0, above=True, high=1),
     "eval.sigma": number(0),
-    "eval.blur_kernel": Allowed("an odd integer >= 1", lambda v: _is_int(v) and v >= 1 and v % 2),
+    "eval.blur_kernel": ODD,
     "eval.protocol_size": optional(SIZE),
     "eval.protocol": choice(*PROTOCOLS),
     "eval.image_score": optional(choice(*IMAGE_SCORES)),
 }
-"""Each setting's allowed values; ``data.counts.<split>`` entries are integers >= 0."""
+"""Each common setting's allowed values; ``data.counts.<split>`` entries are integers >= 0.
+The ``model.*`` settings are checked by the model family's own ranges."""
 
 COUNT = integer(0)
 
 
 def check_settings(
-    settings: Mapping[str, Any], *, patch_size: int | None = None, world_size: int = 1
+    settings: Mapping[str, Any],
+    *,
+    family_ranges: Mapping[str, Allowed] | None = None,
+    patch_size: int | None = None,
+    world_size: int = 1,
 ) -> None:
     """Raise :class:`ConfigError` naming every setting outside its allowed range.
 
     Args:
         settings: the resolved config, flattened to dotted keys (``train.epochs``).
+        family_ranges: the model family's ranges of its ``model.*`` settings.
         patch_size: the encoder's patch side; the network input (``input.crop``, else
             ``input.resize``) must be a multiple of it, at least one patch (None: unchecked).
         world_size: training processes (torchrun); the global batch must split evenly.
     """
+    rules = {**RULES, **(family_ranges or {})}
     problems = [
         _describe(key, value, rule.text)
         for key, value in settings.items()
-        if (rule := RULES.get(key, COUNT if key.startswith("data.counts.") else None))
+        if (rule := rules.get(key, COUNT if key.startswith("data.counts.") else None))
         and not rule.test(value)
     ]
     bad = {p.split("=", 1)[0] for p in problems}
@@ -220,7 +146,7 @@ def _relations(
     """Checks between settings, on those that passed their own rule."""
     problems = []
     batch = settings.get("train.batch_size")
-    if "train.batch_size" not in bad and _is_int(batch) and batch % world_size:
+    if "train.batch_size" not in bad and is_int(batch) and batch % world_size:
         problems.append(
             _describe(
                 "train.batch_size", batch, f"a multiple of the {world_size} training processes"

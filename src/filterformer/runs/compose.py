@@ -1,4 +1,5 @@
-"""Where ff-train's hydra configs live, and one-line messages for composition errors.
+"""Where ff-train's hydra configs live, how they are composed, and one-line messages for
+composition errors.
 
 Nothing here imports torch, so that every ``--help`` stays fast.
 """
@@ -6,8 +7,16 @@ Nothing here imports torch, so that every ``--help`` stays fast.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from filterformer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 
 def config_dir() -> Path:
     """The hydra config folder: the installed ``filterformer.configs``, else the repository's."""
@@ -16,6 +25,7 @@ def config_dir() -> Path:
     except ModuleNotFoundError:
         folder = Path(__file__).resolve().parents[3] / "configs"
     return folder
+
 
 def config_groups(folder: Path) -> dict[str, list[str]]:
     """Each config group (a sub-folder of ``folder``, hydra's own aside) -> its choices.
@@ -27,6 +37,7 @@ def config_groups(folder: Path) -> dict[str, list[str]]:
         for group in sorted(folder.iterdir())
         if group.is_dir() and group.name != "hydra" and any(group.glob("*.yaml"))
     }
+
 
 def config_error_message(err: Exception) -> str:
     """One line for a hydra composition or omegaconf error (bad override, missing value, ...).
@@ -59,3 +70,27 @@ def config_error_message(err: Exception) -> str:
     if isinstance(err, MissingConfigException) and err.options:
         text += f"; valid: {', '.join(sorted(err.options))}"
     return " ".join(text.split())
+
+
+def compose_config(overrides: Sequence[str]) -> DictConfig:
+    """ff-train's config for ``overrides`` (``key=value``, ``group=choice``), as ff-train
+    composes it; hydra's errors become one-line :class:`ConfigError` messages."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            return compose(config_name="train", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(config_error_message(err)) from None
+
+
+def category_threshold_rule(category: str) -> dict:
+    """The threshold rule of ``configs/category/<category>.yaml`` (``custom``'s for a category
+    without a config): where every default threshold rule lives."""
+    from omegaconf import OmegaConf
+
+    known = (config_dir() / "category" / f"{category}.yaml").is_file()
+    config = compose_config([f"category={category if known else 'custom'}"])
+    return OmegaConf.to_container(config.category.threshold, resolve=True)

@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,50 +36,25 @@ from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_image_score
 from filterformer.evaluation.thresholds import Threshold, read_thresholds
 from filterformer.inference.predict import Smoothing
+from filterformer.inference.run import Run
 from filterformer.io import atomic_path, write_json
 from filterformer.models.base import FrozenEncoderModel
-from filterformer.models.cpr import CPR, DENSENETS
-from filterformer.models.encoder import ENCODERS, weights_sha256
-from filterformer.models.registry import build_encoder, build_model, encoder_hub_name
+from filterformer.models.encoder import weights_sha256
+from filterformer.models.registry import (
+    build_encoder,
+    build_model,
+    encoder_hub_name,
+    encoder_stride,
+    family,
+)
+from filterformer.runs.compose import category_threshold_rule
 from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
-from filterformer.training.cpr_references import load_references
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
 DATA_KINDS = (*READERS, "folder")
 DEFAULT_HOLDOUT_FRACTION = 0.1
 """Share of the training images held out as validation when a folder run has no validation_dir."""
-BASE_RUNS: dict[str, tuple[str, str]] = {"fader": ("ear_run", "ear")}
-"""Models trained on top of another run: name -> (model key naming that run, the run's model)."""
-
-
-@dataclass(frozen=True)
-class Run:
-    """A trained run, loaded: the model in eval mode and everything needed to use it."""
-
-    run_dir: Path
-    config: DictConfig
-    model: FrozenEncoderModel
-    checkpoint: Path
-    """The weights file that was loaded."""
-    geometry: InputGeometry
-    category: str
-    mode: str
-    """Fusion mode: fusion.json's choice, else ``eval.default_mode``, else the model's own."""
-    map_stats: dict[str, tuple[float, float]] | None
-    threshold: Threshold | None
-    """This category's threshold for ``mode`` from thresholds.json (None if not calibrated)."""
-    threshold_rule: dict[str, Any]
-    """How to calibrate a missing threshold: the category config's ``threshold`` section."""
-    postprocess: dict[str, Any]
-    tiling: AnyTiling | None
-    data_root: Path | None
-    smoothing: Smoothing
-    """Map smoothing from ``eval.sigma``, ``blur_kernel``, ``blur_padding``, ``protocol_size``."""
-    protocol: str
-    """``eval.protocol``: how ff-eval scores the run (``mvtec_ad2`` for older runs)."""
-    image_score: str
-    """``eval.image_score``, or the protocol's own image score when it is null."""
 
 
 def build_geometry(config: DictConfig) -> InputGeometry:
@@ -109,13 +82,8 @@ def build_geometry(config: DictConfig) -> InputGeometry:
 
 
 def patch_size(config: DictConfig) -> int:
-    """Patch size of the configured encoder, from its timm architecture (``..._patch14_...``)."""
-    variant = config.encoder.variant
-    if variant in DENSENETS:  # CPR's DenseNet: sizes that its coarsest stride divides
-        return DENSENETS[variant].strides[-1]
-    if variant not in ENCODERS:
-        raise ConfigError(f"unknown encoder.variant {variant!r}; valid: {', '.join(ENCODERS)}.")
-    return int(re.search(r"_patch(\d+)", ENCODERS[variant].arch).group(1))
+    """The side network inputs must be a multiple of: the encoder's patch (or CNN stride)."""
+    return encoder_stride(config.encoder.variant)
 
 
 def build_tiling(config: DictConfig, *, training: bool = False) -> AnyTiling | None:
@@ -198,8 +166,8 @@ def build_from_config(
     """Seed, build the encoder and the model of ``config``; return it with its identity.
 
     The identity (``model``, ``encoder``, ``encoder_weights``) is what checkpoints record and
-    what loading them checks. A model trained on top of another run (:data:`BASE_RUNS`:
-    ``model=fader`` names its EAR run in ``model.ear_run``) starts from that run's weights;
+    what loading them checks. A model trained on top of another run (its family's
+    ``base_run``, whose key in ``model`` names that run's folder) starts from it;
     ``from_base_run=False`` skips them (:func:`load_run`: the run's own checkpoint holds
     every weight, so the base run need not exist any more).
     """
@@ -207,7 +175,8 @@ def build_from_config(
     encoder_args = OmegaConf.to_container(config.encoder, resolve=True)
     model_args = OmegaConf.to_container(config.model, resolve=True)
     name = model_args.pop("name")
-    base_key = BASE_RUNS.get(name, (None,))[0]
+    base_run = family(name).base_run
+    base_key = None if base_run is None else base_run.key
     model_args.pop(base_key, None)
     encoder = build_encoder(encoder_args.pop("variant"), **encoder_args)
     model = build_model(name, encoder, **model_args)
@@ -227,10 +196,11 @@ def start_from_base_run(
     """Load into ``model`` the trained weights of the run its config builds on.
 
     The base run must hold the base model with the same settings (``model`` keeps them, e.g.
-    FADeR keeps EAR's U-Net, mosaic and mask) and the same encoder weights.
+    the model keeps its base's architecture) and the same encoder weights.
     """
     name = config.model.name
-    key, base_name = BASE_RUNS[name]
+    base_run = family(name).base_run
+    key, base_name = base_run.key, base_run.family
     if not config.model.get(key):
         raise ConfigError(
             f"model={name} starts from a trained {base_name} run: set model.{key}=<its run "
@@ -253,7 +223,8 @@ def start_from_base_run(
             f"{run_dir} was trained with other {base_name} settings than this config; add {fix}"
         )
     base_model = build_model(base_name, model.encoder, **settings)
-    checkpoint = _default_checkpoint(run_dir, _fusion_mode(run_dir, base, base_model))
+    mode = _fusion_mode(run_dir, base, base_model)
+    checkpoint = _default_checkpoint(run_dir, _check_mode(run_dir, base, base_model, mode))
     expected = {**identity, "model": base_name}
     load_checkpoint(run_dir / "checkpoints" / checkpoint, base_model, expected=expected)
     model.load_state_dict(base_model.trainable_state_dict(), strict=False)
@@ -410,33 +381,36 @@ def load_run(
     device: str | torch.device = "cpu",
     checkpoint: str | None = None,
     verify: bool = True,
+    mode: str | None = None,
+    read_threshold: bool = True,
 ) -> Run:
     """Load a run folder: model (eval mode) with the checkpoint of its fusion mode, and settings.
 
-    ``checkpoint`` names a checkpoint in ``checkpoints/`` (e.g. ``"last"``); by default it is
-    ``best_<mode>`` when that exists, else ``last``. ``verify``: check the checkpoint's files
-    against the SHA-256 its metadata records (False skips that, the user's explicit choice).
+    ``mode``: a fusion mode other than the run's own (fusion.json). ``checkpoint`` names a
+    checkpoint in ``checkpoints/`` (e.g. ``"last"``); by default it is ``best_<mode>`` when
+    that exists, else ``last``. ``verify``: check the checkpoint's files against the SHA-256
+    its metadata records (False skips that, the user's explicit choice). The mode's
+    threshold comes from thresholds.json (``read_threshold=False``: not read, for
+    calibration); one calibrated on another checkpoint is refused.
     """
     run_dir = Path(run_dir)
     config = resolve_run_paths(read_run_config(run_dir), run_dir)
     model, identity = build_from_config(config, from_base_run=False)
     category = config.category.name
-    mode = _fusion_mode(run_dir, config, model)
+    mode = _check_mode(run_dir, config, model, mode or _fusion_mode(run_dir, config, model))
     checkpoint = checkpoint or _default_checkpoint(run_dir, mode)
     loaded = load_checkpoint(
         run_dir / "checkpoints" / checkpoint, model, expected=identity, verify=verify
     )
     model.to(device).eval()
     geometry = build_geometry(config)
-    if isinstance(model, CPR):  # its training images and fitted retrieval state
-        load_references(run_dir, model, geometry, identity["encoder_weights"])
+    family(config.model.name).load_run_files(model, run_dir, geometry, identity["encoder_weights"])
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
-    thresholds_file = run_dir / "thresholds.json"
-    threshold = None
-    if thresholds_file.is_file():
-        threshold = read_thresholds(thresholds_file, mode).get(category)
+    threshold = (
+        _stored_threshold(run_dir, category, mode, loaded.files.weights) if read_threshold else None
+    )
     root = config.data.get("root")
     return Run(
         run_dir=run_dir,
@@ -448,7 +422,7 @@ def load_run(
         mode=mode,
         map_stats=map_stats,
         threshold=threshold,
-        threshold_rule=dict(config.category.get("threshold") or {"rule": "mean_std", "k": 3}),
+        threshold_rule=dict(config.category.get("threshold") or category_threshold_rule(category)),
         postprocess=dict(config.category.get("postprocess") or {}),
         tiling=build_tiling(config),
         data_root=None if root is None else Path(root),
@@ -479,6 +453,26 @@ def read_run_config(run_dir: Path) -> DictConfig:
     return config
 
 
+def fusion_modes(run_dir: str | Path) -> tuple[str, ...]:
+    """The fusion modes the run's model offers (its family's model class says)."""
+    return family(read_run_config(Path(run_dir)).model.name).model.fusion_modes
+
+
+def _stored_threshold(run_dir: Path, category: str, mode: str, weights: Path) -> Threshold | None:
+    """The mode's threshold from thresholds.json, checked to be of the loaded checkpoint."""
+    thresholds_file = run_dir / "thresholds.json"
+    if not thresholds_file.is_file():
+        return None
+    threshold = read_thresholds(thresholds_file, mode).get(category)
+    if threshold is not None and threshold.checkpoint != weights_sha256(weights):
+        raise CheckpointError(
+            f"{thresholds_file}: the {mode!r} threshold of {category!r} was calibrated on "
+            f"another checkpoint than {weights.name}. Calibrate it again: ff-eval --calibrate "
+            f"--run {run_dir}"
+        )
+    return threshold
+
+
 def _fusion_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel) -> str:
     """fusion.json's mode for the category, else the config's default, else the model's own map."""
     category = config.category.name
@@ -487,7 +481,11 @@ def _fusion_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel) -
     if fusion_file.is_file():
         mode = json.loads(fusion_file.read_text()).get(category)
     mode = mode or config.eval.get("default_mode")
-    mode = mode or ("filter" if "filter" in model.fusion_modes else model.fusion_modes[0])
+    return mode or ("filter" if "filter" in model.fusion_modes else model.fusion_modes[0])
+
+
+def _check_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel, mode: str) -> str:
+    """``mode`` if the run's model offers it."""
     if mode not in model.fusion_modes:
         raise ConfigError(
             f"{run_dir}: fusion mode {mode!r} is not available for model {config.model.name!r}; "

@@ -34,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from filterformer.errors import DataError, SubmissionError
+from filterformer.io import image_size
 from filterformer.submission.mvtec_submission import (
     MAP_SUFFIX,
     MAPS_DIR,
@@ -43,7 +44,6 @@ from filterformer.submission.mvtec_submission import (
     PRIVATE_SPLITS,
     expected_stems,
 )
-from filterformer.io import image_size
 
 Severity = Literal["error", "warning"]
 LISTED_NAMES = 5

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from filterformer.errors import SubmissionError
+from filterformer.io import atomic_path
 from filterformer.submission.checker import require_valid
 from filterformer.submission.mvtec_submission import OFFICIAL_COUNTS
-from filterformer.io import atomic_path
 
 
 def pack_submission(

@@ -28,9 +28,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from filterformer.errors import DataError, SubmissionError
+from filterformer.io import remove_partials, write_json, write_mask_png, write_tiff_float16
 from filterformer.submission.mvtec_submission import map_path, mask_path, record_path
 from filterformer.submission.rescale import MapRescale
-from filterformer.io import remove_partials, write_json, write_mask_png, write_tiff_float16
 
 MaskPostprocess = Callable[[np.ndarray], np.ndarray]
 

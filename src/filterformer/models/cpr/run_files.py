@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError
 from filterformer.io import atomic_path
-from filterformer.models.cpr import CPR, ReferenceSet
+from filterformer.models.cpr.model import CPR
+from filterformer.models.cpr.references import ReferenceSet
 
 REFERENCES_FILE = "references.safetensors"
 

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from filterformer.errors import ConfigError
-from filterformer.models.fader import (
+from filterformer.models.fader.parts import (
     ErrorPredictor,
     attenuation_mask,
     check_fader_settings,
     ranking_loss,
 )
-from filterformer.models.losses import COS_EPS
+from filterformer.models.inpformer.losses import COS_EPS
 
 ATTENUATIONS = ("none", "fader")
 FILLS = ("inp", "zero")

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from filterformer.data.pseudo_defects import PseudoDefects
 from filterformer.data.transforms import InputGeometry
-from filterformer.models.cpr import pack_pair
+from filterformer.models.cpr.model import pack_pair
 
 
 @dataclass(frozen=True)

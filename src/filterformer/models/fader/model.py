@@ -22,7 +22,7 @@ from filterformer.errors import ConfigError
 from filterformer.models.ear.grid import patch_tokens
 from filterformer.models.ear.model import EAR, Views
 from filterformer.models.encoder import DinoEncoder
-from filterformer.models.fader import (
+from filterformer.models.fader.parts import (
     ErrorPredictor,
     attenuation_mask,
     check_fader_settings,

@@ -9,7 +9,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from filterformer.models.inp import init_weights
+from filterformer.models.inpformer.inp import init_weights
 
 
 class DiffPredictor(nn.Module):
