@@ -114,8 +114,8 @@ def test_the_demo_run_runs_in_onnxruntime_within_1e_4_of_torch(demo_run, exporte
 def test_export_json_lets_a_caller_without_filterformer_use_the_file(demo_run, exported):
     path, _ = exported
     record = json.loads((path.parent / "export.json").read_text())
-    rescale = json.loads((demo_run / "rescale.json").read_text())[CATEGORY]
     run = load_run(demo_run)
+    rescale = MapRescale.from_range(*run.threshold.map_range).to_dict()
     assert (record["category"], record["mode"]) == (CATEGORY, run.mode)
     assert record["threshold"]["value"] == run.threshold.value
     assert (record["rescale"]["offset"], record["rescale"]["scale"]) == (
@@ -269,7 +269,7 @@ def test_ff_predict_onnxruntime_writes_the_torch_files_and_passes_the_check(
     assert not [
         p for p in check_submission(tmp_path / "ort", None, counts) if p.severity == "error"
     ]
-    rescale = MapRescale.from_dict(json.loads((demo_run / "rescale.json").read_text())[CATEGORY])
+    rescale = MapRescale.from_range(*load_run(demo_run).threshold.map_range)
     maps = sorted((tmp_path / "torch" / MAPS_DIR).rglob("*.tiff"))
     assert len(maps) == 2
     for tiff in maps:
@@ -295,7 +295,7 @@ def test_ff_predict_onnxruntime_scores_own_images_as_torch_does(
         with open(out / "scores.csv", newline="") as fh:
             rows[backend] = {row["image"]: row for row in csv.DictReader(fh)}
     assert rows["torch"].keys() == rows["onnxruntime"].keys() and len(rows["torch"]) == 4
-    scale = json.loads((demo_run / "rescale.json").read_text())[CATEGORY]["scale"]
+    scale = MapRescale.from_range(*load_run(demo_run).threshold.map_range).scale
     for name, row in rows["torch"].items():
         score = float(row["score"])
         other = float(rows["onnxruntime"][name]["score"])
@@ -310,7 +310,8 @@ def test_ff_predict_refuses_an_export_of_another_run_state(demo_run, exported, t
     other_mode = "inp" if load_run(demo_run).mode != "inp" else "filter"
     (run_dir / "fusion.json").write_text(json.dumps({CATEGORY: other_mode}))
     out = tmp_path / "out"
-    assert _ff_predict("--run", run_dir, "--out", out, "--backend", "onnxruntime") == 2
+    args = ["--run", run_dir, "--out", out, "--backend", "onnxruntime", "--model", exported[0]]
+    assert _ff_predict(*args) == 2
     assert "mode differ" in capsys.readouterr().err
     assert _ff_predict("--run", demo_run, "--out", out, "--model", exported[0]) == 2
     assert "--model is for --backend onnxruntime or openvino" in capsys.readouterr().err
