@@ -219,6 +219,7 @@ def _ff_predict(*args) -> int:
     return predict_cli([*map(str, args), "--no-progress"])
 
 
+@pytest.mark.slow
 def test_run_exports_both_private_splits_and_resumes(run_dir, synthetic_root, tmp_path):
     out = tmp_path / "maps"
     assert _ff_predict("--run", run_dir, "--out", out) == 0
@@ -247,6 +248,7 @@ def test_run_exports_both_private_splits_and_resumes(run_dir, synthetic_root, tm
     assert [p.stat().st_mtime_ns for p in tiffs] == mtimes
 
 
+@pytest.mark.slow
 def test_test_public_layout_is_read_by_ff_eval(run_dir, synthetic_root, tmp_path):
     out = tmp_path / "public"
     assert _ff_predict("--run", run_dir, "--out", out, "--split", "test_public") == 0
@@ -274,6 +276,7 @@ def test_test_public_layout_is_read_by_ff_eval(run_dir, synthetic_root, tmp_path
     assert 0.0 <= row["au_pro@0.05"] <= 1.0 and row["threshold_rule"] != "none"
 
 
+@pytest.mark.slow
 def test_custom_images_get_maps_masks_and_overlays(run_dir, tiny_image_dir, tmp_path):
     out = tmp_path / "custom"
     assert _ff_predict("--run", run_dir, "--images", tiny_image_dir, "--out", out) == 0

@@ -101,6 +101,7 @@ COUNTS = {
 }
 
 
+@pytest.mark.slow
 def test_a_suite_trains_each_category_with_its_model_into_one_submission(monkeypatch, tmp_path):
     """An MVTec AD 2-layout root of two synthetic categories named can (INP-Former, grid
     tiles) and vial (CPR): one suite folder, then one checked, packed submission."""
@@ -129,6 +130,7 @@ def test_a_suite_trains_each_category_with_its_model_into_one_submission(monkeyp
         assert (mixed.rule, mixed.source_split) == ("f1_pseudo", "validation_pseudo_mixed")
 
 
+@pytest.mark.slow
 def test_a_suite_with_m_sweeps_each_route_so_a_launcher_runs_one_job_per_category(
     monkeypatch, tmp_path
 ):

@@ -55,7 +55,8 @@ def test_resize_is_exact_for_integer_factors():
 
 @pytest.mark.parametrize("original", [(61, 47), (13, 17)])  # shrink and enlarge
 def test_pil_bilinear_is_the_official_inp_former_pipeline_exactly(original):
-    # INP-Former: Resize(448) on a PIL image, ToTensor, CenterCrop(392), Normalize (spec §1.4)
+    # INP-Former code (get_data_transforms in dataset.py): Resize(448) on a PIL image, ToTensor,
+    # CenterCrop(392), Normalize
     image = _random_image(*original, seed=3)
     official = tv.Compose(
         [

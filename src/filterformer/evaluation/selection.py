@@ -10,7 +10,8 @@ and runs trained without evaluation are labelled alike:
 - fusion mode: an entry in fusion.json was chosen by the same evaluation, on ``eval.split``;
   a mode from ``eval.default_mode`` or the model's own map was chosen on no data (None).
 - threshold: its ``source_split`` in thresholds.json (``validation`` for mean_std and
-  quantile, ``test_public`` for f1_optimal); a given number without one is ``"unknown"``.
+  quantile, the labelled test split for f1_optimal: ``test_public``, or ``test`` for MVTec AD);
+  a given number without one is ``"unknown"``.
 
 Maps given to ``ff-eval --maps`` carry no record of their checkpoint or fusion mode: both
 are ``"unknown"``.

@@ -6,8 +6,9 @@ Rules (SegF1 as the MVTec AD 2 paper defines it), each fixed before the evaluate
 - ``quantile``: the q-quantile of all validation pixels (on float16-rounded scores).
 - ``f1_pseudo``: the best pooled pixel F1 on ``validation_pseudo`` (validation images with
   pasted pseudo-defects and their exact masks): label-free.
-- ``f1_optimal``: the best pooled pixel F1 on test_public. It uses test labels, so it is an
-  **oracle** (the ceiling of the label-free rules) and is always reported as such.
+- ``f1_optimal``: the best pooled pixel F1 on the labelled test split (``test_public`` of
+  MVTec AD 2, ``test`` of MVTec AD and VisA). It uses that split's labels, so on that split it
+  is an **oracle** (the ceiling of the label-free rules) and is reported as such.
 - ``fixed``: a number ``level`` on a stated map scale (``scale``: the map value 1.0 reads as
   ``scale``), e.g. the ISVL hybrid's hand-picked 0-255 values (ISVL hybrid §3.1.1) with
   ``scale: 255``: the threshold on the map is ``level / scale``.
@@ -79,8 +80,11 @@ class Threshold:
         return self.splits.get(split, self)
 
     def is_oracle(self, evaluated_split: str) -> bool:
-        """True if test labels chose the threshold (f1_optimal): always an oracle."""
-        return self.rule == "f1_optimal"
+        """True if the labels of ``evaluated_split`` chose the threshold (f1_optimal there).
+
+        An f1_optimal threshold of unrecorded origin counts as an oracle on every split.
+        """
+        return self.rule == "f1_optimal" and self.source_split in (None, evaluated_split)
 
     def describe(self, evaluated_split: str) -> str:
         """Short label for tables, e.g. ``mean+3std(validation)`` or ``f1_optimal(...) ORACLE``."""
@@ -215,7 +219,7 @@ def quantile_threshold(
     return Threshold(float(KEY_VALUES[key]), "quantile", {"q": q}, "validation")
 
 
-def f1_optimal_threshold(counts: PixelCounts, source_split: str = "test_public") -> Threshold:
+def f1_optimal_threshold(counts: PixelCounts, source_split: str) -> Threshold:
     """The threshold with the best pooled pixel F1 on the split the counts came from."""
     best = f1_max(counts)
     if np.isnan(best.threshold):
@@ -248,6 +252,7 @@ def _one_rule(
     labelled: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
     pseudo: PseudoPairs | None,
     source: str,
+    labelled_split: str,
     split: str | None = None,
 ) -> Threshold:
     """One threshold by one rule (no ``splits``) for ``split``; see :func:`threshold_by_rule`."""
@@ -271,7 +276,7 @@ def _one_rule(
         mixed = split == MIXED_SPLIT
         return _best_f1(pseudo(mixed), PSEUDO_MIXED if mixed else PSEUDO_SPLIT, "f1_pseudo", source)
     if name == "f1_optimal":
-        return _best_f1(labelled(), "test_public", "f1_optimal", source)
+        return _best_f1(labelled(), labelled_split, "f1_optimal", source)
     raise ConfigError(
         f"{source}: unknown threshold rule {name!r}; valid: {', '.join(CALIBRATION_RULES)}."
     )
@@ -283,6 +288,8 @@ def threshold_by_rule(
     labelled: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
     source: str,
     pseudo: PseudoPairs | None = None,
+    *,
+    labelled_split: str,
 ) -> Threshold:
     """Calibrate a threshold as a category config's ``threshold`` section says.
 
@@ -290,14 +297,17 @@ def threshold_by_rule(
     ``{"rule": "fixed", "level": 79, "scale": 255}``, ``{"rule": "f1_pseudo"}`` or
     ``{"rule": "f1_optimal"}``, optionally with ``splits: {<split>: {rule...}}``.
     ``validation`` yields the validation maps (it may be called more than once); ``labelled``
-    yields (map, GT mask) pairs of test_public, called only for "f1_optimal"; ``pseudo(mixed)``
+    yields (map, GT mask) pairs of ``labelled_split`` (the data's labelled test split:
+    test_public, or test for MVTec AD), called only for "f1_optimal"; ``pseudo(mixed)``
     yields (map, exact mask) pairs of validation_pseudo (``mixed``: validation_pseudo_mixed,
     for a rule under ``splits.test_private_mixed``), called only for "f1_pseudo".
     """
-    base = _one_rule(rule, validation, labelled, pseudo, source)
+    base = _one_rule(rule, validation, labelled, pseudo, source, labelled_split)
     overrides = rule.get("splits") or {}
     splits = {
-        split: _one_rule(sub, validation, labelled, pseudo, f"{source} (split {split})", split)
+        split: _one_rule(
+            sub, validation, labelled, pseudo, f"{source} (split {split})", labelled_split, split
+        )
         for split, sub in overrides.items()
     }
     return Threshold(base.value, base.rule, base.params, base.source_split, splits)
