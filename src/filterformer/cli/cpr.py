@@ -53,6 +53,14 @@ def check_cpr_config(cfg: DictConfig) -> None:
             "model=cpr scores whole images against whole training images and makes its own "
             f"training pairs; set {', '.join(wrong)}"
         )
+    defects = cfg.cpr.pseudo_defects
+    crops_dir = defects.get("crops_dir")
+    if defects.kinds.get("cut_paste", 0) > 0 and not (crops_dir and Path(crops_dir).is_dir()):
+        raise ConfigError(
+            f"cpr.pseudo_defects.kinds.cut_paste > 0 pastes defect crops, but "
+            f"crops_dir={crops_dir} is no folder: give a folder of RGBA crops (README, CPR) or set "
+            "cpr.pseudo_defects.kinds.cut_paste=0"
+        )
     if cfg.cpr.steps % cfg.train.epochs:
         raise ConfigError(
             f"cpr.steps={cfg.cpr.steps} must be a multiple of train.epochs={cfg.train.epochs} "
