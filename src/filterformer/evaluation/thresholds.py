@@ -91,7 +91,8 @@ class Threshold:
         elif self.rule == "quantile":
             label = f"quantile{self.params.get('q', 0):g}"
         elif self.rule == "fixed":
-            label = f"fixed{self.params.get('level', 0):g}/{self.params.get('scale', 1):g}"
+            scale = self.params.get("scale", 1)
+            label = f"fixed{self.params.get('level', 0):g}" + (f"/{scale:g}" if scale != 1 else "")
         else:
             label = self.rule
         if self.source_split == AUTHORS:
