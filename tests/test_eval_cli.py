@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from filterformer.cli.eval import main
-from filterformer.runs import load_run
+from filterformer.runs.run import load_run
 from filterformer.training.checkpoint import read_checkpoint_meta, save_checkpoint
 
 SAMPLE = Path(__file__).parent / "data" / "ad2_sample"
@@ -143,7 +143,7 @@ def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     from hydra import compose, initialize_config_dir
 
     from filterformer.data.synthetic import make_synthetic_category
-    from filterformer.runs import build_from_config, create_run
+    from filterformer.runs.run import build_from_config, create_run
     from filterformer.training.checkpoint import save_checkpoint
 
     base = tmp_path_factory.mktemp("run_eval")
@@ -181,7 +181,7 @@ def test_run_path_calibrates_stores_threshold_and_writes_eval_folder(untrained_r
     stored = json.loads((run_dir / "thresholds.json").read_text())["synthetic"]
     ((mode, record),) = stored.items()
     assert record["rule"] == "mean_std" and record["source_split"] == "validation"
-    out = run_dir / "eval" / "test_public"
+    out = run_dir.with_name(run_dir.name + "_eval") / "test_public"
     row = json.loads((out / "metrics.json").read_text())["categories"]["synthetic"]
     assert row["threshold"] == record["value"] and row["num_images"] == 5
     assert 0.0 <= row["au_pro@0.05"] <= 1.0 and 0.0 <= row["seg_f1"] <= 1.0
@@ -194,7 +194,7 @@ def test_run_on_a_folder_dataset_is_evaluated_with_overlays(untrained_run, tmp_p
     """Custom data (data=folder): samples have bare-stem relpaths and split "test"."""
     from hydra import compose, initialize_config_dir
 
-    from filterformer.runs import build_from_config, create_run
+    from filterformer.runs.run import build_from_config, create_run
     from filterformer.training.checkpoint import save_checkpoint
 
     _, root = untrained_run
@@ -219,7 +219,9 @@ def test_run_on_a_folder_dataset_is_evaluated_with_overlays(untrained_run, tmp_p
     save_checkpoint(run_dir / "checkpoints" / "last", model, meta={**identity, "step": 0})
 
     assert main(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
-    overlays = sorted((run_dir / "eval" / "test_public" / "overlays").iterdir())
+    overlays = sorted(
+        (run_dir.with_name(run_dir.name + "_eval") / "test_public" / "overlays").iterdir()
+    )
     assert overlays and all(p.name.startswith("bricks_") for p in overlays)
 
 
@@ -311,7 +313,9 @@ def test_run_without_selection_is_labelled_as_choosing_nothing(untrained_run, tm
     assert code == 0 and doc["selected_on"] is None
     expected = {"checkpoint": None, "fusion_mode": None, "threshold": "validation"}
     assert doc["categories"]["synthetic"]["selected_on"] == expected
-    stored = json.loads((run_dir / "eval" / "test_public" / "metrics.json").read_text())
+    stored = json.loads(
+        (run_dir.with_name(run_dir.name + "_eval") / "test_public" / "metrics.json").read_text()
+    )
     assert stored["categories"]["synthetic"]["selected_on"] == expected
 
 

@@ -11,9 +11,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from filterformer.errors import CheckpointError, ConfigError
-from filterformer.models import EAR, FADeR, build_encoder, build_model
-from filterformer.models.fader import attenuation_mask, ranking_loss, scale_to
-from filterformer.runs import build_from_config, create_run, load_run
+from filterformer.models import build_encoder, build_model
+from filterformer.models.ear import EAR
+from filterformer.models.fader import FADeR
+from filterformer.models.fader.parts import attenuation_mask, ranking_loss, scale_to
+from filterformer.runs.run import build_from_config, create_run, load_run
 from filterformer.training.checkpoint import save_checkpoint
 from filterformer.training.optim import build_optimizer, optimizer_parameters
 from filterformer.training.schedule import WarmupCosine
@@ -300,8 +302,8 @@ def test_fader_config_and_paper_preset_compose() -> None:
 def test_ear_and_fader_recipes_pass_the_up_front_checks(preset) -> None:
     from omegaconf import OmegaConf
 
-    from filterformer.cli.train import _flatten
-    from filterformer.config_checks import check_settings
+    from filterformer.runs.checks import check_settings
+    from filterformer.runs.train import _flatten
 
     settings = _flatten(OmegaConf.to_container(_compose(f"preset={preset}"), resolve=True))
     check_settings(settings, patch_size=8)
@@ -315,7 +317,7 @@ def test_ear_and_fader_recipes_pass_the_up_front_checks(preset) -> None:
 
 
 def test_attenuation_settings_are_checked_up_front() -> None:
-    from filterformer.config_checks import check_settings
+    from filterformer.runs.checks import check_settings
 
     with pytest.raises(ConfigError, match="model.attenuation=cpr .allowed: one of none, fader"):
         check_settings({"model.attenuation": "cpr"})

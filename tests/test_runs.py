@@ -7,11 +7,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from filterformer.cli.train import config_dir, run_training
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
 from filterformer.inference.predict import Smoothing
-from filterformer.runs import (
+from filterformer.runs.compose import config_dir
+from filterformer.runs.run import (
     build_smoothing,
     build_tiling,
     create_run,
@@ -19,6 +19,7 @@ from filterformer.runs import (
     load_run,
     resolve_run_paths,
 )
+from filterformer.runs.train import run_training
 from filterformer.training.checkpoint import checkpoint_files
 
 TINY = [  # the demo preset shrunk to seconds: 56 x 70 images, 1 epoch

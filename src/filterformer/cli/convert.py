@@ -26,13 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filterformer.cli.common import (
-    config_dir,
-    config_error_message,
-    config_groups,
-    report_user_errors,
-)
+from filterformer.cli.common import report_user_errors
 from filterformer.errors import CheckpointError, ConfigError
+from filterformer.runs.compose import config_dir, config_error_message, config_groups
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that --help stays fast
     import torch
@@ -134,7 +130,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
     from filterformer.io import atomic_path
     from filterformer.lock import lock_run
     from filterformer.models.encoder import weights_sha256
-    from filterformer.runs import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
+    from filterformer.runs.run import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
     from filterformer.training.checkpoint import save_checkpoint
 
     run_dir = args.out.resolve()

@@ -18,7 +18,7 @@ original size of the image (or tile) and blurred there; ``levels=255`` turns eve
 code's 8-bit levels, floor(255 * clip(m, 0, 1)).
 
 The network part is a :class:`MapBackend`: :class:`TorchBackend` runs the model itself (fusing
-any set of modes from one forward pass), and an exported graph (``filterformer.deploy``) runs
+any set of modes from one forward pass), and an exported graph (``filterformer.export``) runs
 in ONNX Runtime or OpenVINO; reading, tiling and the way back are shared by both.
 
 With a :class:`Tiling`, each tile of the original image is resized to the network input on its
@@ -44,7 +44,7 @@ from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
-from filterformer.models.filterformer import fuse_maps
+from filterformer.models.fusion import fuse_maps
 
 MapStats = Mapping[str, tuple[float, float]]
 
