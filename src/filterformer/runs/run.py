@@ -47,6 +47,7 @@ from filterformer.models.registry import (
     encoder_stride,
     family,
 )
+from filterformer.runs.compose import category_threshold_rule
 from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
 from filterformer.training.seed import seed_everything
 
@@ -423,7 +424,7 @@ def load_run(
         mode=mode,
         map_stats=map_stats,
         threshold=threshold,
-        threshold_rule=dict(config.category.get("threshold") or {"rule": "mean_std", "k": 3}),
+        threshold_rule=dict(config.category.get("threshold") or category_threshold_rule(category)),
         postprocess=dict(config.category.get("postprocess") or {}),
         tiling=build_tiling(config),
         data_root=None if root is None else Path(root),
