@@ -213,3 +213,22 @@ def test_each_split_gets_its_own_threshold_and_the_file_keeps_them(tmp_path: Pat
     back = read_thresholds(tmp_path / "t.json", "filter")["walnuts"]
     assert back == threshold
     assert back.for_split("test_private_mixed").value == pytest.approx(96 / 255)
+
+
+def test_published_levels_record_that_their_authors_chose_them_on_test_labels(tmp_path) -> None:
+    """suite=isvl: the ISVL hybrid's levels of its 8-bit maps, test_private / _mixed."""
+    rule = {
+        "rule": "fixed",
+        "level": 79,
+        "chosen_on": "authors_test_labels",
+        "splits": {
+            "test_private_mixed": {"rule": "fixed", "level": 96, "chosen_on": "authors_test_labels"}
+        },
+    }
+    threshold = threshold_by_rule(rule, list, list, "can")
+    assert (threshold.value, threshold.for_split("test_private_mixed").value) == (79, 96)
+    assert threshold.source_split == "authors_test_labels"
+    assert threshold.describe("test_public") == "fixed79(chosen by its authors on test labels)"
+    write_thresholds(tmp_path / "t.json", {"can": threshold})
+    again = read_thresholds(tmp_path / "t.json")["can"]
+    assert again.for_split("test_private_mixed").source_split == "authors_test_labels"

@@ -10,8 +10,11 @@ Rules (SegF1 as the MVTec AD 2 paper defines it), each fixed before the evaluate
   MVTec AD 2, ``test`` of MVTec AD and VisA). It uses that split's labels, so on that split it
   is an **oracle** (the ceiling of the label-free rules) and is reported as such.
 - ``fixed``: a number ``level`` on a stated map scale (``scale``: the map value 1.0 reads as
-  ``scale``), e.g. the ISVL hybrid's hand-picked 0-255 values (ISVL hybrid §3.1.1) with
-  ``scale: 255``: the threshold on the map is ``level / scale``.
+  ``scale``): the threshold on the map is ``level / scale``. The ISVL hybrid's hand-picked
+  levels (ISVL hybrid §3.1.1) are levels of its 8-bit maps, floor(255 m) > level: use them on
+  maps made with ``eval.levels=255`` and ``scale: 1`` (configs/suite/isvl.yaml). ``chosen_on``
+  records where the number was chosen: a split, or :data:`AUTHORS` (by a method's authors on
+  test labels), which every test split reports as chosen on itself.
 
 A category's rule may hold ``splits: {<split>: {rule...}}``: a rule of its own for that split
 (e.g. ``test_private_mixed``); the stored record then holds ``splits`` with one threshold each,
@@ -56,6 +59,9 @@ PSEUDO_SPLIT = "validation_pseudo"
 PSEUDO_MIXED = "validation_pseudo_mixed"
 """The same under synthetic lighting changes: f1_pseudo for the mixed split."""
 MIXED_SPLIT = "test_private_mixed"
+AUTHORS = "authors_test_labels"
+"""``chosen_on`` of a published threshold its authors chose on test labels (ISVL hybrid
+§3.1.1: "by conducting multiple trials")."""
 PseudoPairs = Callable[[bool], Iterable[tuple[np.ndarray, np.ndarray]]]
 """``pseudo(mixed)``: (map, exact mask) pairs of validation_pseudo(_mixed)."""
 
@@ -93,10 +99,13 @@ class Threshold:
         elif self.rule == "quantile":
             label = f"quantile{self.params.get('q', 0):g}"
         elif self.rule == "fixed":
-            label = f"fixed{self.params.get('level', 0):g}/{self.params.get('scale', 1):g}"
+            scale = self.params.get("scale", 1)
+            label = f"fixed{self.params.get('level', 0):g}" + (f"/{scale:g}" if scale != 1 else "")
         else:
             label = self.rule
-        if self.source_split:
+        if self.source_split == AUTHORS:
+            label += "(chosen by its authors on test labels)"
+        elif self.source_split:
             label += f"({self.source_split})"
         return label + (" ORACLE" if self.is_oracle(evaluated_split) else "")
 
@@ -239,11 +248,14 @@ def _best_f1(
     return replace(f1_optimal_threshold(pixels.pixel_counts(), split), rule=rule)
 
 
-def fixed_threshold(level: float, scale: float, source: str) -> Threshold:
-    """``level`` on a map scale where the map value 1.0 reads ``scale`` (e.g. 79 of 255)."""
+def fixed_threshold(
+    level: float, scale: float, source: str, chosen_on: str | None = None
+) -> Threshold:
+    """``level`` on a map scale where the map value 1.0 reads ``scale`` (e.g. 79 of 255);
+    ``chosen_on``: the split (or :data:`AUTHORS`) the number was chosen on, if any."""
     if not scale > 0:
         raise ConfigError(f"{source}: threshold rule 'fixed' needs scale > 0 (e.g. 255).")
-    return Threshold(level / scale, "fixed", {"level": level, "scale": scale})
+    return Threshold(level / scale, "fixed", {"level": level, "scale": scale}, chosen_on)
 
 
 def _one_rule(
@@ -266,7 +278,8 @@ def _one_rule(
     if name == "fixed":
         if "level" not in rule:
             raise ConfigError(f"{source}: threshold rule 'fixed' needs level (and scale).")
-        return fixed_threshold(float(rule["level"]), float(rule.get("scale", 1.0)), source)
+        level, scale = float(rule["level"]), float(rule.get("scale", 1.0))
+        return fixed_threshold(level, scale, source, rule.get("chosen_on"))
     if name == "f1_pseudo":
         if pseudo is None:
             raise ConfigError(
