@@ -21,7 +21,9 @@ from filterformer.evaluation.protocol import IMAGE_SCORES, PROTOCOLS
 from filterformer.models.attenuation import ATTENUATIONS, FILLS
 from filterformer.models.ear.attention import HEAD_RULES
 from filterformer.models.ear.fader import PREDICTOR_INPUTS
-from filterformer.models.fader import MASK_KINDS, SCALINGS
+from filterformer.models.ear.unet import UNET_LAYOUTS, UNET_OUTPUTS
+from filterformer.models.fader import MASK_KINDS, SCALINGS, SHRINKS
+from filterformer.training.schedule import SCHEDULES
 from filterformer.training.validation import METRICS
 
 
@@ -110,6 +112,8 @@ RULES: dict[str, Allowed] = {
     "model.attenuation_strength": number(0, high=1),
     "model.attenuation_fill": choice(*FILLS),
     "model.attenuation_margin": number(0),
+    "model.unet_layout": choice(*UNET_LAYOUTS),
+    "model.unet_output": choice(*UNET_OUTPUTS),
     "model.mosaic_scale": integer(1),
     "model.attention_mass": number(0, high=1),
     "model.attention_heads": choice(*HEAD_RULES),
@@ -122,6 +126,7 @@ RULES: dict[str, Allowed] = {
     "model.mask": choice(*MASK_KINDS),
     "model.hard_threshold": number(0, high=1),
     "model.scaling": choice(*SCALINGS),
+    "model.shrink": choice(*SHRINKS),
     "model.margin": number(0),
     "model.predictor_input": choice(*PREDICTOR_INPUTS),
     "model.decoder_lr_scale": number(0),
@@ -159,6 +164,11 @@ RULES: dict[str, Allowed] = {
     "train.optimizer.lr": number(0, above=True),
     "train.optimizer.final_lr": number(0),
     "train.optimizer.warmup_iters": integer(0),
+    "train.optimizer.schedule": choice(*SCHEDULES),
+    "train.optimizer.warmup_epochs": number(0),
+    "train.optimizer.restart_epochs": number(0, above=True),
+    "train.optimizer.restart_mult": integer(1),
+    "train.optimizer.min_lr_scale": number(0, high=1),
     "train.optimizer.betas": Allowed(
         "a [beta1, beta2] pair, each a number in [0, 1)",
         lambda v: (
