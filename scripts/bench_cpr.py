@@ -23,7 +23,7 @@ import time
 import torch
 from bench_train import compose_config, peak_memory, print_table
 
-from filterformer.runs import build_from_config, build_geometry
+from filterformer.runs.run import build_from_config, build_geometry
 
 
 def object_images(count: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:

@@ -34,8 +34,9 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from filterformer.cli.train import config_dir, run_training
 from filterformer.io import write_json
+from filterformer.runs.compose import config_dir
+from filterformer.runs.train import run_training
 from filterformer.training.checkpoint import has_checkpoint
 from filterformer.training.loop import last_checkpoint
 

@@ -18,7 +18,7 @@ from filterformer.cli.common import report_user_errors
 from filterformer.cli.train import main
 from filterformer.io import PARTIAL_MARK, write_json
 
-FF_TRAIN = [sys.executable, "-c", "from filterformer.cli.train_app import main; main()"]
+FF_TRAIN = [sys.executable, "-c", "from filterformer.cli.train import main; main()"]
 DEMO = ["preset=demo", "train.epochs=1", "eval.every=0", "progress=false", "input.resize=[56,70]"]
 TINY = [  # the demo preset cut to a few 56 x 70 synthetic images and one epoch
     *DEMO,

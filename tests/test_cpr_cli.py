@@ -18,8 +18,8 @@ from filterformer.cli.train import main as ff_train_main
 from filterformer.errors import CheckpointError
 from filterformer.inference.predict import predict_maps
 from filterformer.models.cpr import CPR
-from filterformer.runs import Run, build_from_config, load_run, split_samples
-from filterformer.training.cpr_references import REFERENCES_FILE, load_references
+from filterformer.models.cpr.run_files import REFERENCES_FILE, load_references
+from filterformer.runs.run import Run, build_from_config, load_run, split_samples
 
 
 def ff_train(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:

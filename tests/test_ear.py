@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from filterformer.errors import ConfigError
-from filterformer.models import EAR, ENCODERS, build_encoder, build_model
+from filterformer.models import ENCODERS, build_encoder, build_model
+from filterformer.models.ear import EAR
 from filterformer.models.ear.attention import attention_mask, cls_attention, suspect_mask, top_mass
 from filterformer.models.ear.grid import mosaic, obfuscate, pad_to_multiple, patch_tokens
 from filterformer.models.ear.similarity import gradient_magnitude, msgms_map, ssim_map

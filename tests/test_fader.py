@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from filterformer.errors import CheckpointError, ConfigError
-from filterformer.models import EAR, FADeR, build_encoder, build_model
-from filterformer.models.ear import fader as ear_fader
+from filterformer.models import build_encoder, build_model, family
+from filterformer.models.ear import EAR
 from filterformer.models.ear.grid import patch_tokens
-from filterformer.models.fader import attenuation_mask, ranking_loss, scale_to
-from filterformer.runs import build_from_config, create_run, load_run
+from filterformer.models.fader import FADeR
+from filterformer.models.fader import model as fader_model
+from filterformer.models.fader.parts import attenuation_mask, ranking_loss, scale_to
+from filterformer.runs.run import build_from_config, create_run, load_run
 from filterformer.training.checkpoint import save_checkpoint
 from filterformer.training.optim import build_optimizer, optimizer_parameters
 from filterformer.training.schedule import WarmupCosine
@@ -284,7 +286,7 @@ def _spy_step(fader: FADeR, images: torch.Tensor, monkeypatch) -> dict[str, torc
         seen["target"] = target
         return ranking_loss(predicted, target, margin)
 
-    monkeypatch.setattr(ear_fader, "ranking_loss", ranking)
+    monkeypatch.setattr(fader_model, "ranking_loss", ranking)
     fader.train()(images)
     return seen
 
@@ -433,22 +435,36 @@ def test_fader_config_and_paper_preset_compose() -> None:
 def test_ear_and_fader_recipes_pass_the_up_front_checks(preset) -> None:
     from omegaconf import OmegaConf
 
-    from filterformer.cli.train import _flatten
-    from filterformer.config_checks import check_settings
+    from filterformer.runs.checks import check_settings
+    from filterformer.runs.train import _flatten
 
     settings = _flatten(OmegaConf.to_container(_compose(f"preset={preset}"), resolve=True))
-    check_settings(settings, patch_size=8)
-    bad = {**settings, "model.attention_mass": 1.5, "model.mosaic_scale": 0}
+    ranges = family(settings["model.name"]).setting_ranges
+    check_settings(settings, family_ranges=ranges, patch_size=8)
+    bad = {
+        **settings,
+        "model.attention_mass": 1.5,
+        "model.mosaic_scale": 0,
+        "model.unet_layout": "flat",
+        "train.optimizer.schedule": "cosine",
+    }
+    named = [
+        "model.attention_mass=1.5",
+        "model.mosaic_scale=0",
+        "model.unet_layout=flat",
+        "train.optimizer.schedule=cosine",
+    ]
     if preset == "fader_paper":
-        bad |= {"model.strength": 2.0, "model.scaling": "bicubic"}
+        bad |= {"model.strength": 2.0, "model.scaling": "bicubic", "model.shrink": "max"}
+        named += ["model.strength=2.0", "model.shrink=max"]
     with pytest.raises(ConfigError) as error:
-        check_settings(bad, patch_size=8)
-    named = ["model.attention_mass=1.5", "model.mosaic_scale=0", "model.strength=2.0"]
-    assert all(n in str(error.value) for n in named[: 2 + (preset == "fader_paper")])
+        check_settings(bad, family_ranges=ranges, patch_size=8)
+    assert all(n in str(error.value) for n in named), str(error.value)
 
 
 def test_attenuation_settings_are_checked_up_front() -> None:
-    from filterformer.config_checks import check_settings
+    from filterformer.runs.checks import check_settings
 
+    ranges = family("inpformer").setting_ranges
     with pytest.raises(ConfigError, match="model.attenuation=cpr .allowed: one of none, fader"):
-        check_settings({"model.attenuation": "cpr"})
+        check_settings({"model.attenuation": "cpr"}, family_ranges=ranges)

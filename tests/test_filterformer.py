@@ -13,15 +13,15 @@ from omegaconf import OmegaConf
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.models import (
     MAP_MODES,
-    MODELS,
     DinoEncoder,
     FilterFormer,
     INPFormer,
     build_encoder,
     build_model,
+    families,
     fuse_maps,
 )
-from filterformer.models.losses import coherence_loss, soft_mining_loss
+from filterformer.models.inpformer.losses import coherence_loss, soft_mining_loss
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -193,9 +193,9 @@ def test_trainable_parameter_counts_match_the_spec(capsys) -> None:
 
 
 def test_registry_refuses_unknown_names(encoder: DinoEncoder) -> None:
-    assert set(MODELS) == {"inpformer", "filterformer", "cpr", "ear", "fader"}
+    assert set(families()) == {"inpformer", "filterformer", "cpr", "ear", "fader"}
     with pytest.raises(
-        ConfigError, match="unknown model name 'patchcore'; valid: inpformer, filterformer, cpr"
+        ConfigError, match="unknown model name 'patchcore'; valid: cpr, ear, fader, filterformer"
     ):
         build_model("patchcore", encoder)
     with pytest.raises(ConfigError, match="'diff_depth'"):
@@ -211,7 +211,7 @@ def test_model_configs_build(encoder: DinoEncoder, name: str) -> None:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = OmegaConf.to_container(compose(config_name=f"model/{name}"))["model"]
     model = build_model(encoder=encoder, **cfg)
-    assert type(model) is MODELS[name]
+    assert type(model) is families()[name].model
     assert (model.coherence_weight, model.mining_gamma, model.groups) == (
         0.2,
         3.0,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from filterformer.models import Bottleneck, INPExtractor, INPGuidedDecoder
-from filterformer.models.inp import INPAttention, INPGuidedBlock
+from filterformer.models.inpformer.inp import INPAttention, INPGuidedBlock
 
 DIM, HEADS = 32, 4
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from filterformer.inference.run_maps import RunMaps
+from filterformer.runs.run_maps import RunMaps
 
 
 @pytest.mark.parametrize(

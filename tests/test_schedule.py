@@ -1,11 +1,14 @@
 """Learning-rate schedules: INP-Former's warm-up + cosine (reference values of its
 WarmCosineScheduler) and FADeR §4.1's fixed, warm-up and SGDR (against their formulas)."""
 
+import dataclasses
+import functools
 import math
 
 import pytest
 import torch
 
+from conftest import settings_for_tests
 from filterformer.errors import ConfigError
 from filterformer.training.loop import OptimizerSettings
 from filterformer.training.schedule import SCHEDULES, WarmupCosine, warmup_cosine_lr
@@ -57,14 +60,25 @@ def test_scheduler_sets_lr_per_iteration_and_resumes_from_state_dict():
 
 BASE = 1e-3
 EPOCH = 10  # iterations per epoch in these examples
-SETTINGS = dict(name="adamw", lr=BASE, warmup_epochs=5, restart_epochs=20, restart_mult=2)
+SETTINGS = dict(lr=BASE, warmup_epochs=5, restart_epochs=20, restart_mult=2, min_lr_scale=0.2)
+"""RIAD-PyTorch's warm-up and SGDR settings (configs/train.yaml)."""
+
+
+@functools.cache
+def _preset_optimizer() -> OptimizerSettings:
+    return settings_for_tests().optimizer
+
+
+def _options(**changes: object) -> OptimizerSettings:
+    """The demo preset's optimiser with :data:`SETTINGS` and ``changes``."""
+    return dataclasses.replace(_preset_optimizer(), **{**SETTINGS, **changes})
 
 
 def _curve(schedule: str, iterations: int, **settings) -> list[float]:
     """The rate of every iteration, as the training loop builds the schedule."""
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=1.0)
-    options = OptimizerSettings(**{**SETTINGS, "schedule": schedule, **settings})
+    options = _options(schedule=schedule, **settings)
     sched = options.build_schedule(opt, epochs=100, iters_per_epoch=EPOCH)
     rates = []
     for _ in range(iterations):
@@ -125,7 +139,7 @@ def test_every_schedule_keeps_a_groups_lr_scale_and_resumes_from_its_state(tmp_p
         weights = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
         groups = [{"params": [weights[0]]}, {"params": [weights[1]], "lr_scale": 0.1}]
         opt = torch.optim.SGD(groups, lr=1.0)
-        options = OptimizerSettings(**{**SETTINGS, "schedule": schedule})
+        options = _options(schedule=schedule)
         sched = options.build_schedule(opt, epochs=100, iters_per_epoch=EPOCH)
         for _ in range(60):
             opt.step()
@@ -133,7 +147,7 @@ def test_every_schedule_keeps_a_groups_lr_scale_and_resumes_from_its_state(tmp_p
         rates = [group["lr"] for group in opt.param_groups]
         assert rates[1] == pytest.approx(0.1 * rates[0]) and rates[0] > 0
         torch.save(sched.state_dict(), tmp_path / "state.pt")
-        other = OptimizerSettings(name="adamw").build_schedule(
+        other = _options().build_schedule(
             torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 1, 1
         )
         other.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
@@ -143,4 +157,4 @@ def test_every_schedule_keeps_a_groups_lr_scale_and_resumes_from_its_state(tmp_p
 def test_an_unknown_schedule_is_named():
     param = torch.nn.Parameter(torch.zeros(1))
     with pytest.raises(ConfigError, match="train.optimizer.schedule 'cosine'"):
-        OptimizerSettings(schedule="cosine").build_schedule(torch.optim.SGD([param]), 1, 1)
+        _options(schedule="cosine").build_schedule(torch.optim.SGD([param]), 1, 1)

@@ -11,7 +11,7 @@ import yaml
 from filterformer.cli.train import main
 from filterformer.evaluation.image_metrics import image_auroc
 from filterformer.inference.predict import predict_maps
-from filterformer.runs import build_from_config, load_run, split_samples
+from filterformer.runs.run import build_from_config, load_run, split_samples
 
 
 def ff_train(monkeypatch, *args):

@@ -15,7 +15,7 @@ resized back. It exists to compare with the official numbers, not for the best f
 maps (it throws away detail that the network resolution keeps).
 
 The network part is a :class:`MapBackend`: :class:`TorchBackend` runs the model itself (fusing
-any set of modes from one forward pass), and an exported graph (``filterformer.deploy``) runs
+any set of modes from one forward pass), and an exported graph (``filterformer.export``) runs
 in ONNX Runtime or OpenVINO; reading, tiling and the way back are shared by both.
 
 With a :class:`Tiling`, each tile of the original image is resized to the network input on its
@@ -40,7 +40,7 @@ from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
-from filterformer.models.filterformer import fuse_maps
+from filterformer.models.fusion import fuse_maps
 
 MapStats = Mapping[str, tuple[float, float]]
 
