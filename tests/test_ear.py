@@ -347,6 +347,7 @@ def test_ear_trains_only_the_unet_and_checkpoints_no_encoder(ear: EAR) -> None:
     assert any(k.endswith("running_mean") for k in state)  # BatchNorm statistics travel too
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_reconstruction_loss() -> None:
     torch.manual_seed(0)
     model = EAR(build_encoder("tiny_random_vits8"), widths=TINY_WIDTHS, mosaic_scale=4)

@@ -118,6 +118,7 @@ def test_mixed_aspect_ratios_share_one_input_and_come_back_at_their_own_size(fol
     assert all(np.isfinite(amap).all() for _, amap in maps)
 
 
+@pytest.mark.slow
 def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
     folders, tmp_path, monkeypatch, capsys
 ):

@@ -112,6 +112,8 @@ def build_smoothing(config: DictConfig) -> Smoothing:
         kernel_size=int(settings.get("blur_kernel", default.kernel_size)),
         padding=settings.get("blur_padding", default.padding),
         size=None if size is None else tuple(int(v) for v in size),
+        at_original=settings.get("blur_at", "network") == "original",
+        levels=settings.get("levels"),
     )
 
 

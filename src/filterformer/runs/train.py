@@ -347,6 +347,7 @@ def _training_set(
         augment,
         seed=cfg.seed,
         tiling=build_tiling(cfg, training=True),
+        every_tile=OmegaConf.select(cfg, "category.tiling.train_tiles", default="random") == "all",
     )
     images.preload(progress=cfg.progress and distributed.is_main)
     context = TrainingContext(
