@@ -18,7 +18,13 @@ from filterformer.models.ear import EAR
 from filterformer.models.ear.attention import attention_mask, cls_attention, suspect_mask, top_mass
 from filterformer.models.ear.grid import mosaic, obfuscate, pad_to_multiple, patch_tokens
 from filterformer.models.ear.similarity import gradient_magnitude, msgms_map, ssim_map
-from filterformer.models.ear.unet import UNET_LAYOUTS, StridedUNet, UNet, build_unet
+from filterformer.models.ear.unet import (
+    UNET_LAYOUTS,
+    StridedUNet,
+    UNet,
+    build_unet,
+    to_unit_range,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY_WIDTHS = (4, 8, 8, 16, 16)
@@ -305,6 +311,14 @@ def test_unet_refuses_fewer_than_two_levels_and_unknown_layouts() -> None:
             build_unet(layout, (8,))
     with pytest.raises(ConfigError, match="model.unet_layout 'flat'"):
         build_unet("flat", TINY_WIDTHS)
+    with pytest.raises(ConfigError, match="model.unet_output 'tanh'"):
+        build_unet("template", TINY_WIDTHS, "tanh")
+
+
+def test_unet_outputs_clamp_or_sigmoid_into_the_unit_range() -> None:
+    logits = torch.tensor([-2.0, 0.25, 3.0])
+    assert to_unit_range(logits, "clamp").tolist() == [0.0, 0.25, 1.0]  # RIAD-PyTorch
+    torch.testing.assert_close(to_unit_range(logits, "sigmoid"), torch.sigmoid(logits))
 
 
 # ------------------------------------------------------------------ the model

@@ -1,8 +1,9 @@
 """The reconstruction U-Net of EAR and FADeR (FADeR §4.1, "Implementation details").
 
-D levels (D = ``len(widths)``), every convolution 3 x 3 -> BatchNorm -> LeakyReLU; the
-deepest level has no skip, levels 1..D-1 each pass one skip to the decoder, whose features an
-optional mask multiplies first (FADeR eq. 4). Two layouts (``UNET_LAYOUTS``):
+D levels (D = ``len(widths)``), every convolution but the last 3 x 3 -> BatchNorm ->
+LeakyReLU; the deepest level has no skip, levels 1..D-1 each pass one skip to the decoder,
+whose features an optional mask multiplies first (FADeR eq. 4). Two layouts
+(``UNET_LAYOUTS``):
 
 - ``template`` (:class:`UNet`), the layout of the EAR author's public RIAD re-implementation
   (YeongHyeon/RIAD-PyTorch, ``neuralnet/aesc_l2.py``), extended from its four levels to D.
