@@ -113,6 +113,16 @@ def test_log_has_one_row_per_step_with_losses_and_lr(synthetic_root, tmp_path):
     assert (meta["step"], meta["epoch"], meta["encoder"]) == (6, 3, "tiny_random")
 
 
+def test_the_loop_steps_the_configured_schedule_in_epochs(synthetic_root, tmp_path):
+    """train.optimizer.schedule=sgdr, 2 steps per epoch: 1 epoch of warm-up, then periods of
+    1 and 2 epochs from 1e-3 towards 2e-4 (SGDR eq. 5)."""
+    sgdr = {"lr": 1e-3, "schedule": "sgdr", "warmup_epochs": 1, "restart_epochs": 1}
+    run(synthetic_root, tmp_path, optimizer={**sgdr, "restart_mult": 2, "min_lr_scale": 0.2})
+    rates = [float(r["lr"]) for r in read_rows(tmp_path / "train_log.csv")]
+    cos = 2e-4 + 4e-4 * (1 + math.cos(math.pi / 4))
+    assert rates == pytest.approx([0.0, 5e-4, 1e-3, 6e-4, 1e-3, cos])
+
+
 class NaNAtStep(torch.nn.Module):
     """Wraps a model and makes its loss NaN from the ``bad_step``-th forward pass on."""
 

@@ -32,6 +32,7 @@ from filterformer.ranges import (
     number,
     optional,
 )
+from filterformer.training.schedule import SCHEDULES
 from filterformer.training.validation import METRICS
 
 RULES: dict[str, Allowed] = {
@@ -84,6 +85,11 @@ RULES: dict[str, Allowed] = {
     "train.optimizer.lr": number(0, above=True),
     "train.optimizer.final_lr": number(0),
     "train.optimizer.warmup_iters": integer(0),
+    "train.optimizer.schedule": choice(*SCHEDULES),
+    "train.optimizer.warmup_epochs": number(0),
+    "train.optimizer.restart_epochs": number(0, above=True),
+    "train.optimizer.restart_mult": integer(1),
+    "train.optimizer.min_lr_scale": number(0, high=1),
     "train.optimizer.betas": Allowed(
         "a [beta1, beta2] pair, each a number in [0, 1)",
         lambda v: (
