@@ -167,7 +167,7 @@ def test_eval_protocol_and_training_tiles_come_from_the_config():
     assert build_tiling(compose_train("category=vial"), training=True) is None
     grid = compose_train("category=can", "category.tiling.mode=grid")
     assert build_tiling(grid).record() == {"grid": [4, 2], "pyramid": [[4, 2]]}
-    assert build_tiling(grid, training=True).pyramid == [(1, 1), (2, 1), (4, 2)]
+    assert build_tiling(grid, training=True).pyramid == [(2, 1), (4, 2)]  # the ISVL code's
     older = OmegaConf.create({"eval": {"default_mode": None}})  # a run made before these keys
     assert build_smoothing(older) == Smoothing() and image_score_rule(older) == "max"
     with pytest.raises(ConfigError, match="eval.image_score 'mean' is unknown"):
