@@ -21,7 +21,7 @@ import numpy as np
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, FilterformerError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
-from filterformer.lock import lock_run
+from filterformer.lock import holds_run, lock_run, unlock_run
 from filterformer.manifest import MANIFEST_FILE, signing
 from filterformer.models.encoder import weights_sha256
 from filterformer.runs.files import CONFIG_FILE, THRESHOLDS_FILE, sign_run
@@ -55,10 +55,22 @@ def calibrate_run(
     skipped, with the reason; the other modes are still stored.
     """
     run_dir = Path(run_dir)
+    if holds_run(run_dir):  # the training process, calibrating as it ends
+        return _calibrate_modes(run_dir, device, data_root, progress, batch_size)
     lock_run(run_dir)
-    if (run_dir / CONFIG_FILE).is_file() and not (run_dir / MANIFEST_FILE).is_file():
-        sign_run(run_dir)  # a run made before runs were signed: its writer adopts it
-        LOG.info("%s: signed the run's files as they are (%s)", run_dir, MANIFEST_FILE)
+    try:
+        if (run_dir / CONFIG_FILE).is_file() and not (run_dir / MANIFEST_FILE).is_file():
+            sign_run(run_dir)  # a run made before runs were signed: its writer adopts it
+            LOG.info("%s: signed the run's files as they are (%s)", run_dir, MANIFEST_FILE)
+        return _calibrate_modes(run_dir, device, data_root, progress, batch_size)
+    finally:
+        unlock_run(run_dir)
+
+
+def _calibrate_modes(
+    run_dir: Path, device: str, data_root: str | Path | None, progress: bool, batch_size: int
+) -> list[Calibration]:
+    """:func:`calibrate_run`'s work, as the run's writer."""
     results = []
     for mode in fusion_modes(run_dir):
         try:

@@ -60,7 +60,7 @@ from filterformer.runs.files import (
     read_map_stats,
     verify_run_files,
 )
-from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
+from filterformer.training.checkpoint import LoadedCheckpoint, has_checkpoint, load_checkpoint
 from filterformer.training.seed import seed_everything
 
 LOG = logging.getLogger("filterformer")
@@ -124,6 +124,8 @@ def build_smoothing(config: DictConfig) -> Smoothing:
         kernel_size=int(settings.get("blur_kernel", default.kernel_size)),
         padding=settings.get("blur_padding", default.padding),
         size=None if size is None else tuple(int(v) for v in size),
+        at_original=settings.get("blur_at", "network") == "original",
+        levels=settings.get("levels"),
     )
 
 
@@ -441,6 +443,7 @@ def load_run(
     model, identity = build_from_config(config, from_base_run=False)
     category = config.category.name
     mode = _check_mode(run_dir, config, model, mode or _fusion_mode(run_dir, config, model))
+    chosen = checkpoint is not None
     checkpoint = checkpoint or _default_checkpoint(run_dir, mode)
     loaded = load_checkpoint(
         run_dir / CHECKPOINTS_DIR / checkpoint, model, expected=identity, verify=verify
@@ -456,9 +459,10 @@ def load_run(
         if stored is None
         else parse_map_stats(stored, f"{loaded.files.meta}: map_stats", fix)
     )
-    threshold = (
-        _stored_threshold(run_dir, category, mode, loaded.files.weights) if read_threshold else None
-    )
+    threshold = None
+    if read_threshold:
+        sha = _weights_sha(loaded) if verify else None
+        threshold = _stored_threshold(run_dir, category, mode, sha, chosen)
     root = config.data.get("root")
     return Run(
         run_dir=run_dir,
@@ -530,16 +534,33 @@ def fusion_modes(run_dir: str | Path) -> tuple[str, ...]:
     return family(read_run_config(Path(run_dir)).model.name).model.fusion_modes
 
 
-def _stored_threshold(run_dir: Path, category: str, mode: str, weights: Path) -> Threshold | None:
-    """The mode's threshold from thresholds.json, checked to be of the loaded checkpoint."""
+def _weights_sha(loaded: LoadedCheckpoint) -> str:
+    """SHA-256 of the loaded weights: as recorded (and verified on loading), else computed."""
+    recorded = ((loaded.meta.get("files") or {}).get("weights") or {}).get("sha256")
+    return recorded or weights_sha256(loaded.files.weights)
+
+
+def _stored_threshold(
+    run_dir: Path, category: str, mode: str, sha: str | None, chosen: bool
+) -> Threshold | None:
+    """The mode's threshold from thresholds.json, checked to be of the loaded checkpoint,
+    whose weights have SHA-256 ``sha`` (None: not checked, the user's ``--no-verify``).
+
+    One of another checkpoint is refused; with a checkpoint the caller chose (not the mode's
+    own), there is simply none.
+    """
     thresholds_file = run_dir / THRESHOLDS_FILE
     if not thresholds_file.is_file():
         return None
     threshold = read_thresholds(thresholds_file, mode).get(category)
-    if threshold is not None and threshold.checkpoint != weights_sha256(weights):
+    if sha is None or threshold is None:
+        return threshold
+    if threshold.checkpoint != sha:
+        if chosen:
+            return None
         raise CheckpointError(
             f"{thresholds_file}: the {mode!r} threshold of {category!r} was calibrated on "
-            f"another checkpoint than {weights.name}. Calibrate it again: ff-eval --calibrate "
+            f"another checkpoint than the one loaded. Calibrate it again: ff-eval --calibrate "
             f"--run {run_dir}"
         )
     return threshold
