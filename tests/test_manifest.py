@@ -69,7 +69,7 @@ def test_a_file_left_half_written_is_refused_until_the_writer_resumes(tmp_path):
         with signing(run, run / "config.yaml"):
             (run / "config.yaml").write_text("seed: 2\n")
             raise KeyboardInterrupt  # the kill
-    with pytest.raises(CheckpointError, match="was being written when its writer stopped"):
+    with pytest.raises(CheckpointError, match="was being written when the run.s writer stopped"):
         verify_run(run, NAMES)
     recover(run)
     verify_run(run, NAMES)

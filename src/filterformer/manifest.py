@@ -57,16 +57,22 @@ def verify_run(run_dir: str | os.PathLike, names: Iterable[str], fix: str = READ
             raise CheckpointError(_problem(path, "was changed", name in marked, fix))
     for name in names:
         if name not in files and (run_dir / name).is_file():
-            raise CheckpointError(_problem(run_dir / name, "is not signed", name in marked, fix))
+            raise CheckpointError(_problem(run_dir / name, "", name in marked, fix))
 
 
 def _problem(path: Path, what: str, marked: bool, fix: str) -> str:
-    """The message for a file that does not match the manifest."""
+    """The message for a file that does not match the manifest (``what``: "is missing" or
+    "was changed" since it was signed; empty: it never was)."""
     if marked:
         return (
-            f"{path}: {what} since {MANIFEST_FILE} signed it: it was being written when its "
-            "writer stopped. Resume the run (ff-train with its settings and resume=true) to "
-            f"finish it. {fix}"
+            f"{path}: was being written when the run's writer stopped, and is not as "
+            f"{MANIFEST_FILE} signed it. Resume the run (ff-train with its settings and "
+            f"resume=true) to finish it. {fix}"
+        )
+    if not what:
+        return (
+            f"{path}: is not signed in {MANIFEST_FILE} (added after the run's writer signed "
+            f"the run, or its entry was removed). {fix}"
         )
     return (
         f"{path}: {what} since the run's writer signed it in {MANIFEST_FILE} (the run folder "
