@@ -9,7 +9,9 @@ stay where its config says it is).
 
 from __future__ import annotations
 
+import builtins
 import errno
+import io
 import json
 import os
 import re
@@ -507,3 +509,62 @@ def test_a_failed_ff_predict_leaves_no_output_folder(tmp_path, capsys):
     assert predict_cli(["--run", str(tmp_path / "no_run"), "--out", str(out)]) == 2
     assert "not a run folder" in error_line(capsys, "ff-predict")
     assert list(tmp_path.iterdir()) == []
+
+
+def read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every attempt of this process to create, write, replace or make a folder inside
+    ``folder`` fail as on a read-only file system (EROFS); reading works. (Root ignores file
+    modes, so a chmod would not do.)"""
+    top = folder.resolve()
+
+    def inside(path) -> bool:
+        return isinstance(path, str | os.PathLike) and Path(path).resolve().is_relative_to(top)
+
+    def refuse(path) -> OSError:
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    real_open, real_os_open = builtins.open, os.open
+    real_replace, real_mkdir = os.replace, os.mkdir
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if inside(file) and any(flag in mode for flag in "wax+"):
+            raise refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if inside(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def guarded_replace(src, dst, *args, **kwargs):
+        if inside(dst):
+            raise refuse(dst)
+        return real_replace(src, dst, *args, **kwargs)
+
+    def guarded_mkdir(path, *args, **kwargs):
+        if inside(path) and not os.path.exists(path):
+            raise refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    for target, name, guard in (
+        (builtins, "open", guarded_open),
+        (io, "open", guarded_open),
+        (os, "open", guarded_os_open),
+        (os, "replace", guarded_replace),
+        (os, "mkdir", guarded_mkdir),
+    ):
+        monkeypatch.setattr(target, name, guard)
+
+
+def test_a_run_on_a_read_only_disk_is_evaluated_and_predicted(
+    demo_run, tmp_path, monkeypatch, capsys
+):
+    """Readers never write the run (calibration happens when training ends): a run on a
+    read-only disk is evaluated and predicted, its outputs going elsewhere."""
+    run = demo_run.restore()
+    read_only(run, monkeypatch)
+    with pytest.raises(OSError, match="Read-only file system"):
+        (run / "probe").write_text("x")
+    for command in ("ff-eval", "ff-predict"):
+        assert demo_run.command(command, tmp_path / command) == 0, capsys.readouterr().err
+    assert (tmp_path / "ff-predict" / "maps" / "anomaly_images").is_dir()
