@@ -17,7 +17,7 @@ from typing import Any
 
 from filterformer.data.transforms import FITS, INTERPOLATIONS
 from filterformer.errors import ConfigError
-from filterformer.evaluation.protocol import IMAGE_SCORES, PROTOCOLS
+from filterformer.evaluation.protocol import IMAGE_SCORES, PROTOCOLS, is_image_score
 from filterformer.models.attenuation import ATTENUATIONS, FILLS
 from filterformer.models.ear.attention import HEAD_RULES
 from filterformer.models.ear.fader import PREDICTOR_INPUTS
@@ -181,7 +181,7 @@ RULES: dict[str, Allowed] = {
     "eval.blur_kernel": Allowed("an odd integer >= 1", lambda v: _is_int(v) and v >= 1 and v % 2),
     "eval.protocol_size": optional(SIZE),
     "eval.protocol": choice(*PROTOCOLS),
-    "eval.image_score": optional(choice(*IMAGE_SCORES)),
+    "eval.image_score": optional(Allowed(f"one of {', '.join(IMAGE_SCORES)}", is_image_score)),
 }
 """Each setting's allowed values; ``data.counts.<split>`` entries are integers >= 0."""
 

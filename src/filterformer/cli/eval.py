@@ -215,8 +215,7 @@ class Evaluator:
         row = metrics.row(category, result, value, rule)
         row["selected_on"] = selection.to_json()
         self.rows.append(row)
-        images = metrics.images
-        scores = images.top_scores if source.image_score == "top1" else images.max_scores
+        scores = metrics.images.scores
         return Measured(category, source, result, metrics.examples(), metrics.score_range, scores)
 
     def write_outputs(self, measured: Measured, out_dir: Path) -> None:

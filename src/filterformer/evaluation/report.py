@@ -39,10 +39,10 @@ class CategoryMetrics:
 
     def __init__(self, float16: bool = True, image_score: str = "max") -> None:
         self.image_score = image_score
-        """Score of ``image_auroc``: ``max`` or ``top1`` (``eval.image_score``)."""
+        """Score of ``image_auroc`` (``eval.image_score``: max, top1 or sum_top<T>)."""
         self.pro = ProAccumulator(float16=float16)
         self.seg = SegF1Accumulator()
-        self.images = ImageScores()
+        self.images = ImageScores(rule=image_score)
         self.image_f1: list[float] = []
         """Per-image pixel F1 of the binary map (NaN without one): ranks overlay examples."""
         self.score_range = (math.inf, -math.inf)
@@ -83,9 +83,7 @@ class CategoryMetrics:
             seg_fp=seg.fp,
             seg_fn=seg.fn,
             class_f1=cls.f1 if has_binary else nan,
-            image_auroc=self.images.auroc_top()
-            if self.image_score == "top1"
-            else self.images.auroc_max(),
+            image_auroc=self.images.auroc(),
             image_auroc_top1=self.images.auroc_top(),
             pixel_auroc=pixel_auroc(counts),
             pixel_ap=pixel_ap(counts),
