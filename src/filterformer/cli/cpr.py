@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from filterformer.data.cpr_pairs import PairNoise, RetrievalPairs
+from filterformer.data.cpr_pairs import PairNoise, PairRelight, RetrievalPairs
 from filterformer.data.pseudo_defects import (
     PseudoDefects,
     PseudoDefectSettings,
@@ -60,6 +60,26 @@ def check_cpr_config(cfg: DictConfig) -> None:
         )
 
 
+def demo_data_warning(cfg: DictConfig) -> str | None:
+    """What preset=cpr_demo keeps when it trains on other data than it is made for, or None.
+
+    The preset sets ``cpr.demo_data``; its category, K, head widths and input size are the
+    demo's, whatever the data.
+    """
+    made_for = cfg.cpr.get("demo_data")
+    if made_for is None or cfg.data.kind == made_for:
+        return None
+    category = cfg.category
+    return (
+        f"ff-train: warning: preset=cpr_demo is made for data={made_for}; on data="
+        f"{cfg.data.kind} it keeps category={category.name}'s CPR settings (foreground "
+        f"{'on' if category.cpr.foreground else 'off'}, {category.cpr.steps} steps) and the "
+        f"demo's model.top_k={cfg.model.top_k}, model.out_dim={cfg.model.out_dim} and "
+        f"input.resize={list(cfg.input.resize)}. For your data use preset=cpr_paper or "
+        "preset=cpr_lighting with category=<yours>."
+    )
+
+
 def pseudo_defects(settings: DictConfig) -> PseudoDefects:
     """The generator of ``cpr.pseudo_defects``, with the user's crop and texture folders."""
     options = OmegaConf.to_container(settings, resolve=True)
@@ -82,6 +102,9 @@ def cpr_training_set(
     """
     encoder_weights = identity["encoder_weights"]
     check_cpr_config(cfg)
+    warning = demo_data_warning(cfg)
+    if warning and distributed.is_main:
+        print(warning, file=sys.stderr)
     run_dir, geometry = Path(cfg.run_dir), images.geometry
     uint8 = [geometry.center_crop(images.resized_image(i)) for i in range(len(images))]
     model.to(cfg.device)
@@ -104,4 +127,6 @@ def cpr_training_set(
         length=cfg.cpr.steps // cfg.train.epochs * cfg.train.batch_size,
         seed=int(cfg.seed),
         noise=PairNoise(**OmegaConf.to_container(cfg.cpr.noise, resolve=True)),
+        relight=PairRelight(**OmegaConf.to_container(cfg.cpr.relight, resolve=True)),
+        weight_border=cfg.cpr.weight_border,
     )
