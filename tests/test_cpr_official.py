@@ -26,6 +26,7 @@ from filterformer.models.cpr.loss import sample_points
 from filterformer.models.cpr.model import foreground_weight
 from filterformer.models.cpr.retrieval import block_histograms, nearest_centre
 from filterformer.models.registry import build_encoder, build_model
+from filterformer.runs import image_score_rule
 from filterformer.training.cpr_references import (
     REFERENCES_FILE,
     load_references,
@@ -214,8 +215,8 @@ def test_the_image_score_is_the_sum_of_the_top_t() -> None:
     scores.update(np.array([[0.5, 0.5], [0.0, 0.0]]), False)
     assert scores.scores == pytest.approx([1.0, 1.0])
     assert (scores.auroc(), scores.auroc_max()) == (0.5, 1.0)
-    for preset in ("cpr_paper", "cpr_dinov2"):
-        assert compose_train(f"preset={preset}").eval.image_score == "sum_top512"
+    assert image_score_rule(compose_train("preset=cpr_paper")) == "sum_top512@320x320"
+    assert image_score_rule(compose_train("preset=cpr_dinov2")) == "sum_top512@448x448"
 
 
 # 5. Positive-sampling weight ------------------------------------------------------------------

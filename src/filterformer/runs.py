@@ -156,7 +156,10 @@ def image_score_rule(config: DictConfig, protocol: str | None = None) -> str:
     """``eval.image_score``, else the image score of ``protocol`` (default: the run's); a
     ``sum_top<T>`` rule counts T on the network input's size."""
     rule, protocol = config.eval.get("image_score"), protocol or protocol_of(config)
-    return resolve_image_score(rule, protocol, build_geometry(config).input_size)
+    counted = isinstance(rule, str) and rule.startswith("sum_top")
+    return resolve_image_score(
+        rule, protocol, build_geometry(config).input_size if counted else None
+    )
 
 
 def resolve_run_paths(config: DictConfig, run_dir: Path) -> DictConfig:
