@@ -38,7 +38,7 @@ from bench_train import compose_config, peak_memory, print_table
 from filterformer.evaluation.image_metrics import top_sum
 from filterformer.inference.predict import Smoothing, smooth_maps
 from filterformer.models.cpr import CPR
-from filterformer.runs import build_from_config, build_geometry, build_smoothing
+from filterformer.runs.run import build_from_config, build_geometry, build_smoothing
 
 TOP_T = 512
 """CPR code (test.py): the image score sums the 512 largest values of the blurred map."""

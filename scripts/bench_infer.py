@@ -35,9 +35,14 @@ import torch
 from bench_train import compose_config, peak_memory, print_table, run_isolated
 from omegaconf import DictConfig
 
-from filterformer.deploy.formats import onnx_to_openvino
-from filterformer.deploy.graph import MapGraph, export_onnx
-from filterformer.runs import build_from_config, build_geometry, build_smoothing, image_score_rule
+from filterformer.export.formats import onnx_to_openvino
+from filterformer.export.graph import MapGraph, export_onnx
+from filterformer.runs.run import (
+    build_from_config,
+    build_geometry,
+    build_smoothing,
+    image_score_rule,
+)
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -96,7 +101,7 @@ def backend_variant(
     overrides: Sequence[str], backend: str, model_file: str | None, batch: int, steps: int
 ) -> dict[str, Any]:
     """Time the whole map graph in ``backend`` (torch, or ``model_file`` in a runtime)."""
-    from filterformer.deploy.runtime import open_session
+    from filterformer.export.runtime import open_session
 
     cfg = compose_config(overrides)
     threads = int(cfg.train.get("threads") or torch.get_num_threads())

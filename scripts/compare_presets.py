@@ -30,10 +30,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from filterformer.cli.train import config_dir, run_training
 from filterformer.evaluation.protocol import METRICS, percent
 from filterformer.inference.protocol_maps import evaluate_inpformer
-from filterformer.runs import Run, load_run, split_samples
+from filterformer.runs.compose import config_dir
+from filterformer.runs.run import Run, load_run, split_samples
+from filterformer.runs.train import run_training
 
 VARIANTS = {
     "inpformer_paper": ["preset=inpformer_paper"],
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         config = variant_config(name, args)
         if Path(config.run_dir).exists():
             sys.exit(f"{config.run_dir} exists: pass another --work or remove it")
-        runs[name] = load_run(run_training(config))
+        runs[name] = load_run(run_training(config).run_dir)
     paper = runs["inpformer_paper"]
     images = [s.load_image() for s in split_samples(paper.config, "test_public")]
     paper_losses = losses(paper.run_dir)

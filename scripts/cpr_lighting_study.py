@@ -32,12 +32,13 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from tqdm import tqdm
 
-from filterformer.cli.train import config_dir, run_training
 from filterformer.data.sample import Sample
 from filterformer.evaluation.aupro import ProAccumulator
-from filterformer.inference.run_maps import RunMaps
 from filterformer.io import write_csv, write_json
-from filterformer.runs import load_run
+from filterformer.runs.compose import config_dir
+from filterformer.runs.run import load_run
+from filterformer.runs.run_maps import RunMaps
+from filterformer.runs.train import run_training
 from filterformer.training.checkpoint import has_checkpoint
 from filterformer.training.loop import last_checkpoint
 

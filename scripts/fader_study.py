@@ -33,8 +33,9 @@ from hydra import compose, initialize_config_dir
 from tqdm import tqdm
 
 from filterformer.cli.eval import main as eval_cli
-from filterformer.cli.train import config_dir, run_training
 from filterformer.io import write_csv, write_json
+from filterformer.runs.compose import config_dir
+from filterformer.runs.train import run_training
 from filterformer.training.checkpoint import has_checkpoint
 from filterformer.training.loop import last_checkpoint
 
@@ -76,7 +77,9 @@ def evaluate(run_dir: Path) -> dict[str, float]:
     """ff-eval of the run on test_public; its metrics row."""
     if eval_cli(["--run", str(run_dir), "--no-progress"]) != 0:
         raise SystemExit(f"ff-eval failed on {run_dir}")
-    metrics = json.loads((run_dir / "eval" / "test_public" / "metrics.json").read_text())
+    metrics = json.loads(
+        (run_dir.with_name(run_dir.name + "_eval") / "test_public" / "metrics.json").read_text()
+    )
     return metrics["mean"]
 
 

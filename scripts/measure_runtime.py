@@ -21,7 +21,7 @@ forward pass per tile instead of one per image).
 
     python scripts/measure_runtime.py --encoder dinov2_vitl14_reg --input-size 896 896 --out .
     python scripts/measure_runtime.py --device cpu --encoder tiny_random --iterations 5
-    python scripts/measure_runtime.py --run runs/vial        # a trained run (filterformer.runs)
+    python scripts/measure_runtime.py --run runs/vial        # a trained run (filterformer.runs.run)
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from tqdm import tqdm
 from filterformer.errors import FilterformerError
 from filterformer.inference.predict import MapStats, Smoothing, network_maps
 from filterformer.io import write_csv
-from filterformer.models.filterformer import MAP_MODES
-from filterformer.models.registry import MODELS, build_encoder, build_model
+from filterformer.models.fusion import MAP_MODES
+from filterformer.models.registry import build_encoder, build_model, families
 
 SIZES = ((256, 256), (512, 512), (1024, 1224))
 COLUMNS = (
@@ -146,7 +146,7 @@ def _fresh_builder(args: argparse.Namespace) -> Callable[[], nn.Module]:
 
 def _run_builder(run_dir: Path, args: argparse.Namespace) -> Callable[[], nn.Module]:
     """The trained model of a run folder, with its fusion mode, statistics and geometry."""
-    from filterformer.runs import load_run
+    from filterformer.runs.run import load_run
 
     def build() -> nn.Module:
         run = load_run(run_dir)
@@ -161,7 +161,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="run folder of a trained model")
     parser.add_argument("--encoder", default="dinov2_vitb14_reg", help="without --run")
-    parser.add_argument("--model", default="filterformer", choices=sorted(MODELS))
+    parser.add_argument("--model", default="filterformer", choices=sorted(families()))
     parser.add_argument("--mode", default="inp", choices=MAP_MODES, help="without --run")
     parser.add_argument(
         "--input-size",

@@ -52,8 +52,8 @@ from filterformer.evaluation.protocol import image_score
 from filterformer.inference.predict import smooth_maps
 from filterformer.inference.protocol_maps import PROTOCOL_SMOOTHING
 from filterformer.models.encoder import ENCODERS
-from filterformer.models.filterformer import fuse_maps
-from filterformer.runs import Run, load_run
+from filterformer.models.fusion import fuse_maps
+from filterformer.runs.run import Run, load_run
 
 OFFICIAL_ARCH = {
     "dinov2_vits14_reg": "small",

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from filterformer.evaluation.segf1 import SegF1Accumulator, binarize
 from filterformer.evaluation.thresholds import threshold_by_rule
-from filterformer.inference.run_maps import RunMaps
 from filterformer.io import write_json
-from filterformer.runs import load_run
+from filterformer.runs.run import load_run
+from filterformer.runs.run_maps import RunMaps
 
 RULES = {
     "mean_std (k 3)": {"rule": "mean_std", "k": 3},
@@ -74,7 +74,12 @@ def study(run_dir: Path, root: str | None) -> list[dict]:
     rows = []
     for label, rule in RULES.items():
         threshold = threshold_by_rule(
-            rule, lambda: iter(validation), lambda: iter(test), str(run_dir), lambda m: pseudo[m]
+            rule,
+            lambda: iter(validation),
+            lambda: iter(test),
+            str(run_dir),
+            lambda m: pseudo[m],
+            labelled_split="test_public",
         )
         seg = SegF1Accumulator()
         for amap, mask in test:

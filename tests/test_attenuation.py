@@ -7,7 +7,7 @@ import torch
 
 from filterformer.errors import ConfigError
 from filterformer.models import FilterFormer, INPFormer, build_encoder, build_model
-from filterformer.models.attenuation import nearest_inps, token_residuals
+from filterformer.models.inpformer.attenuation import nearest_inps, token_residuals
 
 
 @pytest.fixture(scope="module")

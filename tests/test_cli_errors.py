@@ -18,7 +18,7 @@ from filterformer.cli.common import report_user_errors
 from filterformer.cli.train import main
 from filterformer.io import PARTIAL_MARK, write_json
 
-FF_TRAIN = [sys.executable, "-c", "from filterformer.cli.train_app import main; main()"]
+FF_TRAIN = [sys.executable, "-c", "from filterformer.cli.train import main; main()"]
 DEMO = ["preset=demo", "train.epochs=1", "eval.every=0", "progress=false", "input.resize=[56,70]"]
 TINY = [  # the demo preset cut to a few 56 x 70 synthetic images and one epoch
     *DEMO,
@@ -60,6 +60,7 @@ def ff_train(monkeypatch, capsys, *args: str) -> tuple[int | None, str]:
     return code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -84,6 +85,7 @@ def test_missing_mandatory_value_names_the_key(monkeypatch, capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_offline_download_names_the_variant_and_the_weights_folder(tmp_path, tmp_path_factory):
     """allow_download=true without a network: no 60-line hub traceback, no folder."""
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path_factory.mktemp("hf_home"))}

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from filterformer.cli.common import config_dir, config_groups
-from filterformer.cli.train_app import help_text
+from filterformer.cli.train import help_text
+from filterformer.runs.compose import config_dir, config_groups
 
 HELP_WITHOUT_TORCH = """
 import sys
@@ -32,8 +32,8 @@ def group_listing(text: str) -> list[str]:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["train_app", "--help"],
-        ["train_app", "preset=demo", "-h"],
+        ["train", "--help"],
+        ["train", "preset=demo", "-h"],
         ["eval", "--help"],
         ["predict", "--help"],
         ["demo", "--help"],

@@ -35,7 +35,7 @@ from filterformer.evaluation.protocol import METRICS, InpFormerMetrics
 from filterformer.inference.predict import Smoothing
 from filterformer.models import ENCODERS, build_model, weights_sha256
 from filterformer.models.encoder import DinoEncoder
-from filterformer.runs import load_run
+from filterformer.runs.run import load_run
 
 Factory = Callable[[tuple[int, ...]], torch.Tensor]
 
@@ -232,6 +232,7 @@ def test_strict_every_difference_is_named(tiny_official, edit, named: str) -> No
         convert_state_dict(tiny_official, "tiny_random")
 
 
+@pytest.mark.slow
 def test_ff_convert_writes_a_parity_run_that_load_run_uses(tiny_official, tmp_path, capsys) -> None:
     checkpoint = tmp_path / "model.pth"
     torch.save(tiny_official, checkpoint)
@@ -320,6 +321,7 @@ def official_mask(mask: np.ndarray) -> np.ndarray:
     return (F.interpolate(tensor[None, None], size=256, mode="nearest")[0, 0] > 0.5).numpy()
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_evaluates_with_the_inpformer_protocol(
     tiny_official, mvtec_ad_root, tmp_path, capsys
 ) -> None:
@@ -337,10 +339,14 @@ def test_converted_checkpoint_evaluates_with_the_inpformer_protocol(
     assert "split: test, protocol: inpformer" in table
     headers = "I-AUROC I-AP I-F1max P-AUROC P-AP P-F1max AU-PRO@0.3".split()
     assert " ".join(f"{h} [%]" for h in headers) in " ".join(table.split())
-    document = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
+    document = json.loads(
+        (run_dir.with_name(run_dir.name + "_eval") / "test" / "metrics.json").read_text()
+    )
     assert (document["protocol"], document["image_score"]) == ("inpformer", "top1")
     row = document["categories"]["carpet"]
-    with open(run_dir / "eval" / "test" / "scores.csv", newline="") as handle:
+    with open(
+        run_dir.with_name(run_dir.name + "_eval") / "test" / "scores.csv", newline=""
+    ) as handle:
         scores = list(csv.DictReader(handle))
 
     run = load_run(run_dir)
@@ -368,6 +374,7 @@ def test_converted_checkpoint_evaluates_with_the_inpformer_protocol(
         assert row[key] == pytest.approx(expected[key], abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_ff_convert_data_names_the_benchmark(tiny_official, tmp_path) -> None:
     torch.save(tiny_official, tmp_path / "model.pth")
     argv = ["inp-former", str(tmp_path / "model.pth"), "--encoder", "tiny_random"]

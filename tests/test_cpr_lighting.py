@@ -6,23 +6,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from filterformer.cli.cpr import demo_data_warning
-from filterformer.cli.train import config_dir
-from filterformer.data.cpr_pairs import PairNoise, PairRelight, RetrievalPairs
 from filterformer.data.pseudo_defects import PseudoDefects, PseudoDefectSettings
 from filterformer.data.pseudo_split import relight
 from filterformer.data.transforms import InputGeometry
+from filterformer.models.cpr.family import demo_data_warning
 from filterformer.models.cpr.model import unpack_pairs
+from filterformer.models.cpr.pairs import PairNoise, PairRelight, RetrievalPairs
 from filterformer.models.cpr.photometric import photometric_normalise
+from filterformer.runs.compose import compose_config
 
 SIZE = (32, 40)
 
 
 def compose_train(*overrides: str):
-    with initialize_config_dir(str(config_dir()), version_base=None):
-        return compose("train", overrides=list(overrides))
+    return compose_config(overrides)
+
+
+def plain(*overrides: str) -> dict:
+    """The resolved config as plain values (what a family's training set reads)."""
+    return OmegaConf.to_container(compose_train(*overrides), resolve=True)
 
 
 def pairs(relit: PairRelight | None) -> RetrievalPairs:
@@ -111,9 +115,9 @@ def test_the_lighting_options_are_on_in_ours(preset: str) -> None:
 
 
 def test_cpr_demo_on_other_data_says_what_it_keeps() -> None:
-    assert demo_data_warning(compose_train("preset=cpr_demo")) is None
-    message = demo_data_warning(compose_train("preset=cpr_demo", "data=mvtec_ad2"))
+    assert demo_data_warning(plain("preset=cpr_demo")) is None
+    message = demo_data_warning(plain("preset=cpr_demo", "data=mvtec_ad2", "data.root=/data"))
     assert message is not None
     for part in ("data=mvtec_ad2", "category=synthetic", "foreground off", "60 steps", "top_k=4"):
         assert part in message
-    assert demo_data_warning(compose_train("preset=cpr_paper", "data=mvtec_ad2")) is None
+    assert demo_data_warning(plain("preset=cpr_paper", "data=mvtec_ad2", "data.root=/d")) is None

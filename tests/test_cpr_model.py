@@ -18,8 +18,8 @@ from filterformer.models.cpr import CPR, DenseNetFeatures, MemoryBank, pack_pair
 from filterformer.models.cpr.backbones import densenet_layout
 from filterformer.models.cpr.local import windowed_min_distance
 from filterformer.models.cpr.loss import point_pair_loss, sample_points
+from filterformer.models.cpr.run_files import load_references, normalised, save_references
 from filterformer.models.registry import build_encoder, build_model
-from filterformer.training.cpr_references import load_references, normalised, save_references
 
 
 def unit(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file, save_file
 
-from filterformer.cli.train import config_dir
-from filterformer.data.cpr_pairs import sampling_weight
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.evaluation.image_metrics import ImageScores
@@ -24,15 +21,17 @@ from filterformer.inference.predict import Smoothing, smooth_maps
 from filterformer.models.cpr import CPR, pack_pair
 from filterformer.models.cpr.loss import sample_points
 from filterformer.models.cpr.model import foreground_weight
+from filterformer.models.cpr.pairs import sampling_weight
 from filterformer.models.cpr.retrieval import block_histograms, nearest_centre
-from filterformer.models.registry import build_encoder, build_model
-from filterformer.runs import image_score_rule
-from filterformer.training.cpr_references import (
+from filterformer.models.cpr.run_files import (
     REFERENCES_FILE,
     load_references,
     normalised,
     save_references,
 )
+from filterformer.models.registry import build_encoder, build_model
+from filterformer.runs.compose import compose_config
+from filterformer.runs.run import image_score_rule
 
 
 def tiny_cpr(**settings: object) -> CPR:
@@ -53,8 +52,7 @@ def object_images(count: int, size: tuple[int, int], seed: int = 0) -> torch.Ten
 
 
 def compose_train(*overrides: str):
-    with initialize_config_dir(str(config_dir()), version_base=None):
-        return compose("train", overrides=list(overrides))
+    return compose_config(overrides)
 
 
 # 1. Foreground weight -----------------------------------------------------------------------

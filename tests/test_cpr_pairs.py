@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from filterformer.data.cpr_pairs import PairNoise, RetrievalPairs, sampling_weight
 from filterformer.data.pseudo_defects import PseudoDefects, PseudoDefectSettings
 from filterformer.data.transforms import InputGeometry
 from filterformer.models.cpr.model import unpack_pairs
+from filterformer.models.cpr.pairs import PairNoise, RetrievalPairs, sampling_weight
 
 SIZE = (32, 40)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import settings_for_tests
 from filterformer.cli.train import main
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.training_set import TrainingImages
@@ -16,7 +17,7 @@ from filterformer.errors import ConfigError
 from filterformer.models import build_encoder, build_model
 from filterformer.training.checkpoint import has_checkpoint
 from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
-from filterformer.training.loop import OptimizerSettings, train
+from filterformer.training.loop import train
 
 GEOMETRY = InputGeometry((56, 70))  # 4 x 5 tokens
 IDENTITY = {"model": "filterformer", "encoder": "tiny_random", "encoder_weights": "random:seed=0"}
@@ -39,11 +40,12 @@ def train_losses(train_set, model, run_dir):
         train_set,
         run_dir=run_dir,
         checkpoint_meta=IDENTITY,
-        epochs=2,
-        batch_size=4,
-        optimizer=OptimizerSettings(lr=1e-3, final_lr=1e-4, warmup_iters=2),
-        seed=5,
-        progress=False,
+        settings=settings_for_tests(
+            epochs=2,
+            batch_size=4,
+            optimizer={"lr": 1e-3, "final_lr": 1e-4, "warmup_iters": 2},
+            seed=5,
+        ),
     )
     with open(run_dir / "train_log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -56,6 +58,7 @@ def cached(root, dtype, **kwargs):
     return cache_features(model.encoder, images(root), settings, progress=False), model
 
 
+@pytest.mark.slow
 def test_float32_cache_trains_exactly_like_the_encoder_and_bfloat16_closely(
     synthetic_root, tmp_path
 ):
@@ -145,6 +148,7 @@ def test_views_need_an_augmented_dataset(synthetic_root):
         cache_features(tiny_model().encoder, plain, FeatureCacheSettings(views=2), progress=False)
 
 
+@pytest.mark.slow
 def test_ff_train_caches_only_what_stays_the_same_every_epoch(
     monkeypatch, capsys, tmp_path, tiny_demo_overrides
 ):

@@ -12,7 +12,8 @@ from PIL import Image
 
 from filterformer.errors import ConfigError, DataError, SubmissionError
 from filterformer.evaluation.segf1 import binarize
-from filterformer.export import (
+from filterformer.io import PARTIAL_MARK, write_png
+from filterformer.submission import (
     MAPS_DIR,
     MASKS_DIR,
     OFFICIAL_COUNTS,
@@ -25,7 +26,6 @@ from filterformer.export import (
     record_path,
     require_valid,
 )
-from filterformer.io import PARTIAL_MARK, write_png
 
 SHAPE = (4, 6)
 SMALL_COUNTS = {category: 2 for category in OFFICIAL_COUNTS}

@@ -11,7 +11,7 @@ import yaml
 from filterformer.cli.train import main
 from filterformer.evaluation.image_metrics import image_auroc
 from filterformer.inference.predict import predict_maps
-from filterformer.runs import build_from_config, load_run, split_samples
+from filterformer.runs.run import build_from_config, load_run, split_samples
 
 
 def ff_train(monkeypatch, *args):
@@ -120,6 +120,7 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(monkeypatch, capsys,
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config(monkeypatch, capsys, tmp_path):
     tiny = [
         "preset=demo",

@@ -251,3 +251,15 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def outermost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None when ``path`` exists).
+
+    Creating ``path`` creates this folder; removing it again leaves the disk as it was.
+    """
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path

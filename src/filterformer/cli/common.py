@@ -1,50 +1,15 @@
-"""What every command-line entry point shares: the config folder and one-line user errors.
+"""What every command-line entry point shares: one-line user errors and exit codes.
 
 Nothing here imports torch, so that every ``--help`` (and ``ff-eval --maps``) stays fast.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 import sys
 from collections.abc import Callable
-from importlib import resources
-from pathlib import Path
 
 from filterformer.errors import FilterformerError, os_error_message
-
-
-def config_dir() -> Path:
-    """The hydra config folder: the installed ``filterformer.configs``, else the repository's."""
-    try:
-        folder = Path(str(resources.files("filterformer.configs")))
-    except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parents[3] / "configs"
-    return folder
-
-
-def config_groups(folder: Path) -> dict[str, list[str]]:
-    """Each config group (a sub-folder of ``folder``, hydra's own aside) -> its choices.
-
-    Files whose names start with ``_`` are shared parts that choices extend, not choices.
-    """
-    return {
-        group.name: sorted(file.stem for file in group.glob("[!_]*.yaml"))
-        for group in sorted(folder.iterdir())
-        if group.is_dir() and group.name != "hydra" and any(group.glob("*.yaml"))
-    }
-
-
-def outermost_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (None when ``path`` exists).
-
-    Creating ``path`` creates this folder; removing it again leaves the disk as it was.
-    """
-    if path.exists():
-        return None
-    while not path.parent.exists():
-        path = path.parent
-    return path
 
 
 def report_user_errors(prog: str, job: Callable[[], object]) -> int:
@@ -74,34 +39,23 @@ def fail(prog: str, message: str) -> int:
     return 2
 
 
-def config_error_message(err: Exception) -> str:
-    """One line for a hydra composition or omegaconf error (bad override, missing value, ...).
+class _StderrHandler(logging.Handler):
+    """Writes records to the current ``sys.stderr`` (which tests may have replaced)."""
 
-    Hydra and omegaconf write several lines (the config search path, ``full_key: ...``); the
-    line keeps what names the culprit and, for an unknown choice, lists the valid ones.
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def show_library_log(prog: str) -> None:
+    """Show the library's notes (logger ``filterformer``, INFO) on stderr as ``<prog>: ...``.
+
+    The library itself never prints; a command decides what its user sees.
     """
-    from hydra.errors import MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
-
-    text = str(err).split("\n\n")[0]  # hydra appends the options and search path after a gap
-    unknown = re.match(r"Could not override '([^']+)'\.\nTo append", text)
-    if unknown:  # hydra suggests +key=value, which hides a misspelt name
-        key = unknown.group(1)
-        return (
-            f"'{key}' is neither a setting nor a config group; check the spelling "
-            f"(to add a new key on purpose, write +{key}=...)."
-        )
-    if isinstance(err, ConfigKeyError | ConfigAttributeError) and err.full_key:
-        return f"setting {err.full_key} is missing from the config; check the overrides."
-    if isinstance(err, OmegaConfBaseException):
-        text = text.splitlines()[0] if text else type(err).__name__
-        if err.full_key and err.full_key not in text:
-            text += f" (key {err.full_key})"
-    cause = err.__cause__
-    if isinstance(cause, OmegaConfBaseException) and not isinstance(err, OmegaConfBaseException):
-        text += f" ({str(cause).splitlines()[0]})"
-    if isinstance(err, OverrideParseException):
-        text = f"cannot read the override {err.override!r}: {text}"
-    if isinstance(err, MissingConfigException) and err.options:
-        text += f"; valid: {', '.join(sorted(err.options))}"
-    return " ".join(text.split())
+    logger = logging.getLogger("filterformer")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

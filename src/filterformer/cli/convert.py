@@ -26,13 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filterformer.cli.common import (
-    config_dir,
-    config_error_message,
-    config_groups,
-    report_user_errors,
-)
-from filterformer.errors import CheckpointError, ConfigError
+from filterformer.cli.common import report_user_errors
+from filterformer.errors import CheckpointError, ConfigError, FilterformerError
+from filterformer.runs.compose import config_dir, config_error_message, config_groups
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that --help stays fast
     import torch
@@ -134,7 +130,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
     from filterformer.io import atomic_path
     from filterformer.lock import lock_run
     from filterformer.models.encoder import weights_sha256
-    from filterformer.runs import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
+    from filterformer.runs.run import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
     from filterformer.training.checkpoint import save_checkpoint
 
     run_dir = args.out.resolve()
@@ -175,6 +171,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         "converted_from": converted_from,
     }
     save_checkpoint(run_dir / "checkpoints" / "last", model, meta=meta)
+    _calibrate(run_dir, args)
     print(
         f"ff-convert: {run_dir}: {len(weights.encoder)} encoder tensors ({ENCODER_FILE}, "
         f"sha256 {identity['encoder_weights'][:12]}...) and {len(weights.trainable)} trainable "
@@ -182,6 +179,18 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         f"--data-root <{args.data} root>"
     )
     return run_dir
+
+
+def _calibrate(run_dir: Path, args: argparse.Namespace) -> None:
+    """Calibrate the converted run as training would; data without a validation split (MVTec
+    AD, VisA) or not at hand leaves it uncalibrated, which is said."""
+    from filterformer.runs.calibrate import calibrate_run
+    from filterformer.runs.settings import resolve_device
+
+    try:
+        calibrate_run(run_dir, device=resolve_device(None))
+    except FilterformerError as err:
+        print(f"ff-convert: {run_dir}: not calibrated ({err})", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

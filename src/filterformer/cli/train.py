@@ -1,450 +1,235 @@
-"""ff-train's training: from a composed config to a trained run folder.
+"""The ``ff-train`` command line: help, hydra composition and one-line errors, then cli/train.py.
 
-The command line (help, hydra composition, one-line errors) is :mod:`filterformer.cli.train_app`;
-``python -m filterformer.cli.train`` runs it too (what torchrun starts):
+- ``--help`` is ours, not hydra's generic one: what the command does, the config groups with
+  their choices (read from the config folder, so a new file shows up by itself) and examples,
+  printed without importing torch or hydra. ``--hydra-help`` still shows hydra's options.
+- Hydra composes the config (``-m`` sweeps, launchers and ``--cfg job`` as usual) before torch
+  is imported, and raises its errors instead of printing them and exiting 1 (HYDRA_FULL_ERROR):
+  an unknown group or choice, an override of a key that does not exist or a bad override
+  becomes one line on stderr and exit code 2, as every user error of the training does.
+- Nothing is left behind by such an error: hydra writes nothing for a single run (the run
+  folder is made by cli/train.py once the config is valid), and a failed sweep has the new
+  folder that holds only hydra's record removed (:class:`SweepFolder`).
 
-    ff-train category=vial data.root=/data/mvtec_ad_2 encoder.weights=weights/<file>
-    ff-train preset=demo run_dir=runs/demo
-    ff-train -m category=can,fabric             # several runs, one folder each
-    ff-train -m hydra/launcher=joblib category=can,fabric   # ... in parallel processes
-    torchrun --nproc_per_node 4 -m filterformer.cli.train category=vial  # one run, 4 GPUs
-    ff-train --cfg job preset=filterformer_paper  # print the resolved config
-
-The config groups and presets live in ``configs/`` (shipped as ``filterformer.configs``).
+torchrun starts ``python -m filterformer.cli.train``, which runs :func:`main` too.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import torch
+import hydra
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch.utils.data import Dataset
 
-from filterformer.cli import train_app
-from filterformer.cli.common import (
-    config_dir,  # noqa: F401 (ff-demo, scripts, tests use it)
-    config_error_message,
-    outermost_missing,
+from filterformer.cli.common import fail, report_user_errors, show_library_log
+from filterformer.io import outermost_missing
+from filterformer.runs.compose import config_dir, config_error_message, config_groups
+
+PROG = "ff-train"
+SWEEP_RECORD = "multirun.yaml"
+
+GROUPS = {
+    "preset": "the recipe: model, encoder, input size, optimiser, length",
+    "model": "the network trained on the frozen encoder",
+    "encoder": "the frozen DINOv2-with-registers ViT",
+    "data": "where the images come from",
+    "category": "tiling, post-processing and threshold rule of one category",
+    "suite": "one model per category (suite=NAME trains them all; category=C one)",
+}
+"""The config groups in the order the help lists them, each with what it chooses."""
+
+SETTINGS = (
+    ("run_dir=DIR", "the run folder (default runs/<model>/<category>)"),
+    ("data.root=DIR", "the dataset's folder, e.g. MVTec AD 2's (default: $FF_DATA_ROOT)"),
+    ("encoder.weights=FILE", "the encoder's weights file (weights/README.md)"),
+    ("resume=true", "continue an interrupted run exactly"),
+    ("train.epochs=N", "also train.batch_size, train.optimizer.lr, seed, device, ..."),
 )
-from filterformer.cli.cpr import check_cpr_config, cpr_training_set
-from filterformer.config_checks import check_settings
-from filterformer.data.datasets import READERS
-from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
-from filterformer.data.mvtec_ad2 import resolve_data_root
-from filterformer.data.synthetic import make_synthetic_category
-from filterformer.data.training_set import TrainingImages
-from filterformer.data.transforms import TrainAugment, short_side_size
-from filterformer.errors import ConfigError
-from filterformer.lock import lock_run
-from filterformer.models.cpr import CPR
-from filterformer.models.encoder import DinoEncoder
-from filterformer.models.registry import check_encoder_source
-from filterformer.runs import (
-    CONFIG_FILE,
-    build_from_config,
-    build_geometry,
-    build_smoothing,
-    build_tiling,
-    create_run,
-    holdout_fraction,
-    optional_split,
-    patch_size,
-    split_samples,
+
+EXAMPLES = (
+    ("ff-train preset=demo run_dir=runs/demo", "tiny random ViT, synthetic data, CPU, minutes"),
+    (
+        "ff-train category=vial data.root=/data/mvtec_ad_2 "
+        "encoder.weights=weights/dinov2_vitl14_reg4_pretrain.pth",
+        "the Filter-Former recipe on one MVTec AD 2 category",
+    ),
+    (
+        "ff-train preset=demo data=folder data.train_dir=photos/good category.name=bottles "
+        "data.test_dir=photos/test data.mask_dir=photos/masks",
+        "your own images: a trial on the CPU (README, Your own images)",
+    ),
+    ("ff-train -m category=can,fabric,vial", "one run folder per category (sweep)"),
+    (
+        "ff-train suite=inpformer_cpr_hybrid data.root=/data/mvtec_ad_2",
+        "the ISVL hybrid, label-free (suite=isvl: as its code runs), one suite folder",
+    ),
+    ("ff-train --cfg job preset=inpformer_paper", "print the resolved config, train nothing"),
 )
-from filterformer.training.distributed import SINGLE_PROCESS, DistributedContext, main_first
-from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
-from filterformer.training.loop import (
-    OptimizerSettings,
-    TrainResult,
-    check_batch_size,
-    check_run_dir,
-    train,
-)
-from filterformer.training.validation import FusionEvaluator, map_statistics
-
-RESUME_FREE_KEYS = frozenset(
-    {
-        "resume",
-        "progress",
-        "device",
-        "train.num_workers",
-        "train.threads",
-        "train.compile",
-        "train.log_every",
-        "train.feature_cache.storage",
-        "train.feature_cache.dir",
-        "eval.batch_size",
-    }
-)
-"""Settings that may change when a run is resumed: they do not change what is computed."""
-FOLDER_KEYS = ("train_dir", "validation_dir", "test_dir", "mask_dir")
-"""data=folder paths, stored absolute in the run's config."""
 
 
-def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) -> DictConfig:
-    """A checked, resolved copy of ``cfg``: absolute paths, the device; nothing is written.
+def wants_help(args: Sequence[str]) -> bool:
+    """Whether the command line asks for the help (``-h`` or ``--help`` anywhere)."""
+    return any(arg in ("-h", "--help") for arg in args)
 
-    Every value is checked up front (:func:`check_settings`, with the DDP ``world_size``) and
-    the encoder's weights must be at hand (a file, or permission to download them), so a bad
-    setting stops the run before data is generated or a folder is created. Relative paths
-    (run_dir, data root, the data.*_dir folders) are made absolute against the folder
-    ff-train was started from, so the stored config works from anywhere. A folder run
-    without validation_dir gets its held-out images (data.holdout); ``input.fit=short_side``
-    gets its canvas (input.resize) fitted to the typical training image. ``quiet``: no notes.
+
+def default_choices(folder: Path) -> dict[str, str]:
+    """The choice of each group that ``train.yaml``'s defaults list picks."""
+    defaults = OmegaConf.load(folder / "train.yaml").get("defaults", [])
+    return {k: v for item in defaults if isinstance(item, Mapping) for k, v in item.items()}
+
+
+def help_text(folder: Path) -> str:
+    """The text of ``ff-train --help``."""
+    groups, defaults = config_groups(folder), default_choices(folder)
+    order = [g for g in GROUPS if g in groups] + [g for g in groups if g not in GROUPS]
+    lines = [
+        "usage: ff-train [group=choice | key=value ...] [-m] [--cfg job] [--hydra-help]",
+        "       torchrun --nproc_per_node N -m filterformer.cli.train [key=value ...]",
+        "",
+        "Train one model (Filter-Former or INP-Former on a frozen DINOv2 encoder) on one",
+        "category into a run folder (config, checkpoints, logs). Every value of",
+        f"{folder / 'train.yaml'} can be set as key=value; a group picks one file.",
+        "",
+        "config groups (* = default):",
+    ]
+    for group in order:
+        choices = ", ".join(c + "*" * (defaults.get(group) == c) for c in groups[group])
+        lines.append(f"  {group:<10}{choices}")
+        if group in GROUPS:
+            lines.append(f"  {'':<10}({GROUPS[group]})")
+    lines += ["", "common settings:"]
+    lines += [f"  {key:<22}{what}" for key, what in SETTINGS]
+    lines += [
+        "",
+        "options:",
+        "  -m, --multirun        one run per value of a sweep (category=can,fabric);",
+        "                        add hydra/launcher=joblib to run them in parallel",
+        "  --cfg job             print the resolved config and exit",
+        "  --hydra-help          hydra's own options",
+        "",
+        "examples:",
+    ]
+    for command, what in EXAMPLES:
+        lines += [f"  {command}", f"      {what}"]
+    return "\n".join(lines)
+
+
+def print_help() -> None:
+    """Print :func:`help_text` for the installed config folder."""
+    print(help_text(config_dir()))
+
+
+class SweepFolder(Callback):
+    """Hydra callback (``hydra.callbacks.sweep_folder``): notes the folder a sweep creates."""
+
+    folder: ClassVar[Path | None] = None
+    created: ClassVar[Path | None] = None
+    """The outermost folder the sweep creates (None: its folder existed)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(str(config.hydra.sweep.dir)).resolve()
+        SweepFolder.folder, SweepFolder.created = folder, outermost_missing(folder)
+
+
+def remove_sweep_record() -> None:
+    """After a failed sweep, remove the folder it created if it holds only hydra's record.
+
+    That is ``multirun.yaml`` and empty job folders: with ``hydra.output_subdir: null``
+    hydra writes nothing else there, and every job trains into its own run folder.
     """
-    cfg = cfg.copy()
-    base = launch_dir()
+    folder, created = SweepFolder.folder, SweepFolder.created
+    if folder is None or created is None or not folder.is_dir():
+        return
+    if all(
+        p.name == SWEEP_RECORD or (p.is_dir() and not any(p.iterdir())) for p in folder.iterdir()
+    ):
+        shutil.rmtree(created, ignore_errors=True)
+
+
+@hydra.main(config_path=str(config_dir()), config_name="train", version_base=None)
+def _train(cfg: DictConfig) -> None:
+    """Train one composed config (one job of a sweep); exit 2 on a user error."""
+    from filterformer.runs.train import describe_outcome, run_training  # torch: needs a config
+    from filterformer.training.distributed import close_distributed, init_distributed
+
+    distributed = init_distributed()
+
+    def job() -> None:
+        outcome = run_training(cfg, distributed)
+        if distributed.is_main:
+            print(f"{PROG}: {describe_outcome(outcome)}")
+
     try:
-        _require_values(cfg)
-        cfg.run_dir = str(_absolute(cfg.run_dir, base))
-        if cfg.data.kind == "synthetic":
-            cfg.data.root = str(_absolute(cfg.data.root, base))
-        if cfg.device == "auto":
-            cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
-        OmegaConf.resolve(cfg)
-    except OmegaConfBaseException as err:
-        raise ConfigError(config_error_message(err)) from None
-    settings = _flatten(OmegaConf.to_container(cfg))
-    check_settings(settings, patch_size=patch_size(cfg), world_size=world_size)
-    if cfg.model.name == "cpr":
-        check_cpr_config(cfg)
-    if cfg.data.kind in READERS and cfg.data.kind != "synthetic":  # a dataset's root
-        cfg.data.root = str(_absolute(resolve_data_root(cfg.data.root), base))
-    elif cfg.data.kind == "folder":
-        _prepare_folders(cfg, base, quiet)
-    if cfg.input.get("fit") == "short_side":
-        _fit_short_side(cfg, quiet)
-    weights = cfg.encoder.get("weights")
-    check_encoder_source(
-        cfg.encoder.variant,
-        None if weights is None else Path(weights).expanduser(),
-        cfg.encoder.get("pretrained", False),
-        cfg.encoder.get("allow_download", False),
-    )
-    return cfg
-
-
-def make_data(cfg: DictConfig) -> None:
-    """Generate the synthetic category of a resolved ``cfg`` (reused when it exists already)."""
-    if cfg.data.kind != "synthetic":
-        return
-    counts = cfg.data.counts
-    make_synthetic_category(
-        cfg.data.root,
-        cfg.category.name,
-        seed=cfg.data.seed,
-        image_size=tuple(cfg.data.image_size),
-        counts=None if counts is None else OmegaConf.to_container(counts),
-        texture=cfg.data.texture,
-        progress=cfg.progress,
-    )
-
-
-def prepare_config(cfg: DictConfig, quiet: bool = False) -> DictConfig:
-    """:func:`resolve_config`, then generate the synthetic data it names."""
-    cfg = resolve_config(cfg, quiet=quiet)
-    make_data(cfg)
-    return cfg
-
-
-def launch_dir() -> Path:
-    """The folder ff-train was started from (hydra's runtime.cwd: hydra.job.chdir may move)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
-
-
-def _absolute(path: str | Path, base: Path) -> Path:
-    path = Path(path).expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
-
-
-def _note(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(f"ff-train: {message}", file=sys.stderr)
-
-
-def _prepare_folders(cfg: DictConfig, base: Path, quiet: bool) -> None:
-    """Absolute data.*_dir folders; without validation_dir, the held-out training images."""
-    for key in FOLDER_KEYS:
-        if cfg.data.get(key) is not None:
-            cfg.data[key] = str(_absolute(cfg.data[key], base))
-    if cfg.data.validation_dir is not None:
-        return
-    images = ImageFolderDataset(cfg.data.train_dir, "train")
-    if cfg.data.get("holdout") is None:
-        cfg.data.holdout = holdout_names(images, holdout_fraction(cfg), int(cfg.seed))
-    _note(
-        f"no data.validation_dir: {len(cfg.data.holdout)} of {len(images)} training images are "
-        f"held out as the validation split (data.validation_fraction={holdout_fraction(cfg)}, "
-        f"seed {cfg.seed}) and not trained on; see data.holdout in {cfg.run_dir}/{CONFIG_FILE}",
-        quiet,
-    )
-
-
-def _fit_short_side(cfg: DictConfig, quiet: bool) -> None:
-    """Set input.resize to the short_side canvas of the typical training image."""
-    if cfg.data.kind == "synthetic":  # not generated yet; every image has data.image_size
-        typical = tuple(cfg.data.image_size)
-    else:
-        typical = typical_size(split_samples(cfg, "train"))
-    size = short_side_size(min(cfg.input.resize), typical, patch_size(cfg))
-    cfg.input.resize = list(size)
-    _note(
-        f"input.fit=short_side: network input {size[0]} x {size[1]} for the typical training "
-        f"image of {typical[0]} x {typical[1]}; other aspect ratios are letterboxed",
-        quiet,
-    )
-
-
-def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
-    """Refuse to resume a run whose stored config differs from ``cfg`` (beyond RESUME_FREE_KEYS)."""
-    stored_file = run_dir / CONFIG_FILE
-    if not stored_file.is_file():
-        return
-    stored = _flatten(OmegaConf.to_container(OmegaConf.load(stored_file)))
-    current = _flatten(OmegaConf.to_container(cfg))
-    differing = sorted(
-        key
-        for key in stored.keys() | current.keys()
-        if key not in RESUME_FREE_KEYS and stored.get(key) != current.get(key)
-    )
-    if differing:
-        shown = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing[:5])
-        raise ConfigError(
-            f"{stored_file}: the run was started with another config ({shown}). Resume with the "
-            "same settings, or train into a new run_dir."
-        )
-
-
-def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCESS) -> Path:
-    """Train as ``cfg`` says (as one of several torchrun processes); return the run folder.
-
-    Nothing is written before the config is checked and the model is built (encoder weights
-    loaded); a run folder this call creates is removed again if the set-up fails.
-    """
-    cfg = resolve_config(cfg, distributed.world_size, quiet=not distributed.is_main)
-    arguments = _train_arguments(cfg)
-    if cfg.train.get("threads"):
-        torch.set_num_threads(int(cfg.train.threads))
-    run_dir = Path(cfg.run_dir)
-    model, identity = build_from_config(cfg)
-    created = _start_run(run_dir, cfg, identity["encoder_weights"]) if distributed.is_main else None
-    with _removed_on_failure(created):
-        with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
-            make_data(cfg)
-        train_set = _training_set(cfg, model.encoder, distributed)
-        if isinstance(model, CPR):  # packed (pseudo-defect, reference) pairs: cli/cpr.py
-            train_set = cpr_training_set(cfg, model, train_set, identity, distributed)
-        check_batch_size(len(train_set), cfg.train.batch_size)  # before a run starts
-        evaluator, statistics = _evaluation(cfg)
-    result = train(
-        model,
-        train_set,
-        run_dir=run_dir,
-        checkpoint_meta={**identity, "config": OmegaConf.to_container(cfg)},
-        evaluator=evaluator,
-        eval_every=cfg.eval.every if evaluator else 0,
-        map_statistics=statistics,
-        distributed=distributed,
-        **arguments,
-    )
-    if distributed.is_main:
-        _print_summary(run_dir, cfg.eval, result)
-    return run_dir
-
-
-def _train_arguments(cfg: DictConfig) -> dict[str, Any]:
-    """The arguments of :func:`train` that come straight from the config.
-
-    Read before anything is written, so that a setting missing from the config (``~key``)
-    is a one-line error and not a traceback in the middle of a new run folder.
-    """
-    try:
-        return dict(
-            epochs=cfg.train.epochs,
-            batch_size=cfg.train.batch_size,
-            optimizer=OptimizerSettings(**_plain(cfg.train.optimizer)),
-            grad_clip=cfg.train.grad_clip,
-            device=cfg.device,
-            amp_bf16=cfg.train.amp_bf16,
-            seed=cfg.seed,
-            deterministic=cfg.train.deterministic,
-            num_workers=cfg.train.num_workers,
-            compile_step=cfg.train.compile,
-            log_every=cfg.train.log_every,
-            select_metric=cfg.eval.metric,
-            category=cfg.category.name,
-            resume=cfg.resume,
-            progress=cfg.progress,
-        )
-    except OmegaConfBaseException as err:
-        raise ConfigError(config_error_message(err)) from None
-
-
-def _start_run(run_dir: Path, cfg: DictConfig, encoder_weights: str) -> Path | None:
-    """Become the run folder's only writer, check it may be (re)started, write config.yaml
-    and versions.json; return the folder this created.
-
-    The returned folder (``run_dir`` or its outermost new parent; None when ``run_dir``
-    existed) is what a failed set-up removes. An operating-system error here (no space, a
-    read-only disk) removes it at once; a refusal (another writer, a trained run) does not,
-    as the folder is then another run's.
-    """
-    created = outermost_missing(run_dir)
-    with _removed_on_failure(created, OSError):
-        lock_run(run_dir)  # the run folder's only writer from here on (data included)
-        check_run_dir(run_dir, cfg.resume)
-        if cfg.resume:
-            check_resumable(run_dir, cfg)
-        create_run(run_dir, cfg, encoder_weights)
-    return created
+        code = report_user_errors(PROG, job)
+    finally:
+        close_distributed()
+    if code:
+        sys.exit(code)  # only on failure: a multirun sweep goes on after each job
 
 
 @contextmanager
-def _removed_on_failure(
-    folder: Path | None, errors: type[BaseException] = BaseException
-) -> Iterator[None]:
-    """Remove ``folder`` (when not None) if the block raises one of ``errors``."""
+def _hydra_raises() -> Iterator[None]:
+    """Make hydra raise its errors (HYDRA_FULL_ERROR=1) instead of printing them and exiting 1."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         yield
-    except errors:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
-
-
-def _training_set(
-    cfg: DictConfig, encoder: DinoEncoder, distributed: DistributedContext
-) -> Dataset:
-    """The preloaded training images, or their cached encoder taps (train.feature_cache)."""
-    augment = None if cfg.train.augment is None else TrainAugment(**_plain(cfg.train.augment))
-    images = TrainingImages(
-        split_samples(cfg, "train"),
-        build_geometry(cfg),
-        augment,
-        seed=cfg.seed,
-        tiling=build_tiling(cfg, training=True),
-    )
-    images.preload(progress=cfg.progress and distributed.is_main)
-    if not cfg.train.feature_cache.enabled:
-        return images
-    return _feature_cache(cfg, encoder, images, distributed)
-
-
-def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | None]:
-    """The periodic evaluator (needs validation and a split with defects) and map statistics."""
-    validation = optional_split(cfg, "validation")
-    if validation is None:
-        return None, None
-    geometry, tiling = build_geometry(cfg), build_tiling(cfg)
-    evaluator = None
-    test = optional_split(cfg, cfg.eval.split) if cfg.eval.every else None
-    if test is not None and any(s.label == 1 for s in test):
-        evaluator = FusionEvaluator(
-            validation,
-            test,
-            geometry,
-            tiling=tiling,
-            smoothing=build_smoothing(cfg),
-            device=cfg.device,
-            batch_size=cfg.eval.batch_size,
-            pro_limit=cfg.eval.pro_limit,
-            progress=cfg.progress,
-        )
-    statistics = partial(
-        map_statistics,
-        samples=validation,
-        geometry=geometry,
-        tiling=tiling,
-        device=cfg.device,
-        batch_size=cfg.eval.batch_size,
-        progress=cfg.progress,
-    )
-    return evaluator, statistics
-
-
-def _print_summary(run_dir: Path, evaluation: DictConfig, result: TrainResult) -> None:
-    """One line: the run folder, its length and the best score per fusion mode (percent)."""
-    best = ", ".join(f"{m} {100 * b['score']:.2f} %" for m, b in result.best.items())
-    print(
-        f"ff-train: {run_dir} ({result.epoch} epochs, {result.step} steps)"
-        + (f"; best {evaluation.metric}: {best}; fusion mode {result.fusion_mode}" if best else "")
-        + (f" (both chosen on {evaluation.split}: optimistic there)" if best else "")
-    )
-
-
-def _feature_cache(
-    cfg: DictConfig, encoder: DinoEncoder, images: TrainingImages, distributed: DistributedContext
-) -> Dataset:
-    """The encoder taps of ``images``, computed once (train.feature_cache).
-
-    With a single view, items that change every epoch (augmentation, random training tiles)
-    would be frozen to their epoch-0 version: then the cache stays off, and a note says how to
-    cache several views instead.
-    """
-    cache = _plain(cfg.train.feature_cache)
-    settings = FeatureCacheSettings(**{k: v for k, v in cache.items() if k != "enabled"})
-    if settings.views == 1 and (images.augment is not None or images.tiling is not None):
-        if distributed.is_main:
-            print(
-                "ff-train: feature cache off: the training items change every epoch "
-                "(augmentation or training tiles); set train.feature_cache.views=K to train on "
-                "K cached views per image.",
-                file=sys.stderr,
-            )
-        return images
-    with main_first(distributed):  # the disk cache is filled once, by rank 0
-        return cache_features(
-            encoder,
-            images,
-            settings,
-            device=cfg.device,
-            batch_size=cfg.train.batch_size,
-            amp_bf16=cfg.train.amp_bf16,
-            progress=cfg.progress and distributed.is_main,
-        )
-
-
-def _require_values(cfg: DictConfig) -> None:
-    """Refuse mandatory settings (``???`` in the config, e.g. data.train_dir) left unset."""
-    missing = [k for k, v in _flatten(OmegaConf.to_container(cfg)).items() if v == "???"]
-    if missing:
-        raise ConfigError(
-            f"{', '.join(missing)}: required but not set; add "
-            f"{' '.join(f'{k}=...' for k in missing)} to the command line."
-        )
-
-
-def _plain(node: DictConfig) -> dict[str, Any]:
-    """A config section as plain Python values (lists become tuples, e.g. betas)."""
-    return {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in OmegaConf.to_container(node, resolve=True).items()
-    }
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
+    finally:
+        if before is None:
+            del os.environ["HYDRA_FULL_ERROR"]
         else:
-            out[f"{prefix}{key}"] = value
-    return out
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 def main() -> None:
-    """``python -m filterformer.cli.train`` (what torchrun starts): the ff-train command line."""
-    train_app.main()
+    """Console entry point ``ff-train`` (``suite=NAME``: one run per routed category)."""
+    show_library_log(PROG)
+    if wants_help(sys.argv[1:]):
+        print_help()
+        return
+    from filterformer.cli.suite import suite_jobs
+
+    prog, args = sys.argv[0], sys.argv[1:]
+    planned: list = []
+    code = report_user_errors(PROG, lambda: planned.append(suite_jobs(config_dir(), args)))
+    if code:
+        sys.exit(code)
+    jobs = planned[0]
+    if jobs is None:
+        _main_once()
+        return
+    try:
+        for job in jobs:
+            if "--cfg" not in args:
+                print(f"{PROG}: {job.category}: {job.route} -> {job.run_dir}", file=sys.stderr)
+            sys.argv = [prog, *job.argv]
+            _main_once()
+    finally:
+        sys.argv = [prog, *args]
+
+
+def _main_once() -> None:
+    """Compose and train the config of ``sys.argv``; hydra's errors become one line, exit 2."""
+    SweepFolder.folder = SweepFolder.created = None
+    with _hydra_raises():
+        try:
+            _train()
+        except (HydraException, OmegaConfBaseException) as err:
+            remove_sweep_record()
+            sys.exit(fail(PROG, config_error_message(err)))
+        except SystemExit as exit_info:  # a job's user error (exit code 2)
+            if exit_info.code:
+                remove_sweep_record()
+            raise
 
 
 if __name__ == "__main__":

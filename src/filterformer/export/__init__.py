@@ -1,35 +1,26 @@
-"""Export anomaly maps for the MVTec AD 2 benchmark server: write, check, pack."""
+"""Deployment: a run's map path exported to ONNX or OpenVINO, checked against torch, and run.
 
-from filterformer.export.checker import Problem, check_submission, format_report, require_valid
-from filterformer.export.mvtec_submission import (
-    MAPS_DIR,
-    MASKS_DIR,
-    OFFICIAL_COUNTS,
-    PRIVATE_SPLITS,
-    expected_stems,
-    map_path,
-    mask_path,
-    record_path,
-)
-from filterformer.export.pack import pack_submission
-from filterformer.export.rescale import MapRescale
-from filterformer.export.writer import SubmissionWriter, save_record
+See :mod:`filterformer.export.exporter` (ff-export, ff-predict --backend) and export.json
+(:mod:`filterformer.export.manifest`), which lets a caller use the file without filterformer.
+"""
+
+from filterformer.export.exporter import default_model_path, export_run, map_backend
+from filterformer.export.graph import MapGraph, exportable_families
+from filterformer.export.manifest import EXPORT_FILE
+from filterformer.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, Parity
+from filterformer.export.runtime import BACKENDS, ExportedBackend, open_session
 
 __all__ = [
-    "MAPS_DIR",
-    "MASKS_DIR",
-    "OFFICIAL_COUNTS",
-    "PRIVATE_SPLITS",
-    "MapRescale",
-    "Problem",
-    "SubmissionWriter",
-    "check_submission",
-    "expected_stems",
-    "format_report",
-    "map_path",
-    "mask_path",
-    "pack_submission",
-    "record_path",
-    "require_valid",
-    "save_record",
+    "BACKENDS",
+    "EXPORT_FILE",
+    "FP16_TOLERANCE",
+    "FP32_TOLERANCE",
+    "ExportedBackend",
+    "MapGraph",
+    "Parity",
+    "default_model_path",
+    "exportable_families",
+    "export_run",
+    "map_backend",
+    "open_session",
 ]

@@ -31,7 +31,7 @@ from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.evaluation.protocol import InpFormerMetrics, image_score
 from filterformer.inference.predict import Smoothing, batches, smooth_maps
-from filterformer.models.filterformer import fuse_maps
+from filterformer.models.fusion import fuse_maps
 
 PROTOCOL_SIZE = (256, 256)
 """INP-Former code: maps and masks are evaluated at 256 x 256 (resize_mask=256)."""

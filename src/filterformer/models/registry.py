@@ -1,27 +1,62 @@
-"""Build models and encoders by their config names."""
+"""Model families and encoders by their config names.
+
+Families register themselves (``@register_family`` of :mod:`filterformer.models.family`, as
+timm's ``register_model``): the folders under ``models/`` are imported on the first look-up,
+so a new family folder needs no edit here, and a family defined elsewhere (a notebook, a
+test, another package) registers by being imported before ff-train runs.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
+import re
 from pathlib import Path
 
 from torch import nn
 
 from filterformer.errors import ConfigError
 from filterformer.models.base import FrozenEncoderModel
-from filterformer.models.cpr import CPR, DENSENETS, DenseNetFeatures
-from filterformer.models.cpr.backbones import check_densenet_source
-from filterformer.models.ear import EAR, FADeR
+from filterformer.models.cpr.backbones import DENSENETS, DenseNetFeatures, check_densenet_source
 from filterformer.models.encoder import ENCODERS, DinoEncoder, check_weights_source
-from filterformer.models.filterformer import FilterFormer, INPFormer
+from filterformer.models.family import FAMILIES, ModelFamily
 
-MODELS: dict[str, type[FrozenEncoderModel]] = {
-    "inpformer": INPFormer,
-    "filterformer": FilterFormer,
-    "cpr": CPR,
-    "ear": EAR,
-    "fader": FADeR,
-}
+_discovered = False
+
+
+def _discover() -> None:
+    """Import every sub-package of ``filterformer.models``: their families register."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = Path(__file__).parent
+    for info in pkgutil.iter_modules([str(package)]):
+        if info.ispkg:
+            importlib.import_module(f"filterformer.models.{info.name}")
+
+
+def families() -> dict[str, ModelFamily]:
+    """Every registered family by name (the built-in ones and any imported since)."""
+    _discover()
+    return dict(FAMILIES)
+
+
+def family(name: str) -> ModelFamily:
+    """The family registered as ``name`` (a ``model.name``)."""
+    known = families()
+    if name not in known:
+        raise ConfigError(f"unknown model name {name!r}; valid: {', '.join(sorted(known))}")
+    return known[name]
+
+
+def family_of(model: nn.Module) -> ModelFamily:
+    """The family whose model class ``model`` is (the most derived match)."""
+    matches = [f for f in families().values() if type(model) is f.model]
+    if not matches:
+        raise ConfigError(f"{type(model).__name__} belongs to no registered model family.")
+    return matches[0]
 
 
 def _init_args(cls: type) -> set[str]:
@@ -39,16 +74,15 @@ def _init_args(cls: type) -> set[str]:
 
 
 def build_model(name: str, encoder: nn.Module, **kwargs: object) -> FrozenEncoderModel:
-    """Instantiate model `name` (a key of MODELS) on `encoder` with the config's arguments."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model name {name!r}; valid: {', '.join(MODELS)}")
-    valid = _init_args(MODELS[name])
+    """Instantiate the model of family `name` on `encoder` with the config's arguments."""
+    model_class = family(name).model
+    valid = _init_args(model_class)
     unknown = sorted(set(kwargs) - valid)
     if unknown:
         raise ConfigError(
             f"unknown setting(s) {unknown} for model {name!r}; valid: {sorted(valid)}"
         )
-    return MODELS[name](encoder, **kwargs)
+    return model_class(encoder, **kwargs)
 
 
 def build_encoder(variant: str, **kwargs: object) -> DinoEncoder | DenseNetFeatures:
@@ -66,6 +100,17 @@ def encoder_hub_name(variant: str) -> str:
     if variant in DENSENETS:
         return str(DENSENETS[variant].arch)
     return ENCODERS[variant].arch
+
+
+def encoder_stride(variant: str) -> int:
+    """The side that network inputs must be a multiple of: the ViT's patch, or the CNN's
+    coarsest stride."""
+    if variant in DENSENETS:
+        return DENSENETS[variant].strides[-1]
+    if variant not in ENCODERS:
+        valid = ", ".join([*ENCODERS, *DENSENETS])
+        raise ConfigError(f"unknown encoder.variant {variant!r}; valid: {valid}.")
+    return int(re.search(r"_patch(\d+)", ENCODERS[variant].arch).group(1))
 
 
 def check_encoder_source(

@@ -141,7 +141,7 @@ def build_optimizer(
 def optimizer_parameters(model: torch.nn.Module) -> list[torch.Tensor] | list[dict[str, Any]]:
     """What the optimiser of ``model`` trains: ``model.trainable_parameters()``, or, when the
     model gives some part of ``model.parameter_groups()`` its own learning-rate multiplier
-    (the optional ``model.lr_scales()``, e.g. FADeR's decoder at 0.1 x), one group per part
+    (the optional ``model.lr_scales()``, e.g. a decoder at 0.1 x), one group per part
     with its ``lr_scale``, which the schedule multiplies into that group's rate."""
     scales = getattr(model, "lr_scales", dict)()
     if not scales:

@@ -1,0 +1,120 @@
+"""The model-family plug-in interface: what the library asks of a family beyond its model.
+
+A family (INP-Former, Filter-Former, CPR, EAR, FADeR, or one of yours) lives in its own folder
+under ``models/`` (or anywhere importable) and registers a :class:`ModelFamily` subclass with
+:func:`register_family`. The training loop, the run layer, the
+CLIs, evaluation and export only ever talk to that object, never to the family by name:
+
+- ``model``: the :class:`~filterformer.models.base.FrozenEncoderModel` subclass that
+  ``model.name=<name>`` builds (its ``__init__`` keywords are the ``model.*`` settings, its
+  ``fusion_modes`` the maps and fusions it offers).
+- ``setting_ranges``: allowed values of its ``model.*`` settings, checked before any work.
+- ``check_settings``: checks between settings that ranges cannot express.
+- ``training_set``: what the loop iterates (default: the training images themselves); a
+  family that trains on something else (CPR's retrieval pairs) builds it here, doing any
+  fit-time preparation first and keeping its state in the run folder (``run_files``).
+- ``load_run_files``: restore that state when a run is loaded.
+- ``base_run``: the run a model starts from (FADeR: its trained EAR run).
+- ``image_scores``: the image-score rules that make sense for its maps (None: all).
+- ``exportable``: whether ff-export can trace its whole map path (checked against torch).
+
+docs/architecture.md ("Adding a model family") walks through a complete example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch.utils.data import Dataset
+
+from filterformer.data.training_set import TrainingImages
+from filterformer.data.transforms import InputGeometry
+from filterformer.errors import ConfigError
+from filterformer.models.base import FrozenEncoderModel
+from filterformer.ranges import Allowed
+
+
+@dataclass(frozen=True)
+class BaseRun:
+    """A model that starts from another run's trained weights."""
+
+    key: str
+    """The ``model.*`` setting that names the base run's folder (e.g. ``ear_run``)."""
+    family: str
+    """The family the base run must hold (e.g. ``ear``)."""
+
+
+@dataclass(frozen=True)
+class TrainingContext:
+    """What a family's :meth:`ModelFamily.training_set` gets: plain values, no config objects."""
+
+    config: Mapping[str, Any]
+    """The resolved run config as plain nested values (the family reads its own section)."""
+    run_dir: Path
+    encoder_weights: str
+    """Identity of the frozen encoder's weights (a SHA-256, hub name or seed)."""
+    device: str
+    seed: int
+    epochs: int
+    batch_size: int
+    resume: bool
+    progress: bool
+    is_main: bool = True
+    """False in the other processes of a distributed run (they write nothing)."""
+    main_first: Callable[[], AbstractContextManager[None]] = field(default=nullcontext)
+    """A block the main process runs before the others (they then read what it wrote)."""
+
+
+class ModelFamily:
+    """Base of the family plug-ins; subclasses set ``name`` and ``model`` and override hooks."""
+
+    name: ClassVar[str]
+    model: ClassVar[type[FrozenEncoderModel]]
+    setting_ranges: ClassVar[Mapping[str, Allowed]] = {}
+    base_run: ClassVar[BaseRun | None] = None
+    run_files: ClassVar[tuple[str, ...]] = ()
+    """Files the family adds to a run folder (relative to it)."""
+    image_scores: ClassVar[tuple[str, ...] | None] = None
+    exportable: ClassVar[bool] = False
+
+    def check_settings(self, settings: Mapping[str, Any]) -> None:
+        """Raise :class:`~filterformer.errors.ConfigError` for settings the family cannot honour.
+
+        ``settings``: the resolved config flattened to dotted keys (``train.epochs``).
+        """
+
+    def training_set(
+        self, model: FrozenEncoderModel, images: TrainingImages, context: TrainingContext
+    ) -> Dataset:
+        """The dataset the training loop iterates; its items go to ``model(batch)``."""
+        return images
+
+    def load_run_files(
+        self,
+        model: FrozenEncoderModel,
+        run_dir: Path,
+        geometry: InputGeometry,
+        encoder_weights: str,
+    ) -> None:
+        """Restore what :meth:`training_set` kept in the run folder into a loaded ``model``."""
+
+
+FAMILIES: dict[str, ModelFamily] = {}
+"""Registered families by name (look them up through :mod:`filterformer.models.registry`)."""
+
+
+def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
+    """Class decorator: make ``model.name=<cls.name>`` build ``cls.model`` with ``cls``'s hooks."""
+    name = cls.name
+    known = type(FAMILIES[name]) if name in FAMILIES else cls
+    if (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ConfigError(
+            f"model family {name!r} is registered twice ({known.__qualname__} "
+            f"and {cls.__qualname__}); give one of them another name."
+        )
+    FAMILIES[name] = cls()
+    return cls

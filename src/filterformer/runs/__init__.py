@@ -1,0 +1,1 @@
+"""Runs: a config turned into objects; run folders created, trained, loaded and read."""

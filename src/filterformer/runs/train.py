@@ -1,0 +1,478 @@
+"""Training a run: from a composed config to a trained run folder.
+
+The command line (help, hydra composition, one-line errors) is :mod:`filterformer.cli.train`;
+``python -m filterformer.cli.train`` runs it too (what torchrun starts):
+
+    ff-train category=vial data.root=/data/mvtec_ad_2 encoder.weights=weights/<file>
+    ff-train preset=demo run_dir=runs/demo
+    ff-train -m category=can,fabric             # several runs, one folder each
+    ff-train -m hydra/launcher=joblib category=can,fabric   # ... in parallel processes
+    torchrun --nproc_per_node 4 -m filterformer.cli.train category=vial  # one run, 4 GPUs
+    ff-train --cfg job preset=filterformer_paper  # print the resolved config
+
+The config groups and presets live in ``configs/`` (shipped as ``filterformer.configs``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch.utils.data import Dataset
+
+from filterformer.data.datasets import READERS
+from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
+from filterformer.data.mvtec_ad2 import resolve_data_root
+from filterformer.data.synthetic import make_synthetic_category
+from filterformer.data.training_set import TrainingImages
+from filterformer.data.transforms import TrainAugment, short_side_size
+from filterformer.errors import ConfigError, FilterformerError
+from filterformer.io import outermost_missing
+from filterformer.lock import lock_run, unlock_run
+from filterformer.models.base import FrozenEncoderModel
+from filterformer.models.encoder import DinoEncoder
+from filterformer.models.family import TrainingContext
+from filterformer.models.registry import check_encoder_source, family
+from filterformer.runs.calibrate import Calibration, calibrate_run
+from filterformer.runs.checks import check_settings
+from filterformer.runs.compose import config_error_message
+from filterformer.runs.run import (
+    CONFIG_FILE,
+    build_from_config,
+    build_geometry,
+    build_smoothing,
+    build_tiling,
+    create_run,
+    holdout_fraction,
+    optional_split,
+    patch_size,
+    split_samples,
+)
+from filterformer.runs.settings import plain, resolve_device, train_settings
+from filterformer.training.distributed import SINGLE_PROCESS, DistributedContext, main_first
+from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
+from filterformer.training.loop import (
+    EvaluationSettings,
+    TrainResult,
+    check_batch_size,
+    check_run_dir,
+    train,
+)
+from filterformer.training.validation import FusionEvaluator, map_statistics
+
+LOG = logging.getLogger("filterformer")
+
+RESUME_FREE_KEYS = frozenset(
+    {
+        "resume",
+        "progress",
+        "device",
+        "train.num_workers",
+        "train.threads",
+        "train.compile",
+        "train.log_every",
+        "train.feature_cache.storage",
+        "train.feature_cache.dir",
+        "eval.batch_size",
+    }
+)
+"""Settings that may change when a run is resumed: they do not change what is computed."""
+FOLDER_KEYS = ("train_dir", "validation_dir", "test_dir", "mask_dir")
+"""data=folder paths, stored absolute in the run's config."""
+
+
+def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) -> DictConfig:
+    """A checked, resolved copy of ``cfg``: absolute paths, the device; nothing is written.
+
+    Every value is checked up front (:func:`check_settings`, with the DDP ``world_size``) and
+    the encoder's weights must be at hand (a file, or permission to download them), so a bad
+    setting stops the run before data is generated or a folder is created. Relative paths
+    (run_dir, data root, the data.*_dir folders) are made absolute against the folder
+    ff-train was started from, so the stored config works from anywhere. A folder run
+    without validation_dir gets its held-out images (data.holdout); ``input.fit=short_side``
+    gets its canvas (input.resize) fitted to the typical training image. ``quiet``: no notes.
+    """
+    cfg = cfg.copy()
+    base = launch_dir()
+    try:
+        _require_values(cfg)
+        cfg.run_dir = str(_absolute(cfg.run_dir, base))
+        if cfg.data.kind == "synthetic":
+            cfg.data.root = str(_absolute(cfg.data.root, base))
+        cfg.device = resolve_device(cfg.device)
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(config_error_message(err)) from None
+    settings = _flatten(OmegaConf.to_container(cfg))
+    plugin = family(cfg.model.name)
+    check_settings(
+        settings,
+        family_ranges=plugin.setting_ranges,
+        patch_size=patch_size(cfg),
+        world_size=world_size,
+    )
+    plugin.check_settings(settings)
+    if cfg.data.kind in READERS and cfg.data.kind != "synthetic":  # a dataset's root
+        cfg.data.root = str(_absolute(resolve_data_root(cfg.data.root), base))
+    elif cfg.data.kind == "folder":
+        _prepare_folders(cfg, base, quiet)
+    if cfg.input.get("fit") == "short_side":
+        _fit_short_side(cfg, quiet)
+    weights = cfg.encoder.get("weights")
+    check_encoder_source(
+        cfg.encoder.variant,
+        None if weights is None else Path(weights).expanduser(),
+        cfg.encoder.get("pretrained", False),
+        cfg.encoder.get("allow_download", False),
+    )
+    return cfg
+
+
+def make_data(cfg: DictConfig) -> None:
+    """Generate the synthetic category of a resolved ``cfg`` (reused when it exists already)."""
+    if cfg.data.kind != "synthetic":
+        return
+    counts = cfg.data.counts
+    make_synthetic_category(
+        cfg.data.root,
+        cfg.category.name,
+        seed=cfg.data.seed,
+        image_size=tuple(cfg.data.image_size),
+        counts=None if counts is None else OmegaConf.to_container(counts),
+        texture=cfg.data.texture,
+        progress=cfg.progress,
+    )
+
+
+def prepare_config(cfg: DictConfig, quiet: bool = False) -> DictConfig:
+    """:func:`resolve_config`, then generate the synthetic data it names."""
+    cfg = resolve_config(cfg, quiet=quiet)
+    make_data(cfg)
+    return cfg
+
+
+def launch_dir() -> Path:
+    """The folder ff-train was started from (hydra's runtime.cwd: hydra.job.chdir may move)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+
+
+def _absolute(path: str | Path, base: Path) -> Path:
+    path = Path(path).expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def _note(message: str, quiet: bool) -> None:
+    """A note on what training decided (the CLIs show the ``filterformer`` log on stderr)."""
+    if not quiet:
+        LOG.info(message)
+
+
+def _prepare_folders(cfg: DictConfig, base: Path, quiet: bool) -> None:
+    """Absolute data.*_dir folders; without validation_dir, the held-out training images."""
+    for key in FOLDER_KEYS:
+        if cfg.data.get(key) is not None:
+            cfg.data[key] = str(_absolute(cfg.data[key], base))
+    if cfg.data.validation_dir is not None:
+        return
+    images = ImageFolderDataset(cfg.data.train_dir, "train")
+    if cfg.data.get("holdout") is None:
+        cfg.data.holdout = holdout_names(images, holdout_fraction(cfg), int(cfg.seed))
+    _note(
+        f"no data.validation_dir: {len(cfg.data.holdout)} of {len(images)} training images are "
+        f"held out as the validation split (data.validation_fraction={holdout_fraction(cfg)}, "
+        f"seed {cfg.seed}) and not trained on; see data.holdout in {cfg.run_dir}/{CONFIG_FILE}",
+        quiet,
+    )
+
+
+def _fit_short_side(cfg: DictConfig, quiet: bool) -> None:
+    """Set input.resize to the short_side canvas of the typical training image."""
+    if cfg.data.kind == "synthetic":  # not generated yet; every image has data.image_size
+        typical = tuple(cfg.data.image_size)
+    else:
+        typical = typical_size(split_samples(cfg, "train"))
+    size = short_side_size(min(cfg.input.resize), typical, patch_size(cfg))
+    cfg.input.resize = list(size)
+    _note(
+        f"input.fit=short_side: network input {size[0]} x {size[1]} for the typical training "
+        f"image of {typical[0]} x {typical[1]}; other aspect ratios are letterboxed",
+        quiet,
+    )
+
+
+def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse to resume a run whose stored config differs from ``cfg`` (beyond RESUME_FREE_KEYS)."""
+    stored_file = run_dir / CONFIG_FILE
+    if not stored_file.is_file():
+        return
+    stored = _flatten(OmegaConf.to_container(OmegaConf.load(stored_file)))
+    current = _flatten(OmegaConf.to_container(cfg))
+    differing = sorted(
+        key
+        for key in stored.keys() | current.keys()
+        if key not in RESUME_FREE_KEYS and stored.get(key) != current.get(key)
+    )
+    if differing:
+        shown = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing[:5])
+        raise ConfigError(
+            f"{stored_file}: the run was started with another config ({shown}). Resume with the "
+            "same settings, or train into a new run_dir."
+        )
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What :func:`run_training` did: the run folder, where training ended, the calibration."""
+
+    run_dir: Path
+    result: TrainResult
+    calibrations: list[Calibration]
+    """Each fusion mode's threshold (empty in the other processes of a distributed run)."""
+    selection_split: str
+    """The split that chose the best checkpoints and the fusion mode (``eval.split``)."""
+    selection_metric: str
+
+
+def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCESS) -> TrainOutcome:
+    """Train as ``cfg`` says (as one of several torchrun processes); calibrate the run.
+
+    Nothing is written before the config is checked and the model is built (encoder weights
+    loaded); a run folder this call creates is removed again if the set-up fails.
+    """
+    cfg = resolve_config(cfg, distributed.world_size, quiet=not distributed.is_main)
+    settings = train_settings(cfg)  # before anything is written: a missing key is one line
+    if cfg.train.get("threads"):
+        torch.set_num_threads(int(cfg.train.threads))
+    run_dir = Path(cfg.run_dir)
+    model, identity = build_from_config(cfg)
+    created = _start_run(run_dir, cfg, identity["encoder_weights"]) if distributed.is_main else None
+    try:
+        with _removed_on_failure(created):
+            with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
+                make_data(cfg)
+            train_set = _training_set(cfg, model, identity["encoder_weights"], distributed)
+            check_batch_size(len(train_set), cfg.train.batch_size)  # before a run starts
+            evaluation = _evaluation_settings(cfg)
+        result = train(
+            model,
+            train_set,
+            run_dir=run_dir,
+            checkpoint_meta={**identity, "config": OmegaConf.to_container(cfg)},
+            settings=settings,
+            evaluation=evaluation,
+            distributed=distributed,
+        )
+        calibrations = _calibrate(cfg, run_dir) if distributed.is_main else []
+    finally:
+        if distributed.is_main:  # the session may go on (the API): others may read the run now
+            unlock_run(run_dir)
+    return TrainOutcome(run_dir, result, calibrations, cfg.eval.split, cfg.eval.metric)
+
+
+def _evaluation_settings(cfg: DictConfig) -> EvaluationSettings:
+    """When and how training evaluates, keeps the best checkpoints and measures map statistics."""
+    evaluator, statistics = _evaluation(cfg)
+    return EvaluationSettings(
+        every=cfg.eval.every if evaluator else 0,
+        evaluator=evaluator,
+        select_metric=cfg.eval.metric,
+        category=cfg.category.name,
+        map_statistics=statistics,
+    )
+
+
+def _calibrate(cfg: DictConfig, run_dir: Path) -> list[Calibration]:
+    """Every fusion mode's threshold, stored once by the writer (the readers never write).
+
+    A run whose data cannot give one (no validation split) ends without thresholds; the
+    commands that need one then say how to provide it.
+    """
+    try:
+        return calibrate_run(
+            run_dir,
+            device=cfg.device,
+            progress=cfg.progress,
+            batch_size=cfg.eval.batch_size,
+        )
+    except FilterformerError as err:
+        return [Calibration(mode="*", threshold=None, skipped=str(err))]
+
+
+def _start_run(run_dir: Path, cfg: DictConfig, encoder_weights: str) -> Path | None:
+    """Become the run folder's only writer, check it may be (re)started, write config.yaml
+    and versions.json; return the folder this created.
+
+    The returned folder (``run_dir`` or its outermost new parent; None when ``run_dir``
+    existed) is what a failed set-up removes. An operating-system error here (no space, a
+    read-only disk) removes it at once; a refusal (another writer, a trained run) does not,
+    as the folder is then another run's.
+    """
+    created = outermost_missing(run_dir)
+    with _removed_on_failure(created, OSError):
+        lock_run(run_dir)  # the run folder's only writer from here on (data included)
+        check_run_dir(run_dir, cfg.resume)
+        if cfg.resume:
+            check_resumable(run_dir, cfg)
+        create_run(run_dir, cfg, encoder_weights)
+    return created
+
+
+@contextmanager
+def _removed_on_failure(
+    folder: Path | None, errors: type[BaseException] = BaseException
+) -> Iterator[None]:
+    """Remove ``folder`` (when not None) if the block raises one of ``errors``."""
+    try:
+        yield
+    except errors:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _training_set(
+    cfg: DictConfig,
+    model: FrozenEncoderModel,
+    encoder_weights: str,
+    distributed: DistributedContext,
+) -> Dataset:
+    """What the loop iterates: the preloaded training images, their cached encoder taps
+    (train.feature_cache), or what the model's family makes of them (``training_set``)."""
+    augment = None if cfg.train.augment is None else TrainAugment(**plain(cfg.train.augment))
+    images = TrainingImages(
+        split_samples(cfg, "train"),
+        build_geometry(cfg),
+        augment,
+        seed=cfg.seed,
+        tiling=build_tiling(cfg, training=True),
+        every_tile=OmegaConf.select(cfg, "category.tiling.train_tiles", default="random") == "all",
+    )
+    images.preload(progress=cfg.progress and distributed.is_main)
+    context = TrainingContext(
+        config=OmegaConf.to_container(cfg, resolve=True),
+        run_dir=Path(cfg.run_dir),
+        encoder_weights=encoder_weights,
+        device=cfg.device,
+        seed=int(cfg.seed),
+        epochs=cfg.train.epochs,
+        batch_size=cfg.train.batch_size,
+        resume=cfg.resume,
+        progress=cfg.progress,
+        is_main=distributed.is_main,
+        main_first=partial(main_first, distributed),
+    )
+    train_set = family(cfg.model.name).training_set(model, images, context)
+    if not cfg.train.feature_cache.enabled or train_set is not images:
+        return train_set
+    return _feature_cache(cfg, model.encoder, images, distributed)
+
+
+def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | None]:
+    """The periodic evaluator (needs validation and a split with defects) and map statistics."""
+    validation = optional_split(cfg, "validation")
+    if validation is None:
+        return None, None
+    geometry, tiling = build_geometry(cfg), build_tiling(cfg)
+    evaluator = None
+    test = optional_split(cfg, cfg.eval.split) if cfg.eval.every else None
+    if test is not None and any(s.label == 1 for s in test):
+        evaluator = FusionEvaluator(
+            validation,
+            test,
+            geometry,
+            tiling=tiling,
+            smoothing=build_smoothing(cfg),
+            device=cfg.device,
+            batch_size=cfg.eval.batch_size,
+            pro_limit=cfg.eval.pro_limit,
+            progress=cfg.progress,
+        )
+    statistics = partial(
+        map_statistics,
+        samples=validation,
+        geometry=geometry,
+        tiling=tiling,
+        device=cfg.device,
+        batch_size=cfg.eval.batch_size,
+        progress=cfg.progress,
+    )
+    return evaluator, statistics
+
+
+def describe_outcome(outcome: TrainOutcome) -> str:
+    """What a finished run is, in words: its folder and length, the best score per fusion
+    mode (percent) on the split that chose it, and any mode left without a threshold."""
+    result = outcome.result
+    best = ", ".join(f"{m} {100 * b['score']:.2f} %" for m, b in result.best.items())
+    text = f"{outcome.run_dir} ({result.epoch} epochs, {result.step} steps)"
+    if best:
+        text += (
+            f"; best {outcome.selection_metric}: {best}; fusion mode {result.fusion_mode} "
+            f"(both chosen on {outcome.selection_split}: optimistic there)"
+        )
+    missing = [c for c in outcome.calibrations if c.threshold is None]
+    if missing:
+        text += "; no threshold for " + "; ".join(f"{c.mode} ({c.skipped})" for c in missing)
+    return text
+
+
+def _feature_cache(
+    cfg: DictConfig, encoder: DinoEncoder, images: TrainingImages, distributed: DistributedContext
+) -> Dataset:
+    """The encoder taps of ``images``, computed once (train.feature_cache).
+
+    With a single view, items that change every epoch (augmentation, random training tiles)
+    would be frozen to their epoch-0 version: then the cache stays off, and a note says how to
+    cache several views instead.
+    """
+    cache = plain(cfg.train.feature_cache)
+    settings = FeatureCacheSettings(**{k: v for k, v in cache.items() if k != "enabled"})
+    if settings.views == 1 and (images.augment is not None or images.tiling is not None):
+        if distributed.is_main:
+            LOG.info(
+                "feature cache off: the training items change every epoch "
+                "(augmentation or training tiles); set train.feature_cache.views=K to train on "
+                "K cached views per image."
+            )
+        return images
+    with main_first(distributed):  # the disk cache is filled once, by rank 0
+        return cache_features(
+            encoder,
+            images,
+            settings,
+            device=cfg.device,
+            batch_size=cfg.train.batch_size,
+            amp_bf16=cfg.train.amp_bf16,
+            progress=cfg.progress and distributed.is_main,
+        )
+
+
+def _require_values(cfg: DictConfig) -> None:
+    """Refuse mandatory settings (``???`` in the config, e.g. data.train_dir) left unset."""
+    missing = [k for k, v in _flatten(OmegaConf.to_container(cfg)).items() if v == "???"]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)}: required but not set; add "
+            f"{' '.join(f'{k}=...' for k in missing)} to the command line."
+        )
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
