@@ -1,4 +1,4 @@
-"""ff-train and ff-eval on MVTec AD and VisA trees: train, then the INP-Former metric set."""
+"""ff-train and ff-eval on MVTec AD, VisA and Real-IAD trees: train, then the INP-Former metric set."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ TINY = [
     [
         ("mvtec_ad", "carpet", ["test/cut/000.png", "test/cut/001.png", "test/good/000.png"]),
         ("visa", "candle", ["Data/Images/Anomaly/000.JPG", "Data/Images/Anomaly/001.JPG"]),
+        ("real_iad", "audiojack", ["NG/HS/S0101/audiojack_0101_NG_HS_C2_2023.jpg"]),
     ],
 )
 def test_train_and_evaluate_a_benchmark_category(

@@ -13,7 +13,7 @@ pipeline end to end: model ``inpformer``, PIL bilinear resize to 448 then centre
 DINOv2's own position-embedding interpolation, whole images (no tiling), and the INP-Former
 evaluation protocol (``eval.protocol=inpformer``: 256 x 256 maps, zero-padded Gaussian, top-1 %
 image score, its seven metrics). ``--data`` names the benchmark (``mvtec_ad``, where the
-official checkpoints come from, ``visa`` or ``mvtec_ad2``), so that
+official checkpoints come from, ``visa``, ``real_iad`` or ``mvtec_ad2``), so that
 ``ff-eval --run RUN --data-root ROOT`` needs nothing else. Extra hydra overrides after the
 options (e.g. ``data.root=/data/mvtec_anomaly_detection``) adjust the stored config.
 """
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that --help stays fa
 ENCODER_FILE = "encoder.safetensors"
 PARITY_OVERRIDES = ("preset=inpformer_paper",)
 """The official recipe and evaluation (configs/preset/inpformer_paper.yaml)."""
-DATA_KINDS = ("mvtec_ad", "visa", "mvtec_ad2")
+DATA_KINDS = ("mvtec_ad", "visa", "real_iad", "mvtec_ad2")
 """Benchmarks a converted checkpoint can be evaluated on; the official ones are MVTec AD's."""
 
 
