@@ -1,4 +1,4 @@
-"""ff-train and ff-eval on MVTec AD, VisA and Real-IAD trees: train, then the INP-Former metric set."""
+"""ff-train and ff-eval on MVTec AD, VisA and Real-IAD trees, then the INP-Former metric set."""
 
 from __future__ import annotations
 
