@@ -32,6 +32,13 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "visa": visa.SPLITS,
     "real_iad": real_iad.SPLITS,
 }
+OFFICIAL_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "mvtec_ad2": mvtec_ad2.CATEGORIES,
+    "mvtec_ad": mvtec_ad.CATEGORIES,
+    "visa": visa.CATEGORIES,
+    "real_iad": real_iad.CATEGORIES,
+}
+"""Each dataset's categories: what a multi-class run trains on when it names none."""
 ALL_SPLITS: tuple[str, ...] = tuple(dict.fromkeys(s for splits in SPLITS.values() for s in splits))
 """Every split name of every reader (the choices of the command-line tools)."""
 

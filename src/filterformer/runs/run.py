@@ -397,9 +397,7 @@ def load_run(
     )
     model.to(device).eval()
     geometry = build_geometry(config)
-    family(config.model.name).load_run_files(
-        model, run_dir, geometry, identity["encoder_weights"]
-    )
+    family(config.model.name).load_run_files(model, run_dir, geometry, identity["encoder_weights"])
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}

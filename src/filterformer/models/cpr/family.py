@@ -42,6 +42,7 @@ class CPRFamily(ModelFamily):
     name = "cpr"
     model = CPR
     run_files = (REFERENCES_FILE,)
+    multi_class = False  # its reference set and retrieval are one category's
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:
         """Refuse settings that CPR cannot honour, naming the key to change."""
@@ -54,9 +55,7 @@ class CPRFamily(ModelFamily):
             "category.tiling.enabled=false": bool(settings.get("category.tiling.enabled")),
             "input.fit=squash": settings.get("input.fit", "squash") != "squash",
             "train.augment=null": any(k.startswith("train.augment.") for k in settings),
-            "train.feature_cache.enabled=false": bool(
-                settings.get("train.feature_cache.enabled")
-            ),
+            "train.feature_cache.enabled=false": bool(settings.get("train.feature_cache.enabled")),
         }
         wrong = [fix for fix, bad in problems.items() if bad]
         if wrong:
