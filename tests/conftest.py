@@ -13,6 +13,9 @@ import pytest
 import torch
 
 from filterformer.data.synthetic import make_synthetic_category
+from filterformer.runs.compose import compose_config
+from filterformer.runs.settings import train_settings
+from filterformer.training.loop import OptimizerSettings, TrainSettings
 
 # The suite's tensors are tiny: one intra-op thread is as fast and cannot oversubscribe the
 # two CI cores (two threads per op under load made a tiny training step 100x slower).
@@ -211,3 +214,16 @@ def visa_root(tmp_path: Path) -> Path:
 def real_iad_root(tmp_path: Path) -> Path:
     """A writable Real-IAD-layout root with the category ``audiojack`` (make_real_iad_tree)."""
     return make_real_iad_tree(tmp_path / "real_iad", "audiojack")
+
+
+def settings_for_tests(**changes: object) -> TrainSettings:
+    """The demo preset's training settings (the configs hold every default), with
+    ``changes``; ``optimizer`` may be a dict of changes to the preset's optimiser."""
+    from dataclasses import replace
+
+    base = train_settings(compose_config(["preset=demo", "progress=false", "device=cpu"]))
+    optimizer = changes.pop("optimizer", {})
+    if isinstance(optimizer, dict):
+        optimizer = replace(base.optimizer, **optimizer)
+    assert isinstance(optimizer, OptimizerSettings)
+    return replace(base, optimizer=optimizer, **changes)
