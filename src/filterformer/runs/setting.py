@@ -76,6 +76,8 @@ def members(config: DictConfig) -> list[Member]:
         view = OmegaConf.masked_copy(config, [k for k in config if k != "setting"])
         view.data = OmegaConf.to_container(entry.data, resolve=True)
         view.category = OmegaConf.to_container(entry.category, resolve=True)
+        if view.eval.get("pseudo") is not None:  # its own validation_pseudo sub-folder
+            view.eval.pseudo.member = str(entry.key)
         shots = entry.get("shots")
         out.append(Member(str(entry.key), view, None if shots is None else tuple(shots)))
     return out
@@ -106,13 +108,11 @@ def resolve_members(cfg: DictConfig, base: Path) -> None:
     for data, names in sources:
         for name in names or default_categories(data):
             key = f"{data.kind}.{name}" if qualified else str(name)
-            entries.append(
-                {
-                    "key": key,
-                    "data": _member_data(data, name),
-                    "category": category_settings(cfg, name),
-                }
-            )
+            entry = {"key": key, "data": _member_data(data, name)}
+            entry["category"] = category_settings(cfg, name)
+            if setting_name(cfg) == FEW_SHOT:
+                entry["shots"] = None  # drawn by draw_shots_of
+            entries.append(entry)
     keys = [e["key"] for e in entries]
     if len(set(keys)) < len(keys):
         raise ConfigError(f"setting.categories names a category twice: {keys}.")
@@ -243,11 +243,11 @@ def fusion_keys(config: DictConfig) -> str | list[str]:
 
 
 def categories_text(config: DictConfig) -> str:
-    """What a run was trained on, for tables: ``mvtec_ad (15 categories, multi_class)``."""
+    """What a run was trained on, for tables: ``mvtec_ad: 15 categories (multi_class)``."""
     if is_single(config):
-        return f"{config.data.kind} ({config.category.name})"
+        return f"{config.data.kind}: {config.category.name}"
     kinds: dict[str, int] = {}
     for entry in config.setting.members:
         kinds[entry.data.kind] = kinds.get(entry.data.kind, 0) + 1
-    parts = ", ".join(f"{kind} ({count} categories)" for kind, count in kinds.items())
-    return f"{parts}, {setting_name(config)}"
+    parts = " + ".join(f"{kind}: {count} categories" for kind, count in kinds.items())
+    return f"{parts} ({setting_name(config)})"

@@ -238,7 +238,7 @@ def _resolve_members(cfg: DictConfig, base: Path, quiet: bool) -> None:
     for entry in cfg.setting.members:
         if entry.data.kind == "folder":
             _hold_out(entry.data, cfg, quiet)
-    if setting_name(cfg) == FEW_SHOT and not cfg.setting.members[0].get("shots"):
+    if setting_name(cfg) == FEW_SHOT and cfg.setting.members[0].shots is None:
         if cfg.train.augment is not None:
             raise ConfigError(
                 "setting=few_shot trains on the INP-Former code's fixed views of each drawn "
