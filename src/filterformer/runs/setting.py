@@ -95,14 +95,16 @@ def resolve_members(cfg: DictConfig, base: Path) -> None:
     """Fill ``setting.members`` of a multi-category config (once; kept when already set).
 
     The categories are ``setting.categories`` of the run's ``data`` (null: all of them), then
-    every category of each ``setting.datasets`` source. Relative roots are taken from
+    those of each ``setting.datasets`` source (``kind: root``, all its categories, or
+    ``kind: {root: ..., categories: [...]}``). Relative roots are taken from
     ``base``. Few-shot then draws each category's shots (:func:`draw_shots_of`).
     """
     if is_single(cfg) or cfg.setting.get("members"):
         return
     sources = [(cfg.data, cfg.setting.get("categories"))]
-    for kind, root in (cfg.setting.get("datasets") or {}).items():
-        sources.append((_dataset_section(kind, root, base), None))
+    for kind, spec in (cfg.setting.get("datasets") or {}).items():
+        root, names = (spec.get("root"), spec.get("categories")) if _is_map(spec) else (spec, None)
+        sources.append((_dataset_section(kind, root, base), names))
     qualified = len(sources) > 1
     entries = []
     for data, names in sources:
@@ -117,6 +119,10 @@ def resolve_members(cfg: DictConfig, base: Path) -> None:
     if len(set(keys)) < len(keys):
         raise ConfigError(f"setting.categories names a category twice: {keys}.")
     cfg.setting.members = entries
+
+
+def _is_map(value: Any) -> bool:
+    return isinstance(value, Mapping | DictConfig)
 
 
 def default_categories(data: DictConfig) -> Sequence[str]:
@@ -135,17 +141,30 @@ def default_categories(data: DictConfig) -> Sequence[str]:
 def category_settings(cfg: DictConfig, name: str) -> dict[str, Any]:
     """The ``category`` section of category ``name`` in this run.
 
-    Its own config file (configs/category/<name>.yaml) when there is one, else the run's
-    ``category`` section; either way with the run's changes to its own category file (the
-    preset's and the command line's ``category.*`` overrides) applied, and named ``name``.
+    Its own config file (configs/category/<name>.yaml; without one, data=synthetic's
+    ``synthetic`` or else ``custom``), with every setting the run's ``category`` section gives
+    (not null: what the preset and the command line changed, category/_members.yaml) on top,
+    and named ``name``. For a single-class ``cfg`` (zero-shot targets): its own file only.
     """
-    run_category = OmegaConf.to_container(cfg.category, resolve=True)
-    own = load_category_file(str(cfg.category.name))
-    changes = run_category if own is None else _changed(run_category, own)
-    settings = load_category_file(name)
-    merged = OmegaConf.merge(run_category if settings is None else settings, changes)
+    changes = {} if is_single(cfg) else _given(OmegaConf.to_container(cfg.category, resolve=True))
+    changes.pop("name", None)
+    fallback = "synthetic" if cfg.data.kind == "synthetic" else "custom"
+    settings = load_category_file(name) or load_category_file(fallback) or {}
+    merged = OmegaConf.merge(settings, changes)
     merged.name = name
     return OmegaConf.to_container(merged, resolve=True)
+
+
+def _given(section: Mapping[str, Any]) -> dict[str, Any]:
+    """``section`` without its null entries (nested)."""
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        if isinstance(value, Mapping):
+            if nested := _given(value):
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out
 
 
 def load_category_file(name: str) -> dict[str, Any] | None:
@@ -169,21 +188,6 @@ def _compose_file(folder: Path, path: Path) -> DictConfig:
         part = raw if item == "_self_" else _compose_file(folder, folder / f"{item}.yaml")
         merged = OmegaConf.merge(merged, part)
     return merged
-
-
-def _changed(current: Mapping[str, Any], file: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of ``current`` that differ from ``file`` (nested), the name aside."""
-    out: dict[str, Any] = {}
-    for key, value in current.items():
-        if key == "name":
-            continue
-        stored = file.get(key)
-        if isinstance(value, Mapping) and isinstance(stored, Mapping):
-            if nested := _changed(value, stored):
-                out[key] = nested
-        elif value != stored:
-            out[key] = value
-    return out
 
 
 def _dataset_section(kind: str, root: str | None, base: Path) -> DictConfig:

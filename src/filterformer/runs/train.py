@@ -132,6 +132,9 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         raise ConfigError(config_error_message(err)) from None
     settings = _flatten(OmegaConf.to_container(cfg))
     plugin = family(cfg.model.name)
+    if not is_single(cfg):  # null category settings: each category's own (checked below)
+        _check_multi_class(cfg)
+        settings = {k: v for k, v in settings.items() if v is not None or k[:9] != "category."}
     check_settings(
         settings,
         family_ranges=plugin.setting_ranges,
@@ -145,6 +148,9 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         _prepare_folders(cfg, base, quiet)
     if not is_single(cfg):
         _resolve_members(cfg, base, quiet)
+        for member in members(cfg):  # each category's own settings, in range too
+            category = _flatten({"category": OmegaConf.to_container(member.config.category)})
+            check_settings(category)
     if cfg.input.get("fit") == "short_side":
         _fit_short_side(cfg, quiet)
     weights = cfg.encoder.get("weights")
@@ -226,24 +232,28 @@ def _hold_out(data: DictConfig, cfg: DictConfig, quiet: bool) -> None:
     )
 
 
-def _resolve_members(cfg: DictConfig, base: Path, quiet: bool) -> None:
-    """A multi-category run: its members (setting.members), each folder category's held-out
-    images, and (few-shot) the drawn images, generating synthetic data first if needed."""
+def _check_multi_class(cfg: DictConfig) -> None:
+    """Refuse a multi-category run the model family or the recipe cannot train."""
     if not family(cfg.model.name).multi_class:
         raise ConfigError(
             f"model={cfg.model.name} trains on one category at a time; use setting=single_class "
             "(ff-train -m category=a,b for several runs)."
         )
+    if setting_name(cfg) == FEW_SHOT and cfg.train.augment is not None:
+        raise ConfigError(
+            "setting=few_shot trains on the INP-Former code's fixed views of each drawn image; "
+            "set train.augment=null."
+        )
+
+
+def _resolve_members(cfg: DictConfig, base: Path, quiet: bool) -> None:
+    """A multi-category run: its members (setting.members), each folder category's held-out
+    images, and (few-shot) the drawn images, generating synthetic data first if needed."""
     resolve_members(cfg, base)
     for entry in cfg.setting.members:
         if entry.data.kind == "folder":
             _hold_out(entry.data, cfg, quiet)
     if setting_name(cfg) == FEW_SHOT and cfg.setting.members[0].shots is None:
-        if cfg.train.augment is not None:
-            raise ConfigError(
-                "setting=few_shot trains on the INP-Former code's fixed views of each drawn "
-                "image; set train.augment=null."
-            )
         make_data(cfg)
         draw_shots_of(cfg)
 
