@@ -594,11 +594,11 @@ def _inpformer_row(args: EvalOptions, run: Run, device: str, several: bool) -> d
     )
     eval_split = run.config.eval.get("split", "test_public")
     selection = run_selection(run_dir, run.category, eval_split, run.checkpoint, None)
-    row = {**metrics.row(run.category), "selected_on": selection.to_json()}
+    row = _labelled({**metrics.row(run.category), "selected_on": selection.to_json()}, run, several)
     out_dir = run_output_dir(args, run, several)
     write_metrics(out_dir, [row], args.split, [PRO_LIMIT], INPFORMER, rule)
     write_scores(out_dir / SCORES_FILE, images, metrics.scores, metrics.labels)
-    return _labelled(row, run, several)
+    return row
 
 
 def image_paths(samples: Sequence[Sample]) -> list[str]:
