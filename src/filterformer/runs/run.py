@@ -47,6 +47,7 @@ from filterformer.models.registry import (
     encoder_stride,
     family,
 )
+from filterformer.runs.compose import category_threshold_rule
 from filterformer.runs.setting import Member, member, members
 from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
 from filterformer.training.seed import seed_everything
@@ -476,7 +477,9 @@ def _member_run(
         mode=mode,
         map_stats=map_stats,
         threshold=threshold,
-        threshold_rule=dict(view.category.get("threshold") or {"rule": "mean_std", "k": 3}),
+        threshold_rule=dict(
+            view.category.get("threshold") or category_threshold_rule(view.category.name)
+        ),
         postprocess=dict(view.category.get("postprocess") or {}),
         tiling=build_tiling(view),
         data_root=None if root is None else Path(root),

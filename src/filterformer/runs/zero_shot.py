@@ -20,7 +20,7 @@ from filterformer.errors import ConfigError
 from filterformer.evaluation.protocol import ZERO_SHOT_MAPS
 from filterformer.inference.run import Run
 from filterformer.models.registry import family
-from filterformer.runs.compose import config_dir
+from filterformer.runs.compose import category_threshold_rule, config_dir
 from filterformer.runs.run import (
     build_geometry,
     build_smoothing,
@@ -103,7 +103,7 @@ def _category_run(
         mode=mode,
         map_stats=stats,
         threshold=None,
-        threshold_rule=dict(view.category.get("threshold") or {"rule": "mean_std", "k": 3}),
+        threshold_rule=dict(view.category.get("threshold") or category_threshold_rule(name)),
         postprocess=dict(view.category.get("postprocess") or {}),
         tiling=build_tiling(view),
         data_root=Path(data.root),
