@@ -79,7 +79,7 @@ def test_a_multi_class_run_loads_as_one_run_per_category(multi_class_run: Path):
     assert [r.config.category.name for r in runs] == CATEGORIES
     assert runs[0].threshold.value != runs[1].threshold.value
     assert load_run(multi_class_run, category="grass").category == "grass"
-    with pytest.raises(ConfigError, match=r"one model of 2 categories \(brick, grass\)"):
+    with pytest.raises(ConfigError, match=r"one model of 2 categories \(brick, grass\); name one"):
         load_run(multi_class_run)
 
 
@@ -198,3 +198,24 @@ def test_super_multi_class_reports_each_dataset(
     document = json.loads((run_dir.with_name("run_eval") / "test" / "metrics.json").read_text())
     assert set(document["dataset_means"]) == {"mvtec_ad", "real_iad"}
     assert document["categories"]["real_iad.audiojack"]["num_images"] == 5
+
+
+@pytest.mark.parametrize("setting", ["multi_class", "few_shot"])
+def test_the_feature_cache_trains_several_categories_as_without_it(setting: str, tmp_path: Path):
+    exact = [
+        "model=inpformer",
+        "train.augment=null",
+        "eval.every=0",
+        f"setting={setting}",
+        f"setting.categories=[{','.join(CATEGORIES)}]",
+        *(["setting.shots=1"] if setting == "few_shot" else []),
+    ]
+    cache = ["train.feature_cache.enabled=true", "train.feature_cache.dtype=float32"]
+    train(*exact, f"run_dir={tmp_path / 'plain'}")
+    train(*exact, *cache, f"run_dir={tmp_path / 'cached'}", f"data.root={tmp_path / 'plain/data'}")
+    losses = []
+    for name in ("plain", "cached"):
+        with open(tmp_path / name / "train_log.csv", newline="") as handle:
+            losses.append([float(row["loss"]) for row in csv.DictReader(handle)])
+    assert len(losses[0]) == (2 if setting == "multi_class" else 11)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)

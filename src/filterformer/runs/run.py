@@ -407,8 +407,8 @@ def load_run(
     if len(runs) > 1:
         raise ConfigError(
             f"{run_dir} holds one model of {len(runs)} categories "
-            f"({', '.join(r.category for r in runs)}); name one (category=...), or load them "
-            "all (load_runs)."
+            f"({', '.join(r.category for r in runs)}); name one (--category, or "
+            "load_run(..., category=...)), or load them all (load_runs)."
         )
     return runs[0]
 

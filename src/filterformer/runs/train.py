@@ -512,9 +512,10 @@ def describe_outcome(outcome: TrainOutcome) -> str:
 
 
 def _feature_cache(
-    cfg: DictConfig, encoder: DinoEncoder, images: TrainingImages, distributed: DistributedContext
+    cfg: DictConfig, encoder: DinoEncoder, images: Dataset, distributed: DistributedContext
 ) -> Dataset:
-    """The encoder taps of ``images``, computed once (train.feature_cache).
+    """The encoder taps of ``images`` (one category's, several categories' concatenated, or
+    few-shot views), computed once (train.feature_cache).
 
     With a single view, items that change every epoch (augmentation, random training tiles)
     would be frozen to their epoch-0 version: then the cache stays off, and a note says how to
@@ -522,7 +523,8 @@ def _feature_cache(
     """
     cache = plain(cfg.train.feature_cache)
     settings = FeatureCacheSettings(**{k: v for k, v in cache.items() if k != "enabled"})
-    if settings.views == 1 and (images.augment is not None or images.tiling is not None):
+    varies = any(getattr(images, name, None) is not None for name in ("augment", "tiling"))
+    if settings.views == 1 and varies:
         if distributed.is_main:
             LOG.info(
                 "feature cache off: the training items change every epoch "
