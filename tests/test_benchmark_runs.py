@@ -24,6 +24,7 @@ TINY = [
 """The demo preset cut to one epoch at 4 x 5 tokens."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("data", "category", "images"),
     [
@@ -73,6 +74,7 @@ def test_train_and_evaluate_a_benchmark_category(
     assert "Unknown split 'validation'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_mvtec_ad2_protocol_honours_image_score_and_writes_scores(
     synthetic_root: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from filterformer.data.mvtec_ad import CATEGORIES as MVTEC_AD
 from filterformer.errors import ConfigError
-from filterformer.runs.compose import compose_config
+from filterformer.runs.compose import compose_config, config_dir
 from filterformer.runs.setting import (
     categories_text,
     default_categories,
@@ -122,3 +122,22 @@ def test_bad_member_lists_are_named(tmp_path: Path):
     )
     with pytest.raises(ConfigError, match=r"setting.datasets.folder: not a dataset"):
         resolve_members(wrong, tmp_path)
+
+
+def flat_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        if isinstance(value, dict) and f"{prefix}{key}" != "postprocess.splits":
+            keys |= flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def test_every_category_setting_can_be_changed_for_all_members():
+    """category/_members.yaml has every key of every category file (null: each one's own),
+    so that category.<key>=value on the command line reaches every category."""
+    folder = config_dir() / "category"
+    members_keys = flat_keys(OmegaConf.to_container(OmegaConf.load(folder / "_members.yaml")))
+    for path in folder.glob("[!_]*.yaml"):
+        assert flat_keys(load_category_file(path.stem)) <= members_keys, path.name

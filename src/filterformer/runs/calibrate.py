@@ -19,7 +19,7 @@ import numpy as np
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, FilterformerError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
-from filterformer.lock import lock_run
+from filterformer.lock import holds_run, lock_run, unlock_run
 from filterformer.models.encoder import weights_sha256
 from filterformer.runs.run import fusion_modes, load_runs
 from filterformer.runs.run_maps import RunMaps
@@ -52,7 +52,19 @@ def calibrate_run(
     skipped, with the reason; the other modes are still stored.
     """
     run_dir = Path(run_dir)
+    if holds_run(run_dir):  # the training process, calibrating as it ends
+        return _calibrate_modes(run_dir, device, data_root, progress, batch_size)
     lock_run(run_dir)
+    try:
+        return _calibrate_modes(run_dir, device, data_root, progress, batch_size)
+    finally:
+        unlock_run(run_dir)
+
+
+def _calibrate_modes(
+    run_dir: Path, device: str, data_root: str | Path | None, progress: bool, batch_size: int
+) -> list[Calibration]:
+    """:func:`calibrate_run`'s work, as the run's writer."""
     results = []
     for mode in fusion_modes(run_dir):
         try:

@@ -318,7 +318,12 @@ def calibrate_from_maps(
 
     rule = category_threshold_rule(category)
     threshold = threshold_by_rule(
-        rule, lambda: (load(s)[0] for s in samples), unavailable, source, pseudo=unavailable
+        rule,
+        lambda: (load(s)[0] for s in samples),
+        unavailable,
+        source,
+        pseudo=unavailable,
+        labelled_split="test_public",  # the MVTec AD 2 layout of --maps (labels unread here)
     )
     return threshold, audit
 

@@ -49,7 +49,7 @@ from filterformer.models.registry import (
 )
 from filterformer.runs.compose import category_threshold_rule
 from filterformer.runs.setting import Member, member, members
-from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
+from filterformer.training.checkpoint import LoadedCheckpoint, has_checkpoint, load_checkpoint
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
@@ -113,6 +113,8 @@ def build_smoothing(config: DictConfig) -> Smoothing:
         kernel_size=int(settings.get("blur_kernel", default.kernel_size)),
         padding=settings.get("blur_padding", default.padding),
         size=None if size is None else tuple(int(v) for v in size),
+        at_original=settings.get("blur_at", "network") == "original",
+        levels=settings.get("levels"),
     )
 
 
@@ -430,7 +432,7 @@ def load_runs(
     config = resolve_run_paths(read_run_config(run_dir), run_dir)
     chosen = members(config) if categories is None else [member(config, k) for k in categories]
     modes = family(config.model.name).model.fusion_modes
-    models: dict[str, tuple[FrozenEncoderModel, Any]] = {}
+    models: dict[str, tuple[FrozenEncoderModel, LoadedCheckpoint]] = {}
     runs = []
     for part in chosen:
         key_mode = _check_mode(run_dir, config, modes, mode or _fusion_mode(run_dir, part, modes))
@@ -446,7 +448,11 @@ def load_runs(
             family(config.model.name).load_run_files(model, run_dir, geometry, weights)
             models[name] = (model, loaded)
         model, loaded = models[name]
-        runs.append(_member_run(run_dir, part, model, loaded, key_mode, read_threshold))
+        threshold = None
+        if read_threshold:
+            sha = _weights_sha(loaded) if verify else None
+            threshold = _stored_threshold(run_dir, part.key, key_mode, sha, checkpoint is not None)
+        runs.append(_member_run(run_dir, part, model, loaded, key_mode, threshold))
     return runs
 
 
@@ -454,18 +460,15 @@ def _member_run(
     run_dir: Path,
     part: Member,
     model: FrozenEncoderModel,
-    loaded: Any,
+    loaded: LoadedCheckpoint,
     mode: str,
-    read_threshold: bool,
+    threshold: Threshold | None,
 ) -> Run:
     """The :class:`Run` of one category of a loaded model."""
     view = part.config
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
-    threshold = (
-        _stored_threshold(run_dir, part.key, mode, loaded.files.weights) if read_threshold else None
-    )
     root = view.data.get("root")
     return Run(
         run_dir=run_dir,
@@ -515,16 +518,33 @@ def fusion_modes(run_dir: str | Path) -> tuple[str, ...]:
     return family(read_run_config(Path(run_dir)).model.name).model.fusion_modes
 
 
-def _stored_threshold(run_dir: Path, category: str, mode: str, weights: Path) -> Threshold | None:
-    """The mode's threshold from thresholds.json, checked to be of the loaded checkpoint."""
+def _weights_sha(loaded: LoadedCheckpoint) -> str:
+    """SHA-256 of the loaded weights: as recorded (and verified on loading), else computed."""
+    recorded = ((loaded.meta.get("files") or {}).get("weights") or {}).get("sha256")
+    return recorded or weights_sha256(loaded.files.weights)
+
+
+def _stored_threshold(
+    run_dir: Path, category: str, mode: str, sha: str | None, chosen: bool
+) -> Threshold | None:
+    """The mode's threshold from thresholds.json, checked to be of the loaded checkpoint,
+    whose weights have SHA-256 ``sha`` (None: not checked, the user's ``--no-verify``).
+
+    One of another checkpoint is refused; with a checkpoint the caller chose (not the mode's
+    own), there is simply none.
+    """
     thresholds_file = run_dir / "thresholds.json"
     if not thresholds_file.is_file():
         return None
     threshold = read_thresholds(thresholds_file, mode).get(category)
-    if threshold is not None and threshold.checkpoint != weights_sha256(weights):
+    if sha is None or threshold is None:
+        return threshold
+    if threshold.checkpoint != sha:
+        if chosen:
+            return None
         raise CheckpointError(
             f"{thresholds_file}: the {mode!r} threshold of {category!r} was calibrated on "
-            f"another checkpoint than {weights.name}. Calibrate it again: ff-eval --calibrate "
+            f"another checkpoint than the one loaded. Calibrate it again: ff-eval --calibrate "
             f"--run {run_dir}"
         )
     return threshold

@@ -39,7 +39,7 @@ from filterformer.data.training_set import ConcatImages, TrainingImages
 from filterformer.data.transforms import TrainAugment, short_side_size
 from filterformer.errors import ConfigError, DataError, FilterformerError
 from filterformer.io import outermost_missing
-from filterformer.lock import lock_run
+from filterformer.lock import lock_run, unlock_run
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.encoder import DinoEncoder
 from filterformer.models.family import TrainingContext
@@ -319,30 +319,39 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
     run_dir = Path(cfg.run_dir)
     model, identity = build_from_config(cfg)
     created = _start_run(run_dir, cfg, identity["encoder_weights"]) if distributed.is_main else None
-    with _removed_on_failure(created):
-        with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
-            make_data(cfg)
-        train_set = _training_set(cfg, model, identity["encoder_weights"], distributed)
-        check_batch_size(len(train_set), cfg.train.batch_size)  # before a run starts
-        evaluator, statistics = _evaluation(cfg)
-    evaluation = EvaluationSettings(
+    try:
+        with _removed_on_failure(created):
+            with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
+                make_data(cfg)
+            train_set = _training_set(cfg, model, identity["encoder_weights"], distributed)
+            check_batch_size(len(train_set), cfg.train.batch_size)  # before a run starts
+            evaluation = _evaluation_settings(cfg)
+        result = train(
+            model,
+            train_set,
+            run_dir=run_dir,
+            checkpoint_meta={**identity, "config": OmegaConf.to_container(cfg)},
+            settings=settings,
+            evaluation=evaluation,
+            distributed=distributed,
+        )
+        calibrations = _calibrate(cfg, run_dir) if distributed.is_main else []
+    finally:
+        if distributed.is_main:  # the session may go on (the API): others may read the run now
+            unlock_run(run_dir)
+    return TrainOutcome(run_dir, result, calibrations, cfg.eval.split, cfg.eval.metric)
+
+
+def _evaluation_settings(cfg: DictConfig) -> EvaluationSettings:
+    """When and how training evaluates, keeps the best checkpoints and measures map statistics."""
+    evaluator, statistics = _evaluation(cfg)
+    return EvaluationSettings(
         every=cfg.eval.every if evaluator else 0,
         evaluator=evaluator,
         select_metric=cfg.eval.metric,
         category=fusion_keys(cfg),
         map_statistics=statistics,
     )
-    result = train(
-        model,
-        train_set,
-        run_dir=run_dir,
-        checkpoint_meta={**identity, "config": OmegaConf.to_container(cfg)},
-        settings=settings,
-        evaluation=evaluation,
-        distributed=distributed,
-    )
-    calibrations = _calibrate(cfg, run_dir) if distributed.is_main else []
-    return TrainOutcome(run_dir, result, calibrations, cfg.eval.split, cfg.eval.metric)
 
 
 def _calibrate(cfg: DictConfig, run_dir: Path) -> list[Calibration]:
@@ -411,6 +420,7 @@ def _training_set(
             augment,
             seed=cfg.seed,
             tiling=build_tiling(member.config, training=True),
+            every_tile=OmegaConf.select(member.config, "category.tiling.train_tiles") == "all",
         )
         for member in members(cfg)
     ]

@@ -61,7 +61,7 @@ from filterformer.training.distributed import (
 from filterformer.training.feature_cache import TapFeatures
 from filterformer.training.logs import CsvLog
 from filterformer.training.optim import build_optimizer, optimizer_parameters
-from filterformer.training.schedule import WarmupCosine
+from filterformer.training.schedule import Schedule
 from filterformer.training.seed import rng_state, seed_everything, set_deterministic, set_rng_state
 
 MapStats = dict[str, tuple[float, float]]
@@ -92,7 +92,13 @@ LossStep = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 @dataclass(frozen=True)
 class OptimizerSettings:
     """Optimiser and learning-rate schedule: the config's ``train.optimizer`` (its defaults live
-    in the configs only; :func:`filterformer.runs.settings.train_settings` builds this)."""
+    in the configs only; :func:`filterformer.runs.settings.train_settings` builds this).
+
+    ``schedule`` (:mod:`filterformer.training.schedule`): ``warmup_cosine`` reads ``final_lr``
+    and ``warmup_iters``; ``warmup`` and ``sgdr`` warm up over ``warmup_epochs``; ``sgdr``
+    restarts every ``restart_epochs`` (x ``restart_mult`` each time) down to
+    ``min_lr_scale * lr``.
+    """
 
     name: str
     lr: float
@@ -103,6 +109,30 @@ class OptimizerSettings:
     eps: float
     amsgrad: bool
     clip_threshold: float
+    schedule: str
+    warmup_epochs: float
+    restart_epochs: float
+    restart_mult: int
+    min_lr_scale: float
+
+    def build_schedule(
+        self, optimizer: torch.optim.Optimizer, epochs: int, iters_per_epoch: int
+    ) -> Schedule:
+        """This schedule over ``epochs`` of ``iters_per_epoch`` optimiser steps."""
+        sgdr = self.schedule == "sgdr"
+        warmup_epochs = self.schedule in ("warmup", "sgdr")
+        return Schedule(
+            optimizer,
+            self.schedule,
+            base_lr=self.lr,
+            final_lr=self.lr * self.min_lr_scale if sgdr else self.final_lr,
+            total_iters=epochs * iters_per_epoch,
+            warmup_iters=(
+                round(self.warmup_epochs * iters_per_epoch) if warmup_epochs else self.warmup_iters
+            ),
+            restart_iters=round(self.restart_epochs * iters_per_epoch),
+            restart_mult=self.restart_mult,
+        )
 
 
 @dataclass(frozen=True)
@@ -115,7 +145,7 @@ class TrainSettings:
     batch_size: int
     """The global batch; with several processes each takes an equal share."""
     optimizer: OptimizerSettings
-    """Optimiser and warm-up + cosine schedule, stepped every iteration."""
+    """Optimiser and learning-rate schedule, stepped every iteration."""
     grad_clip: float | None
     """L2-norm clip before each step, per part of ``model.parameter_groups()`` (INP-Former's
     parts; the Diff Predictor) so L_df never rescales INP-Former's update (None or 0: off)."""
@@ -279,8 +309,8 @@ class Trainer:
             self._write_end_files()
         return self.result
 
-    def _optimizer(self) -> tuple[torch.optim.Optimizer, WarmupCosine]:
-        """The optimiser of the trainable parameters and its warm-up + cosine schedule."""
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, Schedule]:
+        """The optimiser of the trainable parameters and its learning-rate schedule."""
         settings = self.settings.optimizer
         optimizer = build_optimizer(
             settings.name,
@@ -292,14 +322,7 @@ class Trainer:
             amsgrad=settings.amsgrad,
             clip_threshold=settings.clip_threshold,
         )
-        scheduler = WarmupCosine(
-            optimizer,
-            base_lr=settings.lr,
-            final_lr=settings.final_lr,
-            total_iters=self.settings.epochs * len(self.loader),
-            warmup_iters=settings.warmup_iters,
-        )
-        return optimizer, scheduler
+        return optimizer, settings.build_schedule(optimizer, self.settings.epochs, len(self.loader))
 
     def _resume_or_start(self) -> None:
         """Restore ``last`` (resume) with the logs cut back to it, or start with no logs."""

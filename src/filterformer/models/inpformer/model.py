@@ -195,9 +195,12 @@ class INPFormer(FrozenEncoderModel):
         return {"inp": distance_map(feats.enc_groups, feats.dec_groups, size)}
 
     @torch.no_grad()
-    def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Map name -> B x H x W anomaly map at the network input resolution."""
-        return self.maps(self.features(images), tuple(images.shape[-2:]))
+    def anomaly_maps(
+        self, images: torch.Tensor, size: tuple[int, int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Map name -> B x H x W anomaly map at the network input resolution, or at ``size``
+        (upsampled from the token grid straight to it, as the ISVL hybrid code does)."""
+        return self.maps(self.features(images), size or tuple(images.shape[-2:]))
 
     @torch.no_grad()
     def inp_distance_map(self, images: torch.Tensor) -> torch.Tensor:
