@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from filterformer.cli.eval import main as eval_main
+from filterformer.cli.export import main as export_main
 from filterformer.cli.predict import main as predict_main
 from filterformer.cli.train import main as train_main
 from filterformer.data.few_shot import draw_shots
@@ -114,6 +117,16 @@ def test_ff_predict_writes_every_category(multi_class_run: Path, tmp_path: Path)
     argv = ["--run", str(multi_class_run), "--images", str(images), "--out", str(tmp_path / "own")]
     assert predict_main([*argv, "--no-progress"]) == 2  # which category's threshold?
     assert predict_main([*argv, "--category", "grass", "--no-progress"]) == 0
+
+
+def test_ff_export_exports_one_category_at_a_time(multi_class_run: Path, capsys):
+    pytest.importorskip("onnxruntime")
+    assert export_main(["--run", str(multi_class_run), "--no-progress"]) == 2
+    assert "one model of 2 categories" in capsys.readouterr().err
+    assert export_main(["--run", str(multi_class_run), "--category", "grass", "--no-progress"]) == 0
+    manifest = multi_class_run.with_name("run_export") / "grass" / "export.json"
+    threshold = json.loads(manifest.read_text())["threshold"]["value"]
+    assert threshold == pytest.approx(load_run(multi_class_run, category="grass").threshold.value)
 
 
 def test_zero_shot_on_categories_the_run_never_saw(
@@ -219,3 +232,33 @@ def test_the_feature_cache_trains_several_categories_as_without_it(setting: str,
             losses.append([float(row["loss"]) for row in csv.DictReader(handle)])
     assert len(losses[0]) == (2 if setting == "multi_class" else 11)
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_folder_data_trains_one_sub_folder_per_category(tmp_path: Path, tiny_image_dir: Path):
+    rng = np.random.default_rng(0)
+    for category in ("bolts", "nuts"):
+        folder = tmp_path / "photos" / category
+        folder.mkdir(parents=True)
+        for i in range(5):
+            image = rng.integers(0, 256, (28, 42, 3), dtype=np.uint8)
+            cv2.imwrite(str(folder / f"{i}.png"), image)
+    (tmp_path / "photos" / ".hidden").mkdir()  # not a category
+    run_dir = tmp_path / "run"
+    train(
+        "data=folder",
+        f"data.train_dir={tmp_path / 'photos'}",
+        "input.resize=[28,42]",
+        "setting=multi_class",
+        f"run_dir={run_dir}",
+    )
+    config = OmegaConf.load(run_dir / "config.yaml")
+    entries = {m.key: m for m in config.setting.members}
+    assert list(entries) == ["bolts", "nuts"]
+    for key, entry in entries.items():  # its own folder, its own held-out validation image
+        assert entry.data.train_dir == str(tmp_path / "photos" / key)
+        assert len(entry.data.holdout) == 1
+        assert entry.category.name == key and entry.category.threshold.rule == "mean_std"
+    own = shutil.copytree(tiny_image_dir, tmp_path / "new")
+    argv = ["--run", str(run_dir), "--images", str(own), "--category", "nuts"]
+    assert predict_main([*argv, "--out", str(tmp_path / "preds"), "--no-progress"]) == 0
+    assert len(list((tmp_path / "preds" / "anomaly_images" / "nuts").rglob("*.tiff"))) == 4
