@@ -49,6 +49,10 @@ MVTEC_AD2 = "mvtec_ad2"
 INPFORMER = "inpformer"
 PROTOCOLS = (MVTEC_AD2, INPFORMER)
 
+ZERO_SHOT_MAPS = ("inp_distance", "reconstruction")
+"""Zero-shot evaluation's map: ``inp_distance``, each token's distance to the image's nearest
+INP (the INP-Former code's zero-shot map, default), or ``reconstruction``, the run's own map."""
+
 IMAGE_SCORES = ("max", "top1", "sum_top<T>")
 """Image score of a map: its max (MVTec's script), the mean of its top 1 % (INP-Former), or
 the sum of its T largest values (CPR; ``sum_top512``), T counted on a map of the network

@@ -42,6 +42,7 @@ class CPRFamily(ModelFamily):
     name = "cpr"
     model = CPR
     run_files = (REFERENCES_FILE,)
+    multi_class = False  # its reference set and retrieval are one category's
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:
         """Refuse settings that CPR cannot honour, naming the key to change."""
