@@ -34,6 +34,8 @@ from filterformer.models.cpr.run_files import (
 )
 from filterformer.models.family import ModelFamily, TrainingContext, register_family
 
+LOG = logging.getLogger("filterformer")
+
 
 @register_family
 class CPRFamily(ModelFamily):
@@ -82,6 +84,9 @@ class CPRFamily(ModelFamily):
         self, model: FrozenEncoderModel, images: TrainingImages, context: TrainingContext
     ) -> RetrievalPairs:
         """Fit (or, when resuming, reload) the run's reference set; return the training pairs."""
+        warning = demo_data_warning(context.config)
+        if warning and context.is_main:
+            LOG.warning("warning: %s", warning)
         settings, geometry = context.config["cpr"], images.geometry
         uint8 = [geometry.center_crop(images.resized_image(i)) for i in range(len(images))]
         model.to(context.device)
@@ -97,11 +102,7 @@ class CPRFamily(ModelFamily):
                     context.run_dir, model, geometry, context.encoder_weights
                 )
         if context.is_main:
-            logger = logging.getLogger("filterformer")
-            logger.info(bank_summary(model, references))
-            warning = demo_data_warning(context.config)
-            if warning:
-                logger.warning(warning)
+            LOG.info(bank_summary(model, references))
         foreground = references.foreground_maps
         return RetrievalPairs(
             uint8,
