@@ -11,10 +11,12 @@ from omegaconf import OmegaConf
 from filterformer.data.pseudo_defects import PseudoDefects, PseudoDefectSettings
 from filterformer.data.pseudo_split import relight
 from filterformer.data.transforms import InputGeometry
-from filterformer.models.cpr.family import demo_data_warning
+from filterformer.errors import ConfigError
+from filterformer.models.cpr.family import CPRFamily, demo_data_warning
 from filterformer.models.cpr.model import unpack_pairs
 from filterformer.models.cpr.pairs import PairNoise, PairRelight, RetrievalPairs
 from filterformer.models.cpr.photometric import photometric_normalise
+from filterformer.runs.checks import check_settings
 from filterformer.runs.compose import compose_config
 
 SIZE = (32, 40)
@@ -121,3 +123,20 @@ def test_cpr_demo_on_other_data_says_what_it_keeps() -> None:
     for part in ("data=mvtec_ad2", "category=synthetic", "foreground off", "60 steps", "top_k=4"):
         assert part in message
     assert demo_data_warning(plain("preset=cpr_paper", "data=mvtec_ad2", "data.root=/d")) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("model.photometric", "retinex"),
+        ("model.photometric_sigma", 0),
+        ("cpr.relight.probability", 1.5),
+        ("cpr.relight.strength", -1),
+        ("model.loss_sampling", "edges"),
+        ("model.foreground_max_at", "tile"),
+        ("cpr.weight_border", "wrap"),
+    ],
+)
+def test_bad_lighting_and_official_options_are_named(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=key):
+        check_settings({key: value}, family_ranges=CPRFamily.setting_ranges)

@@ -23,8 +23,10 @@ from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.models.base import FrozenEncoderModel
-from filterformer.models.cpr.model import CPR
-from filterformer.models.cpr.pairs import PairNoise, PairRelight, RetrievalPairs
+from filterformer.models.cpr.loss import SAMPLINGS
+from filterformer.models.cpr.model import CPR, FOREGROUND_MAX_AT
+from filterformer.models.cpr.pairs import WEIGHT_BORDERS, PairNoise, PairRelight, RetrievalPairs
+from filterformer.models.cpr.photometric import PHOTOMETRIC
 from filterformer.models.cpr.run_files import (
     REFERENCES_FILE,
     bank_summary,
@@ -33,6 +35,7 @@ from filterformer.models.cpr.run_files import (
     save_references,
 )
 from filterformer.models.family import ModelFamily, TrainingContext, register_family
+from filterformer.ranges import choice, number
 
 LOG = logging.getLogger("filterformer")
 
@@ -44,6 +47,15 @@ class CPRFamily(ModelFamily):
     name = "cpr"
     model = CPR
     run_files = (REFERENCES_FILE,)
+    setting_ranges = {
+        "model.loss_sampling": choice(*SAMPLINGS),
+        "model.foreground_max_at": choice(*FOREGROUND_MAX_AT),
+        "model.photometric": choice(*PHOTOMETRIC),
+        "model.photometric_sigma": number(0, above=True, high=1),
+        "cpr.relight.probability": number(0, high=1),
+        "cpr.relight.strength": number(0),
+        "cpr.weight_border": choice(*WEIGHT_BORDERS),
+    }
     multi_class = False  # its reference set and retrieval are one category's
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:
@@ -113,8 +125,8 @@ class CPRFamily(ModelFamily):
             length=settings["steps"] // context.epochs * context.batch_size,
             seed=context.seed,
             noise=PairNoise(**settings["noise"]),
-            relight=PairRelight(**settings["relight"]),
-            weight_border=settings["weight_border"],
+            relight=PairRelight(**settings.get("relight", {})),
+            weight_border=settings.get("weight_border", "reflect101"),  # older runs: OpenCV's
         )
 
     def load_run_files(
