@@ -257,7 +257,13 @@ def _flat(tree, prefix=""):
 
 DIFFERENCES = {  # docs/hybrid.md: every setting where inpformer_cpr_hybrid departs from isvl
     "inpformer": {"eval.blur_at", "eval.levels"},
-    "cpr": {"eval.sigma", "eval.levels", "cpr.pseudo_defects"},
+    "cpr": {
+        "eval.sigma",
+        "eval.levels",
+        "cpr.pseudo_defects",
+        "cpr.relight",
+        "model.photometric",
+    },
     "all": {"category.threshold", "run_dir"},
     "fabric": {"category.postprocess.fill_holes"},
     "walnuts": {"category.postprocess.fill_holes"},

@@ -225,7 +225,7 @@ def test_published_levels_record_that_their_authors_chose_them_on_test_labels(tm
             "test_private_mixed": {"rule": "fixed", "level": 96, "chosen_on": "authors_test_labels"}
         },
     }
-    threshold = threshold_by_rule(rule, list, list, "can")
+    threshold = threshold_by_rule(rule, list, list, "can", labelled_split="test_public")
     assert (threshold.value, threshold.for_split("test_private_mixed").value) == (79, 96)
     assert threshold.source_split == "authors_test_labels"
     assert threshold.describe("test_public") == "fixed79(chosen by its authors on test labels)"

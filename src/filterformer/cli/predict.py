@@ -1,6 +1,6 @@
 """ff-predict: anomaly maps from trained run folders, for the benchmark server or to inspect.
 
-    ff-predict --run RUN --out DIR [--split test_private test_private_mixed]   one category
+    ff-predict --run RUN --out DIR [--split test_private test_private_mixed]   its categories
     ff-predict --run RUN --out DIR --split test_public     local layout for ff-eval --maps DIR
     ff-predict --runs RUNS --submission NAME [--out PARENT]  8 categories, check, pack
     ff-predict --run RUN --images FOLDER --out DIR         custom images: overlays, scores.csv
@@ -43,7 +43,7 @@ SHOWN_SCORES = 5
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ff-predict", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", type=Path, help="run folder of one category")
+    source.add_argument("--run", type=Path, help="run folder (one category, or multi-class)")
     source.add_argument("--runs", type=Path, help="folder of run folders, one per category")
     source.add_argument("--check", type=Path, metavar="DIR", help="check a submission folder")
     parser.add_argument("--split", nargs="+", choices=SPLITS, default=list(PRIVATE_SPLITS))
@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the model in torch, or its ff-export file in ONNX Runtime / OpenVINO",
     )
     parser.add_argument("--model", type=Path, help="exported file (default: RUN/export/model.*)")
+    parser.add_argument(
+        "--category",
+        help="with --run of a multi-class model: this category only (needed with --images: "
+        "its threshold and post-processing); default every category",
+    )
     return parser
 
 
@@ -109,19 +114,21 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _export_run(args: argparse.Namespace) -> None:
     """One run's maps of ``--images`` (with overlays and scores.csv) or of ``--split``."""
     from filterformer.data.folder import ImageFolderDataset
-    from filterformer.runs.predict import RESCALE_FILE, RunExporter, report_scores
+    from filterformer.runs.predict import RESCALE_FILE, RunExporter, report_scores, run_categories
 
-    exporter = RunExporter(args.run, _options(args))
     record = args.out / RESCALE_FILE
     if args.images is not None:
+        exporter = RunExporter(args.run, _options(args))  # one category (--category if several)
         samples = ImageFolderDataset(args.images, "test", category=exporter.run.category)
         exporter.export(samples, args.out, overlays=True, record=record)
         rows = exporter.scores(samples, args.out)
         write_csv(args.out / SCORES_FILE, rows)
         print(report_scores(rows, exporter.threshold, args.out / SCORES_FILE))
     else:
-        for split in args.split:
-            exporter.export(exporter.maps.samples(split), args.out, args.overlays, record)
+        for category in run_categories(args.run, args.category):
+            exporter = RunExporter(args.run, _options(args), category)
+            for split in args.split:
+                exporter.export(exporter.maps.samples(split), args.out, args.overlays, record)
     print(f"wrote {args.out}")
 
 

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 from tqdm import tqdm
 
 from filterformer.data.sample import Sample
@@ -155,3 +155,37 @@ class TrainingImages(Dataset[torch.Tensor]):
         if self.augment is not None:
             image, _ = self.augment(image, rng=rng)
         return self.geometry.to_input(image)
+
+
+class ConcatImages(ConcatDataset[torch.Tensor]):
+    """Several categories' :class:`TrainingImages` as one training set, in the given order.
+
+    What a model of several categories trains on (the INP-Former code's multi-class
+    ``ConcatDataset``; the loader shuffles the whole). Each part keeps its own tiling;
+    :meth:`set_epoch` and :meth:`preload` reach every part.
+    """
+
+    datasets: list[TrainingImages]
+
+    def __init__(self, parts: Sequence[TrainingImages]) -> None:
+        super().__init__(parts)
+
+    @property
+    def augment(self) -> TrainAugment | None:
+        """The parts' augmentation (one for all: the run's ``train.augment``)."""
+        return self.datasets[0].augment
+
+    @property
+    def tiling(self) -> AnyTiling | None:
+        """A part's training tiling, if any part trains on tiles."""
+        return next((part.tiling for part in self.datasets if part.tiling is not None), None)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select every part's random stream of ``epoch``."""
+        for part in self.datasets:
+            part.set_epoch(epoch)
+
+    def preload(self, progress: bool = True) -> None:
+        """Decode and cache every part's images now."""
+        for part in self.datasets:
+            part.preload(progress)

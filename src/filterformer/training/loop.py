@@ -7,7 +7,8 @@ Files it keeps in the run folder (docs/architecture.md):
 - ``checkpoints/best_<mode>`` whenever an evaluation improves that fusion mode's score;
 - ``train_log.csv`` (one row per step) and ``eval_log.csv`` (one row per evaluation and mode),
   appended as rows come (:mod:`filterformer.training.logs`);
-- ``fusion.json`` ``{"<category>": "<best mode>"}`` after every evaluation;
+- ``fusion.json`` ``{"<category>": "<best mode>"}`` after every evaluation (one entry per
+  category of a multi-class model, all with its one mode);
 - ``map_stats.json`` (validation mean/std per map) at the end.
 
 The process holds the run folder's lock while it trains (:mod:`filterformer.lock`), and on
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,8 @@ class EvaluationSettings:
     """Scores per fusion mode."""
     select_metric: str = "f1_max"
     """The score that decides ``best_<mode>``."""
-    category: str | None = None
-    """The entry of fusion.json."""
+    category: str | Sequence[str] | None = None
+    """The entry of fusion.json (a model of several categories: one entry each)."""
     map_statistics: MapStatistics | None = None
     """Computes map_stats.json at the end (None: not written); when the evaluation after the
     last epoch already measured them, its statistics are used."""
@@ -538,13 +539,16 @@ def _divergence_message(row: Mapping[str, Any], kept: tuple[int, int] | None) ->
     )
 
 
-def _write_fusion(run_dir: Path, category: str | None, best: Mapping[str, Mapping]) -> str | None:
+def _write_fusion(
+    run_dir: Path, category: str | Sequence[str] | None, best: Mapping[str, Mapping]
+) -> str | None:
     """Write fusion.json with the mode whose best score is highest; return that mode."""
     if not best:
         return None
     mode = max(best, key=lambda m: best[m]["score"])
+    keys = [category or "default"] if category is None or isinstance(category, str) else category
     with signing(run_dir, run_dir / "fusion.json"):
-        write_json(run_dir / "fusion.json", {category or "default": mode})
+        write_json(run_dir / "fusion.json", dict.fromkeys(keys, mode))
     return mode
 
 

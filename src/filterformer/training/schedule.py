@@ -8,9 +8,8 @@
   Hutter, SGDR, eq. 5): periods of ``restart_iters``, each ``restart_mult`` times longer than
   the one before, from the base rate down towards ``min_lr``.
 
-``fixed``, ``warmup`` and ``sgdr`` are the three schedules FADeR §4.1 searches; the warm-up and
-SGDR settings of the EAR author's RIAD re-implementation (5 epochs, T 20 epochs, x 2, minimum
-lr / 5) are the config's defaults (configs/train.yaml).
+``fixed``, ``warmup`` and ``sgdr`` are the schedules of a per-product learning-rate search (Park
+et al., arXiv 2407.04597, §4.1); their settings and sources are in configs/train.yaml.
 """
 
 from __future__ import annotations

@@ -24,9 +24,15 @@ def coherence_loss(fused: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
 
     fused: B x N x C encoder tokens (detached: only the INPs receive gradient); inps: B x M x C.
     """
-    tokens = F.normalize(fused.detach(), dim=-1, eps=COS_EPS)
+    return inp_distances(fused.detach(), inps).mean()
+
+
+def inp_distances(fused: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
+    """B x N: each token's cosine distance to its nearest INP (the INP-Former code's
+    ``gather_loss`` distance, also its zero-shot map)."""
+    tokens = F.normalize(fused, dim=-1, eps=COS_EPS)
     similarity = tokens @ F.normalize(inps, dim=-1, eps=COS_EPS).transpose(1, 2)  # B x N x M
-    return (1 - similarity.amax(dim=-1)).mean()
+    return 1 - similarity.amax(dim=-1)
 
 
 class _ScaleGradient(torch.autograd.Function):
