@@ -355,7 +355,10 @@ def read_thresholds(path: str | os.PathLike, mode: str | None = None) -> dict[st
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: thresholds file not found. Check the path.")
-    raw = read_json(path, "thresholds file", "Restore it from a copy, or calibrate again.")
+    try:
+        raw = read_json(path, "thresholds file", "Restore it from a copy, or calibrate again.")
+    except DataError as err:
+        raise ConfigError(str(err)) from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: expected an object {{category: threshold}}.")
     records = {

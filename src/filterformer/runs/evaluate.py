@@ -141,11 +141,13 @@ def report(
 
 def output_dir(run_dir: Path, out: Path | None, split: str) -> Path:
     """Where a run's evaluation outputs go: ``<out>/<run name>/<split>``, or beside the run,
-    ``<run>_eval/<split>`` (the run folder itself is never written by a reader)."""
+    ``<run>_eval/<split>`` (the run folder itself is never written by a reader). ``split``
+    may be a relative path of plain names (``zero_shot_mvtec_ad/test``)."""
     run_dir = resolved(run_dir)  # its name, even for "." or a link
+    parts = split.split("/")
     if out is not None:
-        return output_path(out, run_dir.name, split)
-    return output_path(run_dir.parent, run_dir.name + OUTPUT_SUFFIX, split)
+        return output_path(out, run_dir.name, *parts)
+    return output_path(run_dir.parent, run_dir.name + OUTPUT_SUFFIX, *parts)
 
 
 def require_threshold(run: Run) -> Threshold:
