@@ -73,7 +73,7 @@ from filterformer.inference.postprocess import for_sample
 from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
 
 if TYPE_CHECKING:  # runs imports torch, which the --maps path never loads
-    from filterformer.runs.run_maps import RunMaps
+    from filterformer.runs.run_maps import RunMaps, ValidationSummary
 
 MAPS_FOLDER = "anomaly_images"
 BINARY_FOLDER = "anomaly_images_thresholded"
@@ -173,6 +173,7 @@ class Measured:
     score_range: tuple[float, float]
     image_scores: list[float]
     """Each image's score by ``source.image_score``, in sample order."""
+    metrics: CategoryMetrics
 
 
 class Evaluator:
@@ -196,7 +197,9 @@ class Evaluator:
 
     def measure(self, category: str, source: CategorySource, selection: Selection) -> Measured:
         """Evaluate one category and add its row, labelled with what chose its settings."""
-        metrics = CategoryMetrics(float16=not self.args.float32, image_score=source.image_score)
+        metrics = CategoryMetrics.for_samples(
+            source.samples, float16=not self.args.float32, image_score=source.image_score
+        )
         bar = tqdm(
             source.maps,
             total=len(source.samples),
@@ -205,7 +208,7 @@ class Evaluator:
             leave=False,
         )
         for sample, amap, name in bar:
-            metrics.update(amap, sample.load_mask(), self.binary(source, sample, amap), name)
+            metrics.add(sample, amap, self.binary(source, sample, amap), name)
         result = metrics.result(self.limits)
         if source.threshold is not None:
             rule = source.threshold.describe(self.args.split)
@@ -217,18 +220,44 @@ class Evaluator:
         self.rows.append(row)
         images = metrics.images
         scores = images.top_scores if source.image_score == "top1" else images.max_scores
-        return Measured(category, source, result, metrics.examples(), metrics.score_range, scores)
+        return Measured(
+            category, source, result, metrics.examples(), metrics.score_range, scores, metrics
+        )
 
-    def write_outputs(self, measured: Measured, out_dir: Path) -> None:
-        """The category's PRO-curve plot and the overlays of its best, median and worst image."""
-        from filterformer.evaluation.figures import plot_pro_curve, write_overlay
+    def write_outputs(
+        self, measured: Measured, out_dir: Path, validation: ValidationSummary | None = None
+    ) -> None:
+        """The category's PRO-curve plot (with pixel truth), its score histogram and the
+        overlays of its best, median and worst image (one colour scale: figures.colour_scale).
+
+        ``validation``: the run's validation scores (histogram) and map range (colours).
+        """
+        from filterformer.evaluation.figures import (
+            colour_scale,
+            plot_pro_curve,
+            write_overlay,
+            write_score_histogram,
+        )
 
         category, source = measured.category, measured.source
         title = f"{category} ({self.args.split})"
         value = None if source.threshold is None else source.threshold.value
-        plot_pro_curve(
-            out_dir / f"pro_curve_{category}.png", measured.result, self.limits[0], title
+        low, high = measured.score_range
+        if validation is not None:
+            low, high = validation.low, validation.high
+        write_score_histogram(
+            out_dir / f"score_histogram_{category}.png",
+            measured.image_scores,
+            [s.label for s in source.samples],
+            value,
+            f"{title}: image scores",
+            validation=() if validation is None else validation.scores,
+            threshold_label=f"threshold {value:.4g}" if value is not None else "threshold",
         )
+        if measured.metrics.no_pixel_truth is None:
+            plot_pro_curve(
+                out_dir / f"pro_curve_{category}.png", measured.result, self.limits[0], title
+            )
         for tag, index in measured.examples.items():
             sample = source.samples[index]
             amap, _ = source.load_map(sample)
@@ -238,8 +267,8 @@ class Evaluator:
                 sample.load_image(),
                 amap,
                 self.binary(source, sample, amap),
-                sample.load_mask(),
-                measured.score_range,
+                measured.metrics.truth(sample),
+                colour_scale(low, value, high),
                 value,
                 name=f"{category} {sample.relpath} ({tag})",
             )
@@ -452,7 +481,7 @@ def evaluate_runs(args: argparse.Namespace) -> None:
         )
         out_dir = run_dir / "eval" / args.split
         measured = evaluator.measure(run.category, source, selection)
-        evaluator.write_outputs(measured, out_dir)
+        evaluator.write_outputs(measured, out_dir, maps.validation_summary())
         rows, limits = evaluator.rows[-1:], evaluator.limits
         write_metrics(out_dir, rows, args.split, limits, image_score=source.image_score)
         labels = [s.label for s in samples]

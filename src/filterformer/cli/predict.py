@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from filterformer.cli.common import report_user_errors
-from filterformer.data.folder import ImageFolderDataset
+from filterformer.data.folder import images_to_predict
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, SubmissionError
+from filterformer.evaluation.predictions import COLUMNS, prediction_summary
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
 from filterformer.inference.postprocess import for_sample
 from filterformer.io import read_anomaly_map, read_mask, write_csv
@@ -54,8 +55,7 @@ from filterformer.submission.writer import export_record
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
 RESCALE_FILE = "rescale.json"
 SCORES_FILE = "scores.csv"
-SHOWN_SCORES = 5
-"""How many of the highest-scoring images the --images table shows."""
+HISTOGRAM_FILE = "score_histogram.png"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,9 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--runs", type=Path, help="folder of run folders, one per category")
     source.add_argument("--check", type=Path, metavar="DIR", help="check a submission folder")
     parser.add_argument("--split", nargs="+", choices=SPLITS, default=list(PRIVATE_SPLITS))
-    parser.add_argument("--images", type=Path, help="with --run: a folder of your own images")
     parser.add_argument(
+        "--images",
+        type=Path,
+        help="with --run: your own images, a folder or one file (a folder with good/ and "
+        "defect subfolders is read with its labels)",
+    )
+    parser.add_argument(
+        "--recursive", action="store_true", help="with --images: read subfolders too"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="with --run: the anomaly threshold in score units (scores.csv's score column); "
+        "default: the run's",
+    )
+    overlays = parser.add_mutually_exclusive_group()
+    overlays.add_argument(
         "--overlays", action="store_true", help="with --run: also write overlays (on for --images)"
+    )
+    overlays.add_argument(
+        "--no-overlays", action="store_true", help="with --images: maps and scores only"
     )
     parser.add_argument("--submission", help="with --runs: name of the submission folder")
     parser.add_argument("--out", type=Path, help="output folder (--runs: its parent, default .)")
@@ -172,59 +190,65 @@ class RunExporter:
             if not writer.is_done(s.relpath)
             or (overlays and not (overlay_dir / f"{s.relpath}.png").is_file())
         ]
-        score_range = tuple(self.rescale.invert(np.array([0.0, DEFAULT_TARGET])))
         if overlays:
-            from filterformer.evaluation.figures import write_overlay
+            from filterformer.evaluation.figures import colour_scale, write_overlay
+        high = float(self.rescale.invert(np.float64(DEFAULT_TARGET)))
         for sample, amap in self.maps.predict(todo):
             step = for_sample(settings, sample.split, sample.load_image)
             writer.write(sample.relpath, amap, sample.shape, step, sample.split)
+            threshold = self.threshold.for_split(sample.split).value
             if overlays:
                 write_overlay(
                     overlay_dir / f"{sample.relpath}.png",
                     sample.load_image(),
                     amap,
                     read_mask(writer.paths(sample.relpath)[1], sample.shape),
-                    sample.load_mask(),
-                    score_range,
-                    self.threshold.for_split(sample.split).value,
+                    sample.load_mask() if sample.mask_path or not sample.label else None,
+                    colour_scale(self.rescale.offset, threshold, high),
+                    threshold,
                     name=str(sample.relpath),
                 )
         return len(todo)
 
     def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
-        """Score and verdict of each exported sample, read back from its map and binary map."""
+        """scores.csv's rows: each exported sample's score, read back from its map and mask."""
+        from filterformer.evaluation.predictions import prediction_row
         from filterformer.evaluation.protocol import image_score
 
         rows = []
         for sample in samples:
-            amap = read_anomaly_map(map_path(out, self.run.category, sample.relpath))
-            score = image_score(amap, self.run.image_score)
-            binary = read_mask(mask_path(out, self.run.category, sample.relpath), sample.shape)
-            rows.append(
-                {
-                    "image": sample.path.name,
-                    "score": float(self.rescale.invert(np.float64(score))),
-                    "verdict": "anomalous" if binary.any() else "normal",
-                    "anomalous_pixels": int(binary.sum()),
-                }
+            tiff = image_score(
+                read_anomaly_map(map_path(out, self.run.category, sample.relpath)),
+                self.run.image_score,
             )
+            binary = read_mask(mask_path(out, self.run.category, sample.relpath), sample.shape)
+            threshold = self.threshold.for_split(sample.split).value
+            row = prediction_row(
+                f"{sample.relpath}{sample.path.suffix}",
+                sample.label,
+                float(self.rescale.invert(np.float64(tiff))),
+                threshold,
+                int(binary.sum()),
+                (tiff, self.rescale.threshold(threshold)),
+            )
+            rows.append(row)
         return rows
 
+    def histogram(self, samples: Sequence[Sample], rows: Sequence[Mapping], path: Path) -> None:
+        """The score histogram of ``rows`` (by label) with the validation scores, as a PNG."""
+        from filterformer.evaluation.figures import write_score_histogram
 
-def report_scores(rows: Sequence[Mapping], threshold: Threshold, path: Path) -> str:
-    """The --images summary: counts, the highest scores, and where scores.csv is."""
-    anomalous = sum(row["verdict"] == "anomalous" for row in rows)
-    top = sorted(rows, key=lambda row: -row["score"])[:SHOWN_SCORES]
-    width = max(len("image"), *(len(row["image"]) for row in top))
-    lines = [
-        f"{len(rows)} images: {anomalous} anomalous, {len(rows) - anomalous} normal "
-        f"(threshold {threshold.value:.6g}, {threshold.describe('images')}; anomalous = any "
-        "pixel above it)",
-        f"{'image':<{width}}  {'score':>10}  verdict",
-        *(f"{row['image']:<{width}}  {row['score']:>10.6g}  {row['verdict']}" for row in top),
-        f"every image: {path}",
-    ]
-    return "\n".join(lines)
+        validation = self.maps.validation_summary()
+        value = self.threshold.value
+        write_score_histogram(
+            path,
+            [row["score"] for row in rows],
+            [s.label for s in samples],
+            value,
+            f"{self.run.category}: image scores",
+            validation=() if validation is None else validation.scores,
+            threshold_label=f"threshold {value:.4g} ({self.threshold.describe('images')})",
+        )
 
 
 def _runs_by_category(runs_dir: Path, categories: Sequence[str]) -> dict[str, Path]:
@@ -302,15 +326,21 @@ def _export_run(args: argparse.Namespace) -> None:
     """One run's maps of ``--images`` (with overlays and scores.csv) or of ``--split``."""
     exporter = RunExporter(args.run, args)
     record = args.out / RESCALE_FILE
+    if args.threshold is not None:
+        exporter.threshold = Threshold(args.threshold)  # one value for every split
     if args.images is not None:
-        samples = ImageFolderDataset(args.images, "test", category=exporter.run.category)
-        exporter.export(samples, args.out, overlays=True, record=record)
-        rows = exporter.scores(samples, args.out)
-        write_csv(args.out / SCORES_FILE, rows)
-        print(report_scores(rows, exporter.threshold, args.out / SCORES_FILE))
+        samples = images_to_predict(args.images, exporter.run.category, args.recursive)
+        overlays = not args.no_overlays
     else:
-        for split in args.split:
-            exporter.export(exporter.maps.samples(split), args.out, args.overlays, record)
+        samples = [s for split in args.split for s in exporter.maps.samples(split)]
+        overlays = args.overlays
+    exporter.export(samples, args.out, overlays, record)
+    rows = exporter.scores(samples, args.out)
+    write_csv(args.out / SCORES_FILE, rows, list(COLUMNS))
+    exporter.histogram(samples, rows, args.out / HISTOGRAM_FILE)
+    given = "given with --threshold" if args.threshold is not None else None
+    note = f"threshold {exporter.threshold.value:.6g}, {given or exporter.threshold.describe('')}"
+    print(prediction_summary(rows, note, str(args.out / SCORES_FILE)))
     print(f"wrote {args.out}")
 
 

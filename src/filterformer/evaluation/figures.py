@@ -1,4 +1,4 @@
-"""Figures for people: PRO curves with the chance line, and labelled overlays of one image.
+"""Figures for people: PRO curves, score histograms, and labelled overlays of one image.
 
 Both are built as matplotlib figures (no pyplot state, so they are safe in any process and
 easy to inspect in tests) and saved as PNG with :func:`save_figure`. Data stay in fractions
@@ -6,12 +6,19 @@ and original score units; only labels meant for reading show percent.
 
 Contours are drawn in colours that show on any image: prediction cyan, ground truth magenta,
 each with a black outline.
+
+**One colour scale for every overlay** (ff-eval, ff-predict, ff-demo; :func:`colour_scale`):
+the map's colours run from the run's offset, the lowest score of its validation images (the
+value the float16 TIFFs call 0), to that offset plus :data:`COLOUR_MULTIPLE` times the
+threshold's height above it. The threshold therefore always sits at the same place on the
+colour bar (its middle), every image of a run is coloured alike, and scores above the top or
+below the offset are clipped to the end colours (never shown as negative).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -32,6 +39,11 @@ GROUND_TRUTH_COLOUR = "magenta"
 OUTLINE = [withStroke(linewidth=4.5, foreground="black")]
 """A dark outline around contour lines, so that light and dark images alike show them."""
 HEAT_CMAP = "inferno"
+COLOUR_MULTIPLE = 2.0
+"""The top of the overlay colour scale: the offset plus this many times (threshold - offset)."""
+HISTOGRAM_BINS = 30
+HISTOGRAM_COLOURS = {"good": "tab:green", "defective": "tab:red", "validation": "tab:grey"}
+"""Histogram colours by the first word of a group's name (other groups: blue)."""
 PANEL_HEIGHT_PX = 450
 """Height of each overlay panel: detail stays readable on small images (upscaled)."""
 DPI = 100
@@ -85,6 +97,70 @@ def pro_curve_figure(result: ProResult, limit: float, title: str) -> Figure:
 def plot_pro_curve(path: str | os.PathLike, result: ProResult, limit: float, title: str) -> None:
     """PNG of :func:`pro_curve_figure`."""
     save_figure(path, pro_curve_figure(result, limit, title))
+
+
+def colour_scale(
+    offset: float, threshold: float | None, high: float | None = None
+) -> tuple[float, float]:
+    """The overlay colour range (low, high) in score units (module docstring).
+
+    ``offset``: the run's lowest validation score; without a threshold (or one at or below
+    the offset) the range ends at ``high`` (e.g. the highest validation score) instead.
+    """
+    if threshold is not None and threshold > offset:
+        return offset, offset + COLOUR_MULTIPLE * (threshold - offset)
+    top = offset if high is None else max(high, offset)
+    return offset, top if top > offset else offset + 1e-12
+
+
+def score_histogram_figure(
+    groups: Mapping[str, Sequence[float]],
+    threshold: float | None,
+    title: str,
+    threshold_label: str = "threshold",
+) -> Figure:
+    """Histograms of image scores per group on shared bins, with the threshold as a line.
+
+    ``groups``: e.g. ``{"good test images": [...], "defective test images": [...],
+    "validation images (normal)": [...]}``; empty groups are left out. The picture to set a
+    threshold by: the line should separate the defective images from the good ones.
+    """
+    figure = Figure(figsize=(7, 4.2), dpi=DPI, layout="constrained")
+    ax = figure.subplots()
+    values = [float(v) for scores in groups.values() for v in scores]
+    values += [] if threshold is None else [float(threshold)]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    bins = np.linspace(low, high if high > low else low + 1.0, HISTOGRAM_BINS + 1)
+    for name, scores in groups.items():
+        if len(scores):
+            colour = HISTOGRAM_COLOURS.get(name.split()[0], "tab:blue")
+            label = f"{name} ({len(scores)})"
+            ax.hist(np.asarray(scores, float), bins, alpha=0.55, color=colour, label=label)
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", label=threshold_label)
+    ax.set(xlabel="image score (max of the anomaly map)", ylabel="images", title=title)
+    ax.legend(loc="upper right", fontsize="small")
+    return figure
+
+
+def write_score_histogram(
+    path: str | os.PathLike,
+    scores: Sequence[float],
+    labels: Sequence[int | None],
+    threshold: float | None,
+    title: str,
+    validation: Sequence[float] = (),
+    threshold_label: str = "threshold",
+) -> None:
+    """PNG of :func:`score_histogram_figure`: images split by label (0 good, 1 defective,
+    None unlabelled), plus the validation images' scores."""
+    named = {0: "good images", 1: "defective images", None: "images (unlabelled)"}
+    groups: dict[str, list[float]] = {name: [] for name in named.values()}
+    for score, label in zip(scores, labels, strict=True):
+        groups[named[label]].append(float(score))
+    groups["validation images (normal, not trained on)"] = [float(v) for v in validation]
+    figure = score_histogram_figure(groups, threshold, title, threshold_label)
+    save_figure(path, figure)
 
 
 def image_verdict(score: float, threshold: float | None) -> str | None:

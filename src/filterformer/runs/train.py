@@ -29,7 +29,12 @@ from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import Dataset
 
 from filterformer.data.datasets import READERS
-from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
+from filterformer.data.folder import (
+    ImageFolderDataset,
+    holdout_names,
+    missing_pixel_truth,
+    typical_size,
+)
 from filterformer.data.mvtec_ad2 import resolve_data_root
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
@@ -81,7 +86,14 @@ RESUME_FREE_KEYS = frozenset(
     }
 )
 """Settings that may change when a run is resumed: they do not change what is computed."""
-FOLDER_KEYS = ("train_dir", "validation_dir", "test_dir", "mask_dir")
+FOLDER_KEYS = (
+    "train_dir",
+    "validation_dir",
+    "test_dir",
+    "mask_dir",
+    "normal_test_dir",
+    "abnormal_dir",
+)
 """data=folder paths, stored absolute in the run's config."""
 
 
@@ -365,7 +377,10 @@ def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | Non
     geometry, tiling = build_geometry(cfg), build_tiling(cfg)
     evaluator = None
     test = optional_split(cfg, cfg.eval.split) if cfg.eval.every else None
-    if test is not None and any(s.label == 1 for s in test):
+    gap = None if test is None else missing_pixel_truth(test)
+    if gap is not None and test is not None and any(s.label == 1 for s in test):
+        _note(f"eval.split={cfg.eval.split}: {gap}, so training keeps the last weights", False)
+    elif test is not None and any(s.label == 1 for s in test):
         evaluator = FusionEvaluator(
             validation,
             test,
