@@ -65,7 +65,7 @@ def exported(demo_run) -> tuple[Path, str]:
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert export_cli(["--run", str(demo_run), "--no-progress"]) == 0
-    return demo_run / "export" / "model.onnx", printed.getvalue()
+    return demo_run.with_name(demo_run.name + "_export") / "model.onnx", printed.getvalue()
 
 
 def _inputs(run, split: str) -> torch.Tensor:
@@ -209,7 +209,9 @@ def test_a_dynamic_size_export_scores_any_patch_multiple_with_top1(demo_run, tmp
     assert "parity on 4 images" in capsys.readouterr().out  # 2 images, at two sizes each
     run = load_run(run_dir)
     assert run.image_score == "top1"
-    session = open_session(run_dir / "export" / "model.onnx", "onnxruntime")
+    session = open_session(
+        run_dir.with_name(run_dir.name + "_export") / "model.onnx", "onnxruntime"
+    )
     for size in [(28, 42), (98, 56)]:
         inputs = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(0))
         expected = network_maps(run.model, inputs, run.mode, run.map_stats, run.smoothing).numpy()

@@ -175,7 +175,9 @@ def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
 
     monkeypatch.chdir(elsewhere)  # the stored absolute paths work from any folder
     assert ff_eval.main(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
-    metrics = json.loads((run_dir / "eval" / "test_public" / "metrics.json").read_text())
+    metrics = json.loads(
+        (run_dir.with_name(run_dir.name + "_eval") / "test_public" / "metrics.json").read_text()
+    )
     assert metrics["categories"]["bottles"]["num_images"] == 3
     args = ["--run", str(run_dir), "--images", str(folders / "test"), "--out", "pred"]
     assert ff_predict.main([*args, "--no-progress", "--device", "cpu"]) == 0
@@ -184,8 +186,9 @@ def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
     with open(elsewhere / "pred" / "scores.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [row["image"] for row in rows] == ["t0.png", "t1.png", "t2.png"]
-    thresholds = json.loads((run_dir / "thresholds.json").read_text())["bottles"]
-    (threshold,) = (record["value"] for record in thresholds.values())
+    mode = json.loads((run_dir / "fusion.json").read_text())["bottles"]
+    threshold = json.loads((run_dir / "thresholds.json").read_text())["bottles"][mode]["value"]
+    assert {float(row["threshold"]) for row in rows} == {threshold}  # the run's, in score units
     for row in rows:
         anomalous = row["verdict"] == "anomalous"
         assert row["verdict"] in ("anomalous", "normal")
@@ -226,7 +229,7 @@ def test_factory_flow_good_and_defect_folders_without_masks(
 
     assert ff_eval.main(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
     table = capsys.readouterr().out
-    out_dir = run_dir / "eval" / "test_public"
+    out_dir = run_dir.with_name(run_dir.name + "_eval") / "test_public"
     row = json.loads((out_dir / "metrics.json").read_text())["categories"]["bottles"]
     assert row["num_images"] == 6
     assert row["au_pro@0.05"] is None and row["seg_f1"] is None  # no masks: not computed

@@ -179,13 +179,7 @@ def images_to_predict(
     ``recursive``), or a test folder with ``good/`` and defect subfolders (then labelled)."""
     path = Path(path).expanduser()
     if path.is_file():
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise DataError(
-                f"{path}: not an image file (extensions: {', '.join(IMAGE_EXTENSIONS)})."
-            )
-        return ImageList(
-            [_folder_sample(path, category, "test", PurePosixPath(path.stem), None, None)]
-        )
+        return ImageList(file_samples([path], category))
     folder = _existing_dir(path, "image folder")
     if (folder / NORMAL_FOLDER).is_dir() and not _direct_images(folder):
         return folder_test_set(folder, category=category)
@@ -385,3 +379,39 @@ def typical_size(samples: Sequence[Sample]) -> tuple[int, int]:
     if not samples:
         raise DataError("no images to take the typical image size from.")
     return Counter(s.shape for s in samples).most_common(1)[0][0]
+
+
+def file_samples(paths: Sequence[Path], category: str) -> list[Sample]:
+    """Samples of individual image files (label unknown), in the given order.
+
+    Each must exist and be an image; two files with one stem are refused, as in a folder.
+    """
+    seen: dict[str, Path] = {}
+    samples = []
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: image not found. Check the path.")
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(
+                f"{path}: not an image file (extensions: {', '.join(IMAGE_EXTENSIONS)})."
+            )
+        if path.stem in seen:
+            raise DataError(
+                f"{path}: has the same stem as {seen[path.stem]}; rename or remove one of them."
+            )
+        seen[path.stem] = path
+        height, width = image_size(path)
+        samples.append(
+            Sample(
+                path=path,
+                category=category,
+                split="test",
+                relpath=PurePosixPath(path.stem),
+                label=None,
+                condition=CONDITION,
+                mask_path=None,
+                height=height,
+                width=width,
+            )
+        )
+    return samples

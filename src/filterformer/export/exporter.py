@@ -33,13 +33,15 @@ from filterformer.inference.predict import MapBackend
 from filterformer.inference.run import Run
 from filterformer.submission.rescale import MapRescale
 
-EXPORT_DIR = "export"
+EXPORT_SUFFIX = "_export"
+"""A run's default export folder is ``<run>_export`` beside it (a run folder is never written
+by a reader)."""
 """Where ff-export puts a run's export by default: ``<run>/export/model.onnx`` (or .xml)."""
 
 
 def default_model_path(run_dir: Path, fmt: str) -> Path:
     """The default export file of a run for a format (``onnx`` or ``openvino``)."""
-    return run_dir / EXPORT_DIR / f"model{FORMATS[fmt]}"
+    return run_dir.with_name(run_dir.name + EXPORT_SUFFIX) / f"model{FORMATS[fmt]}"
 
 
 def parity_batches(

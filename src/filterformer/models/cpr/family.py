@@ -8,7 +8,7 @@ config (set by the cpr_* presets) and the category's ``cpr`` block.
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,7 @@ class CPRFamily(ModelFamily):
             "category.tiling.enabled=false": bool(settings.get("category.tiling.enabled")),
             "input.fit=squash": settings.get("input.fit", "squash") != "squash",
             "train.augment=null": any(k.startswith("train.augment.") for k in settings),
-            "train.feature_cache.enabled=false": bool(
-                settings.get("train.feature_cache.enabled")
-            ),
+            "train.feature_cache.enabled=false": bool(settings.get("train.feature_cache.enabled")),
         }
         wrong = [fix for fix, bad in problems.items() if bad]
         if wrong:
@@ -90,7 +88,7 @@ class CPRFamily(ModelFamily):
                     context.run_dir, model, geometry, context.encoder_weights
                 )
         if context.is_main:
-            print(bank_summary(model, references), file=sys.stderr)
+            logging.getLogger("filterformer").info(bank_summary(model, references))
         foreground = references.foreground_maps
         return RetrievalPairs(
             uint8,
