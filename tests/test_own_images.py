@@ -4,6 +4,7 @@ absolute paths in the run's config, and ff-predict --images' scores.csv."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from filterformer.runs import train as run_train
 from filterformer.runs.run import build_from_config, build_geometry, split_samples
 
 CONFIGS = Path(__file__).parents[1] / "configs"
+TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 WIDE, TALL = (48, 64), (64, 48)
 TINY = [  # the demo recipe cut to one epoch on 28 px inputs
     "preset=demo",
@@ -220,12 +222,23 @@ def test_factory_flow_good_and_defect_folders_without_masks(
             f"data.test_dir={photos / 'test'}",
             "category.name=bottles",
             "run_dir=runs/bottles",
+            *(["logger=tensorboard"] if TENSORBOARD else []),
         ],
     )
     ff_train.main()
     torch.set_num_threads(threads)
     capsys.readouterr()
     run_dir = tmp_path / "runs" / "bottles"
+    assert (run_dir / "training_curves.png").is_file()
+    if TENSORBOARD:  # the tracker got the run: losses per step, the end's overlays
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+        events.Reload()
+        with open(run_dir / "train_log.csv", newline="") as fh:
+            logged = [int(row["step"]) for row in csv.DictReader(fh)]
+        assert [event.step for event in events.Scalars("train/loss")] == logged
+        assert any(tag.startswith("overlay/") for tag in events.Tags()["images"])
 
     assert ff_eval.main(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
     table = capsys.readouterr().out

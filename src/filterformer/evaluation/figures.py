@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -49,12 +50,16 @@ PANEL_HEIGHT_PX = 450
 DPI = 100
 
 
-def save_figure(path: str | os.PathLike, figure: Figure) -> None:
-    """Render ``figure`` and write it as an RGB PNG (atomically)."""
+def figure_array(figure: Figure) -> np.ndarray:
+    """Render ``figure`` as an H x W x 3 uint8 RGB array."""
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    write_png(path, np.ascontiguousarray(rgba[:, :, :3]))
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[:, :, :3])
+
+
+def save_figure(path: str | os.PathLike, figure: Figure) -> None:
+    """Render ``figure`` and write it as an RGB PNG (atomically)."""
+    write_png(path, figure_array(figure))
 
 
 def pro_curve_figure(result: ProResult, limit: float, title: str) -> Figure:
@@ -161,6 +166,52 @@ def write_score_histogram(
     groups["validation images (normal, not trained on)"] = [float(v) for v in validation]
     figure = score_histogram_figure(groups, threshold, title, threshold_label)
     save_figure(path, figure)
+
+
+def training_curves_figure(
+    steps: Sequence[Mapping[str, float]],
+    evaluations: Sequence[Mapping[str, Any]],
+    metric: str,
+    title: str,
+) -> Figure:
+    """Three panels over training: every loss per step, the learning rate, and the selection
+    ``metric`` per fusion mode at each evaluation (by epoch).
+
+    ``steps``: train_log.csv rows (``step``, ``epoch``, ``lr``, the losses); ``evaluations``:
+    eval_log.csv rows (``epoch``, ``mode``, the metrics).
+    """
+    figure = Figure(figsize=(7, 8), dpi=DPI, layout="constrained")
+    losses_ax, lr_ax, metric_ax = figure.subplots(3, 1)
+    step = [float(row["step"]) for row in steps]
+    names = [k for k in (steps[0] if steps else {}) if k not in ("step", "epoch", "lr")]
+    for name in names:
+        losses_ax.plot(step, [float(row[name]) for row in steps], label=name, linewidth=1)
+    losses_ax.set(xlabel="step", ylabel="loss", title=title)
+    if names and all(float(row[n]) > 0 for row in steps for n in names):
+        losses_ax.set_yscale("log")
+    if names:
+        losses_ax.legend(loc="upper right", fontsize="small")
+    lr_ax.plot(step, [float(row["lr"]) for row in steps], color="tab:purple")
+    lr_ax.set(xlabel="step", ylabel="learning rate")
+    modes = list(dict.fromkeys(str(row["mode"]) for row in evaluations))
+    for mode in modes:
+        rows = [row for row in evaluations if str(row["mode"]) == mode]
+        epochs = [float(row["epoch"]) for row in rows]
+        values = [100 * float(row[metric]) for row in rows]
+        metric_ax.plot(epochs, values, marker="o", label=f"fusion mode {mode}")
+    metric_ax.set(xlabel="epoch", ylabel=f"{metric} [%] (selection)")
+    if modes:
+        metric_ax.legend(loc="lower right", fontsize="small")
+    else:
+        metric_ax.text(
+            0.5,
+            0.5,
+            "no evaluation during training (eval.every=0, or no split with defects)",
+            ha="center",
+            va="center",
+            transform=metric_ax.transAxes,
+        )
+    return figure
 
 
 def image_verdict(score: float, threshold: float | None) -> str | None:

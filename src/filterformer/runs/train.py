@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -58,10 +59,12 @@ from filterformer.runs.run import (
     build_tiling,
     create_run,
     holdout_fraction,
+    load_run,
     optional_split,
     patch_size,
     split_samples,
 )
+from filterformer.runs.run_maps import RunMaps
 from filterformer.runs.settings import plain, resolve_device, train_settings
 from filterformer.training.distributed import SINGLE_PROCESS, DistributedContext, main_first
 from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
@@ -72,9 +75,13 @@ from filterformer.training.loop import (
     check_run_dir,
     train,
 )
+from filterformer.training.trackers import check_tracker, make_tracker
 from filterformer.training.validation import FusionEvaluator, map_statistics
+from filterformer.training.watch import TrainingWatch
 
 LOG = logging.getLogger("filterformer")
+TRACKED_OVERLAYS = 3
+"""How many overlays of defective images a tracker gets at the end of training."""
 
 RESUME_FREE_KEYS = frozenset(
     {
@@ -146,6 +153,7 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         cfg.encoder.get("pretrained", False),
         cfg.encoder.get("allow_download", False),
     )
+    check_tracker(OmegaConf.to_container(cfg.get("logger") or {"kind": "none"}))
     return cfg
 
 
@@ -233,7 +241,9 @@ def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
     differing = sorted(
         key
         for key in stored.keys() | current.keys()
-        if key not in RESUME_FREE_KEYS and stored.get(key) != current.get(key)
+        if key not in RESUME_FREE_KEYS
+        and not key.startswith("logger.")  # where the numbers are sent, not what they are
+        and stored.get(key) != current.get(key)
     )
     if differing:
         shown = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing[:5])
@@ -282,6 +292,7 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
         category=cfg.category.name,
         map_statistics=statistics,
     )
+    watch = _watch(cfg) if distributed.is_main else None
     result = train(
         model,
         train_set,
@@ -290,9 +301,53 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
         settings=settings,
         evaluation=evaluation,
         distributed=distributed,
+        step_callback=None if watch is None else watch.steps,
+        epoch_callback=None if watch is None else watch.epoch,
     )
     calibrations = _calibrate(cfg, run_dir) if distributed.is_main else []
+    if watch is not None:
+        best = {f"best/{mode}/{cfg.eval.metric}": b["score"] for mode, b in result.best.items()}
+        watch.finish(best, _tracker_overlays(cfg, run_dir) if cfg.logger.kind != "none" else [])
     return TrainOutcome(run_dir, result, calibrations, cfg.eval.split, cfg.eval.metric)
+
+
+def _watch(cfg: DictConfig) -> TrainingWatch:
+    """The curves PNG of the run folder and the run's tracker (``logger``), config recorded."""
+    run_dir = Path(cfg.run_dir)
+    name = f"{cfg.model.name}/{cfg.category.name}"
+    tracker = make_tracker(OmegaConf.to_container(cfg.logger), run_dir, run_dir.name)
+    watch = TrainingWatch(run_dir, cfg.eval.metric, f"{name}: {run_dir}", tracker)
+    watch.start(_flatten(OmegaConf.to_container(cfg)))
+    return watch
+
+
+def _tracker_overlays(cfg: DictConfig, run_dir: Path) -> list[tuple[str, np.ndarray]]:
+    """Overlays of up to three defective images of the selection split (for the tracker)."""
+    from filterformer.evaluation.figures import colour_scale, figure_array, overlay_figure
+
+    try:
+        run = load_run(run_dir, device=cfg.device)
+        maps = RunMaps(run, device=cfg.device, progress=False)
+        samples = optional_split(cfg, cfg.eval.split) or optional_split(cfg, "validation") or []
+    except FilterformerError:  # e.g. no threshold could be calibrated: no overlays
+        return []
+    chosen = [s for s in samples if s.label == 1][:TRACKED_OVERLAYS] or list(samples[:1])
+    threshold = None if run.threshold is None else run.threshold.value
+    low, high = run.threshold.map_range if run.threshold and run.threshold.map_range else (0, 1)
+    images = []
+    for sample, amap in maps.predict(chosen):
+        binary = None if threshold is None else amap > threshold
+        figure = overlay_figure(
+            sample.load_image(),
+            amap,
+            binary,
+            sample.load_mask() if sample.label is not None else None,
+            colour_scale(low, threshold, high),
+            threshold,
+            name=str(sample.relpath),
+        )
+        images.append((f"overlay/{sample.relpath}", figure_array(figure)))
+    return images
 
 
 def _calibrate(cfg: DictConfig, run_dir: Path) -> list[Calibration]:

@@ -84,6 +84,10 @@ MapStatistics = Callable[[torch.nn.Module], MapStats]
 StepCallback = Callable[[int, dict[str, float]], None]
 """Called with every step's 1-based number and log row, in order, when the row is logged."""
 
+EpochCallback = Callable[[int, int, Mapping[str, Mapping[str, float]] | None], None]
+"""Called on the main process after each epoch's checkpoint with the epoch, the step and the
+scores per fusion mode of the evaluation that epoch ran (None when none ran)."""
+
 LossStep = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 """A batch on the device (images, or cached taps) -> the model's losses."""
 
@@ -178,10 +182,19 @@ def train(
     evaluation: EvaluationSettings | None = None,
     distributed: DistributedContext = SINGLE_PROCESS,
     step_callback: StepCallback | None = None,
+    epoch_callback: EpochCallback | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` and keep the run's files: :class:`Trainer` in one call."""
     trainer = Trainer(
-        model, train_set, run_dir, checkpoint_meta, settings, evaluation, distributed, step_callback
+        model,
+        train_set,
+        run_dir,
+        checkpoint_meta,
+        settings,
+        evaluation,
+        distributed,
+        step_callback,
+        epoch_callback,
     )
     return trainer.run()
 
@@ -200,6 +213,7 @@ class Trainer:
             files (and holds the run folder's lock) and shows progress.
         step_callback: called for every step when its row is logged (monitoring; raising
             from it stops training before the next checkpoint).
+        epoch_callback: called after every epoch's checkpoint (the curves PNG, trackers).
     """
 
     def __init__(
@@ -212,6 +226,7 @@ class Trainer:
         evaluation: EvaluationSettings | None = None,
         distributed: DistributedContext = SINGLE_PROCESS,
         step_callback: StepCallback | None = None,
+        epoch_callback: EpochCallback | None = None,
     ) -> None:
         self.model, self.train_set = model, train_set
         self.run_dir = Path(run_dir)
@@ -219,7 +234,8 @@ class Trainer:
         self.meta = checkpoint_meta
         self.settings, self.evaluation = settings, evaluation or EvaluationSettings()
         self.distributed, self.main = distributed, distributed.is_main
-        self.step_callback = step_callback
+        self.step_callback, self.epoch_callback = step_callback, epoch_callback
+        self.scores: dict[str, dict[str, float]] | None = None  # this epoch's evaluation
         self.device = torch.device(settings.device)
         check_run_dir(self.run_dir, settings.resume)
         check_batch_size(len(train_set), settings.batch_size)
@@ -271,6 +287,9 @@ class Trainer:
             if self.main:
                 self._evaluate_if_due()
                 self._save_last()
+                if self.epoch_callback is not None:
+                    self.epoch_callback(self.result.epoch, self.result.step, self.scores)
+                self.scores = None
             self.kept = (self.result.epoch, self.result.step)
             self.distributed.barrier()
         self.bar.close()
@@ -375,6 +394,7 @@ class Trainer:
             return
         self.model.eval()
         scored = evaluation.evaluator(self.model)
+        self.scores = scored.scores
         self.model.train()
         for metrics in scored.scores.values():
             if evaluation.select_metric not in metrics:
