@@ -12,18 +12,21 @@ from collections.abc import Callable
 from filterformer.errors import FilterformerError, os_error_message
 
 
-def report_user_errors(prog: str, job: Callable[[], object]) -> int:
+def report_user_errors(
+    prog: str, job: Callable[[], object], rewrite: Callable[[str], str] | None = None
+) -> int:
     """Run a command's work and return its exit code.
 
     A :class:`FilterformerError` (bad input the user can fix) and an operating-system error
     the user can fix (no space left, permission denied, read-only file system) become one line
     on stderr, ``<prog>: error: <message>``, and exit code 2, without a traceback. An int
-    returned by ``job`` is the exit code; anything else means success (0).
+    returned by ``job`` is the exit code; anything else means success (0). ``rewrite`` adapts
+    a message to where the command was given (a suite's route).
     """
     try:
         result = job()
     except FilterformerError as err:
-        return fail(prog, str(err))
+        return fail(prog, str(err) if rewrite is None else rewrite(str(err)))
     except OSError as err:
         message = os_error_message(err)
         if message is None:

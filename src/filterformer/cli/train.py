@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from filterformer.cli.common import fail, report_user_errors, show_library_log
+from filterformer.cli.suite import CURRENT_ROUTE, routing_table, split_args
 from filterformer.io import outermost_missing
 from filterformer.runs.compose import config_dir, config_error_message, config_groups
 
@@ -169,7 +170,7 @@ def _train(cfg: DictConfig) -> None:
             print(f"{PROG}: {describe_outcome(outcome)}")
 
     try:
-        code = report_user_errors(PROG, job)
+        code = report_user_errors(PROG, job, CURRENT_ROUTE.rewrite)
     finally:
         close_distributed()
     if code:
@@ -207,14 +208,19 @@ def main() -> None:
     if jobs is None:
         _main_once()
         return
+    if "--cfg" in args and len(jobs) > 1:  # which model and settings each category gets
+        print(routing_table(split_args(args)[0], jobs))
+        return
     try:
         for job in jobs:
             if "--cfg" not in args:
                 print(f"{PROG}: {job.category}: {job.route} -> {job.run_dir}", file=sys.stderr)
             sys.argv = [prog, *job.argv]
+            CURRENT_ROUTE.route = job.route
             _main_once()
     finally:
         sys.argv = [prog, *args]
+        CURRENT_ROUTE.route = None
 
 
 def _main_once() -> None:

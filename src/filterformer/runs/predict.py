@@ -231,13 +231,30 @@ def _runs_by_category(runs_dir: Path, categories: Sequence[str]) -> dict[str, Pa
     return {c: found[c] for c in categories}
 
 
+def submission_counts(runs_dir: Path) -> dict[str, int]:
+    """The categories and private-split sizes a submission of ``runs_dir`` must have: MVTec
+    AD 2's eight, or, when every run is on synthetic data (``suite=demo``), the runs' own."""
+    from omegaconf import OmegaConf
+
+    from filterformer.runs.run import split_samples
+
+    configs = [OmegaConf.load(path) for path in sorted(runs_dir.glob("*/config.yaml"))]
+    if not configs or any(config.data.kind != "synthetic" for config in configs):
+        return dict(OFFICIAL_COUNTS)
+    return {c.category.name: len(split_samples(c, "test_private")) for c in configs}
+
+
 def export_submission(
     runs_dir: Path,
     out: Path,
     args: PredictOptions,
-    counts: Mapping[str, int] = OFFICIAL_COUNTS,
+    counts: Mapping[str, int] | None = None,
 ) -> Path | None:
-    """Both private splits of every category, checked, then packed (unless no_pack)."""
+    """Both private splits of every category, checked, then packed (unless no_pack).
+
+    ``counts``: category -> images per private split (default :func:`submission_counts`).
+    """
+    counts = submission_counts(runs_dir) if counts is None else counts
     for category, run_dir in _runs_by_category(runs_dir, list(counts)).items():
         LOG.info("%s: %s", category, run_dir)
         exporter = RunExporter(run_dir, args)
