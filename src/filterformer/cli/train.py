@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import textwrap
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,13 +28,19 @@ from typing import Any, ClassVar
 import hydra
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from filterformer.cli.common import fail, report_user_errors, show_library_log
 from filterformer.cli.suite import CURRENT_ROUTE, routing_table, split_args
 from filterformer.io import outermost_missing
-from filterformer.runs.compose import config_dir, config_error_message, config_groups
+from filterformer.runs.compose import (
+    choice_help,
+    config_dir,
+    config_error_message,
+    config_groups,
+    default_choices,
+)
 
 PROG = "ff-train"
 SWEEP_RECORD = "multirun.yaml"
@@ -41,10 +48,11 @@ SWEEP_RECORD = "multirun.yaml"
 GROUPS = {
     "preset": "the recipe: model, encoder, input size, optimiser, length",
     "model": "the network trained on the frozen encoder",
-    "encoder": "the frozen DINOv2-with-registers ViT",
+    "encoder": "the frozen feature extractor (DINOv2, DINO or DenseNet; tiny_*: random)",
     "data": "where the images come from",
     "category": "tiling, post-processing and threshold rule of one category",
     "suite": "one model per category (suite=NAME trains them all; category=C one)",
+    "logger": "an experiment tracker, besides the run folder's training_curves.png",
 }
 """The config groups in the order the help lists them, each with what it chooses."""
 
@@ -64,9 +72,9 @@ EXAMPLES = (
         "the Filter-Former recipe on one MVTec AD 2 category",
     ),
     (
-        "ff-train preset=demo data=folder data.train_dir=photos/good category.name=bottles "
-        "data.test_dir=photos/test data.mask_dir=photos/masks",
-        "your own images: a trial on the CPU (README, Your own images)",
+        "ff-train preset=demo data=folder data.train_dir=photos/good "
+        "data.test_dir=photos/test category.name=bottles",
+        "your own images (test/good/, test/<defect>/): a trial on the CPU (README)",
     ),
     ("ff-train -m category=can,fabric,vial", "one run folder per category (sweep)"),
     (
@@ -77,15 +85,14 @@ EXAMPLES = (
 )
 
 
+def no_progress_flag(args: Sequence[str]) -> list[str]:
+    """``--no-progress`` (every command's flag) as ff-train's ``progress=false`` override."""
+    return ["progress=false" if arg == "--no-progress" else arg for arg in args]
+
+
 def wants_help(args: Sequence[str]) -> bool:
     """Whether the command line asks for the help (``-h`` or ``--help`` anywhere)."""
     return any(arg in ("-h", "--help") for arg in args)
-
-
-def default_choices(folder: Path) -> dict[str, str]:
-    """The choice of each group that ``train.yaml``'s defaults list picks."""
-    defaults = OmegaConf.load(folder / "train.yaml").get("defaults", [])
-    return {k: v for item in defaults if isinstance(item, Mapping) for k, v in item.items()}
 
 
 def help_text(folder: Path) -> str:
@@ -96,8 +103,8 @@ def help_text(folder: Path) -> str:
         "usage: ff-train [group=choice | key=value ...] [-m] [--cfg job] [--hydra-help]",
         "       torchrun --nproc_per_node N -m filterformer.cli.train [key=value ...]",
         "",
-        "Train one model (Filter-Former or INP-Former on a frozen DINOv2 encoder) on one",
-        "category into a run folder (config, checkpoints, logs). Every value of",
+        "Train one model (model=NAME, below) on one category into a run folder (config,",
+        "checkpoints, logs, training_curves.png). Every value of",
         f"{folder / 'train.yaml'} can be set as key=value; a group picks one file.",
         "",
         "config groups (* = default):",
@@ -107,6 +114,9 @@ def help_text(folder: Path) -> str:
         lines.append(f"  {group:<10}{choices}")
         if group in GROUPS:
             lines.append(f"  {'':<10}({GROUPS[group]})")
+    lines += ["", "models (model=NAME):"]
+    for name in groups.get("model", []):
+        lines += _wrapped(f"  {name:<14}", choice_help(folder, "model", name))
     lines += ["", "common settings:"]
     lines += [f"  {key:<22}{what}" for key, what in SETTINGS]
     lines += [
@@ -115,6 +125,7 @@ def help_text(folder: Path) -> str:
         "  -m, --multirun        one run per value of a sweep (category=can,fabric);",
         "                        add hydra/launcher=joblib to run them in parallel",
         "  --cfg job             print the resolved config and exit",
+        "  --no-progress         no progress bars (as the other commands; = progress=false)",
         "  --hydra-help          hydra's own options",
         "",
         "examples:",
@@ -122,6 +133,11 @@ def help_text(folder: Path) -> str:
     for command, what in EXAMPLES:
         lines += [f"  {command}", f"      {what}"]
     return "\n".join(lines)
+
+
+def _wrapped(head: str, text: str) -> list[str]:
+    """``head`` then ``text`` wrapped to 100 columns, continuation lines indented below it."""
+    return textwrap.wrap(text, 100, initial_indent=head, subsequent_indent=" " * len(head))
 
 
 def print_help() -> None:
@@ -199,13 +215,14 @@ def main() -> None:
         return
     from filterformer.cli.suite import suite_jobs
 
-    prog, args = sys.argv[0], sys.argv[1:]
+    prog, args = sys.argv[0], no_progress_flag(sys.argv[1:])
     planned: list = []
     code = report_user_errors(PROG, lambda: planned.append(suite_jobs(config_dir(), args)))
     if code:
         sys.exit(code)
     jobs = planned[0]
     if jobs is None:
+        sys.argv = [prog, *args]
         _main_once()
         return
     if "--cfg" in args and len(jobs) > 1:  # which model and settings each category gets

@@ -39,6 +39,50 @@ def config_groups(folder: Path) -> dict[str, list[str]]:
     }
 
 
+HELP_PREFIX = "# help: "
+"""The comment line of a group file that says in one line what the choice is."""
+TABLE_GROUPS = ("preset", "model", "encoder", "data", "logger", "suite")
+"""The groups the README's table lists choice by choice (then ``category``, in one row)."""
+
+
+REST_GROUPS = {
+    "category": "per category: tiling, post-processing and threshold rule (MVTec AD 2, MVTec "
+    "AD, VisA; `custom` for your own images, `synthetic` for the generated one)",
+}
+
+
+def choice_help(folder: Path, group: str, choice: str) -> str:
+    """The one-line description of ``<group>/<choice>.yaml`` (its ``# help:`` line), or ''."""
+    for line in (folder / group / f"{choice}.yaml").read_text().splitlines()[:3]:
+        if line.startswith(HELP_PREFIX):
+            return line[len(HELP_PREFIX) :].strip()
+    return ""
+
+
+def default_choices(folder: Path) -> dict[str, str]:
+    """The choice of each group that ``train.yaml``'s defaults list picks."""
+    from omegaconf import DictConfig, OmegaConf
+
+    defaults = OmegaConf.load(folder / "train.yaml").get("defaults", [])
+    return {k: v for item in defaults if isinstance(item, DictConfig) for k, v in item.items()}
+
+
+def config_table(folder: Path) -> str:
+    """The README's table of config groups, generated from the config files (a test compares)."""
+    groups, defaults = config_groups(folder), default_choices(folder)
+    lines = ["| group | choice | what it is |", "|---|---|---|"]
+    for group in [g for g in TABLE_GROUPS if g in groups]:
+        for choice in groups[group]:
+            default = " (default)" if defaults.get(group) == choice else ""
+            help_text = choice_help(folder, group, choice)
+            lines.append(f"| `{group}` | `{choice}`{default} | {help_text} |")
+    rest = [g for g in groups if g not in TABLE_GROUPS]
+    for group in rest:
+        choices = ", ".join(f"`{c}`" for c in groups[group])
+        lines.append(f"| `{group}` | {choices} | {REST_GROUPS.get(group, '')} |")
+    return "\n".join(lines)
+
+
 def config_error_message(err: Exception) -> str:
     """One line for a hydra composition or omegaconf error (bad override, missing value, ...).
 
