@@ -23,7 +23,6 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from filterformer.cli.export import main as export_cli
-from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.predict import main as predict_cli
 from filterformer.cli.train import main as train_cli
 from filterformer.errors import ConfigError, DeployError
@@ -41,6 +40,7 @@ from filterformer.export.parity import check_parity
 from filterformer.inference.predict import Smoothing, network_maps
 from filterformer.io import read_image
 from filterformer.models.registry import build_encoder, build_model
+from filterformer.runs.predict import PredictOptions, export_submission
 from filterformer.runs.run import load_run, split_samples
 from filterformer.submission import MAPS_DIR, MASKS_DIR, check_submission
 from filterformer.submission.rescale import MapRescale
@@ -112,8 +112,8 @@ def test_the_demo_run_runs_in_onnxruntime_within_1e_4_of_torch(demo_run, exporte
 def test_export_json_lets_a_caller_without_filterformer_use_the_file(demo_run, exported):
     path, _ = exported
     record = json.loads((path.parent / "export.json").read_text())
-    rescale = json.loads((demo_run / "rescale.json").read_text())[CATEGORY]
     run = load_run(demo_run)
+    rescale = MapRescale.from_range(*run.threshold.map_range).to_dict()
     assert (record["category"], record["mode"]) == (CATEGORY, run.mode)
     assert record["threshold"]["value"] == run.threshold.value
     assert (record["rescale"]["offset"], record["rescale"]["scale"]) == (
@@ -254,17 +254,14 @@ def test_ff_predict_onnxruntime_writes_the_torch_files_and_passes_the_check(
     demo_run, exported, tmp_path
 ):
     assert _ff_predict("--run", demo_run, "--out", tmp_path / "torch") == 0
-    args = build_parser().parse_args(
-        ["--runs", str(demo_run.parent), "--submission", "ort", "--backend", "onnxruntime"]
-    )
-    args.no_progress = True
+    options = PredictOptions(backend="onnxruntime", no_progress=True)
     counts = {CATEGORY: 1}  # the tiny demo has one image per private split
-    archive = export_submission(demo_run.parent, tmp_path / "ort", args, counts=counts)
+    archive = export_submission(demo_run.parent, tmp_path / "ort", options, counts=counts)
     assert archive.is_file()  # packed only after the upload checks found no error
     assert not [
         p for p in check_submission(tmp_path / "ort", None, counts) if p.severity == "error"
     ]
-    rescale = MapRescale.from_dict(json.loads((demo_run / "rescale.json").read_text())[CATEGORY])
+    rescale = MapRescale.from_range(*load_run(demo_run).threshold.map_range)
     maps = sorted((tmp_path / "torch" / MAPS_DIR).rglob("*.tiff"))
     assert len(maps) == 2
     for tiff in maps:
@@ -289,7 +286,7 @@ def test_ff_predict_onnxruntime_scores_own_images_as_torch_does(
         with open(out / "scores.csv", newline="") as fh:
             rows[backend] = {row["image"]: row for row in csv.DictReader(fh)}
     assert rows["torch"].keys() == rows["onnxruntime"].keys() and len(rows["torch"]) == 4
-    scale = json.loads((demo_run / "rescale.json").read_text())[CATEGORY]["scale"]
+    scale = MapRescale.from_range(*load_run(demo_run).threshold.map_range).scale
     for name, row in rows["torch"].items():
         score = float(row["score"])
         other = float(rows["onnxruntime"][name]["score"])
@@ -303,7 +300,8 @@ def test_ff_predict_refuses_an_export_of_another_run_state(demo_run, exported, t
     other_mode = "inp" if load_run(demo_run).mode != "inp" else "filter"
     (run_dir / "fusion.json").write_text(json.dumps({CATEGORY: other_mode}))
     out = tmp_path / "out"
-    assert _ff_predict("--run", run_dir, "--out", out, "--backend", "onnxruntime") == 2
+    args = ["--run", run_dir, "--out", out, "--backend", "onnxruntime", "--model", exported[0]]
+    assert _ff_predict(*args) == 2
     assert "mode differ" in capsys.readouterr().err
     assert _ff_predict("--run", demo_run, "--out", out, "--model", exported[0]) == 2
     assert "--model is for --backend onnxruntime or openvino" in capsys.readouterr().err

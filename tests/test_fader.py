@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from filterformer.errors import CheckpointError, ConfigError
-from filterformer.models import build_encoder, build_model
+from filterformer.models import build_encoder, build_model, family
 from filterformer.models.ear import EAR
 from filterformer.models.fader import FADeR
 from filterformer.models.fader.parts import attenuation_mask, ranking_loss, scale_to
@@ -306,12 +306,13 @@ def test_ear_and_fader_recipes_pass_the_up_front_checks(preset) -> None:
     from filterformer.runs.train import _flatten
 
     settings = _flatten(OmegaConf.to_container(_compose(f"preset={preset}"), resolve=True))
-    check_settings(settings, patch_size=8)
+    ranges = family(settings["model.name"]).setting_ranges
+    check_settings(settings, family_ranges=ranges, patch_size=8)
     bad = {**settings, "model.attention_mass": 1.5, "model.mosaic_scale": 0}
     if preset == "fader_paper":
         bad |= {"model.strength": 2.0, "model.scaling": "bicubic"}
     with pytest.raises(ConfigError) as error:
-        check_settings(bad, patch_size=8)
+        check_settings(bad, family_ranges=ranges, patch_size=8)
     named = ["model.attention_mass=1.5", "model.mosaic_scale=0", "model.strength=2.0"]
     assert all(n in str(error.value) for n in named[: 2 + (preset == "fader_paper")])
 
@@ -319,5 +320,6 @@ def test_ear_and_fader_recipes_pass_the_up_front_checks(preset) -> None:
 def test_attenuation_settings_are_checked_up_front() -> None:
     from filterformer.runs.checks import check_settings
 
+    ranges = family("inpformer").setting_ranges
     with pytest.raises(ConfigError, match="model.attenuation=cpr .allowed: one of none, fader"):
-        check_settings({"model.attenuation": "cpr"})
+        check_settings({"model.attenuation": "cpr"}, family_ranges=ranges)

@@ -13,13 +13,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from filterformer.cli.eval import main as eval_cli
-from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.predict import main as predict_cli
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
+from filterformer.evaluation.thresholds import read_thresholds
 from filterformer.inference.predict import (
     Smoothing,
     gaussian_blur,
@@ -30,8 +30,10 @@ from filterformer.inference.predict import (
 )
 from filterformer.io import write_json, write_png
 from filterformer.models.registry import build_encoder, build_model
+from filterformer.runs.calibrate import calibrate_run
+from filterformer.runs.predict import PredictOptions, export_submission
 from filterformer.runs.run import build_from_config, create_run
-from filterformer.submission import MAPS_DIR, MASKS_DIR, PRIVATE_SPLITS
+from filterformer.submission import MAPS_DIR, MASKS_DIR, PRIVATE_SPLITS, MapRescale
 from filterformer.training.checkpoint import save_checkpoint
 
 GEOMETRY = InputGeometry(resize=(112, 140))  # the tiny encoder's 8 x 10 token grid
@@ -209,6 +211,7 @@ def run_dir(synthetic_root, tmp_path_factory) -> Path:
     save_checkpoint(folder / "checkpoints" / "last", model, meta={"step": 0, **identity})
     write_json(folder / "fusion.json", {SYNTHETIC_CATEGORY: "mean"})
     write_json(folder / "map_stats.json", {k: {"mean": m, "std": s} for k, (m, s) in STATS.items()})
+    calibrate_run(folder, device="cpu")  # what training does when it ends
     return folder
 
 
@@ -219,13 +222,12 @@ def _ff_predict(*args) -> int:
 def test_run_exports_both_private_splits_and_resumes(run_dir, synthetic_root, tmp_path):
     out = tmp_path / "maps"
     assert _ff_predict("--run", run_dir, "--out", out) == 0
-    record = json.loads((run_dir / "rescale.json").read_text())[SYNTHETIC_CATEGORY]
-    assert record["mode"] == "mean" and (run_dir / "thresholds.json").is_file()
-    # the export's own record stays inside --out (nothing is written beside it)
-    assert (
-        json.loads((out / "rescale.json").read_text())[SYNTHETIC_CATEGORY]["scale"]
-        == record["scale"]
-    )
+    # the export's record stays inside --out; the rescale maps the calibrated validation
+    # range of the run's mode ("mean") to 0 - 1000
+    record = json.loads((out / "rescale.json").read_text())[SYNTHETIC_CATEGORY]
+    threshold = read_thresholds(run_dir / "thresholds.json", "mean")[SYNTHETIC_CATEGORY]
+    assert record["threshold"] == threshold.value
+    assert MapRescale.from_dict(record) == MapRescale.from_range(*threshold.map_range)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]
     samples = [
         s for split in PRIVATE_SPLITS for s in MVTecAD2(synthetic_root, SYNTHETIC_CATEGORY, split)
@@ -287,11 +289,10 @@ def test_custom_images_get_maps_masks_and_overlays(run_dir, tiny_image_dir, tmp_
 
 
 def test_submission_is_exported_checked_and_packed(run_dir, tmp_path):
-    args = build_parser().parse_args(["--runs", str(run_dir.parent), "--submission", "x"])
-    args.no_progress = True
+    options = PredictOptions(no_progress=True)
     out = tmp_path / "team"
     counts = {SYNTHETIC_CATEGORY: 4}  # conftest's synthetic_root has 4 images per private split
-    archive = export_submission(run_dir.parent, out, args, counts=counts)
+    archive = export_submission(run_dir.parent, out, options, counts=counts)
     assert archive == tmp_path / "team.tar.gz"
     with tarfile.open(archive) as tar:
         names = tar.getnames()

@@ -1,6 +1,8 @@
 """Run folders: what ff-train writes, and load_run giving back a ready model and its settings."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from omegaconf import OmegaConf
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
 from filterformer.inference.predict import Smoothing
+from filterformer.models.encoder import weights_sha256
 from filterformer.runs.compose import config_dir
 from filterformer.runs.run import (
     build_smoothing,
@@ -59,6 +62,7 @@ def test_run_folder_holds_the_contract_files(tiny_run):
         "checkpoints",
         "map_stats.json",
         "fusion.json",
+        "thresholds.json",
     } <= names
     versions = json.loads((tiny_run / "versions.json").read_text())
     assert {
@@ -85,7 +89,9 @@ def test_load_run_gives_the_model_of_the_chosen_mode_and_its_settings(tiny_run):
     assert not run.model.training
     assert run.geometry.input_size == (56, 70)
     assert set(run.map_stats) == {"inp", "filter"}
-    assert run.tiling is None and run.threshold is None
+    assert run.tiling is None
+    assert run.threshold.rule == "mean_std"  # calibrated when training ended, on this checkpoint
+    assert run.threshold.checkpoint == weights_sha256(run.checkpoint)
     assert run.postprocess == {"closing": 0, "fill_holes": False, "erosion": 0}
     assert run.data_root == tiny_run / "data"
     assert run.smoothing == Smoothing(sigma=4.0, kernel_size=5, padding="replicate", size=None)
@@ -95,18 +101,20 @@ def test_load_run_gives_the_model_of_the_chosen_mode_and_its_settings(tiny_run):
     assert set(maps) == {"inp", "filter"}
 
 
-def test_load_run_reads_thresholds_and_can_pick_the_last_checkpoint(tiny_run, tmp_path):
-    run = load_run(tiny_run, checkpoint="last")
-    assert run.checkpoint == checkpoint_files(tiny_run / "checkpoints" / "last").weights
-    write_thresholds(
-        tiny_run / "thresholds.json",
-        {"synthetic": Threshold(0.7, "mean_std", {"k": 3.0}, "validation")},
-        mode=run.mode,
-    )
-    try:
-        assert load_run(tiny_run).threshold.value == 0.7
-    finally:
-        (tiny_run / "thresholds.json").unlink()
+def test_load_run_reads_thresholds_of_its_checkpoint_only(tiny_run, tmp_path):
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    run = load_run(run_dir, checkpoint="last")  # another checkpoint than best_<mode>: no threshold
+    assert run.checkpoint == checkpoint_files(run_dir / "checkpoints" / "last").weights
+    assert run.threshold is None
+    best = load_run(run_dir).checkpoint
+    for sha, expected in ((weights_sha256(best), 0.7), ("0" * 64, None)):
+        threshold = Threshold(0.7, "mean_std", {"k": 3.0}, "validation", checkpoint=sha)
+        write_thresholds(run_dir / "thresholds.json", {"synthetic": threshold}, mode=run.mode)
+        if expected is None:
+            with pytest.raises(CheckpointError, match="another checkpoint.*ff-eval --calibrate"):
+                load_run(run_dir)
+        else:
+            assert load_run(run_dir).threshold.value == expected
 
 
 def test_load_run_refuses_a_checkpoint_of_another_encoder(tiny_run, tmp_path):

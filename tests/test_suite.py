@@ -18,6 +18,7 @@ from filterformer.errors import ConfigError
 from filterformer.evaluation.thresholds import read_thresholds
 from filterformer.runs.compose import config_dir
 from filterformer.runs.predict import PredictOptions, export_submission, submission_counts
+from filterformer.runs.run import load_run
 from filterformer.submission import check_submission
 
 SUITE = "suite=inpformer_cpr_hybrid"
@@ -123,7 +124,8 @@ def test_a_suite_trains_each_category_with_its_model_into_one_submission(monkeyp
     assert eval_main([*argv, "--split", "test_public"]) == 0  # one table for the suite
     assert set(json.loads(document.read_text())["categories"]) == {"can", "vial"}
     for category in ("can", "vial"):
-        [threshold] = read_thresholds(suite / category / "thresholds.json").values()
+        mode = load_run(suite / category).mode
+        [threshold] = read_thresholds(suite / category / "thresholds.json", mode).values()
         assert (threshold.rule, threshold.source_split) == ("f1_pseudo", "validation_pseudo")
         mixed = threshold.for_split("test_private_mixed")  # its own, on relit pseudo-defects
         assert (mixed.rule, mixed.source_split) == ("f1_pseudo", "validation_pseudo_mixed")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from filterformer.cli.common import report_user_errors
-from filterformer.errors import CheckpointError, ConfigError
+from filterformer.errors import CheckpointError, ConfigError, FilterformerError
 from filterformer.runs.compose import config_dir, config_error_message, config_groups
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that --help stays fast
@@ -171,6 +171,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         "converted_from": converted_from,
     }
     save_checkpoint(run_dir / "checkpoints" / "last", model, meta=meta)
+    _calibrate(run_dir, args)
     print(
         f"ff-convert: {run_dir}: {len(weights.encoder)} encoder tensors ({ENCODER_FILE}, "
         f"sha256 {identity['encoder_weights'][:12]}...) and {len(weights.trainable)} trainable "
@@ -178,6 +179,18 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         f"--data-root <{args.data} root>"
     )
     return run_dir
+
+
+def _calibrate(run_dir: Path, args: argparse.Namespace) -> None:
+    """Calibrate the converted run as training would; data without a validation split (MVTec
+    AD, VisA) or not at hand leaves it uncalibrated, which is said."""
+    from filterformer.runs.calibrate import calibrate_run
+    from filterformer.runs.settings import resolve_device
+
+    try:
+        calibrate_run(run_dir, device=resolve_device(None))
+    except FilterformerError as err:
+        print(f"ff-convert: {run_dir}: not calibrated ({err})", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,10 +51,11 @@ from filterformer.evaluation.selection import (
     run_selection,
     threshold_origin,
 )
-from filterformer.evaluation.thresholds import Threshold, mean_std_threshold, read_thresholds
+from filterformer.evaluation.thresholds import Threshold, read_thresholds, threshold_by_rule
 from filterformer.inference.postprocess import for_sample
 from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
 from filterformer.lock import reading_run
+from filterformer.runs.compose import category_threshold_rule
 
 if TYPE_CHECKING:  # runs import torch, which the maps path never loads
     from filterformer.inference.run import Run
@@ -67,9 +68,6 @@ SCORES_FILE = "scores.csv"
 """Per-image scores of an evaluated run: image (relative to the category folder), score, label."""
 OUTPUT_SUFFIX = "_eval"
 """A run's evaluation outputs go beside it, to ``<run>_eval/<split>/``, unless ``out`` says."""
-DEFAULT_K = 3.0
-"""The maps path's threshold without a run config: validation mean + 3 std, MVTec AD 2's
-baseline threshold (Heckler-Kram et al., "The MVTec AD 2 Dataset", 2025)."""
 
 
 @dataclass
@@ -330,11 +328,22 @@ def audited_samples(
 def calibrate_from_maps(
     args: EvalOptions, maps_root: Path, category: str
 ) -> tuple[Threshold, MapAudit]:
-    """Validation mean + 3 std from the maps in ``<maps_root>/<category>/validation``."""
+    """The category config's threshold rule (MVTec AD 2: validation mean + 3 std) applied to
+    the maps in ``<maps_root>/<category>/validation``; rules that need more than those maps
+    (labels, pseudo-defects) are refused with the way out."""
     samples, audit = audited_samples(args, maps_root, category, "validation", float16=False)
     load = map_reader(maps_root, category, audit)
-    threshold = mean_std_threshold(
-        (load(s)[0] for s in samples), DEFAULT_K, str(maps_root / category / "validation")
+    source = str(maps_root / category / "validation")
+
+    def unavailable(*_: object) -> Iterable:
+        raise ConfigError(
+            f"{source}: category {category!r}'s threshold rule needs more than validation "
+            "maps; pass --thresholds FILE (or binary maps beside the maps)."
+        )
+
+    rule = category_threshold_rule(category)
+    threshold = threshold_by_rule(
+        rule, lambda: (load(s)[0] for s in samples), unavailable, source, pseudo=unavailable
     )
     return threshold, audit
 

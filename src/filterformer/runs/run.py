@@ -52,7 +52,8 @@ from filterformer.models.registry import (
     encoder_stride,
     family,
 )
-from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
+from filterformer.runs.compose import category_threshold_rule
+from filterformer.training.checkpoint import LoadedCheckpoint, has_checkpoint, load_checkpoint
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
@@ -415,6 +416,7 @@ def load_run(
     model, identity = build_from_config(config, from_base_run=False)
     category = config.category.name
     mode = _check_mode(run_dir, config, model, mode or _fusion_mode(run_dir, config, model))
+    chosen = checkpoint is not None
     checkpoint = checkpoint or _default_checkpoint(run_dir, mode)
     loaded = load_checkpoint(
         run_dir / "checkpoints" / checkpoint, model, expected=identity, verify=verify
@@ -425,9 +427,10 @@ def load_run(
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
-    threshold = (
-        _stored_threshold(run_dir, category, mode, loaded.files.weights) if read_threshold else None
-    )
+    threshold = None
+    if read_threshold:
+        sha = _weights_sha(loaded) if verify else None
+        threshold = _stored_threshold(run_dir, category, mode, sha, chosen)
     root = config.data.get("root")
     return Run(
         run_dir=run_dir,
@@ -439,7 +442,7 @@ def load_run(
         mode=mode,
         map_stats=map_stats,
         threshold=threshold,
-        threshold_rule=dict(config.category.get("threshold") or {"rule": "mean_std", "k": 3}),
+        threshold_rule=dict(config.category.get("threshold") or category_threshold_rule(category)),
         postprocess=dict(config.category.get("postprocess") or {}),
         tiling=build_tiling(config),
         data_root=None if root is None else Path(root),
@@ -475,16 +478,33 @@ def fusion_modes(run_dir: str | Path) -> tuple[str, ...]:
     return family(read_run_config(Path(run_dir)).model.name).model.fusion_modes
 
 
-def _stored_threshold(run_dir: Path, category: str, mode: str, weights: Path) -> Threshold | None:
-    """The mode's threshold from thresholds.json, checked to be of the loaded checkpoint."""
+def _weights_sha(loaded: LoadedCheckpoint) -> str:
+    """SHA-256 of the loaded weights: as recorded (and verified on loading), else computed."""
+    recorded = ((loaded.meta.get("files") or {}).get("weights") or {}).get("sha256")
+    return recorded or weights_sha256(loaded.files.weights)
+
+
+def _stored_threshold(
+    run_dir: Path, category: str, mode: str, sha: str | None, chosen: bool
+) -> Threshold | None:
+    """The mode's threshold from thresholds.json, checked to be of the loaded checkpoint,
+    whose weights have SHA-256 ``sha`` (None: not checked, the user's ``--no-verify``).
+
+    One of another checkpoint is refused; with a checkpoint the caller chose (not the mode's
+    own), there is simply none.
+    """
     thresholds_file = run_dir / "thresholds.json"
     if not thresholds_file.is_file():
         return None
     threshold = read_thresholds(thresholds_file, mode).get(category)
-    if threshold is not None and threshold.checkpoint != weights_sha256(weights):
+    if sha is None or threshold is None:
+        return threshold
+    if threshold.checkpoint != sha:
+        if chosen:
+            return None
         raise CheckpointError(
             f"{thresholds_file}: the {mode!r} threshold of {category!r} was calibrated on "
-            f"another checkpoint than {weights.name}. Calibrate it again: ff-eval --calibrate "
+            f"another checkpoint than the one loaded. Calibrate it again: ff-eval --calibrate "
             f"--run {run_dir}"
         )
     return threshold
