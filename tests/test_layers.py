@@ -1,7 +1,8 @@
 """The package layers of src/filterformer import one way: down, never up, never in a circle.
 
 cli -> api -> runs -> training / inference / export / convert -> models -> data / evaluation /
-submission -> io / lock / ranges -> errors. Every import counts, inside functions too (ast).
+submission -> io / lock / ranges / progress -> errors. Every import counts, inside functions
+too (ast).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ LAYERS = {
     "io": 1,
     "lock": 1,
     "ranges": 1,
+    "progress": 1,
     "errors": 0,
     "configs": 0,
 }

@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from filterformer.errors import FilterformerError, os_error_message
+from filterformer.errors import ConfigError, DataError, FilterformerError, os_error_message
 
 
 def report_user_errors(
@@ -62,3 +63,19 @@ def show_library_log(prog: str) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+def require_run_folder(run_dir: Path) -> None:
+    """Refuse, before torch is imported (seconds), a --run that is not a run folder."""
+    if not (run_dir / "config.yaml").is_file():
+        what = "does not exist" if not run_dir.exists() else "has no config.yaml"
+        raise ConfigError(
+            f"{run_dir}: not a run folder ({what}). Pass a folder made by ff-train "
+            "(it holds config.yaml, checkpoints/ and versions.json)."
+        )
+
+
+def require_path(path: Path, option: str) -> None:
+    """Refuse, before torch is imported, an input path that does not exist."""
+    if not path.exists():
+        raise DataError(f"{option} {path}: not found. Check the path.")

@@ -27,7 +27,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filterformer.cli.common import report_user_errors, show_library_log
+from filterformer.cli.common import (
+    report_user_errors,
+    require_path,
+    require_run_folder,
+    show_library_log,
+)
 from filterformer.submission import PRIVATE_SPLITS, check_submission, format_report
 
 if TYPE_CHECKING:
@@ -109,6 +114,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--run needs --out DIR")
     else:
         out, beside = args.out, False
+    if args.run is not None:  # missing inputs: one line, before torch is imported
+        require_run_folder(args.run)
+    for path, option in ((args.runs, "--runs"), (args.images, "--images")):
+        if path is not None:
+            require_path(path, option)
     from filterformer.runs.predict import export_submission, writing_output
 
     with writing_output(out, beside=beside):

@@ -35,6 +35,7 @@ from filterformer.cli.common import fail, report_user_errors, show_library_log
 from filterformer.cli.suite import CURRENT_ROUTE, routing_table, split_args
 from filterformer.io import outermost_missing
 from filterformer.runs.compose import (
+    check_paths,
     choice_help,
     config_dir,
     config_error_message,
@@ -175,6 +176,12 @@ def remove_sweep_record() -> None:
 @hydra.main(config_path=str(config_dir()), config_name="train", version_base=None)
 def _train(cfg: DictConfig) -> None:
     """Train one composed config (one job of a sweep); exit 2 on a user error."""
+    from hydra.core.hydra_config import HydraConfig
+
+    base = Path(HydraConfig.get().runtime.cwd)  # missing paths: one line before torch loads
+    code = report_user_errors(PROG, lambda: check_paths(cfg, base), CURRENT_ROUTE.rewrite)
+    if code:
+        sys.exit(code)
     from filterformer.runs.train import describe_outcome, run_training  # torch: needs a config
     from filterformer.training.distributed import close_distributed, init_distributed
 

@@ -34,13 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.models.fusion import fuse_maps
+from filterformer.progress import progress_bar
 
 MapStats = Mapping[str, tuple[float, float]]
 
@@ -213,7 +213,7 @@ def predict_mode_maps(
             ]
         return out
 
-    bar = tqdm(total=len(samples), desc="predict", unit="img", disable=not progress)
+    bar = progress_bar(total=len(samples), desc="predict", unit="img", enabled=progress)
     with bar:
         if tiling is None:
             for batch in batches(samples, batch_size):

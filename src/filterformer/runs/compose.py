@@ -83,6 +83,38 @@ def config_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+FOLDER_KEYS = (
+    "train_dir",
+    "validation_dir",
+    "test_dir",
+    "mask_dir",
+    "normal_test_dir",
+    "abnormal_dir",
+)
+"""data=folder's folders (checked to exist before anything heavy is imported)."""
+
+
+def check_paths(cfg: DictConfig, base: Path) -> None:
+    """Refuse missing input paths at once (before torch is imported: seconds): the data
+    folders of data=folder and a given encoder weights file; relative paths from ``base``."""
+
+    def missing(value: object) -> bool:
+        path = Path(str(value)).expanduser()
+        return not (path if path.is_absolute() else base / path).exists()
+
+    data = cfg.get("data") or {}
+    for key in FOLDER_KEYS:
+        value = data.get(key) if data.get("kind") == "folder" else None
+        if value not in (None, "???") and missing(value):
+            raise ConfigError(f"data.{key}={value}: folder not found. Check the path.")
+    weights = (cfg.get("encoder") or {}).get("weights")
+    if weights and missing(weights):
+        raise ConfigError(
+            f"encoder.weights={weights}: file not found; put the encoder's weights file there "
+            "(see weights/README.md)."
+        )
+
+
 def config_error_message(err: Exception) -> str:
     """One line for a hydra composition or omegaconf error (bad override, missing value, ...).
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
 from filterformer.data.datasets import evaluated_split
 from filterformer.data.mvtec_ad2 import PRIVATE_SPLITS, MVTecAD2
@@ -55,6 +54,7 @@ from filterformer.evaluation.thresholds import Threshold, read_thresholds, thres
 from filterformer.inference.postprocess import for_sample
 from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
 from filterformer.lock import reading_run
+from filterformer.progress import progress_bar
 from filterformer.runs.compose import category_threshold_rule
 
 if TYPE_CHECKING:  # runs import torch, which the maps path never loads
@@ -202,12 +202,12 @@ class Evaluator:
         metrics = CategoryMetrics.for_samples(
             source.samples, float16=not self.args.float32, image_score=source.image_score
         )
-        bar = tqdm(
+        bar = progress_bar(
             source.maps,
             total=len(source.samples),
-            desc=category,
-            disable=self.args.no_progress,
-            leave=False,
+            desc=f"evaluating {category}",
+            unit="img",
+            enabled=not self.args.no_progress,
         )
         for sample, amap, name in bar:
             metrics.add(sample, amap, self.binary(source, sample, amap), name)
@@ -463,7 +463,7 @@ def _evaluate_run(args: EvalOptions, evaluator: Evaluator, run: Run, device: str
     from filterformer.runs.run_maps import RunMaps
 
     run_dir = run.run_dir
-    maps = RunMaps(run, device=device, data_root=args.data_root, progress=not args.no_progress)
+    maps = RunMaps(run, device=device, data_root=args.data_root, progress=False)  # one bar: ours
     given = read_thresholds(args.thresholds, run.mode) if args.thresholds else {}
     threshold = given.get(run.category) or require_threshold(run)
     threshold = threshold.for_split(args.split)  # the evaluated split's own

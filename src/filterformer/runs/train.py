@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import Dataset
 
-from filterformer.data.datasets import READERS
+from filterformer.data.datasets import READERS, evaluated_split
 from filterformer.data.folder import (
     ImageFolderDataset,
     holdout_names,
@@ -50,7 +50,7 @@ from filterformer.models.family import TrainingContext
 from filterformer.models.registry import check_encoder_source, family
 from filterformer.runs.calibrate import Calibration, calibrate_run
 from filterformer.runs.checks import check_settings
-from filterformer.runs.compose import config_error_message
+from filterformer.runs.compose import FOLDER_KEYS, config_error_message
 from filterformer.runs.run import (
     CONFIG_FILE,
     build_from_config,
@@ -80,6 +80,8 @@ from filterformer.training.validation import FusionEvaluator, map_statistics
 from filterformer.training.watch import TrainingWatch
 
 LOG = logging.getLogger("filterformer")
+UPSCALE_WARNING = 2.0
+"""Warn when the network input is more than this many times the training images' size."""
 TRACKED_OVERLAYS = 3
 """How many overlays of defective images a tracker gets at the end of training."""
 
@@ -98,15 +100,6 @@ RESUME_FREE_KEYS = frozenset(
     }
 )
 """Settings that may change when a run is resumed: they do not change what is computed."""
-FOLDER_KEYS = (
-    "train_dir",
-    "validation_dir",
-    "test_dir",
-    "mask_dir",
-    "normal_test_dir",
-    "abnormal_dir",
-)
-"""data=folder paths, stored absolute in the run's config."""
 
 
 def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) -> DictConfig:
@@ -146,6 +139,7 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         _prepare_folders(cfg, base, quiet)
     if cfg.input.get("fit") == "short_side":
         _fit_short_side(cfg, quiet)
+    _warn_upscaling(cfg, quiet)
     weights = cfg.encoder.get("weights")
     check_encoder_source(
         cfg.encoder.variant,
@@ -211,17 +205,47 @@ def _prepare_folders(cfg: DictConfig, base: Path, quiet: bool) -> None:
     _note(
         f"no data.validation_dir: {len(cfg.data.holdout)} of {len(images)} training images are "
         f"held out as the validation split (data.validation_fraction={holdout_fraction(cfg)}, "
-        f"seed {cfg.seed}) and not trained on; see data.holdout in {cfg.run_dir}/{CONFIG_FILE}",
+        f"seed {cfg.seed}) and not trained on (the run's {CONFIG_FILE} lists them: data.holdout)",
         quiet,
     )
 
 
+def _typical_training_size(cfg: DictConfig) -> tuple[int, int]:
+    """The most frequent (H, W) of the training images (data.image_size before generation)."""
+    if cfg.data.kind == "synthetic":  # not generated yet; every image has data.image_size
+        return tuple(cfg.data.image_size)  # type: ignore[return-value]
+    return typical_size(split_samples(cfg, "train"))
+
+
+def _warn_upscaling(cfg: DictConfig, quiet: bool) -> None:
+    """Say so when whole images are blown up to more than twice their size (the full recipe's
+    896 px on 240 x 300 photos): it costs time and memory and adds no detail."""
+    tiling = cfg.category.get("tiling")
+    if quiet or (tiling and tiling.enabled):
+        return
+    try:
+        height, width = _typical_training_size(cfg)
+    except FilterformerError:  # no training images yet: their own check says so later
+        return
+    resize = list(cfg.input.resize)
+    factor = max(resize[0] / height, resize[1] / width)
+    if factor > UPSCALE_WARNING:
+        patch = patch_size(cfg)
+        fitted = [-(-side // patch) * patch for side in (height, width)]
+        LOG.warning(
+            "warning: input.resize %s is %.1fx the training images (%d x %d): upscaled, they "
+            "cost time and memory and gain no detail; input.resize=[%d,%d] keeps their size",
+            resize,
+            factor,
+            height,
+            width,
+            *fitted,
+        )
+
+
 def _fit_short_side(cfg: DictConfig, quiet: bool) -> None:
     """Set input.resize to the short_side canvas of the typical training image."""
-    if cfg.data.kind == "synthetic":  # not generated yet; every image has data.image_size
-        typical = tuple(cfg.data.image_size)
-    else:
-        typical = typical_size(split_samples(cfg, "train"))
+    typical = _typical_training_size(cfg)
     size = short_side_size(min(cfg.input.resize), typical, patch_size(cfg))
     cfg.input.resize = list(size)
     _note(
@@ -264,6 +288,8 @@ class TrainOutcome:
     selection_split: str
     """The split that chose the best checkpoints and the fusion mode (``eval.split``)."""
     selection_metric: str
+    test_split: str | None = None
+    """The split with labels that ff-eval scores (None: the run's data has none)."""
 
 
 def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCESS) -> TrainOutcome:
@@ -308,7 +334,18 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
     if watch is not None:
         best = {f"best/{mode}/{cfg.eval.metric}": b["score"] for mode, b in result.best.items()}
         watch.finish(best, _tracker_overlays(cfg, run_dir) if cfg.logger.kind != "none" else [])
-    return TrainOutcome(run_dir, result, calibrations, cfg.eval.split, cfg.eval.metric)
+    return TrainOutcome(
+        run_dir, result, calibrations, cfg.eval.split, cfg.eval.metric, _test_split(cfg)
+    )
+
+
+def _test_split(cfg: DictConfig) -> str | None:
+    """The split ff-eval would score by default, if the run's data has it."""
+    split = evaluated_split(cfg.data.kind)
+    try:
+        return split if optional_split(cfg, split) else None
+    except FilterformerError:
+        return None
 
 
 def _watch(cfg: DictConfig) -> TrainingWatch:
@@ -470,21 +507,61 @@ def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | Non
     return evaluator, statistics
 
 
+SPLIT_WORDS = {
+    "validation_pseudo": "held-out good images with synthetic defects pasted in (no test image "
+    "was used)",
+    "validation": "the held-out good images",
+    "test_public": "the test images themselves, so ff-eval's numbers on them are optimistic",
+    "test": "the test images themselves, so ff-eval's numbers on them are optimistic",
+}
+RULE_WORDS = {
+    "mean_std": "mean + {k:g} standard deviations of the held-out good images' scores",
+    "quantile": "the {q:g} quantile of the held-out good images' scores",
+    "f1_pseudo": "best F1 on the synthetic defects",
+    "f1_optimal": "best F1 on the test images (an oracle)",
+    "fixed": "a fixed level",
+    "given": "given",
+}
+
+
 def describe_outcome(outcome: TrainOutcome) -> str:
-    """What a finished run is, in words: its folder and length, the best score per fusion
-    mode (percent) on the split that chose it, and any mode left without a threshold."""
-    result = outcome.result
-    best = ", ".join(f"{m} {100 * b['score']:.2f} %" for m, b in result.best.items())
-    text = f"{outcome.run_dir} ({result.epoch} epochs, {result.step} steps)"
-    if best:
-        text += (
-            f"; best {outcome.selection_metric}: {best}; fusion mode {result.fusion_mode} "
-            f"(both chosen on {outcome.selection_split}: optimistic there)"
+    """The end of a run in words: what was chosen, on which images, what its score means,
+    and the next command."""
+    result, run_dir = outcome.result, _shown(outcome.run_dir)
+    lines = [f"trained {run_dir} ({result.epoch} epochs, {result.step} steps)."]
+    mode = result.fusion_mode
+    if mode is not None and mode in result.best:
+        best = result.best[mode]
+        on = SPLIT_WORDS.get(outcome.selection_split, outcome.selection_split)
+        lines.append(
+            f"Chosen on {on}: the weights of epoch {best['epoch']} and the '{mode}' map "
+            f"({outcome.selection_metric} {100 * best['score']:.1f} % there: a guide for the "
+            "choice, not a test result)."
         )
-    missing = [c for c in outcome.calibrations if c.threshold is None]
-    if missing:
-        text += "; no threshold for " + "; ".join(f"{c.mode} ({c.skipped})" for c in missing)
-    return text
+    else:
+        lines.append("No evaluation during training: the last weights are kept.")
+    chosen = next((c for c in outcome.calibrations if c.threshold and c.mode == mode), None)
+    chosen = chosen or next((c for c in outcome.calibrations if c.threshold), None)
+    if chosen is not None:
+        t = chosen.threshold
+        rule = RULE_WORDS.get(t.rule, t.rule).format(**{"k": 3, "q": 0.99, **t.params})
+        lines.append(f"Threshold {t.value:.4g} ({rule}): above it an image is anomalous.")
+    else:
+        reasons = "; ".join(f"{c.mode}: {c.skipped}" for c in outcome.calibrations)
+        lines.append(f"No threshold could be set ({reasons}).")
+    if outcome.test_split is not None:
+        lines.append(f"Next: ff-eval --run {run_dir} (scores the {outcome.test_split} images).")
+    else:
+        lines.append(f"Next: ff-predict --run {run_dir} --images DIR --out DIR.")
+    return " ".join(lines)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it lies below it (shorter to retype)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _feature_cache(

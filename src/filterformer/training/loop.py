@@ -39,11 +39,11 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from filterformer.errors import ConfigError, NonFiniteLossError
 from filterformer.io import remove_partials, write_json
 from filterformer.lock import lock_run
+from filterformer.progress import progress_bar
 from filterformer.training.checkpoint import (
     has_checkpoint,
     load_checkpoint,
@@ -273,11 +273,12 @@ class Trainer:
         step = wrap_trainable(self.model, loss_step(self.model, self.train_set), self.distributed)
         if settings.compile_step:
             step = torch.compile(step)
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=settings.epochs * len(self.loader),
             initial=self.result.step,
             desc="train",
-            disable=not (settings.progress and self.main),
+            unit="step",
+            enabled=settings.progress and self.main,
         )
         for epoch in range(self.result.epoch, settings.epochs):
             started = time.perf_counter()

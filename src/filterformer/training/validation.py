@@ -11,7 +11,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling
@@ -20,6 +19,7 @@ from filterformer.evaluation.aupro import ProAccumulator
 from filterformer.evaluation.image_metrics import f1_max
 from filterformer.evaluation.thresholds import MapMoments
 from filterformer.inference.predict import DEFAULT_SMOOTHING, Smoothing, predict_mode_maps
+from filterformer.progress import progress_bar
 from filterformer.training.loop import Evaluation
 
 METRICS = ("au_pro", "f1_max")
@@ -64,7 +64,9 @@ def map_statistics(
         batch.clear()
 
     inputs = _network_inputs(samples, tiling)
-    for image in tqdm(inputs, desc="map statistics", disable=not progress):
+    count = sum(1 if tiling is None else len(list(tiling.tiles(*s.shape))) for s in samples)
+    bar = progress_bar(inputs, total=count, desc="map statistics", enabled=progress, unit="img")
+    for image in bar:
         batch.append(geometry.to_tensor(image))
         if len(batch) == batch_size:
             flush()
