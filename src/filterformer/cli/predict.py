@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "defect subfolders is read with its labels)",
     )
     parser.add_argument(
-        "--recursive", action="store_true", help="with --images: read subfolders too"
+        "--recursive",
+        action="store_true",
+        help="with --images: read every subfolder too (without labels)",
     )
     parser.add_argument(
         "--threshold",

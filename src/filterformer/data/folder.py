@@ -175,13 +175,14 @@ class ImageList(SampleSequence):
 def images_to_predict(
     path: str | os.PathLike, category: str, recursive: bool = False
 ) -> SampleSequence:
-    """The images of ``ff-predict --images``: one file, a folder (its subfolders too with
-    ``recursive``), or a test folder with ``good/`` and defect subfolders (then labelled)."""
+    """The images of ``ff-predict --images``: one file, a folder (every subfolder too, without
+    labels, with ``recursive``), or a test folder with ``good/`` and defect subfolders (then
+    labelled by folder)."""
     path = Path(path).expanduser()
     if path.is_file():
         return ImageList(file_samples([path], category))
     folder = _existing_dir(path, "image folder")
-    if (folder / NORMAL_FOLDER).is_dir() and not _direct_images(folder):
+    if not recursive and (folder / NORMAL_FOLDER).is_dir() and not _direct_images(folder):
         return folder_test_set(folder, category=category)
     return ImageFolderDataset(folder, "test", category=category, recursive=recursive)
 
