@@ -4,6 +4,7 @@ import json
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from filterformer.cli.eval import main as eval_main
@@ -62,6 +63,7 @@ def test_mixed_pseudo_split_relights_the_same_defects(tmp_path):
         assert not np.array_equal(a.load_image(), b.load_image())  # under other lighting
 
 
+@pytest.mark.slow
 def test_default_training_and_calibration_read_no_test_mask(monkeypatch, tmp_path):
     """ff-train (selection every epoch) and ff-predict's threshold calibration, both by
     f1_pseudo and by the default mean + 3 std, under the default eval.split."""

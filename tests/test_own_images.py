@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from filterformer.cli import eval as ff_eval
 from filterformer.cli import predict as ff_predict
 from filterformer.cli import train as ff_train
+from filterformer.cli.train import main as train_cli
 from filterformer.data.folder import ImageFolderDataset
 from filterformer.data.training_set import TrainingImages
 from filterformer.errors import ConfigError
@@ -137,6 +138,7 @@ def test_mixed_aspect_ratios_share_one_input_and_come_back_at_their_own_size(fol
     assert all(np.isfinite(amap).all() for _, amap in maps)
 
 
+@pytest.mark.slow
 def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
     folders, tmp_path, monkeypatch, capsys
 ):
@@ -160,7 +162,7 @@ def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
             "hydra.job.chdir=true",  # the job runs inside the run folder: paths still resolve
         ],
     )
-    ff_train.main()
+    train_cli()
     torch.set_num_threads(threads)
     err = capsys.readouterr().err
     assert "no data.validation_dir: 1 of 11 training images are held out" in err

@@ -1,6 +1,6 @@
 """ff-predict: anomaly maps from trained run folders, for the benchmark server or to inspect.
 
-    ff-predict --run RUN --out DIR [--split test_private test_private_mixed]   one category
+    ff-predict --run RUN --out DIR [--split test_private test_private_mixed]   its categories
     ff-predict --run RUN --out DIR --split test_public     local layout for ff-eval --maps DIR
     ff-predict --runs RUNS --submission NAME [--out PARENT]  8 categories, check, pack
     ff-predict --run RUN --images FOLDER --out DIR         custom images: overlays, scores.csv
@@ -44,7 +44,7 @@ SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ff-predict", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", type=Path, help="run folder of one category")
+    source.add_argument("--run", type=Path, help="run folder (one category, or multi-class)")
     source.add_argument("--runs", type=Path, help="folder of run folders, one per category")
     source.add_argument("--check", type=Path, metavar="DIR", help="check a submission folder")
     parser.add_argument("--split", nargs="+", choices=SPLITS, default=list(PRIVATE_SPLITS))
@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the model in torch, or its ff-export file in ONNX Runtime / OpenVINO",
     )
     parser.add_argument("--model", type=Path, help="exported file (default: RUN/export/model.*)")
+    parser.add_argument(
+        "--category",
+        help="with --run of a multi-class model: this category only (needed with --images: "
+        "its threshold and post-processing); default every category",
+    )
     return parser
 
 
@@ -135,16 +140,19 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _export_run(args: argparse.Namespace) -> None:
     """One run's maps of ``--images`` or of ``--split``, with scores.csv and a histogram."""
     from filterformer.data.folder import images_to_predict
-    from filterformer.runs.predict import RunExporter
+    from filterformer.runs.predict import RunExporter, run_categories
 
-    exporter = RunExporter(args.run, _options(args))
     if args.images is not None:
+        exporter = RunExporter(args.run, _options(args))  # one category (--category if several)
         samples = images_to_predict(args.images, exporter.run.category, args.recursive)
-        overlays = not args.no_overlays
+        print(exporter.write_predictions(samples, args.out, not args.no_overlays))
     else:
-        samples = [s for split in args.split for s in exporter.maps.samples(split)]
-        overlays = args.overlays
-    print(exporter.write_predictions(samples, args.out, overlays))
+        categories = run_categories(args.run, args.category)
+        for category in categories:
+            exporter = RunExporter(args.run, _options(args), category)
+            samples = [s for split in args.split for s in exporter.maps.samples(split)]
+            tag = f"_{category}" if len(categories) > 1 else ""
+            print(exporter.write_predictions(samples, args.out, args.overlays, tag))
     print(f"wrote {args.out}")
 
 

@@ -53,6 +53,7 @@ GROUPS = {
     "data": "where the images come from",
     "category": "tiling, post-processing and threshold rule of one category",
     "suite": "one model per category (suite=NAME trains them all; category=C one)",
+    "setting": "one model per category, or one on several (INP-Former's settings)",
     "logger": "an experiment tracker, besides the run folder's training_curves.png",
 }
 """The config groups in the order the help lists them, each with what it chooses."""
@@ -80,7 +81,7 @@ EXAMPLES = (
     ("ff-train -m category=can,fabric,vial", "one run folder per category (sweep)"),
     (
         "ff-train suite=inpformer_cpr_hybrid data.root=/data/mvtec_ad_2",
-        "the ISVL hybrid: each category with its own model, one suite folder",
+        "the ISVL hybrid, label-free (suite=isvl: as its code runs), one suite folder",
     ),
     ("ff-train --cfg job preset=inpformer_paper", "print the resolved config, train nothing"),
 )

@@ -97,6 +97,11 @@ def pseudo_validation(
     return samples
 
 
-def relight(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random global lighting change: colour jitter, then a directional light ramp."""
-    return directional_light(color_jitter(image, LIGHTING, rng), 0.4, rng)
+def relight(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """A random global lighting change: colour jitter, then a directional light ramp.
+
+    ``strength`` scales every amplitude (:data:`LIGHTING` and the ramp's 0.4); 1 makes the
+    mixed pseudo split.
+    """
+    amplitudes = {name: value * strength for name, value in LIGHTING.items()}
+    return directional_light(color_jitter(image, amplitudes, rng), 0.4 * strength, rng)

@@ -25,7 +25,13 @@ from filterformer.evaluation.image_metrics import ImageScores, f1_max, pixel_ap,
 from filterformer.evaluation.protocol import INPFORMER, MVTEC_AD2, distinct_counts, percent
 from filterformer.evaluation.protocol import METRICS as INPFORMER_METRICS
 from filterformer.evaluation.segf1 import SegF1Accumulator
-from filterformer.evaluation.selection import CHOICES, chosen_on, overall, unknown_choices
+from filterformer.evaluation.selection import (
+    CHOICES,
+    by_authors,
+    chosen_on,
+    overall,
+    unknown_choices,
+)
 from filterformer.io import write_csv, write_json
 
 TABLE_COLUMNS = (
@@ -61,11 +67,11 @@ class CategoryMetrics:
         self, float16: bool = True, image_score: str = "max", no_pixel_truth: str | None = None
     ) -> None:
         self.image_score = image_score
-        """Score of ``image_auroc``: ``max`` or ``top1`` (``eval.image_score``)."""
+        """Score of ``image_auroc`` (``eval.image_score``: max, top1 or sum_top<T>)."""
         self.no_pixel_truth = no_pixel_truth
         self.pro = ProAccumulator(float16=float16)
         self.seg = SegF1Accumulator()
-        self.images = ImageScores()
+        self.images = ImageScores(rule=image_score)
         self.image_f1: list[float] = []
         """Per-image pixel F1 of the binary map (NaN without one): ranks overlay examples."""
         self.score_range = (math.inf, -math.inf)
@@ -137,7 +143,6 @@ class CategoryMetrics:
         cls = self.seg.class_f1()
         nan = float("nan")
         images = self.images
-        scores = images.top_scores if self.image_score == "top1" else images.max_scores
         labels = np.asarray(images.labels, dtype=bool)
         predicted = np.asarray(self.seg.predicted, dtype=bool)
         row: dict[str, Any] = {"category": category, "num_images": len(images.labels)}
@@ -148,9 +153,11 @@ class CategoryMetrics:
             seg_fp=seg.fp,
             seg_fn=seg.fn,
             class_f1=cls.f1 if has_binary else nan,
-            image_auroc=images.auroc_top() if self.image_score == "top1" else images.auroc_max(),
+            image_auroc=images.auroc(),
             image_auroc_top1=images.auroc_top(),
-            image_ap=pixel_ap(distinct_counts(np.asarray(scores), labels)) if scores else nan,
+            image_ap=pixel_ap(distinct_counts(np.asarray(images.scores), labels))
+            if images.scores
+            else nan,
             pixel_auroc=pixel_auroc(counts),
             pixel_ap=pixel_ap(counts),
             pixel_f1_max_oracle=f1_max(counts).counts.f1,
@@ -189,11 +196,33 @@ class CategoryMetrics:
 def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Unweighted mean over categories of every metric (NaN if any category is NaN)."""
     skip = {"category", "num_images", "seg_tp", "seg_fp", "seg_fn", "threshold", "threshold_rule"}
-    skip |= {"selected_on", "not_computed", *CLASS_COUNTS}  # records and counts, not metrics
+    skip |= {"selected_on", "dataset", "trained_on", "not_computed", *CLASS_COUNTS}
     keys = [k for k in rows[0] if k not in skip] if rows else []
     mean: dict[str, Any] = {"category": "mean", "num_images": sum(r["num_images"] for r in rows)}
     mean.update({k: float(np.mean([float(r[k]) for r in rows])) for k in keys})
     return mean
+
+
+def dataset_means(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One mean row per dataset (``mean <dataset>``) when the rows come from several (a
+    model trained on several datasets is reported per dataset, as the INP-Former code does)."""
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows if "dataset" in row))
+    if len(datasets) < 2:
+        return []
+    means = []
+    for dataset in datasets:
+        mean = mean_row([row for row in rows if row.get("dataset") == dataset])
+        means.append({**mean, "category": f"mean {dataset}", "dataset": dataset})
+    return means
+
+
+def _rows_of(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[Mapping]:
+    """The category rows a table line stands for (a mean line: those it averages)."""
+    if row["category"] == "mean":
+        return list(rows)
+    if str(row["category"]).startswith("mean ") and "dataset" in row:
+        return [r for r in rows if r.get("dataset") == row["dataset"]]
+    return [row]
 
 
 def table_columns(limits: Sequence[float], protocol: str = MVTEC_AD2) -> list[tuple[str, str]]:
@@ -222,10 +251,10 @@ def format_table(
     headers = ["category", *(f"{title} [%]" for _, title in columns)]
     headers += (["threshold rule"] if rule else []) + [f"chosen on {split}"]
     lines = []
-    for row in [*rows, mean_row(rows)] if rows else []:
+    for row in [*rows, *dataset_means(rows), mean_row(rows)] if rows else []:
         cells = [str(row["category"])] + [percent(row.get(key, nan)) for key, _ in columns]
         cells += [str(row.get("threshold_rule", ""))] if rule else []
-        cells.append(selection_cell(rows if row["category"] == "mean" else [row], split))
+        cells.append(selection_cell(_rows_of(row, rows), split))
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
     left = {0, len(widths) - 1} | ({len(widths) - 2} if rule else set())  # names, not numbers
@@ -233,7 +262,7 @@ def format_table(
     out = [f"split: {split}, protocol: {protocol}"]
     out += [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*cells) for cells in lines]
-    notes = [*truth_notes(rows), *selection_notes(rows, split)]
+    notes = [*truth_notes(rows), *selection_notes(rows, split), *trained_on_notes(rows)]
     out += [textwrap.fill(n, 100, break_on_hyphens=False) for n in notes]
     return "\n".join(line.rstrip() for line in out)
 
@@ -257,6 +286,16 @@ def truth_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 f"{row['not_computed']}. Image metrics (I-AUROC, I-AP, ClassF1) use the labels."
             )
     return notes
+
+
+def trained_on_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Footnotes naming the data that trained the model of zero-shot rows."""
+    trained = dict.fromkeys(row["trained_on"] for row in rows if row.get("trained_on"))
+    return [
+        f"zero-shot: the model was trained on {source}, never on the categories above "
+        "(no training on them; the INP-Former code's zero-shot evaluation)."
+        for source in trained
+    ]
 
 
 def _selections(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, str | None]]:
@@ -286,6 +325,12 @@ def selection_notes(rows: Sequence[Mapping[str, Any]], split: str) -> list[str]:
             "checkpoint and fusion mode of training, an F1-optimal threshold), so these "
             "numbers are optimistic (selection-biased). Unbiased figures need a split that "
             "chose nothing, e.g. test_private on the MVTec benchmark server."
+        )
+    authors = sorted({name for s in selections for name in by_authors(s)})
+    if authors and split.startswith("test"):
+        notes.append(
+            f"{', '.join(authors)}: the published value, chosen by the method's authors on test "
+            "labels (by trials on the test splits), so it counts as chosen on every test split."
         )
     if any(unknown_choices(s) for s in selections):
         notes.append(
@@ -344,6 +389,7 @@ def metrics_document(
     def clean(row: Mapping[str, Any]) -> dict[str, Any]:
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
+    means = dataset_means(rows)
     return {
         "protocol": protocol,
         "image_score": image_score,
@@ -351,5 +397,6 @@ def metrics_document(
         "selected_on": overall(_selections(rows), split),
         "pro_limits": list(limits),
         "categories": {row["category"]: clean(row) for row in rows},
+        **({"dataset_means": {m["dataset"]: clean(m) for m in means}} if means else {}),
         "mean": clean(mean_row(rows)),
     }

@@ -110,6 +110,12 @@ def export_run(
     """
     check_out_path(out, fmt)
     check_exportable(run.config.model.name)
+    if run.smoothing.at_original or run.smoothing.levels is not None:
+        raise DeployError(
+            f"{run.run_dir}: its maps are made at each image's size (eval.blur_at=original) or "
+            "in 8-bit levels (eval.levels), which the exported graph cannot do; export a run "
+            "with eval.blur_at=network and eval.levels=null."
+        )
     if dynamic_size:
         _check_dynamic(run, fmt)
     if not samples:

@@ -64,6 +64,11 @@ class MapGraph(nn.Module):
         image_score: str,
     ) -> None:
         super().__init__()
+        if image_score not in ("max", "top1"):
+            raise DeployError(
+                f"ff-export computes the image scores max and top1, not eval.image_score "
+                f"{image_score!r}; score this run with ff-predict --backend torch"
+            )
         self.model = model.eval()
         self.mode = mode
         self.map_stats = None if map_stats is None else dict(map_stats)

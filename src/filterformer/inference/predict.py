@@ -12,7 +12,10 @@ of INP-Former's zero padding, which darkens the map along the image border. Pari
 (``Smoothing(size=(256, 256), padding="zero")``) reproduces the official evaluation map: the
 map is resized to 256 x 256 (bilinear, align_corners=False), blurred with zero padding, then
 resized back. It exists to compare with the official numbers, not for the best full-resolution
-maps (it throws away detail that the network resolution keeps).
+maps (it throws away detail that the network resolution keeps). ``Smoothing(at_original=True,
+padding="zero")`` is the ISVL hybrid code's order instead: the model's map is made at the
+original size of the image (or tile) and blurred there; ``levels=255`` turns every map into the
+code's 8-bit levels, floor(255 * clip(m, 0, 1)).
 
 The network part is a :class:`MapBackend`: :class:`TorchBackend` runs the model itself (fusing
 any set of modes from one forward pass), and an exported graph (``filterformer.export``) runs
@@ -25,6 +28,7 @@ whole image gives exactly the whole-image map.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -45,7 +49,7 @@ from filterformer.progress import progress_bar
 MapStats = Mapping[str, tuple[float, float]]
 
 
-PADDINGS: tuple[str, ...] = ("replicate", "zero")
+PADDINGS: tuple[str, ...] = ("replicate", "zero", "reflect")
 
 
 @dataclass(frozen=True)
@@ -53,15 +57,21 @@ class Smoothing:
     """How a fused map is smoothed (the config's ``eval`` section; defaults mirror it).
 
     ``sigma`` and ``kernel_size``: the Gaussian (sigma <= 0: no smoothing). ``padding``:
-    ``replicate`` (ours) or ``zero`` (INP-Former's). ``size``: None smooths at network
+    ``replicate`` (ours), ``zero`` (INP-Former's) or ``reflect`` (torchvision's gaussian_blur,
+    which the CPR code uses). ``size``: None smooths at network
     resolution; an (h, w) smooths at that size (INP-Former's 256 x 256 protocol) and resizes
-    back.
+    back. ``at_original``: the model makes its map at each image's (tile's) original size and
+    it is smoothed there (ISVL hybrid code; torch models, squashed inputs without a crop).
+    ``levels``: maps become floor(levels * clip(m, 0, 1)), whole numbers 0..levels (ISVL hybrid
+    code: 255, its 8-bit maps); None keeps them as they are.
     """
 
     sigma: float = 4.0
     kernel_size: int = 5
     padding: str = "replicate"
     size: tuple[int, int] | None = None
+    at_original: bool = False
+    levels: int | None = None
 
     def __post_init__(self) -> None:
         if self.padding not in PADDINGS:
@@ -75,6 +85,22 @@ class Smoothing:
             raise ConfigError(
                 f"eval.protocol_size {self.size} must be null or a (height, width) pair."
             )
+        if self.at_original and self.size is not None:
+            raise ConfigError(
+                "eval.blur_at=original smooths at each image's own size: set "
+                "eval.protocol_size=null."
+            )
+        if self.levels is not None and self.levels < 1:
+            raise ConfigError(f"eval.levels {self.levels} must be null or an integer >= 1.")
+
+
+def quantize(amap: np.ndarray, levels: int | None) -> np.ndarray:
+    """floor(levels * clip(map, 0, 1)) in float32 (the ISVL hybrid code's ``(m * 255)
+    .astype(uint8)`` of a clipped map for levels 255); ``levels`` None: the map unchanged."""
+    if levels is None:
+        return amap
+    clipped = np.clip(np.asarray(amap, dtype=np.float32), 0, 1)
+    return np.floor(clipped * np.float32(levels))
 
 
 DEFAULT_SMOOTHING = Smoothing()
@@ -85,8 +111,9 @@ def gaussian_blur(
 ) -> torch.Tensor:
     """Smooth B x H x W maps with a normalised separable Gaussian.
 
-    ``padding`` is ``replicate`` (border values repeated) or ``zero`` (as a zero-padded
-    convolution, which pulls the border towards 0).
+    ``padding`` is ``replicate`` (border values repeated), ``zero`` (as a zero-padded
+    convolution, which pulls the border towards 0) or ``reflect`` (mirrored without repeating
+    the border value, as torchvision's gaussian_blur; needs maps larger than half the kernel).
     """
     if sigma <= 0:
         return maps
@@ -148,6 +175,16 @@ class MapBackend(Protocol):
         ...
 
 
+def _raw_maps(model: nn.Module, inputs: torch.Tensor, size: Sequence[int] | None) -> dict:
+    """The model's maps at network resolution, or at ``size``: made there by a model whose
+    ``anomaly_maps`` takes a size (INP-Former: from its token grid), else resized bilinearly."""
+    if size is None:
+        return model.anomaly_maps(inputs)
+    if "size" in inspect.signature(model.anomaly_maps).parameters:
+        return model.anomaly_maps(inputs, size=tuple(size))
+    return {name: _resize_maps(m, size) for name, m in model.anomaly_maps(inputs).items()}
+
+
 class TorchBackend:
     """The PyTorch model as a :class:`MapBackend` (put in eval mode on ``device``)."""
 
@@ -163,10 +200,13 @@ class TorchBackend:
         self.smoothing = smoothing
         self.device = device
 
-    def maps(self, inputs: torch.Tensor, modes: Sequence[str]) -> dict[str, np.ndarray]:
-        """Every mode fused from one forward pass of the model."""
+    def maps(
+        self, inputs: torch.Tensor, modes: Sequence[str], size: Sequence[int] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every mode fused from one forward pass of the model; at ``size`` when given
+        (``Smoothing.at_original``), else at network resolution."""
         with torch.no_grad():
-            raw = self.model.anomaly_maps(inputs.to(self.device))
+            raw = _raw_maps(self.model, inputs.to(self.device), size)
         return {m: _finish(raw, m, self.map_stats, self.smoothing).cpu().numpy() for m in modes}
 
 
@@ -201,11 +241,16 @@ def predict_mode_maps(
     backend = (
         TorchBackend(model, map_stats, smoothing, device) if isinstance(model, nn.Module) else model
     )
+    if smoothing.at_original:
+        _check_at_original(backend, geometry)
 
     def score(crops: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Original-size maps of image crops, ``batch_size`` network inputs at a time."""
         out = []
         for batch in batches(crops, batch_size):
+            if smoothing.at_original:
+                out += _maps_at_original(backend, batch, geometry, modes)
+                continue
             fused = backend.maps(torch.stack([geometry.to_tensor(c) for c in batch]), modes)
             out += [
                 {m: geometry.to_original(fused[m][i], crop.shape[:2]) for m in modes}
@@ -219,17 +264,48 @@ def predict_mode_maps(
             for batch in batches(samples, batch_size):
                 maps = score([sample.load_image() for sample in batch])
                 bar.update(len(batch))
-                yield from zip(batch, maps, strict=True)
+                for sample, by_mode in zip(batch, maps, strict=True):
+                    yield sample, {m: quantize(a, smoothing.levels) for m, a in by_mode.items()}
             return
         for sample in samples:
             image = sample.load_image()
             boxes = tiling.tiles(*sample.shape)
             tile_maps = score([image[y0:y1, x0:x1] for y0, x0, y1, x1 in boxes])
             bar.update(1)
-            yield (
-                sample,
-                {m: tiling.blend([tile[m] for tile in tile_maps], *sample.shape) for m in modes},
-            )
+            blended = {m: tiling.blend([t[m] for t in tile_maps], *sample.shape) for m in modes}
+            yield sample, {m: quantize(a, smoothing.levels) for m, a in blended.items()}
+
+
+def _check_at_original(backend: MapBackend, geometry: InputGeometry) -> None:
+    """Refuse ``Smoothing.at_original`` where maps cannot be made at the original size."""
+    if not isinstance(backend, TorchBackend):
+        raise ConfigError(
+            "eval.blur_at=original needs the torch model (its maps are made at each image's "
+            "size); use --backend torch, or a run with eval.blur_at=network."
+        )
+    if geometry.fit != "squash" or geometry.crop_hw is not None:
+        raise ConfigError(
+            "eval.blur_at=original needs input.fit=squash and input.crop=null (the map covers "
+            "the whole image); or set eval.blur_at=network."
+        )
+
+
+def _maps_at_original(
+    backend: TorchBackend,
+    batch: Sequence[np.ndarray],
+    geometry: InputGeometry,
+    modes: Sequence[str],
+) -> list[dict[str, np.ndarray]]:
+    """Maps of ``batch`` made and smoothed at each crop's own size (crops of one size at a
+    time, in the batch's order)."""
+    out: list[dict[str, np.ndarray]] = [{} for _ in batch]
+    for shape in dict.fromkeys(crop.shape[:2] for crop in batch):
+        chosen = [i for i, crop in enumerate(batch) if crop.shape[:2] == shape]
+        inputs = torch.stack([geometry.to_tensor(batch[i]) for i in chosen])
+        fused = backend.maps(inputs, modes, size=shape)
+        for row, i in enumerate(chosen):
+            out[i] = {m: fused[m][row] for m in modes}
+    return out
 
 
 def predict_maps(

@@ -17,6 +17,10 @@ CLIs, evaluation and export only ever talk to that object, never to the family b
 - ``base_run``: the run a model starts from (FADeR: its trained EAR run).
 - ``image_scores``: the image-score rules that make sense for its maps (None: all).
 - ``exportable``: whether ff-export can trace its whole map path (checked against torch).
+- ``multi_class``: whether one model can train on several categories' images at once
+  (setting=multi_class, few_shot); a family whose training state is per category cannot.
+- ``zero_shot_maps``: the model's map without the training data's reconstruction, for
+  categories it never saw (INP-Former's INP distance), or None when it has none.
 
 docs/architecture.md ("Adding a model family") walks through a complete example.
 """
@@ -29,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from filterformer.data.training_set import TrainingImages
@@ -80,6 +86,7 @@ class ModelFamily:
     """Files the family adds to a run folder (relative to it)."""
     image_scores: ClassVar[tuple[str, ...] | None] = None
     exportable: ClassVar[bool] = False
+    multi_class: ClassVar[bool] = True
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:
         """Raise :class:`~filterformer.errors.ConfigError` for settings the family cannot honour.
@@ -93,6 +100,10 @@ class ModelFamily:
         """The dataset the training loop iterates; its items go to ``model(batch)``."""
         return images
 
+    def zero_shot_maps(self, model: FrozenEncoderModel) -> ZeroShotMaps | None:
+        """The model's zero-shot map (one map, no fusion), or None when the family has none."""
+        return None
+
     def load_run_files(
         self,
         model: FrozenEncoderModel,
@@ -101,6 +112,29 @@ class ModelFamily:
         encoder_weights: str,
     ) -> None:
         """Restore what :meth:`training_set` kept in the run folder into a loaded ``model``."""
+
+
+class ZeroShotMaps(nn.Module):
+    """A model seen through one of its other maps: ``anomaly_maps`` gives ``{name: maps}``.
+
+    What zero-shot evaluation runs in place of the model (the same interface, one map and
+    the fusion mode of that name), so every map pipeline works on it unchanged.
+    """
+
+    def __init__(
+        self,
+        model: FrozenEncoderModel,
+        name: str,
+        maps: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        super().__init__()
+        self.model, self.name, self.maps = model, name, maps
+        self.fusion_modes = (name,)
+
+    @torch.no_grad()
+    def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: B x H x W}`` at the network input resolution."""
+        return {self.name: self.maps(images)}
 
 
 FAMILIES: dict[str, ModelFamily] = {}

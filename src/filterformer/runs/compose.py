@@ -41,7 +41,7 @@ def config_groups(folder: Path) -> dict[str, list[str]]:
 
 HELP_PREFIX = "# help: "
 """The comment line of a group file that says in one line what the choice is."""
-TABLE_GROUPS = ("preset", "model", "encoder", "data", "logger", "suite")
+TABLE_GROUPS = ("preset", "model", "encoder", "data", "setting", "logger", "suite")
 """The groups the README's table lists choice by choice (then ``category``, in one row)."""
 
 

@@ -26,8 +26,9 @@ from filterformer.inference.postprocess import for_sample
 from filterformer.io import read_anomaly_map, read_mask, write_csv
 from filterformer.lock import lock_output, reading_run, unlock_output
 from filterformer.runs.evaluate import require_threshold
-from filterformer.runs.run import load_run
+from filterformer.runs.run import load_run, read_run_config
 from filterformer.runs.run_maps import RunMaps
+from filterformer.runs.setting import members
 from filterformer.runs.settings import resolve_device
 from filterformer.submission import (
     OFFICIAL_COUNTS,
@@ -73,15 +74,23 @@ class PredictOptions:
     model: Path | None = None
     threshold: float | None = None
     """The anomaly threshold in score units, for every split (None: the run's calibrated)."""
+    category: str | None = None
+    """Which category of a multi-class run (its threshold, post-processing, data)."""
 
 
 class RunExporter:
-    """Predicts with one loaded run and writes its maps, masks and (optionally) overlays."""
+    """Predicts with one loaded run (one category of a multi-class run: ``category``, else
+    ``args.category``) and writes its maps, masks and (optionally) overlays."""
 
-    def __init__(self, run_dir: Path, args: PredictOptions) -> None:
+    def __init__(self, run_dir: Path, args: PredictOptions, category: str | None = None) -> None:
         self.device = resolve_device(args.device)
         with reading_run(run_dir):
-            self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)
+            self.run = load_run(
+                run_dir,
+                device=self.device,
+                verify=not args.no_verify,
+                category=category or args.category,
+            )
         backend, model_file = args.backend, args.model
         self.args = args
         self.maps = RunMaps(
@@ -194,34 +203,37 @@ class RunExporter:
             threshold_label=f"threshold {value:.4g} ({self.threshold.describe('images')})",
         )
 
-    def write_predictions(self, samples: Sequence[Sample], out: Path, overlays: bool) -> str:
+    def write_predictions(
+        self, samples: Sequence[Sample], out: Path, overlays: bool, tag: str = ""
+    ) -> str:
         """Maps, masks (overlays) of ``samples`` under ``out`` with scores.csv and the score
-        histogram; return the summary ff-predict prints."""
+        histogram (``tag``: a suffix of their names, e.g. each category's of a multi-class
+        run); return the summary ff-predict prints."""
         from filterformer.evaluation.predictions import COLUMNS, prediction_summary
 
         self.export(samples, out, overlays, out / RESCALE_FILE)
         rows = self.scores(samples, out)
-        write_csv(out / SCORES_FILE, rows, list(COLUMNS))
-        self.histogram(samples, rows, out / HISTOGRAM_FILE)
+        scores_file = out / f"{Path(SCORES_FILE).stem}{tag}.csv"
+        write_csv(scores_file, rows, list(COLUMNS))
+        self.histogram(samples, rows, out / f"{Path(HISTOGRAM_FILE).stem}{tag}.png")
         given = self.args.threshold is not None
         how = "given with --threshold" if given else self.threshold.describe("")
         note = f"threshold {self.threshold.value:.6g}, {how}"
-        return prediction_summary(rows, note, str(out / SCORES_FILE))
+        return prediction_summary(rows, note, str(scores_file))
 
 
 def _runs_by_category(runs_dir: Path, categories: Sequence[str]) -> dict[str, Path]:
-    """One run folder per category under ``runs_dir`` (read from each config.yaml)."""
-    from omegaconf import OmegaConf
-
+    """One run folder per category under ``runs_dir`` (read from each config.yaml; a
+    multi-class run serves each of its categories)."""
     found: dict[str, Path] = {}
     for config in sorted(runs_dir.glob("*/config.yaml")):
-        category = OmegaConf.load(config).category.name
-        if category in found:
-            raise ConfigError(
-                f"{runs_dir}: two runs for category {category!r} ({found[category]} and "
-                f"{config.parent}); keep one run folder per category."
-            )
-        found[category] = config.parent
+        for category in (m.key for m in members(read_run_config(config.parent))):
+            if category in found:
+                raise ConfigError(
+                    f"{runs_dir}: two runs for category {category!r} ({found[category]} and "
+                    f"{config.parent}); keep one run folder per category."
+                )
+            found[category] = config.parent
     missing = [c for c in categories if c not in found]
     if missing:
         raise ConfigError(
@@ -257,7 +269,7 @@ def export_submission(
     counts = submission_counts(runs_dir) if counts is None else counts
     for category, run_dir in _runs_by_category(runs_dir, list(counts)).items():
         LOG.info("%s: %s", category, run_dir)
-        exporter = RunExporter(run_dir, args)
+        exporter = RunExporter(run_dir, args, category)
         for split in PRIVATE_SPLITS:
             exporter.export(exporter.maps.samples(split), out)
         del exporter
@@ -267,6 +279,16 @@ def export_submission(
     if any(p.severity == "error" for p in problems):
         raise SubmissionError(f"{out}: the submission fails the upload checks listed above.")
     return None if args.no_pack else pack_submission(out, check=False)
+
+
+def run_categories(run_dir: Path, chosen: str | None = None) -> list[str]:
+    """The categories of a run folder to predict (``chosen``: that one, checked)."""
+    keys = [m.key for m in members(read_run_config(run_dir))]
+    if chosen is not None and chosen not in keys:
+        raise ConfigError(
+            f"{run_dir} has no category {chosen!r}; its categories: {', '.join(keys)}."
+        )
+    return [chosen] if chosen is not None else keys
 
 
 @dataclass(frozen=True)

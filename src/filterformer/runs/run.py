@@ -53,6 +53,7 @@ from filterformer.models.registry import (
     family,
 )
 from filterformer.runs.compose import category_threshold_rule
+from filterformer.runs.setting import Member, member, members
 from filterformer.training.checkpoint import LoadedCheckpoint, has_checkpoint, load_checkpoint
 from filterformer.training.seed import seed_everything
 
@@ -117,6 +118,8 @@ def build_smoothing(config: DictConfig) -> Smoothing:
         kernel_size=int(settings.get("blur_kernel", default.kernel_size)),
         padding=settings.get("blur_padding", default.padding),
         size=None if size is None else tuple(int(v) for v in size),
+        at_original=settings.get("blur_at", "network") == "original",
+        levels=settings.get("levels"),
     )
 
 
@@ -126,8 +129,13 @@ def protocol_of(config: DictConfig) -> str:
 
 
 def image_score_rule(config: DictConfig, protocol: str | None = None) -> str:
-    """``eval.image_score``, else the image score of ``protocol`` (default: the run's)."""
-    return resolve_image_score(config.eval.get("image_score"), protocol or protocol_of(config))
+    """``eval.image_score``, else the image score of ``protocol`` (default: the run's); a
+    ``sum_top<T>`` rule counts T on the network input's size."""
+    rule, protocol = config.eval.get("image_score"), protocol or protocol_of(config)
+    counted = isinstance(rule, str) and rule.startswith("sum_top")
+    return resolve_image_score(
+        rule, protocol, build_geometry(config).input_size if counted else None
+    )
 
 
 def resolve_run_paths(config: DictConfig, run_dir: Path) -> DictConfig:
@@ -228,8 +236,9 @@ def start_from_base_run(
             f"{run_dir} was trained with other {base_name} settings than this config; add {fix}"
         )
     base_model = build_model(base_name, model.encoder, **settings)
-    mode = _fusion_mode(run_dir, base, base_model)
-    checkpoint = _default_checkpoint(run_dir, _check_mode(run_dir, base, base_model, mode))
+    modes = base_model.fusion_modes
+    mode = _fusion_mode(run_dir, members(base)[0], modes)
+    checkpoint = _default_checkpoint(run_dir, _check_mode(run_dir, base, modes, mode))
     expected = {**identity, "model": base_name}
     load_checkpoint(run_dir / "checkpoints" / checkpoint, base_model, expected=expected)
     model.load_state_dict(base_model.trainable_state_dict(), strict=False)
@@ -301,7 +310,8 @@ def pseudo_samples(
 ) -> list[Sample]:
     """The ``validation_pseudo`` split of ``validation`` by ``config.eval.pseudo``.
 
-    ``cache_dir`` defaults to ``eval.pseudo.dir`` (the run folder's ``validation_pseudo``).
+    ``cache_dir`` defaults to ``eval.pseudo.dir`` (the run folder's ``validation_pseudo``); a
+    category of a multi-category run uses its sub-folder ``<key>`` (``eval.pseudo.member``).
     """
     settings = config.eval.get("pseudo") or {}
     cache = cache_dir or settings.get("dir")
@@ -310,6 +320,8 @@ def pseudo_samples(
             f"split {PSEUDO_SPLIT} needs a cache folder: set eval.pseudo.dir (e.g. "
             "${run_dir}/validation_pseudo)."
         )
+    if settings.get("member"):  # one category of a multi-category run: its own sub-folder
+        cache = Path(cache) / str(settings.get("member"))
     kinds = settings.get("kinds")
     return pseudo_validation(
         validation,
@@ -401,6 +413,7 @@ def load_run(
     verify: bool = True,
     mode: str | None = None,
     read_threshold: bool = True,
+    category: str | None = None,
 ) -> Run:
     """Load a run folder: model (eval mode) with the checkpoint of its fusion mode, and settings.
 
@@ -409,46 +422,96 @@ def load_run(
     that exists, else ``last``. ``verify``: check the checkpoint's files against the SHA-256
     its metadata records (False skips that, the user's explicit choice). The mode's
     threshold comes from thresholds.json (``read_threshold=False``: not read, for
-    calibration); one calibrated on another checkpoint is refused.
+    calibration); one calibrated on another checkpoint is refused. ``category``: which
+    category of a model trained on several (setting=multi_class ...; :func:`load_runs` loads
+    them all).
     """
+    keys = None if category is None else [category]
+    options = dict(checkpoint=checkpoint, verify=verify, mode=mode, read_threshold=read_threshold)
+    runs = load_runs(run_dir, device=device, categories=keys, **options)
+    if len(runs) > 1:
+        raise ConfigError(
+            f"{run_dir} holds one model of {len(runs)} categories "
+            f"({', '.join(r.category for r in runs)}); name one (--category, or "
+            "load_run(..., category=...)), or load them all (load_runs)."
+        )
+    return runs[0]
+
+
+def load_runs(
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    checkpoint: str | None = None,
+    verify: bool = True,
+    mode: str | None = None,
+    read_threshold: bool = True,
+    categories: Sequence[str] | None = None,
+) -> list[Run]:
+    """Every category of a run folder (``categories``: those), loaded as one :class:`Run`
+    each, in training order; a single-class run gives one. The categories of a multi-class
+    model share its weights (one copy per checkpoint). The options are :func:`load_run`'s."""
     run_dir = Path(run_dir)
     config = resolve_run_paths(read_run_config(run_dir), run_dir)
-    model, identity = build_from_config(config, from_base_run=False)
-    category = config.category.name
-    mode = _check_mode(run_dir, config, model, mode or _fusion_mode(run_dir, config, model))
-    chosen = checkpoint is not None
-    checkpoint = checkpoint or _default_checkpoint(run_dir, mode)
-    loaded = load_checkpoint(
-        run_dir / "checkpoints" / checkpoint, model, expected=identity, verify=verify
-    )
-    model.to(device).eval()
-    geometry = build_geometry(config)
-    family(config.model.name).load_run_files(model, run_dir, geometry, identity["encoder_weights"])
+    chosen = members(config) if categories is None else [member(config, k) for k in categories]
+    modes = family(config.model.name).model.fusion_modes
+    models: dict[str, tuple[FrozenEncoderModel, LoadedCheckpoint]] = {}
+    runs = []
+    for part in chosen:
+        key_mode = _check_mode(run_dir, config, modes, mode or _fusion_mode(run_dir, part, modes))
+        name = checkpoint or _default_checkpoint(run_dir, key_mode)
+        if name not in models:  # one model per checkpoint the categories use (usually one)
+            model, identity = build_from_config(config, from_base_run=False)
+            loaded = load_checkpoint(
+                run_dir / "checkpoints" / name, model, expected=identity, verify=verify
+            )
+            model.to(device).eval()
+            geometry = build_geometry(part.config)
+            weights = identity["encoder_weights"]
+            family(config.model.name).load_run_files(model, run_dir, geometry, weights)
+            models[name] = (model, loaded)
+        model, loaded = models[name]
+        threshold = None
+        if read_threshold:
+            sha = _weights_sha(loaded) if verify else None
+            threshold = _stored_threshold(run_dir, part.key, key_mode, sha, checkpoint is not None)
+        runs.append(_member_run(run_dir, part, model, loaded, key_mode, threshold))
+    return runs
+
+
+def _member_run(
+    run_dir: Path,
+    part: Member,
+    model: FrozenEncoderModel,
+    loaded: LoadedCheckpoint,
+    mode: str,
+    threshold: Threshold | None,
+) -> Run:
+    """The :class:`Run` of one category of a loaded model."""
+    view = part.config
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
-    threshold = None
-    if read_threshold:
-        sha = _weights_sha(loaded) if verify else None
-        threshold = _stored_threshold(run_dir, category, mode, sha, chosen)
-    root = config.data.get("root")
+    root = view.data.get("root")
     return Run(
         run_dir=run_dir,
-        config=config,
+        config=view,
         model=model,
         checkpoint=loaded.files.weights,
-        geometry=geometry,
-        category=category,
+        geometry=build_geometry(view),
+        category=part.key,
         mode=mode,
         map_stats=map_stats,
         threshold=threshold,
-        threshold_rule=dict(config.category.get("threshold") or category_threshold_rule(category)),
-        postprocess=dict(config.category.get("postprocess") or {}),
-        tiling=build_tiling(config),
+        threshold_rule=dict(
+            view.category.get("threshold") or category_threshold_rule(view.category.name)
+        ),
+        postprocess=dict(view.category.get("postprocess") or {}),
+        tiling=build_tiling(view),
         data_root=None if root is None else Path(root),
-        smoothing=build_smoothing(config),
-        protocol=protocol_of(config),
-        image_score=image_score_rule(config),
+        smoothing=build_smoothing(view),
+        protocol=protocol_of(view),
+        image_score=image_score_rule(view),
     )
 
 
@@ -510,23 +573,22 @@ def _stored_threshold(
     return threshold
 
 
-def _fusion_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel) -> str:
+def _fusion_mode(run_dir: Path, part: Member, modes: Sequence[str]) -> str:
     """fusion.json's mode for the category, else the config's default, else the model's own map."""
-    category = config.category.name
     fusion_file = run_dir / "fusion.json"
     mode = None
     if fusion_file.is_file():
-        mode = json.loads(fusion_file.read_text()).get(category)
-    mode = mode or config.eval.get("default_mode")
-    return mode or ("filter" if "filter" in model.fusion_modes else model.fusion_modes[0])
+        mode = json.loads(fusion_file.read_text()).get(part.key)
+    mode = mode or part.config.eval.get("default_mode")
+    return mode or ("filter" if "filter" in modes else modes[0])
 
 
-def _check_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel, mode: str) -> str:
-    """``mode`` if the run's model offers it."""
-    if mode not in model.fusion_modes:
+def _check_mode(run_dir: Path, config: DictConfig, modes: Sequence[str], mode: str) -> str:
+    """``mode`` if the run's model offers it (``modes``)."""
+    if mode not in modes:
         raise ConfigError(
             f"{run_dir}: fusion mode {mode!r} is not available for model {config.model.name!r}; "
-            f"valid: {', '.join(model.fusion_modes)}. Fix fusion.json or eval.default_mode."
+            f"valid: {', '.join(modes)}. Fix fusion.json or eval.default_mode."
         )
     return mode
 
