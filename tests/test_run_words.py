@@ -90,3 +90,28 @@ def test_a_missing_folder_is_one_line_before_torch_is_imported(tmp_path):
         "ff-train: error: data.train_dir=nope/good: folder not found. Check the path."
     )
     assert time.perf_counter() - started < 60  # generous: no torch, no data
+
+
+def test_loader_workers_are_capped_at_the_cores_available(monkeypatch):
+    from filterformer.runs import settings
+
+    monkeypatch.setattr(settings, "available_cores", lambda: 2)
+    assert settings.loader_workers(8) == 2  # CPR's 8 on a 2-core machine
+    assert settings.loader_workers(1) == 1 and settings.loader_workers(0) == 0
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    import io
+
+    from filterformer.progress import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no carriage returns
+    assert progress_bar(range(3), desc="predict").disable
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = progress_bar(range(3), desc="predict")
+    assert not bar.disable and bar.total == 3  # one bar with its total
+    assert progress_bar(range(3), desc="predict", enabled=False).disable  # --no-progress
