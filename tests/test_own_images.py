@@ -165,7 +165,7 @@ def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
     train_cli()
     torch.set_num_threads(threads)
     err = capsys.readouterr().err
-    assert "no validation_dir: 1 of 11 training images of" in err and "are held out" in err
+    assert "no validation_dir: 1 of 11 training images" in err and "are held out" in err
     assert "network input 28 x 42 for the typical training image of 48 x 64" in err
 
     run_dir = launch / "runs" / "bottles"

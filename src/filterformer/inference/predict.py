@@ -58,7 +58,7 @@ class Smoothing:
 
     ``sigma`` and ``kernel_size``: the Gaussian (sigma <= 0: no smoothing). ``padding``:
     ``replicate`` (ours), ``zero`` (INP-Former's) or ``reflect`` (torchvision's gaussian_blur,
-    which the CPR code uses). ``size``: None smooths at network
+    as the retrieval presets' official code). ``size``: None smooths at network
     resolution; an (h, w) smooths at that size (INP-Former's 256 x 256 protocol) and resizes
     back. ``at_original``: the model makes its map at each image's (tile's) original size and
     it is smoothed there (ISVL hybrid code; torch models, squashed inputs without a crop).
