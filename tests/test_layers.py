@@ -1,8 +1,8 @@
 """The package layers of src/filterformer import one way: down, never up, never in a circle.
 
 cli -> api -> runs -> training / inference / export / convert -> models -> data / evaluation /
-submission -> io / lock / manifest / ranges -> errors. Every import counts, inside functions too
-(ast).
+submission -> io / lock / manifest / ranges / progress -> errors. Every import counts, inside
+functions too (ast).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ LAYERS = {
     "lock": 1,
     "manifest": 1,
     "ranges": 1,
+    "progress": 1,
     "errors": 0,
     "configs": 0,
 }

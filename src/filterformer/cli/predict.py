@@ -27,17 +27,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filterformer.cli.common import report_user_errors, show_library_log
-from filterformer.io import write_csv
+from filterformer.cli.common import (
+    report_user_errors,
+    require_path,
+    require_run_folder,
+    show_library_log,
+)
 from filterformer.submission import PRIVATE_SPLITS, check_submission, format_report
 
 if TYPE_CHECKING:
     from filterformer.runs.predict import PredictOptions
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
-SCORES_FILE = "scores.csv"
-SHOWN_SCORES = 5
-"""How many of the highest-scoring images the --images table shows."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,9 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--runs", type=Path, help="folder of run folders, one per category")
     source.add_argument("--check", type=Path, metavar="DIR", help="check a submission folder")
     parser.add_argument("--split", nargs="+", choices=SPLITS, default=list(PRIVATE_SPLITS))
-    parser.add_argument("--images", type=Path, help="with --run: a folder of your own images")
     parser.add_argument(
+        "--images",
+        type=Path,
+        help="with --run: your own images, a folder or one file (a folder with good/ and "
+        "defect subfolders is read with its labels)",
+    )
+    parser.add_argument(
+        "--recursive",
+        action="store_true",
+        help="with --images: read every subfolder too (without labels)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="with --run: the anomaly threshold in score units (scores.csv's score column); "
+        "default: the run's",
+    )
+    overlays = parser.add_mutually_exclusive_group()
+    overlays.add_argument(
         "--overlays", action="store_true", help="with --run: also write overlays (on for --images)"
+    )
+    overlays.add_argument(
+        "--no-overlays", action="store_true", help="with --images: maps and scores only"
     )
     parser.add_argument("--submission", help="with --runs: name of the submission folder")
     parser.add_argument("--out", type=Path, help="output folder (--runs: its parent, default .)")
@@ -100,6 +121,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--run needs --out DIR")
     else:
         out, beside = args.out, False
+    if args.run is not None:  # missing inputs: one line, before torch is imported
+        require_run_folder(args.run)
+    for path, option in ((args.runs, "--runs"), (args.images, "--images")):
+        if path is not None:
+            require_path(path, option)
     from filterformer.runs.predict import export_submission, writing_output
 
     with writing_output(out, beside=beside):
@@ -112,23 +138,21 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _export_run(args: argparse.Namespace) -> None:
-    """One run's maps of ``--images`` (with overlays and scores.csv) or of ``--split``."""
-    from filterformer.data.folder import ImageFolderDataset
-    from filterformer.runs.predict import RESCALE_FILE, RunExporter, report_scores, run_categories
+    """One run's maps of ``--images`` or of ``--split``, with scores.csv and a histogram."""
+    from filterformer.data.folder import images_to_predict
+    from filterformer.runs.predict import RunExporter, run_categories
 
-    record = args.out / RESCALE_FILE
     if args.images is not None:
         exporter = RunExporter(args.run, _options(args))  # one category (--category if several)
-        samples = ImageFolderDataset(args.images, "test", category=exporter.run.category)
-        exporter.export(samples, args.out, overlays=True, record=record)
-        rows = exporter.scores(samples, args.out)
-        write_csv(args.out / SCORES_FILE, rows)
-        print(report_scores(rows, exporter.threshold, args.out / SCORES_FILE))
+        samples = images_to_predict(args.images, exporter.run.category, args.recursive)
+        print(exporter.write_predictions(samples, args.out, not args.no_overlays))
     else:
-        for category in run_categories(args.run, args.category):
+        categories = run_categories(args.run, args.category)
+        for category in categories:
             exporter = RunExporter(args.run, _options(args), category)
-            for split in args.split:
-                exporter.export(exporter.maps.samples(split), args.out, args.overlays, record)
+            samples = [s for split in args.split for s in exporter.maps.samples(split)]
+            tag = f"_{category}" if len(categories) > 1 else ""
+            print(exporter.write_predictions(samples, args.out, args.overlays, tag))
     print(f"wrote {args.out}")
 
 

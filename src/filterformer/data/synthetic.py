@@ -20,7 +20,6 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 import skimage.data
-from tqdm import tqdm
 
 from filterformer.errors import ConfigError, DataError
 from filterformer.io import (
@@ -31,6 +30,7 @@ from filterformer.io import (
     write_mask_png,
     write_png,
 )
+from filterformer.progress import progress_bar
 
 TEXTURES = ("brick", "grass", "gravel")
 _TINTS = {"brick": (1.0, 0.78, 0.62), "grass": (0.72, 0.95, 0.55), "gravel": (0.86, 0.86, 0.92)}
@@ -120,7 +120,7 @@ def make_synthetic_category(
         )
     write_json(params_path, params)
     remove_partials(cat_dir)
-    bar = tqdm(specs, desc=f"synthetic {category}", disable=not progress, unit="img")
+    bar = progress_bar(specs, desc=f"generating {category}", enabled=progress, unit="img")
     for spec in bar:
         item = _render(spec, params["image_size"], texture)
         write_png(cat_dir / f"{spec.relpath}.png", item.image)

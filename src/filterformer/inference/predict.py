@@ -38,13 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.models.fusion import fuse_maps
+from filterformer.progress import progress_bar
 
 MapStats = Mapping[str, tuple[float, float]]
 
@@ -58,7 +58,7 @@ class Smoothing:
 
     ``sigma`` and ``kernel_size``: the Gaussian (sigma <= 0: no smoothing). ``padding``:
     ``replicate`` (ours), ``zero`` (INP-Former's) or ``reflect`` (torchvision's gaussian_blur,
-    which the CPR code uses). ``size``: None smooths at network
+    as the retrieval presets' official code). ``size``: None smooths at network
     resolution; an (h, w) smooths at that size (INP-Former's 256 x 256 protocol) and resizes
     back. ``at_original``: the model makes its map at each image's (tile's) original size and
     it is smoothed there (ISVL hybrid code; torch models, squashed inputs without a crop).
@@ -258,7 +258,7 @@ def predict_mode_maps(
             ]
         return out
 
-    bar = tqdm(total=len(samples), desc="predict", unit="img", disable=not progress)
+    bar = progress_bar(total=len(samples), desc="predict", unit="img", enabled=progress)
     with bar:
         if tiling is None:
             for batch in batches(samples, batch_size):

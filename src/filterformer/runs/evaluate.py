@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
 from filterformer.data.datasets import evaluated_split
 from filterformer.data.mvtec_ad2 import PRIVATE_SPLITS, MVTecAD2
@@ -63,10 +62,12 @@ from filterformer.io import (
     write_json,
 )
 from filterformer.lock import reading_run
+from filterformer.progress import progress_bar
 from filterformer.runs.compose import category_threshold_rule
 
 if TYPE_CHECKING:  # runs import torch, which the maps path never loads
     from filterformer.inference.run import Run
+    from filterformer.runs.run_maps import ValidationSummary
 
 LOG = logging.getLogger("filterformer")
 MAPS_FOLDER = "anomaly_images"
@@ -190,6 +191,7 @@ class Measured:
     score_range: tuple[float, float]
     image_scores: list[float]
     """Each image's score by ``source.image_score``, in sample order."""
+    metrics: CategoryMetrics
 
 
 class Evaluator:
@@ -213,16 +215,18 @@ class Evaluator:
 
     def measure(self, category: str, source: CategorySource, selection: Selection) -> Measured:
         """Evaluate one category and add its row, labelled with what chose its settings."""
-        metrics = CategoryMetrics(float16=not self.args.float32, image_score=source.image_score)
-        bar = tqdm(
+        metrics = CategoryMetrics.for_samples(
+            source.samples, float16=not self.args.float32, image_score=source.image_score
+        )
+        bar = progress_bar(
             source.maps,
             total=len(source.samples),
-            desc=category,
-            disable=self.args.no_progress,
-            leave=False,
+            desc=f"evaluating {category}",
+            unit="img",
+            enabled=not self.args.no_progress,
         )
         for sample, amap, name in bar:
-            metrics.update(amap, sample.load_mask(), self.binary(source, sample, amap), name)
+            metrics.add(sample, amap, self.binary(source, sample, amap), name)
         result = metrics.result(self.limits)
         if source.threshold is not None:
             rule = source.threshold.describe(self.args.split)
@@ -233,21 +237,47 @@ class Evaluator:
         row["selected_on"] = selection.to_json()
         self.rows.append(row)
         scores = metrics.images.scores
-        return Measured(category, source, result, metrics.examples(), metrics.score_range, scores)
+        return Measured(
+            category, source, result, metrics.examples(), metrics.score_range, scores, metrics
+        )
 
-    def write_outputs(self, measured: Measured, out_dir: Path) -> None:
-        """The category's PRO-curve plot and the overlays of its best, median and worst image."""
-        from filterformer.evaluation.figures import plot_pro_curve, write_overlay
+    def write_outputs(
+        self, measured: Measured, out_dir: Path, validation: ValidationSummary | None = None
+    ) -> None:
+        """The category's PRO-curve plot (with pixel truth), its score histogram and the
+        overlays of its best, median and worst image (one colour scale: figures.colour_scale).
+
+        ``validation``: the run's validation scores (histogram) and map range (colours).
+        """
+        from filterformer.evaluation.figures import (
+            colour_scale,
+            plot_pro_curve,
+            write_overlay,
+            write_score_histogram,
+        )
 
         category, source = measured.category, measured.source
         title = f"{category} ({self.args.split})"
         value = None if source.threshold is None else source.threshold.value
-        plot_pro_curve(
-            output_path(out_dir, f"pro_curve_{category}.png"),
-            measured.result,
-            self.limits[0],
-            title,
+        low, high = measured.score_range
+        if validation is not None:
+            low, high = validation.low, validation.high
+        write_score_histogram(
+            output_path(out_dir, f"score_histogram_{category}.png"),
+            measured.image_scores,
+            [s.label for s in source.samples],
+            value,
+            f"{title}: image scores",
+            validation=() if validation is None else validation.scores,
+            threshold_label="threshold" if value is None else f"threshold {value:.4g}",
         )
+        if measured.metrics.no_pixel_truth is None:
+            plot_pro_curve(
+                output_path(out_dir, f"pro_curve_{category}.png"),
+                measured.result,
+                self.limits[0],
+                title,
+            )
         for tag, index in measured.examples.items():
             sample = source.samples[index]
             amap, _ = source.load_map(sample)
@@ -257,8 +287,8 @@ class Evaluator:
                 sample.load_image(),
                 amap,
                 self.binary(source, sample, amap),
-                sample.load_mask(),
-                measured.score_range,
+                measured.metrics.truth(sample),
+                colour_scale(low, value, high),
                 value,
                 name=f"{category} {sample.relpath} ({tag})",
             )
@@ -521,7 +551,7 @@ def _evaluate_run(
     from filterformer.runs.run_maps import RunMaps
 
     run_dir = run.run_dir
-    maps = RunMaps(run, device=device, data_root=args.data_root, progress=not args.no_progress)
+    maps = RunMaps(run, device=device, data_root=args.data_root, progress=False)  # one bar: ours
     given = read_thresholds(args.thresholds, run.mode) if args.thresholds else {}
     threshold = given.get(run.category) or require_threshold(run)
     threshold = threshold.for_split(args.split)  # the evaluated split's own
@@ -540,7 +570,7 @@ def _evaluate_run(
     out_dir = run_output_dir(args, run, several)
     measured = evaluator.measure(run.category, source, selection)
     _labelled(evaluator.rows[-1], run, several)
-    evaluator.write_outputs(measured, out_dir)
+    evaluator.write_outputs(measured, out_dir, maps.validation_summary())
     rows, limits = evaluator.rows[-1:], evaluator.limits
     write_metrics(out_dir, rows, args.split, limits, image_score=source.image_score)
     labels = [s.label for s in samples]

@@ -23,7 +23,7 @@ from filterformer.errors import ConfigError, SubmissionError
 from filterformer.evaluation.thresholds import Threshold
 from filterformer.export import map_backend
 from filterformer.inference.postprocess import for_sample
-from filterformer.io import output_path, read_anomaly_map, read_mask
+from filterformer.io import output_path, read_anomaly_map, read_mask, write_csv
 from filterformer.lock import lock_output, reading_run, unlock_output
 from filterformer.runs.evaluate import require_threshold
 from filterformer.runs.run import load_run, read_run_config
@@ -45,8 +45,9 @@ from filterformer.submission.rescale import DEFAULT_TARGET
 LOG = logging.getLogger("filterformer")
 RESCALE_FILE = "rescale.json"
 """The float16 rescale record ff-predict writes beside the maps of ``--run``."""
-SHOWN_SCORES = 5
-"""How many of the highest-scoring images the --images table shows."""
+SCORES_FILE = "scores.csv"
+"""Per image: label, score, threshold, verdict (evaluation/predictions.py)."""
+HISTOGRAM_FILE = "score_histogram.png"
 
 
 @contextmanager
@@ -71,6 +72,8 @@ class PredictOptions:
     no_pack: bool = False
     backend: str = "torch"
     model: Path | None = None
+    threshold: float | None = None
+    """The anomaly threshold in score units, for every split (None: the run's calibrated)."""
     category: str | None = None
     """Which category of a multi-class run (its threshold, post-processing, data)."""
 
@@ -99,6 +102,8 @@ class RunExporter:
             backend=map_backend(self.run, backend, model_file),
         )
         self.rescale, self.threshold = self._calibration()
+        if args.threshold is not None:
+            self.threshold = Threshold(float(args.threshold))  # "given"; one for every split
 
     def _calibration(self) -> tuple[MapRescale, Threshold]:
         """The run's calibrated threshold and the float16 rescale of its validation range."""
@@ -142,59 +147,83 @@ class RunExporter:
             for s in samples
             if not writer.is_done(s.relpath) or (overlays and not overlay(s).is_file())
         ]
-        score_range = tuple(self.rescale.invert(np.array([0.0, DEFAULT_TARGET])))
         if overlays:
-            from filterformer.evaluation.figures import write_overlay
+            from filterformer.evaluation.figures import colour_scale, write_overlay
+        high = float(self.rescale.invert(np.float64(DEFAULT_TARGET)))
         for sample, amap in self.maps.predict(todo):
             step = for_sample(settings, sample.split, sample.load_image)
             writer.write(sample.relpath, amap, sample.shape, step, sample.split)
+            threshold = self.threshold.for_split(sample.split).value
             if overlays:
                 write_overlay(
                     overlay(sample),
                     sample.load_image(),
                     amap,
                     read_mask(writer.paths(sample.relpath)[1], sample.shape),
-                    sample.load_mask(),
-                    score_range,
-                    self.threshold.for_split(sample.split).value,
+                    sample.load_mask() if sample.mask_path or not sample.label else None,
+                    colour_scale(self.rescale.offset, threshold, high),
+                    threshold,
                     name=str(sample.relpath),
                 )
         return len(todo)
 
     def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
-        """Score and verdict of each exported sample, read back from its map and binary map."""
+        """scores.csv's rows: each exported sample's score, read back from its map and mask."""
+        from filterformer.evaluation.predictions import prediction_row
         from filterformer.evaluation.protocol import image_score
 
         rows = []
         for sample in samples:
-            amap = read_anomaly_map(map_path(out, self.run.category, sample.relpath))
-            score = image_score(amap, self.run.image_score)
-            binary = read_mask(mask_path(out, self.run.category, sample.relpath), sample.shape)
-            rows.append(
-                {
-                    "image": sample.path.name,
-                    "score": float(self.rescale.invert(np.float64(score))),
-                    "verdict": "anomalous" if binary.any() else "normal",
-                    "anomalous_pixels": int(binary.sum()),
-                }
+            tiff = image_score(
+                read_anomaly_map(map_path(out, self.run.category, sample.relpath)),
+                self.run.image_score,
             )
+            binary = read_mask(mask_path(out, self.run.category, sample.relpath), sample.shape)
+            threshold = self.threshold.for_split(sample.split).value
+            row = prediction_row(
+                f"{sample.relpath}{sample.path.suffix}",
+                sample.label,
+                float(self.rescale.invert(np.float64(tiff))),
+                threshold,
+                int(binary.sum()),
+                (tiff, self.rescale.threshold(threshold)),
+            )
+            rows.append(row)
         return rows
 
+    def histogram(self, samples: Sequence[Sample], rows: Sequence[Mapping], path: Path) -> None:
+        """The score histogram of ``rows`` (by label) with the validation scores, as a PNG."""
+        from filterformer.evaluation.figures import write_score_histogram
 
-def report_scores(rows: Sequence[Mapping], threshold: Threshold, path: Path) -> str:
-    """The --images summary: counts, the highest scores, and where scores.csv is."""
-    anomalous = sum(row["verdict"] == "anomalous" for row in rows)
-    top = sorted(rows, key=lambda row: -row["score"])[:SHOWN_SCORES]
-    width = max(len("image"), *(len(row["image"]) for row in top))
-    lines = [
-        f"{len(rows)} images: {anomalous} anomalous, {len(rows) - anomalous} normal "
-        f"(threshold {threshold.value:.6g}, {threshold.describe('images')}; anomalous = any "
-        "pixel above it)",
-        f"{'image':<{width}}  {'score':>10}  verdict",
-        *(f"{row['image']:<{width}}  {row['score']:>10.6g}  {row['verdict']}" for row in top),
-        f"every image: {path}",
-    ]
-    return "\n".join(lines)
+        validation = self.maps.validation_summary()
+        value = self.threshold.value
+        write_score_histogram(
+            path,
+            [row["score"] for row in rows],
+            [s.label for s in samples],
+            value,
+            f"{self.run.category}: image scores",
+            validation=() if validation is None else validation.scores,
+            threshold_label=f"threshold {value:.4g} ({self.threshold.describe('images')})",
+        )
+
+    def write_predictions(
+        self, samples: Sequence[Sample], out: Path, overlays: bool, tag: str = ""
+    ) -> str:
+        """Maps, masks (overlays) of ``samples`` under ``out`` with scores.csv and the score
+        histogram (``tag``: a suffix of their names, e.g. each category's of a multi-class
+        run); return the summary ff-predict prints."""
+        from filterformer.evaluation.predictions import COLUMNS, prediction_summary
+
+        self.export(samples, out, overlays, out / RESCALE_FILE)
+        rows = self.scores(samples, out)
+        scores_file = out / f"{Path(SCORES_FILE).stem}{tag}.csv"
+        write_csv(scores_file, rows, list(COLUMNS))
+        self.histogram(samples, rows, out / f"{Path(HISTOGRAM_FILE).stem}{tag}.png")
+        given = self.args.threshold is not None
+        how = "given with --threshold" if given else self.threshold.describe("")
+        note = f"threshold {self.threshold.value:.6g}, {how}"
+        return prediction_summary(rows, note, str(scores_file))
 
 
 def _runs_by_category(runs_dir: Path, categories: Sequence[str]) -> dict[str, Path]:
@@ -218,13 +247,30 @@ def _runs_by_category(runs_dir: Path, categories: Sequence[str]) -> dict[str, Pa
     return {c: found[c] for c in categories}
 
 
+def submission_counts(runs_dir: Path) -> dict[str, int]:
+    """The categories and private-split sizes a submission of ``runs_dir`` must have: MVTec
+    AD 2's eight, or, when every run is on synthetic data (``suite=demo``), the runs' own."""
+    from omegaconf import OmegaConf
+
+    from filterformer.runs.run import split_samples
+
+    configs = [OmegaConf.load(path) for path in sorted(runs_dir.glob("*/config.yaml"))]
+    if not configs or any(config.data.kind != "synthetic" for config in configs):
+        return dict(OFFICIAL_COUNTS)
+    return {c.category.name: len(split_samples(c, "test_private")) for c in configs}
+
+
 def export_submission(
     runs_dir: Path,
     out: Path,
     args: PredictOptions,
-    counts: Mapping[str, int] = OFFICIAL_COUNTS,
+    counts: Mapping[str, int] | None = None,
 ) -> Path | None:
-    """Both private splits of every category, checked, then packed (unless no_pack)."""
+    """Both private splits of every category, checked, then packed (unless no_pack).
+
+    ``counts``: category -> images per private split (default :func:`submission_counts`).
+    """
+    counts = submission_counts(runs_dir) if counts is None else counts
     for category, run_dir in _runs_by_category(runs_dir, list(counts)).items():
         LOG.info("%s: %s", category, run_dir)
         exporter = RunExporter(run_dir, args, category)

@@ -27,7 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 import filterformer
 from filterformer.data.datasets import READERS, read_split
 from filterformer.data.datasets import SPLITS as DATASET_SPLITS
-from filterformer.data.folder import ImageFolderDataset, holdout_names, split_holdout
+from filterformer.data.folder import (
+    ImageFolderDataset,
+    folder_test_set,
+    holdout_names,
+    split_holdout,
+)
 from filterformer.data.pseudo_split import SPLIT as PSEUDO_SPLIT
 from filterformer.data.pseudo_split import pseudo_validation
 from filterformer.data.sample import Sample
@@ -261,10 +266,11 @@ def split_samples(
     Root-based data (``mvtec_ad2``, ``synthetic``, ``mvtec_ad``, ``visa``) is read from
     ``root``, else ``data.root``, with the splits of its reader; a ``folder`` source maps
     ``train`` / ``validation`` / ``test_public`` to its train_dir / validation_dir / test_dir
-    (+ mask_dir). Without a validation_dir, the validation split is the training images named
-    in ``data.holdout`` (ff-train stores them; when absent they are drawn by
-    :func:`holdout_names` with ``data.validation_fraction`` and the run's seed), and the train
-    split is the rest.
+    (test_dir/good/ and defect subfolders, or data.normal_test_dir and data.abnormal_dir;
+    masks optional in mask_dir: :func:`~filterformer.data.folder.folder_test_set`). Without
+    a validation_dir, the validation split is the training images named in ``data.holdout``
+    (ff-train stores them; when absent they are drawn by :func:`holdout_names` with
+    ``data.validation_fraction`` and the run's seed), and the train split is the rest.
     """
     data, category = config.data, config.category.name
     if split == PSEUDO_SPLIT:
@@ -273,15 +279,21 @@ def split_samples(
         return read_split(data.kind, data.root if root is None else root, category, split)
     if data.kind != "folder":
         raise ConfigError(f"unknown data.kind {data.kind!r}; valid: {', '.join(DATA_KINDS)}.")
-    if split == "test_public" and data.test_dir is not None:
-        return ImageFolderDataset(data.test_dir, "test", data.get("mask_dir"), category)
+    if split == "test_public" and has_folder_test(data):
+        return folder_test_set(
+            data.test_dir,
+            data.get("mask_dir"),
+            category,
+            data.get("normal_test_dir"),
+            data.get("abnormal_dir"),
+        )
     if split == "validation" and data.validation_dir is not None:
         return ImageFolderDataset(data.validation_dir, "train", None, category)
     if split not in ("train", "validation"):
         raise ConfigError(
             f"data.kind=folder has no folder for split {split!r}: test_public is data.test_dir "
-            "(+ data.mask_dir for ground truth), set when training. To score any folder of "
-            "images, use ff-predict --images DIR."
+            "(good/ and defect subfolders, masks optional in data.mask_dir), set when training. "
+            "To score any folder of images, use ff-predict --images DIR."
         )
     train = ImageFolderDataset(data.train_dir, "train", None, category)
     if data.validation_dir is not None:
@@ -291,6 +303,12 @@ def split_samples(
         holdout = holdout_names(train, holdout_fraction(config), int(config.seed))
     kept, held = split_holdout(train, holdout)
     return kept if split == "train" else held
+
+
+def has_folder_test(data: DictConfig) -> bool:
+    """Whether a folder run names test images (test_dir, normal_test_dir or abnormal_dir)."""
+    keys = ("test_dir", "normal_test_dir", "abnormal_dir")
+    return any(data.get(key) is not None for key in keys)
 
 
 def holdout_fraction(config: DictConfig) -> float:
@@ -346,7 +364,7 @@ def optional_split(config: DictConfig, split: str) -> Sequence[Sample] | None:
         validation = optional_split(config, "validation")
         return None if validation is None else pseudo_samples(config, validation)
     if data.kind == "folder":  # validation: validation_dir, else held-out training images
-        test = split == "test_public" and data.test_dir is not None
+        test = split == "test_public" and has_folder_test(data)
         return split_samples(config, split) if split == "validation" or test else None
     if split not in DATASET_SPLITS.get(data.kind, ()):
         return None

@@ -40,12 +40,12 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from filterformer.errors import CheckpointError, ConfigError, NonFiniteLossError
 from filterformer.io import remove_partials, write_json
 from filterformer.lock import lock_run
 from filterformer.manifest import signing
+from filterformer.progress import progress_bar
 from filterformer.training.checkpoint import (
     RESUME_FIX,
     has_checkpoint,
@@ -87,6 +87,10 @@ MapStatistics = Callable[[torch.nn.Module], MapStats]
 
 StepCallback = Callable[[int, dict[str, float]], None]
 """Called with every step's 1-based number and log row, in order, when the row is logged."""
+
+EpochCallback = Callable[[int, int, Mapping[str, Mapping[str, float]] | None], None]
+"""Called on the main process after each epoch's checkpoint with the epoch, the step and the
+scores per fusion mode of the evaluation that epoch ran (None when none ran)."""
 
 LossStep = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 """A batch on the device (images, or cached taps) -> the model's losses."""
@@ -212,10 +216,19 @@ def train(
     evaluation: EvaluationSettings | None = None,
     distributed: DistributedContext = SINGLE_PROCESS,
     step_callback: StepCallback | None = None,
+    epoch_callback: EpochCallback | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` and keep the run's files: :class:`Trainer` in one call."""
     trainer = Trainer(
-        model, train_set, run_dir, checkpoint_meta, settings, evaluation, distributed, step_callback
+        model,
+        train_set,
+        run_dir,
+        checkpoint_meta,
+        settings,
+        evaluation,
+        distributed,
+        step_callback,
+        epoch_callback,
     )
     return trainer.run()
 
@@ -234,6 +247,7 @@ class Trainer:
             files (and holds the run folder's lock) and shows progress.
         step_callback: called for every step when its row is logged (monitoring; raising
             from it stops training before the next checkpoint).
+        epoch_callback: called after every epoch's checkpoint (the curves PNG, trackers).
     """
 
     def __init__(
@@ -246,6 +260,7 @@ class Trainer:
         evaluation: EvaluationSettings | None = None,
         distributed: DistributedContext = SINGLE_PROCESS,
         step_callback: StepCallback | None = None,
+        epoch_callback: EpochCallback | None = None,
     ) -> None:
         self.model, self.train_set = model, train_set
         self.run_dir = Path(run_dir)
@@ -253,7 +268,8 @@ class Trainer:
         self.meta = checkpoint_meta
         self.settings, self.evaluation = settings, evaluation or EvaluationSettings()
         self.distributed, self.main = distributed, distributed.is_main
-        self.step_callback = step_callback
+        self.step_callback, self.epoch_callback = step_callback, epoch_callback
+        self.scores: dict[str, dict[str, float]] | None = None  # this epoch's evaluation
         self.device = torch.device(settings.device)
         check_run_dir(self.run_dir, settings.resume)
         check_batch_size(len(train_set), settings.batch_size)
@@ -291,11 +307,12 @@ class Trainer:
         step = wrap_trainable(self.model, loss_step(self.model, self.train_set), self.distributed)
         if settings.compile_step:
             step = torch.compile(step)
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=settings.epochs * len(self.loader),
             initial=self.result.step,
             desc="train",
-            disable=not (settings.progress and self.main),
+            unit="step",
+            enabled=settings.progress and self.main,
         )
         for epoch in range(self.result.epoch, settings.epochs):
             started = time.perf_counter()
@@ -305,6 +322,9 @@ class Trainer:
             if self.main:
                 self._evaluate_if_due()
                 self._save_last()
+                if self.epoch_callback is not None:
+                    self.epoch_callback(self.result.epoch, self.result.step, self.scores)
+                self.scores = None
             self.kept = (self.result.epoch, self.result.step)
             self.distributed.barrier()
         self.bar.close()
@@ -412,6 +432,7 @@ class Trainer:
             return
         self.model.eval()
         scored = evaluation.evaluator(self.model)
+        self.scores = scored.scores
         self.model.train()
         for metrics in scored.scores.values():
             if evaluation.select_metric not in metrics:

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from filterformer.errors import ConfigError
 from filterformer.models.cpr.foreground import ForegroundMap, fit_lda, robust_range, seed_regions
@@ -24,6 +23,7 @@ from filterformer.models.cpr.retrieval import (
     retrieve,
     trimmed_kl,
 )
+from filterformer.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _fine_features(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(first index, B x C x h x w fine-scale features on the CPU) for batches of images."""
     device = next((p.device for p in backbone.parameters()), images.device)
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
+    for start in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress):
         batch = images[start : start + batch_size].to(device)
         batch = batch if prepare is None else prepare(batch)
         yield start, backbone(batch)[0].float().cpu()
