@@ -67,6 +67,9 @@ def show_library_log(prog: str) -> None:
 
 def require_run_folder(run_dir: Path) -> None:
     """Refuse, before torch is imported (seconds), a --run that is not a run folder."""
+    from filterformer.io import resolved  # numpy and OpenCV: not for --help
+
+    resolved(run_dir)  # a symbolic link loop is named as one
     if not (run_dir / "config.yaml").is_file():
         what = "does not exist" if not run_dir.exists() else "has no config.yaml"
         raise ConfigError(
