@@ -62,7 +62,6 @@ def show_library_log(prog: str) -> None:
     handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 def require_path(path: Path, option: str) -> None:
