@@ -225,3 +225,12 @@ class GridTiling:
 
 AnyTiling = Tiling | GridTiling
 """Either tiling: both give ``tiles``, ``random_tile``, ``blend`` and ``record``."""
+
+
+def tiling_from_record(record: dict | None) -> AnyTiling | None:
+    """The tiling whose :meth:`~Tiling.record` is ``record`` (None: no tiling)."""
+    if record is None:
+        return None
+    if "grid" in record:
+        return GridTiling(record["grid"], record.get("pyramid"))
+    return Tiling(tuple(record["tile"]), record["overlap"], record["window"])

@@ -15,31 +15,27 @@ resized back. It exists to compare with the official numbers, not for the best f
 maps (it throws away detail that the network resolution keeps).
 
 The network part is a :class:`MapBackend`: :class:`TorchBackend` runs the model itself (fusing
-any set of modes from one forward pass), and an exported graph (``filterformer.export``) runs
-in ONNX Runtime or OpenVINO; reading, tiling and the way back are shared by both.
-
-With a :class:`Tiling`, each tile of the original image is resized to the network input on its
-own, scored, brought back to the tile's size and the tiles are blended. A tile that covers the
-whole image gives exactly the whole-image map.
+any set of modes from one forward pass), and an exported graph runs in ONNX Runtime or OpenVINO
+(:mod:`filterformer.runtime`); reading, tiling and the way back are the one NumPy loop of
+:mod:`filterformer.inference.original_maps`, shared by both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
+from filterformer.inference.original_maps import MapBackend, original_size_maps
 from filterformer.models.fusion import fuse_maps
 
 MapStats = Mapping[str, tuple[float, float]]
@@ -117,7 +113,7 @@ def smooth_maps(maps: torch.Tensor, smoothing: Smoothing) -> torch.Tensor:
     return gaussian_blur(maps, smoothing.sigma, smoothing.kernel_size, smoothing.padding)
 
 
-def _finish(
+def finish_maps(
     raw: Mapping[str, torch.Tensor],
     mode: str,
     map_stats: MapStats | None,
@@ -137,15 +133,7 @@ def network_maps(
     smoothing: Smoothing = DEFAULT_SMOOTHING,
 ) -> torch.Tensor:
     """Fused, smoothed B x h x w maps of normalised B x 3 x h x w network inputs."""
-    return _finish(model.anomaly_maps(images), mode, map_stats, smoothing)
-
-
-class MapBackend(Protocol):
-    """What turns normalised network inputs into finished (fused, smoothed) maps."""
-
-    def maps(self, inputs: torch.Tensor, modes: Sequence[str]) -> dict[str, np.ndarray]:
-        """Mode -> B x h x w float32 maps at network resolution of B x 3 x h x w inputs."""
-        ...
+    return finish_maps(model.anomaly_maps(images), mode, map_stats, smoothing)
 
 
 class TorchBackend:
@@ -163,18 +151,11 @@ class TorchBackend:
         self.smoothing = smoothing
         self.device = device
 
-    def maps(self, inputs: torch.Tensor, modes: Sequence[str]) -> dict[str, np.ndarray]:
+    def maps(self, inputs: np.ndarray, modes: Sequence[str]) -> dict[str, np.ndarray]:
         """Every mode fused from one forward pass of the model."""
         with torch.no_grad():
-            raw = self.model.anomaly_maps(inputs.to(self.device))
-        return {m: _finish(raw, m, self.map_stats, self.smoothing).cpu().numpy() for m in modes}
-
-
-def batches(items: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of ``size`` items (the last one shorter)."""
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
+            raw = self.model.anomaly_maps(torch.from_numpy(inputs).to(self.device))
+        return {m: finish_maps(raw, m, self.map_stats, self.smoothing).cpu().numpy() for m in modes}
 
 
 def predict_mode_maps(
@@ -201,35 +182,15 @@ def predict_mode_maps(
     backend = (
         TorchBackend(model, map_stats, smoothing, device) if isinstance(model, nn.Module) else model
     )
-
-    def score(crops: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Original-size maps of image crops, ``batch_size`` network inputs at a time."""
-        out = []
-        for batch in batches(crops, batch_size):
-            fused = backend.maps(torch.stack([geometry.to_tensor(c) for c in batch]), modes)
-            out += [
-                {m: geometry.to_original(fused[m][i], crop.shape[:2]) for m in modes}
-                for i, crop in enumerate(batch)
-            ]
-        return out
-
-    bar = tqdm(total=len(samples), desc="predict", unit="img", disable=not progress)
-    with bar:
-        if tiling is None:
-            for batch in batches(samples, batch_size):
-                maps = score([sample.load_image() for sample in batch])
-                bar.update(len(batch))
-                yield from zip(batch, maps, strict=True)
-            return
-        for sample in samples:
-            image = sample.load_image()
-            boxes = tiling.tiles(*sample.shape)
-            tile_maps = score([image[y0:y1, x0:x1] for y0, x0, y1, x1 in boxes])
-            bar.update(1)
-            yield (
-                sample,
-                {m: tiling.blend([tile[m] for tile in tile_maps], *sample.shape) for m in modes},
-            )
+    yield from original_size_maps(
+        backend,
+        samples,
+        geometry,
+        modes=modes,
+        batch_size=batch_size,
+        tiling=tiling,
+        progress=progress,
+    )
 
 
 def predict_maps(

@@ -35,6 +35,7 @@ from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_image_score
 from filterformer.evaluation.thresholds import read_thresholds
+from filterformer.export.manifest import graph_record
 from filterformer.inference.predict import Smoothing
 from filterformer.inference.run import Run
 from filterformer.io import atomic_path, write_json
@@ -47,7 +48,12 @@ from filterformer.models.registry import (
     encoder_stride,
     family,
 )
-from filterformer.training.checkpoint import has_checkpoint, load_checkpoint
+from filterformer.training.checkpoint import (
+    checkpoint_files,
+    has_checkpoint,
+    load_checkpoint,
+    read_checkpoint_meta,
+)
 from filterformer.training.seed import seed_everything
 
 CONFIG_FILE = "config.yaml"
@@ -397,9 +403,7 @@ def load_run(
     )
     model.to(device).eval()
     geometry = build_geometry(config)
-    family(config.model.name).load_run_files(
-        model, run_dir, geometry, identity["encoder_weights"]
-    )
+    family(config.model.name).load_run_files(model, run_dir, geometry, identity["encoder_weights"])
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
@@ -428,6 +432,29 @@ def load_run(
     )
 
 
+def current_state(run_dir: str | Path) -> dict[str, Any]:
+    """export.json's graph keys of the run folder as it is now, without building its model.
+
+    What ff-predict compares with an export before it runs it: the checkpoint ``load_run``
+    would load (its SHA-256), the fusion mode and statistics, smoothing and image score.
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    mode = _fusion_mode(run_dir, config, family(config.model.name).model)
+    checkpoint = run_dir / "checkpoints" / _default_checkpoint(run_dir, mode)
+    stored = read_checkpoint_meta(checkpoint).get("map_stats")
+    map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
+    return graph_record(
+        config.model.name,
+        config.encoder.variant,
+        checkpoint_files(checkpoint).weights,
+        mode,
+        map_stats,
+        build_smoothing(config),
+        image_score_rule(config),
+    )
+
+
 def _default_checkpoint(run_dir: Path, mode: str) -> str:
     """``best_<mode>`` if the run saved one, else ``last``."""
     best = f"best_{mode}"
@@ -449,7 +476,9 @@ def read_run_config(run_dir: Path) -> DictConfig:
     return config
 
 
-def _fusion_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel) -> str:
+def _fusion_mode(
+    run_dir: Path, config: DictConfig, model: FrozenEncoderModel | type[FrozenEncoderModel]
+) -> str:
     """fusion.json's mode for the category, else the config's default, else the model's own map."""
     category = config.category.name
     fusion_file = run_dir / "fusion.json"

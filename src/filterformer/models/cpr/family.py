@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from filterformer.data.pseudo_defects import (
     PseudoDefects,
     PseudoDefectSettings,
@@ -23,6 +25,7 @@ from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.models.base import FrozenEncoderModel
+from filterformer.models.cpr.export import cpr_export_plan
 from filterformer.models.cpr.model import CPR
 from filterformer.models.cpr.pairs import PairNoise, RetrievalPairs
 from filterformer.models.cpr.run_files import (
@@ -32,6 +35,7 @@ from filterformer.models.cpr.run_files import (
     normalised,
     save_references,
 )
+from filterformer.models.export_plan import ExportPlan
 from filterformer.models.family import ModelFamily, TrainingContext, register_family
 
 
@@ -42,6 +46,7 @@ class CPRFamily(ModelFamily):
     name = "cpr"
     model = CPR
     run_files = (REFERENCES_FILE,)
+    exportable = True
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:
         """Refuse settings that CPR cannot honour, naming the key to change."""
@@ -54,9 +59,7 @@ class CPRFamily(ModelFamily):
             "category.tiling.enabled=false": bool(settings.get("category.tiling.enabled")),
             "input.fit=squash": settings.get("input.fit", "squash") != "squash",
             "train.augment=null": any(k.startswith("train.augment.") for k in settings),
-            "train.feature_cache.enabled=false": bool(
-                settings.get("train.feature_cache.enabled")
-            ),
+            "train.feature_cache.enabled=false": bool(settings.get("train.feature_cache.enabled")),
         }
         wrong = [fix for fix, bad in problems.items() if bad]
         if wrong:
@@ -112,6 +115,10 @@ class CPRFamily(ModelFamily):
     ) -> None:
         """The run's training images and fitted retrieval state (references.safetensors)."""
         load_references(run_dir, model, geometry, encoder_weights)
+
+    def export_plan(self, model: FrozenEncoderModel, finish: nn.Module) -> ExportPlan:
+        """Query graph, NumPy retrieval over the bank, local-retrieval graph (cpr/export.py)."""
+        return cpr_export_plan(model, finish)
 
 
 def pseudo_defects(settings: Mapping[str, Any]) -> PseudoDefects:

@@ -225,15 +225,31 @@ class CPR(FrozenEncoderModel):
         distances = self.memory_bank().distances(
             self.descriptors(features), neighbours, self.windows, self.bank_chunk
         )
-        grid = distances[0].shape[-2:]
-        total = sum(_resize(d, grid) for d in distances)
-        amap = _resize(total, images.shape[-2:])
+        own = theirs = None
         references = self.references
         if references.foreground is not None:
             own = references.foreground(features[0])
-            theirs = references.foreground_maps[neighbours].to(own.device).amax(1)
-            amap = amap * _resize(torch.maximum(own, theirs), images.shape[-2:])
-        return {"cpr": amap}
+            theirs = references.foreground_maps[neighbours].to(own.device)
+        return {"cpr": self.combine(distances, images.shape[-2:], own, theirs)}
+
+    def combine(
+        self,
+        distances: Sequence[torch.Tensor],
+        size: Sequence[int],
+        own: torch.Tensor | None = None,
+        theirs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The B x H x W map of ``size`` from the windowed distances of each scale (B x h x w).
+
+        The scales are summed on the fine grid and resized; with the foreground, the map is
+        weighted by the larger of the image's own (``own``, B x h x w) and that of any of its
+        K references (``theirs``, B x K x h x w).
+        """
+        grid = distances[0].shape[-2:]
+        amap = _resize(sum(_resize(d, grid) for d in distances), size)
+        if own is None:
+            return amap
+        return amap * _resize(torch.maximum(own, theirs.amax(1)), size)
 
 
 def _cosines(query: torch.Tensor, reference: torch.Tensor, pairs: PointPairs) -> torch.Tensor:
