@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from typing import Any
 
@@ -41,8 +42,9 @@ from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment
 from filterformer.runs.compose import config_dir
 from filterformer.runs.run import build_from_config, build_geometry
+from filterformer.runs.settings import train_settings
 from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
-from filterformer.training.loop import OptimizerSettings, train
+from filterformer.training.loop import train
 
 
 def compose_config(overrides: Sequence[str]) -> DictConfig:
@@ -119,26 +121,17 @@ def train_variant(
             progress=False,
         )
         cache_seconds = time.perf_counter() - started
-    optimizer = OmegaConf.to_container(cfg.train.optimizer)
+    settings = replace(
+        train_settings(cfg),
+        epochs=epochs,
+        device=device,
+        amp_bf16=bf16,
+        compile_step=compiled,
+        log_every=10**9,  # only the per-epoch flush, as in a long run
+        progress=False,
+    )
     with tempfile.TemporaryDirectory() as run_dir:
-        result = train(
-            model,
-            data,
-            run_dir=run_dir,
-            checkpoint_meta=identity,
-            epochs=epochs,
-            batch_size=cfg.train.batch_size,
-            optimizer=OptimizerSettings(**{**optimizer, "betas": tuple(optimizer["betas"])}),
-            grad_clip=cfg.train.grad_clip,
-            device=device,
-            amp_bf16=bf16,
-            seed=cfg.seed,
-            deterministic=cfg.train.deterministic,
-            num_workers=cfg.train.num_workers,
-            compile_step=compiled,
-            log_every=10**9,  # only the per-epoch flush, as in a long run
-            progress=False,
-        )
+        result = train(model, data, run_dir=run_dir, checkpoint_meta=identity, settings=settings)
     per_epoch = (len(images) // cfg.train.batch_size) * cfg.train.batch_size
     later = statistics.median(result.epoch_seconds[1:])
     return {

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         config = variant_config(name, args)
         if Path(config.run_dir).exists():
             sys.exit(f"{config.run_dir} exists: pass another --work or remove it")
-        runs[name] = load_run(run_training(config))
+        runs[name] = load_run(run_training(config).run_dir)
     paper = runs["inpformer_paper"]
     images = [s.load_image() for s in split_samples(paper.config, "test_public")]
     paper_losses = losses(paper.run_dir)

@@ -77,7 +77,9 @@ def evaluate(run_dir: Path) -> dict[str, float]:
     """ff-eval of the run on test_public; its metrics row."""
     if eval_cli(["--run", str(run_dir), "--no-progress"]) != 0:
         raise SystemExit(f"ff-eval failed on {run_dir}")
-    metrics = json.loads((run_dir / "eval" / "test_public" / "metrics.json").read_text())
+    metrics = json.loads(
+        (run_dir.with_name(run_dir.name + "_eval") / "test_public" / "metrics.json").read_text()
+    )
     return metrics["mean"]
 
 

@@ -12,6 +12,9 @@ import pytest
 import torch
 
 from filterformer.data.synthetic import make_synthetic_category
+from filterformer.runs.compose import compose_config
+from filterformer.runs.settings import train_settings
+from filterformer.training.loop import OptimizerSettings, TrainSettings
 
 # The suite's tensors are tiny: one intra-op thread is as fast and cannot oversubscribe the
 # two CI cores (two threads per op under load made a tiny training step 100x slower).
@@ -171,3 +174,16 @@ def mvtec_ad_root(tmp_path: Path) -> Path:
 def visa_root(tmp_path: Path) -> Path:
     """A writable VisA-layout root with the category ``candle`` (make_visa_tree)."""
     return make_visa_tree(tmp_path / "visa", "candle")
+
+
+def settings_for_tests(**changes: object) -> TrainSettings:
+    """The demo preset's training settings (the configs hold every default), with
+    ``changes``; ``optimizer`` may be a dict of changes to the preset's optimiser."""
+    from dataclasses import replace
+
+    base = train_settings(compose_config(["preset=demo", "progress=false", "device=cpu"]))
+    optimizer = changes.pop("optimizer", {})
+    if isinstance(optimizer, dict):
+        optimizer = replace(base.optimizer, **optimizer)
+    assert isinstance(optimizer, OptimizerSettings)
+    return replace(base, optimizer=optimizer, **changes)

@@ -48,7 +48,9 @@ def test_train_and_evaluate_a_benchmark_category(
     )  # split and protocol: the data's
     table = capsys.readouterr().out
     assert "split: test, protocol: inpformer" in table and category in table
-    document = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
+    document = json.loads(
+        (run_dir.with_name(run_dir.name + "_eval") / "test" / "metrics.json").read_text()
+    )
     assert (document["protocol"], document["split"], document["image_score"]) == (
         "inpformer",
         "test",
@@ -58,7 +60,9 @@ def test_train_and_evaluate_a_benchmark_category(
     assert row["num_images"] == 5
     for key, _ in METRICS:
         assert 0.0 <= row[key] <= 1.0, key
-    with open(run_dir / "eval" / "test" / "scores.csv", newline="") as handle:
+    with open(
+        run_dir.with_name(run_dir.name + "_eval") / "test" / "scores.csv", newline=""
+    ) as handle:
         scores = list(csv.DictReader(handle))
     assert [r["image"] for r in scores][: len(images)] == images
     assert sorted(int(r["label"]) for r in scores) == [0, 0, 1, 1, 1]
@@ -85,11 +89,15 @@ def test_mvtec_ad2_protocol_honours_image_score_and_writes_scores(
     assert eval_main(["--run", str(run_dir), "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "split: test_public, protocol: mvtec_ad2" in table and "SegF1" in table
-    document = json.loads((run_dir / "eval" / "test_public" / "metrics.json").read_text())
+    document = json.loads(
+        (run_dir.with_name(run_dir.name + "_eval") / "test_public" / "metrics.json").read_text()
+    )
     assert (document["protocol"], document["image_score"]) == ("mvtec_ad2", "top1")
     row = document["categories"]["synthetic"]
     assert row["image_auroc"] == row["image_auroc_top1"]
-    with open(run_dir / "eval" / "test_public" / "scores.csv", newline="") as handle:
+    with open(
+        run_dir.with_name(run_dir.name + "_eval") / "test_public" / "scores.csv", newline=""
+    ) as handle:
         scores = list(csv.DictReader(handle))
     assert len(scores) == row["num_images"] == 12
     assert scores[0]["image"] == "test_public/bad/000_regular.png"

@@ -337,10 +337,14 @@ def test_converted_checkpoint_evaluates_with_the_inpformer_protocol(
     assert "split: test, protocol: inpformer" in table
     headers = "I-AUROC I-AP I-F1max P-AUROC P-AP P-F1max AU-PRO@0.3".split()
     assert " ".join(f"{h} [%]" for h in headers) in " ".join(table.split())
-    document = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
+    document = json.loads(
+        (run_dir.with_name(run_dir.name + "_eval") / "test" / "metrics.json").read_text()
+    )
     assert (document["protocol"], document["image_score"]) == ("inpformer", "top1")
     row = document["categories"]["carpet"]
-    with open(run_dir / "eval" / "test" / "scores.csv", newline="") as handle:
+    with open(
+        run_dir.with_name(run_dir.name + "_eval") / "test" / "scores.csv", newline=""
+    ) as handle:
         scores = list(csv.DictReader(handle))
 
     run = load_run(run_dir)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import settings_for_tests
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import InputGeometry, TrainAugment
@@ -20,7 +21,7 @@ from filterformer.training.distributed import (
     close_distributed,
     init_distributed,
 )
-from filterformer.training.loop import OptimizerSettings, train
+from filterformer.training.loop import train
 
 IDENTITY = {"model": "filterformer", "encoder": "tiny_random", "encoder_weights": "random:seed=0"}
 
@@ -41,12 +42,13 @@ def run(root, run_dir, gamma, distributed=SINGLE_PROCESS):
         TrainingImages(samples, InputGeometry((56, 70)), augment, seed=3),
         run_dir=run_dir,
         checkpoint_meta=IDENTITY,
-        epochs=2,
-        batch_size=4,
-        optimizer=OptimizerSettings(lr=1e-3, final_lr=1e-4, warmup_iters=2),
-        seed=5,
+        settings=settings_for_tests(
+            epochs=2,
+            batch_size=4,
+            optimizer={"lr": 1e-3, "final_lr": 1e-4, "warmup_iters": 2},
+            seed=5,
+        ),
         distributed=distributed,
-        progress=False,
     )
     return model
 

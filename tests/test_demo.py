@@ -61,7 +61,7 @@ def test_demo_runs_every_step_explains_itself_and_runs_again(
         "overlays",
         "rescale.json",
     ]
-    assert (out / "run" / "eval" / "test_public" / "metrics.json").is_file()
+    assert (out / "run_eval" / "test_public" / "metrics.json").is_file()
     assert "Where things are" in text and str(overlays.parent) in text
     # 5: what the numbers mean, what the random encoder gives, and what real weights change
     summary = text.split("What the numbers mean")[1]
@@ -69,7 +69,7 @@ def test_demo_runs_every_step_explains_itself_and_runs_again(
         assert name in summary
     assert "--encoder-weights" in summary
     marker = json.loads((out / MARKER).read_text())
-    metrics = json.loads((out / "run" / "eval" / "test_public" / "metrics.json").read_text())
+    metrics = json.loads((out / "run_eval" / "test_public" / "metrics.json").read_text())
     assert marker["status"] == "complete" and marker["encoder"] == "tiny_random"
     assert marker["metrics"]["seg_f1"] == metrics["categories"]["synthetic"]["seg_f1"]  # fraction
     assert marker["chance"]["au_pro@0.05"] == 0.025 and marker["chance"]["image_auroc"] == 0.5

@@ -181,7 +181,7 @@ def test_run_path_calibrates_stores_threshold_and_writes_eval_folder(untrained_r
     stored = json.loads((run_dir / "thresholds.json").read_text())["synthetic"]
     ((mode, record),) = stored.items()
     assert record["rule"] == "mean_std" and record["source_split"] == "validation"
-    out = run_dir / "eval" / "test_public"
+    out = run_dir.with_name(run_dir.name + "_eval") / "test_public"
     row = json.loads((out / "metrics.json").read_text())["categories"]["synthetic"]
     assert row["threshold"] == record["value"] and row["num_images"] == 5
     assert 0.0 <= row["au_pro@0.05"] <= 1.0 and 0.0 <= row["seg_f1"] <= 1.0
@@ -219,7 +219,9 @@ def test_run_on_a_folder_dataset_is_evaluated_with_overlays(untrained_run, tmp_p
     save_checkpoint(run_dir / "checkpoints" / "last", model, meta={**identity, "step": 0})
 
     assert main(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
-    overlays = sorted((run_dir / "eval" / "test_public" / "overlays").iterdir())
+    overlays = sorted(
+        (run_dir.with_name(run_dir.name + "_eval") / "test_public" / "overlays").iterdir()
+    )
     assert overlays and all(p.name.startswith("bricks_") for p in overlays)
 
 
@@ -311,7 +313,9 @@ def test_run_without_selection_is_labelled_as_choosing_nothing(untrained_run, tm
     assert code == 0 and doc["selected_on"] is None
     expected = {"checkpoint": None, "fusion_mode": None, "threshold": "validation"}
     assert doc["categories"]["synthetic"]["selected_on"] == expected
-    stored = json.loads((run_dir / "eval" / "test_public" / "metrics.json").read_text())
+    stored = json.loads(
+        (run_dir.with_name(run_dir.name + "_eval") / "test_public" / "metrics.json").read_text()
+    )
     assert stored["categories"]["synthetic"]["selected_on"] == expected
 
 

@@ -23,7 +23,6 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from filterformer.cli.export import main as export_cli
-from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.predict import main as predict_cli
 from filterformer.cli.train import main as train_cli
 from filterformer.errors import ConfigError, DeployError
@@ -41,6 +40,7 @@ from filterformer.export.parity import check_parity
 from filterformer.inference.predict import Smoothing, network_maps
 from filterformer.io import read_image
 from filterformer.models.registry import build_encoder, build_model
+from filterformer.runs.predict import PredictOptions, export_submission
 from filterformer.runs.run import load_run, split_samples
 from filterformer.submission import MAPS_DIR, MASKS_DIR, check_submission
 from filterformer.submission.rescale import MapRescale
@@ -65,7 +65,7 @@ def exported(demo_run) -> tuple[Path, str]:
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert export_cli(["--run", str(demo_run), "--no-progress"]) == 0
-    return demo_run / "export" / "model.onnx", printed.getvalue()
+    return demo_run.with_name(demo_run.name + "_export") / "model.onnx", printed.getvalue()
 
 
 def _inputs(run, split: str) -> torch.Tensor:
@@ -209,7 +209,9 @@ def test_a_dynamic_size_export_scores_any_patch_multiple_with_top1(demo_run, tmp
     assert "parity on 4 images" in capsys.readouterr().out  # 2 images, at two sizes each
     run = load_run(run_dir)
     assert run.image_score == "top1"
-    session = open_session(run_dir / "export" / "model.onnx", "onnxruntime")
+    session = open_session(
+        run_dir.with_name(run_dir.name + "_export") / "model.onnx", "onnxruntime"
+    )
     for size in [(28, 42), (98, 56)]:
         inputs = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(0))
         expected = network_maps(run.model, inputs, run.mode, run.map_stats, run.smoothing).numpy()
@@ -252,12 +254,9 @@ def test_ff_predict_onnxruntime_writes_the_torch_files_and_passes_the_check(
     demo_run, exported, tmp_path
 ):
     assert _ff_predict("--run", demo_run, "--out", tmp_path / "torch") == 0
-    args = build_parser().parse_args(
-        ["--runs", str(demo_run.parent), "--submission", "ort", "--backend", "onnxruntime"]
-    )
-    args.no_progress = True
+    options = PredictOptions(backend="onnxruntime", no_progress=True)
     counts = {CATEGORY: 1}  # the tiny demo has one image per private split
-    archive = export_submission(demo_run.parent, tmp_path / "ort", args, counts=counts)
+    archive = export_submission(demo_run.parent, tmp_path / "ort", options, counts=counts)
     assert archive.is_file()  # packed only after the upload checks found no error
     assert not [
         p for p in check_submission(tmp_path / "ort", None, counts) if p.severity == "error"

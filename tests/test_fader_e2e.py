@@ -38,7 +38,9 @@ def ff_train(monkeypatch, *args: str) -> None:
 def check_eval_and_predict(run_dir: Path, out: Path) -> dict:
     """ff-eval on test_public and ff-predict of the private splits; the metrics row."""
     assert eval_cli(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
-    metrics = json.loads((run_dir / "eval" / "test_public" / "metrics.json").read_text())
+    metrics = json.loads(
+        (run_dir.with_name(run_dir.name + "_eval") / "test_public" / "metrics.json").read_text()
+    )
     row = metrics["categories"]["synthetic"]
     assert 0.0 <= row["au_pro@0.05"] <= 1.0 and 0.0 <= row["seg_f1"] <= 1.0
     assert predict_cli(["--run", str(run_dir), "--out", str(out), "--no-progress"]) == 0
@@ -138,7 +140,9 @@ def test_ear_and_fader_on_a_benchmark_category(
     )
     for run_dir in (ear_dir, fader_dir):
         assert eval_cli(["--run", str(run_dir), "--no-progress"]) == 0
-        metrics = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
+        metrics = json.loads(
+            (run_dir.with_name(run_dir.name + "_eval") / "test" / "metrics.json").read_text()
+        )
         row = metrics["categories"][category]
         assert 0.0 <= row["image_auroc"] <= 1.0 and 0.0 <= row["pixel_auroc"] <= 1.0
     capsys.readouterr()

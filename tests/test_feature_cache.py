@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import settings_for_tests
 from filterformer.cli.train import main
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.training_set import TrainingImages
@@ -16,7 +17,7 @@ from filterformer.errors import ConfigError
 from filterformer.models import build_encoder, build_model
 from filterformer.training.checkpoint import has_checkpoint
 from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
-from filterformer.training.loop import OptimizerSettings, train
+from filterformer.training.loop import train
 
 GEOMETRY = InputGeometry((56, 70))  # 4 x 5 tokens
 IDENTITY = {"model": "filterformer", "encoder": "tiny_random", "encoder_weights": "random:seed=0"}
@@ -39,11 +40,12 @@ def train_losses(train_set, model, run_dir):
         train_set,
         run_dir=run_dir,
         checkpoint_meta=IDENTITY,
-        epochs=2,
-        batch_size=4,
-        optimizer=OptimizerSettings(lr=1e-3, final_lr=1e-4, warmup_iters=2),
-        seed=5,
-        progress=False,
+        settings=settings_for_tests(
+            epochs=2,
+            batch_size=4,
+            optimizer={"lr": 1e-3, "final_lr": 1e-4, "warmup_iters": 2},
+            seed=5,
+        ),
     )
     with open(run_dir / "train_log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

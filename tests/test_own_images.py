@@ -158,7 +158,9 @@ def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
 
     monkeypatch.chdir(elsewhere)  # the stored absolute paths work from any folder
     assert ff_eval.main(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
-    metrics = json.loads((run_dir / "eval" / "test_public" / "metrics.json").read_text())
+    metrics = json.loads(
+        (run_dir.with_name(run_dir.name + "_eval") / "test_public" / "metrics.json").read_text()
+    )
     assert metrics["categories"]["bottles"]["num_images"] == 3
     args = ["--run", str(run_dir), "--images", str(folders / "test"), "--out", "pred"]
     assert ff_predict.main([*args, "--no-progress", "--device", "cpu"]) == 0

@@ -13,7 +13,6 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from filterformer.cli.eval import main as eval_cli
-from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.predict import main as predict_cli
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.sample import Sample
@@ -30,6 +29,7 @@ from filterformer.inference.predict import (
 )
 from filterformer.io import write_json, write_png
 from filterformer.models.registry import build_encoder, build_model
+from filterformer.runs.predict import PredictOptions, export_submission
 from filterformer.runs.run import build_from_config, create_run
 from filterformer.submission import MAPS_DIR, MASKS_DIR, PRIVATE_SPLITS
 from filterformer.training.checkpoint import save_checkpoint
@@ -287,11 +287,10 @@ def test_custom_images_get_maps_masks_and_overlays(run_dir, tiny_image_dir, tmp_
 
 
 def test_submission_is_exported_checked_and_packed(run_dir, tmp_path):
-    args = build_parser().parse_args(["--runs", str(run_dir.parent), "--submission", "x"])
-    args.no_progress = True
+    options = PredictOptions(no_progress=True)
     out = tmp_path / "team"
     counts = {SYNTHETIC_CATEGORY: 4}  # conftest's synthetic_root has 4 images per private split
-    archive = export_submission(run_dir.parent, out, args, counts=counts)
+    archive = export_submission(run_dir.parent, out, options, counts=counts)
     assert archive == tmp_path / "team.tar.gz"
     with tarfile.open(archive) as tar:
         names = tar.getnames()

@@ -10,13 +10,13 @@ import yaml
 from omegaconf import OmegaConf
 
 from filterformer.cli.eval import main as eval_main
-from filterformer.cli.predict import build_parser, export_submission
 from filterformer.cli.suite import suite_jobs
 from filterformer.cli.train import main as train_main
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.errors import ConfigError
 from filterformer.evaluation.thresholds import read_thresholds
 from filterformer.runs.compose import config_dir
+from filterformer.runs.predict import PredictOptions, export_submission
 
 SUITE = "suite=inpformer_cpr_hybrid"
 
@@ -113,9 +113,8 @@ def test_a_suite_trains_each_category_with_its_model_into_one_submission(monkeyp
     torch.set_num_threads(threads)
     models = {c: OmegaConf.load(suite / c / "config.yaml").model.name for c in ("can", "vial")}
     assert models == {"can": "inpformer", "vial": "cpr"}
-    parsed = build_parser().parse_args(["--runs", str(suite), "--submission", "team"])
-    parsed.no_progress = True
-    archive = export_submission(suite, tmp_path / "team", parsed, counts={"can": 2, "vial": 2})
+    options = PredictOptions(no_progress=True)
+    archive = export_submission(suite, tmp_path / "team", options, counts={"can": 2, "vial": 2})
     assert archive is not None and archive.is_file()
     document = tmp_path / "metrics.json"
     argv = ["--runs-dir", str(suite), "--no-progress", "--json", str(document)]

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import settings_for_tests
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import InputGeometry, TrainAugment
@@ -23,12 +24,12 @@ from filterformer.errors import ConfigError
 from filterformer.models import MAP_MODES, build_encoder, build_model
 from filterformer.training import checkpoint
 from filterformer.training.checkpoint import checkpoint_files, has_checkpoint, load_checkpoint
-from filterformer.training.loop import Evaluation, NonFiniteLossError, OptimizerSettings, train
+from filterformer.training.loop import Evaluation, EvaluationSettings, NonFiniteLossError, train
 from filterformer.training.validation import FusionEvaluator, map_statistics
 
 GEOMETRY = InputGeometry((56, 70))  # 4 x 5 tokens: the cheapest input the tiny ViT takes
 IDENTITY = {"model": "filterformer", "encoder": "tiny_random", "encoder_weights": "random:seed=0"}
-OPTIM = OptimizerSettings(lr=1e-3, final_lr=1e-4, warmup_iters=2)
+OPTIM = {"lr": 1e-3, "final_lr": 1e-4, "warmup_iters": 2}
 
 
 @pytest.fixture(autouse=True)
@@ -52,11 +53,25 @@ def train_set(root, augment=True):
     return TrainingImages(samples, GEOMETRY, aug, seed=3)
 
 
-def run(root, run_dir, model=None, **kwargs):
+EVALUATION_KEYS = {"eval_every": "every", "evaluator": "evaluator", "category": "category"}
+
+
+def run(root, run_dir, model=None, step_callback=None, map_statistics=None, **kwargs):
+    """Train the tiny model 3 epochs of batch 4 (keywords: TrainSettings fields and the
+    evaluation's ``eval_every``, ``evaluator``, ``category``, ``map_statistics``)."""
     model = model or tiny_model()
-    settings = dict(epochs=3, batch_size=4, optimizer=OPTIM, seed=5, progress=False)
+    evaluation = {EVALUATION_KEYS[k]: kwargs.pop(k) for k in list(kwargs) if k in EVALUATION_KEYS}
+    settings = settings_for_tests(
+        **{"epochs": 3, "batch_size": 4, "optimizer": dict(OPTIM), "seed": 5, **kwargs}
+    )
     result = train(
-        model, train_set(root), run_dir=run_dir, checkpoint_meta=IDENTITY, **{**settings, **kwargs}
+        model,
+        train_set(root),
+        run_dir=run_dir,
+        checkpoint_meta=IDENTITY,
+        settings=settings,
+        evaluation=EvaluationSettings(**evaluation, map_statistics=map_statistics),
+        step_callback=step_callback,
     )
     return model, result
 

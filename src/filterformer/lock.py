@@ -1,4 +1,5 @@
-"""One writer per folder: an exclusive lock, held by a process until it ends.
+"""One writer per folder: an exclusive lock, held by a process until it ends; readers of a
+run folder take a shared lock while they read it, so they never read a run being written.
 
 ff-train locks its run folder and ff-predict its output folder, so that two processes never
 write one folder at once (one run's results would silently replace the other's). The lock is
@@ -14,6 +15,8 @@ import fcntl
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from filterformer.errors import FolderLockedError
@@ -30,6 +33,44 @@ def lock_run(run_dir: str | os.PathLike) -> None:
     :class:`FolderLockedError` naming the process that is."""
     run_dir = Path(run_dir).expanduser().resolve()
     _lock(run_dir / RUN_LOCK, run_dir, "or train into another run_dir")
+
+
+@contextmanager
+def reading_run(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Read ``run_dir`` under a shared lock: refused (:class:`FolderLockedError`, naming the
+    writer) while a process trains or calibrates it, so that no command reads a run, or a
+    threshold, that is still changing. This process's own writing lock lets it read.
+
+    Nothing is created in the run folder: without a lock file no process writes the run.
+    """
+    lock_file = Path(run_dir).expanduser().resolve() / RUN_LOCK
+    if lock_file in _held:
+        yield
+        return
+    fd = _open_for_reading(lock_file)
+    if fd is None:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderLockedError(
+                f"{lock_file.parent}: a process is writing this run ({_holder(fd)}): it is "
+                "training or calibrating. Wait for it to finish, then run this command again."
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_for_reading(lock_file: Path) -> int | None:
+    """The writer's lock file opened for a shared lock; None when there is none (no process
+    writes the run now, and reading it creates nothing in it)."""
+    try:
+        return os.open(lock_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
 
 
 def lock_output(out: str | os.PathLike, *, beside: bool = False) -> None:

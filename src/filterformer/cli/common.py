@@ -5,6 +5,7 @@ Nothing here imports torch, so that every ``--help`` (and ``ff-eval --maps``) st
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 
@@ -36,3 +37,25 @@ def fail(prog: str, message: str) -> int:
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
     print(f"{prog}: error: {line}", file=sys.stderr)
     return 2
+
+
+class _StderrHandler(logging.Handler):
+    """Writes records to the current ``sys.stderr`` (which tests may have replaced)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def show_library_log(prog: str) -> None:
+    """Show the library's notes (logger ``filterformer``, INFO) on stderr as ``<prog>: ...``.
+
+    The library itself never prints; a command decides what its user sees.
+    """
+    logger = logging.getLogger("filterformer")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

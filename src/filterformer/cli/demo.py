@@ -27,12 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from filterformer.cli.common import report_user_errors
+from filterformer.cli.common import report_user_errors, show_library_log
 from filterformer.data.mvtec_ad2 import SPLITS, MVTecAD2
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.report import pro_key
 from filterformer.evaluation.selection import chosen_on
 from filterformer.io import write_json
+from filterformer.runs.compose import compose_config
 
 CATEGORY = "synthetic"
 SPLIT = "test_public"  # the split the demo evaluates
@@ -136,12 +137,6 @@ def demo_config(
     weights: Path | None = None,
 ) -> tuple[Any, list[str]]:
     """The composed ff-train config of the demo in ``out``, and the overrides that made it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from filterformer.runs.compose import config_dir
-
     train_overrides = [
         "preset=demo",
         f"data.root={quoted(out / 'data')}",
@@ -152,11 +147,9 @@ def demo_config(
         *overrides,
     ]
     try:
-        with initialize_config_dir(str(config_dir()), version_base=None):
-            return compose("train", overrides=train_overrides), train_overrides
-    except (HydraException, OmegaConfBaseException) as err:
-        first = str(err).strip().splitlines()[0]
-        raise ConfigError(f"--overrides: {first}") from None
+        return compose_config(train_overrides), train_overrides
+    except ConfigError as err:
+        raise ConfigError(f"--overrides: {err}") from None
 
 
 def _remove(path: Path) -> None:
@@ -228,32 +221,28 @@ def print_layout(root: Path) -> None:
         print(f"  {split:<20} {len(samples):>3} images ({detail}), {size} px")
 
 
-def run_steps(cfg: Any, train_overrides: Sequence[str], out: Path, progress: bool) -> None:
-    """Steps 1-4: generate, train, evaluate, export; every step writes under ``out``."""
-    from filterformer.cli import eval as ff_eval
-    from filterformer.cli import predict as ff_predict
-    from filterformer.runs.train import prepare_config, run_training
+def run_steps(train_overrides: Sequence[str], out: Path, progress: bool) -> None:
+    """Steps 1-4 through the Python API: generate, train, evaluate, export; every step
+    writes under ``out``."""
+    import filterformer as ff
+    from filterformer.runs.train import describe_outcome, prepare_config
 
-    data_root, run_dir, export_dir = out / "data", out / "run", out / "export"
-    quiet = [] if progress else ["--no-progress"]
+    data_root, export_dir = out / "data", out / "export"
     print("== 1/4 data")
-    cfg = prepare_config(cfg)  # writes the synthetic category (idempotent)
+    prepare_config(compose_config(train_overrides))  # writes the synthetic category (idempotent)
     print_layout(data_root)
 
-    print(f"\n== 2/4 training: ff-train {' '.join(train_overrides)}")
-    run_training(cfg)
+    print(f"\n== 2/4 training: ff.train{tuple(train_overrides)}")
+    run = ff.train(*train_overrides)
+    print(f"ff-train: {describe_outcome(run.outcome)}")
 
-    print(f"\n== 3/4 evaluation: ff-eval --run {run_dir} --split test_public")
-    if ff_eval.main(["--run", str(run_dir), "--split", SPLIT, *quiet]):
-        raise SystemExit(2)
+    print(f"\n== 3/4 evaluation: run.evaluate(split={SPLIT!r})")
+    print(run.evaluate(split=SPLIT, progress=progress).table)
 
-    print(f"\n== 4/4 export: ff-predict --run {run_dir} --out {export_dir} ...")
-    for argv in (
-        ["--split", SPLIT, "--overlays"],
-        ["--split", "test_private", "test_private_mixed"],
-    ):
-        if ff_predict.main(["--run", str(run_dir), "--out", str(export_dir), *argv, *quiet]):
-            raise SystemExit(2)
+    print(f"\n== 4/4 export: run.write_maps({str(export_dir)!r}, ...)")
+    run.write_maps(export_dir, [SPLIT], overlays=True, progress=progress)
+    run.write_maps(export_dir, ["test_private", "test_private_mixed"], progress=progress)
+    print(f"wrote {export_dir}")
 
 
 def print_locations(out: Path) -> None:
@@ -262,7 +251,7 @@ def print_locations(out: Path) -> None:
     print("\nDone. Where things are:")
     for what, where in (
         ("run folder (config, checkpoints, logs)", run_dir),
-        ("metrics (JSON/CSV), PRO curve, overlays", run_dir / "eval" / SPLIT),
+        ("metrics (JSON/CSV), PRO curve, overlays", out / "run_eval" / SPLIT),
         ("anomaly maps (float16 TIFF)", export_dir / "anomaly_images" / CATEGORY),
         ("binary masks (PNG, 0/255)", export_dir / "anomaly_images_thresholded" / CATEGORY),
         ("overlays of every test_public image", export_dir / "overlays" / CATEGORY),
@@ -339,7 +328,7 @@ def explain(row: dict[str, Any], labels: Sequence[int], encoder: str | None) -> 
 
 def summarise(out: Path, encoder: str | None) -> dict[str, Any]:
     """Print where things are and what the figures mean; return the marker document."""
-    metrics = json.loads((out / "run" / "eval" / SPLIT / "metrics.json").read_text())
+    metrics = json.loads((out / "run_eval" / SPLIT / "metrics.json").read_text())
     row = metrics["categories"][CATEGORY]
     labels = [int(s.label) for s in MVTecAD2(out / "data", CATEGORY, SPLIT)]
     print_locations(out)
@@ -368,7 +357,7 @@ def run_demo(
     claim_output(out)
     try:
         write_json(out / MARKER, {"status": "running", "overrides": train_overrides})
-        run_steps(cfg, train_overrides, out, progress)
+        run_steps(train_overrides, out, progress)
         encoder = None if weights is None else str(cfg.encoder.variant)
         write_json(out / MARKER, {**summarise(out, encoder), "overrides": train_overrides})
     except BaseException:
@@ -381,6 +370,7 @@ def run_demo(
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``ff-demo``."""
     args = build_parser().parse_args(argv)
+    show_library_log("ff-demo")
     return report_user_errors(
         "ff-demo",
         lambda: run_demo(

@@ -1,86 +1,27 @@
 """ff-eval: metrics of anomaly maps on a split with ground truth, per category and mean.
 
-Two sources of maps:
+    ff-eval --run RUN [--split test_public]        a run's model predicts the maps
+    ff-eval --runs-dir runs                        every run under a folder, one table
+    ff-eval --maps DIR [--thresholds FILE]         precomputed maps (ff-predict's layout)
+    ff-eval --calibrate --run RUN                  store thresholds in an older run
 
-- ``--maps DIR``: precomputed maps ``DIR/<category>/<split>/{good,bad}/<stem>.tiff`` (or DIR
-  holding ``anomaly_images/``, as ff-predict writes). Binary maps come from --thresholds,
-  else from ``anomaly_images_thresholded/.../<stem>.png`` beside them, else from the
-  validation mean + 3 std of ``DIR/<category>/validation`` maps. Maps without an image,
-  integer TIFFs and maps that lose precision in float16 are warned about (refused with
-  ``--strict``; :mod:`filterformer.evaluation.map_audit`). This path never imports torch.
-- ``--run RUN_DIR`` (or every run under --runs-dir): the run's model predicts the maps; a
-  fusion mode without a threshold in thresholds.json gets one by the category's rule
-  (validation mean + k std or quantile, or F1-optimal on test_public: an oracle there),
-  stored in the run.
-
-Every row says which split chose its checkpoint, fusion mode and threshold (``selected_on``,
-:mod:`filterformer.evaluation.selection`); numbers on a split that chose one are optimistic.
-
-Runs are scored with their evaluation protocol (``eval.protocol``, or ``--protocol``):
-``mvtec_ad2`` as above, or ``inpformer``, the INP-Former code's seven metrics on 256 px maps of
-the centre crop (no thresholds; :mod:`filterformer.evaluation.protocol`). Either way the
-per-image scores go to ``<run>/eval/<split>/scores.csv``.
-
-Private splits have no ground truth: use ff-predict and the benchmark server for them.
+The engine is :mod:`filterformer.runs.evaluate` (also ``filterformer.load_run(...).evaluate``);
+this command parses, calls it and prints the table. A run is read, never written: outputs go to
+``<run>_eval/<split>/`` (or ``--out``). Private splits have no ground truth: use ff-predict
+and the benchmark server for them.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from tqdm import tqdm
-
-from filterformer.cli.common import report_user_errors
-from filterformer.data.datasets import ALL_SPLITS, evaluated_split
-from filterformer.data.mvtec_ad2 import PRIVATE_SPLITS, MVTecAD2
-from filterformer.data.sample import Sample
-from filterformer.errors import ConfigError, DataError, FilterformerError
-from filterformer.evaluation.aupro import ProResult
-from filterformer.evaluation.map_audit import MapAudit
-from filterformer.evaluation.protocol import (
-    INPFORMER,
-    MVTEC_AD2,
-    PRO_LIMIT,
-    PROTOCOLS,
-    write_scores,
-)
-from filterformer.evaluation.report import (
-    CategoryMetrics,
-    format_table,
-    metrics_document,
-    write_metrics,
-)
-from filterformer.evaluation.segf1 import binarize
-from filterformer.evaluation.selection import (
-    UNKNOWN,
-    Selection,
-    run_selection,
-    threshold_origin,
-)
-from filterformer.evaluation.thresholds import (
-    Threshold,
-    mean_std_threshold,
-    read_thresholds,
-    write_thresholds,
-)
-from filterformer.inference.postprocess import for_sample
-from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
-
-if TYPE_CHECKING:  # runs imports torch, which the --maps path never loads
-    from filterformer.runs.run_maps import RunMaps
-
-MAPS_FOLDER = "anomaly_images"
-BINARY_FOLDER = "anomaly_images_thresholded"
-SCORES_FILE = "scores.csv"
-"""Per-image scores of an evaluated run: image (relative to the category folder), score, label."""
-DEFAULT_K = 3.0
-"""Validation mean + 3 std: MVTec AD 2's baseline threshold (Heckler-Kram et al., MVTec AD 2)."""
+from filterformer.cli.common import report_user_errors, show_library_log
+from filterformer.data.datasets import ALL_SPLITS
+from filterformer.evaluation.aupro import SERVER_LIMIT
+from filterformer.evaluation.protocol import PROTOCOLS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pro-limit",
         type=float,
         nargs="+",
-        default=[0.05],
+        default=[SERVER_LIMIT],
         help="AU-PRO integration limits (default 0.05, the server's)",
     )
     parser.add_argument("--thresholds", type=Path, help="thresholds.json to binarise the maps")
@@ -134,428 +75,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", type=Path, help="also write the metrics document here")
     parser.add_argument(
-        "--out", type=Path, help="with --maps: write metrics, PRO curves and overlays here"
+        "--out",
+        type=Path,
+        help="write metrics, PRO curves and overlays here (runs: in <out>/<run name>/<split>; "
+        "default beside each run, <run>_eval/<split>: a run folder is never written)",
     )
     parser.add_argument("--device", help="with runs: torch device (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
         "--no-verify", action="store_true", help="with runs: skip the checkpoint's SHA-256 check"
     )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="with runs: store a threshold for every fusion mode in each run (runs do this when "
+        "training ends; for older runs), then exit",
+    )
     return parser
 
 
-@dataclass
-class CategorySource:
-    """Where one category's maps and binary maps come from."""
+def calibrate(args: argparse.Namespace) -> None:
+    """--calibrate: store every fusion mode's threshold in each run (the run's writer does)."""
+    from filterformer.runs.calibrate import calibrate_run
+    from filterformer.runs.evaluate import EvalOptions, run_folders
+    from filterformer.runs.settings import resolve_device
 
-    samples: Sequence[Sample]
-    load_map: Callable[[Sample], tuple[np.ndarray, str]]
-    """Returns the map of one sample (at its original size) and a name for messages."""
-    maps: Iterable[tuple[Sample, np.ndarray, str]]
-    """The maps of all samples, in order (may be computed lazily, e.g. batched inference)."""
-    threshold: Threshold | None
-    binary_dir: Path | None
-    """``anomaly_images_thresholded/<category>`` when its PNGs give the binary maps."""
-    postprocess: dict[str, Any]
-    """Keyword arguments of :func:`postprocess` for thresholded maps (not for given PNGs)."""
-    image_score: str = "max"
-    """Score of the image AUROC and of scores.csv (``eval.image_score``)."""
-
-
-@dataclass
-class Measured:
-    """One category's metrics, kept until its plots and overlays are written."""
-
-    category: str
-    source: CategorySource
-    result: ProResult
-    examples: dict[str, int]
-    score_range: tuple[float, float]
-    image_scores: list[float]
-    """Each image's score by ``source.image_score``, in sample order."""
-
-
-class Evaluator:
-    """Runs the metrics of every category of one split and writes the outputs."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.limits = tuple(args.pro_limit)
-        self.rows: list[dict] = []
-
-    def binary(self, source: CategorySource, sample: Sample, amap: np.ndarray) -> np.ndarray | None:
-        """The final binary map: the thresholded map post-processed, or the given PNG."""
-        if source.threshold is not None:
-            mask = binarize(amap, source.threshold.value)
-            step = for_sample(source.postprocess, sample.split, sample.load_image)
-            return mask if step is None else step(mask)
-        if source.binary_dir is not None:
-            path = source.binary_dir / f"{sample.relpath}.png"
-            return read_mask(path, shape=sample.shape)
-        return None
-
-    def measure(self, category: str, source: CategorySource, selection: Selection) -> Measured:
-        """Evaluate one category and add its row, labelled with what chose its settings."""
-        metrics = CategoryMetrics(float16=not self.args.float32, image_score=source.image_score)
-        bar = tqdm(
-            source.maps,
-            total=len(source.samples),
-            desc=category,
-            disable=self.args.no_progress,
-            leave=False,
+    device = resolve_device(args.device)
+    for run_dir in run_folders(EvalOptions(run=args.run, runs_dir=args.runs_dir)):
+        results = calibrate_run(
+            run_dir, device=device, data_root=args.data_root, progress=not args.no_progress
         )
-        for sample, amap, name in bar:
-            metrics.update(amap, sample.load_mask(), self.binary(source, sample, amap), name)
-        result = metrics.result(self.limits)
-        if source.threshold is not None:
-            rule = source.threshold.describe(self.args.split)
-        else:
-            rule = "given binary maps" if source.binary_dir is not None else "none"
-        value = None if source.threshold is None else source.threshold.value
-        row = metrics.row(category, result, value, rule)
-        row["selected_on"] = selection.to_json()
-        self.rows.append(row)
-        images = metrics.images
-        scores = images.top_scores if source.image_score == "top1" else images.max_scores
-        return Measured(category, source, result, metrics.examples(), metrics.score_range, scores)
-
-    def write_outputs(self, measured: Measured, out_dir: Path) -> None:
-        """The category's PRO-curve plot and the overlays of its best, median and worst image."""
-        from filterformer.evaluation.figures import plot_pro_curve, write_overlay
-
-        category, source = measured.category, measured.source
-        title = f"{category} ({self.args.split})"
-        value = None if source.threshold is None else source.threshold.value
-        plot_pro_curve(
-            out_dir / f"pro_curve_{category}.png", measured.result, self.limits[0], title
-        )
-        for tag, index in measured.examples.items():
-            sample = source.samples[index]
-            amap, _ = source.load_map(sample)
-            stem = str(sample.relpath).replace("/", "_")
-            write_overlay(
-                out_dir / "overlays" / f"{category}_{tag}_{stem}.png",
-                sample.load_image(),
-                amap,
-                self.binary(source, sample, amap),
-                sample.load_mask(),
-                measured.score_range,
-                value,
-                name=f"{category} {sample.relpath} ({tag})",
-            )
-
-    def finish(self, out_dir: Path | None) -> None:
-        """Print the table; write metrics.json/.csv and the --json document."""
-        print(format_table(self.rows, self.limits, self.args.split, MVTEC_AD2))
-        if out_dir is not None:
-            write_metrics(out_dir, self.rows, self.args.split, self.limits)
-        if self.args.json is not None:
-            write_json(self.args.json, metrics_document(self.rows, self.args.split, self.limits))
+        for result in results:
+            if result.threshold is None:
+                print(f"{run_dir}: {result.mode}: not calibrated ({result.skipped})")
+            else:
+                label = result.threshold.describe("validation")
+                print(f"{run_dir}: {result.mode}: {label} = {result.threshold.value:.6g}")
 
 
-def cli_postprocess(args: argparse.Namespace) -> dict[str, Any]:
-    """The post-processing options given on the command line (those left unset are omitted)."""
-    given = {"closing": args.closing, "fill_holes": args.fill_holes, "erosion": args.erosion}
-    return {name: value for name, value in given.items() if value}
+def evaluate(args: argparse.Namespace) -> None:
+    """Evaluate as the arguments say and print the table."""
+    from filterformer.runs.evaluate import EvalOptions
+    from filterformer.runs.evaluate import evaluate as run_evaluation
 
-
-def resolve_maps_dir(maps: Path) -> tuple[Path, Path | None]:
-    """(folder of category map folders, folder of category PNG folders or None)."""
-    if (maps / MAPS_FOLDER).is_dir():
-        maps = maps / MAPS_FOLDER
-    if not maps.is_dir():
-        raise DataError(f"{maps}: maps folder not found. Point --maps at ff-predict's output.")
-    binary = maps.parent / BINARY_FOLDER if maps.name == MAPS_FOLDER else None
-    return maps, binary if binary is not None and binary.is_dir() else None
-
-
-def map_reader(
-    maps_root: Path, category: str, audit: MapAudit | None = None
-) -> Callable[[Sample], tuple[np.ndarray, str]]:
-    """Reads ``<maps_root>/<category>/<relpath>.tiff`` at the sample's size (into ``audit``)."""
-
-    def load(sample: Sample) -> tuple[np.ndarray, str]:
-        path = maps_root / category / f"{sample.relpath}.tiff"
-        raw = read_tiff_map(path, shape=sample.shape)
-        if audit is not None:
-            audit.update(raw, path)
-        return as_score_map(raw, path), str(path)
-
-    return load
-
-
-def audited_samples(
-    args: argparse.Namespace, maps_root: Path, category: str, split: str, float16: bool
-) -> tuple[Sequence[Sample], MapAudit]:
-    """The split's samples and the audit of its maps (extra map files already noted)."""
-    samples = MVTecAD2(args.data_root, category, split)
-    audit = MapAudit(str(maps_root / category / split), float16=float16)
-    folder = maps_root / category / split
-    if folder.is_dir():
-        audit.check_unmatched(folder, (maps_root / category / f"{s.relpath}.tiff" for s in samples))
-    return samples, audit
-
-
-def calibrate_from_maps(
-    args: argparse.Namespace, maps_root: Path, category: str
-) -> tuple[Threshold, MapAudit]:
-    """Validation mean + 3 std from the maps in ``<maps_root>/<category>/validation``."""
-    samples, audit = audited_samples(args, maps_root, category, "validation", float16=False)
-    load = map_reader(maps_root, category, audit)
-    threshold = mean_std_threshold(
-        (load(s)[0] for s in samples), DEFAULT_K, str(maps_root / category / "validation")
-    )
-    return threshold, audit
-
-
-def report_findings(audits: Iterable[MapAudit], strict: bool) -> None:
-    """Print each audit finding as a warning, or with ``strict`` refuse them all in one line."""
-    findings = [finding for audit in audits for finding in audit.finish()]
-    if findings and strict:
-        raise DataError(" ".join(findings) + " (--strict; without it these are warnings.)")
-    for finding in findings:
-        print(f"ff-eval: warning: {finding}", file=sys.stderr)
-
-
-def maps_source(
-    args: argparse.Namespace,
-    maps_root: Path,
-    binary_root: Path | None,
-    category: str,
-    given: dict[str, Threshold],
-) -> tuple[CategorySource, Selection, list[MapAudit]]:
-    """One category of --maps: its maps, threshold (calibrated if needed) and audits."""
-    samples, audit = audited_samples(args, maps_root, category, args.split, not args.float32)
-    audits = [audit]
-    binary_dir = binary_root / category if binary_root else None
-    threshold = given.get(category)
-    threshold = None if threshold is None else threshold.for_split(args.split)
-    if threshold is None and not (binary_dir and (binary_dir / args.split).is_dir()):
-        binary_dir = None
-        if (maps_root / category / "validation").is_dir():
-            threshold, validation_audit = calibrate_from_maps(args, maps_root, category)
-            audits.append(validation_audit)
-        else:
-            print(
-                f"ff-eval: {category}: no thresholds, binary maps or validation maps; "
-                "SegF1 and ClassF1 are not computed.",
-                file=sys.stderr,
-            )
-    load = map_reader(maps_root, category, audit)
-    maps = ((s, *load(s)) for s in samples)
-    source = CategorySource(
-        samples,
-        map_reader(maps_root, category),
-        maps,
-        threshold,
-        None if threshold is not None else binary_dir,
-        cli_postprocess(args),
-    )
-    selection = Selection(
-        checkpoint=UNKNOWN,
-        fusion_mode=UNKNOWN,
-        threshold=threshold_origin(threshold, binary_maps_given=source.binary_dir is not None),
-    )
-    return source, selection, audits
-
-
-def evaluate_maps(args: argparse.Namespace) -> None:
-    """The --maps path (no torch). Outputs are written only once every category passed."""
-    maps_root, binary_root = resolve_maps_dir(args.maps)
-    categories = args.categories or sorted(
-        p.name for p in maps_root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
-    if not categories:
-        raise DataError(f"{maps_root}: no category folders with maps found.")
-    given = read_thresholds(args.thresholds) if args.thresholds else {}
-    evaluator = Evaluator(args)
-    measured = []
-    for category in categories:
-        source, selection, audits = maps_source(args, maps_root, binary_root, category, given)
-        measured.append(evaluator.measure(category, source, selection))
-        report_findings(audits, args.strict)
-    if args.out is not None:
-        for item in measured:
-            evaluator.write_outputs(item, args.out)
-    evaluator.finish(args.out)
-
-
-def run_folders(args: argparse.Namespace) -> list[Path]:
-    """--run folders, or every folder with a config.yaml at any depth under --runs-dir."""
-    if args.run:
-        return args.run
-    runs = sorted(p.parent for p in args.runs_dir.glob("**/config.yaml"))
-    if not runs:
-        raise DataError(
-            f"{args.runs_dir}: no run folders (with config.yaml) found. Train one with ff-train, "
-            "or pass --run RUN_DIR, --runs-dir DIR or --maps DIR."
-        )
-    return runs
-
-
-def calibrate(maps: RunMaps, split: str) -> Threshold:
-    """A threshold for the run's fusion mode by its category's rule, stored in the run."""
-    run = maps.run
-    try:
-        threshold = maps.threshold()
-    except FilterformerError as err:
-        raise type(err)(
-            f"{run.run_dir}: fusion mode {run.mode!r} has no threshold, and calibrating one "
-            f"by the category's rule {dict(run.threshold_rule)} failed: {err}"
-        ) from None
-    write_thresholds(run.run_dir / "thresholds.json", {run.category: threshold}, run.mode)
-    print(
-        f"ff-eval: {run.run_dir}: no threshold for fusion mode {run.mode!r}; calibrated "
-        f"{threshold.describe(split)} = {threshold.value:.6g} (stored in thresholds.json).",
-        file=sys.stderr,
-    )
-    return threshold
-
-
-def evaluate_runs(args: argparse.Namespace) -> None:
-    """The --run path: predict with each run's model, calibrate missing thresholds, evaluate.
-
-    Threshold: --thresholds, else the run's thresholds.json entry for its fusion mode, else
-    one calibrated by the category's rule (then stored in the run's thresholds.json).
-    Post-processing: the run's category settings, overridden by the command line. Writes
-    ``<run>/eval/<split>/`` (metrics, PRO curve, overlays) per run and prints one table.
-    """
-    run_dirs = run_folders(args)
-    import torch
-
-    from filterformer.runs.run import image_score_rule, load_run
-    from filterformer.runs.run_maps import RunMaps
-
-    resolve_protocol_and_split(args, run_dirs)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.protocol == INPFORMER:
-        evaluate_inpformer_runs(args, run_dirs, device)
+    if args.calibrate:
+        calibrate(args)
         return
-    evaluator = Evaluator(args)
-    for run_dir in run_dirs:
-        run = load_run(run_dir, device=device, verify=not args.no_verify)
-        maps = RunMaps(run, device=device, data_root=args.data_root, progress=not args.no_progress)
-        given = read_thresholds(args.thresholds, run.mode) if args.thresholds else {}
-        threshold = given.get(run.category) or run.threshold or calibrate(maps, args.split)
-        threshold = threshold.for_split(args.split)  # the evaluated split's own
-        eval_split = run.config.eval.get("split", "test_public")
-        selection = run_selection(run_dir, run.category, eval_split, run.checkpoint, threshold)
-        samples = maps.samples(args.split)
-        source = CategorySource(
-            samples,
-            load_map=lambda s, maps=maps: (next(iter(maps.predict([s])))[1], str(s.path)),
-            maps=((s, amap, str(s.path)) for s, amap in maps.predict(samples)),
-            threshold=threshold,
-            binary_dir=None,
-            postprocess={**run.postprocess, **cli_postprocess(args)},
-            image_score=image_score_rule(run.config, MVTEC_AD2),
-        )
-        out_dir = run_dir / "eval" / args.split
-        measured = evaluator.measure(run.category, source, selection)
-        evaluator.write_outputs(measured, out_dir)
-        rows, limits = evaluator.rows[-1:], evaluator.limits
-        write_metrics(out_dir, rows, args.split, limits, image_score=source.image_score)
-        labels = [s.label for s in samples]
-        write_scores(out_dir / SCORES_FILE, image_paths(samples), measured.image_scores, labels)
-    evaluator.finish(None)
-
-
-def resolve_protocol_and_split(args: argparse.Namespace, run_dirs: Sequence[Path]) -> None:
-    """Fill ``args.protocol`` and ``args.split`` from the runs where not given.
-
-    Every run must resolve to the same protocol and split: one table compares like with like.
-    """
-    from filterformer.runs.run import protocol_of, read_run_config
-
-    configs = {run_dir: read_run_config(run_dir) for run_dir in run_dirs}
-    for name, of_run in (
-        ("protocol", protocol_of),
-        ("split", lambda config: evaluated_split(config.data.kind)),
-    ):
-        if getattr(args, name) is not None:
-            continue
-        values = {run_dir: of_run(config) for run_dir, config in configs.items()}
-        if len(set(values.values())) > 1:
-            listed = ", ".join(f"{run_dir}: {value}" for run_dir, value in values.items())
-            raise ConfigError(
-                f"the runs have different default {name}s ({listed}); evaluate them "
-                f"separately or pass --{name}."
-            )
-        setattr(args, name, next(iter(values.values())))
-
-
-def evaluate_inpformer_runs(
-    args: argparse.Namespace, run_dirs: Sequence[Path], device: str
-) -> None:
-    """The INP-Former protocol for each run: 256 px maps, seven metrics, per-image scores.
-
-    Writes ``<run>/eval/<split>/`` (metrics.json/.csv naming the protocol, scores.csv) per
-    run and prints one table for all runs. No thresholds are needed.
-    """
-    from filterformer.inference.protocol_maps import evaluate_inpformer
-    from filterformer.runs.run import image_score_rule, load_run, split_samples
-
-    rows = []
-    for run_dir in run_dirs:
-        run = load_run(run_dir, device=device, verify=not args.no_verify)
-        if run.tiling is not None:
-            raise ConfigError(
-                f"{run_dir}: category.tiling is enabled, but the inpformer protocol scores whole "
-                "images (as the INP-Former code). Pass --protocol mvtec_ad2, or train without "
-                "tiling (preset=inpformer_paper turns it off)."
-            )
-        rule = image_score_rule(run.config, INPFORMER)
-        metrics, images = evaluate_inpformer(
-            run.model,
-            split_samples(run.config, args.split, root=args.data_root),
-            run.geometry,
-            image_score_rule=rule,
-            mode=run.mode,
-            map_stats=run.map_stats,
-            batch_size=int(run.config.eval.batch_size),
-            device=device,
-            progress=not args.no_progress,
-        )
-        eval_split = run.config.eval.get("split", "test_public")
-        selection = run_selection(run_dir, run.category, eval_split, run.checkpoint, None)
-        rows.append({**metrics.row(run.category), "selected_on": selection.to_json()})
-        out_dir = run_dir / "eval" / args.split
-        write_metrics(out_dir, rows[-1:], args.split, [PRO_LIMIT], INPFORMER, rule)
-        write_scores(out_dir / SCORES_FILE, images, metrics.scores, metrics.labels)
-    print(format_table(rows, [PRO_LIMIT], args.split, INPFORMER))
-    if args.json is not None:
-        write_json(args.json, metrics_document(rows, args.split, [PRO_LIMIT], INPFORMER))
-
-
-def image_paths(samples: Sequence[Sample]) -> list[str]:
-    """Each sample's image path relative to its category folder (scores.csv's ``image``)."""
-    return [f"{s.relpath}{s.path.suffix}" for s in samples]
+    options = {k: v for k, v in vars(args).items() if k != "calibrate"}
+    print(run_evaluation(EvalOptions(**options)).table)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ff-eval; returns the exit code (2 for any user-fixable error)."""
     args = build_parser().parse_args(argv)
+    show_library_log("ff-eval")
     return report_user_errors("ff-eval", lambda: evaluate(args))
-
-
-def evaluate(args: argparse.Namespace) -> None:
-    """Evaluate precomputed maps or runs; refuse the private splits (no public GT)."""
-    if args.split in PRIVATE_SPLITS:
-        raise DataError(
-            f"split {args.split!r} has no public ground truth, so it cannot be evaluated "
-            "locally. Write its maps with ff-predict and upload them to the MVTec "
-            "benchmark server (https://benchmark.mvtec.com)."
-        )
-    if args.maps is not None:
-        if args.protocol == INPFORMER:
-            raise ConfigError(
-                "--protocol inpformer needs the network's maps of the centre crop; --maps holds "
-                "maps at the original size. Evaluate the run with --run instead."
-            )
-        args.protocol, args.split = MVTEC_AD2, args.split or "test_public"
-        evaluate_maps(args)
-    else:
-        evaluate_runs(args)
 
 
 if __name__ == "__main__":

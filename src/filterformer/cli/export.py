@@ -1,8 +1,9 @@
 """ff-export: a run's whole map path as an ONNX file or an OpenVINO IR, checked against torch.
 
-    ff-export --run RUN                                   RUN/export/model.onnx
+    ff-export --run RUN                                   RUN_export/model.onnx
     ff-export --run RUN --format openvino --out DIR/model.xml [--fp16]
     ff-export --run RUN --dynamic-size --images FOLDER    any input size; parity on FOLDER
+    ff-export --runs SUITE --out DEPLOY                   one export per category + suite.json
 
 The graph takes normalised B x 3 x h x w network inputs and gives the anomaly maps at
 network-input resolution (fused by the run's mode, smoothed) and the image scores. Before the
@@ -10,8 +11,11 @@ file is written, the parity check runs it in ONNX Runtime (onnx) or OpenVINO (op
 run's validation images (or --images) against the torch model: over the tolerance (1e-4, or
 1e-2 with --fp16, in units of max(1, peak |torch value|)) the export fails with exit code 2 and
 nothing is written. export.json beside the file holds the preprocessing, threshold, float16
-rescale and post-processing, so a caller needs no filterformer. A run without a threshold or
-rescale is calibrated first, as ff-predict does.
+rescale and post-processing, so a caller needs no filterformer. The threshold and rescale are
+the run's calibration (made when training ended); the run folder itself is never written.
+INP-Former, Filter-Former, EAR and FADeR export as one graph; CPR as a query graph, its global
+retrieval (NumPy, in the runtime) over a float16 bank file beside it, and a local-retrieval
+graph. ff-predict --export DIR runs the result without torch.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from filterformer.cli.common import report_user_errors
+from filterformer.cli.common import report_user_errors, show_library_log
 
 DEFAULT_PARITY_IMAGES = 16
 FORMATS = ("onnx", "openvino")  # as filterformer.export.formats; --help must not import torch
@@ -28,9 +32,15 @@ FORMATS = ("onnx", "openvino")  # as filterformer.export.formats; --help must no
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ff-export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="run folder (ff-train)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="run folder (ff-train)")
+    source.add_argument("--runs", type=Path, help="a suite: one run folder per category")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
-    parser.add_argument("--out", type=Path, help="file to write (default RUN/export/model.*)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="file to write (default RUN_export/model.*, beside the run); --runs: a folder",
+    )
     parser.add_argument(
         "--dynamic-size", action="store_true", help="any input height/width (patch multiples)"
     )
@@ -45,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tolerance", type=float, help="parity tolerance (default 1e-4/1e-2)")
     parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: the run's)")
-    parser.add_argument("--device", help="device of the calibration pass (default: cuda if any)")
+    parser.add_argument("--device", help="device of the parity pass (default: cuda if any)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -54,41 +64,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _export(args: argparse.Namespace) -> int:
-    from filterformer.cli.predict import RunExporter
-    from filterformer.data.folder import ImageFolderDataset
-    from filterformer.export import EXPORT_FILE, default_model_path, export_run
+def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from filterformer.export import EXPORT_FILE
+    from filterformer.runs.exporting import export_run_folder, export_suite
+    from filterformer.runs.predict import PredictOptions
 
-    exporter = RunExporter(args.run, args)  # loads the run (torch); calibrates it if need be
-    run = exporter.run
-    if args.images is not None:
-        samples = ImageFolderDataset(args.images, "test", category=run.category)
+    options = {
+        "images": args.images,
+        "parity_images": args.parity_images,
+        "dynamic_size": args.dynamic_size,
+        "fp16": args.fp16,
+        "tolerance": args.tolerance,
+        "options": PredictOptions(
+            device=args.device,
+            batch_size=args.batch_size,
+            no_progress=args.no_progress,
+            no_verify=args.no_verify,
+        ),
+    }
+    if args.runs is not None:
+        if args.out is None:
+            parser.error("--runs needs --out DEPLOY (the folder of the suite's exports)")
+        results = export_suite(args.runs, args.out, args.format, **options).values()
     else:
-        samples = exporter.maps.samples("validation")
-    if args.parity_images > 0:
-        samples = samples[: args.parity_images]
-    out = args.out or default_model_path(run.run_dir, args.format)
-    parity = export_run(
-        run,
-        out,
-        args.format,
-        rescale=exporter.rescale,
-        threshold=exporter.threshold,
-        samples=samples,
-        batch_size=args.batch_size,
-        dynamic_size=args.dynamic_size,
-        fp16=args.fp16,
-        tolerance=args.tolerance,
-    )
-    print(parity.describe())
-    print(f"wrote {out} and {out.parent / EXPORT_FILE}")
+        results = [export_run_folder(args.run, args.format, args.out, **options)]
+    for result in results:
+        print(result.parity.describe())
+        print(f"wrote {result.path} and {result.path.parent / EXPORT_FILE}")
+    if args.runs is not None:
+        print(f"wrote {args.out / 'suite.json'}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ff-export; returns the exit code (2 for any user-fixable error)."""
-    args = build_parser().parse_args(argv)
-    return report_user_errors("ff-export", lambda: _export(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    show_library_log("ff-export")
+    return report_user_errors("ff-export", lambda: _export(args, parser))
 
 
 if __name__ == "__main__":

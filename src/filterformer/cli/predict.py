@@ -6,53 +6,43 @@
     ff-predict --run RUN --images FOLDER --out DIR         custom images: overlays, scores.csv
     ff-predict --run RUN --out DIR --split test_public --overlays   + labelled overlays
     ff-predict --check DIR [--data-root ROOT]              the upload checks only
+    ff-predict --export DIR --images FOLDER --out OUT      an export folder alone, no torch
+    ff-predict --export DEPLOY --submission NAME           a suite's exports (ff-export --runs)
 
 Maps are written as ``DIR/anomaly_images/<category>/<relpath>.tiff`` (float16, original
 size) and masks as ``DIR/anomaly_images_thresholded/<category>/<relpath>.png`` ({0, 255}),
-using the run's fusion mode (fusion.json), threshold for that mode (thresholds.json) and
-post-processing (config). The float16 rescale of a run is fitted once on its validation maps
-(min -> 0, max -> 1000; export/rescale.py) and kept in ``<run>/rescale.json``; the same
-validation pass calibrates a missing threshold (mean + 3 std, stored in thresholds.json as
-ff-eval does). An interrupted export resumes where it stopped. Every file goes under --out:
+using the run's fusion mode (fusion.json), threshold for that mode and post-processing
+(config). The float16 rescale maps the run's validation range to 0 - 1000
+(submission/rescale.py); threshold and range were calibrated when training ended
+(thresholds.json): a run is read, never written. The engine is :mod:`filterformer.runs.predict`
+(also ``filterformer.load_run(...).predict``). An interrupted export resumes where it stopped.
+Every file goes under --out:
 with --run the rescale record is ``DIR/rescale.json`` and overlays
 ``DIR/overlays/<category>/<relpath>.png``; with --runs the record sits beside the submission
 folder (``PARENT/NAME.rescale.json``), as the server refuses extra files inside it.
+
+``--backend onnxruntime|openvino`` runs the run's export (``RUN_export``, or ``--model FILE``)
+in the torch-free runtime (:mod:`filterformer.runtime`) instead of the torch model, which is
+then not loaded; the export must be of the run as it is now (checkpoint, fusion mode,
+statistics, smoothing). ``--export DIR`` needs nothing but the export folder: no run folder,
+no torch (``--split`` reads the run's dataset, under ``--data-root`` if given).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from filterformer.cli.common import report_user_errors, show_library_log
+from filterformer.io import write_csv
+from filterformer.submission import PRIVATE_SPLITS, check_submission, format_report
 
-from filterformer.cli.common import report_user_errors
-from filterformer.data.folder import ImageFolderDataset
-from filterformer.data.sample import Sample
-from filterformer.errors import ConfigError, SubmissionError
-from filterformer.evaluation.thresholds import Threshold, write_thresholds
-from filterformer.inference.postprocess import for_sample
-from filterformer.io import read_anomaly_map, read_mask, write_csv
-from filterformer.lock import lock_output, unlock_output
-from filterformer.submission import (
-    OFFICIAL_COUNTS,
-    PRIVATE_SPLITS,
-    MapRescale,
-    SubmissionWriter,
-    check_submission,
-    format_report,
-    pack_submission,
-    save_record,
-)
-from filterformer.submission.mvtec_submission import map_path, mask_path
-from filterformer.submission.rescale import DEFAULT_TARGET
-from filterformer.submission.writer import export_record
+if TYPE_CHECKING:
+    from filterformer.runs.predict import PredictOptions
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
-RESCALE_FILE = "rescale.json"
 SCORES_FILE = "scores.csv"
 SHOWN_SCORES = 5
 """How many of the highest-scoring images the --images table shows."""
@@ -64,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--run", type=Path, help="run folder of one category")
     source.add_argument("--runs", type=Path, help="folder of run folders, one per category")
     source.add_argument("--check", type=Path, metavar="DIR", help="check a submission folder")
+    source.add_argument(
+        "--export", type=Path, metavar="DIR", help="an ff-export folder or suite (no torch)"
+    )
     parser.add_argument("--split", nargs="+", choices=SPLITS, default=list(PRIVATE_SPLITS))
     parser.add_argument("--images", type=Path, help="with --run: a folder of your own images")
     parser.add_argument(
@@ -85,189 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="torch",
         help="run the model in torch, or its ff-export file in ONNX Runtime / OpenVINO",
     )
-    parser.add_argument("--model", type=Path, help="exported file (default: RUN/export/model.*)")
+    parser.add_argument("--model", type=Path, help="exported file (default: RUN_export/model.*)")
+    parser.add_argument("--threads", type=int, help="threads of an export's runtime")
     return parser
 
 
-class RunExporter:
-    """Predicts with one loaded run and writes its maps, masks and (optionally) overlays."""
+def _options(args: argparse.Namespace) -> PredictOptions:
+    """The engine's options from the command line."""
+    from filterformer.runs.predict import PredictOptions
 
-    def __init__(self, run_dir: Path, args: argparse.Namespace) -> None:
-        import torch
-
-        from filterformer.export import map_backend
-        from filterformer.runs.run import load_run
-        from filterformer.runs.run_maps import RunMaps
-
-        self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)
-        backend, model_file = getattr(args, "backend", "torch"), getattr(args, "model", None)
-        self.args = args
-        self.maps = RunMaps(
-            self.run,
-            device=self.device,
-            data_root=args.data_root,
-            progress=not args.no_progress,
-            batch_size=args.batch_size,
-            backend=map_backend(self.run, backend, model_file),
-        )
-        self.rescale, self.threshold = self._calibration()
-
-    def _calibration(self) -> tuple[MapRescale, Threshold]:
-        """The stored rescale and threshold, or both from one pass over the validation maps."""
-        run = self.run
-        record_file = run.run_dir / RESCALE_FILE
-        records = json.loads(record_file.read_text()) if record_file.is_file() else {}
-        record = records.get(run.category)
-        if record is not None and record.get("mode") == run.mode and run.threshold is not None:
-            return MapRescale.from_dict(record), run.threshold
-        low, high = np.inf, -np.inf
-
-        def tracked(maps: Iterator[tuple[Sample, np.ndarray]]) -> Iterator[np.ndarray]:
-            nonlocal low, high
-            for _, amap in maps:
-                low, high = min(low, float(amap.min())), max(high, float(amap.max()))
-                yield amap
-
-        def validation() -> Iterator[np.ndarray]:
-            return tracked(self.maps.predict(self.maps.samples("validation")))
-
-        threshold = run.threshold
-        if threshold is None:
-            threshold = self.maps.threshold(validation)
-            write_thresholds(run.run_dir / "thresholds.json", {run.category: threshold}, run.mode)
-        if not np.isfinite(low):  # the rescale needs the range of every validation map
-            for _ in validation():
-                pass
-        rescale = MapRescale.from_range(low, high)
-        save_record(
-            record_file, run.category, {**export_record(rescale, threshold.value), "mode": run.mode}
-        )
-        return rescale, threshold
-
-    def export(
-        self,
-        samples: Sequence[Sample],
-        out: Path,
-        overlays: bool = False,
-        record: Path | None = None,
-    ) -> int:
-        """Write maps and masks of ``samples`` under ``out`` (resuming); return how many.
-
-        ``record``: the rescale record file (default: beside ``out``, see SubmissionWriter).
-        """
-        settings = self.run.postprocess
-        writer = SubmissionWriter(
-            out,
-            self.run.category,
-            self.rescale,
-            self.threshold.value,
-            record_file=record,
-            split_thresholds={split: t.value for split, t in self.threshold.splits.items()},
-        )
-        overlay_dir = out / "overlays" / self.run.category
-        todo = [
-            s
-            for s in samples
-            if not writer.is_done(s.relpath)
-            or (overlays and not (overlay_dir / f"{s.relpath}.png").is_file())
-        ]
-        score_range = tuple(self.rescale.invert(np.array([0.0, DEFAULT_TARGET])))
-        if overlays:
-            from filterformer.evaluation.figures import write_overlay
-        for sample, amap in self.maps.predict(todo):
-            step = for_sample(settings, sample.split, sample.load_image)
-            writer.write(sample.relpath, amap, sample.shape, step, sample.split)
-            if overlays:
-                write_overlay(
-                    overlay_dir / f"{sample.relpath}.png",
-                    sample.load_image(),
-                    amap,
-                    read_mask(writer.paths(sample.relpath)[1], sample.shape),
-                    sample.load_mask(),
-                    score_range,
-                    self.threshold.for_split(sample.split).value,
-                    name=str(sample.relpath),
-                )
-        return len(todo)
-
-    def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
-        """Score and verdict of each exported sample, read back from its map and binary map."""
-        from filterformer.evaluation.protocol import image_score
-
-        rows = []
-        for sample in samples:
-            amap = read_anomaly_map(map_path(out, self.run.category, sample.relpath))
-            score = image_score(amap, self.run.image_score)
-            binary = read_mask(mask_path(out, self.run.category, sample.relpath), sample.shape)
-            rows.append(
-                {
-                    "image": sample.path.name,
-                    "score": float(self.rescale.invert(np.float64(score))),
-                    "verdict": "anomalous" if binary.any() else "normal",
-                    "anomalous_pixels": int(binary.sum()),
-                }
-            )
-        return rows
-
-
-def report_scores(rows: Sequence[Mapping], threshold: Threshold, path: Path) -> str:
-    """The --images summary: counts, the highest scores, and where scores.csv is."""
-    anomalous = sum(row["verdict"] == "anomalous" for row in rows)
-    top = sorted(rows, key=lambda row: -row["score"])[:SHOWN_SCORES]
-    width = max(len("image"), *(len(row["image"]) for row in top))
-    lines = [
-        f"{len(rows)} images: {anomalous} anomalous, {len(rows) - anomalous} normal "
-        f"(threshold {threshold.value:.6g}, {threshold.describe('images')}; anomalous = any "
-        "pixel above it)",
-        f"{'image':<{width}}  {'score':>10}  verdict",
-        *(f"{row['image']:<{width}}  {row['score']:>10.6g}  {row['verdict']}" for row in top),
-        f"every image: {path}",
-    ]
-    return "\n".join(lines)
-
-
-def _runs_by_category(runs_dir: Path, categories: Sequence[str]) -> dict[str, Path]:
-    """One run folder per category under ``runs_dir`` (read from each config.yaml)."""
-    from omegaconf import OmegaConf
-
-    found: dict[str, Path] = {}
-    for config in sorted(runs_dir.glob("*/config.yaml")):
-        category = OmegaConf.load(config).category.name
-        if category in found:
-            raise ConfigError(
-                f"{runs_dir}: two runs for category {category!r} ({found[category]} and "
-                f"{config.parent}); keep one run folder per category."
-            )
-        found[category] = config.parent
-    missing = [c for c in categories if c not in found]
-    if missing:
-        raise ConfigError(
-            f"{runs_dir}: no run folder for {', '.join(missing)}. A submission needs every "
-            "category; train them (ff-train category=...) or point --runs at the right folder."
-        )
-    return {c: found[c] for c in categories}
-
-
-def export_submission(
-    runs_dir: Path,
-    out: Path,
-    args: argparse.Namespace,
-    counts: Mapping[str, int] = OFFICIAL_COUNTS,
-) -> Path | None:
-    """Both private splits of every category, checked, then packed (unless --no-pack)."""
-    for category, run_dir in _runs_by_category(runs_dir, list(counts)).items():
-        print(f"{category}: {run_dir}", file=sys.stderr)
-        exporter = RunExporter(run_dir, args)
-        for split in PRIVATE_SPLITS:
-            exporter.export(exporter.maps.samples(split), out)
-        del exporter
-    problems = check_submission(out, args.data_root, counts, progress=not args.no_progress)
-    if problems:
-        print(format_report(problems), file=sys.stderr)
-    if any(p.severity == "error" for p in problems):
-        raise SubmissionError(f"{out}: the submission fails the upload checks listed above.")
-    return None if args.no_pack else pack_submission(out, check=False)
+    names = PredictOptions.__dataclass_fields__
+    return PredictOptions(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -278,39 +99,68 @@ def _check(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Export as asked, the output folder locked against a second writer meanwhile."""
-    if args.runs is not None:
+    from filterformer.runtime import SUITE_FILE
+
+    suite = args.export is not None and (args.export / SUITE_FILE).is_file()
+    if args.runs is not None or suite:
         if not args.submission:
-            parser.error("--runs needs --submission NAME")
+            parser.error(f"{'--runs' if args.runs else '--export SUITE'} needs --submission NAME")
         out, beside = (args.out or Path(".")) / args.submission, True  # no file in a submission
     elif args.out is None:
-        parser.error("--run needs --out DIR")
+        parser.error("--run and --export need --out DIR")
     else:
         out, beside = args.out, False
-    lock_output(out, beside=beside)
-    try:
-        if args.runs is not None:
-            archive = export_submission(args.runs, out, args)
+    from filterformer.runs.predict import writing_output
+
+    with writing_output(out, beside=beside):
+        if args.runs is not None or suite:
+            archive = _submission(args, out)
             print(archive or f"{args.submission}: checked, not packed (--no-pack)")
         else:
-            _export_run(args)
-    finally:
-        unlock_output(out, beside=beside)
+            _write(args)
     return 0
 
 
-def _export_run(args: argparse.Namespace) -> None:
-    """One run's maps of ``--images`` (with overlays and scores.csv) or of ``--split``."""
-    exporter = RunExporter(args.run, args)
+def _submission(args: argparse.Namespace, out: Path) -> Path | None:
+    """The submission of ``--runs`` (each run's model or export) or of a suite's exports."""
+    if args.runs is not None:
+        from filterformer.runs.predict import export_submission
+
+        return export_submission(args.runs, out, _options(args))
+    from filterformer.runtime import Suite
+    from filterformer.runtime.outputs import deployment_options
+
+    suite = Suite(args.export, **deployment_options(args))
+    return suite.write_submission(
+        out, data_root=args.data_root, pack=not args.no_pack, progress=not args.no_progress
+    )
+
+
+def _write(args: argparse.Namespace) -> None:
+    """One category's maps of ``--images`` (with overlays and scores.csv) or of ``--split``:
+    the run's model or export (``--run``), or an export folder alone (``--export``)."""
+    from filterformer.data.folder import ImageFolderDataset
+    from filterformer.runtime.outputs import RESCALE_FILE, report_scores
+
+    if args.export is not None:
+        from filterformer.runtime import Deployment
+        from filterformer.runtime.outputs import deployment_options
+
+        source = Deployment(args.export, **deployment_options(args))
+    else:
+        from filterformer.runs.predict import run_maps
+
+        source = run_maps(args.run, _options(args))
     record = args.out / RESCALE_FILE
     if args.images is not None:
-        samples = ImageFolderDataset(args.images, "test", category=exporter.run.category)
-        exporter.export(samples, args.out, overlays=True, record=record)
-        rows = exporter.scores(samples, args.out)
+        samples = ImageFolderDataset(args.images, "test", category=source.category)
+        source.export(samples, args.out, overlays=True, record=record)
+        rows = source.scores(samples, args.out)
         write_csv(args.out / SCORES_FILE, rows)
-        print(report_scores(rows, exporter.threshold, args.out / SCORES_FILE))
+        print(report_scores(rows, source.threshold, args.out / SCORES_FILE))
     else:
         for split in args.split:
-            exporter.export(exporter.maps.samples(split), args.out, args.overlays, record)
+            source.export(source.samples(split), args.out, args.overlays, record)
     print(f"wrote {args.out}")
 
 
@@ -318,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ff-predict; returns the exit code (2 for any user-fixable error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    show_library_log("ff-predict")
     if args.check is not None:
         return report_user_errors("ff-predict", lambda: _check(args))
     return report_user_errors("ff-predict", lambda: _run(args, parser))

@@ -30,7 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from filterformer.cli.common import fail, report_user_errors
+from filterformer.cli.common import fail, report_user_errors, show_library_log
 from filterformer.io import outermost_missing
 from filterformer.runs.compose import config_dir, config_error_message, config_groups
 
@@ -158,12 +158,18 @@ def remove_sweep_record() -> None:
 @hydra.main(config_path=str(config_dir()), config_name="train", version_base=None)
 def _train(cfg: DictConfig) -> None:
     """Train one composed config (one job of a sweep); exit 2 on a user error."""
-    from filterformer.runs.train import run_training  # torch: only once there is a config
+    from filterformer.runs.train import describe_outcome, run_training  # torch: needs a config
     from filterformer.training.distributed import close_distributed, init_distributed
 
     distributed = init_distributed()
+
+    def job() -> None:
+        outcome = run_training(cfg, distributed)
+        if distributed.is_main:
+            print(f"{PROG}: {describe_outcome(outcome)}")
+
     try:
-        code = report_user_errors(PROG, lambda: run_training(cfg, distributed))
+        code = report_user_errors(PROG, job)
     finally:
         close_distributed()
     if code:
@@ -186,6 +192,7 @@ def _hydra_raises() -> Iterator[None]:
 
 def main() -> None:
     """Console entry point ``ff-train`` (``suite=NAME``: one run per routed category)."""
+    show_library_log(PROG)
     if wants_help(sys.argv[1:]):
         print_help()
         return

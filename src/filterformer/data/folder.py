@@ -188,3 +188,39 @@ def typical_size(samples: Sequence[Sample]) -> tuple[int, int]:
     if not samples:
         raise DataError("no images to take the typical image size from.")
     return Counter(s.shape for s in samples).most_common(1)[0][0]
+
+
+def file_samples(paths: Sequence[Path], category: str) -> list[Sample]:
+    """Samples of individual image files (label unknown), in the given order.
+
+    Each must exist and be an image; two files with one stem are refused, as in a folder.
+    """
+    seen: dict[str, Path] = {}
+    samples = []
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: image not found. Check the path.")
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(
+                f"{path}: not an image file (extensions: {', '.join(IMAGE_EXTENSIONS)})."
+            )
+        if path.stem in seen:
+            raise DataError(
+                f"{path}: has the same stem as {seen[path.stem]}; rename or remove one of them."
+            )
+        seen[path.stem] = path
+        height, width = image_size(path)
+        samples.append(
+            Sample(
+                path=path,
+                category=category,
+                split="test",
+                relpath=PurePosixPath(path.stem),
+                label=None,
+                condition=CONDITION,
+                mask_path=None,
+                height=height,
+                width=width,
+            )
+        )
+    return samples

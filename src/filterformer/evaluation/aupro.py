@@ -24,6 +24,10 @@ import numpy as np
 
 from filterformer.errors import DataError
 
+SERVER_LIMIT = 0.05
+"""AU-PRO integration limit of the MVTec AD 2 benchmark server (Heckler-Kram et al., "The
+MVTec AD 2 Dataset", 2025; MVTec's evaluation code)."""
+
 NUM_KEYS = 1 << 16
 """One key per float16 bit pattern."""
 
@@ -248,7 +252,9 @@ class ProAccumulator:
         values, neg, pos, _ = self._descending()
         return PixelCounts(values, pos, neg)
 
-    def compute(self, limits: Sequence[float] = (0.05,), fpr_float32: bool = True) -> ProResult:
+    def compute(
+        self, limits: Sequence[float] = (SERVER_LIMIT,), fpr_float32: bool = True
+    ) -> ProResult:
         """AU-PRO per limit (NaN when the split has no GT region or no normal pixel).
 
         ``fpr_float32``: see :func:`pro_curve_result` (default: MVTec's float32 FPR values).
@@ -262,7 +268,7 @@ class ProAccumulator:
 def au_pro(
     maps: Sequence[np.ndarray],
     gts: Sequence[np.ndarray],
-    limits: Sequence[float] = (0.05,),
+    limits: Sequence[float] = (SERVER_LIMIT,),
     float16: bool = True,
 ) -> ProResult:
     """AU-PRO of a list of maps and masks (convenience wrapper around ProAccumulator)."""

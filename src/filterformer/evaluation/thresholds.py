@@ -69,6 +69,10 @@ class Threshold:
     source_split: str | None = None
     splits: Mapping[str, Threshold] = field(default_factory=dict)
     """Thresholds of their own for some splits (the others use this one)."""
+    checkpoint: str | None = None
+    """SHA-256 of the weights the maps came from (a run's threshold fits that checkpoint only)."""
+    map_range: tuple[float, float] | None = None
+    """(min, max) of the validation maps it was calibrated with: the float16 rescale's range."""
 
     def for_split(self, split: str) -> Threshold:
         """The threshold that binarises maps of ``split``."""
@@ -99,6 +103,10 @@ class Threshold:
             record["source_split"] = self.source_split
         if self.splits:
             record["splits"] = {split: t.to_json() for split, t in self.splits.items()}
+        if self.checkpoint:
+            record["checkpoint"] = self.checkpoint
+        if self.map_range is not None:
+            record["map_range"] = list(self.map_range)
         return record
 
     @classmethod
@@ -117,12 +125,21 @@ class Threshold:
         splits = record.get("splits") or {}
         if not isinstance(splits, Mapping):
             raise ConfigError(f"{where}: 'splits' must map split names to thresholds.")
+        map_range = record.get("map_range")
+        if map_range is not None and not (
+            isinstance(map_range, list)
+            and len(map_range) == 2
+            and all(isinstance(v, (int, float)) for v in map_range)
+        ):
+            raise ConfigError(f"{where}: 'map_range' must be [min, max], got {map_range!r}.")
         return cls(
             float(record["value"]),
             rule,
             params,
             record.get("source_split"),
             {s: cls.from_json(r, f"{where} (split {s})") for s, r in splits.items()},
+            record.get("checkpoint"),
+            None if map_range is None else (float(map_range[0]), float(map_range[1])),
         )
 
 

@@ -43,15 +43,21 @@ from filterformer.runtime.ops import OPS
 from filterformer.runtime.pipeline import Pipeline
 from filterformer.submission.rescale import MapRescale
 
-EXPORT_DIR = "export"
-"""Where ff-export puts a run's export by default: ``<run>/export/model.onnx`` (or .xml)."""
+EXPORT_SUFFIX = "_export"
+"""A run's default export folder is ``<run>_export`` beside it (a run folder is never written
+by a reader)."""
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
 """Export format -> the runtime its parity check runs in."""
 
 
+def export_folder(run_dir: Path) -> Path:
+    """A run's default export folder, ``<run>_export`` beside it."""
+    return run_dir.with_name(run_dir.name + EXPORT_SUFFIX)
+
+
 def default_model_path(run_dir: Path, fmt: str) -> Path:
     """The default export file of a run for a format (``onnx`` or ``openvino``)."""
-    return run_dir / EXPORT_DIR / f"model{FORMATS[fmt]}"
+    return export_folder(run_dir) / f"model{FORMATS[fmt]}"
 
 
 def parity_batches(

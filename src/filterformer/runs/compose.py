@@ -1,4 +1,5 @@
-"""Where ff-train's hydra configs live, and one-line messages for composition errors.
+"""Where ff-train's hydra configs live, how they are composed, and one-line messages for
+composition errors.
 
 Nothing here imports torch, so that every ``--help`` stays fast.
 """
@@ -6,8 +7,15 @@ Nothing here imports torch, so that every ``--help`` stays fast.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from filterformer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def config_dir() -> Path:
@@ -62,3 +70,17 @@ def config_error_message(err: Exception) -> str:
     if isinstance(err, MissingConfigException) and err.options:
         text += f"; valid: {', '.join(sorted(err.options))}"
     return " ".join(text.split())
+
+
+def compose_config(overrides: Sequence[str]) -> DictConfig:
+    """ff-train's config for ``overrides`` (``key=value``, ``group=choice``), as ff-train
+    composes it; hydra's errors become one-line :class:`ConfigError` messages."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            return compose(config_name="train", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(config_error_message(err)) from None

@@ -34,7 +34,7 @@ from filterformer.data.tiling import AnyTiling, GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_image_score
-from filterformer.evaluation.thresholds import read_thresholds
+from filterformer.evaluation.thresholds import Threshold, read_thresholds
 from filterformer.export.manifest import graph_record
 from filterformer.inference.predict import Smoothing
 from filterformer.inference.run import Run
@@ -228,7 +228,8 @@ def start_from_base_run(
             f"{run_dir} was trained with other {base_name} settings than this config; add {fix}"
         )
     base_model = build_model(base_name, model.encoder, **settings)
-    checkpoint = _default_checkpoint(run_dir, _fusion_mode(run_dir, base, base_model))
+    mode = _fusion_mode(run_dir, base, base_model)
+    checkpoint = _default_checkpoint(run_dir, _check_mode(run_dir, base, base_model, mode))
     expected = {**identity, "model": base_name}
     load_checkpoint(run_dir / "checkpoints" / checkpoint, base_model, expected=expected)
     model.load_state_dict(base_model.trainable_state_dict(), strict=False)
@@ -385,18 +386,23 @@ def load_run(
     device: str | torch.device = "cpu",
     checkpoint: str | None = None,
     verify: bool = True,
+    mode: str | None = None,
+    read_threshold: bool = True,
 ) -> Run:
     """Load a run folder: model (eval mode) with the checkpoint of its fusion mode, and settings.
 
-    ``checkpoint`` names a checkpoint in ``checkpoints/`` (e.g. ``"last"``); by default it is
-    ``best_<mode>`` when that exists, else ``last``. ``verify``: check the checkpoint's files
-    against the SHA-256 its metadata records (False skips that, the user's explicit choice).
+    ``mode``: a fusion mode other than the run's own (fusion.json). ``checkpoint`` names a
+    checkpoint in ``checkpoints/`` (e.g. ``"last"``); by default it is ``best_<mode>`` when
+    that exists, else ``last``. ``verify``: check the checkpoint's files against the SHA-256
+    its metadata records (False skips that, the user's explicit choice). The mode's
+    threshold comes from thresholds.json (``read_threshold=False``: not read, for
+    calibration); one calibrated on another checkpoint is refused.
     """
     run_dir = Path(run_dir)
     config = resolve_run_paths(read_run_config(run_dir), run_dir)
     model, identity = build_from_config(config, from_base_run=False)
     category = config.category.name
-    mode = _fusion_mode(run_dir, config, model)
+    mode = _check_mode(run_dir, config, model, mode or _fusion_mode(run_dir, config, model))
     checkpoint = checkpoint or _default_checkpoint(run_dir, mode)
     loaded = load_checkpoint(
         run_dir / "checkpoints" / checkpoint, model, expected=identity, verify=verify
@@ -407,10 +413,9 @@ def load_run(
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
-    thresholds_file = run_dir / "thresholds.json"
-    threshold = None
-    if thresholds_file.is_file():
-        threshold = read_thresholds(thresholds_file, mode).get(category)
+    threshold = (
+        _stored_threshold(run_dir, category, mode, loaded.files.weights) if read_threshold else None
+    )
     root = config.data.get("root")
     return Run(
         run_dir=run_dir,
@@ -476,6 +481,26 @@ def read_run_config(run_dir: Path) -> DictConfig:
     return config
 
 
+def fusion_modes(run_dir: str | Path) -> tuple[str, ...]:
+    """The fusion modes the run's model offers (its family's model class says)."""
+    return family(read_run_config(Path(run_dir)).model.name).model.fusion_modes
+
+
+def _stored_threshold(run_dir: Path, category: str, mode: str, weights: Path) -> Threshold | None:
+    """The mode's threshold from thresholds.json, checked to be of the loaded checkpoint."""
+    thresholds_file = run_dir / "thresholds.json"
+    if not thresholds_file.is_file():
+        return None
+    threshold = read_thresholds(thresholds_file, mode).get(category)
+    if threshold is not None and threshold.checkpoint != weights_sha256(weights):
+        raise CheckpointError(
+            f"{thresholds_file}: the {mode!r} threshold of {category!r} was calibrated on "
+            f"another checkpoint than {weights.name}. Calibrate it again: ff-eval --calibrate "
+            f"--run {run_dir}"
+        )
+    return threshold
+
+
 def _fusion_mode(
     run_dir: Path, config: DictConfig, model: FrozenEncoderModel | type[FrozenEncoderModel]
 ) -> str:
@@ -486,7 +511,11 @@ def _fusion_mode(
     if fusion_file.is_file():
         mode = json.loads(fusion_file.read_text()).get(category)
     mode = mode or config.eval.get("default_mode")
-    mode = mode or ("filter" if "filter" in model.fusion_modes else model.fusion_modes[0])
+    return mode or ("filter" if "filter" in model.fusion_modes else model.fusion_modes[0])
+
+
+def _check_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel, mode: str) -> str:
+    """``mode`` if the run's model offers it."""
     if mode not in model.fusion_modes:
         raise ConfigError(
             f"{run_dir}: fusion mode {mode!r} is not available for model {config.model.name!r}; "

@@ -15,10 +15,11 @@ The config groups and presets live in ``configs/`` (shipped as ``filterformer.co
 
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,14 @@ from filterformer.data.mvtec_ad2 import resolve_data_root
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import TrainAugment, short_side_size
-from filterformer.errors import ConfigError
+from filterformer.errors import ConfigError, FilterformerError
 from filterformer.io import outermost_missing
 from filterformer.lock import lock_run
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.encoder import DinoEncoder
 from filterformer.models.family import TrainingContext
 from filterformer.models.registry import check_encoder_source, family
+from filterformer.runs.calibrate import Calibration, calibrate_run
 from filterformer.runs.checks import check_settings
 from filterformer.runs.compose import config_error_message
 from filterformer.runs.run import (
@@ -55,16 +57,19 @@ from filterformer.runs.run import (
     patch_size,
     split_samples,
 )
+from filterformer.runs.settings import plain, resolve_device, train_settings
 from filterformer.training.distributed import SINGLE_PROCESS, DistributedContext, main_first
 from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
 from filterformer.training.loop import (
-    OptimizerSettings,
+    EvaluationSettings,
     TrainResult,
     check_batch_size,
     check_run_dir,
     train,
 )
 from filterformer.training.validation import FusionEvaluator, map_statistics
+
+LOG = logging.getLogger("filterformer")
 
 RESUME_FREE_KEYS = frozenset(
     {
@@ -103,8 +108,7 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         cfg.run_dir = str(_absolute(cfg.run_dir, base))
         if cfg.data.kind == "synthetic":
             cfg.data.root = str(_absolute(cfg.data.root, base))
-        if cfg.device == "auto":
-            cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+        cfg.device = resolve_device(cfg.device)
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(config_error_message(err)) from None
@@ -169,8 +173,9 @@ def _absolute(path: str | Path, base: Path) -> Path:
 
 
 def _note(message: str, quiet: bool) -> None:
+    """A note on what training decided (the CLIs show the ``filterformer`` log on stderr)."""
     if not quiet:
-        print(f"ff-train: {message}", file=sys.stderr)
+        LOG.info(message)
 
 
 def _prepare_folders(cfg: DictConfig, base: Path, quiet: bool) -> None:
@@ -226,14 +231,27 @@ def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
         )
 
 
-def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCESS) -> Path:
-    """Train as ``cfg`` says (as one of several torchrun processes); return the run folder.
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What :func:`run_training` did: the run folder, where training ended, the calibration."""
+
+    run_dir: Path
+    result: TrainResult
+    calibrations: list[Calibration]
+    """Each fusion mode's threshold (empty in the other processes of a distributed run)."""
+    selection_split: str
+    """The split that chose the best checkpoints and the fusion mode (``eval.split``)."""
+    selection_metric: str
+
+
+def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCESS) -> TrainOutcome:
+    """Train as ``cfg`` says (as one of several torchrun processes); calibrate the run.
 
     Nothing is written before the config is checked and the model is built (encoder weights
     loaded); a run folder this call creates is removed again if the set-up fails.
     """
     cfg = resolve_config(cfg, distributed.world_size, quiet=not distributed.is_main)
-    arguments = _train_arguments(cfg)
+    settings = train_settings(cfg)  # before anything is written: a missing key is one line
     if cfg.train.get("threads"):
         torch.set_num_threads(int(cfg.train.threads))
     run_dir = Path(cfg.run_dir)
@@ -245,48 +263,41 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
         train_set = _training_set(cfg, model, identity["encoder_weights"], distributed)
         check_batch_size(len(train_set), cfg.train.batch_size)  # before a run starts
         evaluator, statistics = _evaluation(cfg)
+    evaluation = EvaluationSettings(
+        every=cfg.eval.every if evaluator else 0,
+        evaluator=evaluator,
+        select_metric=cfg.eval.metric,
+        category=cfg.category.name,
+        map_statistics=statistics,
+    )
     result = train(
         model,
         train_set,
         run_dir=run_dir,
         checkpoint_meta={**identity, "config": OmegaConf.to_container(cfg)},
-        evaluator=evaluator,
-        eval_every=cfg.eval.every if evaluator else 0,
-        map_statistics=statistics,
+        settings=settings,
+        evaluation=evaluation,
         distributed=distributed,
-        **arguments,
     )
-    if distributed.is_main:
-        _print_summary(run_dir, cfg.eval, result)
-    return run_dir
+    calibrations = _calibrate(cfg, run_dir) if distributed.is_main else []
+    return TrainOutcome(run_dir, result, calibrations, cfg.eval.split, cfg.eval.metric)
 
 
-def _train_arguments(cfg: DictConfig) -> dict[str, Any]:
-    """The arguments of :func:`train` that come straight from the config.
+def _calibrate(cfg: DictConfig, run_dir: Path) -> list[Calibration]:
+    """Every fusion mode's threshold, stored once by the writer (the readers never write).
 
-    Read before anything is written, so that a setting missing from the config (``~key``)
-    is a one-line error and not a traceback in the middle of a new run folder.
+    A run whose data cannot give one (no validation split) ends without thresholds; the
+    commands that need one then say how to provide it.
     """
     try:
-        return dict(
-            epochs=cfg.train.epochs,
-            batch_size=cfg.train.batch_size,
-            optimizer=OptimizerSettings(**_plain(cfg.train.optimizer)),
-            grad_clip=cfg.train.grad_clip,
+        return calibrate_run(
+            run_dir,
             device=cfg.device,
-            amp_bf16=cfg.train.amp_bf16,
-            seed=cfg.seed,
-            deterministic=cfg.train.deterministic,
-            num_workers=cfg.train.num_workers,
-            compile_step=cfg.train.compile,
-            log_every=cfg.train.log_every,
-            select_metric=cfg.eval.metric,
-            category=cfg.category.name,
-            resume=cfg.resume,
             progress=cfg.progress,
+            batch_size=cfg.eval.batch_size,
         )
-    except OmegaConfBaseException as err:
-        raise ConfigError(config_error_message(err)) from None
+    except FilterformerError as err:
+        return [Calibration(mode="*", threshold=None, skipped=str(err))]
 
 
 def _start_run(run_dir: Path, cfg: DictConfig, encoder_weights: str) -> Path | None:
@@ -329,7 +340,7 @@ def _training_set(
 ) -> Dataset:
     """What the loop iterates: the preloaded training images, their cached encoder taps
     (train.feature_cache), or what the model's family makes of them (``training_set``)."""
-    augment = None if cfg.train.augment is None else TrainAugment(**_plain(cfg.train.augment))
+    augment = None if cfg.train.augment is None else TrainAugment(**plain(cfg.train.augment))
     images = TrainingImages(
         split_samples(cfg, "train"),
         build_geometry(cfg),
@@ -389,14 +400,21 @@ def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | Non
     return evaluator, statistics
 
 
-def _print_summary(run_dir: Path, evaluation: DictConfig, result: TrainResult) -> None:
-    """One line: the run folder, its length and the best score per fusion mode (percent)."""
+def describe_outcome(outcome: TrainOutcome) -> str:
+    """What a finished run is, in words: its folder and length, the best score per fusion
+    mode (percent) on the split that chose it, and any mode left without a threshold."""
+    result = outcome.result
     best = ", ".join(f"{m} {100 * b['score']:.2f} %" for m, b in result.best.items())
-    print(
-        f"ff-train: {run_dir} ({result.epoch} epochs, {result.step} steps)"
-        + (f"; best {evaluation.metric}: {best}; fusion mode {result.fusion_mode}" if best else "")
-        + (f" (both chosen on {evaluation.split}: optimistic there)" if best else "")
-    )
+    text = f"{outcome.run_dir} ({result.epoch} epochs, {result.step} steps)"
+    if best:
+        text += (
+            f"; best {outcome.selection_metric}: {best}; fusion mode {result.fusion_mode} "
+            f"(both chosen on {outcome.selection_split}: optimistic there)"
+        )
+    missing = [c for c in outcome.calibrations if c.threshold is None]
+    if missing:
+        text += "; no threshold for " + "; ".join(f"{c.mode} ({c.skipped})" for c in missing)
+    return text
 
 
 def _feature_cache(
@@ -408,15 +426,14 @@ def _feature_cache(
     would be frozen to their epoch-0 version: then the cache stays off, and a note says how to
     cache several views instead.
     """
-    cache = _plain(cfg.train.feature_cache)
+    cache = plain(cfg.train.feature_cache)
     settings = FeatureCacheSettings(**{k: v for k, v in cache.items() if k != "enabled"})
     if settings.views == 1 and (images.augment is not None or images.tiling is not None):
         if distributed.is_main:
-            print(
-                "ff-train: feature cache off: the training items change every epoch "
+            LOG.info(
+                "feature cache off: the training items change every epoch "
                 "(augmentation or training tiles); set train.feature_cache.views=K to train on "
-                "K cached views per image.",
-                file=sys.stderr,
+                "K cached views per image."
             )
         return images
     with main_first(distributed):  # the disk cache is filled once, by rank 0
@@ -439,14 +456,6 @@ def _require_values(cfg: DictConfig) -> None:
             f"{', '.join(missing)}: required but not set; add "
             f"{' '.join(f'{k}=...' for k in missing)} to the command line."
         )
-
-
-def _plain(node: DictConfig) -> dict[str, Any]:
-    """A config section as plain Python values (lists become tuples, e.g. betas)."""
-    return {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in OmegaConf.to_container(node, resolve=True).items()
-    }
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -5,8 +5,9 @@
 imports torch, so a line PC needs neither the training stack nor the encoder weights.
 """
 
-from filterformer.runtime.deployment import Deployment, Prediction
+from filterformer.runtime.deployment import Deployment
 from filterformer.runtime.manifest import EXPORT_FILE, SUITE_FILE
+from filterformer.runtime.outputs import Prediction
 from filterformer.runtime.pipeline import Pipeline
 from filterformer.runtime.sessions import BACKENDS, open_session
 from filterformer.runtime.suite import Suite

@@ -6,7 +6,7 @@ the way back to each image's size, the post-processing, the float16 rescale)::
 
     from filterformer.runtime import Deployment
     deployment = Deployment("runs/filterformer/vial/export")        # ONNX Runtime, no torch
-    for result in deployment.predict(["part.png"]): print(result.name, result.score, result.verdict)
+    for result in deployment.predict(["part.png"]): print(result.score, result.anomalous)
 
 A deployment needs the export folder only (export.json, the graph files, the bank file of a
 model that retrieves references); the run folder, the training stack and the encoder weights
@@ -15,71 +15,24 @@ stay on the training machine.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from filterformer.data.datasets import read_split
+from filterformer.data.folder import file_samples
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import tiling_from_record
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
-from filterformer.evaluation.protocol import image_score
 from filterformer.evaluation.thresholds import Threshold
 from filterformer.inference.original_maps import original_size_maps
-from filterformer.inference.postprocess import postprocess, settings_for_split
-from filterformer.io import read_image
 from filterformer.runtime.manifest import choose_entry, require_manifest
+from filterformer.runtime.outputs import Prediction, predictions, score_rows, write_maps
 from filterformer.runtime.pipeline import Pipeline, PipelineBackend
-from filterformer.runtime.writing import write_maps
 from filterformer.submission.rescale import MapRescale
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's result: its map (original size, the model's units), score and verdict."""
-
-    name: str
-    map: np.ndarray
-    """H x W float32 at the image's original size; compare with ``Deployment.threshold``."""
-    score: float
-    """The image score of the map (the run's rule: max, or the mean of the top 1 %)."""
-    mask: np.ndarray
-    """H x W bool: map > threshold, post-processed as the run's category says."""
-
-    @property
-    def verdict(self) -> str:
-        """``anomalous`` when any pixel of the mask is set, else ``normal`` (as ff-predict)."""
-        return "anomalous" if self.mask.any() else "normal"
-
-
-@dataclass(frozen=True)
-class _ArrayImage:
-    """An image given as an H x W x 3 uint8 RGB array (for :func:`original_size_maps`)."""
-
-    name: str
-    image: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.image.shape[:2]
-
-    def load_image(self) -> np.ndarray:
-        return self.image
-
-
-def _as_image(item: str | Path | np.ndarray, index: int) -> _ArrayImage:
-    if isinstance(item, np.ndarray):
-        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
-            raise ConfigError(
-                f"image {index}: an array must be H x W x 3 uint8 RGB, got {item.shape} "
-                f"{item.dtype}; convert it (e.g. cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))."
-            )
-        return _ArrayImage(f"image_{index}", item)
-    return _ArrayImage(Path(item).name, read_image(item))
 
 
 class Deployment:
@@ -138,21 +91,22 @@ class Deployment:
             yield sample, maps[self.mode]
 
     def predict(
-        self, images: Iterable[str | Path | np.ndarray], split: str = "test"
+        self,
+        images: Sequence[str | Path],
+        *,
+        threshold: float | None = None,
+        split: str = "test",
     ) -> list[Prediction]:
-        """Maps, scores and verdicts of image files or H x W x 3 uint8 RGB arrays.
+        """Maps (original size), scores and verdicts of image files, in memory.
 
-        ``split`` picks the threshold and post-processing of that split when the run has
-        its own for it (e.g. ``test_private_mixed``).
+        ``threshold``: in score units; default the export's (that of ``split`` when the run
+        has one of its own for it).
         """
-        sources = [_as_image(item, i) for i, item in enumerate(images)]
-        threshold = self.threshold.for_split(split).value
-        settings = settings_for_split(self.postprocess, split)
-        results = []
-        for source, amap in self.predict_maps(sources):
-            mask = postprocess(amap > threshold, image=source.image, **settings)
-            results.append(Prediction(source.name, amap, image_score(amap, self.image_score), mask))
-        return results
+        if isinstance(images, str | Path):
+            images = [images]
+        samples = file_samples([Path(p) for p in images], category=self.category)
+        value = self.threshold.for_split(split).value if threshold is None else float(threshold)
+        return predictions(self.predict_maps, samples, value, self.postprocess, self.image_score)
 
     def samples(self, split: str) -> Sequence[Sample]:
         """The category's ``split`` of the run's dataset (under ``data_root`` if given)."""
@@ -183,3 +137,7 @@ class Deployment:
             overlays=overlays,
             record=record,
         )
+
+    def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
+        """Score and verdict of each written sample, read back from its map and binary map."""
+        return score_rows(samples, out, self.category, self.rescale, self.image_score)

@@ -15,7 +15,7 @@ from typing import Any
 from filterformer.errors import DeployError
 from filterformer.runtime.deployment import Deployment
 from filterformer.runtime.manifest import SUITE_FILE, read_suite
-from filterformer.runtime.writing import write_submission
+from filterformer.runtime.outputs import write_submission
 from filterformer.submission import OFFICIAL_COUNTS
 
 

@@ -90,48 +90,51 @@ LossStep = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """Optimiser and learning-rate schedule (values come from the config's ``train.optimizer``)."""
+    """Optimiser and learning-rate schedule: the config's ``train.optimizer`` (its defaults live
+    in the configs only; :func:`filterformer.runs.settings.train_settings` builds this)."""
 
-    name: str = "stable_adamw"
-    lr: float = 1e-3
-    final_lr: float = 1e-4
-    warmup_iters: int = 100
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-4
-    eps: float = 1e-10
-    amsgrad: bool = True
-    clip_threshold: float = 1.0
+    name: str
+    lr: float
+    final_lr: float
+    warmup_iters: int
+    betas: tuple[float, float]
+    weight_decay: float
+    eps: float
+    amsgrad: bool
+    clip_threshold: float
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How to train (values come from the config's ``train`` section, ``seed`` and ``resume``)."""
+    """How to train: the config's ``train`` section, ``seed``, ``device``, ``resume`` and
+    ``progress``, built in one place (:func:`filterformer.runs.settings.train_settings`); the
+    defaults live in the configs only."""
 
     epochs: int
     batch_size: int
     """The global batch; with several processes each takes an equal share."""
-    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    optimizer: OptimizerSettings
     """Optimiser and warm-up + cosine schedule, stepped every iteration."""
-    grad_clip: float | None = 0.1
+    grad_clip: float | None
     """L2-norm clip before each step, per part of ``model.parameter_groups()`` (INP-Former's
     parts; the Diff Predictor) so L_df never rescales INP-Former's update (None or 0: off)."""
-    device: str | torch.device = "cpu"
-    amp_bf16: bool = False
+    device: str | torch.device
+    amp_bf16: bool
     """Autocast the forward pass to bfloat16 (CUDA only; ignored on CPU)."""
-    seed: int = 1
-    deterministic: bool = True
+    seed: int
+    deterministic: bool
     """Deterministic torch kernels and no cuDNN autotuning."""
-    num_workers: int = 0
+    num_workers: int
     """DataLoader worker processes (kept alive across epochs)."""
-    compile_step: bool = False
+    compile_step: bool
     """``torch.compile`` the step after the encoder (forward and losses)."""
-    log_every: int = 50
+    log_every: int
     """Copy the step losses to the host (log rows, NaN guard, progress bar) every this many
     steps, and at the end of every epoch."""
-    resume: bool = False
+    resume: bool
     """Continue from ``checkpoints/last`` if present. Without it, a run folder that already
     holds ``last`` is refused rather than overwritten."""
-    progress: bool = True
+    progress: bool
 
 
 @dataclass(frozen=True)
@@ -171,48 +174,12 @@ def train(
     *,
     run_dir: str | Path,
     checkpoint_meta: Mapping[str, Any],
-    epochs: int,
-    batch_size: int,
-    optimizer: OptimizerSettings | None = None,
-    grad_clip: float | None = 0.1,
-    device: str | torch.device = "cpu",
-    amp_bf16: bool = False,
-    seed: int = 1,
-    deterministic: bool = True,
-    num_workers: int = 0,
-    compile_step: bool = False,
-    log_every: int = 50,
+    settings: TrainSettings,
+    evaluation: EvaluationSettings | None = None,
     distributed: DistributedContext = SINGLE_PROCESS,
-    eval_every: int = 0,
-    evaluator: Evaluator | None = None,
-    select_metric: str = "f1_max",
-    category: str | None = None,
-    map_statistics: MapStatistics | None = None,
-    resume: bool = False,
     step_callback: StepCallback | None = None,
-    progress: bool = True,
 ) -> TrainResult:
-    """Train ``model`` on ``train_set`` and keep the run's files: :class:`Trainer` in one call.
-
-    The keywords are the fields of :class:`TrainSettings` and of :class:`EvaluationSettings`
-    (``eval_every`` is its ``every``) and the other arguments of :class:`Trainer`.
-    """
-    settings = TrainSettings(
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer or OptimizerSettings(),
-        grad_clip=grad_clip,
-        device=device,
-        amp_bf16=amp_bf16,
-        seed=seed,
-        deterministic=deterministic,
-        num_workers=num_workers,
-        compile_step=compile_step,
-        log_every=log_every,
-        resume=resume,
-        progress=progress,
-    )
-    evaluation = EvaluationSettings(eval_every, evaluator, select_metric, category, map_statistics)
+    """Train ``model`` on ``train_set`` and keep the run's files: :class:`Trainer` in one call."""
     trainer = Trainer(
         model, train_set, run_dir, checkpoint_meta, settings, evaluation, distributed, step_callback
     )

@@ -8,7 +8,7 @@ config (set by the cpr_* presets) and the category's ``cpr`` block.
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,7 @@ class CPRFamily(ModelFamily):
                     context.run_dir, model, geometry, context.encoder_weights
                 )
         if context.is_main:
-            print(bank_summary(model, references), file=sys.stderr)
+            logging.getLogger("filterformer").info(bank_summary(model, references))
         foreground = references.foreground_maps
         return RetrievalPairs(
             uint8,

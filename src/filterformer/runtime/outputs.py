@@ -1,15 +1,17 @@
-"""Writing one category's maps, masks, overlays and scores, and a whole checked submission.
+"""What predictions become: results in memory, one category's maps, masks, overlays and
+scores on disk, and a whole checked submission.
 
-Shared by every backend of ff-predict: the torch model and an export in ONNX Runtime or
-OpenVINO give their original-size maps through a ``predict`` function, and everything after
-(float16 rescale, threshold, post-processing, overlays, scores.csv, upload checks, packing) is
-this one implementation.
+Shared by every backend of ff-predict and the Python API: the torch model and an export in
+ONNX Runtime or OpenVINO give their original-size maps through a ``predict`` function, and
+everything after (threshold, post-processing, image score, float16 rescale, overlays,
+scores.csv, upload checks, packing) is this one implementation.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,8 +35,51 @@ from filterformer.submission import (
 from filterformer.submission.mvtec_submission import map_path, mask_path
 from filterformer.submission.rescale import DEFAULT_TARGET
 
+LOG = logging.getLogger("filterformer")
+RESCALE_FILE = "rescale.json"
+"""The float16 rescale record ff-predict writes beside the maps of one category."""
+SHOWN_SCORES = 5
+"""How many of the highest-scoring images the --images table shows."""
 Predict = Callable[[Sequence[Sample]], Iterable[tuple[Sample, np.ndarray]]]
 """Samples -> (sample, H x W float32 map at its original size), in order."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: its map at the original size, image score and verdict."""
+
+    path: Path
+    anomaly_map: np.ndarray
+    """H x W float32 at the image's original size, in the run's score units."""
+    score: float
+    """The run's image score of the map (``eval.image_score``)."""
+    threshold: float
+    """The threshold the verdict and ``mask`` used (the run's, unless one was given)."""
+    mask: np.ndarray
+    """H x W bool: map above the threshold, post-processed as the run's category says."""
+
+    @property
+    def anomalous(self) -> bool:
+        """The verdict: any pixel of the mask is set."""
+        return bool(self.mask.any())
+
+
+def predictions(
+    predict: Predict,
+    samples: Sequence[Sample],
+    threshold: float,
+    postprocess: Mapping[str, Any],
+    rule: str,
+) -> list[Prediction]:
+    """The :class:`Prediction` of each sample (in memory, nothing written)."""
+    results = []
+    for sample, amap in predict(samples):
+        step = for_sample(postprocess, sample.split, sample.load_image)
+        mask = amap > threshold
+        mask = mask if step is None else step(mask)
+        score = image_score(amap, rule)
+        results.append(Prediction(sample.path, amap, score, threshold, mask.astype(bool)))
+    return results
 
 
 def write_maps(
@@ -107,6 +152,34 @@ def score_rows(
     return rows
 
 
+def report_scores(rows: Sequence[Mapping], threshold: Threshold, path: Path) -> str:
+    """The --images summary: counts, the highest scores, and where scores.csv is."""
+    anomalous = sum(row["verdict"] == "anomalous" for row in rows)
+    top = sorted(rows, key=lambda row: -row["score"])[:SHOWN_SCORES]
+    width = max(len("image"), *(len(row["image"]) for row in top))
+    lines = [
+        f"{len(rows)} images: {anomalous} anomalous, {len(rows) - anomalous} normal "
+        f"(threshold {threshold.value:.6g}, {threshold.describe('images')}; anomalous = any "
+        "pixel above it)",
+        f"{'image':<{width}}  {'score':>10}  verdict",
+        *(f"{row['image']:<{width}}  {row['score']:>10.6g}  {row['verdict']}" for row in top),
+        f"every image: {path}",
+    ]
+    return "\n".join(lines)
+
+
+def deployment_options(options: Any) -> dict[str, Any]:
+    """:class:`~filterformer.runtime.Deployment` keywords from ff-predict's options (its
+    namespace or ``PredictOptions``): the backend is ONNX Runtime unless another is named."""
+    return {
+        "backend": "onnxruntime" if options.backend == "torch" else options.backend,
+        "threads": options.threads,
+        "batch_size": options.batch_size,
+        "progress": not options.no_progress,
+        "data_root": options.data_root,
+    }
+
+
 class CategoryMaps(Protocol):
     """One category's source of maps: a run with its torch model, or an export."""
 
@@ -135,12 +208,12 @@ def write_submission(
     ``categories`` is consumed one at a time (a loaded model can go before the next loads).
     """
     for source in categories:
-        print(f"{source.category}: writing {', '.join(PRIVATE_SPLITS)}", file=sys.stderr)
+        LOG.info("%s: writing %s", source.category, ", ".join(PRIVATE_SPLITS))
         for split in PRIVATE_SPLITS:
             source.export(source.samples(split), out)
     problems = check_submission(out, data_root, counts, progress=progress)
     if problems:
-        print(format_report(problems), file=sys.stderr)
+        LOG.warning("%s", format_report(problems))
     if any(p.severity == "error" for p in problems):
         raise SubmissionError(f"{out}: the submission fails the upload checks listed above.")
     return pack_submission(out, check=False) if pack else None

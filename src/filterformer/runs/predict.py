@@ -1,0 +1,249 @@
+"""Prediction with trained runs: maps of images at their original size, scores, verdicts.
+
+The engine of ff-predict and of the Python API's ``Run.predict``. :class:`RunExporter` writes a
+run's maps in the MVTec AD 2 server's format (float16 TIFFs rescaled by the run's validation
+range, masks at the run's threshold, post-processed; resumable) and reads scores back;
+:func:`export_submission` does both private splits of every category, checked and packed;
+:func:`predict_images` returns maps in memory. A run is read, never written: its threshold
+and map range come from thresholds.json, calibrated when training ended.
+
+With ``backend`` ``onnxruntime`` or ``openvino`` the run's export (:func:`open_export`) runs in
+the torch-free runtime (:mod:`filterformer.runtime`) instead: the torch model is not loaded,
+and the export must be of the run as it is now. Writing, scores and submissions are the
+runtime's one implementation (:mod:`filterformer.runtime.outputs`) for both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from filterformer.data.sample import Sample
+from filterformer.errors import ConfigError
+from filterformer.evaluation.thresholds import Threshold
+from filterformer.export.exporter import export_folder
+from filterformer.export.manifest import verify_export
+from filterformer.lock import lock_output, reading_run, unlock_output
+from filterformer.runs.evaluate import require_threshold
+from filterformer.runs.run import (
+    build_geometry,
+    current_state,
+    load_run,
+    read_run_config,
+    split_samples,
+)
+from filterformer.runs.run_maps import RunMaps
+from filterformer.runs.settings import resolve_device
+from filterformer.runtime import Deployment
+from filterformer.runtime.outputs import (
+    CategoryMaps,
+    Prediction,
+    deployment_options,
+    predictions,
+    score_rows,
+    write_maps,
+    write_submission,
+)
+from filterformer.submission import OFFICIAL_COUNTS, MapRescale
+
+LOG = logging.getLogger("filterformer")
+
+
+@contextmanager
+def writing_output(out: Path, *, beside: bool = False) -> Iterator[None]:
+    """Be the only writer of the output folder ``out`` while the block runs."""
+    lock_output(out, beside=beside)
+    try:
+        yield
+    finally:
+        unlock_output(out, beside=beside)
+
+
+@dataclass
+class PredictOptions:
+    """How to predict (ff-predict's options, by the same names)."""
+
+    data_root: Path | None = None
+    device: str | None = None
+    batch_size: int = 8
+    no_progress: bool = False
+    no_verify: bool = False
+    no_pack: bool = False
+    backend: str = "torch"
+    model: Path | None = None
+    threads: int | None = None
+    """Intra-op threads of an export's runtime (default: its own choice)."""
+
+
+class RunExporter:
+    """Predicts with one loaded run's torch model and writes its maps, masks and overlays."""
+
+    def __init__(self, run_dir: Path, args: PredictOptions) -> None:
+        self.device = resolve_device(args.device)
+        with reading_run(run_dir):
+            self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)
+        self.category, self.image_score = self.run.category, self.run.image_score
+        self.args = args
+        self.maps = RunMaps(
+            self.run,
+            device=self.device,
+            data_root=args.data_root,
+            progress=not args.no_progress,
+            batch_size=args.batch_size,
+        )
+        self.rescale, self.threshold = self._calibration()
+
+    def _calibration(self) -> tuple[MapRescale, Threshold]:
+        """The run's calibrated threshold and the float16 rescale of its validation range."""
+        threshold = require_threshold(self.run)
+        if threshold.map_range is None:
+            raise ConfigError(
+                f"{self.run.run_dir}: the {self.run.mode!r} threshold has no validation map "
+                f"range (an older run). Calibrate it again: ff-eval --calibrate --run "
+                f"{self.run.run_dir}"
+            )
+        return MapRescale.from_range(*threshold.map_range), threshold
+
+    def samples(self, split: str) -> Sequence[Sample]:
+        """The run's samples of ``split`` (under ``data_root`` if given)."""
+        return self.maps.samples(split)
+
+    def export(
+        self,
+        samples: Sequence[Sample],
+        out: Path,
+        overlays: bool = False,
+        record: Path | None = None,
+    ) -> int:
+        """Write maps and masks of ``samples`` under ``out`` (resuming); return how many.
+
+        ``record``: the rescale record file (default: beside ``out``, see SubmissionWriter).
+        """
+        return write_maps(
+            self.maps.predict,
+            samples,
+            out,
+            category=self.category,
+            rescale=self.rescale,
+            threshold=self.threshold,
+            postprocess=self.run.postprocess,
+            overlays=overlays,
+            record=record,
+        )
+
+    def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
+        """Score and verdict of each written sample, read back from its map and binary map."""
+        return score_rows(samples, out, self.category, self.rescale, self.image_score)
+
+
+class RunDeployment(Deployment):
+    """A run's export in the torch-free runtime, reading the run's own splits (its data
+    source, or ``data_root``) as the torch model would."""
+
+    def __init__(self, folder: Path, config: DictConfig, **options: Any) -> None:
+        super().__init__(folder, **options)
+        self.config = config
+
+    def samples(self, split: str) -> Sequence[Sample]:
+        """The run's samples of ``split``."""
+        return split_samples(self.config, split, root=self.data_root)
+
+
+def open_export(run_dir: Path, args: PredictOptions) -> RunDeployment:
+    """The run's export (``args.model``, else ``<run>_export``) in the torch-free runtime,
+    after checking it is an export of the run as it is now; the torch model is not loaded."""
+    folder = export_folder(run_dir) if args.model is None else args.model.parent
+    name = None if args.model is None else args.model.name
+    config = read_run_config(run_dir)
+    with reading_run(run_dir):
+        state = current_state(run_dir)
+    input_size = build_geometry(config).input_size
+    name = verify_export(folder, name, args.backend, state, input_size, run_dir)
+    return RunDeployment(folder, config, model=name, **deployment_options(args))
+
+
+def run_maps(run_dir: Path, args: PredictOptions) -> RunExporter | RunDeployment:
+    """The run's torch model, or its export in ``args.backend`` (:func:`open_export`)."""
+    if args.backend == "torch":
+        if args.model is not None:
+            raise ConfigError("--model is for --backend onnxruntime or openvino.")
+        return RunExporter(run_dir, args)
+    return open_export(run_dir, args)
+
+
+def runs_by_category(runs_dir: Path, categories: Sequence[str] | None = None) -> dict[str, Path]:
+    """One run folder per category under ``runs_dir`` (read from each config.yaml); with
+    ``categories``, exactly those (every one required)."""
+    from omegaconf import OmegaConf
+
+    found: dict[str, Path] = {}
+    for config in sorted(runs_dir.glob("*/config.yaml")):
+        category = OmegaConf.load(config).category.name
+        if category in found:
+            raise ConfigError(
+                f"{runs_dir}: two runs for category {category!r} ({found[category]} and "
+                f"{config.parent}); keep one run folder per category."
+            )
+        found[category] = config.parent
+    if categories is None:
+        if not found:
+            raise ConfigError(f"{runs_dir}: no run folders (*/config.yaml) in it.")
+        return found
+    missing = [c for c in categories if c not in found]
+    if missing:
+        raise ConfigError(
+            f"{runs_dir}: no run folder for {', '.join(missing)}. A submission needs every "
+            "category; train them (ff-train category=...) or point --runs at the right folder."
+        )
+    return {c: found[c] for c in categories}
+
+
+def export_submission(
+    runs_dir: Path,
+    out: Path,
+    args: PredictOptions,
+    counts: Mapping[str, int] = OFFICIAL_COUNTS,
+) -> Path | None:
+    """Both private splits of every category, checked, then packed (unless no_pack): each
+    run's torch model, or its export in the torch-free runtime (``args.backend``)."""
+    runs = runs_by_category(runs_dir, list(counts))
+
+    def categories() -> Iterator[CategoryMaps]:
+        for category, run_dir in runs.items():
+            LOG.info("%s: %s", category, run_dir)
+            yield run_maps(run_dir, args)
+
+    return write_submission(
+        categories(),
+        out,
+        data_root=args.data_root,
+        counts=counts,
+        pack=not args.no_pack,
+        progress=not args.no_progress,
+    )
+
+
+def predict_images(
+    run_dir: Path,
+    images: Sequence[str | Path],
+    *,
+    threshold: float | None = None,
+    options: PredictOptions | None = None,
+) -> list[Prediction]:
+    """Maps, scores and verdicts of image files, in memory (nothing is written)."""
+    options = options or PredictOptions(no_progress=True)
+    source = run_maps(Path(run_dir), options)
+    if isinstance(source, Deployment):
+        return source.predict(images, threshold=threshold)
+    from filterformer.data.folder import file_samples
+
+    run = source.run
+    value = source.threshold.value if threshold is None else float(threshold)
+    samples = file_samples([Path(p) for p in images], category=run.category)
+    return predictions(source.maps.predict, samples, value, run.postprocess, run.image_score)
