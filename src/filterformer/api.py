@@ -23,6 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from filterformer.errors import ConfigError
+from filterformer.lock import writing_output
 from filterformer.runs.calibrate import Calibration, calibrate_run
 from filterformer.runs.compose import compose_config
 from filterformer.runs.evaluate import EvalOptions, EvaluationReport, evaluate
@@ -32,7 +33,6 @@ from filterformer.runs.predict import (
     PredictOptions,
     RunExporter,
     predict_images,
-    writing_output,
 )
 from filterformer.runs.run import read_run_config
 from filterformer.runs.train import TrainOutcome, run_training

@@ -91,6 +91,16 @@ def unlock_output(out: str | os.PathLike, *, beside: bool = False) -> None:
     _unlock(_output_lock_file(Path(out).expanduser().resolve(), beside))
 
 
+@contextmanager
+def writing_output(out: Path, *, beside: bool = False) -> Iterator[None]:
+    """Be the only writer of the output folder ``out`` while the block runs."""
+    lock_output(out, beside=beside)
+    try:
+        yield
+    finally:
+        unlock_output(out, beside=beside)
+
+
 def _output_lock_file(out: Path, beside: bool) -> Path:
     return out.with_name(out.name + ".lock") if beside else out / RUN_LOCK
 

@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--run and --export need --out DIR")
     else:
         out, beside = args.out, False
-    from filterformer.runs.predict import writing_output
+    from filterformer.lock import writing_output
 
     with writing_output(out, beside=beside):
         if args.runs is not None or suite:

@@ -38,6 +38,7 @@ from filterformer.export.graph import EXAMPLE_BATCH, MapFinish, check_exportable
 from filterformer.export.manifest import add_file, run_record
 from filterformer.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, Parity, check_parity
 from filterformer.inference.run import Run
+from filterformer.io import atomic_path
 from filterformer.models.export_plan import IMAGES, ExportPlan, Graph
 from filterformer.runtime.ops import OPS
 from filterformer.runtime.pipeline import Pipeline
@@ -164,7 +165,8 @@ def write_plan(
     if plan.arrays:
         bank = f"{out.stem}.bank.safetensors"
         contiguous = {k: np.ascontiguousarray(v) for k, v in plan.arrays.items()}
-        save_file(contiguous, str(stage / bank))
+        with atomic_path(stage / bank) as tmp:
+            save_file(contiguous, str(tmp))
     return records, bank
 
 

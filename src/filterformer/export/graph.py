@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -116,8 +117,11 @@ def export_graph(
             size = tuple(example[graph.inputs.index(IMAGES)].shape[-2:])
             contexts.enter_context(encoder.fixed_positions(encoder.grid_size(size)))
     graph.module.eval()
-    # the exporter prints its progress to stdout; a failure still raises
+    # the exporter prints its progress to stdout and warns that the inputs share the batch
+    # dimension (as meant); a failure still raises
     with contexts, torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        contexts.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message="# The axis name: batch will not be used")
         program = torch.onnx.export(
             graph.module,
             tuple(example),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from filterformer.errors import ConfigError
 from filterformer.evaluation.thresholds import Threshold
 from filterformer.export.exporter import export_folder
 from filterformer.export.manifest import verify_export
-from filterformer.lock import lock_output, reading_run, unlock_output
+from filterformer.lock import reading_run
 from filterformer.runs.evaluate import require_threshold
 from filterformer.runs.run import (
     build_geometry,
@@ -53,16 +52,6 @@ from filterformer.runtime.outputs import (
 from filterformer.submission import OFFICIAL_COUNTS, MapRescale
 
 LOG = logging.getLogger("filterformer")
-
-
-@contextmanager
-def writing_output(out: Path, *, beside: bool = False) -> Iterator[None]:
-    """Be the only writer of the output folder ``out`` while the block runs."""
-    lock_output(out, beside=beside)
-    try:
-        yield
-    finally:
-        unlock_output(out, beside=beside)
 
 
 @dataclass
