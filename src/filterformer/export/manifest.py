@@ -161,7 +161,10 @@ def verify_export(
     again = f"ff-export --run {run_dir} --out {folder / (name or 'model.onnx')}"
     manifest = read_manifest(folder)
     if manifest is None:
-        raise DeployError(f"{folder}: no {EXPORT_FILE}; export the run first: {again}.")
+        raise DeployError(
+            f"{folder / (name or EXPORT_FILE)}: exported model not found (no {EXPORT_FILE} in "
+            f"{folder}); export the run first: {again}."
+        )
     name, entry = choose_entry(folder, manifest, backend, name)
     missing = [str(f) for f in entry_files(folder, entry) if not f.is_file()]
     if missing:

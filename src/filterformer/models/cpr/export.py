@@ -57,11 +57,13 @@ class LocalGraph(nn.Module):
         coarse: torch.Tensor,
         ref_fine: torch.Tensor,
         ref_coarse: torch.Tensor,
-        *foreground: torch.Tensor,
+        foreground: torch.Tensor | None = None,
+        ref_foreground: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = zip((fine, coarse), (ref_fine, ref_coarse), self.model.windows, strict=True)
         distances = [windowed_min_distance(q, r, w) for q, r, w in pairs]
-        return self.finish({"cpr": self.model.combine(distances, self.size, *foreground)})
+        amap = self.model.combine(distances, self.size, foreground, ref_foreground)
+        return self.finish({"cpr": amap})
 
 
 def cpr_export_plan(model: CPR, finish: nn.Module) -> ExportPlan:
