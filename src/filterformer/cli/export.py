@@ -4,6 +4,7 @@
     ff-export --run RUN --format openvino --out DIR/model.xml [--fp16]
     ff-export --run RUN --dynamic-size --images FOLDER    any input size; parity on FOLDER
     ff-export --runs SUITE --out DEPLOY                   one export per category + suite.json
+    ff-export --run RUN --serving triton [--repository REPO]   + a Triton model repository
 
 The graph takes normalised B x 3 x h x w network inputs and gives the anomaly maps at
 network-input resolution (fused by the run's mode, smoothed) and the image scores. Before the
@@ -15,7 +16,9 @@ rescale and post-processing, so a caller needs no filterformer. The threshold an
 the run's calibration (made when training ended); the run folder itself is never written.
 INP-Former, Filter-Former, EAR and FADeR export as one graph; CPR as a query graph, its global
 retrieval (NumPy, in the runtime) over a float16 bank file beside it, and a local-retrieval
-graph. ff-predict --export DIR runs the result without torch.
+graph. ff-predict --export DIR runs the result without torch. --serving triton|ovms also
+writes the export (or suite) as the model repository of Triton Inference Server or OpenVINO
+Model Server (default: beside the export, ``<folder>_<engine>``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from filterformer.cli.common import report_user_errors, show_library_log
 
 DEFAULT_PARITY_IMAGES = 16
 FORMATS = ("onnx", "openvino")  # as filterformer.export.formats; --help must not import torch
+ENGINES = ("triton", "ovms")  # as filterformer.export.serving
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dynamic-size", action="store_true", help="any input height/width (patch multiples)"
     )
     parser.add_argument("--fp16", action="store_true", help="store the weights as float16")
+    parser.add_argument("--serving", choices=ENGINES, help="also write a server's model repository")
+    parser.add_argument("--repository", type=Path, help="where --serving writes it")
     parser.add_argument("--images", type=Path, help="parity check on this folder's images")
     parser.add_argument(
         "--parity-images",
@@ -91,8 +97,15 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for result in results:
         print(result.parity.describe())
         print(f"wrote {result.path} and {result.path.parent / EXPORT_FILE}")
+    folder = args.out if args.runs is not None else result.path.parent
     if args.runs is not None:
-        print(f"wrote {args.out / 'suite.json'}")
+        print(f"wrote {folder / 'suite.json'}")
+    if args.serving:
+        from filterformer.export.serving import write_serving
+
+        repository = args.repository or folder.with_name(f"{folder.name}_{args.serving}")
+        names = write_serving(folder, repository, args.serving)
+        print(f"wrote {repository}: {args.serving} models {', '.join(names)}")
     return 0
 
 
