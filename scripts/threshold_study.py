@@ -74,7 +74,12 @@ def study(run_dir: Path, root: str | None) -> list[dict]:
     rows = []
     for label, rule in RULES.items():
         threshold = threshold_by_rule(
-            rule, lambda: iter(validation), lambda: iter(test), str(run_dir), lambda m: pseudo[m]
+            rule,
+            lambda: iter(validation),
+            lambda: iter(test),
+            str(run_dir),
+            lambda m: pseudo[m],
+            labelled_split="test_public",
         )
         seg = SegF1Accumulator()
         for amap, mask in test:

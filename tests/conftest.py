@@ -3,6 +3,7 @@ and a writer of encoder weights in Meta's file layout."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,6 +165,39 @@ def make_visa_tree(root: Path, category: str, seed: int = 0) -> Path:
     return root
 
 
+def make_real_iad_tree(root: Path, category: str, seed: int = 0) -> Path:
+    """A Real-IAD-layout root: 6 train OK, 2 test OK, 3 test NG (JPEG images, PNG masks).
+
+    realiad_1024/<category>/{OK,NG/<class>}/<specimen>/<name>.jpg with the masks beside their
+    images, and realiad_jsons/realiad_jsons/<category>.json listing train and test, as the
+    dataset archive does (the JSON also has a "meta" block, which readers ignore).
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / "realiad_1024" / category
+    entries: dict[str, list[dict]] = {"train": [], "test": []}
+    for i in range(8):
+        relative = f"OK/S{i:04d}/{category}_{i:04d}_OK_C1_2023.jpg"
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / relative), _texture_image(rng))
+        split = "train" if i < 6 else "test"
+        entry = {"category": category, "anomaly_class": "OK", "image_path": relative}
+        entries[split].append({**entry, "mask_path": None})
+    for i, defect in enumerate(("QS", "HS", "QS")):
+        stem = f"NG/{defect}/S{100 + i:04d}/{category}_{100 + i:04d}_NG_{defect}_C2_2023"
+        (folder / stem).parent.mkdir(parents=True, exist_ok=True)
+        mask = _defect_mask(rng)
+        cv2.imwrite(str(folder / f"{stem}.jpg"), _texture_image(rng, mask))
+        cv2.imwrite(str(folder / f"{stem}.png"), mask.astype(np.uint8) * 255)
+        entries["test"].append(
+            {"anomaly_class": defect, "image_path": f"{stem}.jpg", "mask_path": f"{stem}.png"}
+        )
+    jsons = root / "realiad_jsons" / "realiad_jsons"
+    jsons.mkdir(parents=True, exist_ok=True)
+    document = {"meta": {"prefix": "", "normal_class": "OK"}, **entries}
+    (jsons / f"{category}.json").write_text(json.dumps(document, indent=1))
+    return root
+
+
 @pytest.fixture
 def mvtec_ad_root(tmp_path: Path) -> Path:
     """A writable MVTec AD-layout root with the category ``carpet`` (make_mvtec_ad_tree)."""
@@ -174,6 +208,12 @@ def mvtec_ad_root(tmp_path: Path) -> Path:
 def visa_root(tmp_path: Path) -> Path:
     """A writable VisA-layout root with the category ``candle`` (make_visa_tree)."""
     return make_visa_tree(tmp_path / "visa", "candle")
+
+
+@pytest.fixture
+def real_iad_root(tmp_path: Path) -> Path:
+    """A writable Real-IAD-layout root with the category ``audiojack`` (make_real_iad_tree)."""
+    return make_real_iad_tree(tmp_path / "real_iad", "audiojack")
 
 
 def settings_for_tests(**changes: object) -> TrainSettings:

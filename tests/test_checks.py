@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from filterformer.errors import ConfigError
+from filterformer.models import family
 from filterformer.runs.checks import RULES, check_settings
 from filterformer.runs.compose import config_dir
 from filterformer.runs.train import _flatten, resolve_config
@@ -31,7 +32,7 @@ def compose_train(*overrides: str):
 def test_every_shipped_recipe_passes(preset, category):
     cfg = compose_train(f"preset={preset}", f"category={category}")
     settings = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    check_settings(settings, patch_size=14)
+    check_settings(settings, family_ranges=family(cfg.model.name).setting_ranges, patch_size=14)
     assert {"train.epochs", "eval.every", "input.resize", "train.optimizer.lr"} <= set(settings)
     assert set(settings) & set(RULES) >= {"seed", "train.batch_size", "eval.batch_size"}
 

@@ -60,6 +60,7 @@ def ff_train(monkeypatch, capsys, *args: str) -> tuple[int | None, str]:
     return code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -84,6 +85,7 @@ def test_missing_mandatory_value_names_the_key(monkeypatch, capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_offline_download_names_the_variant_and_the_weights_folder(tmp_path, tmp_path_factory):
     """allow_download=true without a network: no 60-line hub traceback, no folder."""
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path_factory.mktemp("hf_home"))}

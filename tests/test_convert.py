@@ -232,6 +232,7 @@ def test_strict_every_difference_is_named(tiny_official, edit, named: str) -> No
         convert_state_dict(tiny_official, "tiny_random")
 
 
+@pytest.mark.slow
 def test_ff_convert_writes_a_parity_run_that_load_run_uses(tiny_official, tmp_path, capsys) -> None:
     checkpoint = tmp_path / "model.pth"
     torch.save(tiny_official, checkpoint)
@@ -320,6 +321,7 @@ def official_mask(mask: np.ndarray) -> np.ndarray:
     return (F.interpolate(tensor[None, None], size=256, mode="nearest")[0, 0] > 0.5).numpy()
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_evaluates_with_the_inpformer_protocol(
     tiny_official, mvtec_ad_root, tmp_path, capsys
 ) -> None:
@@ -372,6 +374,7 @@ def test_converted_checkpoint_evaluates_with_the_inpformer_protocol(
         assert row[key] == pytest.approx(expected[key], abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_ff_convert_data_names_the_benchmark(tiny_official, tmp_path) -> None:
     torch.save(tiny_official, tmp_path / "model.pth")
     argv = ["inp-former", str(tmp_path / "model.pth"), "--encoder", "tiny_random"]

@@ -58,6 +58,7 @@ def pixel_auroc(model: torch.nn.Module, run: Run) -> float:
     return float(roc_auc_score(np.concatenate(masks), np.concatenate(maps)))
 
 
+@pytest.mark.slow
 def test_trained_heads_separate_defects_better_than_untrained_ones(cpr_run: Path) -> None:
     """Measured: pixel AUROC 0.74 trained, 0.55 with the same model's untrained heads."""
     assert (cpr_run / REFERENCES_FILE).is_file()
@@ -70,6 +71,7 @@ def test_trained_heads_separate_defects_better_than_untrained_ones(cpr_run: Path
     assert trained_auroc > untrained_auroc + 0.08
 
 
+@pytest.mark.slow
 def test_ff_eval_and_ff_predict_work_on_a_cpr_run(cpr_run: Path, tmp_path: Path) -> None:
     document = tmp_path / "metrics.json"
     assert ff_eval.main(["--run", str(cpr_run), "--no-progress", "--json", str(document)]) == 0
@@ -80,6 +82,7 @@ def test_ff_eval_and_ff_predict_work_on_a_cpr_run(cpr_run: Path, tmp_path: Path)
     assert len(maps) == 4  # test_private 2 + test_private_mixed 2
 
 
+@pytest.mark.slow
 def test_a_cpr_run_needs_its_references(cpr_run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(cpr_run, copy)

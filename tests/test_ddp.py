@@ -88,6 +88,7 @@ def read_rows(path):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_weights_of_one(synthetic_root, tmp_path):
     """The same global batches split over two gloo processes: same weights and loss log.
 

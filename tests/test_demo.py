@@ -31,6 +31,7 @@ def _demo(out: Path, *extra: str) -> int:
     )
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step_explains_itself_and_runs_again(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -18,7 +18,13 @@ from filterformer.models.ear import EAR
 from filterformer.models.ear.attention import attention_mask, cls_attention, suspect_mask, top_mass
 from filterformer.models.ear.grid import mosaic, obfuscate, pad_to_multiple, patch_tokens
 from filterformer.models.ear.similarity import gradient_magnitude, msgms_map, ssim_map
-from filterformer.models.ear.unet import UNet
+from filterformer.models.ear.unet import (
+    UNET_LAYOUTS,
+    StridedUNet,
+    UNet,
+    build_unet,
+    to_unit_range,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY_WIDTHS = (4, 8, 8, 16, 16)
@@ -197,9 +203,69 @@ def test_suspect_mask_covers_whole_patches_at_any_input_size(encoder) -> None:
 # ------------------------------------------------------------------ U-Net
 
 
-def test_unet_levels_skip_shapes_and_output_range() -> None:
+def _conv_layers(module: torch.nn.Module) -> list[tuple[int, int, int, int]]:
+    """(in, out, kernel, stride) of every convolution, in module order."""
+    return [
+        (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0])
+        for m in module.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+
+
+def test_template_unet_has_the_riad_template_layers() -> None:
+    """RIAD-PyTorch's aesc_l2.py with filters [3, 64, 128, 256, 512]: per level conv, conv,
+    conv stride 2 (the deepest: conv, conv); per decoder level up + conv, conv on the
+    concatenation, conv; a 3 x 3 output conv. Every conv is followed by BatchNorm and
+    LeakyReLU except the output conv."""
+    unet = UNet((64, 128, 256, 512))
+    encoder = [
+        *[(3, 64, 3, 1), (64, 64, 3, 1), (64, 64, 3, 2)],
+        *[(64, 128, 3, 1), (128, 128, 3, 1), (128, 128, 3, 2)],
+        *[(128, 256, 3, 1), (256, 256, 3, 1), (256, 256, 3, 2)],
+        *[(256, 512, 3, 1), (512, 512, 3, 1)],
+    ]
+    assert _conv_layers(unet.encoder) == encoder
+    decoder = {  # level: up conv, conv on [up, skip], conv
+        0: [(128, 64, 3, 1), (128, 64, 3, 1), (64, 64, 3, 1)],
+        1: [(256, 128, 3, 1), (256, 128, 3, 1), (128, 128, 3, 1)],
+        2: [(512, 256, 3, 1), (512, 256, 3, 1), (256, 256, 3, 1)],
+    }
+    assert {d: _conv_layers(level) for d, level in enumerate(unet.decoder)} == decoder
+    assert _conv_layers(unet.head) == [(64, 3, 3, 1)] and unet.head.bias is not None
+    assert all(isinstance(m.up[0], torch.nn.Upsample) for m in unet.decoder)
+    bn = [m for m in unet.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bn) == len(encoder) + 9  # all but the output conv
+
+
+def test_template_unet_takes_each_skip_before_the_stride() -> None:
     torch.manual_seed(0)
     unet = UNet(TINY_WIDTHS).eval()
+    images = torch.rand(2, 3, 32, 48)
+    skips = []
+    for level in unet.encoder:
+        level.features.register_forward_hook(lambda _m, _i, out: skips.append(out))
+    out = unet(images)
+    assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1
+    sizes = [tuple(s.shape[-2:]) for s in skips]
+    assert sizes == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]  # the first at full size
+    assert unet.skip_sizes(32, 48) == sizes[:-1] and unet.multiple == 16  # no skip: deepest
+    masks = [torch.rand(2, 1, h, w) for h, w in unet.skip_sizes(32, 48)]
+    fused = {}
+    for level, block in enumerate(unet.decoder):
+        block.fuse.register_forward_pre_hook(
+            lambda _m, inputs, level=level: fused.__setitem__(level, inputs[0])
+        )
+    skips.clear()
+    unet(images, masks)
+    for level, mask in enumerate(masks):  # FADeR eq. 4 on concat(up, skip * mask)
+        width = unet.widths[level]
+        torch.testing.assert_close(fused[level][:, width:], skips[level] * mask)
+    assert torch.equal(unet(images, [torch.ones_like(m) for m in masks]), unet(images))
+
+
+def test_strided_unet_levels_skip_shapes_and_output_range() -> None:
+    torch.manual_seed(0)
+    unet = StridedUNet(TINY_WIDTHS).eval()
     images = torch.rand(2, 3, 64, 96)
     seen = []
     for block in unet.encoder:
@@ -208,6 +274,7 @@ def test_unet_levels_skip_shapes_and_output_range() -> None:
     assert out.shape == images.shape and 0 < out.min() and out.max() < 1
     assert seen == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]  # stride 2 in every block
     assert unet.skip_sizes(64, 96) == seen[:-1]  # no skip at the deepest level
+    assert unet.multiple == 32
     layers = [m for m in unet.encoder[0] if isinstance(m, torch.nn.Sequential)]
     assert len(layers) == 3 and [m[0].stride for m in layers] == [(1, 1), (1, 1), (2, 2)]
     assert all(
@@ -216,10 +283,10 @@ def test_unet_levels_skip_shapes_and_output_range() -> None:
     )
 
 
-def test_unet_skip_masks_multiply_the_skips_before_the_concatenation() -> None:
+def test_strided_unet_skip_masks_multiply_the_skips_before_the_concatenation() -> None:
     """FADeR eq. 4: decoder block d reads concat(decoder d+1, encoder d * mask_d), d < D."""
     torch.manual_seed(0)
-    unet = UNet(TINY_WIDTHS).eval()
+    unet = StridedUNet(TINY_WIDTHS).eval()
     images = torch.rand(1, 3, 32, 32)
     masks = [torch.rand(1, 1, h, w) for h, w in unet.skip_sizes(32, 32)]
     encoded, decoder_inputs = [], {}
@@ -238,9 +305,20 @@ def test_unet_skip_masks_multiply_the_skips_before_the_concatenation() -> None:
     assert torch.equal(unet(images, ones), unet(images))
 
 
-def test_unet_refuses_fewer_than_two_levels() -> None:
-    with pytest.raises(ConfigError, match="model.widths"):
-        UNet((8,))
+def test_unet_refuses_fewer_than_two_levels_and_unknown_layouts() -> None:
+    for layout in UNET_LAYOUTS:
+        with pytest.raises(ConfigError, match="model.widths"):
+            build_unet(layout, (8,))
+    with pytest.raises(ConfigError, match="model.unet_layout 'flat'"):
+        build_unet("flat", TINY_WIDTHS)
+    with pytest.raises(ConfigError, match="model.unet_output 'tanh'"):
+        build_unet("template", TINY_WIDTHS, "tanh")
+
+
+def test_unet_outputs_clamp_or_sigmoid_into_the_unit_range() -> None:
+    logits = torch.tensor([-2.0, 0.25, 3.0])
+    assert to_unit_range(logits, "clamp").tolist() == [0.0, 0.25, 1.0]  # RIAD-PyTorch
+    torch.testing.assert_close(to_unit_range(logits, "sigmoid"), torch.sigmoid(logits))
 
 
 # ------------------------------------------------------------------ the model
@@ -254,6 +332,14 @@ def test_ear_losses_and_maps_at_an_odd_input_size(ear: EAR) -> None:
     maps = ear.anomaly_maps(images)
     assert set(maps) == set(ear.fusion_modes) == {"msgms"}
     assert maps["msgms"].shape == (2, 44, 70) and maps["msgms"].min() >= 0
+
+
+@pytest.mark.parametrize(("layout", "multiple"), [("template", 16), ("strided", 32)])
+def test_ear_pads_to_what_its_unet_layout_needs(layout, multiple) -> None:
+    torch.manual_seed(0)
+    model = EAR(build_encoder("tiny_random_vits8"), widths=TINY_WIDTHS, unet_layout=layout)
+    assert model.multiple == multiple  # lcm(2^(D-1) or 2^D, m = 8)
+    assert model.eval().anomaly_maps(torch.randn(1, 3, 20, 28))["msgms"].shape == (1, 20, 28)
 
 
 def test_ear_obfuscates_only_inside_the_attention_mask(ear: EAR) -> None:
@@ -275,6 +361,7 @@ def test_ear_trains_only_the_unet_and_checkpoints_no_encoder(ear: EAR) -> None:
     assert any(k.endswith("running_mean") for k in state)  # BatchNorm statistics travel too
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_reconstruction_loss() -> None:
     torch.manual_seed(0)
     model = EAR(build_encoder("tiny_random_vits8"), widths=TINY_WIDTHS, mosaic_scale=4)
@@ -294,6 +381,7 @@ def test_a_few_steps_lower_the_reconstruction_loss() -> None:
         ({"attention_heads": "max"}, "attention_heads 'max'"),
         ({"attention_mass": 1.5}, "attention_mass=1.5"),
         ({"mosaic_scale": 0}, "mosaic_scale=0"),
+        ({"unet_layout": "flat"}, "model.unet_layout 'flat'"),
         ({"hidden": 8}, r"unknown setting\(s\) \['hidden'\] for model 'ear'"),
     ],
 )
@@ -302,15 +390,34 @@ def test_bad_ear_settings_are_named(kwargs, message) -> None:
         build_model("ear", build_encoder("tiny_random_vits8"), **kwargs)
 
 
-def test_ear_config_and_paper_preset_build() -> None:
+def _compose(*overrides: str):
     with initialize_config_dir(str(CONFIGS), version_base=None):
-        cfg = compose("train", overrides=["preset=ear_paper"])
-    model_args = OmegaConf.to_container(cfg.model)
+        return compose("train", overrides=list(overrides))
+
+
+def test_ear_config_and_paper_preset_build() -> None:
+    cfg = _compose("preset=ear_paper")
+    model_args = OmegaConf.to_container(cfg.model, resolve=True)
     assert model_args.pop("name") == "ear" and cfg.encoder.variant == "dino_vits8"
     assert len(model_args["widths"]) == 5  # FADeR §4.1: D = 5
+    assert model_args["unet_layout"] == "template"  # RIAD-PyTorch's skips, before the stride
+    assert cfg.eval.image_score == "max"  # RIAD-PyTorch: the map's maximum
+    assert cfg.train.optimizer.schedule == "fixed"
     with torch.device("meta"):
         model = build_model("ear", build_encoder("dino_vits8"), **model_args)
     assert model.unet.levels == 5 and model.encoder.patch_size == 8
+    assert model.unet.skip_sizes(256, 256)[0] == (256, 256)  # a full-resolution skip
+
+
+@pytest.mark.parametrize("preset", ["ear_paper", "fader_paper"])
+def test_the_mosaic_scale_is_the_category_configs(preset) -> None:
+    """FADeR §4.1: EAR's m* per product; every category config carries one."""
+    for category in ("can", "vial", "carpet", "synthetic", "custom"):
+        cfg = _compose(f"preset={preset}", f"category={category}")
+        assert cfg.model.mosaic_scale == cfg.category.ear.mosaic_scale
+    cfg = _compose(f"preset={preset}", "category=can", "category.ear.mosaic_scale=16")
+    assert cfg.model.mosaic_scale == 16
+    assert _compose(f"preset={preset}", "model.mosaic_scale=4").model.mosaic_scale == 4
 
 
 def test_dino_layout_weights_file_loads_into_the_vits8_architecture(tmp_path: Path) -> None:

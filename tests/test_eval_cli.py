@@ -36,6 +36,7 @@ def run(args: list[str], tmp_path: Path) -> tuple[int, dict | None]:
     return code, json.loads(out.read_text()) if out.is_file() else None
 
 
+@pytest.mark.slow
 def test_out_folder_gets_metrics_pro_curve_and_overlays(tmp_path: Path, capsys) -> None:
     code, doc = run(["--maps", str(SAMPLE), "--out", str(tmp_path / "eval")], tmp_path)
     assert code == 0
@@ -120,6 +121,7 @@ def test_unknown_category_and_missing_maps_folder_exit_2(tmp_path, capsys) -> No
     assert "absent" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_maps_path_never_imports_torch(tmp_path: Path) -> None:
     code = (
         "import sys; from filterformer.cli.eval import main; "
@@ -174,22 +176,32 @@ def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     return run_dir, root
 
 
-def test_run_path_calibrates_stores_threshold_and_writes_eval_folder(untrained_run) -> None:
+def calibrate(run_dir: Path, data_root: Path) -> int:
+    """ff-eval --calibrate: the run's writer stores every fusion mode's threshold."""
+    args = ["--calibrate", "--run", str(run_dir), "--data-root", str(data_root)]
+    return main([*args, "--no-progress", "--device", "cpu"])
+
+
+@pytest.mark.slow
+def test_calibrate_stores_every_mode_and_the_run_path_only_reads_it(untrained_run) -> None:
     run_dir, root = untrained_run
     args = ["--run", str(run_dir), "--data-root", str(root), "--no-progress", "--device", "cpu"]
-    assert main(args) == 0
+    assert calibrate(run_dir, root) == 0
     stored = json.loads((run_dir / "thresholds.json").read_text())["synthetic"]
-    ((mode, record),) = stored.items()
+    assert set(stored) == {"inp", "filter"}  # fused modes need map statistics: none here
+    record = stored["filter"]  # the run's mode (no fusion.json: the model's own)
     assert record["rule"] == "mean_std" and record["source_split"] == "validation"
+    assert len(record["checkpoint"]) == 64 and record["map_range"][0] < record["map_range"][1]
+    assert main(args) == 0
     out = run_dir.with_name(run_dir.name + "_eval") / "test_public"
     row = json.loads((out / "metrics.json").read_text())["categories"]["synthetic"]
     assert row["threshold"] == record["value"] and row["num_images"] == 5
     assert 0.0 <= row["au_pro@0.05"] <= 1.0 and 0.0 <= row["seg_f1"] <= 1.0
     assert (out / "pro_curve_synthetic.png").is_file() and any((out / "overlays").iterdir())
-    assert main(args) == 0  # second time: the stored threshold is reused, not recalibrated
-    assert json.loads((run_dir / "thresholds.json").read_text())["synthetic"][mode] == record
+    assert json.loads((run_dir / "thresholds.json").read_text())["synthetic"] == stored
 
 
+@pytest.mark.slow
 def test_run_on_a_folder_dataset_is_evaluated_with_overlays(untrained_run, tmp_path) -> None:
     """Custom data (data=folder): samples have bare-stem relpaths and split "test"."""
     from hydra import compose, initialize_config_dir
@@ -218,6 +230,7 @@ def test_run_on_a_folder_dataset_is_evaluated_with_overlays(untrained_run, tmp_p
     model, identity = build_from_config(config)
     save_checkpoint(run_dir / "checkpoints" / "last", model, meta={**identity, "step": 0})
 
+    assert main(["--calibrate", "--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
     assert main(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
     overlays = sorted(
         (run_dir.with_name(run_dir.name + "_eval") / "test_public" / "overlays").iterdir()
@@ -298,7 +311,9 @@ def run_copy(untrained_run: tuple[Path, Path], tmp_path: Path) -> Path:
 
 
 def eval_run(run_dir: Path, data_root: Path, *extra: str) -> tuple[int, dict | None]:
-    out = run_dir / "result.json"
+    """Calibrate the run as it is now (as training would have), then evaluate it."""
+    assert calibrate(run_dir, data_root) == 0
+    out = run_dir.with_name("result.json")
     code = main(
         ["--run", str(run_dir), "--data-root", str(data_root), "--json", str(out)]
         + ["--no-progress", "--device", "cpu", *extra]
@@ -306,6 +321,7 @@ def eval_run(run_dir: Path, data_root: Path, *extra: str) -> tuple[int, dict | N
     return code, json.loads(out.read_text()) if out.is_file() else None
 
 
+@pytest.mark.slow
 def test_run_without_selection_is_labelled_as_choosing_nothing(untrained_run, tmp_path) -> None:
     """`last` and no fusion.json (as ff-convert or eval.every=0 leave it): nothing chosen."""
     run_dir = run_copy(untrained_run, tmp_path)
@@ -319,6 +335,7 @@ def test_run_without_selection_is_labelled_as_choosing_nothing(untrained_run, tm
     assert stored["categories"]["synthetic"]["selected_on"] == expected
 
 
+@pytest.mark.slow
 def test_best_checkpoint_and_fusion_json_are_labelled_with_eval_split(
     untrained_run, tmp_path, capsys
 ) -> None:
@@ -345,17 +362,25 @@ def test_best_checkpoint_and_fusion_json_are_labelled_with_eval_split(
     assert doc["categories"]["synthetic"]["selected_on"]["checkpoint"] == "test_public"
 
 
-def test_a_mode_without_threshold_is_calibrated_and_stored(untrained_run, tmp_path, capsys):
+@pytest.mark.slow
+def test_a_mode_without_threshold_is_refused_naming_calibrate(untrained_run, tmp_path, capsys):
     run_dir = run_copy(untrained_run, tmp_path)
     other = {"value": 7.0, "rule": "mean_std", "k": 3, "source_split": "validation"}
     (run_dir / "thresholds.json").write_text(json.dumps({"synthetic": {"inp": other}}))
-    code, doc = eval_run(run_dir, untrained_run[1])  # the run's mode is "filter"
-    assert code == 0 and "calibrated mean+3std(validation)" in capsys.readouterr().err
+    before = (run_dir / "thresholds.json").read_bytes()
+    args = ["--run", str(run_dir), "--data-root", str(untrained_run[1]), "--no-progress"]
+    assert main(args) == 2  # the run's mode is "filter": no threshold, nothing written
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "'filter' has no calibrated threshold" in err[0]
+    assert "ff-eval --calibrate --run" in err[0]
+    assert (run_dir / "thresholds.json").read_bytes() == before
+    code, doc = eval_run(run_dir, untrained_run[1])
     stored = json.loads((run_dir / "thresholds.json").read_text())["synthetic"]
-    assert stored["inp"] == other and stored["filter"]["rule"] == "mean_std"
+    assert code == 0 and stored["filter"]["rule"] == "mean_std" and stored["inp"] != other
     assert doc["categories"]["synthetic"]["threshold"] == stored["filter"]["value"]
 
 
+@pytest.mark.slow
 def test_f1_optimal_rule_is_calibrated_on_test_public_and_labelled_an_oracle(
     untrained_run, tmp_path
 ) -> None:
@@ -371,12 +396,13 @@ def test_f1_optimal_rule_is_calibrated_on_test_public_and_labelled_an_oracle(
     assert row["selected_on"]["threshold"] == "test_public" and doc["selected_on"] == "test_public"
 
 
+@pytest.mark.slow
 def test_calibration_without_validation_split_is_one_clear_error(untrained_run, tmp_path, capsys):
     run_dir = run_copy(untrained_run, tmp_path)
     data = Path(shutil.copytree(untrained_run[1], tmp_path / "data"))
     shutil.rmtree(data / "synthetic" / "validation")
-    code, _ = eval_run(run_dir, data)
+    assert calibrate(run_dir, data) == 2
     err = capsys.readouterr().err.splitlines()
-    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
-    assert "fusion mode 'filter' has no threshold" in err[0] and "validation" in err[0]
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert "no fusion mode could be calibrated" in err[0] and "validation" in err[0]
     assert not (run_dir / "thresholds.json").exists()

@@ -99,6 +99,7 @@ def _ff_predict(*args) -> int:
 # ------------------------------------------------------------------------------ ff-export
 
 
+@pytest.mark.slow
 def test_the_demo_run_runs_in_onnxruntime_within_1e_4_of_torch(demo_run, exported):
     path, printed = exported
     assert "passed" in printed and f"wrote {path}" in printed
@@ -113,11 +114,12 @@ def test_the_demo_run_runs_in_onnxruntime_within_1e_4_of_torch(demo_run, exporte
     assert _within(scores, expected.reshape(len(inputs), -1).max(axis=1), FP32_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_export_json_lets_a_caller_without_filterformer_use_the_file(demo_run, exported):
     path, _ = exported
     record = json.loads((path.parent / "export.json").read_text())
-    rescale = json.loads((demo_run / "rescale.json").read_text())[CATEGORY]
     run = load_run(demo_run)
+    rescale = MapRescale.from_range(*run.threshold.map_range).to_dict()
     assert (record["category"], record["mode"]) == (CATEGORY, run.mode)
     assert record["threshold"]["value"] == run.threshold.value
     assert (record["rescale"]["offset"], record["rescale"]["scale"]) == (
@@ -159,6 +161,7 @@ def _perturbed_copy(source: Path):
     return perturb
 
 
+@pytest.mark.slow
 def test_export_refuses_a_perturbed_graph_and_keeps_the_earlier_file(
     demo_run, exported, tmp_path, monkeypatch, capsys
 ):
@@ -178,6 +181,7 @@ def _weight_bytes(path: Path) -> int:
     return sum(onnx.numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
 
 
+@pytest.mark.slow
 def test_fp16_halves_the_weights_within_the_fp16_tolerance(
     demo_run, exported, tmp_path, monkeypatch, capsys
 ):
@@ -193,6 +197,7 @@ def test_fp16_halves_the_weights_within_the_fp16_tolerance(
     assert onnx.TensorProto.FLOAT in kinds  # small constants (statistics, kernels) stay float32
 
 
+@pytest.mark.slow
 def test_weights_to_float16_keeps_the_graph_computing_in_float32(exported, tmp_path):
     good, _ = exported
     weights_to_float16(good, tmp_path / "half.onnx")
@@ -202,6 +207,7 @@ def test_weights_to_float16_keeps_the_graph_computing_in_float32(exported, tmp_p
     assert half.dtype == np.float32 and _within(half, full, FP16_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_a_dynamic_size_export_scores_any_patch_multiple_with_top1(demo_run, tmp_path, capsys):
     run_dir = tmp_path / "top1"
     shutil.copytree(demo_run, run_dir, ignore=shutil.ignore_patterns("export", "data"))
@@ -223,6 +229,7 @@ def test_a_dynamic_size_export_scores_any_patch_multiple_with_top1(demo_run, tmp
         assert _within(scores, top1, FP32_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_openvino_export_runs_in_openvino_within_1e_4(demo_run, exported, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     good, _ = exported
@@ -252,6 +259,7 @@ def _float16_close(a: Path, b: Path, rescale: MapRescale) -> bool:
     return bool((np.abs(x - y) <= FP32_TOLERANCE * peak * rescale.scale + steps).all())
 
 
+@pytest.mark.slow
 def test_ff_predict_onnxruntime_writes_the_torch_files_and_passes_the_check(
     demo_run, exported, tmp_path
 ):
@@ -263,7 +271,7 @@ def test_ff_predict_onnxruntime_writes_the_torch_files_and_passes_the_check(
     assert not [
         p for p in check_submission(tmp_path / "ort", None, counts) if p.severity == "error"
     ]
-    rescale = MapRescale.from_dict(json.loads((demo_run / "rescale.json").read_text())[CATEGORY])
+    rescale = MapRescale.from_range(*load_run(demo_run).threshold.map_range)
     maps = sorted((tmp_path / "torch" / MAPS_DIR).rglob("*.tiff"))
     assert len(maps) == 2
     for tiff in maps:
@@ -276,6 +284,7 @@ def test_ff_predict_onnxruntime_writes_the_torch_files_and_passes_the_check(
         assert np.mean(masks[0] == masks[1]) >= 0.999
 
 
+@pytest.mark.slow
 def test_ff_predict_onnxruntime_scores_own_images_as_torch_does(
     demo_run, exported, tiny_image_dir, tmp_path
 ):
@@ -288,7 +297,7 @@ def test_ff_predict_onnxruntime_scores_own_images_as_torch_does(
         with open(out / "scores.csv", newline="") as fh:
             rows[backend] = {row["image"]: row for row in csv.DictReader(fh)}
     assert rows["torch"].keys() == rows["onnxruntime"].keys() and len(rows["torch"]) == 4
-    scale = json.loads((demo_run / "rescale.json").read_text())[CATEGORY]["scale"]
+    scale = MapRescale.from_range(*load_run(demo_run).threshold.map_range).scale
     for name, row in rows["torch"].items():
         score = float(row["score"])
         other = float(rows["onnxruntime"][name]["score"])
@@ -296,13 +305,15 @@ def test_ff_predict_onnxruntime_scores_own_images_as_torch_does(
         assert abs(score - other) <= FP32_TOLERANCE * max(1.0, abs(score)) + 2 * step
 
 
+@pytest.mark.slow
 def test_ff_predict_refuses_an_export_of_another_run_state(demo_run, exported, tmp_path, capsys):
     run_dir = tmp_path / "changed"
     shutil.copytree(demo_run, run_dir, ignore=shutil.ignore_patterns("data"))
     other_mode = "inp" if load_run(demo_run).mode != "inp" else "filter"
     (run_dir / "fusion.json").write_text(json.dumps({CATEGORY: other_mode}))
     out = tmp_path / "out"
-    assert _ff_predict("--run", run_dir, "--out", out, "--backend", "onnxruntime") == 2
+    args = ["--run", run_dir, "--out", out, "--backend", "onnxruntime", "--model", exported[0]]
+    assert _ff_predict(*args) == 2
     assert "mode differ" in capsys.readouterr().err
     assert _ff_predict("--run", demo_run, "--out", out, "--model", exported[0]) == 2
     assert "--model is for --backend onnxruntime or openvino" in capsys.readouterr().err
@@ -313,6 +324,7 @@ def test_ff_predict_refuses_an_export_of_another_run_state(demo_run, exported, t
     assert not (out / MAPS_DIR).exists()  # refused before any map was written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("options", "message"),
     [

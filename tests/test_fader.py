@@ -3,17 +3,21 @@ EAR run."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from filterformer.errors import CheckpointError, ConfigError
-from filterformer.models import build_encoder, build_model
+from filterformer.models import build_encoder, build_model, family
 from filterformer.models.ear import EAR
+from filterformer.models.ear.grid import patch_tokens
 from filterformer.models.fader import FADeR
+from filterformer.models.fader import model as fader_model
 from filterformer.models.fader.parts import attenuation_mask, ranking_loss, scale_to
 from filterformer.runs.run import build_from_config, create_run, load_run
 from filterformer.training.checkpoint import save_checkpoint
@@ -21,7 +25,8 @@ from filterformer.training.optim import build_optimizer, optimizer_parameters
 from filterformer.training.schedule import WarmupCosine
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = {"widths": (4, 8, 8, 16, 16), "mosaic_scale": 4}
+TINY = {"widths": (4, 8, 8, 16, 16), "mosaic_scale": 4, "unet_output": "sigmoid"}
+"""Untrained: a clamped output in eval mode is mostly 0 or 1 and would hide wiring faults."""
 
 
 # ------------------------------------------------------------------ ranking loss (eq. 3)
@@ -113,6 +118,41 @@ def test_mask_is_scaled_onto_every_skip_shape() -> None:
         scale_to(mask, sizes, "bicubic")
 
 
+def _one_patch_defect() -> torch.Tensor:
+    """An 8 x 8 patch mask keeping everything but the patch at row 3, column 5 (odd both)."""
+    mask = torch.ones(1, 1, 8, 8)
+    mask[..., 3, 5] = 0.0
+    return mask
+
+
+COARSER = [(4, 4), (2, 2), (1, 1)]
+
+
+def test_a_one_patch_defect_on_an_odd_row_is_attenuated_at_every_level() -> None:
+    """A skip coarser than the patch grid keeps the most attenuated patch of each cell."""
+    mask = _one_patch_defect()
+    levels = scale_to(mask, [(16, 16), (8, 8), *COARSER], "nearest", "min")
+    for level in levels:
+        size = level.shape[-1]
+        row, col = 3 * size // 8, 5 * size // 8  # the cell that covers the patch
+        zeros = max(size // 8, 1) ** 2  # the patch's pixels, or the one cell covering it
+        assert level[0, 0, row, col] == 0.0 and level.sum() == level.numel() - zeros
+    assert torch.equal(levels[0][..., 6:8, 10:12], torch.zeros(1, 1, 2, 2))  # finer: nearest
+
+
+def test_the_mean_shrink_and_the_interpolation_it_replaces() -> None:
+    mask = _one_patch_defect()
+    mean = scale_to(mask, COARSER, "nearest", "mean")
+    # the covering cell averages 4, 16 and 64 patches, one of them 0
+    assert [level.min().item() for level in mean] == [0.75, 1 - 1 / 16, 1 - 1 / 64]
+    assert mean[0][0, 0, 1, 2] == 0.75  # the cell of rows 2-3, columns 4-5
+    # nearest resizing keeps rows and columns 0, 2, 4, 6 at half size: the defect is lost
+    interpolated = scale_to(mask, COARSER, "nearest", "interpolate")
+    assert all(torch.equal(level, torch.ones_like(level)) for level in interpolated)
+    with pytest.raises(ConfigError, match="shrink 'max'"):
+        scale_to(mask, COARSER, "nearest", "max")
+
+
 # ------------------------------------------------------------------ FADeR on EAR
 
 
@@ -150,6 +190,21 @@ def test_predicted_masks_land_on_every_skip(encoder) -> None:
     for mask in masks[:2]:  # levels at or above the 4-pixel patch grid keep its extremes
         assert torch.equal(mask.amin(dim=(1, 2, 3)), torch.zeros(2))
         assert torch.equal(mask.amax(dim=(1, 2, 3)), torch.ones(2))
+
+
+@pytest.mark.parametrize("shrink", ["min", "mean"])
+def test_skips_coarser_than_the_patch_grid_pool_the_patches(encoder, shrink) -> None:
+    """The strided U-Net's deepest skip (H / 16) is coarser than the 4-pixel patch grid."""
+    torch.manual_seed(1)
+    fader = FADeR(encoder, **TINY, unet_layout="strided", shrink=shrink).eval()
+    views = fader.views(torch.randn(2, 3, 64, 64))
+    predicted, masks = fader.predict(views.obfuscated)
+    grid = attenuation_mask(predicted).reshape(2, 1, 16, 16)
+    assert [tuple(m.shape[-2:]) for m in masks] == [(32, 32), (16, 16), (8, 8), (4, 4)]
+    assert torch.equal(masks[1], grid)
+    for level, kernel in ((2, 2), (3, 4)):
+        pooled = F.avg_pool2d(grid, kernel) if shrink == "mean" else -F.max_pool2d(-grid, kernel)
+        torch.testing.assert_close(masks[level], pooled)
 
 
 def test_fader_trains_the_mlp_and_the_decoder_at_a_tenth(encoder) -> None:
@@ -190,6 +245,84 @@ def test_a_training_step_leaves_the_unet_encoder_untouched(encoder) -> None:
         not torch.equal(a, b)
         for a, b in zip(decoder_before, fader.unet.decoder.parameters(), strict=True)
     )
+
+
+# ------------------------------------------------------------------ wiring (§3.1-§3.2, eq. 1-4)
+
+
+def _patch_errors(image: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 per 4 x 4 patch: the mean squared difference, B x N."""
+    return (patch_tokens(image, 4) - patch_tokens(reconstruction, 4)).pow(2).mean(-1)
+
+
+@pytest.fixture(scope="module")
+def trained_ear(encoder) -> EAR:
+    """EAR after a few steps on smooth images, so its reconstruction follows its input (an
+    untrained U-Net returns nearly the same image for any input, which hides wiring faults)."""
+    torch.manual_seed(2)
+    ear = EAR(encoder, **TINY)
+    images = torch.nn.functional.interpolate(torch.randn(4, 3, 8, 8), size=(32, 32)) * 0.5
+    optimiser = torch.optim.Adam(ear.trainable_parameters(), lr=1e-2)
+    for _ in range(30):
+        optimiser.zero_grad()
+        ear(images)["loss"].backward()
+        optimiser.step()
+    return ear.eval()
+
+
+def _fader_on(ear: EAR) -> FADeR:
+    fader = FADeR(ear.encoder, **TINY)
+    fader.load_state_dict(ear.state_dict(), strict=False)
+    return fader
+
+
+def _spy_step(fader: FADeR, images: torch.Tensor, monkeypatch) -> dict[str, torch.Tensor]:
+    """One training forward; what the MLP read, the ranking target, and the output."""
+    seen: dict[str, torch.Tensor] = {}
+    fader.predictor.register_forward_pre_hook(lambda _m, args: seen.setdefault("read", args[0]))
+    fader.unet.head.register_forward_hook(lambda _m, _i, out: seen.__setitem__("head", out))
+
+    def ranking(predicted, target, margin):
+        seen["target"] = target
+        return ranking_loss(predicted, target, margin)
+
+    monkeypatch.setattr(fader_model, "ranking_loss", ranking)
+    fader.train()(images)
+    return seen
+
+
+def test_the_ranking_target_is_the_error_of_ears_plain_reconstruction(
+    trained_ear, monkeypatch
+) -> None:
+    """Eq. 1: I against EAR's reconstruction of I' without attenuation, BatchNorm in
+    inference mode, from the weights before the step; neither I' nor the attenuated output."""
+    fader = _fader_on(trained_ear)
+    images = torch.randn(2, 3, 32, 32)
+    reference = copy.deepcopy(fader).eval()
+    views = reference.views(images)
+    with torch.no_grad():
+        plain = reference.unet(views.obfuscated)
+        attenuated = reference.attenuated(views)[0]
+    seen = _spy_step(fader, images, monkeypatch)
+    expected = _patch_errors(views.clean, plain)
+    torch.testing.assert_close(seen["target"], expected)
+    for wrong in (views.obfuscated, attenuated, torch.sigmoid(seen["head"])):
+        assert (_patch_errors(views.clean, wrong) - expected).abs().max() > 1e-3
+
+
+def test_the_mlp_reads_the_obfuscated_image(trained_ear, monkeypatch) -> None:
+    """§3.1, Fig. 3-4: the patches of I', in training and at inference, never of I."""
+    fader = _fader_on(trained_ear)
+    images = torch.randn(2, 3, 32, 32)
+    views = fader.views(images)
+    obfuscated, clean = patch_tokens(views.obfuscated, 4), patch_tokens(views.clean, 4)
+    assert not torch.equal(obfuscated, clean)  # the attention mask hides something
+    seen = _spy_step(fader, images, monkeypatch)
+    assert torch.equal(seen["read"], obfuscated)
+    read = []
+    fader.predictor.register_forward_pre_hook(lambda _m, args: read.append(args[0]))
+    fader.eval().anomaly_maps(images)
+    assert len(read) == 1 and torch.equal(read[0], obfuscated)
 
 
 def test_the_mlp_can_read_the_reconstruction_instead(encoder) -> None:
@@ -306,18 +439,32 @@ def test_ear_and_fader_recipes_pass_the_up_front_checks(preset) -> None:
     from filterformer.runs.train import _flatten
 
     settings = _flatten(OmegaConf.to_container(_compose(f"preset={preset}"), resolve=True))
-    check_settings(settings, patch_size=8)
-    bad = {**settings, "model.attention_mass": 1.5, "model.mosaic_scale": 0}
+    ranges = family(settings["model.name"]).setting_ranges
+    check_settings(settings, family_ranges=ranges, patch_size=8)
+    bad = {
+        **settings,
+        "model.attention_mass": 1.5,
+        "model.mosaic_scale": 0,
+        "model.unet_layout": "flat",
+        "train.optimizer.schedule": "cosine",
+    }
+    named = [
+        "model.attention_mass=1.5",
+        "model.mosaic_scale=0",
+        "model.unet_layout=flat",
+        "train.optimizer.schedule=cosine",
+    ]
     if preset == "fader_paper":
-        bad |= {"model.strength": 2.0, "model.scaling": "bicubic"}
+        bad |= {"model.strength": 2.0, "model.scaling": "bicubic", "model.shrink": "max"}
+        named += ["model.strength=2.0", "model.shrink=max"]
     with pytest.raises(ConfigError) as error:
-        check_settings(bad, patch_size=8)
-    named = ["model.attention_mass=1.5", "model.mosaic_scale=0", "model.strength=2.0"]
-    assert all(n in str(error.value) for n in named[: 2 + (preset == "fader_paper")])
+        check_settings(bad, family_ranges=ranges, patch_size=8)
+    assert all(n in str(error.value) for n in named), str(error.value)
 
 
 def test_attenuation_settings_are_checked_up_front() -> None:
     from filterformer.runs.checks import check_settings
 
+    ranges = family("inpformer").setting_ranges
     with pytest.raises(ConfigError, match="model.attenuation=cpr .allowed: one of none, fader"):
-        check_settings({"model.attenuation": "cpr"})
+        check_settings({"model.attenuation": "cpr"}, family_ranges=ranges)

@@ -25,6 +25,8 @@ from filterformer.cli.train import main as train_cli
 from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.submission import MAPS_DIR, PRIVATE_SPLITS
 
+pytestmark = pytest.mark.slow  # every test trains and runs ff-eval and ff-predict
+
 TINY_UNET = ["model.widths=[4,8,8,16,16]"]
 
 

@@ -58,6 +58,7 @@ def cached(root, dtype, **kwargs):
     return cache_features(model.encoder, images(root), settings, progress=False), model
 
 
+@pytest.mark.slow
 def test_float32_cache_trains_exactly_like_the_encoder_and_bfloat16_closely(
     synthetic_root, tmp_path
 ):
@@ -147,6 +148,7 @@ def test_views_need_an_augmented_dataset(synthetic_root):
         cache_features(tiny_model().encoder, plain, FeatureCacheSettings(views=2), progress=False)
 
 
+@pytest.mark.slow
 def test_ff_train_caches_only_what_stays_the_same_every_epoch(
     monkeypatch, capsys, tmp_path, tiny_demo_overrides
 ):

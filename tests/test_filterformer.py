@@ -175,8 +175,10 @@ def test_fuse_maps_bad_inputs() -> None:
         fuse_maps({**maps, "filter": torch.zeros(1, 2)}, "max", None)
 
 
-def test_trainable_parameter_counts_match_the_spec(capsys) -> None:
-    """INP-Former spec §10.8: 17.2 M (S), 68.5 M (B), 121.8 M (L) trainable parameters."""
+def test_trainable_parameter_counts_match_the_official_architecture(capsys) -> None:
+    """17.2 M (S), 68.5 M (B), 121.8 M (L) trainable parameters, counted on the INP-Former code's
+    model (INP_Former_Single_Class.py: bottleneck Mlp, one Aggregation_Block, eight
+    Prototype_Blocks, the INPs); e.g. ViT-B: 4.72 M + 7.09 M + 8 x 7.09 M + 6 x 768."""
     expected = {
         "dinov2_vits14_reg": 17.2e6,
         "dinov2_vitb14_reg": 68.5e6,
@@ -193,7 +195,7 @@ def test_trainable_parameter_counts_match_the_spec(capsys) -> None:
 
 
 def test_registry_refuses_unknown_names(encoder: DinoEncoder) -> None:
-    assert set(families()) == {"inpformer", "filterformer", "cpr", "ear", "fader"}
+    assert {"inpformer", "filterformer", "cpr", "ear", "fader"} <= set(families())
     with pytest.raises(
         ConfigError, match="unknown model name 'patchcore'; valid: cpr, ear, fader, filterformer"
     ):

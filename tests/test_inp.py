@@ -1,4 +1,4 @@
-"""INP Extractor, Bottleneck and INP-guided decoder against the INP-Former spec (§2-§4, §5.2)."""
+"""INP Extractor, Bottleneck and INP-guided decoder against the INP-Former code's blocks, init."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _seed() -> None:
 
 
 def _perturb(module: nn.Module) -> None:
-    """Give every parameter a visible random value (the spec init is tiny, std 0.01)."""
+    """Give every parameter a visible random value (the official init is tiny, std 0.01)."""
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn_like(p) * 0.3)

@@ -1,10 +1,13 @@
 """Label-free selection: the validation_pseudo split, and no test mask read by default."""
 
+import json
 import sys
 
 import numpy as np
+import pytest
 import torch
 
+from filterformer.cli.eval import main as eval_main
 from filterformer.cli.predict import main as predict_main
 from filterformer.cli.train import main as train_main
 from filterformer.data.datasets import read_split
@@ -60,6 +63,7 @@ def test_mixed_pseudo_split_relights_the_same_defects(tmp_path):
         assert not np.array_equal(a.load_image(), b.load_image())  # under other lighting
 
 
+@pytest.mark.slow
 def test_default_training_and_calibration_read_no_test_mask(monkeypatch, tmp_path):
     """ff-train (selection every epoch) and ff-predict's threshold calibration, both by
     f1_pseudo and by the default mean + 3 std, under the default eval.split."""
@@ -80,7 +84,6 @@ def test_default_training_and_calibration_read_no_test_mask(monkeypatch, tmp_pat
     assert any(run.glob("checkpoints/best_*"))  # selection ran, on validation_pseudo
     for rule in ("mean_std", "f1_pseudo"):
         (run / "thresholds.json").unlink(missing_ok=True)
-        (run / "rescale.json").unlink(missing_ok=True)
         config = (run / "config.yaml").read_text()
         config = config.replace("rule: mean_std", f"rule: {rule}")
         if rule == "f1_pseudo":  # and the mixed split's own, on relit pseudo-defects
@@ -92,8 +95,10 @@ def test_default_training_and_calibration_read_no_test_mask(monkeypatch, tmp_pat
         (run / "config.yaml").write_text(config)
         out = tmp_path / f"out_{rule}"
         argv = ["--run", str(run), "--out", str(out), "--no-progress"]
+        assert eval_main(["--calibrate", "--run", str(run), "--no-progress"]) == 0
         assert predict_main([*argv, "--split", "test_private"]) == 0
-        [threshold] = read_thresholds(run / "thresholds.json").values()
+        mode = json.loads((run / "fusion.json").read_text())["synthetic"]
+        [threshold] = read_thresholds(run / "thresholds.json", mode).values()
         assert threshold.rule == rule and not threshold.is_oracle("test_public")
     mixed = threshold.for_split("test_private_mixed")
     assert mixed.rule == "f1_pseudo" and mixed.source_split == "validation_pseudo_mixed"

@@ -62,6 +62,7 @@ def test_the_lock_file_is_removed_when_its_holder_exits(tmp_path):
     assert process.returncode == 0 and not (tmp_path / RUN_LOCK).exists()
 
 
+@pytest.mark.slow
 def test_two_ff_train_on_one_run_folder_one_trains_the_other_exits_2_naming_it(
     tmp_path, monkeypatch, capsys, tiny_demo_overrides
 ):

@@ -8,6 +8,8 @@ import yaml
 
 from filterformer.training.checkpoint import checkpoint_files
 
+pytestmark = pytest.mark.slow  # every test trains through a ff-train process
+
 
 def multirun(tmp_path, overrides, *launcher):
     """ff-train -m over two synthetic categories, in a fresh process as a user would run it."""
@@ -44,7 +46,6 @@ def test_multirun_trains_each_category_into_its_own_run_folder(tmp_path, tiny_de
     assert_one_run_per_category(tmp_path)
 
 
-@pytest.mark.slow
 def test_joblib_launcher_trains_the_categories_in_parallel_processes(tmp_path, tiny_demo_overrides):
     multirun(tmp_path, tiny_demo_overrides, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert_one_run_per_category(tmp_path)

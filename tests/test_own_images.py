@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader
 
 from filterformer.cli import eval as ff_eval
 from filterformer.cli import predict as ff_predict
-from filterformer.cli import train as ff_train
+from filterformer.cli.train import main as train_cli
 from filterformer.data.folder import ImageFolderDataset
 from filterformer.data.training_set import TrainingImages
 from filterformer.errors import ConfigError
 from filterformer.inference.predict import predict_maps
+from filterformer.runs import train as ff_train
 from filterformer.runs.run import build_from_config, build_geometry, split_samples
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -118,6 +119,7 @@ def test_mixed_aspect_ratios_share_one_input_and_come_back_at_their_own_size(fol
     assert all(np.isfinite(amap).all() for _, amap in maps)
 
 
+@pytest.mark.slow
 def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
     folders, tmp_path, monkeypatch, capsys
 ):
@@ -141,7 +143,7 @@ def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
             "hydra.job.chdir=true",  # the job runs inside the run folder: paths still resolve
         ],
     )
-    ff_train.main()
+    train_cli()
     torch.set_num_threads(threads)
     err = capsys.readouterr().err
     assert "no data.validation_dir: 1 of 11 training images are held out" in err
@@ -169,8 +171,8 @@ def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
     with open(elsewhere / "pred" / "scores.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [row["image"] for row in rows] == ["t0.png", "t1.png", "t2.png"]
-    thresholds = json.loads((run_dir / "thresholds.json").read_text())["bottles"]
-    (threshold,) = (record["value"] for record in thresholds.values())
+    mode = json.loads((run_dir / "fusion.json").read_text())["bottles"]
+    threshold = json.loads((run_dir / "thresholds.json").read_text())["bottles"][mode]["value"]
     for row in rows:
         anomalous = row["verdict"] == "anomalous"
         assert row["verdict"] in ("anomalous", "normal")

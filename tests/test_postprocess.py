@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -131,3 +132,72 @@ def test_for_sample_loads_the_image_only_when_needed() -> None:
     step = for_sample(settings, "test_private_mixed", load)
     assert step is not None and loads == [1]
     assert step(np.ones((16, 16), bool)).sum() == 64  # the nut, dilated by a 1 x 1 square
+
+
+def _isvl_reference(binary: np.ndarray, closing: int) -> np.ndarray:
+    """The ISVL hybrid code's fabric / walnut rule, written out with OpenCV: a rect closing,
+    a flood fill of the closed mask from pixel (0, 0) (4-connected), everything the flood did
+    not reach added to the closed mask, and the mask before all this kept when the result is
+    more than 95 % white."""
+    closed = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, np.ones((closing, closing), np.uint8))
+    flooded = closed.copy()
+    cv2.floodFill(
+        flooded, np.zeros((binary.shape[0] + 2, binary.shape[1] + 2), np.uint8), (0, 0), 1
+    )
+    filled = closed | (1 - flooded)
+    return (binary if filled.mean() > 0.95 else filled).astype(bool)
+
+
+def _blobs(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((60, 80), np.uint8)
+    for _ in range(6):
+        centre = (int(rng.integers(0, 80)), int(rng.integers(0, 60)))
+        cv2.circle(mask, centre, int(rng.integers(3, 12)), 1, int(rng.choice([1, 2, -1])))
+    return mask
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("closing", [4, 10])
+def test_corner_fill_is_the_isvl_code_s_rule(seed: int, closing: int) -> None:
+    mask = _blobs(seed)
+    out = postprocess(mask, closing=closing, fill_holes="corner", kernel="rect")
+    np.testing.assert_array_equal(out, _isvl_reference(mask, closing))
+
+
+def test_corner_fill_fills_what_a_band_cuts_off_and_border_fill_does_not() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[:, 4:6] = True  # a band across the image: the right part is no hole
+    corner = postprocess(mask, fill_holes="corner")
+    assert corner[:, 4:].all() and not corner[:, :4].any()  # 60 %: under the guard
+    np.testing.assert_array_equal(postprocess(mask, fill_holes="border"), mask)
+    np.testing.assert_array_equal(postprocess(mask, fill_holes=True), mask)  # true = border
+
+
+def test_corner_fill_whitens_a_mask_on_pixel_0_0_and_the_guard_keeps_the_raw_mask() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[0:3, 0:3] = True
+    np.testing.assert_array_equal(postprocess(mask, fill_holes="corner"), mask)  # 100 % > 95 %
+    assert postprocess(mask, fill_holes="corner", fill_guard=1.0).all()
+    np.testing.assert_array_equal(postprocess(mask, fill_holes="border"), mask)
+
+
+def test_an_unknown_fill_is_refused() -> None:
+    with pytest.raises(ConfigError, match="fill_holes='flood'.*border, corner"):
+        postprocess(np.ones((4, 4), bool), fill_holes="flood")
+
+
+def test_hsv_foreground_is_the_isvl_code_s_2_means() -> None:
+    """scikit-learn's KMeans(n_clusters=2, random_state=0) on (hue, value) as the code runs
+    it (n_init 10, scikit-learn 1.3's default), the darker cluster as background, dilated
+    by a 15 x 15 square."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(3)
+    image = _walnut_image().repeat(4, 0).repeat(4, 1).astype(np.int16)
+    image = np.clip(image + rng.integers(-25, 26, image.shape), 0, 255).astype(np.uint8)
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[..., [0, 2]].reshape(-1, 2).astype(float)
+    labels = KMeans(n_clusters=2, random_state=0, n_init=10).fit(hsv).labels_
+    dark = int(np.argmin([hsv[labels == k, 1].mean() for k in range(2)]))
+    expected = cv2.dilate((labels != dark).reshape(64, 64).astype(np.uint8), np.ones((15, 15)))
+    np.testing.assert_array_equal(hsv_foreground(image, 15), expected.astype(bool))

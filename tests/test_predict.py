@@ -19,6 +19,8 @@ from filterformer.data.sample import Sample
 from filterformer.data.tiling import GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
+from filterformer.evaluation.thresholds import read_thresholds
+from filterformer.inference.original_maps import quantize
 from filterformer.inference.predict import (
     Smoothing,
     gaussian_blur,
@@ -29,9 +31,10 @@ from filterformer.inference.predict import (
 )
 from filterformer.io import write_json, write_png
 from filterformer.models.registry import build_encoder, build_model
+from filterformer.runs.calibrate import calibrate_run
 from filterformer.runs.predict import PredictOptions, export_submission
 from filterformer.runs.run import build_from_config, create_run
-from filterformer.submission import MAPS_DIR, MASKS_DIR, PRIVATE_SPLITS
+from filterformer.submission import MAPS_DIR, MASKS_DIR, PRIVATE_SPLITS, MapRescale
 from filterformer.training.checkpoint import save_checkpoint
 
 GEOMETRY = InputGeometry(resize=(112, 140))  # the tiny encoder's 8 x 10 token grid
@@ -158,12 +161,71 @@ def test_zero_padding_is_a_zero_padded_2d_gaussian_convolution():
     assert zero_padded[0, 0, 0] < 0.5 and zero_padded[0, 6, 7] == pytest.approx(1.0)
 
 
+def _isvl_tile_map(model, tile: np.ndarray) -> np.ndarray:
+    """The ISVL hybrid code's map of one tile, written out: the token-grid cosine map resized
+    straight to the tile's size (bilinear, align_corners=True), a zero-padded 5 x 5 Gaussian
+    of sigma 4 (get_gaussian_kernel), clipped to [0, 1] and stored as uint8 (x 255, floor)."""
+    with torch.no_grad():
+        tokens = model.anomaly_maps(GEOMETRY.to_tensor(tile)[None], size=(8, 10))["inp"]
+    resized = F.interpolate(tokens[:, None], tile.shape[:2], mode="bilinear", align_corners=True)
+    offsets = torch.arange(5.0) - 2
+    kernel = torch.exp(-(offsets[:, None] ** 2 + offsets[None] ** 2) / (2 * 4.0**2))
+    blurred = F.conv2d(resized, (kernel / kernel.sum())[None, None], padding=2)[0, 0].numpy()
+    return (np.clip(blurred, 0, 1) * 255).astype(np.uint8).astype(np.float32)
+
+
+def test_isvl_maps_are_made_at_the_tile_size_blurred_there_and_8_bit(model, tmp_path):
+    """Smoothing(at_original, zero padding, levels 255): the ISVL hybrid code's INP-Former maps,
+    tile by tile, pasted back (its grids do not overlap)."""
+    [sample] = _samples(tmp_path, [(61, 163)])
+    grid = GridTiling([2, 1])
+    isvl = Smoothing(padding="zero", at_original=True, levels=255)
+    [(_, amap)] = predict_maps(
+        model, [sample], GEOMETRY, mode="inp", smoothing=isvl, tiling=grid, batch_size=2
+    )
+    image = sample.load_image()
+    assert amap.dtype == np.float32 and amap.shape == (61, 163)
+    for y0, x0, y1, x1 in grid.tiles(61, 163):  # 81 and 82 px wide: one size at a time
+        expected = _isvl_tile_map(model, image[y0:y1, x0:x1])
+        assert (amap[y0:y1, x0:x1] != expected).mean() < 0.01  # float rounding at a level edge
+        assert np.abs(amap[y0:y1, x0:x1] - expected).max() <= 1
+    ours = next(predict_maps(model, [sample], GEOMETRY, mode="inp", tiling=grid))[1]
+    assert np.abs(np.floor(np.clip(ours, 0, 1) * 255) - amap).max() >= 1  # the order matters
+
+
+@pytest.mark.parametrize("level", [0, 79, 96, 254])
+def test_8_bit_levels_compare_as_the_isvl_code_s_thresholds(level):
+    """floor(255 m) > t (cv2.threshold of the code's uint8 maps) is exactly quantize(m) > t."""
+    maps = np.random.default_rng(level).uniform(-0.2, 1.2, (64, 64)).astype(np.float32)
+    maps[0, :4] = [
+        level / 255,
+        (level + 1) / 255,
+        np.nextafter(np.float32((level + 1) / 255), 0),
+        1,
+    ]
+    code = (np.clip(maps, 0, 1) * 255).astype(np.uint8) > level
+    np.testing.assert_array_equal(quantize(maps, 255) > level, code)
+    assert set(np.unique(quantize(maps, 255))) <= set(range(256))
+    assert quantize(maps, None) is maps
+
+
+def test_blur_at_original_is_refused_where_the_map_cannot_cover_the_image(model, tmp_path):
+    samples = _samples(tmp_path, [(40, 50)])
+    cropped = InputGeometry(resize=(112, 140), crop=(112, 112))
+    with pytest.raises(ConfigError, match="input.crop=null"):
+        list(
+            predict_maps(model, samples, cropped, mode="inp", smoothing=Smoothing(at_original=True))
+        )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"padding": "reflect"}, "eval.blur_padding 'reflect' is unknown"),
         ({"kernel_size": 4}, "eval.blur_kernel 4 must be a positive odd int"),
         ({"size": (256,)}, "eval.protocol_size"),
+        ({"size": (256, 256), "at_original": True}, "eval.blur_at=original"),
+        ({"levels": 0}, "eval.levels 0"),
     ],
 )
 def test_bad_smoothing_settings_are_named(kwargs, message):
@@ -209,6 +271,7 @@ def run_dir(synthetic_root, tmp_path_factory) -> Path:
     save_checkpoint(folder / "checkpoints" / "last", model, meta={"step": 0, **identity})
     write_json(folder / "fusion.json", {SYNTHETIC_CATEGORY: "mean"})
     write_json(folder / "map_stats.json", {k: {"mean": m, "std": s} for k, (m, s) in STATS.items()})
+    calibrate_run(folder, device="cpu")  # what training does when it ends
     return folder
 
 
@@ -216,16 +279,16 @@ def _ff_predict(*args) -> int:
     return predict_cli([*map(str, args), "--no-progress"])
 
 
+@pytest.mark.slow
 def test_run_exports_both_private_splits_and_resumes(run_dir, synthetic_root, tmp_path):
     out = tmp_path / "maps"
     assert _ff_predict("--run", run_dir, "--out", out) == 0
-    record = json.loads((run_dir / "rescale.json").read_text())[SYNTHETIC_CATEGORY]
-    assert record["mode"] == "mean" and (run_dir / "thresholds.json").is_file()
-    # the export's own record stays inside --out (nothing is written beside it)
-    assert (
-        json.loads((out / "rescale.json").read_text())[SYNTHETIC_CATEGORY]["scale"]
-        == record["scale"]
-    )
+    # the export's record stays inside --out; the rescale maps the calibrated validation
+    # range of the run's mode ("mean") to 0 - 1000
+    record = json.loads((out / "rescale.json").read_text())[SYNTHETIC_CATEGORY]
+    threshold = read_thresholds(run_dir / "thresholds.json", "mean")[SYNTHETIC_CATEGORY]
+    assert record["threshold"] == threshold.value
+    assert MapRescale.from_dict(record) == MapRescale.from_range(*threshold.map_range)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]
     samples = [
         s for split in PRIVATE_SPLITS for s in MVTecAD2(synthetic_root, SYNTHETIC_CATEGORY, split)
@@ -245,6 +308,7 @@ def test_run_exports_both_private_splits_and_resumes(run_dir, synthetic_root, tm
     assert [p.stat().st_mtime_ns for p in tiffs] == mtimes
 
 
+@pytest.mark.slow
 def test_test_public_layout_is_read_by_ff_eval(run_dir, synthetic_root, tmp_path):
     out = tmp_path / "public"
     assert _ff_predict("--run", run_dir, "--out", out, "--split", "test_public") == 0
@@ -272,6 +336,7 @@ def test_test_public_layout_is_read_by_ff_eval(run_dir, synthetic_root, tmp_path
     assert 0.0 <= row["au_pro@0.05"] <= 1.0 and row["threshold_rule"] != "none"
 
 
+@pytest.mark.slow
 def test_custom_images_get_maps_masks_and_overlays(run_dir, tiny_image_dir, tmp_path):
     out = tmp_path / "custom"
     assert _ff_predict("--run", run_dir, "--images", tiny_image_dir, "--out", out) == 0

@@ -9,8 +9,10 @@ import pytest
 from filterformer.data.perlin import perlin_noise
 from filterformer.data.pseudo_defects import (
     KINDS,
+    CutPaste,
     PseudoDefects,
     PseudoDefectSettings,
+    blend_crop,
     load_defect_crops,
     shuffle_cells,
 )
@@ -37,6 +39,7 @@ def crop() -> np.ndarray:
 
 
 def generator(kind: str, crop: np.ndarray, **settings: object) -> PseudoDefects:
+    settings.setdefault("paste", {"blend": "hard"})  # ours: exact masks
     return PseudoDefects(
         PseudoDefectSettings(kinds={kind: 1.0}, anomaly_probability=1.0, **settings), crops=[crop]
     )
@@ -139,5 +142,78 @@ def test_bad_settings_and_crop_folders(tmp_path, image: np.ndarray) -> None:
 def test_crops_load_as_rgba(tmp_path, crop: np.ndarray) -> None:
     (tmp_path / "scratches").mkdir()
     cv2.imwrite(str(tmp_path / "scratches" / "a.png"), cv2.cvtColor(crop, cv2.COLOR_RGBA2BGRA))
+    cv2.imwrite(str(tmp_path / "loose.png"), cv2.cvtColor(crop, cv2.COLOR_RGBA2BGRA))
     loaded = load_defect_crops(tmp_path)
-    assert len(loaded) == 1 and np.array_equal(loaded[0], crop)
+    assert sorted(loaded) == ["", "scratches"]  # by first-level folder ("": loose files)
+    assert len(loaded["scratches"]) == 1 and np.array_equal(loaded["scratches"][0], crop)
+
+
+ISVL_PASTE = {"canvas": None, "blend": "foreground", "label_level": 0.45, "anchor_level": 0.8}
+
+
+def _soft_foreground() -> np.ndarray:
+    """1 inside, 0.6 on a ring, 0.3 on a wider ring, 0 outside (around the image centre)."""
+    ys, xs = np.mgrid[0 : SIZE[0], 0 : SIZE[1]]
+    radius = np.hypot(ys - 48, xs - 64)
+    return np.select([radius < 14, radius < 20, radius < 26], [1.0, 0.6, 0.3], 0.0)
+
+
+def test_isvl_blend_is_the_code_s_compositing(image: np.ndarray) -> None:
+    """ISVL hybrid code (overlay_patch_on_image): the crop's top-left corner at the anchor minus
+    half its size (floor division), x' = fg a p + (1 - fg a) x truncated to uint8 with a the
+    binarised alpha, label a (fg > 0.45)."""
+    crop = np.zeros((31, 25, 4), np.uint8)
+    crop[..., :3] = (250, 10, 130)
+    crop[3:28, 2:23, 3] = np.random.default_rng(0).integers(0, 3, (25, 21)) * 100  # alpha 0/100/200
+    fg = _soft_foreground()
+    for seed in range(5):
+        out, label = blend_crop(image, crop, np.random.default_rng(seed), fg, 0.45, 0.8)
+        ys, xs = np.nonzero(fg >= 0.8)  # the anchor: the same draw as the engine's
+        pick = int(np.random.default_rng(seed).integers(len(ys)))
+        top, left = ys[pick] - 31 // 2, xs[pick] - 25 // 2
+        alpha = np.zeros(SIZE)
+        alpha[top : top + 31, left : left + 25] = crop[..., 3] > 0
+        weight = (alpha * fg)[..., None]
+        expected = (weight * (250, 10, 130) + (1 - weight) * image).astype(np.uint8)
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(label, (alpha > 0) & (fg > 0.45))
+        assert not (label & (fg < 0.5)).any() and (out[(alpha > 0) & (fg == 0.3)] != 130).any()
+
+
+def test_isvl_blend_places_nothing_that_does_not_fit(image: np.ndarray) -> None:
+    big = np.full((SIZE[0] + 1, 10, 4), 255, np.uint8)
+    out, label = blend_crop(image, big, np.random.default_rng(0), None, 0.45, 0.8)
+    assert out is image and not label.any()  # larger than the image: no defect
+    small = np.full((5, 5, 4), 255, np.uint8)
+    out, label = blend_crop(image, small, np.random.default_rng(0), np.zeros(SIZE), 0.45, 0.8)
+    assert out is image and not label.any()  # no foreground >= 0.8 to centre it on
+
+
+def test_isvl_scales_are_per_folder_fractions_of_the_crop_s_own_size(image: np.ndarray) -> None:
+    """ISVL hybrid code: width and height x s, s ~ U(lo, hi) of the crop's folder, at a 640 px
+    canvas (our 96 px image: x 96 / 640), rotated 0-360 with the canvas expanded."""
+    square = np.full((200, 200, 4), 255, np.uint8)
+    paste = {**ISVL_PASTE, "scales": {"hair": [0.5, 0.5], "tube": [1.0, 1.0]}, "canvas": 640}
+    crops = {"hair": [square], "tube": [square]}
+    settings = PseudoDefectSettings(kinds={"cut_paste": 1.0}, anomaly_probability=1.0, paste=paste)
+    fg = np.full(SIZE, 0.79)  # labelled everywhere (> 0.45), anchors (>= 0.8) off the border
+    fg[25:72, 25:104] = 1.0
+    areas = {0.5: [], 1.0: []}
+    for step in range(40):
+        _, mask = PseudoDefects(settings, crops=crops)(image, seed=0, step=step, foreground=fg)
+        side = 200 * 96 / 640  # 30 px at s = 1: a rotated 30 px square covers 900 px
+        area = mask.sum()
+        areas[0.5 if area < 0.6 * side**2 else 1.0].append(area)
+    assert min(areas[0.5]) >= 0.85 * 15**2 and max(areas[0.5]) <= 1.2 * 15**2
+    assert min(areas[1.0]) >= 0.85 * 30**2 and max(areas[1.0]) <= 1.2 * 30**2
+    assert len(areas[0.5]) >= 10 and len(areas[1.0]) >= 10  # folders equally likely
+
+
+def test_a_crop_folder_without_a_scale_is_refused(crop: np.ndarray) -> None:
+    settings = PseudoDefectSettings(
+        kinds={"cut_paste": 1.0}, paste={"scales": {"hair": [0.1, 0.2]}}
+    )
+    with pytest.raises(ConfigError, match=r"\['screw'\] have no scale"):
+        PseudoDefects(settings, crops={"hair": [crop], "screw": [crop]})
+    with pytest.raises(ConfigError, match="blend 'soft'"):
+        CutPaste(blend="soft")

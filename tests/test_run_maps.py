@@ -30,3 +30,6 @@ def test_f1_optimal_reads_the_test_split_of_the_run_s_benchmark(monkeypatch, kin
     threshold = maps.threshold()
     assert asked == [test_split]
     assert threshold.rule == "f1_optimal" and 0.0 < threshold.value <= 1.0
+    assert threshold.source_split == test_split and threshold.is_oracle(test_split)
+    assert threshold.describe(test_split) == f"f1_optimal({test_split}) ORACLE"
+    assert not threshold.is_oracle("validation")

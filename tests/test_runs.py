@@ -1,6 +1,8 @@
 """Run folders: what ff-train writes, and load_run giving back a ready model and its settings."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from omegaconf import OmegaConf
 from filterformer.errors import CheckpointError, ConfigError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
 from filterformer.inference.predict import Smoothing
+from filterformer.models.encoder import weights_sha256
 from filterformer.runs.compose import config_dir
 from filterformer.runs.run import (
     build_smoothing,
@@ -50,6 +53,7 @@ def tiny_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_run_folder_holds_the_contract_files(tiny_run):
     names = {p.name for p in tiny_run.iterdir()}
     assert {
@@ -59,6 +63,7 @@ def test_run_folder_holds_the_contract_files(tiny_run):
         "checkpoints",
         "map_stats.json",
         "fusion.json",
+        "thresholds.json",
     } <= names
     versions = json.loads((tiny_run / "versions.json").read_text())
     assert {
@@ -77,6 +82,7 @@ def test_run_folder_holds_the_contract_files(tiny_run):
     }
 
 
+@pytest.mark.slow
 def test_load_run_gives_the_model_of_the_chosen_mode_and_its_settings(tiny_run):
     run = load_run(tiny_run)
     mode = json.loads((tiny_run / "fusion.json").read_text())["synthetic"]
@@ -85,7 +91,9 @@ def test_load_run_gives_the_model_of_the_chosen_mode_and_its_settings(tiny_run):
     assert not run.model.training
     assert run.geometry.input_size == (56, 70)
     assert set(run.map_stats) == {"inp", "filter"}
-    assert run.tiling is None and run.threshold is None
+    assert run.tiling is None
+    assert run.threshold.rule == "mean_std"  # calibrated when training ended, on this checkpoint
+    assert run.threshold.checkpoint == weights_sha256(run.checkpoint)
     assert run.postprocess == {"closing": 0, "fill_holes": False, "erosion": 0}
     assert run.data_root == tiny_run / "data"
     assert run.smoothing == Smoothing(sigma=4.0, kernel_size=5, padding="replicate", size=None)
@@ -95,20 +103,25 @@ def test_load_run_gives_the_model_of_the_chosen_mode_and_its_settings(tiny_run):
     assert set(maps) == {"inp", "filter"}
 
 
-def test_load_run_reads_thresholds_and_can_pick_the_last_checkpoint(tiny_run, tmp_path):
-    run = load_run(tiny_run, checkpoint="last")
-    assert run.checkpoint == checkpoint_files(tiny_run / "checkpoints" / "last").weights
-    write_thresholds(
-        tiny_run / "thresholds.json",
-        {"synthetic": Threshold(0.7, "mean_std", {"k": 3.0}, "validation")},
-        mode=run.mode,
-    )
-    try:
-        assert load_run(tiny_run).threshold.value == 0.7
-    finally:
-        (tiny_run / "thresholds.json").unlink()
+@pytest.mark.slow
+def test_load_run_reads_thresholds_of_its_checkpoint_only(tiny_run, tmp_path):
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    run = load_run(run_dir, checkpoint="last")
+    assert run.checkpoint == checkpoint_files(run_dir / "checkpoints" / "last").weights
+    # a threshold comes with the checkpoint only if it was calibrated on the same weights
+    assert run.threshold is None or run.threshold.checkpoint == weights_sha256(run.checkpoint)
+    best = load_run(run_dir).checkpoint
+    for sha, expected in ((weights_sha256(best), 0.7), ("0" * 64, None)):
+        threshold = Threshold(0.7, "mean_std", {"k": 3.0}, "validation", checkpoint=sha)
+        write_thresholds(run_dir / "thresholds.json", {"synthetic": threshold}, mode=run.mode)
+        if expected is None:
+            with pytest.raises(CheckpointError, match="another checkpoint.*ff-eval --calibrate"):
+                load_run(run_dir)
+        else:
+            assert load_run(run_dir).threshold.value == expected
 
 
+@pytest.mark.slow
 def test_load_run_refuses_a_checkpoint_of_another_encoder(tiny_run, tmp_path):
     meta_file = checkpoint_files(tiny_run / "checkpoints" / "last")[1]
     original = meta_file.read_text()
@@ -154,7 +167,7 @@ def test_eval_protocol_and_training_tiles_come_from_the_config():
     assert build_tiling(compose_train("category=vial"), training=True) is None
     grid = compose_train("category=can", "category.tiling.mode=grid")
     assert build_tiling(grid).record() == {"grid": [4, 2], "pyramid": [[4, 2]]}
-    assert build_tiling(grid, training=True).pyramid == [(1, 1), (2, 1), (4, 2)]
+    assert build_tiling(grid, training=True).pyramid == [(2, 1), (4, 2)]  # the ISVL code's
     older = OmegaConf.create({"eval": {"default_mode": None}})  # a run made before these keys
     assert build_smoothing(older) == Smoothing() and image_score_rule(older) == "max"
     with pytest.raises(ConfigError, match="eval.image_score 'mean' is unknown"):
@@ -177,6 +190,7 @@ def test_relative_encoder_weights_are_read_from_the_run_folder(tmp_path, monkeyp
         assert resolve_run_paths(config, run_dir).encoder.weights == given
 
 
+@pytest.mark.slow
 def test_each_checkpoint_is_used_with_the_map_statistics_of_its_own_weights(tiny_run, tmp_path):
     """Fused maps normalise by validation statistics, which differ between checkpoints: a best
     checkpoint brings its own; `last` uses map_stats.json (computed after the last epoch)."""
@@ -198,6 +212,7 @@ def test_each_checkpoint_is_used_with_the_map_statistics_of_its_own_weights(tiny
     }
 
 
+@pytest.mark.slow
 def test_a_changed_weights_file_is_refused_by_name_unless_the_user_skips_the_check(
     tiny_run, tmp_path, capsys
 ):

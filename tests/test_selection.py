@@ -126,3 +126,14 @@ def test_metrics_json_and_csv_carry_the_labels(tmp_path: Path) -> None:
         can, mean = list(csv.DictReader(f))
     assert can["selected_on.checkpoint"] == "test_public" and can["selected_on.threshold"]
     assert mean["selected_on.checkpoint"] == "" and math.isclose(float(mean["au_pro@0.05"]), 0.25)
+
+
+def test_an_authors_test_label_threshold_counts_as_chosen_on_every_test_split() -> None:
+    record = Selection(checkpoint=None, fusion_mode=None, threshold="authors_test_labels")
+    for split in ("test_public", "test_private", "test_private_mixed", "test"):
+        assert chosen_on(record.to_json(), split) == ["threshold"]
+        assert overall([record.to_json()], split) == split
+    assert chosen_on(record.to_json(), "validation") == []
+    rows = [row("can", record)]
+    table = " ".join(format_table(rows, [0.05], "test_private").split())
+    assert "threshold: the published value, chosen by the method's authors on test labels" in table

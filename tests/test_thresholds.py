@@ -21,6 +21,9 @@ from filterformer.evaluation.thresholds import (
     write_thresholds,
 )
 
+AD2 = {"labelled_split": "test_public"}
+"""MVTec AD 2's labelled test split, where f1_optimal calibrates."""
+
 
 def validation_maps() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
@@ -54,15 +57,23 @@ def test_quantile_is_the_inverted_cdf_of_float16_scores() -> None:
         assert np.mean(pixels > threshold.value) <= 1 - q + 1e-12
 
 
-def test_f1_optimal_threshold_is_always_labelled_an_oracle() -> None:
+@pytest.mark.parametrize(
+    ("labelled", "other"), [("test_public", "test_private"), ("test", "validation")]
+)
+def test_f1_optimal_threshold_is_an_oracle_on_the_split_whose_labels_chose_it(
+    labelled: str, other: str
+) -> None:
+    """MVTec AD 2 calibrates on test_public, MVTec AD and VisA on test: the label says which."""
     acc = ProAccumulator()
     gt = np.zeros((6, 6), bool)
     gt[:3] = True
     acc.update(np.where(gt, 2.0, 1.0).astype(np.float32), gt)
-    threshold = f1_optimal_threshold(acc.pixel_counts(), "test_public")
-    assert 1.0 < threshold.value < 2.0
-    assert threshold.is_oracle("test_public") and threshold.is_oracle("test_private")
-    assert threshold.describe("test_public") == "f1_optimal(test_public) ORACLE"
+    threshold = f1_optimal_threshold(acc.pixel_counts(), labelled)
+    assert 1.0 < threshold.value < 2.0 and threshold.source_split == labelled
+    assert threshold.is_oracle(labelled) and not threshold.is_oracle(other)
+    assert threshold.describe(labelled) == f"f1_optimal({labelled}) ORACLE"
+    assert threshold.describe(other) == f"f1_optimal({labelled})"
+    assert Threshold(1.5, "f1_optimal").is_oracle(other)  # origin unknown: assume the worst
     assert mean_std_threshold([gt.astype(float)]).describe("test_public") == (
         "mean+3std(validation)"
     )
@@ -131,13 +142,15 @@ def test_threshold_by_rule_follows_the_category_config() -> None:
     def labelled():
         return iter([(maps[0], gt)])
 
-    by_k = threshold_by_rule({"rule": "mean_std", "k": 2}, validation, labelled, "cat")
+    by_k = threshold_by_rule({"rule": "mean_std", "k": 2}, validation, labelled, "cat", **AD2)
     assert by_k.rule == "mean_std" and by_k.params == {"k": 2.0}
     assert by_k.value == pytest.approx(maps[0].mean() + 2 * maps[0].std(), rel=1e-6)
-    by_q = threshold_by_rule({"rule": "quantile", "q": 0.5}, validation, labelled, "cat")
+    by_q = threshold_by_rule({"rule": "quantile", "q": 0.5}, validation, labelled, "cat", **AD2)
     assert by_q.rule == "quantile" and by_q.value == pytest.approx(0.4949, abs=2e-3)
-    best = threshold_by_rule({"rule": "f1_optimal"}, validation, labelled, "cat")
-    assert best.source_split == "test_public"
+    best = threshold_by_rule(
+        {"rule": "f1_optimal"}, validation, labelled, "cat", labelled_split="test"
+    )
+    assert best.source_split == "test" and best.describe("test") == "f1_optimal(test) ORACLE"
     assert ((maps[0] > best.value) == gt).all()  # F1 = 1 separates exactly the GT row
 
 
@@ -157,12 +170,14 @@ def test_threshold_by_rule_follows_the_category_config() -> None:
 )
 def test_threshold_by_rule_refuses_bad_rules(rule: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        threshold_by_rule(rule, lambda: iter([]), lambda: iter([]), "cat")
+        threshold_by_rule(rule, lambda: iter([]), lambda: iter([]), "cat", **AD2)
 
 
 def test_fixed_rule_reads_a_level_on_its_stated_scale() -> None:
     """The ISVL hybrid's 79 of 255 on maps clipped to [0, 1] is 79 / 255 on our map."""
-    fixed = threshold_by_rule({"rule": "fixed", "level": 79, "scale": 255}, iter, iter, "can")
+    fixed = threshold_by_rule(
+        {"rule": "fixed", "level": 79, "scale": 255}, iter, iter, "can", **AD2
+    )
     assert fixed.value == pytest.approx(79 / 255) and fixed.source_split is None
     assert fixed.describe("test_private") == "fixed79/255"
 
@@ -176,7 +191,7 @@ def test_f1_pseudo_is_the_best_f1_on_pseudo_defects_and_label_free() -> None:
         raise AssertionError("f1_pseudo must not read test labels")
 
     best = threshold_by_rule(
-        {"rule": "f1_pseudo"}, iter, no_labels, "cat", pseudo=lambda mixed: iter([(amap, mask)])
+        {"rule": "f1_pseudo"}, iter, no_labels, "cat", lambda mixed: iter([(amap, mask)]), **AD2
     )
     assert best.source_split == "validation_pseudo" and not best.is_oracle("test_public")
     assert ((amap > best.value) == mask).all()
@@ -189,7 +204,7 @@ def test_each_split_gets_its_own_threshold_and_the_file_keeps_them(tmp_path: Pat
         "k": 3,
         "splits": {"test_private_mixed": {"rule": "fixed", "level": 96, "scale": 255}},
     }
-    threshold = threshold_by_rule(rule, lambda: iter(maps), iter, "walnuts")
+    threshold = threshold_by_rule(rule, lambda: iter(maps), iter, "walnuts", **AD2)
     mixed = threshold.for_split("test_private_mixed")
     assert mixed.rule == "fixed" and mixed.value == pytest.approx(96 / 255)
     assert threshold.for_split("test_private").rule == "mean_std"
@@ -198,3 +213,22 @@ def test_each_split_gets_its_own_threshold_and_the_file_keeps_them(tmp_path: Pat
     back = read_thresholds(tmp_path / "t.json", "filter")["walnuts"]
     assert back == threshold
     assert back.for_split("test_private_mixed").value == pytest.approx(96 / 255)
+
+
+def test_published_levels_record_that_their_authors_chose_them_on_test_labels(tmp_path) -> None:
+    """suite=isvl: the ISVL hybrid's levels of its 8-bit maps, test_private / _mixed."""
+    rule = {
+        "rule": "fixed",
+        "level": 79,
+        "chosen_on": "authors_test_labels",
+        "splits": {
+            "test_private_mixed": {"rule": "fixed", "level": 96, "chosen_on": "authors_test_labels"}
+        },
+    }
+    threshold = threshold_by_rule(rule, list, list, "can", labelled_split="test_public")
+    assert (threshold.value, threshold.for_split("test_private_mixed").value) == (79, 96)
+    assert threshold.source_split == "authors_test_labels"
+    assert threshold.describe("test_public") == "fixed79(chosen by its authors on test labels)"
+    write_thresholds(tmp_path / "t.json", {"can": threshold})
+    again = read_thresholds(tmp_path / "t.json")["can"]
+    assert again.for_split("test_private_mixed").source_split == "authors_test_labels"

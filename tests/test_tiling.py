@@ -176,3 +176,43 @@ def test_grid_paste_rejects_wrong_tile_maps():
         grid.blend([np.zeros((4, 2))], 4, 4)
     with pytest.raises(ConfigError, match="needs a 4x2 map"):
         grid.blend([np.zeros((4, 2)), np.zeros((2, 2))], 4, 4)
+
+
+def _isvl_cuts(length: int, parts: int) -> list[tuple[int, int]]:
+    """The ISVL hybrid code's split of one axis (1_image_splitter.py): parts of length // parts
+    pixels, the last one to the end of the axis."""
+    step = length // parts
+    return [(i * step, length if i == parts - 1 else (i + 1) * step) for i in range(parts)]
+
+
+def _isvl_grid(height: int, width: int, cols: int, rows: int) -> list[tuple[int, int, int, int]]:
+    return [
+        (y0, x0, y1, x1)
+        for y0, y1 in _isvl_cuts(height, rows)
+        for x0, x1 in _isvl_cuts(width, cols)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("category", "grid", "pyramid", "shape"),
+    [  # the code's test grids and training pyramids; odd sizes exercise the remainder
+        ("can", [4, 2], [[2, 1], [4, 2]], (1025, 2234)),
+        ("fabric", [2, 2], [[1, 1], [2, 2]], (2048, 2449)),
+        ("rice", [4, 4], [[1, 1], [2, 2], [4, 4]], (2047, 2448)),
+        ("sheet_metal", [8, 2], [[1, 1], [4, 1], [8, 2]], (1057, 4227)),
+        ("walnuts", [2, 2], [[1, 1], [2, 2]], (2048, 2448)),
+    ],
+)
+def test_grids_are_the_isvl_code_s_tiles(category, grid, pyramid, shape):
+    """Test tiles: the code's grid; training tiles: every grid of the pyramid, where the code's
+    long-edge split of a wide image into n strips is the grid n x 1 (and can has no 1 x 1)."""
+    tiling = GridTiling(grid, pyramid)
+    assert tiling.tiles(*shape) == _isvl_grid(*shape, *grid)
+    expected = [box for cols, rows in pyramid for box in _isvl_grid(*shape, cols, rows)]
+    assert tiling.training_tiles(*shape) == expected
+    assert ((0, 0, *shape) in expected) == (category != "can")
+
+
+def test_window_training_tiles_are_its_tiles():
+    tiling = Tiling((40, 40), overlap=10)
+    assert tiling.training_tiles(100, 70) == tiling.tiles(100, 70)

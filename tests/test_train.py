@@ -81,6 +81,7 @@ def read_rows(path):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_ends_with_the_same_weights(synthetic_root, tmp_path):
     straight, _ = run(synthetic_root, tmp_path / "straight")
 
@@ -101,6 +102,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights(synthetic_root, tmp_path
     )
 
 
+@pytest.mark.slow
 def test_log_has_one_row_per_step_with_losses_and_lr(synthetic_root, tmp_path):
     run(synthetic_root, tmp_path)
     rows = read_rows(tmp_path / "train_log.csv")
@@ -109,6 +111,16 @@ def test_log_has_one_row_per_step_with_losses_and_lr(synthetic_root, tmp_path):
     assert [float(r["lr"]) for r in rows[:3]] == pytest.approx([0.0, 1e-3, 1e-3])
     meta = json.loads((tmp_path / "checkpoints" / "last.json").read_text())
     assert (meta["step"], meta["epoch"], meta["encoder"]) == (6, 3, "tiny_random")
+
+
+def test_the_loop_steps_the_configured_schedule_in_epochs(synthetic_root, tmp_path):
+    """train.optimizer.schedule=sgdr, 2 steps per epoch: 1 epoch of warm-up, then periods of
+    1 and 2 epochs from 1e-3 towards 2e-4 (SGDR eq. 5)."""
+    sgdr = {"lr": 1e-3, "schedule": "sgdr", "warmup_epochs": 1, "restart_epochs": 1}
+    run(synthetic_root, tmp_path, optimizer={**sgdr, "restart_mult": 2, "min_lr_scale": 0.2})
+    rates = [float(r["lr"]) for r in read_rows(tmp_path / "train_log.csv")]
+    cos = 2e-4 + 4e-4 * (1 + math.cos(math.pi / 4))
+    assert rates == pytest.approx([0.0, 5e-4, 1e-3, 6e-4, 1e-3, cos])
 
 
 class NaNAtStep(torch.nn.Module):
@@ -135,6 +147,7 @@ class NaNAtStep(torch.nn.Module):
         return self.inner.trainable_state_dict()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_its_step_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
     model = NaNAtStep(tiny_model(), bad_step=4)
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 4 "):
@@ -146,12 +159,14 @@ def test_nan_loss_stops_with_its_step_and_keeps_the_last_good_checkpoint(synthet
     assert [r["step"] for r in rows] == ["1", "2", "3", "4"] and rows[-1]["loss"] == "nan"
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_a_trained_run(synthetic_root, tmp_path):
     run(synthetic_root, tmp_path, epochs=1)
     with pytest.raises(ConfigError, match="resume=true"):
         run(synthetic_root, tmp_path, epochs=1)
 
 
+@pytest.mark.slow
 def test_keeps_best_checkpoint_per_mode_and_writes_fusion_json(synthetic_root, tmp_path):
     # Scripted scores: "inp" peaks at epoch 1, "filter" at epoch 2 with the highest score.
     script = {
@@ -191,6 +206,7 @@ def test_keeps_best_checkpoint_per_mode_and_writes_fusion_json(synthetic_root, t
     assert len(read_rows(tmp_path / "eval_log.csv")) == 6  # 3 evaluations x 2 modes
 
 
+@pytest.mark.slow
 def test_map_statistics_are_measured_at_the_end_when_the_last_epoch_is_not_evaluated(
     synthetic_root, tmp_path
 ):
@@ -218,6 +234,7 @@ def test_fusion_evaluator_scores_every_mode_and_statistics_cover_both_maps(synth
     assert np.all((values >= 0) & (values <= 1))
 
 
+@pytest.mark.slow
 def test_diff_loss_never_changes_how_inp_former_is_trained(synthetic_root, tmp_path):
     """L_df reaches only the Diff Predictor, and gradients are clipped per part, so
     Filter-Former's INP-Former parts train exactly as with L_df switched off."""
@@ -242,6 +259,7 @@ def test_diff_loss_never_changes_how_inp_former_is_trained(synthetic_root, tmp_p
     assert not torch.equal(predictor, without_df.state_dict()["diff_predictor.head.weight"])
 
 
+@pytest.mark.slow
 def test_training_steps_never_read_a_tensor_back_to_the_host(synthetic_root, tmp_path, monkeypatch):
     """No `.item()` or truth test of a tensor in our code while training (each one would stall a
     GPU every step): losses stay on the device until the log is flushed in one copy."""
@@ -269,6 +287,7 @@ def test_training_steps_never_read_a_tensor_back_to_the_host(synthetic_root, tmp
     assert reads == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("bad_step", "kept"),
     [
@@ -363,6 +382,7 @@ def listing(folder):
     )
 
 
+@pytest.mark.slow
 def test_kill_at_random_instants_then_resume_ends_bit_identical(synthetic_root, tmp_path):
     """kill -9 at random instants (plan: :data:`PLAN`), then resume=true: the run ends with the
     weights, logs and files of one that was never killed, and nothing temporary survives.

@@ -120,6 +120,7 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(monkeypatch, capsys,
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config(monkeypatch, capsys, tmp_path):
     tiny = [
         "preset=demo",

@@ -169,3 +169,19 @@ def test_grid_pyramid_items_are_their_cells_resized(tmp_path):
         direct = TILE_GEOMETRY.to_tensor(image[y0:y1, x0:x1])
         assert (data[0] - direct).abs().mean().item() < 0.05  # same region, cached at 64 x 64
     assert (0, 0, 150, 130) in seen and len(seen) >= 3
+
+
+def test_every_tile_epochs_hold_each_pyramid_tile_once(tmp_path):
+    """train_tiles=all (ISVL hybrid code: an epoch is every tile file of every image): the items
+    are each image's training tiles in order, whatever the epoch."""
+    samples = _smooth_samples(tmp_path)[:2]
+    grid = GridTiling([2, 2], pyramid=[[2, 1], [2, 2]])
+    data = TrainingImages(samples, TILE_GEOMETRY, tiling=grid, every_tile=True)
+    boxes = [(i, box) for i, s in enumerate(samples) for box in grid.training_tiles(*s.shape)]
+    assert len(data) == len(boxes) == 12
+    for epoch in (0, 5):
+        data.set_epoch(epoch)
+        for item, (index, (y0, x0, y1, x1)) in enumerate(boxes):
+            direct = TILE_GEOMETRY.to_tensor(samples[index].load_image()[y0:y1, x0:x1])
+            assert (data[item] - direct).abs().mean().item() < 0.05
+    assert len(TrainingImages(samples, TILE_GEOMETRY, tiling=grid)) == 2  # one random tile each

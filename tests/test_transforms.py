@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 from torchvision import transforms as tv
 from torchvision.transforms import v2
 
@@ -15,6 +15,8 @@ from filterformer.data.transforms import (
     IMAGENET_STD,
     InputGeometry,
     TrainAugment,
+    isvl_lighting,
+    pil_brightness,
     short_side_size,
 )
 from filterformer.errors import ConfigError
@@ -55,7 +57,8 @@ def test_resize_is_exact_for_integer_factors():
 
 @pytest.mark.parametrize("original", [(61, 47), (13, 17)])  # shrink and enlarge
 def test_pil_bilinear_is_the_official_inp_former_pipeline_exactly(original):
-    # INP-Former: Resize(448) on a PIL image, ToTensor, CenterCrop(392), Normalize (spec §1.4)
+    # INP-Former code (get_data_transforms in dataset.py): Resize(448) on a PIL image, ToTensor,
+    # CenterCrop(392), Normalize
     image = _random_image(*original, seed=3)
     official = tv.Compose(
         [
@@ -291,3 +294,65 @@ def test_fit_arguments_are_checked():
         InputGeometry((28, 28), (14, 14), fit="pad")
     with pytest.raises(ConfigError, match="multiple of the patch size 14; e.g. 210"):
         short_side_size(220, (100, 200), 14)
+
+
+ISVL_LIGHTING = {
+    "p": 0.5,
+    "brightness": (0.5, 1.2),
+    "regions": 3,
+    "region_size": (30, 70),
+    "region_brightness": (0.5, 1.5),
+    "halves": (1.5, 0.7),
+}
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.7, 0.8301, 1.0, 1.2, 1.5, 0.123456789])
+def test_pil_brightness_is_pil_s_image_enhance(factor):
+    """The ISVL hybrid code changes brightness with PIL (ImageEnhance.Brightness, also behind
+    torchvision's ColorJitter on PIL images)."""
+    image = _random_image(31, 47, seed=3)
+    expected = np.asarray(ImageEnhance.Brightness(Image.fromarray(image)).enhance(factor))
+    np.testing.assert_array_equal(pil_brightness(image, factor), expected)
+
+
+def test_isvl_lighting_makes_one_of_the_code_s_three_changes():
+    """p 0.5; then, equally likely: the whole image x U(0.5, 1.2); three rectangles of sides
+    30..70 px x U(0.5, 1.5); the left half (x < W // 2) x 1.5 and the right half x 0.7."""
+    image = np.full((120, 141, 3), 100, np.uint8)
+    kinds = {"none": 0, "whole": 0, "regions": 0, "halves": 0}
+    for seed in range(300):
+        out = isvl_lighting(image, ISVL_LIGHTING, np.random.default_rng(seed))
+        levels = set(np.unique(out[..., 0]).tolist())
+        if np.array_equal(out, image):
+            kinds["none"] += 1
+        elif len(levels) == 1:
+            assert 50 <= levels.pop() <= 120
+            kinds["whole"] += 1
+        elif np.array_equal(out[:, :70], np.full((120, 70, 3), 150)) and (out[:, 70:] == 70).all():
+            kinds["halves"] += 1
+        else:
+            changed = (out != image).any(axis=2)
+            assert 30 * 30 <= changed.sum() <= 3 * 70 * 70
+            rows, cols = np.nonzero(changed)
+            assert max(np.ptp(rows), np.ptp(cols)) < 141
+            kinds["regions"] += 1
+    assert 120 <= kinds["none"] <= 180
+    assert all(30 <= kinds[k] <= 70 for k in ("whole", "regions", "halves")), kinds
+
+
+def test_isvl_lighting_comes_before_the_flips():
+    """As in the code (lighting, then the flips): a flipped image can be bright on the right."""
+    image = np.full((40, 40, 3), 100, np.uint8)
+    augment = TrainAugment(lighting={**ISVL_LIGHTING, "p": 1.0}, hflip=0.5)
+    bright_right = 0
+    for seed in range(200):
+        out, _ = augment(image, rng=seed)
+        bright_right += bool((out[:, 20:] == 150).all() and (out[:, :20] == 70).all())
+    assert 10 <= bright_right <= 60  # 1/3 halves x 1/2 flipped of 200: about 33
+
+
+def test_isvl_lighting_keeps_rectangles_inside_small_images():
+    out = isvl_lighting(
+        np.full((20, 25, 3), 100, np.uint8), {**ISVL_LIGHTING, "p": 1.0}, np.random.default_rng(7)
+    )
+    assert out.shape == (20, 25, 3)

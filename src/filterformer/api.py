@@ -35,6 +35,7 @@ from filterformer.runs.predict import (
     predict_images,
 )
 from filterformer.runs.run import read_run_config
+from filterformer.runs.setting import members
 from filterformer.runs.train import TrainOutcome, run_training
 from filterformer.runtime.outputs import RESCALE_FILE
 
@@ -68,7 +69,13 @@ class TrainedRun:
 
     @property
     def category(self) -> str:
+        """The run's category (a multi-class run: see :attr:`categories`)."""
         return str(self.config.category.name)
+
+    @property
+    def categories(self) -> list[str]:
+        """Every category the run's model was trained on (one, unless multi-class)."""
+        return [m.key for m in members(self.config)]
 
     def evaluate(
         self,
@@ -79,8 +86,14 @@ class TrainedRun:
         device: str | None = None,
         protocol: str | None = None,
         progress: bool = False,
+        categories: Sequence[str] | None = None,
+        data: str | None = None,
+        zero_shot_map: str = "inp_distance",
     ) -> EvaluationReport:
-        """Metrics of the run on ``split`` (default: its data's test split).
+        """Metrics of the run on ``split`` (default: its data's test split), per category
+        (``categories``: those) and their mean. ``data``: zero-shot on that dataset's
+        categories, which the run never trained on (``zero_shot_map``: the INP distance, as the
+        INP-Former code, or ``reconstruction``).
 
         Outputs (metrics.json/.csv, PRO curve, overlays, scores.csv) go to
         ``<out>/<run name>/<split>``, or beside the run (``<run>_eval/<split>``).
@@ -88,6 +101,9 @@ class TrainedRun:
         options = EvalOptions(
             run=[self.path],
             split=split,
+            categories=None if categories is None else list(categories),
+            data=data,
+            zero_shot_map=zero_shot_map,
             data_root=None if data_root is None else Path(data_root),
             out=None if out is None else Path(out),
             device=device,

@@ -73,6 +73,17 @@ def _open_for_reading(lock_file: Path) -> int | None:
         return None
 
 
+def unlock_run(run_dir: str | os.PathLike) -> None:
+    """Release :func:`lock_run`'s lock before the process ends (training from the Python API:
+    the session goes on, and other processes may read the run)."""
+    _unlock(Path(run_dir).expanduser().resolve() / RUN_LOCK)
+
+
+def holds_run(run_dir: str | os.PathLike) -> bool:
+    """Whether this process is the writer of ``run_dir``."""
+    return Path(run_dir).expanduser().resolve() / RUN_LOCK in _held
+
+
 def lock_output(out: str | os.PathLike, *, beside: bool = False) -> None:
     """Make this process the only writer of the output folder ``out``, or raise
     :class:`FolderLockedError`.

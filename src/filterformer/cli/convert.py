@@ -2,6 +2,9 @@
 
     ff-convert inp-former model.pth --encoder dinov2_vitb14_reg --category bottle --out runs/bottle
     ff-eval --run runs/bottle --data-root /data/mvtec_anomaly_detection --split test
+    ff-convert inp-former model.pth --encoder dinov2_vitb14_reg --setting multi_class \
+        --data mvtec_ad --out runs/inp_mvtec        # the official multi-class checkpoint
+    ff-eval --run runs/inp_mvtec --data-root /data/mvtec_anomaly_detection   # 15 rows + mean
 
 ``inp-former`` reads the ``model.pth`` that the official INP-Former scripts save (encoder
 included). The run folder gets the checkpoint's encoder as ``encoder.safetensors`` (timm
@@ -13,9 +16,12 @@ pipeline end to end: model ``inpformer``, PIL bilinear resize to 448 then centre
 DINOv2's own position-embedding interpolation, whole images (no tiling), and the INP-Former
 evaluation protocol (``eval.protocol=inpformer``: 256 x 256 maps, zero-padded Gaussian, top-1 %
 image score, its seven metrics). ``--data`` names the benchmark (``mvtec_ad``, where the
-official checkpoints come from, ``visa`` or ``mvtec_ad2``), so that
+official checkpoints come from, ``visa``, ``real_iad`` or ``mvtec_ad2``), so that
 ``ff-eval --run RUN --data-root ROOT`` needs nothing else. Extra hydra overrides after the
 options (e.g. ``data.root=/data/mvtec_anomaly_detection``) adjust the stored config.
+``--setting multi_class`` writes the official multi-class script's checkpoint (one model of
+all the data's categories, or ``--categories``) as one multi-class run: one copy of the
+weights, every category evaluated and reported (setting=multi_class, configs/setting/).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from filterformer.cli.common import report_user_errors
-from filterformer.errors import CheckpointError, ConfigError
+from filterformer.errors import CheckpointError, ConfigError, FilterformerError
 from filterformer.runs.compose import config_dir, config_error_message, config_groups
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that --help stays fast
@@ -37,7 +43,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that --help stays fa
 ENCODER_FILE = "encoder.safetensors"
 PARITY_OVERRIDES = ("preset=inpformer_paper",)
 """The official recipe and evaluation (configs/preset/inpformer_paper.yaml)."""
-DATA_KINDS = ("mvtec_ad", "visa", "mvtec_ad2")
+DATA_KINDS = ("mvtec_ad", "visa", "real_iad", "mvtec_ad2")
 """Benchmarks a converted checkpoint can be evaluated on; the official ones are MVTec AD's."""
 
 
@@ -52,7 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=config_groups(config_dir())["encoder"],
         help="encoder the checkpoint was trained with (dinov2reg_vit_base_14 -> dinov2_vitb14_reg)",
     )
-    inp.add_argument("--category", required=True, help="category the checkpoint was trained on")
+    inp.add_argument(
+        "--category", help="category the checkpoint was trained on (single-class checkpoints)"
+    )
+    inp.add_argument(
+        "--setting",
+        choices=("single_class", "multi_class"),
+        default="single_class",
+        help="multi_class: a checkpoint of one model on many categories (the official "
+        "multi-class script's); one run folder with every category of --data (or --categories)",
+    )
+    inp.add_argument(
+        "--categories",
+        nargs="+",
+        help="with --setting multi_class: the categories it was trained on",
+    )
     inp.add_argument("--out", type=Path, required=True, help="run folder to create")
     inp.add_argument(
         "--data",
@@ -88,21 +108,30 @@ def load_official(path: Path) -> dict[str, torch.Tensor]:
 
 def parity_config(
     variant: str,
-    category: str,
+    category: str | None,
     run_dir: Path,
     overrides: Sequence[str],
     data: str = DATA_KINDS[0],
+    categories: Sequence[str] | None = None,
 ) -> DictConfig:
-    """The run config: ff-train's defaults in parity mode, then the user's overrides."""
+    """The run config: ff-train's defaults in parity mode, then the user's overrides.
+
+    ``category`` None: a multi-class run of ``categories`` (None: every category of ``data``).
+    """
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
+    if category is not None:
+        chosen = [category_override(category)]
+    else:
+        chosen = ["setting=multi_class"]
+        chosen += [f"setting.categories=[{','.join(categories)}]"] if categories else []
     settings = [
         *PARITY_OVERRIDES,
         f"data={data}",
         f"encoder={variant}",
         "encoder.pretrained=false",
-        category_override(category),
+        *chosen,
         f"run_dir={run_dir}",
         *overrides,
     ]
@@ -131,6 +160,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
     from filterformer.lock import lock_run
     from filterformer.models.encoder import weights_sha256
     from filterformer.runs.run import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
+    from filterformer.runs.setting import resolve_members
     from filterformer.training.checkpoint import save_checkpoint
 
     run_dir = args.out.resolve()
@@ -138,7 +168,15 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         raise ConfigError(
             f"{run_dir} already holds a run ({CONFIG_FILE}); choose another --out or pass --force."
         )
-    config = parity_config(args.encoder, args.category, run_dir, args.overrides, args.data)
+    config = parity_config(
+        args.encoder,
+        _category(args),
+        run_dir,
+        args.overrides,
+        args.data,
+        args.categories,
+    )
+    resolve_members(config, Path.cwd())  # multi-class: its categories, listed in the run
     model_config, source = config.model, str(args.checkpoint)
     weights = convert_state_dict(
         load_official(args.checkpoint),
@@ -171,6 +209,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         "converted_from": converted_from,
     }
     save_checkpoint(run_dir / "checkpoints" / "last", model, meta=meta)
+    _calibrate(run_dir, args)
     print(
         f"ff-convert: {run_dir}: {len(weights.encoder)} encoder tensors ({ENCODER_FILE}, "
         f"sha256 {identity['encoder_weights'][:12]}...) and {len(weights.trainable)} trainable "
@@ -178,6 +217,37 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         f"--data-root <{args.data} root>"
     )
     return run_dir
+
+
+def _category(args: argparse.Namespace) -> str | None:
+    """--category of a single-class conversion (required there, refused with multi_class)."""
+    if args.setting == "multi_class":
+        if args.category is not None:
+            raise ConfigError(
+                "--setting multi_class converts a model of several categories: name them with "
+                "--categories (default: every category of --data), not --category."
+            )
+        return None
+    if args.category is None:
+        raise ConfigError(
+            "--category is required for a single-class checkpoint (or pass --setting "
+            "multi_class for the official multi-class script's checkpoint)."
+        )
+    if args.categories:
+        raise ConfigError("--categories goes with --setting multi_class; use --category.")
+    return args.category
+
+
+def _calibrate(run_dir: Path, args: argparse.Namespace) -> None:
+    """Calibrate the converted run as training would; data without a validation split (MVTec
+    AD, VisA) or not at hand leaves it uncalibrated, which is said."""
+    from filterformer.runs.calibrate import calibrate_run
+    from filterformer.runs.settings import resolve_device
+
+    try:
+        calibrate_run(run_dir, device=resolve_device(None))
+    except FilterformerError as err:
+        print(f"ff-convert: {run_dir}: not calibrated ({err})", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@
     ff-eval --runs-dir runs                        every run under a folder, one table
     ff-eval --maps DIR [--thresholds FILE]         precomputed maps (ff-predict's layout)
     ff-eval --calibrate --run RUN                  store thresholds in an older run
+    ff-eval --run RUN --data mvtec_ad --data-root DIR [--categories ...]   zero-shot
 
 The engine is :mod:`filterformer.runs.evaluate` (also ``filterformer.load_run(...).evaluate``);
 this command parses, calls it and prints the table. A run is read, never written: outputs go to
@@ -19,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from filterformer.cli.common import report_user_errors, show_library_log
-from filterformer.data.datasets import ALL_SPLITS
+from filterformer.data.datasets import ALL_SPLITS, OFFICIAL_CATEGORIES
 from filterformer.evaluation.aupro import SERVER_LIMIT
-from filterformer.evaluation.protocol import PROTOCOLS
+from filterformer.evaluation.protocol import PROTOCOLS, ZERO_SHOT_MAPS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-root", type=Path, help="dataset root (default: the run's data.root, $FF_DATA_ROOT)"
     )
-    parser.add_argument("--categories", nargs="+", help="default: every category with maps")
+    parser.add_argument(
+        "--categories",
+        nargs="+",
+        help="default: every category with maps / of the runs (a multi-class run has several)",
+    )
+    parser.add_argument(
+        "--data",
+        choices=tuple(OFFICIAL_CATEGORIES),
+        help="with runs: zero-shot on this dataset's categories (--categories: those), which "
+        "the runs never trained on; scored by its protocol",
+    )
+    parser.add_argument(
+        "--zero-shot-map",
+        choices=ZERO_SHOT_MAPS,
+        default=ZERO_SHOT_MAPS[0],
+        help="with --data: inp_distance (the INP-Former code's zero-shot map, default) or "
+        "reconstruction (the run's own map)",
+    )
     parser.add_argument(
         "--split",
         choices=ALL_SPLITS,

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", type=Path, help="MVTec AD 2 root (default: the run's)")
     parser.add_argument("--device", help="device of the parity pass (default: cuda if any)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--category",
+        help="a multi-class run: the category to export (its threshold and float16 range go "
+        "into export.json; default folder RUN_export/<category>/)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--no-verify", action="store_true", help="skip the SHA-256 check of the checkpoint"
@@ -86,6 +91,7 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             batch_size=args.batch_size,
             no_progress=args.no_progress,
             no_verify=args.no_verify,
+            category=args.category,
         ),
     }
     if args.runs is not None:

@@ -1,6 +1,6 @@
 """ff-predict: anomaly maps from trained run folders, for the benchmark server or to inspect.
 
-    ff-predict --run RUN --out DIR [--split test_private test_private_mixed]   one category
+    ff-predict --run RUN --out DIR [--split test_private test_private_mixed]   its categories
     ff-predict --run RUN --out DIR --split test_public     local layout for ff-eval --maps DIR
     ff-predict --runs RUNS --submission NAME [--out PARENT]  8 categories, check, pack
     ff-predict --run RUN --images FOLDER --out DIR         custom images: overlays, scores.csv
@@ -31,9 +31,9 @@ no torch (``--split`` reads the run's dataset, under ``--data-root`` if given).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from filterformer.cli.common import report_user_errors, show_library_log
 from filterformer.io import write_csv
@@ -51,7 +51,7 @@ SHOWN_SCORES = 5
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ff-predict", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", type=Path, help="run folder of one category")
+    source.add_argument("--run", type=Path, help="run folder (one category, or multi-class)")
     source.add_argument("--runs", type=Path, help="folder of run folders, one per category")
     source.add_argument("--check", type=Path, metavar="DIR", help="check a submission folder")
     source.add_argument(
@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", type=Path, help="exported file (default: RUN_export/model.*)")
     parser.add_argument("--threads", type=int, help="threads of an export's runtime")
+    parser.add_argument(
+        "--category",
+        help="with --run of a multi-class model: this category only (needed with --images: "
+        "its threshold and post-processing); default every category",
+    )
     return parser
 
 
@@ -136,31 +141,41 @@ def _submission(args: argparse.Namespace, out: Path) -> Path | None:
     )
 
 
+def _sources(args: argparse.Namespace) -> Iterator[Any]:
+    """What writes the maps: the export folder alone (``--export``), or each category of the
+    run (``--run``; ``--category``: that one) with its model or export, one at a time."""
+    if args.export is not None:
+        from filterformer.runtime import Deployment
+        from filterformer.runtime.outputs import deployment_options
+
+        yield Deployment(args.export, **deployment_options(args))
+        return
+    from filterformer.runs.predict import run_categories, run_maps
+
+    categories = [args.category] if args.images is not None else None
+    for category in categories or run_categories(args.run, args.category):
+        yield run_maps(args.run, _options(args), category)
+
+
 def _write(args: argparse.Namespace) -> None:
     """One category's maps of ``--images`` (with overlays and scores.csv) or of ``--split``:
     the run's model or export (``--run``), or an export folder alone (``--export``)."""
     from filterformer.data.folder import ImageFolderDataset
     from filterformer.runtime.outputs import RESCALE_FILE, report_scores
 
-    if args.export is not None:
-        from filterformer.runtime import Deployment
-        from filterformer.runtime.outputs import deployment_options
-
-        source = Deployment(args.export, **deployment_options(args))
-    else:
-        from filterformer.runs.predict import run_maps
-
-        source = run_maps(args.run, _options(args))
     record = args.out / RESCALE_FILE
+    sources = _sources(args)
     if args.images is not None:
+        source = next(sources)  # one category (--category of a multi-class run)
         samples = ImageFolderDataset(args.images, "test", category=source.category)
         source.export(samples, args.out, overlays=True, record=record)
         rows = source.scores(samples, args.out)
         write_csv(args.out / SCORES_FILE, rows)
         print(report_scores(rows, source.threshold, args.out / SCORES_FILE))
     else:
-        for split in args.split:
-            source.export(source.samples(split), args.out, args.overlays, record)
+        for source in sources:
+            for split in args.split:
+                source.export(source.samples(split), args.out, args.overlays, record)
     print(f"wrote {args.out}")
 
 

@@ -70,7 +70,7 @@ EXAMPLES = (
     ("ff-train -m category=can,fabric,vial", "one run folder per category (sweep)"),
     (
         "ff-train suite=inpformer_cpr_hybrid data.root=/data/mvtec_ad_2",
-        "the ISVL hybrid: each category with its own model, one suite folder",
+        "the ISVL hybrid, label-free (suite=isvl: as its code runs), one suite folder",
     ),
     ("ff-train --cfg job preset=inpformer_paper", "print the resolved config, train nothing"),
 )

@@ -23,7 +23,8 @@ from filterformer.errors import CheckpointError
 from filterformer.models.encoder import ENCODERS, variant_of, vit_shape
 
 NUM_REGISTERS = 4
-"""DINOv2-reg register tokens; the official loader always builds 4 (spec §1.1)."""
+"""DINOv2-reg register tokens; the official loader (``load`` in ``models/vit_encoder.py``)
+always builds 4."""
 
 OFFICIAL_MLP_RATIO = 4
 """MLP width of the DINOv2 blocks (4 x dim for ViT-S/B/L)."""

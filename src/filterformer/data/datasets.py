@@ -2,7 +2,8 @@
 
 ``mvtec_ad2`` and ``synthetic`` (generated in the MVTec AD 2 layout) are read by
 :class:`~filterformer.data.mvtec_ad2.MVTecAD2`, ``mvtec_ad`` by
-:class:`~filterformer.data.mvtec_ad.MVTecAD`, ``visa`` by :class:`~filterformer.data.visa.VisA`;
+:class:`~filterformer.data.mvtec_ad.MVTecAD`, ``visa`` by :class:`~filterformer.data.visa.VisA`,
+``real_iad`` by :class:`~filterformer.data.real_iad.RealIAD`;
 ``folder`` data is handled by the run layer (it has folders, not a root).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from filterformer.data import mvtec_ad, mvtec_ad2, visa
+from filterformer.data import mvtec_ad, mvtec_ad2, real_iad, visa
 from filterformer.data.sample import SampleSequence
 from filterformer.errors import ConfigError
 
@@ -22,13 +23,22 @@ READERS: dict[str, Reader] = {
     "synthetic": mvtec_ad2.MVTecAD2,
     "mvtec_ad": mvtec_ad.MVTecAD,
     "visa": visa.VisA,
+    "real_iad": real_iad.RealIAD,
 }
 SPLITS: dict[str, tuple[str, ...]] = {
     "mvtec_ad2": mvtec_ad2.SPLITS,
     "synthetic": mvtec_ad2.SPLITS,
     "mvtec_ad": mvtec_ad.SPLITS,
     "visa": visa.SPLITS,
+    "real_iad": real_iad.SPLITS,
 }
+OFFICIAL_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "mvtec_ad2": mvtec_ad2.CATEGORIES,
+    "mvtec_ad": mvtec_ad.CATEGORIES,
+    "visa": visa.CATEGORIES,
+    "real_iad": real_iad.CATEGORIES,
+}
+"""Each dataset's categories: what a multi-class run trains on when it names none."""
 ALL_SPLITS: tuple[str, ...] = tuple(dict.fromkeys(s for splits in SPLITS.values() for s in splits))
 """Every split name of every reader (the choices of the command-line tools)."""
 
@@ -38,6 +48,7 @@ TEST_SPLITS = {
     "folder": "test_public",
     "mvtec_ad": "test",
     "visa": "test",
+    "real_iad": "test",
 }
 """The split with public ground truth that a benchmark's numbers are reported on."""
 

@@ -7,14 +7,16 @@ Kinds (mixed by weight, :class:`PseudoDefectSettings`):
 - ``perlin_texture``: the same region filled with a foreign texture (user-supplied texture
   images, else a procedural two-colour noise texture);
 - ``cut_paste``: an RGBA defect crop from a user-supplied folder, scaled, rotated and pasted
-  where its alpha is set;
+  where its alpha is set (:class:`CutPaste`: the ISVL hybrid code's compositing by default);
 - ``crack``, ``spot``, ``scratch``: procedural strokes (:mod:`filterformer.data.defect_strokes`).
 
 The Perlin kinds follow CPR's synthetic anomalies (Li et al., "Target before Shooting",
 IEEE TIP 2024, after DRAEM), cut-paste and the strokes the VAND 2025 ISVL hybrid's (report
 §3.2.1; docs/references.md). An item is a pure function of ``(seed, step)`` and the inputs; the mask
 marks exactly the pixels whose written value differs from the input image (no JPEG, no
-blending tails left out). An optional foreground map keeps defects on the object.
+blending tails left out), but for cut-paste blended by the foreground (the ISVL hybrid code's
+rule: its label is the crop where the foreground exceeds 0.45, see :class:`CutPaste`). An
+optional foreground map keeps defects on the object.
 """
 
 from __future__ import annotations
@@ -35,6 +37,46 @@ KINDS = ("perlin_structure", "perlin_texture", "cut_paste", "crack", "spot", "sc
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+BLENDS = ("foreground", "hard")
+
+
+@dataclass(frozen=True)
+class CutPaste:
+    """How a defect crop is scaled and composited (kind ``cut_paste``).
+
+    Attributes:
+        scales: per crop folder (first-level subfolder of the crops folder), the range of the
+            factor s ~ U(lo, hi) that scales the crop's own width and height (ISVL hybrid code:
+            each folder has its own); empty: the crop's longer side becomes
+            U(``crop_scale``) x the image's shorter side (ours).
+        canvas: the side of the square image the crop's pixels are meant for (ISVL hybrid
+            code: 640, its composites' size); the scaled crop is then resized by
+            min(H, W) / canvas. None: the image's own pixels.
+        blend: ``foreground`` (ISVL hybrid code): the crop, its alpha binarised (a), is placed
+            with its top-left corner at the anchor minus half its size (floor), a crop larger
+            than the image or an object without a pixel of foreground >= ``anchor_level`` gives
+            no defect,
+            and the image becomes fg a crop + (1 - fg a) image, truncated to uint8, labelled
+            a (fg > ``label_level``); ``hard`` (ours): the crop's pixels replace the image's
+            where a and fg > 0.5, and the label is exactly the changed pixels.
+        label_level: foreground above which the blended crop is labelled (ISVL hybrid code).
+        anchor_level: the crop is centred on a pixel of at least this foreground (ISVL hybrid
+            code: 0.8); anywhere when there is no foreground map.
+    """
+
+    scales: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    canvas: int | None = None
+    blend: str = "foreground"
+    label_level: float = 0.45
+    anchor_level: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.blend not in BLENDS:
+            raise ConfigError(f"cut-paste blend {self.blend!r}: use one of {', '.join(BLENDS)}.")
+        if self.canvas is not None and self.canvas < 1:
+            raise ConfigError(f"cut-paste canvas {self.canvas}: use null or a side in pixels.")
+
+
 @dataclass(frozen=True)
 class PseudoDefectSettings:
     """How pseudo-defects are drawn; defaults are CPR's official generator (objects).
@@ -49,8 +91,11 @@ class PseudoDefectSettings:
         grid: cells per side of the shuffled structure source.
         structure_ops: random operations applied to the structure source.
         crop_scale: range of a pasted crop's longer side, as a fraction of the image's
-            shorter side.
-        max_tries: draws of a region before giving up the foreground constraint.
+            shorter side (when ``paste.scales`` is empty).
+        max_tries: draws of a region before giving up the foreground constraint, and draws
+            of an item before it stays normal (1: a failed paste leaves the item normal, as
+            the ISVL hybrid code's does).
+        paste: how crops are scaled and composited (:class:`CutPaste`, or its fields).
     """
 
     anomaly_probability: float = 0.9
@@ -65,8 +110,11 @@ class PseudoDefectSettings:
     structure_ops: int = 3
     crop_scale: tuple[float, float] = (0.05, 0.3)
     max_tries: int = 50
+    paste: CutPaste | Mapping = field(default_factory=CutPaste)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.paste, CutPaste):
+            object.__setattr__(self, "paste", CutPaste(**self.paste))
         unknown = sorted(set(self.kinds) - set(KINDS))
         if unknown:
             raise ConfigError(f"unknown pseudo-defect kind(s) {unknown}; valid: {', '.join(KINDS)}")
@@ -78,22 +126,25 @@ class PseudoDefectSettings:
             raise ConfigError(f"anomaly_probability {self.anomaly_probability} must lie in [0, 1]")
 
 
+Crops = Mapping[str, Sequence[np.ndarray]] | Sequence[np.ndarray]
+"""RGBA defect crops, by folder name (:func:`load_defect_crops`) or as one list."""
+
+
 class PseudoDefects:
-    """Draws one pseudo-defect per call; ``crops`` are RGBA arrays, ``textures`` RGB arrays."""
+    """Draws one pseudo-defect per call; ``crops`` are RGBA arrays (by folder: a folder is
+    drawn uniformly, then one of its crops), ``textures`` RGB arrays."""
 
     def __init__(
         self,
         settings: PseudoDefectSettings | None = None,
-        crops: Sequence[np.ndarray] = (),
+        crops: Crops = (),
         textures: Sequence[np.ndarray] = (),
     ) -> None:
         self.settings = settings or PseudoDefectSettings()
-        if self.settings.kinds.get("cut_paste", 0) > 0 and not crops:
-            raise ConfigError(
-                "pseudo-defect kind 'cut_paste' needs defect crops: give a folder of RGBA PNG "
-                "crops (crops_dir), or set the weight of cut_paste to 0"
-            )
-        self.crops = list(crops)
+        folders = dict(crops) if isinstance(crops, Mapping) else {"": list(crops)}
+        self.crops = {name: list(found) for name, found in folders.items() if len(found)}
+        if self.settings.kinds.get("cut_paste", 0) > 0:
+            _check_crops(self.crops, self.settings.paste)
         self.textures = list(textures)
         names = [k for k in KINDS if self.settings.kinds.get(k, 0) > 0]
         weights = np.array([self.settings.kinds[k] for k in names], dtype=np.float64)
@@ -113,26 +164,28 @@ class PseudoDefects:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DataError(f"pseudo-defects need an H x W x 3 uint8 image, got {image.shape}")
         rng = np.random.default_rng([seed, step])
-        out = image
+        out, mask = image, None
         if rng.random() < self.settings.anomaly_probability:
             for _ in range(self.settings.max_tries):
                 kind = str(rng.choice(self._kinds, p=self._weights))
-                out = self._draw(kind, image, rng, foreground)
-                if (out != image).any():
+                out, mask = self._draw(kind, image, rng, foreground)
+                if (out != image).any() or (mask is not None and mask.any()):
                     break
-        return out, (out != image).any(axis=2)
+        return out, (out != image).any(axis=2) if mask is None else mask
 
     def _draw(
         self, kind: str, image: np.ndarray, rng: np.random.Generator, fg: np.ndarray | None
-    ) -> np.ndarray:
-        """One defect of ``kind`` as a uint8 image (unchanged pixels keep their exact value)."""
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One defect of ``kind`` as a uint8 image (unchanged pixels keep their exact value)
+        and its label, None when the label is the changed pixels."""
         shape = image.shape
         if kind in STROKES:
             layer_fn, absolute = STROKES[kind]
             opacity, colour = layer_fn(shape, _anchor(rng, shape, fg, 0.5), rng)
             if fg is not None:
                 opacity = opacity * (fg > 0.5)
-            return _write(image, paint(image, (opacity, colour), absolute=absolute), opacity > 0)
+            painted = paint(image, (opacity, colour), absolute=absolute)
+            return _write(image, painted, opacity > 0), None
         if kind == "cut_paste":
             return self._cut_paste(image, rng, fg)
         region = perlin_region(shape[:2], rng, self.settings, fg)
@@ -142,7 +195,7 @@ class PseudoDefects:
             source = self._texture(shape[:2], rng)
         beta = rng.uniform(*self.settings.blend)
         blended = beta * source.astype(np.float32) + (1 - beta) * image.astype(np.float32)
-        return _write(image, blended, region)
+        return _write(image, blended, region), None
 
     def _texture(self, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
         """A foreign texture at ``size``: a random user texture, else a procedural one."""
@@ -153,19 +206,72 @@ class PseudoDefects:
 
     def _cut_paste(
         self, image: np.ndarray, rng: np.random.Generator, fg: np.ndarray | None
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Paste a random crop, scaled and rotated (nearest), centred on the object if known."""
-        crop = self.crops[int(rng.integers(len(self.crops)))]
-        side = min(image.shape[:2]) * rng.uniform(*self.settings.crop_scale)
-        scale = side / max(crop.shape[:2])
-        crop = rotate_expand(crop, rng.uniform(0, 360), scale)
-        centre = _anchor(rng, image.shape, fg, 0.8)
+        paste = self.settings.paste
+        names = sorted(self.crops)
+        folder = names[int(rng.integers(len(names)))]
+        crop = self.crops[folder][int(rng.integers(len(self.crops[folder])))]
+        reach = 1.0 if paste.canvas is None else min(image.shape[:2]) / paste.canvas
+        if paste.scales:  # ISVL hybrid code: a fraction of the crop's own size, per folder
+            factor = rng.uniform(*paste.scales[folder]) * reach
+            size = [max(1, int(side * factor)) for side in crop.shape[1::-1]]
+            crop = cv2.resize(crop, size, interpolation=cv2.INTER_NEAREST_EXACT)
+            crop = rotate_expand(crop, rng.uniform(0, 360), 1.0)
+        else:  # ours: a fraction of the image's shorter side
+            side = min(image.shape[:2]) * rng.uniform(*self.settings.crop_scale) * reach
+            crop = rotate_expand(crop, rng.uniform(0, 360), side / max(crop.shape[:2]))
+        if paste.blend == "foreground":
+            return blend_crop(image, crop, rng, fg, paste.label_level, paste.anchor_level)
+        centre = _anchor(rng, image.shape, fg, paste.anchor_level)
         canvas = np.zeros((*image.shape[:2], 4), dtype=np.uint8)
-        _place(canvas, crop, centre)
+        height, width = crop.shape[:2]
+        _place(canvas, crop, int(round(centre[1] - height / 2)), int(round(centre[0] - width / 2)))
         region = canvas[:, :, 3] > 0
         if fg is not None:
             region &= fg > 0.5
-        return _write(image, canvas[:, :, :3].astype(np.float32), region)
+        return _write(image, canvas[:, :, :3].astype(np.float32), region), None
+
+
+def blend_crop(
+    image: np.ndarray,
+    crop: np.ndarray,
+    rng: np.random.Generator,
+    fg: np.ndarray | None,
+    label_level: float,
+    anchor_level: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ISVL hybrid code's compositing of an RGBA ``crop`` (see :class:`CutPaste`):
+    (image, label); the image unchanged and the label empty when the crop cannot be placed."""
+    (bh, bw), (ph, pw) = image.shape[:2], crop.shape[:2]
+    label = np.zeros((bh, bw), dtype=bool)
+    weight = np.ones((bh, bw)) if fg is None else np.asarray(fg, dtype=np.float64)
+    ys, xs = np.nonzero(weight >= anchor_level)
+    if ph > bh or pw > bw or not len(ys):
+        return image, label
+    pick = int(rng.integers(len(ys)))
+    canvas = np.zeros((bh, bw, 4), dtype=np.uint8)
+    _place(canvas, crop, int(ys[pick]) - ph // 2, int(xs[pick]) - pw // 2)
+    alpha = (canvas[:, :, 3] > 0).astype(np.float64)
+    valid = (alpha * weight)[:, :, None]
+    mixed = valid * canvas[:, :, :3] + (1 - valid) * image.astype(np.float64)
+    return mixed.astype(np.uint8), (alpha > 0) & (weight > label_level)
+
+
+def _check_crops(crops: Mapping[str, Sequence[np.ndarray]], paste: CutPaste) -> None:
+    """Refuse cut-paste without crops, or with a folder that has no scale in ``paste``."""
+    if not crops:
+        raise ConfigError(
+            "pseudo-defect kind 'cut_paste' needs defect crops: give a folder of RGBA PNG "
+            "crops (crops_dir), or set the weight of cut_paste to 0"
+        )
+    missing = sorted(name or "." for name in crops if paste.scales and name not in paste.scales)
+    if missing:
+        raise ConfigError(
+            f"crop folder(s) {missing} have no scale in cut-paste scales "
+            f"{sorted(paste.scales)}; add them (e.g. paste.scales.{missing[0]}=[0.1,0.5]) or "
+            "move their crops."
+        )
 
 
 def _write(image: np.ndarray, values: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -275,11 +381,9 @@ def rotate_expand(crop: np.ndarray, angle: float, scale: float) -> np.ndarray:
     )
 
 
-def _place(canvas: np.ndarray, crop: np.ndarray, centre: np.ndarray) -> None:
-    """Copy ``crop`` into ``canvas`` centred at (x, y) ``centre``, clipped at the borders."""
+def _place(canvas: np.ndarray, crop: np.ndarray, top: int, left: int) -> None:
+    """Copy ``crop`` into ``canvas`` with its top-left corner at (top, left), clipped."""
     height, width = crop.shape[:2]
-    top = int(round(centre[1] - height / 2))
-    left = int(round(centre[0] - width / 2))
     y0, x0 = max(top, 0), max(left, 0)
     y1 = min(top + height, canvas.shape[0])
     x1 = min(left + width, canvas.shape[1])
@@ -287,14 +391,15 @@ def _place(canvas: np.ndarray, crop: np.ndarray, centre: np.ndarray) -> None:
         canvas[y0:y1, x0:x1] = crop[y0 - top : y1 - top, x0 - left : x1 - left]
 
 
-def load_defect_crops(folder: str | Path) -> list[np.ndarray]:
-    """Every image under ``folder`` (recursively) as H x W x 4 uint8 RGBA.
+def load_defect_crops(folder: str | Path) -> dict[str, list[np.ndarray]]:
+    """Every image under ``folder`` (recursively) as H x W x 4 uint8 RGBA, by the name of its
+    first-level subfolder ("" for images directly in ``folder``).
 
     The alpha channel marks the defect (alpha > 0 is pasted); crops without one are refused.
     """
-    files = _image_files(folder, "defect-crop")
-    crops = []
-    for path in files:
+    root = Path(folder).expanduser()
+    crops: dict[str, list[np.ndarray]] = {}
+    for path in _image_files(folder, "defect-crop"):
         raw = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         if raw is None or raw.ndim != 3 or raw.shape[2] != 4:
             raise DataError(
@@ -303,7 +408,9 @@ def load_defect_crops(folder: str | Path) -> list[np.ndarray]:
             )
         if raw.dtype != np.uint8:
             raw = (raw.astype(np.float64) * 255 / np.iinfo(raw.dtype).max).round().astype(np.uint8)
-        crops.append(cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA))
+        parts = path.relative_to(root).parts
+        name = parts[0] if len(parts) > 1 else ""
+        crops.setdefault(name, []).append(cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA))
     return crops
 
 

@@ -131,6 +131,10 @@ class Tiling:
             for x0 in _starts(width, self.tile[1], self.stride[1])
         ]
 
+    def training_tiles(self, height: int, width: int) -> list[Box]:
+        """Every training crop of an H x W image (``train_tiles: all``): its tiles."""
+        return self.tiles(height, width)
+
     def random_tile(self, height: int, width: int, rng: np.random.Generator) -> Box:
         """One tile at a uniformly random position inside the image (for training crops)."""
         th, tw = min(self.tile[0], height), min(self.tile[1], width)
@@ -206,9 +210,14 @@ class GridTiling:
         """The test-time tiles (``grid``) of an H x W image; they partition its pixels."""
         return self.grid_tiles(height, width, self.grid)
 
+    def training_tiles(self, height: int, width: int) -> list[Box]:
+        """Every tile of every pyramid grid, grid by grid: the training crops of an image (the
+        ISVL hybrid code writes each as a training image)."""
+        return [b for g in self.pyramid for b in self.grid_tiles(height, width, g)]
+
     def random_tile(self, height: int, width: int, rng: np.random.Generator) -> Box:
         """One tile of one pyramid grid, uniformly among all their tiles (training crops)."""
-        boxes = [b for g in self.pyramid for b in self.grid_tiles(height, width, g)]
+        boxes = self.training_tiles(height, width)
         return boxes[int(rng.integers(len(boxes)))]
 
     def max_cells(self) -> Grid:
@@ -224,7 +233,12 @@ class GridTiling:
 
 
 AnyTiling = Tiling | GridTiling
-"""Either tiling: both give ``tiles``, ``random_tile``, ``blend`` and ``record``."""
+"""Either tiling: both give ``tiles``, ``training_tiles``, ``random_tile``, ``blend`` and
+``record``."""
+
+TRAIN_TILES = ("random", "all")
+"""What one training epoch sees of a tiled image: one random tile (ours) or every training
+tile once (``all``: the ISVL hybrid code, whose epoch is every tile file of every image)."""
 
 
 def tiling_from_record(record: dict | None) -> AnyTiling | None:

@@ -17,6 +17,10 @@ Each image is decoded once and kept as uint8 at the scale the network sees it:
   the training pyramid onto the resize size; an item is one random cell of one pyramid grid,
   cut from the cache and resized, as inference resizes each grid tile.
 
+With ``every_tile`` an epoch holds every training tile of every image once
+(:meth:`Tiling.training_tiles`; the ISVL hybrid code's epoch, a ConcatDataset of the tile
+files) instead of one random tile per image: ``len`` is then the number of tiles.
+
 Randomness (tile position, augmentation) is seeded per item from (seed, epoch, index), so a
 resumed run sees exactly the items an uninterrupted one would have seen.
 """
@@ -27,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 from tqdm import tqdm
 
 from filterformer.data.sample import Sample
@@ -41,7 +45,8 @@ class TrainingImages(Dataset[torch.Tensor]):
     With ``cache`` the decoded, rescaled images stay in memory; :meth:`preload` fills the cache
     up front (with a progress bar), otherwise it fills as items are first read. With DataLoader
     workers each worker holds its own lazily filled cache, so preload before creating it.
-    With ``tiling`` each item is a random tile of its image, resized as inference resizes tiles.
+    With ``tiling`` each item is a random tile of its image, resized as inference resizes tiles;
+    with ``every_tile`` too, the items are every training tile of every image (image by image).
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class TrainingImages(Dataset[torch.Tensor]):
         cache: bool = True,
         seed: int = 0,
         tiling: AnyTiling | None = None,
+        every_tile: bool = False,
     ) -> None:
         self.samples = list(samples)
         self.geometry = geometry
@@ -60,6 +66,13 @@ class TrainingImages(Dataset[torch.Tensor]):
         self.tiling = tiling
         self.epoch = 0
         self._cache: list[np.ndarray | None] | None = [None] * len(self.samples) if cache else None
+        self._items: list[tuple[int, Box]] | None = None
+        if every_tile and tiling is not None:
+            self._items = [
+                (index, box)
+                for index, sample in enumerate(self.samples)
+                for box in tiling.training_tiles(*sample.shape)
+            ]
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random stream (tiles, augmentation) of ``epoch``; call every epoch."""
@@ -67,7 +80,7 @@ class TrainingImages(Dataset[torch.Tensor]):
 
     def preload(self, progress: bool = True) -> None:
         """Decode and cache every image now (no-op for images already cached)."""
-        for index in tqdm(range(len(self)), desc="decoding images", disable=not progress):
+        for index in tqdm(range(len(self.samples)), desc="decoding images", disable=not progress):
             self.resized_image(index)
 
     def cache_size(self, height: int, width: int) -> tuple[int, int]:
@@ -102,35 +115,77 @@ class TrainingImages(Dataset[torch.Tensor]):
         return image
 
     def tile(self, index: int, rng: np.random.Generator) -> tuple[Box, np.ndarray]:
-        """A random tile of image ``index``: its box in the original image and its pixels.
+        """A random tile of image ``index``: its box in the original image and its pixels."""
+        box = self.tiling.random_tile(*self.samples[index].shape, rng)
+        return box, self.crop(index, box)
 
-        The box is drawn on the original image; its cached counterpart starts at the box's
-        corner scaled to the cache (rounded) and spans exactly the resize size.
+    def crop(self, index: int, box: Box) -> np.ndarray:
+        """The pixels of tile ``box`` (in the original image) of image ``index``, at the
+        resize size, cut from the cached image.
+
+        Sliding-window tiles: the cached counterpart starts at the box's corner scaled to the
+        cache (rounded) and spans exactly the resize size. Grid tiles (several sizes): the box
+        scaled to the cache is cut, then resized.
         """
         sample = self.samples[index]
-        box = self.tiling.random_tile(*sample.shape, rng)
         image = self.resized_image(index)
-        if isinstance(self.tiling, GridTiling):  # tiles of several sizes: cut, then resize
+        if isinstance(self.tiling, GridTiling):
             scale = [c / s for c, s in zip(image.shape[:2], sample.shape, strict=True)] * 2
             y0, x0, y1, x1 = (round(v * f) for v, f in zip(box, scale, strict=True))
-            return box, self.geometry.resize_to(image[y0:y1, x0:x1], self.geometry.resize_hw)
+            return self.geometry.resize_to(image[y0:y1, x0:x1], self.geometry.resize_hw)
         corner = []
         for start, side, cached, size in zip(
             box[:2], sample.shape, image.shape[:2], self.geometry.resize_hw, strict=True
         ):
             corner.append(min(int(round(start * cached / side)), cached - size))
         (y0, x0), (height, width) = corner, self.geometry.resize_hw
-        return box, image[y0 : y0 + height, x0 : x0 + width]
+        return image[y0 : y0 + height, x0 : x0 + width]
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) if self._items is None else len(self._items)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        if self.tiling is None:
+        if self._items is not None:
+            image = self.crop(*self._items[index])
+        elif self.tiling is None:
             image = self.resized_image(index)
         else:
             _, image = self.tile(index, rng)
         if self.augment is not None:
             image, _ = self.augment(image, rng=rng)
         return self.geometry.to_input(image)
+
+
+class ConcatImages(ConcatDataset[torch.Tensor]):
+    """Several categories' :class:`TrainingImages` as one training set, in the given order.
+
+    What a model of several categories trains on (the INP-Former code's multi-class
+    ``ConcatDataset``; the loader shuffles the whole). Each part keeps its own tiling;
+    :meth:`set_epoch` and :meth:`preload` reach every part.
+    """
+
+    datasets: list[TrainingImages]
+
+    def __init__(self, parts: Sequence[TrainingImages]) -> None:
+        super().__init__(parts)
+
+    @property
+    def augment(self) -> TrainAugment | None:
+        """The parts' augmentation (one for all: the run's ``train.augment``)."""
+        return self.datasets[0].augment
+
+    @property
+    def tiling(self) -> AnyTiling | None:
+        """A part's training tiling, if any part trains on tiles."""
+        return next((part.tiling for part in self.datasets if part.tiling is not None), None)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select every part's random stream of ``epoch``."""
+        for part in self.datasets:
+            part.set_epoch(epoch)
+
+    def preload(self, progress: bool = True) -> None:
+        """Decode and cache every part's images now."""
+        for part in self.datasets:
+            part.preload(progress)

@@ -312,6 +312,8 @@ class TrainAugment:
     - ``hflip`` / ``vflip``: flip probabilities.
     - ``directional_light``: ``{"strength": s, "p": p}``: with probability p, multiply by a
       linear brightness ramp 1 + a * t, a ~ U(0, s), t in [-1, 1] along a random direction.
+    - ``lighting``: the ISVL hybrid code's lighting augmentation (:func:`isvl_lighting`), applied
+      first, before the flips, as there.
     """
 
     def __init__(
@@ -322,6 +324,7 @@ class TrainAugment:
         hflip: float | None = None,
         vflip: float | None = None,
         directional_light: Mapping[str, float] | None = None,
+        lighting: Mapping[str, Any] | None = None,
     ) -> None:
         self.random_resized_crop = _options(
             random_resized_crop,
@@ -339,6 +342,7 @@ class TrainAugment:
         self.directional_light = _options(
             directional_light, {"strength": 0.3, "p": 0.5}, "directional_light"
         )
+        self.lighting = _options(lighting, LIGHTING, "lighting")
 
     def __call__(
         self,
@@ -348,6 +352,8 @@ class TrainAugment:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Augment an H x W x 3 uint8 image (and an H x W mask the same way)."""
         rng = np.random.default_rng(rng)
+        if self.lighting is not None:
+            image = isvl_lighting(image, self.lighting, rng)
         matrix = self._geometry(image.shape[:2], rng)
         if matrix is not None:
             image = _warp(image, matrix, cv2.INTER_LINEAR)
@@ -451,6 +457,58 @@ def directional_light(image: np.ndarray, strength: float, rng: np.random.Generat
     ramp += (ys / max(height - 1, 1) - 0.5) * np.sin(angle)
     factor = 1.0 + amplitude * ramp / max(float(np.abs(ramp).max()), 1e-6)
     return _to_uint8(image.astype(np.float32) * factor[:, :, None])
+
+
+LIGHTING: dict[str, Any] = {
+    "p": 0.5,
+    "brightness": (0.5, 1.2),
+    "regions": 3,
+    "region_size": (30, 70),
+    "region_brightness": (0.5, 1.5),
+    "halves": (1.5, 0.7),
+}
+"""The ISVL hybrid code's lighting settings (isvl.py, RandomLightingAugmentation(p=0.5));
+configs/suite/isvl.yaml writes them out with their source."""
+
+
+def pil_brightness(image: np.ndarray, factor: float) -> np.ndarray:
+    """PIL's ``ImageEnhance.Brightness(image).enhance(factor)`` on uint8 pixels: the product
+    in float32, clipped to [0, 255] and truncated (PIL blends with black this way)."""
+    scaled = np.float32(factor) * image.astype(np.float32)
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def isvl_lighting(
+    image: np.ndarray, options: Mapping[str, Any], rng: np.random.Generator
+) -> np.ndarray:
+    """The ISVL hybrid code's lighting change: with probability ``p`` one of three, equally
+    likely (each a PIL brightness change, :func:`pil_brightness`):
+
+    - the whole image by a factor ~ U(``brightness``) (torchvision's ColorJitter);
+    - ``regions`` rectangles one after another, sides ~ U{``region_size``} pixels (clipped to
+      the image), each by a factor ~ U(``region_brightness``);
+    - the left half (columns < W // 2) by ``halves[0]``, the rest by ``halves[1]``.
+    """
+    if rng.random() >= options["p"]:
+        return image
+    method = int(rng.integers(3))
+    if method == 0:
+        return pil_brightness(image, rng.uniform(*options["brightness"]))
+    out = image.copy()
+    height, width = image.shape[:2]
+    if method == 1:
+        low, high = (int(v) for v in options["region_size"])
+        for _ in range(int(options["regions"])):
+            w = min(int(rng.integers(low, high + 1)), width)
+            h = min(int(rng.integers(low, high + 1)), height)
+            x0, y0 = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            factor = rng.uniform(*options["region_brightness"])
+            out[y0 : y0 + h, x0 : x0 + w] = pil_brightness(out[y0 : y0 + h, x0 : x0 + w], factor)
+        return out
+    mid = width // 2
+    out[:, :mid] = pil_brightness(image[:, :mid], options["halves"][0])
+    out[:, mid:] = pil_brightness(image[:, mid:], options["halves"][1])
+    return out
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:

@@ -44,6 +44,10 @@ MVTEC_AD2 = "mvtec_ad2"
 INPFORMER = "inpformer"
 PROTOCOLS = (MVTEC_AD2, INPFORMER)
 
+ZERO_SHOT_MAPS = ("inp_distance", "reconstruction")
+"""Zero-shot evaluation's map: ``inp_distance``, each token's distance to the image's nearest
+INP (the INP-Former code's zero-shot map, default), or ``reconstruction``, the run's own map."""
+
 IMAGE_SCORES = ("max", "top1")
 """Image score of a map: its max (MVTec's script) or the mean of its top 1 % (INP-Former)."""
 DEFAULT_IMAGE_SCORE = {MVTEC_AD2: "max", INPFORMER: "top1"}

@@ -22,7 +22,13 @@ from filterformer.evaluation.image_metrics import ImageScores, f1_max, pixel_ap,
 from filterformer.evaluation.protocol import INPFORMER, MVTEC_AD2, percent
 from filterformer.evaluation.protocol import METRICS as INPFORMER_METRICS
 from filterformer.evaluation.segf1 import SegF1Accumulator
-from filterformer.evaluation.selection import CHOICES, chosen_on, overall, unknown_choices
+from filterformer.evaluation.selection import (
+    CHOICES,
+    by_authors,
+    chosen_on,
+    overall,
+    unknown_choices,
+)
 from filterformer.io import write_csv, write_json
 
 TABLE_COLUMNS = (("seg_f1", "SegF1"), ("class_f1", "ClassF1"), ("image_auroc", "I-AUROC"))
@@ -115,11 +121,33 @@ class CategoryMetrics:
 def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Unweighted mean over categories of every metric (NaN if any category is NaN)."""
     skip = {"category", "num_images", "seg_tp", "seg_fp", "seg_fn", "threshold", "threshold_rule"}
-    skip |= {"selected_on"}  # a record per setting, not a metric
+    skip |= {"selected_on", "dataset", "trained_on"}  # records and names, not metrics
     keys = [k for k in rows[0] if k not in skip] if rows else []
     mean: dict[str, Any] = {"category": "mean", "num_images": sum(r["num_images"] for r in rows)}
     mean.update({k: float(np.mean([float(r[k]) for r in rows])) for k in keys})
     return mean
+
+
+def dataset_means(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One mean row per dataset (``mean <dataset>``) when the rows come from several (a
+    model trained on several datasets is reported per dataset, as the INP-Former code does)."""
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows if "dataset" in row))
+    if len(datasets) < 2:
+        return []
+    means = []
+    for dataset in datasets:
+        mean = mean_row([row for row in rows if row.get("dataset") == dataset])
+        means.append({**mean, "category": f"mean {dataset}", "dataset": dataset})
+    return means
+
+
+def _rows_of(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[Mapping]:
+    """The category rows a table line stands for (a mean line: those it averages)."""
+    if row["category"] == "mean":
+        return list(rows)
+    if str(row["category"]).startswith("mean ") and "dataset" in row:
+        return [r for r in rows if r.get("dataset") == row["dataset"]]
+    return [row]
 
 
 def table_columns(limits: Sequence[float], protocol: str = MVTEC_AD2) -> list[tuple[str, str]]:
@@ -147,10 +175,10 @@ def format_table(
     headers = ["category", *(f"{title} [%]" for _, title in columns)]
     headers += (["threshold rule"] if rule else []) + [f"chosen on {split}"]
     lines = []
-    for row in [*rows, mean_row(rows)] if rows else []:
+    for row in [*rows, *dataset_means(rows), mean_row(rows)] if rows else []:
         cells = [str(row["category"])] + [percent(row[key]) for key, _ in columns]
         cells += [str(row.get("threshold_rule", ""))] if rule else []
-        cells.append(selection_cell(rows if row["category"] == "mean" else [row], split))
+        cells.append(selection_cell(_rows_of(row, rows), split))
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
     left = {0, len(widths) - 1} | ({len(widths) - 2} if rule else set())  # names, not numbers
@@ -158,8 +186,19 @@ def format_table(
     out = [f"split: {split}, protocol: {protocol}"]
     out += [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*cells) for cells in lines]
-    out += [textwrap.fill(n, 100, break_on_hyphens=False) for n in selection_notes(rows, split)]
+    notes = [*selection_notes(rows, split), *trained_on_notes(rows)]
+    out += [textwrap.fill(n, 100, break_on_hyphens=False) for n in notes]
     return "\n".join(line.rstrip() for line in out)
+
+
+def trained_on_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Footnotes naming the data that trained the model of zero-shot rows."""
+    trained = dict.fromkeys(row["trained_on"] for row in rows if row.get("trained_on"))
+    return [
+        f"zero-shot: the model was trained on {source}, never on the categories above "
+        "(no training on them; the INP-Former code's zero-shot evaluation)."
+        for source in trained
+    ]
 
 
 def _selections(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, str | None]]:
@@ -189,6 +228,12 @@ def selection_notes(rows: Sequence[Mapping[str, Any]], split: str) -> list[str]:
             "checkpoint and fusion mode of training, an F1-optimal threshold), so these "
             "numbers are optimistic (selection-biased). Unbiased figures need a split that "
             "chose nothing, e.g. test_private on the MVTec benchmark server."
+        )
+    authors = sorted({name for s in selections for name in by_authors(s)})
+    if authors and split.startswith("test"):
+        notes.append(
+            f"{', '.join(authors)}: the published value, chosen by the method's authors on test "
+            "labels (by trials on the test splits), so it counts as chosen on every test split."
         )
     if any(unknown_choices(s) for s in selections):
         notes.append(
@@ -247,6 +292,7 @@ def metrics_document(
     def clean(row: Mapping[str, Any]) -> dict[str, Any]:
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
+    means = dataset_means(rows)
     return {
         "protocol": protocol,
         "image_score": image_score,
@@ -254,5 +300,6 @@ def metrics_document(
         "selected_on": overall(_selections(rows), split),
         "pro_limits": list(limits),
         "categories": {row["category"]: clean(row) for row in rows},
+        **({"dataset_means": {m["dataset"]: clean(m) for m in means}} if means else {}),
         "mean": clean(mean_row(rows)),
     }

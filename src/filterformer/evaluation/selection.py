@@ -10,7 +10,9 @@ and runs trained without evaluation are labelled alike:
 - fusion mode: an entry in fusion.json was chosen by the same evaluation, on ``eval.split``;
   a mode from ``eval.default_mode`` or the model's own map was chosen on no data (None).
 - threshold: its ``source_split`` in thresholds.json (``validation`` for mean_std and
-  quantile, ``test_public`` for f1_optimal); a given number without one is ``"unknown"``.
+  quantile, the labelled test split for f1_optimal: ``test_public``, or ``test`` for MVTec AD;
+  ``authors_test_labels`` for a published number its authors chose on test labels, which
+  counts as chosen on every test split); a given number without one is ``"unknown"``.
 
 Maps given to ``ff-eval --maps`` carry no record of their checkpoint or fusion mode: both
 are ``"unknown"``.
@@ -23,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from filterformer.evaluation.thresholds import Threshold
+from filterformer.evaluation.thresholds import AUTHORS, Threshold
 
 UNKNOWN = "unknown"
 """Where a setting was chosen is not recorded."""
@@ -45,8 +47,19 @@ class Selection:
 
 
 def chosen_on(selection: Mapping[str, str | None], split: str) -> list[str]:
-    """Table names of the settings in a ``selected_on`` record chosen on ``split``."""
-    return [name for key, name in CHOICES.items() if selection.get(key) == split]
+    """Table names of the settings in a ``selected_on`` record chosen on ``split``; a setting
+    its authors chose on test labels (:data:`AUTHORS`) counts as chosen on every test split."""
+    return [name for key, name in CHOICES.items() if _chose(selection.get(key), split)]
+
+
+def _chose(origin: str | None, split: str) -> bool:
+    return origin == split or (origin == AUTHORS and split.startswith("test"))
+
+
+def by_authors(selection: Mapping[str, str | None]) -> list[str]:
+    """Table names of the settings in a ``selected_on`` record chosen by a method's authors on
+    test labels (e.g. the ISVL hybrid's published thresholds)."""
+    return [name for key, name in CHOICES.items() if selection.get(key) == AUTHORS]
 
 
 def unknown_choices(selection: Mapping[str, str | None]) -> list[str]:

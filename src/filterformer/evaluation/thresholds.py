@@ -6,11 +6,15 @@ Rules (SegF1 as the MVTec AD 2 paper defines it), each fixed before the evaluate
 - ``quantile``: the q-quantile of all validation pixels (on float16-rounded scores).
 - ``f1_pseudo``: the best pooled pixel F1 on ``validation_pseudo`` (validation images with
   pasted pseudo-defects and their exact masks): label-free.
-- ``f1_optimal``: the best pooled pixel F1 on test_public. It uses test labels, so it is an
-  **oracle** (the ceiling of the label-free rules) and is always reported as such.
+- ``f1_optimal``: the best pooled pixel F1 on the labelled test split (``test_public`` of
+  MVTec AD 2, ``test`` of MVTec AD and VisA). It uses that split's labels, so on that split it
+  is an **oracle** (the ceiling of the label-free rules) and is reported as such.
 - ``fixed``: a number ``level`` on a stated map scale (``scale``: the map value 1.0 reads as
-  ``scale``), e.g. the ISVL hybrid's hand-picked 0-255 values (ISVL hybrid §3.1.1) with
-  ``scale: 255``: the threshold on the map is ``level / scale``.
+  ``scale``): the threshold on the map is ``level / scale``. The ISVL hybrid's hand-picked
+  levels (ISVL hybrid §3.1.1) are levels of its 8-bit maps, floor(255 m) > level: use them on
+  maps made with ``eval.levels=255`` and ``scale: 1`` (configs/suite/isvl.yaml). ``chosen_on``
+  records where the number was chosen: a split, or :data:`AUTHORS` (by a method's authors on
+  test labels), which every test split reports as chosen on itself.
 
 A category's rule may hold ``splits: {<split>: {rule...}}``: a rule of its own for that split
 (e.g. ``test_private_mixed``); the stored record then holds ``splits`` with one threshold each,
@@ -55,6 +59,9 @@ PSEUDO_SPLIT = "validation_pseudo"
 PSEUDO_MIXED = "validation_pseudo_mixed"
 """The same under synthetic lighting changes: f1_pseudo for the mixed split."""
 MIXED_SPLIT = "test_private_mixed"
+AUTHORS = "authors_test_labels"
+"""``chosen_on`` of a published threshold its authors chose on test labels (ISVL hybrid
+§3.1.1: "by conducting multiple trials")."""
 PseudoPairs = Callable[[bool], Iterable[tuple[np.ndarray, np.ndarray]]]
 """``pseudo(mixed)``: (map, exact mask) pairs of validation_pseudo(_mixed)."""
 
@@ -79,8 +86,11 @@ class Threshold:
         return self.splits.get(split, self)
 
     def is_oracle(self, evaluated_split: str) -> bool:
-        """True if test labels chose the threshold (f1_optimal): always an oracle."""
-        return self.rule == "f1_optimal"
+        """True if the labels of ``evaluated_split`` chose the threshold (f1_optimal there).
+
+        An f1_optimal threshold of unrecorded origin counts as an oracle on every split.
+        """
+        return self.rule == "f1_optimal" and self.source_split in (None, evaluated_split)
 
     def describe(self, evaluated_split: str) -> str:
         """Short label for tables, e.g. ``mean+3std(validation)`` or ``f1_optimal(...) ORACLE``."""
@@ -89,10 +99,13 @@ class Threshold:
         elif self.rule == "quantile":
             label = f"quantile{self.params.get('q', 0):g}"
         elif self.rule == "fixed":
-            label = f"fixed{self.params.get('level', 0):g}/{self.params.get('scale', 1):g}"
+            scale = self.params.get("scale", 1)
+            label = f"fixed{self.params.get('level', 0):g}" + (f"/{scale:g}" if scale != 1 else "")
         else:
             label = self.rule
-        if self.source_split:
+        if self.source_split == AUTHORS:
+            label += "(chosen by its authors on test labels)"
+        elif self.source_split:
             label += f"({self.source_split})"
         return label + (" ORACLE" if self.is_oracle(evaluated_split) else "")
 
@@ -215,7 +228,7 @@ def quantile_threshold(
     return Threshold(float(KEY_VALUES[key]), "quantile", {"q": q}, "validation")
 
 
-def f1_optimal_threshold(counts: PixelCounts, source_split: str = "test_public") -> Threshold:
+def f1_optimal_threshold(counts: PixelCounts, source_split: str) -> Threshold:
     """The threshold with the best pooled pixel F1 on the split the counts came from."""
     best = f1_max(counts)
     if np.isnan(best.threshold):
@@ -235,11 +248,14 @@ def _best_f1(
     return replace(f1_optimal_threshold(pixels.pixel_counts(), split), rule=rule)
 
 
-def fixed_threshold(level: float, scale: float, source: str) -> Threshold:
-    """``level`` on a map scale where the map value 1.0 reads ``scale`` (e.g. 79 of 255)."""
+def fixed_threshold(
+    level: float, scale: float, source: str, chosen_on: str | None = None
+) -> Threshold:
+    """``level`` on a map scale where the map value 1.0 reads ``scale`` (e.g. 79 of 255);
+    ``chosen_on``: the split (or :data:`AUTHORS`) the number was chosen on, if any."""
     if not scale > 0:
         raise ConfigError(f"{source}: threshold rule 'fixed' needs scale > 0 (e.g. 255).")
-    return Threshold(level / scale, "fixed", {"level": level, "scale": scale})
+    return Threshold(level / scale, "fixed", {"level": level, "scale": scale}, chosen_on)
 
 
 def _one_rule(
@@ -248,6 +264,7 @@ def _one_rule(
     labelled: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
     pseudo: PseudoPairs | None,
     source: str,
+    labelled_split: str,
     split: str | None = None,
 ) -> Threshold:
     """One threshold by one rule (no ``splits``) for ``split``; see :func:`threshold_by_rule`."""
@@ -261,7 +278,8 @@ def _one_rule(
     if name == "fixed":
         if "level" not in rule:
             raise ConfigError(f"{source}: threshold rule 'fixed' needs level (and scale).")
-        return fixed_threshold(float(rule["level"]), float(rule.get("scale", 1.0)), source)
+        level, scale = float(rule["level"]), float(rule.get("scale", 1.0))
+        return fixed_threshold(level, scale, source, rule.get("chosen_on"))
     if name == "f1_pseudo":
         if pseudo is None:
             raise ConfigError(
@@ -271,7 +289,7 @@ def _one_rule(
         mixed = split == MIXED_SPLIT
         return _best_f1(pseudo(mixed), PSEUDO_MIXED if mixed else PSEUDO_SPLIT, "f1_pseudo", source)
     if name == "f1_optimal":
-        return _best_f1(labelled(), "test_public", "f1_optimal", source)
+        return _best_f1(labelled(), labelled_split, "f1_optimal", source)
     raise ConfigError(
         f"{source}: unknown threshold rule {name!r}; valid: {', '.join(CALIBRATION_RULES)}."
     )
@@ -283,6 +301,8 @@ def threshold_by_rule(
     labelled: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
     source: str,
     pseudo: PseudoPairs | None = None,
+    *,
+    labelled_split: str,
 ) -> Threshold:
     """Calibrate a threshold as a category config's ``threshold`` section says.
 
@@ -290,14 +310,17 @@ def threshold_by_rule(
     ``{"rule": "fixed", "level": 79, "scale": 255}``, ``{"rule": "f1_pseudo"}`` or
     ``{"rule": "f1_optimal"}``, optionally with ``splits: {<split>: {rule...}}``.
     ``validation`` yields the validation maps (it may be called more than once); ``labelled``
-    yields (map, GT mask) pairs of test_public, called only for "f1_optimal"; ``pseudo(mixed)``
+    yields (map, GT mask) pairs of ``labelled_split`` (the data's labelled test split:
+    test_public, or test for MVTec AD), called only for "f1_optimal"; ``pseudo(mixed)``
     yields (map, exact mask) pairs of validation_pseudo (``mixed``: validation_pseudo_mixed,
     for a rule under ``splits.test_private_mixed``), called only for "f1_pseudo".
     """
-    base = _one_rule(rule, validation, labelled, pseudo, source)
+    base = _one_rule(rule, validation, labelled, pseudo, source, labelled_split)
     overrides = rule.get("splits") or {}
     splits = {
-        split: _one_rule(sub, validation, labelled, pseudo, f"{source} (split {split})", split)
+        split: _one_rule(
+            sub, validation, labelled, pseudo, f"{source} (split {split})", labelled_split, split
+        )
         for split, sub in overrides.items()
     }
     return Threshold(base.value, base.rule, base.params, base.source_split, splits)

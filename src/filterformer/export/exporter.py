@@ -190,6 +190,12 @@ def export_run(
     :class:`DeployError` is raised and nothing is written beside ``out``.
     """
     check_out_path(out, fmt)
+    if run.smoothing.at_original:
+        raise DeployError(
+            f"{run.run_dir}: its maps are made at each image's size (eval.blur_at=original), "
+            "which an exported graph of fixed-size network inputs cannot do; export a run with "
+            "eval.blur_at=network."
+        )
     plugin = check_exportable(run.config.model.name)
     model = run.model.cpu().eval()
     finish = MapFinish(run.mode, run.map_stats, run.smoothing, run.image_score)

@@ -8,7 +8,9 @@ and the torch-free runtime (:mod:`filterformer.runtime`) both run this one loop.
 
 With a tiling, each tile of the original image is resized to the network input on its own,
 scored, brought back to the tile's size and the tiles are blended. A tile that covers the
-whole image gives exactly the whole-image map.
+whole image gives exactly the whole-image map. ``at_original``: the backend makes each map at
+its image's (tile's) own size (the torch model; ISVL hybrid code's order). ``levels``: the
+finished maps are quantised to whole numbers 0..levels (:func:`quantize`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,18 @@ class MapBackend(Protocol):
     """What turns normalised network inputs into finished (fused, smoothed) maps."""
 
     def maps(self, inputs: np.ndarray, modes: Sequence[str]) -> dict[str, np.ndarray]:
-        """Mode -> B x h x w float32 maps at network resolution of B x 3 x h x w inputs."""
+        """Mode -> B x h x w float32 maps at network resolution of B x 3 x h x w inputs (a
+        backend that makes maps at any size also takes ``size=(H, W)``)."""
         ...
+
+
+def quantize(amap: np.ndarray, levels: int | None) -> np.ndarray:
+    """floor(levels * clip(map, 0, 1)) in float32 (the ISVL hybrid code's ``(m * 255)
+    .astype(uint8)`` of a clipped map for levels 255); ``levels`` None: the map unchanged."""
+    if levels is None:
+        return amap
+    clipped = np.clip(np.asarray(amap, dtype=np.float32), 0, 1)
+    return np.floor(clipped * np.float32(levels))
 
 
 def batches(items: Iterable, size: int) -> Iterator[list]:
@@ -58,6 +70,8 @@ def original_size_maps(
     batch_size: int = 8,
     tiling: AnyTiling | None = None,
     progress: bool = True,
+    at_original: bool = False,
+    levels: int | None = None,
 ) -> Iterator[tuple[ImageSource, dict[str, np.ndarray]]]:
     """Yield (sample, mode -> H x W float32 map at the original size), in sample order.
 
@@ -69,6 +83,9 @@ def original_size_maps(
         """Original-size maps of image crops, ``batch_size`` network inputs at a time."""
         out = []
         for batch in batches(crops, batch_size):
+            if at_original:
+                out += _maps_at_original(backend, batch, geometry, modes)
+                continue
             fused = backend.maps(np.stack([geometry.to_array(c) for c in batch]), modes)
             out += [
                 {m: geometry.to_original(fused[m][i], crop.shape[:2]) for m in modes}
@@ -82,14 +99,31 @@ def original_size_maps(
             for batch in batches(samples, batch_size):
                 maps = score([sample.load_image() for sample in batch])
                 bar.update(len(batch))
-                yield from zip(batch, maps, strict=True)
+                for sample, by_mode in zip(batch, maps, strict=True):
+                    yield sample, {m: quantize(a, levels) for m, a in by_mode.items()}
             return
         for sample in samples:
             image = sample.load_image()
             boxes = tiling.tiles(*sample.shape)
             tile_maps = score([image[y0:y1, x0:x1] for y0, x0, y1, x1 in boxes])
             bar.update(1)
-            yield (
-                sample,
-                {m: tiling.blend([tile[m] for tile in tile_maps], *sample.shape) for m in modes},
-            )
+            blended = {m: tiling.blend([t[m] for t in tile_maps], *sample.shape) for m in modes}
+            yield sample, {m: quantize(a, levels) for m, a in blended.items()}
+
+
+def _maps_at_original(
+    backend: MapBackend,
+    batch: Sequence[np.ndarray],
+    geometry: InputGeometry,
+    modes: Sequence[str],
+) -> list[dict[str, np.ndarray]]:
+    """Maps of ``batch`` made and smoothed at each crop's own size (crops of one size at a
+    time, in the batch's order)."""
+    out: list[dict[str, np.ndarray]] = [{} for _ in batch]
+    for shape in dict.fromkeys(crop.shape[:2] for crop in batch):
+        chosen = [i for i, crop in enumerate(batch) if crop.shape[:2] == shape]
+        inputs = np.stack([geometry.to_array(batch[i]) for i in chosen])
+        fused = backend.maps(inputs, modes, size=shape)
+        for row, i in enumerate(chosen):
+            out[i] = {m: fused[m][row] for m in modes}
+    return out

@@ -3,8 +3,12 @@
 Closing completes large or hollow defects that the map only partly covers (fabric-like
 categories); hole filling closes what closing could not; if the two whiten more than
 ``fill_guard`` of the image, the mask before them is kept (ISVL hybrid code: "> 95 % white").
-Erosion trims the halo a smooth map leaves around a defect. The foreground mask (ISVL hybrid
-code, walnuts on the mixed split) keeps only pixels of the brighter of two HSV colour clusters.
+Hole filling is ``corner`` (ISVL hybrid code: everything the background flood from pixel
+(0, 0) does not reach, 4-connected; a closed mask that covers that pixel turns all white,
+which the guard then reverts) or ``border`` (ours, ``true`` too: every hole that does not
+touch the image border, ``scipy.ndimage.binary_fill_holes``). Erosion trims the halo a smooth
+map leaves around a defect. The foreground mask (ISVL hybrid code, walnuts on the mixed split)
+keeps only pixels of the brighter of two HSV colour clusters.
 Order: foreground, closing, hole filling, erosion. Every size is in original-image pixels (masks
 are at the image's original size); 0 switches a step off. ``kernel`` is ``ellipse`` (odd sizes)
 or ``rect`` (any size: the ISVL hybrid code's 80 x 80, 10 x 10 and 15 x 15 rectangles).
@@ -26,7 +30,13 @@ from scipy import ndimage
 from filterformer.errors import ConfigError
 
 KERNELS = ("ellipse", "rect")
+HOLE_FILLS = ("border", "corner")
+"""Hole filling: every hole off the border (ours) or the flood from pixel (0, 0) (ISVL code)."""
 SPLIT_KEY = "splits"
+KMEANS_SEED = 0
+"""ISVL hybrid code: KMeans(n_clusters=2, random_state=0) for the walnut foreground."""
+KMEANS_STARTS = 10
+"""ISVL hybrid code: scikit-learn 1.3.2's default n_init (10 k-means++ starts, the best kept)."""
 
 
 def _check_size(size: int, name: str, kernel: str) -> None:
@@ -48,35 +58,52 @@ def _kernel(size: int, kernel: str) -> np.ndarray:
     return cv2.getStructuringElement(shape, (size, size))
 
 
-def hsv_foreground(image: np.ndarray, dilation: int = 15, iterations: int = 20) -> np.ndarray:
+def hsv_foreground(image: np.ndarray, dilation: int = 15) -> np.ndarray:
     """H x W bool foreground of an RGB uint8 image by 2-means on its HSV hue and value.
 
     The cluster with the lower mean value (darker) is background (ISVL hybrid code: walnuts lie
     on a dark tray); the foreground is dilated by a ``dilation`` square so that defects on the
-    rim survive. Deterministic: the two centres start at the darkest and brightest pixel.
+    rim survive. The 2-means is the code's: scikit-learn's k-means++ seeded with 0, the best of
+    10 starts, so the mask is a function of the image.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ConfigError(f"foreground mask needs an H x W x 3 RGB image, got {image.shape}.")
+    from sklearn.cluster import KMeans  # seconds to import: only this mask needs it
+
     hsv = cv2.cvtColor(np.ascontiguousarray(image, dtype=np.uint8), cv2.COLOR_RGB2HSV)
-    feats = hsv[..., [0, 2]].reshape(-1, 2).astype(np.float32)
-    value = feats[:, 1]
-    centres = feats[[int(value.argmin()), int(value.argmax())]].copy()
-    for _ in range(iterations):
-        labels = (((feats[:, None, :] - centres[None]) ** 2).sum(-1)).argmin(1)
-        for k in range(2):
-            if (labels == k).any():
-                centres[k] = feats[labels == k].mean(0)
-    foreground = labels == int(centres[:, 1].argmax())
+    feats = hsv[..., [0, 2]].reshape(-1, 2).astype(np.float64)
+    kmeans = KMeans(n_clusters=2, n_init=KMEANS_STARTS, random_state=KMEANS_SEED).fit(feats)
+    labels = kmeans.labels_
+    values = [feats[labels == k, 1].mean() if (labels == k).any() else -1.0 for k in range(2)]
+    foreground = labels != int(np.argmin(values))
     out = foreground.reshape(image.shape[:2]).astype(np.uint8)
     if dilation:
         out = cv2.dilate(out, _kernel(dilation, "rect"))
     return out.astype(bool)
 
 
+def fill_mask_holes(mask: np.ndarray, how: str | bool = "border") -> np.ndarray:
+    """``mask`` (uint8 0/1) with its holes filled: ``border`` or ``corner`` (see the module).
+
+    ``corner`` is the ISVL hybrid code's flood fill: the background 4-connected to pixel
+    (0, 0) stays background and every other pixel becomes foreground.
+    """
+    if how is True or how == "border":
+        return ndimage.binary_fill_holes(mask).astype(np.uint8)
+    if how != "corner":
+        raise ConfigError(
+            f"postprocess fill_holes={how!r}: use false, {', '.join(HOLE_FILLS)} (true = border)."
+        )
+    if mask[0, 0]:
+        return np.ones_like(mask)  # the flood starts inside the mask: nothing is background
+    reached, _ = ndimage.label(mask == 0)  # 4-connected components of the background
+    return (reached != reached[0, 0]).astype(np.uint8)
+
+
 def postprocess(
     mask: np.ndarray,
     closing: int = 0,
-    fill_holes: bool = False,
+    fill_holes: bool | str = False,
     erosion: int = 0,
     kernel: str = "ellipse",
     fill_guard: float = 0.95,
@@ -103,7 +130,7 @@ def postprocess(
     if closing:
         out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, _kernel(closing, kernel))
     if fill_holes:
-        out = ndimage.binary_fill_holes(out).astype(np.uint8)
+        out = fill_mask_holes(out, fill_holes)
     if (closing or fill_holes) and out.mean() > fill_guard:
         out = raw
     if erosion:

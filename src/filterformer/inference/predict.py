@@ -12,16 +12,20 @@ of INP-Former's zero padding, which darkens the map along the image border. Pari
 (``Smoothing(size=(256, 256), padding="zero")``) reproduces the official evaluation map: the
 map is resized to 256 x 256 (bilinear, align_corners=False), blurred with zero padding, then
 resized back. It exists to compare with the official numbers, not for the best full-resolution
-maps (it throws away detail that the network resolution keeps).
+maps (it throws away detail that the network resolution keeps). ``Smoothing(at_original=True,
+padding="zero")`` is the ISVL hybrid code's order instead: the model's map is made at the
+original size of the image (or tile) and blurred there; ``levels=255`` turns every map into the
+code's 8-bit levels, floor(255 * clip(m, 0, 1)).
 
 The network part is a :class:`MapBackend`: :class:`TorchBackend` runs the model itself (fusing
 any set of modes from one forward pass), and an exported graph runs in ONNX Runtime or OpenVINO
-(:mod:`filterformer.runtime`); reading, tiling and the way back are the one NumPy loop of
-:mod:`filterformer.inference.original_maps`, shared by both.
+(:mod:`filterformer.runtime`); reading, tiling, the way back and the quantisation are the one
+NumPy loop of :mod:`filterformer.inference.original_maps`, shared by both.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,13 +55,18 @@ class Smoothing:
     ``sigma`` and ``kernel_size``: the Gaussian (sigma <= 0: no smoothing). ``padding``:
     ``replicate`` (ours) or ``zero`` (INP-Former's). ``size``: None smooths at network
     resolution; an (h, w) smooths at that size (INP-Former's 256 x 256 protocol) and resizes
-    back.
+    back. ``at_original``: the model makes its map at each image's (tile's) original size and
+    it is smoothed there (ISVL hybrid code; torch models, squashed inputs without a crop).
+    ``levels``: maps become floor(levels * clip(m, 0, 1)), whole numbers 0..levels (ISVL hybrid
+    code: 255, its 8-bit maps); None keeps them as they are.
     """
 
     sigma: float = 4.0
     kernel_size: int = 5
     padding: str = "replicate"
     size: tuple[int, int] | None = None
+    at_original: bool = False
+    levels: int | None = None
 
     def __post_init__(self) -> None:
         if self.padding not in PADDINGS:
@@ -71,6 +80,13 @@ class Smoothing:
             raise ConfigError(
                 f"eval.protocol_size {self.size} must be null or a (height, width) pair."
             )
+        if self.at_original and self.size is not None:
+            raise ConfigError(
+                "eval.blur_at=original smooths at each image's own size: set "
+                "eval.protocol_size=null."
+            )
+        if self.levels is not None and self.levels < 1:
+            raise ConfigError(f"eval.levels {self.levels} must be null or an integer >= 1.")
 
 
 DEFAULT_SMOOTHING = Smoothing()
@@ -136,6 +152,16 @@ def network_maps(
     return finish_maps(model.anomaly_maps(images), mode, map_stats, smoothing)
 
 
+def _raw_maps(model: nn.Module, inputs: torch.Tensor, size: Sequence[int] | None) -> dict:
+    """The model's maps at network resolution, or at ``size``: made there by a model whose
+    ``anomaly_maps`` takes a size (INP-Former: from its token grid), else resized bilinearly."""
+    if size is None:
+        return model.anomaly_maps(inputs)
+    if "size" in inspect.signature(model.anomaly_maps).parameters:
+        return model.anomaly_maps(inputs, size=tuple(size))
+    return {name: _resize_maps(m, size) for name, m in model.anomaly_maps(inputs).items()}
+
+
 class TorchBackend:
     """The PyTorch model as a :class:`MapBackend` (put in eval mode on ``device``)."""
 
@@ -151,10 +177,13 @@ class TorchBackend:
         self.smoothing = smoothing
         self.device = device
 
-    def maps(self, inputs: np.ndarray, modes: Sequence[str]) -> dict[str, np.ndarray]:
-        """Every mode fused from one forward pass of the model."""
+    def maps(
+        self, inputs: np.ndarray, modes: Sequence[str], size: Sequence[int] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every mode fused from one forward pass of the model; at ``size`` when given
+        (``Smoothing.at_original``), else at network resolution."""
         with torch.no_grad():
-            raw = self.model.anomaly_maps(torch.from_numpy(inputs).to(self.device))
+            raw = _raw_maps(self.model, torch.from_numpy(inputs).to(self.device), size)
         return {m: finish_maps(raw, m, self.map_stats, self.smoothing).cpu().numpy() for m in modes}
 
 
@@ -182,6 +211,8 @@ def predict_mode_maps(
     backend = (
         TorchBackend(model, map_stats, smoothing, device) if isinstance(model, nn.Module) else model
     )
+    if smoothing.at_original:
+        _check_at_original(backend, geometry)
     yield from original_size_maps(
         backend,
         samples,
@@ -190,7 +221,23 @@ def predict_mode_maps(
         batch_size=batch_size,
         tiling=tiling,
         progress=progress,
+        at_original=smoothing.at_original,
+        levels=smoothing.levels,
     )
+
+
+def _check_at_original(backend: MapBackend, geometry: InputGeometry) -> None:
+    """Refuse ``Smoothing.at_original`` where maps cannot be made at the original size."""
+    if not isinstance(backend, TorchBackend):
+        raise ConfigError(
+            "eval.blur_at=original needs the torch model (its maps are made at each image's "
+            "size); use --backend torch, or a run with eval.blur_at=network."
+        )
+    if geometry.fit != "squash" or geometry.crop_hw is not None:
+        raise ConfigError(
+            "eval.blur_at=original needs input.fit=squash and input.crop=null (the map covers "
+            "the whole image); or set eval.blur_at=network."
+        )
 
 
 def predict_maps(

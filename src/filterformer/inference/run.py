@@ -46,3 +46,5 @@ class Run:
     """``eval.protocol``: how ff-eval scores the run (``mvtec_ad2`` for older runs)."""
     image_score: str
     """``eval.image_score``, or the protocol's own image score when it is null."""
+    trained_on: str | None = None
+    """Zero-shot: what the model was trained on (it never saw this category); else None."""

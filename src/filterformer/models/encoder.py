@@ -41,7 +41,8 @@ class EncoderSpec:
     """timm's pretrained tag of ``arch`` (its hub copy of the weights)."""
 
 
-# Mirrors configs/encoder/*.yaml (INP-Former spec §1.1); the configs are the source of `taps`.
+# Mirrors configs/encoder/*.yaml (INP-Former code: `load` in models/vit_encoder.py, the sizes
+# and target layers in INP_Former_Single_Class.py); the configs are the source of `taps`.
 ENCODERS: dict[str, EncoderSpec] = {
     "dinov2_vits14_reg": EncoderSpec(
         arch="vit_small_patch14_reg4_dinov2",
@@ -119,9 +120,12 @@ def official_pos_embed(
 ) -> torch.Tensor:
     """Resample a 1 x (H0*W0) x C patch position table the way the official DINOv2 code does.
 
-    Bicubic with scale factor (new + 0.1) / old per axis and no antialiasing (INP-Former spec
-    §1.3); an unchanged grid returns the table, as there. The cls position needs no handling:
-    timm's loader has folded it into `cls_token`, and registers never get a position.
+    Bicubic with scale factor (new + 0.1) / old per axis and no antialiasing (DINOv2's
+    ``interpolate_pos_encoding`` with the ``interpolate_offset=0.1`` and
+    ``interpolate_antialias=False`` that ``load`` in the INP-Former code's
+    ``models/vit_encoder.py`` sets); an unchanged grid returns the table, as there. The cls
+    position needs no handling: timm's loader has folded it into `cls_token`, and registers
+    never get a position.
     """
     if tuple(new_hw) == tuple(old_hw):
         return table

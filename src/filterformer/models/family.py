@@ -19,6 +19,10 @@ CLIs, evaluation and export only ever talk to that object, never to the family b
 - ``exportable``: whether ff-export may export it (its plan checked against torch).
 - ``export_plan``: its map path as graphs to trace and NumPy steps between them
   (:mod:`filterformer.models.export_plan`; default: one graph of ``anomaly_maps``).
+- ``multi_class``: whether one model can train on several categories' images at once
+  (setting=multi_class, few_shot); a family whose training state is per category cannot.
+- ``zero_shot_maps``: the model's map without the training data's reconstruction, for
+  categories it never saw (INP-Former's INP distance), or None when it has none.
 
 docs/architecture.md ("Adding a model family") walks through a complete example.
 """
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -84,6 +89,7 @@ class ModelFamily:
     """Files the family adds to a run folder (relative to it)."""
     image_scores: ClassVar[tuple[str, ...] | None] = None
     exportable: ClassVar[bool] = False
+    multi_class: ClassVar[bool] = True
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:
         """Raise :class:`~filterformer.errors.ConfigError` for settings the family cannot honour.
@@ -96,6 +102,10 @@ class ModelFamily:
     ) -> Dataset:
         """The dataset the training loop iterates; its items go to ``model(batch)``."""
         return images
+
+    def zero_shot_maps(self, model: FrozenEncoderModel) -> ZeroShotMaps | None:
+        """The model's zero-shot map (one map, no fusion), or None when the family has none."""
+        return None
 
     def load_run_files(
         self,
@@ -113,6 +123,29 @@ class ModelFamily:
         scores); the last graph must end with it. Default: one graph of ``anomaly_maps``.
         """
         return single_graph(model, finish)
+
+
+class ZeroShotMaps(nn.Module):
+    """A model seen through one of its other maps: ``anomaly_maps`` gives ``{name: maps}``.
+
+    What zero-shot evaluation runs in place of the model (the same interface, one map and
+    the fusion mode of that name), so every map pipeline works on it unchanged.
+    """
+
+    def __init__(
+        self,
+        model: FrozenEncoderModel,
+        name: str,
+        maps: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        super().__init__()
+        self.model, self.name, self.maps = model, name, maps
+        self.fusion_modes = (name,)
+
+    @torch.no_grad()
+    def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: B x H x W}`` at the network input resolution."""
+        return {self.name: self.maps(images)}
 
 
 FAMILIES: dict[str, ModelFamily] = {}

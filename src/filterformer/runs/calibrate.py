@@ -19,9 +19,9 @@ import numpy as np
 from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, FilterformerError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
-from filterformer.lock import lock_run
+from filterformer.lock import holds_run, lock_run, unlock_run
 from filterformer.models.encoder import weights_sha256
-from filterformer.runs.run import fusion_modes, load_run
+from filterformer.runs.run import fusion_modes, load_runs
 from filterformer.runs.run_maps import RunMaps
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -46,25 +46,46 @@ def calibrate_run(
 ) -> list[Calibration]:
     """Calibrate every fusion mode of the run in ``run_dir`` and store it in thresholds.json.
 
-    The caller is (or becomes here) the run folder's only writer. A mode whose rule cannot be
+    The caller is (or becomes here) the run folder's only writer. A model of several
+    categories gets each category's threshold by its own rule. A mode whose rule cannot be
     applied to the run's data (no validation split, no statistics for a fused mode) is
     skipped, with the reason; the other modes are still stored.
     """
     run_dir = Path(run_dir)
+    if holds_run(run_dir):  # the training process, calibrating as it ends
+        return _calibrate_modes(run_dir, device, data_root, progress, batch_size)
     lock_run(run_dir)
+    try:
+        return _calibrate_modes(run_dir, device, data_root, progress, batch_size)
+    finally:
+        unlock_run(run_dir)
+
+
+def _calibrate_modes(
+    run_dir: Path, device: str, data_root: str | Path | None, progress: bool, batch_size: int
+) -> list[Calibration]:
+    """:func:`calibrate_run`'s work, as the run's writer."""
     results = []
     for mode in fusion_modes(run_dir):
         try:
-            run = load_run(run_dir, device=device, mode=mode, read_threshold=False)
-            maps = RunMaps(
-                run, device=device, data_root=data_root, progress=progress, batch_size=batch_size
-            )
-            threshold = _calibrate(maps)
+            runs = load_runs(run_dir, device=device, mode=mode, read_threshold=False)
+            thresholds = {
+                run.category: _calibrate(
+                    RunMaps(
+                        run,
+                        device=device,
+                        data_root=data_root,
+                        progress=progress,
+                        batch_size=batch_size,
+                    )
+                )
+                for run in runs
+            }
         except FilterformerError as err:
             results.append(Calibration(mode, None, str(err)))
             continue
-        write_thresholds(run_dir / THRESHOLDS_FILE, {run.category: threshold}, mode)
-        results.append(Calibration(mode, threshold))
+        write_thresholds(run_dir / THRESHOLDS_FILE, thresholds, mode)
+        results.append(Calibration(mode, next(iter(thresholds.values()))))
     if not any(result.threshold for result in results):
         reasons = "; ".join(f"{r.mode}: {r.skipped}" for r in results)
         raise ConfigError(f"{run_dir}: no fusion mode could be calibrated ({reasons}).")

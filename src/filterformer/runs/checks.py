@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from filterformer.data.tiling import TRAIN_TILES
 from filterformer.data.transforms import FITS, INTERPOLATIONS
 from filterformer.errors import ConfigError
 from filterformer.evaluation.protocol import IMAGE_SCORES, PROTOCOLS
+from filterformer.inference.postprocess import HOLE_FILLS
 from filterformer.ranges import (
     FLAG,
     KERNEL,
@@ -30,6 +32,7 @@ from filterformer.ranges import (
     number,
     optional,
 )
+from filterformer.training.schedule import SCHEDULES
 from filterformer.training.validation import METRICS
 
 RULES: dict[str, Allowed] = {
@@ -52,6 +55,7 @@ RULES: dict[str, Allowed] = {
     "category.tiling.tile": SIZE,
     "category.tiling.overlap": OVERLAP,
     "category.tiling.train": FLAG,
+    "category.tiling.train_tiles": choice(*TRAIN_TILES),
     "category.tiling.mode": choice("window", "grid"),
     "category.tiling.grid": Allowed(
         "a [cols, rows] pair of integers >= 1",
@@ -60,7 +64,10 @@ RULES: dict[str, Allowed] = {
         ),
     ),
     "category.postprocess.closing": KERNEL,
-    "category.postprocess.fill_holes": FLAG,
+    "category.postprocess.fill_holes": Allowed(
+        f"false, true (= border) or one of {', '.join(HOLE_FILLS)}",
+        lambda v: isinstance(v, bool) or v in HOLE_FILLS,
+    ),
     "category.postprocess.erosion": KERNEL,
     "category.postprocess.kernel": choice("ellipse", "rect"),
     "category.postprocess.fill_guard": number(0, above=True, high=1),
@@ -78,6 +85,11 @@ RULES: dict[str, Allowed] = {
     "train.optimizer.lr": number(0, above=True),
     "train.optimizer.final_lr": number(0),
     "train.optimizer.warmup_iters": integer(0),
+    "train.optimizer.schedule": choice(*SCHEDULES),
+    "train.optimizer.warmup_epochs": number(0),
+    "train.optimizer.restart_epochs": number(0, above=True),
+    "train.optimizer.restart_mult": integer(1),
+    "train.optimizer.min_lr_scale": number(0, high=1),
     "train.optimizer.betas": Allowed(
         "a [beta1, beta2] pair, each a number in [0, 1)",
         lambda v: (
@@ -99,6 +111,8 @@ RULES: dict[str, Allowed] = {
     "eval.sigma": number(0),
     "eval.blur_kernel": ODD,
     "eval.protocol_size": optional(SIZE),
+    "eval.blur_at": choice("network", "original"),
+    "eval.levels": optional(integer(1)),
     "eval.protocol": choice(*PROTOCOLS),
     "eval.image_score": optional(choice(*IMAGE_SCORES)),
 }

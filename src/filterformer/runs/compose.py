@@ -84,3 +84,13 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
             return compose(config_name="train", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(config_error_message(err)) from None
+
+
+def category_threshold_rule(category: str) -> dict:
+    """The threshold rule of ``configs/category/<category>.yaml`` (``custom``'s for a category
+    without a config): where every default threshold rule lives."""
+    from omegaconf import OmegaConf
+
+    known = (config_dir() / "category" / f"{category}.yaml").is_file()
+    config = compose_config([f"category={category if known else 'custom'}"])
+    return OmegaConf.to_container(config.category.threshold, resolve=True)

@@ -51,10 +51,11 @@ from filterformer.evaluation.selection import (
     run_selection,
     threshold_origin,
 )
-from filterformer.evaluation.thresholds import Threshold, mean_std_threshold, read_thresholds
+from filterformer.evaluation.thresholds import Threshold, read_thresholds, threshold_by_rule
 from filterformer.inference.postprocess import for_sample
 from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
 from filterformer.lock import reading_run
+from filterformer.runs.compose import category_threshold_rule
 
 if TYPE_CHECKING:  # runs import torch, which the maps path never loads
     from filterformer.inference.run import Run
@@ -66,9 +67,6 @@ SCORES_FILE = "scores.csv"
 """Per-image scores of an evaluated run: image (relative to the category folder), score, label."""
 OUTPUT_SUFFIX = "_eval"
 """A run's evaluation outputs go beside it, to ``<run>_eval/<split>/``, unless ``out`` says."""
-DEFAULT_K = 3.0
-"""The maps path's threshold without a run config: validation mean + 3 std, MVTec AD 2's
-baseline threshold (Heckler-Kram et al., "The MVTec AD 2 Dataset", 2025)."""
 
 
 @dataclass
@@ -95,6 +93,11 @@ class EvalOptions:
     device: str | None = None
     no_progress: bool = False
     no_verify: bool = False
+    data: str | None = None
+    """Runs: evaluate zero-shot on this dataset's categories (``categories``: those), which
+    the runs never trained on (:mod:`filterformer.runs.zero_shot`)."""
+    zero_shot_map: str = "inp_distance"
+    """The zero-shot map: ``inp_distance`` (the INP-Former code's) or ``reconstruction``."""
 
 
 @dataclass(frozen=True)
@@ -300,11 +303,27 @@ def audited_samples(
 def calibrate_from_maps(
     args: EvalOptions, maps_root: Path, category: str
 ) -> tuple[Threshold, MapAudit]:
-    """Validation mean + 3 std from the maps in ``<maps_root>/<category>/validation``."""
+    """The category config's threshold rule (MVTec AD 2: validation mean + 3 std) applied to
+    the maps in ``<maps_root>/<category>/validation``; rules that need more than those maps
+    (labels, pseudo-defects) are refused with the way out."""
     samples, audit = audited_samples(args, maps_root, category, "validation", float16=False)
     load = map_reader(maps_root, category, audit)
-    threshold = mean_std_threshold(
-        (load(s)[0] for s in samples), DEFAULT_K, str(maps_root / category / "validation")
+    source = str(maps_root / category / "validation")
+
+    def unavailable(*_: object) -> Iterable:
+        raise ConfigError(
+            f"{source}: category {category!r}'s threshold rule needs more than validation "
+            "maps; pass --thresholds FILE (or binary maps beside the maps)."
+        )
+
+    rule = category_threshold_rule(category)
+    threshold = threshold_by_rule(
+        rule,
+        lambda: (load(s)[0] for s in samples),
+        unavailable,
+        source,
+        pseudo=unavailable,
+        labelled_split="test_public",  # the MVTec AD 2 layout of --maps (labels unread here)
     )
     return threshold, audit
 
@@ -403,7 +422,6 @@ def evaluate_runs(args: EvalOptions) -> EvaluationReport:
     overlays, scores.csv) to :func:`output_dir`, never into the run folder.
     """
     run_dirs = run_folders(args)
-    from filterformer.runs.run import load_run
     from filterformer.runs.settings import resolve_device
 
     resolve_protocol_and_split(args, run_dirs)
@@ -413,13 +431,79 @@ def evaluate_runs(args: EvalOptions) -> EvaluationReport:
     evaluator = Evaluator(args)
     for run_dir in run_dirs:
         with reading_run(run_dir):
-            run = load_run(run_dir, device=device, verify=not args.no_verify)
-            _evaluate_run(args, evaluator, run, device)
+            runs = runs_of(args, run_dir, device)
+            for run in runs:
+                _evaluate_run(args, evaluator, run, device, len(runs) > 1)
+            _write_run_metrics(args, run_dir, evaluator.rows[-len(runs) :], runs)
     return evaluator.finish(None)
 
 
-def _evaluate_run(args: EvalOptions, evaluator: Evaluator, run: Run, device: str) -> None:
-    """One run's row of the table and its output folder."""
+def runs_of(args: EvalOptions, run_dir: Path, device: str) -> list[Run]:
+    """What one run folder evaluates: each of its categories (those in ``categories``), or
+    with ``data`` that dataset's categories zero-shot."""
+    from filterformer.runs.run import load_runs
+    from filterformer.runs.zero_shot import zero_shot_runs
+
+    verify = not args.no_verify
+    if args.data is not None:
+        return zero_shot_runs(
+            run_dir,
+            args.data,
+            args.categories,
+            data_root=args.data_root,
+            device=device,
+            map_name=args.zero_shot_map,
+            verify=verify,
+        )
+    runs = load_runs(run_dir, device=device, verify=verify)
+    chosen = [run for run in runs if not args.categories or run.category in args.categories]
+    if not chosen:
+        raise ConfigError(
+            f"{run_dir}: none of its categories ({', '.join(r.category for r in runs)}) is "
+            f"among --categories {' '.join(args.categories)}; to evaluate categories it never "
+            "trained on, add --data <dataset> (zero-shot)."
+        )
+    return chosen
+
+
+def run_output_dir(args: EvalOptions, run: Run, several: bool) -> Path:
+    """A category's output folder: the run's (:func:`output_dir`), with a sub-folder per
+    category when the folder holds several; zero-shot under ``zero_shot_<data>/``."""
+    split = (
+        args.split if run.trained_on is None else f"zero_shot_{run.config.data.kind}/{args.split}"
+    )
+    out = output_dir(run.run_dir, args.out, split)
+    return out / run.category if several else out
+
+
+def _labelled(row: dict[str, Any], run: Run, several: bool) -> dict[str, Any]:
+    """A row with the run's dataset (several categories) and, zero-shot, what trained it."""
+    if several:
+        row["dataset"] = str(run.config.data.kind)
+    if run.trained_on is not None:
+        row["trained_on"] = run.trained_on
+    return row
+
+
+def _write_run_metrics(
+    args: EvalOptions,
+    run_dir: Path,
+    rows: list[dict],
+    runs: Sequence[Run],
+    protocol: str = MVTEC_AD2,
+) -> None:
+    """A run folder of several categories: every row and their mean in its output folder."""
+    if len(runs) < 2:
+        return
+    limits = [PRO_LIMIT] if protocol == INPFORMER else list(args.pro_limit)
+    out = run_output_dir(args, runs[0], several=False)
+    write_metrics(out, rows, args.split, limits, protocol, runs[0].image_score)
+
+
+def _evaluate_run(
+    args: EvalOptions, evaluator: Evaluator, run: Run, device: str, several: bool = False
+) -> None:
+    """One run's (category's) row of the table and its output folder."""
     from filterformer.runs.run import image_score_rule
     from filterformer.runs.run_maps import RunMaps
 
@@ -440,8 +524,9 @@ def _evaluate_run(args: EvalOptions, evaluator: Evaluator, run: Run, device: str
         postprocess={**run.postprocess, **cli_postprocess(args)},
         image_score=image_score_rule(run.config, MVTEC_AD2),
     )
-    out_dir = output_dir(run_dir, args.out, args.split)
+    out_dir = run_output_dir(args, run, several)
     measured = evaluator.measure(run.category, source, selection)
+    _labelled(evaluator.rows[-1], run, several)
     evaluator.write_outputs(measured, out_dir)
     rows, limits = evaluator.rows[-1:], evaluator.limits
     write_metrics(out_dir, rows, args.split, limits, image_score=source.image_score)
@@ -456,6 +541,12 @@ def resolve_protocol_and_split(args: EvalOptions, run_dirs: Sequence[Path]) -> N
     """
     from filterformer.runs.run import protocol_of, read_run_config
 
+    if args.data is not None:  # zero-shot: the target dataset's benchmark
+        from filterformer.runs.zero_shot import dataset_protocol
+
+        args.protocol = args.protocol or dataset_protocol(args.data)
+        args.split = args.split or evaluated_split(args.data)
+        return
     configs = {run_dir: read_run_config(run_dir) for run_dir in run_dirs}
     for name, of_run in (
         ("protocol", protocol_of),
@@ -481,38 +572,47 @@ def evaluate_inpformer_runs(
     Writes each run's metrics.json/.csv (naming the protocol) and scores.csv to
     :func:`output_dir`. No thresholds are needed.
     """
-    from filterformer.inference.protocol_maps import evaluate_inpformer
-    from filterformer.runs.run import image_score_rule, load_run, split_samples
-
     rows = []
     for run_dir in run_dirs:
         with reading_run(run_dir):
-            run = load_run(run_dir, device=device, verify=not args.no_verify)
-        if run.tiling is not None:
-            raise ConfigError(
-                f"{run_dir}: category.tiling is enabled, but the inpformer protocol scores whole "
-                "images (as the INP-Former code). Pass --protocol mvtec_ad2, or train without "
-                "tiling (preset=inpformer_paper turns it off)."
-            )
-        rule = image_score_rule(run.config, INPFORMER)
-        metrics, images = evaluate_inpformer(
-            run.model,
-            split_samples(run.config, args.split, root=args.data_root),
-            run.geometry,
-            image_score_rule=rule,
-            mode=run.mode,
-            map_stats=run.map_stats,
-            batch_size=int(run.config.eval.batch_size),
-            device=device,
-            progress=not args.no_progress,
-        )
-        eval_split = run.config.eval.get("split", "test_public")
-        selection = run_selection(run_dir, run.category, eval_split, run.checkpoint, None)
-        rows.append({**metrics.row(run.category), "selected_on": selection.to_json()})
-        out_dir = output_dir(run_dir, args.out, args.split)
-        write_metrics(out_dir, rows[-1:], args.split, [PRO_LIMIT], INPFORMER, rule)
-        write_scores(out_dir / SCORES_FILE, images, metrics.scores, metrics.labels)
+            runs = runs_of(args, run_dir, device)
+        for run in runs:
+            rows.append(_inpformer_row(args, run, device, len(runs) > 1))
+        _write_run_metrics(args, run_dir, rows[-len(runs) :], runs, INPFORMER)
     return report(args, rows, [PRO_LIMIT], INPFORMER)
+
+
+def _inpformer_row(args: EvalOptions, run: Run, device: str, several: bool) -> dict[str, Any]:
+    """One category's row by the INP-Former protocol; its metrics and scores written."""
+    from filterformer.inference.protocol_maps import evaluate_inpformer
+    from filterformer.runs.run import image_score_rule, split_samples
+
+    run_dir = run.run_dir
+    if run.tiling is not None:
+        raise ConfigError(
+            f"{run_dir}: category.tiling is enabled, but the inpformer protocol scores whole "
+            "images (as the INP-Former code). Pass --protocol mvtec_ad2, or train without "
+            "tiling (preset=inpformer_paper turns it off)."
+        )
+    rule = image_score_rule(run.config, INPFORMER)
+    metrics, images = evaluate_inpformer(
+        run.model,
+        split_samples(run.config, args.split, root=args.data_root),
+        run.geometry,
+        image_score_rule=rule,
+        mode=run.mode,
+        map_stats=run.map_stats,
+        batch_size=int(run.config.eval.batch_size),
+        device=device,
+        progress=not args.no_progress,
+    )
+    eval_split = run.config.eval.get("split", "test_public")
+    selection = run_selection(run_dir, run.category, eval_split, run.checkpoint, None)
+    row = _labelled({**metrics.row(run.category), "selected_on": selection.to_json()}, run, several)
+    out_dir = run_output_dir(args, run, several)
+    write_metrics(out_dir, [row], args.split, [PRO_LIMIT], INPFORMER, rule)
+    write_scores(out_dir / SCORES_FILE, images, metrics.scores, metrics.labels)
+    return row
 
 
 def image_paths(samples: Sequence[Sample]) -> list[str]:

@@ -39,7 +39,11 @@ def export_run_folder(
     options: PredictOptions | None = None,
 ) -> ExportResult:
     """Export the run's map path after a parity check on ``parity_images`` images (0: all)
-    of ``images`` (default: the run's validation split); nothing is written if it fails."""
+    of ``images`` (default: the run's validation split); nothing is written if it fails.
+
+    A multi-class run is exported one category at a time (``options.category``): the same
+    weights, with that category's threshold and float16 range in its export.json.
+    """
     options = options or PredictOptions(no_progress=True)
     exporter = RunExporter(Path(run_dir), options)  # threshold and range: calibrated by training
     run = exporter.run
@@ -49,7 +53,10 @@ def export_run_folder(
         samples = exporter.maps.samples("validation")
     if parity_images > 0:
         samples = samples[:parity_images]
-    out = Path(out) if out is not None else default_model_path(run.run_dir, fmt)
+    if out is None:
+        out = default_model_path(run.run_dir, fmt)
+        if options.category is not None:  # one category of a multi-class run: its own folder
+            out = out.parent / run.category / out.name
     parity = export_run(
         run,
         out,

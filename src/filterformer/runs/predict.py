@@ -38,6 +38,7 @@ from filterformer.runs.run import (
     split_samples,
 )
 from filterformer.runs.run_maps import RunMaps
+from filterformer.runs.setting import member, members
 from filterformer.runs.settings import resolve_device
 from filterformer.runtime import Deployment
 from filterformer.runtime.outputs import (
@@ -68,15 +69,23 @@ class PredictOptions:
     model: Path | None = None
     threads: int | None = None
     """Intra-op threads of an export's runtime (default: its own choice)."""
+    category: str | None = None
+    """Which category of a multi-class run (its threshold, post-processing, data)."""
 
 
 class RunExporter:
-    """Predicts with one loaded run's torch model and writes its maps, masks and overlays."""
+    """Predicts with one loaded run's torch model (one category of a multi-class run:
+    ``category``, else ``args.category``) and writes its maps, masks and overlays."""
 
-    def __init__(self, run_dir: Path, args: PredictOptions) -> None:
+    def __init__(self, run_dir: Path, args: PredictOptions, category: str | None = None) -> None:
         self.device = resolve_device(args.device)
         with reading_run(run_dir):
-            self.run = load_run(run_dir, device=self.device, verify=not args.no_verify)
+            self.run = load_run(
+                run_dir,
+                device=self.device,
+                verify=not args.no_verify,
+                category=category or args.category,
+            )
         self.category, self.image_score = self.run.category, self.run.image_score
         self.args = args
         self.maps = RunMaps(
@@ -144,42 +153,46 @@ class RunDeployment(Deployment):
         return split_samples(self.config, split, root=self.data_root)
 
 
-def open_export(run_dir: Path, args: PredictOptions) -> RunDeployment:
+def open_export(run_dir: Path, args: PredictOptions, category: str | None = None) -> RunDeployment:
     """The run's export (``args.model``, else ``<run>_export``) in the torch-free runtime,
-    after checking it is an export of the run as it is now; the torch model is not loaded."""
+    after checking it is an export of the run as it is now; the torch model is not loaded.
+    A multi-class run's export is one category's (``category``, else ``args.category``)."""
     folder = export_folder(run_dir) if args.model is None else args.model.parent
     name = None if args.model is None else args.model.name
-    config = read_run_config(run_dir)
+    category = category or args.category
     with reading_run(run_dir):
-        state = current_state(run_dir)
-    input_size = build_geometry(config).input_size
+        state = current_state(run_dir, category)
+    config = read_run_config(run_dir)
+    view = members(config)[0].config if category is None else member(config, category).config
+    input_size = build_geometry(view).input_size
     name = verify_export(folder, name, args.backend, state, input_size, run_dir)
-    return RunDeployment(folder, config, model=name, **deployment_options(args))
+    return RunDeployment(folder, view, model=name, **deployment_options(args))
 
 
-def run_maps(run_dir: Path, args: PredictOptions) -> RunExporter | RunDeployment:
+def run_maps(
+    run_dir: Path, args: PredictOptions, category: str | None = None
+) -> RunExporter | RunDeployment:
     """The run's torch model, or its export in ``args.backend`` (:func:`open_export`)."""
     if args.backend == "torch":
         if args.model is not None:
             raise ConfigError("--model is for --backend onnxruntime or openvino.")
-        return RunExporter(run_dir, args)
-    return open_export(run_dir, args)
+        return RunExporter(run_dir, args, category)
+    return open_export(run_dir, args, category)
 
 
 def runs_by_category(runs_dir: Path, categories: Sequence[str] | None = None) -> dict[str, Path]:
-    """One run folder per category under ``runs_dir`` (read from each config.yaml); with
-    ``categories``, exactly those (every one required)."""
-    from omegaconf import OmegaConf
-
+    """One run folder per category under ``runs_dir`` (read from each config.yaml; a
+    multi-class run serves each of its categories); with ``categories``, exactly those
+    (every one required)."""
     found: dict[str, Path] = {}
     for config in sorted(runs_dir.glob("*/config.yaml")):
-        category = OmegaConf.load(config).category.name
-        if category in found:
-            raise ConfigError(
-                f"{runs_dir}: two runs for category {category!r} ({found[category]} and "
-                f"{config.parent}); keep one run folder per category."
-            )
-        found[category] = config.parent
+        for category in (m.key for m in members(read_run_config(config.parent))):
+            if category in found:
+                raise ConfigError(
+                    f"{runs_dir}: two runs for category {category!r} ({found[category]} and "
+                    f"{config.parent}); keep one run folder per category."
+                )
+            found[category] = config.parent
     if categories is None:
         if not found:
             raise ConfigError(f"{runs_dir}: no run folders (*/config.yaml) in it.")
@@ -206,7 +219,7 @@ def export_submission(
     def categories() -> Iterator[CategoryMaps]:
         for category, run_dir in runs.items():
             LOG.info("%s: %s", category, run_dir)
-            yield run_maps(run_dir, args)
+            yield run_maps(run_dir, args, category)
 
     return write_submission(
         categories(),
@@ -216,6 +229,16 @@ def export_submission(
         pack=not args.no_pack,
         progress=not args.no_progress,
     )
+
+
+def run_categories(run_dir: Path, chosen: str | None = None) -> list[str]:
+    """The categories of a run folder to predict (``chosen``: that one, checked)."""
+    keys = [m.key for m in members(read_run_config(run_dir))]
+    if chosen is not None and chosen not in keys:
+        raise ConfigError(
+            f"{run_dir} has no category {chosen!r}; its categories: {', '.join(keys)}."
+        )
+    return [chosen] if chosen is not None else keys
 
 
 def predict_images(

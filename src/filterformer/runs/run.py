@@ -48,7 +48,10 @@ from filterformer.models.registry import (
     encoder_stride,
     family,
 )
+from filterformer.runs.compose import category_threshold_rule
+from filterformer.runs.setting import Member, member, members
 from filterformer.training.checkpoint import (
+    LoadedCheckpoint,
     checkpoint_files,
     has_checkpoint,
     load_checkpoint,
@@ -117,6 +120,8 @@ def build_smoothing(config: DictConfig) -> Smoothing:
         kernel_size=int(settings.get("blur_kernel", default.kernel_size)),
         padding=settings.get("blur_padding", default.padding),
         size=None if size is None else tuple(int(v) for v in size),
+        at_original=settings.get("blur_at", "network") == "original",
+        levels=settings.get("levels"),
     )
 
 
@@ -228,8 +233,9 @@ def start_from_base_run(
             f"{run_dir} was trained with other {base_name} settings than this config; add {fix}"
         )
     base_model = build_model(base_name, model.encoder, **settings)
-    mode = _fusion_mode(run_dir, base, base_model)
-    checkpoint = _default_checkpoint(run_dir, _check_mode(run_dir, base, base_model, mode))
+    modes = base_model.fusion_modes
+    mode = _fusion_mode(run_dir, members(base)[0], modes)
+    checkpoint = _default_checkpoint(run_dir, _check_mode(run_dir, base, modes, mode))
     expected = {**identity, "model": base_name}
     load_checkpoint(run_dir / "checkpoints" / checkpoint, base_model, expected=expected)
     model.load_state_dict(base_model.trainable_state_dict(), strict=False)
@@ -288,7 +294,8 @@ def pseudo_samples(
 ) -> list[Sample]:
     """The ``validation_pseudo`` split of ``validation`` by ``config.eval.pseudo``.
 
-    ``cache_dir`` defaults to ``eval.pseudo.dir`` (the run folder's ``validation_pseudo``).
+    ``cache_dir`` defaults to ``eval.pseudo.dir`` (the run folder's ``validation_pseudo``); a
+    category of a multi-category run uses its sub-folder ``<key>`` (``eval.pseudo.member``).
     """
     settings = config.eval.get("pseudo") or {}
     cache = cache_dir or settings.get("dir")
@@ -297,6 +304,8 @@ def pseudo_samples(
             f"split {PSEUDO_SPLIT} needs a cache folder: set eval.pseudo.dir (e.g. "
             "${run_dir}/validation_pseudo)."
         )
+    if settings.get("member"):  # one category of a multi-category run: its own sub-folder
+        cache = Path(cache) / str(settings.get("member"))
     kinds = settings.get("kinds")
     return pseudo_validation(
         validation,
@@ -388,6 +397,7 @@ def load_run(
     verify: bool = True,
     mode: str | None = None,
     read_threshold: bool = True,
+    category: str | None = None,
 ) -> Run:
     """Load a run folder: model (eval mode) with the checkpoint of its fusion mode, and settings.
 
@@ -396,56 +406,115 @@ def load_run(
     that exists, else ``last``. ``verify``: check the checkpoint's files against the SHA-256
     its metadata records (False skips that, the user's explicit choice). The mode's
     threshold comes from thresholds.json (``read_threshold=False``: not read, for
-    calibration); one calibrated on another checkpoint is refused.
+    calibration); one calibrated on another checkpoint is refused. ``category``: which
+    category of a model trained on several (setting=multi_class ...; :func:`load_runs` loads
+    them all).
     """
+    keys = None if category is None else [category]
+    options = dict(checkpoint=checkpoint, verify=verify, mode=mode, read_threshold=read_threshold)
+    runs = load_runs(run_dir, device=device, categories=keys, **options)
+    if len(runs) > 1:
+        raise ConfigError(
+            f"{run_dir} holds one model of {len(runs)} categories "
+            f"({', '.join(r.category for r in runs)}); name one (--category, or "
+            "load_run(..., category=...)), or load them all (load_runs)."
+        )
+    return runs[0]
+
+
+def load_runs(
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    checkpoint: str | None = None,
+    verify: bool = True,
+    mode: str | None = None,
+    read_threshold: bool = True,
+    categories: Sequence[str] | None = None,
+) -> list[Run]:
+    """Every category of a run folder (``categories``: those), loaded as one :class:`Run`
+    each, in training order; a single-class run gives one. The categories of a multi-class
+    model share its weights (one copy per checkpoint). The options are :func:`load_run`'s."""
     run_dir = Path(run_dir)
     config = resolve_run_paths(read_run_config(run_dir), run_dir)
-    model, identity = build_from_config(config, from_base_run=False)
-    category = config.category.name
-    mode = _check_mode(run_dir, config, model, mode or _fusion_mode(run_dir, config, model))
-    checkpoint = checkpoint or _default_checkpoint(run_dir, mode)
-    loaded = load_checkpoint(
-        run_dir / "checkpoints" / checkpoint, model, expected=identity, verify=verify
-    )
-    model.to(device).eval()
-    geometry = build_geometry(config)
-    family(config.model.name).load_run_files(model, run_dir, geometry, identity["encoder_weights"])
+    chosen = members(config) if categories is None else [member(config, k) for k in categories]
+    modes = family(config.model.name).model.fusion_modes
+    models: dict[str, tuple[FrozenEncoderModel, LoadedCheckpoint]] = {}
+    runs = []
+    for part in chosen:
+        key_mode = _check_mode(run_dir, config, modes, mode or _fusion_mode(run_dir, part, modes))
+        name = checkpoint or _default_checkpoint(run_dir, key_mode)
+        if name not in models:  # one model per checkpoint the categories use (usually one)
+            model, identity = build_from_config(config, from_base_run=False)
+            loaded = load_checkpoint(
+                run_dir / "checkpoints" / name, model, expected=identity, verify=verify
+            )
+            model.to(device).eval()
+            geometry = build_geometry(part.config)
+            weights = identity["encoder_weights"]
+            family(config.model.name).load_run_files(model, run_dir, geometry, weights)
+            models[name] = (model, loaded)
+        model, loaded = models[name]
+        threshold = None
+        if read_threshold:
+            sha = _weights_sha(loaded) if verify else None
+            threshold = _stored_threshold(run_dir, part.key, key_mode, sha, checkpoint is not None)
+        runs.append(_member_run(run_dir, part, model, loaded, key_mode, threshold))
+    return runs
+
+
+def _member_run(
+    run_dir: Path,
+    part: Member,
+    model: FrozenEncoderModel,
+    loaded: LoadedCheckpoint,
+    mode: str,
+    threshold: Threshold | None,
+) -> Run:
+    """The :class:`Run` of one category of a loaded model."""
+    view = part.config
     # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
     stored = loaded.meta.get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
-    threshold = (
-        _stored_threshold(run_dir, category, mode, loaded.files.weights) if read_threshold else None
-    )
-    root = config.data.get("root")
+    root = view.data.get("root")
     return Run(
         run_dir=run_dir,
-        config=config,
+        config=view,
         model=model,
         checkpoint=loaded.files.weights,
-        geometry=geometry,
-        category=category,
+        geometry=build_geometry(view),
+        category=part.key,
         mode=mode,
         map_stats=map_stats,
         threshold=threshold,
-        threshold_rule=dict(config.category.get("threshold") or {"rule": "mean_std", "k": 3}),
-        postprocess=dict(config.category.get("postprocess") or {}),
-        tiling=build_tiling(config),
+        threshold_rule=dict(
+            view.category.get("threshold") or category_threshold_rule(view.category.name)
+        ),
+        postprocess=dict(view.category.get("postprocess") or {}),
+        tiling=build_tiling(view),
         data_root=None if root is None else Path(root),
-        smoothing=build_smoothing(config),
-        protocol=protocol_of(config),
-        image_score=image_score_rule(config),
+        smoothing=build_smoothing(view),
+        protocol=protocol_of(view),
+        image_score=image_score_rule(view),
     )
 
 
-def current_state(run_dir: str | Path) -> dict[str, Any]:
+def current_state(run_dir: str | Path, category: str | None = None) -> dict[str, Any]:
     """export.json's graph keys of the run folder as it is now, without building its model.
 
     What ff-predict compares with an export before it runs it: the checkpoint ``load_run``
-    would load (its SHA-256), the fusion mode and statistics, smoothing and image score.
+    would load (its SHA-256), the fusion mode and statistics, smoothing and image score of
+    ``category`` (needed for a run of several categories).
     """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    mode = _fusion_mode(run_dir, config, family(config.model.name).model)
+    parts = members(config) if category is None else [member(config, category)]
+    if len(parts) > 1:
+        raise ConfigError(
+            f"{run_dir} holds one model of {len(parts)} categories; name one (--category)."
+        )
+    part, modes = parts[0], family(config.model.name).model.fusion_modes
+    mode = _check_mode(run_dir, config, modes, _fusion_mode(run_dir, part, modes))
     checkpoint = run_dir / "checkpoints" / _default_checkpoint(run_dir, mode)
     stored = read_checkpoint_meta(checkpoint).get("map_stats")
     map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
@@ -455,8 +524,8 @@ def current_state(run_dir: str | Path) -> dict[str, Any]:
         checkpoint_files(checkpoint).weights,
         mode,
         map_stats,
-        build_smoothing(config),
-        image_score_rule(config),
+        build_smoothing(part.config),
+        image_score_rule(part.config),
     )
 
 
@@ -486,40 +555,54 @@ def fusion_modes(run_dir: str | Path) -> tuple[str, ...]:
     return family(read_run_config(Path(run_dir)).model.name).model.fusion_modes
 
 
-def _stored_threshold(run_dir: Path, category: str, mode: str, weights: Path) -> Threshold | None:
-    """The mode's threshold from thresholds.json, checked to be of the loaded checkpoint."""
+def _weights_sha(loaded: LoadedCheckpoint) -> str:
+    """SHA-256 of the loaded weights: as recorded (and verified on loading), else computed."""
+    recorded = ((loaded.meta.get("files") or {}).get("weights") or {}).get("sha256")
+    return recorded or weights_sha256(loaded.files.weights)
+
+
+def _stored_threshold(
+    run_dir: Path, category: str, mode: str, sha: str | None, chosen: bool
+) -> Threshold | None:
+    """The mode's threshold from thresholds.json, checked to be of the loaded checkpoint,
+    whose weights have SHA-256 ``sha`` (None: not checked, the user's ``--no-verify``).
+
+    One of another checkpoint is refused; with a checkpoint the caller chose (not the mode's
+    own), there is simply none.
+    """
     thresholds_file = run_dir / "thresholds.json"
     if not thresholds_file.is_file():
         return None
     threshold = read_thresholds(thresholds_file, mode).get(category)
-    if threshold is not None and threshold.checkpoint != weights_sha256(weights):
+    if sha is None or threshold is None:
+        return threshold
+    if threshold.checkpoint != sha:
+        if chosen:
+            return None
         raise CheckpointError(
             f"{thresholds_file}: the {mode!r} threshold of {category!r} was calibrated on "
-            f"another checkpoint than {weights.name}. Calibrate it again: ff-eval --calibrate "
+            f"another checkpoint than the one loaded. Calibrate it again: ff-eval --calibrate "
             f"--run {run_dir}"
         )
     return threshold
 
 
-def _fusion_mode(
-    run_dir: Path, config: DictConfig, model: FrozenEncoderModel | type[FrozenEncoderModel]
-) -> str:
+def _fusion_mode(run_dir: Path, part: Member, modes: Sequence[str]) -> str:
     """fusion.json's mode for the category, else the config's default, else the model's own map."""
-    category = config.category.name
     fusion_file = run_dir / "fusion.json"
     mode = None
     if fusion_file.is_file():
-        mode = json.loads(fusion_file.read_text()).get(category)
-    mode = mode or config.eval.get("default_mode")
-    return mode or ("filter" if "filter" in model.fusion_modes else model.fusion_modes[0])
+        mode = json.loads(fusion_file.read_text()).get(part.key)
+    mode = mode or part.config.eval.get("default_mode")
+    return mode or ("filter" if "filter" in modes else modes[0])
 
 
-def _check_mode(run_dir: Path, config: DictConfig, model: FrozenEncoderModel, mode: str) -> str:
-    """``mode`` if the run's model offers it."""
-    if mode not in model.fusion_modes:
+def _check_mode(run_dir: Path, config: DictConfig, modes: Sequence[str], mode: str) -> str:
+    """``mode`` if the run's model offers it (``modes``)."""
+    if mode not in modes:
         raise ConfigError(
             f"{run_dir}: fusion mode {mode!r} is not available for model {config.model.name!r}; "
-            f"valid: {', '.join(model.fusion_modes)}. Fix fusion.json or eval.default_mode."
+            f"valid: {', '.join(modes)}. Fix fusion.json or eval.default_mode."
         )
     return mode
 

@@ -83,4 +83,5 @@ class RunMaps:
             lambda: ((a, s.load_mask()) for s, a in self.predict(self.samples(test_split))),
             f"{run.run_dir}: {run.category}",
             pseudo=lambda mixed: ((a, s.load_mask()) for s, a in self.predict(self.pseudo(mixed))),
+            labelled_split=test_split,
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -30,14 +30,16 @@ from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import Dataset
 
 from filterformer.data.datasets import READERS
+from filterformer.data.few_shot import ViewSet
 from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
 from filterformer.data.mvtec_ad2 import resolve_data_root
+from filterformer.data.sample import Sample
 from filterformer.data.synthetic import make_synthetic_category
-from filterformer.data.training_set import TrainingImages
+from filterformer.data.training_set import ConcatImages, TrainingImages
 from filterformer.data.transforms import TrainAugment, short_side_size
-from filterformer.errors import ConfigError, FilterformerError
+from filterformer.errors import ConfigError, DataError, FilterformerError
 from filterformer.io import outermost_missing
-from filterformer.lock import lock_run
+from filterformer.lock import lock_run, unlock_run
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.encoder import DinoEncoder
 from filterformer.models.family import TrainingContext
@@ -57,17 +59,33 @@ from filterformer.runs.run import (
     patch_size,
     split_samples,
 )
+from filterformer.runs.setting import (
+    FEW_SHOT,
+    Member,
+    draw_shots_of,
+    few_shot_views,
+    fusion_keys,
+    is_single,
+    members,
+    resolve_members,
+    setting_name,
+)
 from filterformer.runs.settings import plain, resolve_device, train_settings
 from filterformer.training.distributed import SINGLE_PROCESS, DistributedContext, main_first
 from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
 from filterformer.training.loop import (
     EvaluationSettings,
+    Evaluator,
     TrainResult,
     check_batch_size,
     check_run_dir,
     train,
 )
-from filterformer.training.validation import FusionEvaluator, map_statistics
+from filterformer.training.validation import (
+    FusionEvaluator,
+    MultiClassEvaluator,
+    pooled_map_statistics,
+)
 
 LOG = logging.getLogger("filterformer")
 
@@ -114,6 +132,9 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         raise ConfigError(config_error_message(err)) from None
     settings = _flatten(OmegaConf.to_container(cfg))
     plugin = family(cfg.model.name)
+    if not is_single(cfg):  # null category settings: each category's own (checked below)
+        _check_multi_class(cfg)
+        settings = {k: v for k, v in settings.items() if v is not None or k[:9] != "category."}
     check_settings(
         settings,
         family_ranges=plugin.setting_ranges,
@@ -125,6 +146,11 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         cfg.data.root = str(_absolute(resolve_data_root(cfg.data.root), base))
     elif cfg.data.kind == "folder":
         _prepare_folders(cfg, base, quiet)
+    if not is_single(cfg):
+        _resolve_members(cfg, base, quiet)
+        for member in members(cfg):  # each category's own settings, in range too
+            category = _flatten({"category": OmegaConf.to_container(member.config.category)})
+            check_settings(category)
     if cfg.input.get("fit") == "short_side":
         _fit_short_side(cfg, quiet)
     weights = cfg.encoder.get("weights")
@@ -138,19 +164,21 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
 
 
 def make_data(cfg: DictConfig) -> None:
-    """Generate the synthetic category of a resolved ``cfg`` (reused when it exists already)."""
-    if cfg.data.kind != "synthetic":
-        return
-    counts = cfg.data.counts
-    make_synthetic_category(
-        cfg.data.root,
-        cfg.category.name,
-        seed=cfg.data.seed,
-        image_size=tuple(cfg.data.image_size),
-        counts=None if counts is None else OmegaConf.to_container(counts),
-        texture=cfg.data.texture,
-        progress=cfg.progress,
-    )
+    """Generate the synthetic categories of a resolved ``cfg`` (reused when they exist already)."""
+    for member in members(cfg):
+        data = member.config.data
+        if data.kind != "synthetic":
+            continue
+        counts = data.counts
+        make_synthetic_category(
+            data.root,
+            member.config.category.name,
+            seed=data.seed,
+            image_size=tuple(data.image_size),
+            counts=None if counts is None else OmegaConf.to_container(counts),
+            texture=data.texture,
+            progress=cfg.progress,
+        )
 
 
 def prepare_config(cfg: DictConfig, quiet: bool = False) -> DictConfig:
@@ -179,21 +207,55 @@ def _note(message: str, quiet: bool) -> None:
 
 
 def _prepare_folders(cfg: DictConfig, base: Path, quiet: bool) -> None:
-    """Absolute data.*_dir folders; without validation_dir, the held-out training images."""
+    """Absolute data.*_dir folders; without validation_dir, the held-out training images
+    (of each category's folder when the run has several: see :func:`_resolve_members`)."""
     for key in FOLDER_KEYS:
         if cfg.data.get(key) is not None:
             cfg.data[key] = str(_absolute(cfg.data[key], base))
-    if cfg.data.validation_dir is not None:
+    if is_single(cfg):
+        _hold_out(cfg.data, cfg, quiet)
+
+
+def _hold_out(data: DictConfig, cfg: DictConfig, quiet: bool) -> None:
+    """A folder ``data`` section without validation_dir gets its held-out images (holdout)."""
+    if data.validation_dir is not None:
         return
-    images = ImageFolderDataset(cfg.data.train_dir, "train")
-    if cfg.data.get("holdout") is None:
-        cfg.data.holdout = holdout_names(images, holdout_fraction(cfg), int(cfg.seed))
+    images = ImageFolderDataset(data.train_dir, "train")
+    if data.get("holdout") is None:
+        data.holdout = holdout_names(images, holdout_fraction(cfg), int(cfg.seed))
     _note(
-        f"no data.validation_dir: {len(cfg.data.holdout)} of {len(images)} training images are "
-        f"held out as the validation split (data.validation_fraction={holdout_fraction(cfg)}, "
-        f"seed {cfg.seed}) and not trained on; see data.holdout in {cfg.run_dir}/{CONFIG_FILE}",
+        f"no validation_dir: {len(data.holdout)} of {len(images)} training images of "
+        f"{data.train_dir} are held out as the validation split (data.validation_fraction="
+        f"{holdout_fraction(cfg)}, seed {cfg.seed}) and not trained on; see data.holdout in "
+        f"{cfg.run_dir}/{CONFIG_FILE}",
         quiet,
     )
+
+
+def _check_multi_class(cfg: DictConfig) -> None:
+    """Refuse a multi-category run the model family or the recipe cannot train."""
+    if not family(cfg.model.name).multi_class:
+        raise ConfigError(
+            f"model={cfg.model.name} trains on one category at a time; use setting=single_class "
+            "(ff-train -m category=a,b for several runs)."
+        )
+    if setting_name(cfg) == FEW_SHOT and cfg.train.augment is not None:
+        raise ConfigError(
+            "setting=few_shot trains on the INP-Former code's fixed views of each drawn image; "
+            "set train.augment=null."
+        )
+
+
+def _resolve_members(cfg: DictConfig, base: Path, quiet: bool) -> None:
+    """A multi-category run: its members (setting.members), each folder category's held-out
+    images, and (few-shot) the drawn images, generating synthetic data first if needed."""
+    resolve_members(cfg, base)
+    for entry in cfg.setting.members:
+        if entry.data.kind == "folder":
+            _hold_out(entry.data, cfg, quiet)
+    if setting_name(cfg) == FEW_SHOT and cfg.setting.members[0].shots is None:
+        make_data(cfg)
+        draw_shots_of(cfg)
 
 
 def _fit_short_side(cfg: DictConfig, quiet: bool) -> None:
@@ -201,7 +263,7 @@ def _fit_short_side(cfg: DictConfig, quiet: bool) -> None:
     if cfg.data.kind == "synthetic":  # not generated yet; every image has data.image_size
         typical = tuple(cfg.data.image_size)
     else:
-        typical = typical_size(split_samples(cfg, "train"))
+        typical = typical_size([s for m in members(cfg) for s in split_samples(m.config, "train")])
     size = short_side_size(min(cfg.input.resize), typical, patch_size(cfg))
     cfg.input.resize = list(size)
     _note(
@@ -257,30 +319,39 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
     run_dir = Path(cfg.run_dir)
     model, identity = build_from_config(cfg)
     created = _start_run(run_dir, cfg, identity["encoder_weights"]) if distributed.is_main else None
-    with _removed_on_failure(created):
-        with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
-            make_data(cfg)
-        train_set = _training_set(cfg, model, identity["encoder_weights"], distributed)
-        check_batch_size(len(train_set), cfg.train.batch_size)  # before a run starts
-        evaluator, statistics = _evaluation(cfg)
-    evaluation = EvaluationSettings(
+    try:
+        with _removed_on_failure(created):
+            with main_first(distributed):  # rank 0 generates synthetic data, the others reuse it
+                make_data(cfg)
+            train_set = _training_set(cfg, model, identity["encoder_weights"], distributed)
+            check_batch_size(len(train_set), cfg.train.batch_size)  # before a run starts
+            evaluation = _evaluation_settings(cfg)
+        result = train(
+            model,
+            train_set,
+            run_dir=run_dir,
+            checkpoint_meta={**identity, "config": OmegaConf.to_container(cfg)},
+            settings=settings,
+            evaluation=evaluation,
+            distributed=distributed,
+        )
+        calibrations = _calibrate(cfg, run_dir) if distributed.is_main else []
+    finally:
+        if distributed.is_main:  # the session may go on (the API): others may read the run now
+            unlock_run(run_dir)
+    return TrainOutcome(run_dir, result, calibrations, cfg.eval.split, cfg.eval.metric)
+
+
+def _evaluation_settings(cfg: DictConfig) -> EvaluationSettings:
+    """When and how training evaluates, keeps the best checkpoints and measures map statistics."""
+    evaluator, statistics = _evaluation(cfg)
+    return EvaluationSettings(
         every=cfg.eval.every if evaluator else 0,
         evaluator=evaluator,
         select_metric=cfg.eval.metric,
-        category=cfg.category.name,
+        category=fusion_keys(cfg),
         map_statistics=statistics,
     )
-    result = train(
-        model,
-        train_set,
-        run_dir=run_dir,
-        checkpoint_meta={**identity, "config": OmegaConf.to_container(cfg)},
-        settings=settings,
-        evaluation=evaluation,
-        distributed=distributed,
-    )
-    calibrations = _calibrate(cfg, run_dir) if distributed.is_main else []
-    return TrainOutcome(run_dir, result, calibrations, cfg.eval.split, cfg.eval.metric)
 
 
 def _calibrate(cfg: DictConfig, run_dir: Path) -> list[Calibration]:
@@ -338,17 +409,25 @@ def _training_set(
     encoder_weights: str,
     distributed: DistributedContext,
 ) -> Dataset:
-    """What the loop iterates: the preloaded training images, their cached encoder taps
-    (train.feature_cache), or what the model's family makes of them (``training_set``)."""
+    """What the loop iterates: the preloaded training images (every category's, concatenated,
+    for a multi-category run; few-shot: the fixed views of the drawn images), their cached
+    encoder taps (train.feature_cache), or what the model's family makes of them."""
     augment = None if cfg.train.augment is None else TrainAugment(**plain(cfg.train.augment))
-    images = TrainingImages(
-        split_samples(cfg, "train"),
-        build_geometry(cfg),
-        augment,
-        seed=cfg.seed,
-        tiling=build_tiling(cfg, training=True),
-    )
+    parts = [
+        TrainingImages(
+            _member_samples(member),
+            build_geometry(member.config),
+            augment,
+            seed=cfg.seed,
+            tiling=build_tiling(member.config, training=True),
+            every_tile=OmegaConf.select(member.config, "category.tiling.train_tiles") == "all",
+        )
+        for member in members(cfg)
+    ]
+    images = parts[0] if len(parts) == 1 else ConcatImages(parts)
     images.preload(progress=cfg.progress and distributed.is_main)
+    if setting_name(cfg) == FEW_SHOT:
+        images = ViewSet([images[i] for i in range(len(images))], few_shot_views(cfg), cfg.seed)
     context = TrainingContext(
         config=OmegaConf.to_container(cfg, resolve=True),
         run_dir=Path(cfg.run_dir),
@@ -368,36 +447,61 @@ def _training_set(
     return _feature_cache(cfg, model.encoder, images, distributed)
 
 
-def _evaluation(cfg: DictConfig) -> tuple[FusionEvaluator | None, Callable | None]:
-    """The periodic evaluator (needs validation and a split with defects) and map statistics."""
-    validation = optional_split(cfg, "validation")
-    if validation is None:
+def _member_samples(member: Member) -> Sequence[Sample]:
+    """A member's training images: its train split, or (few-shot) the drawn ones, in order."""
+    samples = split_samples(member.config, "train")
+    if member.shots is None:
+        return samples
+    by_path = {str(s.relpath): s for s in samples}
+    missing = [shot for shot in member.shots if shot not in by_path]
+    if missing:
+        raise DataError(
+            f"{member.key}: the drawn training image(s) {', '.join(missing)} of setting.members "
+            "are not in its train split any more; restore them or train a new run."
+        )
+    return [by_path[shot] for shot in member.shots]
+
+
+def _evaluation(cfg: DictConfig) -> tuple[Evaluator | None, Callable | None]:
+    """The periodic evaluator (needs validation and a split with defects) and map statistics.
+
+    A multi-category run pools its categories' validation images for one set of statistics
+    and scores each category, then their unweighted mean (``MultiClassEvaluator``).
+    """
+    parts = []
+    for member in members(cfg):
+        validation = optional_split(member.config, "validation")
+        if validation is not None:
+            test = optional_split(member.config, cfg.eval.split) if cfg.eval.every else None
+            parts.append((member.config, validation, test))
+    if not parts:
         return None, None
-    geometry, tiling = build_geometry(cfg), build_tiling(cfg)
-    evaluator = None
-    test = optional_split(cfg, cfg.eval.split) if cfg.eval.every else None
-    if test is not None and any(s.label == 1 for s in test):
-        evaluator = FusionEvaluator(
+    geometry = build_geometry(cfg if is_single(cfg) else parts[0][0])
+    common = dict(device=cfg.device, batch_size=cfg.eval.batch_size, progress=cfg.progress)
+    statistics = partial(
+        pooled_map_statistics,
+        parts=[(validation, build_tiling(config)) for config, validation, _ in parts],
+        geometry=geometry,
+        **common,
+    )
+    evaluators = [
+        FusionEvaluator(
             validation,
             test,
             geometry,
-            tiling=tiling,
+            tiling=build_tiling(config),
             smoothing=build_smoothing(cfg),
-            device=cfg.device,
-            batch_size=cfg.eval.batch_size,
             pro_limit=cfg.eval.pro_limit,
-            progress=cfg.progress,
+            **common,
         )
-    statistics = partial(
-        map_statistics,
-        samples=validation,
-        geometry=geometry,
-        tiling=tiling,
-        device=cfg.device,
-        batch_size=cfg.eval.batch_size,
-        progress=cfg.progress,
-    )
-    return evaluator, statistics
+        for config, validation, test in parts
+        if test is not None and any(s.label == 1 for s in test)
+    ]
+    if not evaluators:
+        return None, statistics
+    if is_single(cfg):
+        return evaluators[0], statistics
+    return MultiClassEvaluator(evaluators, statistics), statistics
 
 
 def describe_outcome(outcome: TrainOutcome) -> str:
@@ -418,9 +522,10 @@ def describe_outcome(outcome: TrainOutcome) -> str:
 
 
 def _feature_cache(
-    cfg: DictConfig, encoder: DinoEncoder, images: TrainingImages, distributed: DistributedContext
+    cfg: DictConfig, encoder: DinoEncoder, images: Dataset, distributed: DistributedContext
 ) -> Dataset:
-    """The encoder taps of ``images``, computed once (train.feature_cache).
+    """The encoder taps of ``images`` (one category's, several categories' concatenated, or
+    few-shot views), computed once (train.feature_cache).
 
     With a single view, items that change every epoch (augmentation, random training tiles)
     would be frozen to their epoch-0 version: then the cache stays off, and a note says how to
@@ -428,7 +533,8 @@ def _feature_cache(
     """
     cache = plain(cfg.train.feature_cache)
     settings = FeatureCacheSettings(**{k: v for k, v in cache.items() if k != "enabled"})
-    if settings.views == 1 and (images.augment is not None or images.tiling is not None):
+    varies = any(getattr(images, name, None) is not None for name in ("augment", "tiling"))
+    if settings.views == 1 and varies:
         if distributed.is_main:
             LOG.info(
                 "feature cache off: the training items change every epoch "

@@ -63,6 +63,7 @@ class Deployment:
         self.category: str = manifest["category"]
         self.mode: str = manifest["mode"]
         self.image_score: str = manifest["image_score"]
+        self.levels: int | None = manifest["smoothing"].get("levels")
         preprocessing = manifest["preprocessing"]
         self.geometry = InputGeometry.from_record(preprocessing)
         self.tiling = tiling_from_record(preprocessing.get("tiling"))
@@ -87,6 +88,7 @@ class Deployment:
             batch_size=self.batch_size,
             tiling=self.tiling,
             progress=self.progress,
+            levels=self.levels,
         ):
             yield sample, maps[self.mode]
 

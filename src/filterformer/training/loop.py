@@ -7,7 +7,8 @@ Files it keeps in the run folder (docs/architecture.md):
 - ``checkpoints/best_<mode>`` whenever an evaluation improves that fusion mode's score;
 - ``train_log.csv`` (one row per step) and ``eval_log.csv`` (one row per evaluation and mode),
   appended as rows come (:mod:`filterformer.training.logs`);
-- ``fusion.json`` ``{"<category>": "<best mode>"}`` after every evaluation;
+- ``fusion.json`` ``{"<category>": "<best mode>"}`` after every evaluation (one entry per
+  category of a multi-class model, all with its one mode);
 - ``map_stats.json`` (validation mean/std per map) at the end.
 
 The process holds the run folder's lock while it trains (:mod:`filterformer.lock`), and on
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ from filterformer.training.distributed import (
 from filterformer.training.feature_cache import TapFeatures
 from filterformer.training.logs import CsvLog
 from filterformer.training.optim import build_optimizer, optimizer_parameters
-from filterformer.training.schedule import WarmupCosine
+from filterformer.training.schedule import Schedule
 from filterformer.training.seed import rng_state, seed_everything, set_deterministic, set_rng_state
 
 MapStats = dict[str, tuple[float, float]]
@@ -91,7 +92,13 @@ LossStep = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 @dataclass(frozen=True)
 class OptimizerSettings:
     """Optimiser and learning-rate schedule: the config's ``train.optimizer`` (its defaults live
-    in the configs only; :func:`filterformer.runs.settings.train_settings` builds this)."""
+    in the configs only; :func:`filterformer.runs.settings.train_settings` builds this).
+
+    ``schedule`` (:mod:`filterformer.training.schedule`): ``warmup_cosine`` reads ``final_lr``
+    and ``warmup_iters``; ``warmup`` and ``sgdr`` warm up over ``warmup_epochs``; ``sgdr``
+    restarts every ``restart_epochs`` (x ``restart_mult`` each time) down to
+    ``min_lr_scale * lr``.
+    """
 
     name: str
     lr: float
@@ -102,6 +109,30 @@ class OptimizerSettings:
     eps: float
     amsgrad: bool
     clip_threshold: float
+    schedule: str
+    warmup_epochs: float
+    restart_epochs: float
+    restart_mult: int
+    min_lr_scale: float
+
+    def build_schedule(
+        self, optimizer: torch.optim.Optimizer, epochs: int, iters_per_epoch: int
+    ) -> Schedule:
+        """This schedule over ``epochs`` of ``iters_per_epoch`` optimiser steps."""
+        sgdr = self.schedule == "sgdr"
+        warmup_epochs = self.schedule in ("warmup", "sgdr")
+        return Schedule(
+            optimizer,
+            self.schedule,
+            base_lr=self.lr,
+            final_lr=self.lr * self.min_lr_scale if sgdr else self.final_lr,
+            total_iters=epochs * iters_per_epoch,
+            warmup_iters=(
+                round(self.warmup_epochs * iters_per_epoch) if warmup_epochs else self.warmup_iters
+            ),
+            restart_iters=round(self.restart_epochs * iters_per_epoch),
+            restart_mult=self.restart_mult,
+        )
 
 
 @dataclass(frozen=True)
@@ -114,7 +145,7 @@ class TrainSettings:
     batch_size: int
     """The global batch; with several processes each takes an equal share."""
     optimizer: OptimizerSettings
-    """Optimiser and warm-up + cosine schedule, stepped every iteration."""
+    """Optimiser and learning-rate schedule, stepped every iteration."""
     grad_clip: float | None
     """L2-norm clip before each step, per part of ``model.parameter_groups()`` (INP-Former's
     parts; the Diff Predictor) so L_df never rescales INP-Former's update (None or 0: off)."""
@@ -147,8 +178,8 @@ class EvaluationSettings:
     """Scores per fusion mode."""
     select_metric: str = "f1_max"
     """The score that decides ``best_<mode>``."""
-    category: str | None = None
-    """The entry of fusion.json."""
+    category: str | Sequence[str] | None = None
+    """The entry of fusion.json (a model of several categories: one entry each)."""
     map_statistics: MapStatistics | None = None
     """Computes map_stats.json at the end (None: not written); when the evaluation after the
     last epoch already measured them, its statistics are used."""
@@ -278,8 +309,8 @@ class Trainer:
             self._write_end_files()
         return self.result
 
-    def _optimizer(self) -> tuple[torch.optim.Optimizer, WarmupCosine]:
-        """The optimiser of the trainable parameters and its warm-up + cosine schedule."""
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, Schedule]:
+        """The optimiser of the trainable parameters and its learning-rate schedule."""
         settings = self.settings.optimizer
         optimizer = build_optimizer(
             settings.name,
@@ -291,14 +322,7 @@ class Trainer:
             amsgrad=settings.amsgrad,
             clip_threshold=settings.clip_threshold,
         )
-        scheduler = WarmupCosine(
-            optimizer,
-            base_lr=settings.lr,
-            final_lr=settings.final_lr,
-            total_iters=self.settings.epochs * len(self.loader),
-            warmup_iters=settings.warmup_iters,
-        )
-        return optimizer, scheduler
+        return optimizer, settings.build_schedule(optimizer, self.settings.epochs, len(self.loader))
 
     def _resume_or_start(self) -> None:
         """Restore ``last`` (resume) with the logs cut back to it, or start with no logs."""
@@ -497,12 +521,15 @@ def _divergence_message(row: Mapping[str, Any], kept: tuple[int, int] | None) ->
     )
 
 
-def _write_fusion(run_dir: Path, category: str | None, best: Mapping[str, Mapping]) -> str | None:
+def _write_fusion(
+    run_dir: Path, category: str | Sequence[str] | None, best: Mapping[str, Mapping]
+) -> str | None:
     """Write fusion.json with the mode whose best score is highest; return that mode."""
     if not best:
         return None
     mode = max(best, key=lambda m: best[m]["score"])
-    write_json(run_dir / "fusion.json", {category or "default": mode})
+    keys = [category or "default"] if category is None or isinstance(category, str) else category
+    write_json(run_dir / "fusion.json", dict.fromkeys(keys, mode))
     return mode
 
 

@@ -7,7 +7,8 @@ the maps that mode will really produce.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 
 import numpy as np
 import torch
@@ -53,6 +54,28 @@ def map_statistics(
     These normalise the maps before fusion (:func:`fuse_maps`), so they are taken on the same
     network inputs as at inference: whole images, or tiles when the category is tiled.
     """
+    return pooled_map_statistics(
+        model,
+        [(samples, tiling)],
+        geometry,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+@torch.no_grad()
+def pooled_map_statistics(
+    model: torch.nn.Module,
+    parts: Sequence[tuple[Sequence[Sample], AnyTiling | None]],
+    geometry: InputGeometry,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, tuple[float, float]]:
+    """:func:`map_statistics` over several categories' validation images, each with its tiling
+    (one model trained on all of them normalises its maps by one set of statistics)."""
     moments: dict[str, MapMoments] = {}
     batch: list[torch.Tensor] = []
 
@@ -63,7 +86,7 @@ def map_statistics(
                 moments.setdefault(name, MapMoments()).update(amap)
         batch.clear()
 
-    inputs = _network_inputs(samples, tiling)
+    inputs = chain.from_iterable(_network_inputs(samples, tiling) for samples, tiling in parts)
     for image in tqdm(inputs, desc="map statistics", disable=not progress):
         batch.append(geometry.to_tensor(image))
         if len(batch) == batch_size:
@@ -105,13 +128,21 @@ class FusionEvaluator:
         self.progress = progress
 
     def __call__(self, model: torch.nn.Module) -> Evaluation:
-        common = dict(
+        stats = map_statistics(model, self.validation, self.geometry, **self._common())
+        return Evaluation(self.scores(model, stats), stats)
+
+    def _common(self) -> dict:
+        return dict(
             tiling=self.tiling,
             device=self.device,
             batch_size=self.batch_size,
             progress=self.progress,
         )
-        stats = map_statistics(model, self.validation, self.geometry, **common)
+
+    def scores(
+        self, model: torch.nn.Module, stats: dict[str, tuple[float, float]]
+    ) -> dict[str, dict[str, float]]:
+        """{mode: {metric: value}} of the test split, the maps fused with ``stats``."""
         maps = predict_mode_maps(
             model,
             self.test,
@@ -119,16 +150,38 @@ class FusionEvaluator:
             modes=model.fusion_modes,
             map_stats=stats,
             smoothing=self.smoothing,
-            **common,
+            **self._common(),
         )
         accumulators = {mode: ProAccumulator() for mode in model.fusion_modes}
         for sample, by_mode in maps:
             gt = sample.load_mask()
             for mode, amap in by_mode.items():
                 accumulators[mode].update(amap, gt, name=str(sample.path))
-        scores = {mode: self._scores(acc) for mode, acc in accumulators.items()}
-        return Evaluation(scores, stats)
+        return {mode: self._scores(acc) for mode, acc in accumulators.items()}
 
     def _scores(self, acc: ProAccumulator) -> dict[str, float]:
         pro = acc.compute((self.pro_limit,)).au_pro[self.pro_limit]
         return {"au_pro": float(pro), "f1_max": float(f1_max(acc.pixel_counts()).counts.f1)}
+
+
+class MultiClassEvaluator:
+    """Scores every fusion mode of a model trained on several categories: each category's
+    :class:`FusionEvaluator` with the model's pooled statistics, then the unweighted mean
+    over the categories per mode and metric (as the INP-Former code reports its mean row)."""
+
+    def __init__(
+        self,
+        evaluators: Sequence[FusionEvaluator],
+        statistics: Callable[[torch.nn.Module], dict[str, tuple[float, float]]],
+    ) -> None:
+        self.evaluators = evaluators
+        self.statistics = statistics
+
+    def __call__(self, model: torch.nn.Module) -> Evaluation:
+        stats = self.statistics(model)
+        scored = [evaluator.scores(model, stats) for evaluator in self.evaluators]
+        mean = {
+            mode: {metric: float(np.mean([s[mode][metric] for s in scored])) for metric in metrics}
+            for mode, metrics in scored[0].items()
+        }
+        return Evaluation(mean, stats)

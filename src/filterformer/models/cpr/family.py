@@ -47,6 +47,7 @@ class CPRFamily(ModelFamily):
     model = CPR
     run_files = (REFERENCES_FILE,)
     exportable = True
+    multi_class = False  # its reference set and retrieval are one category's
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:
         """Refuse settings that CPR cannot honour, naming the key to change."""
@@ -66,6 +67,14 @@ class CPRFamily(ModelFamily):
             raise ConfigError(
                 "model=cpr scores whole images against whole training images and makes its own "
                 f"training pairs; set {', '.join(wrong)}"
+            )
+        crops_dir = settings.get("cpr.pseudo_defects.crops_dir")
+        pastes = settings.get("cpr.pseudo_defects.kinds.cut_paste", 0) > 0
+        if pastes and not (crops_dir and Path(crops_dir).expanduser().is_dir()):
+            raise ConfigError(
+                f"cpr.pseudo_defects.kinds.cut_paste > 0 pastes defect crops, but "
+                f"crops_dir={crops_dir} is no folder: give a folder of RGBA crops (README, CPR) or "
+                "set cpr.pseudo_defects.kinds.cut_paste=0"
             )
         steps, epochs = settings["cpr.steps"], settings["train.epochs"]
         if steps % epochs:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from filterformer.models.ear.attention import HEAD_RULES
 from filterformer.models.ear.model import EAR
+from filterformer.models.ear.unet import UNET_LAYOUTS, UNET_OUTPUTS
 from filterformer.models.family import ModelFamily, register_family
 from filterformer.ranges import ODD, choice, integer, number
 
 EAR_RANGES = {
+    "model.unet_layout": choice(*UNET_LAYOUTS),
+    "model.unet_output": choice(*UNET_OUTPUTS),
     "model.mosaic_scale": integer(1),
     "model.attention_mass": number(0, high=1),
     "model.attention_heads": choice(*HEAD_RULES),

@@ -8,7 +8,7 @@ the anomaly map is the MSGMS dissimilarity of the input and its reconstruction (
 
 The model takes the normalised network input like every model here and works on the image in
 [0, 1] (the ImageNet normalisation undone); any H x W works: the image is padded (border
-repeated) to a multiple of the mosaic scale and of 2^D for the U-Net, and cropped back.
+repeated) to a multiple of the mosaic scale and of what the U-Net needs, and cropped back.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.ear.attention import HEAD_RULES, suspect_mask
 from filterformer.models.ear.grid import common_multiple, obfuscate, pad_to_multiple
 from filterformer.models.ear.similarity import msgms_map, ssim_map
-from filterformer.models.ear.unet import UNet
+from filterformer.models.ear.unet import build_unet
 from filterformer.models.encoder import DinoEncoder
 
 
@@ -49,6 +49,9 @@ class EAR(FrozenEncoderModel):
     Args:
         encoder: the frozen ViT whose last kept block's [CLS] attention gives the mask.
         widths: U-Net channels per level (D = len(widths) levels).
+        unet_layout: "template" (skips before each level's stride, the EAR author's RIAD
+            re-implementation) or "strided" (skips after it); ``unet.py``.
+        unet_output: the template's "clamp" into [0, 1], or a "sigmoid".
         mosaic_scale: m, the mosaic block side in pixels.
         attention_mass: per head, the share of attention mass the mask covers.
         attention_heads: "union" of the per-head masks, or the rule on the "mean" head.
@@ -61,7 +64,9 @@ class EAR(FrozenEncoderModel):
     def __init__(
         self,
         encoder: DinoEncoder,
-        widths: Sequence[int] = (16, 32, 64, 128, 256),
+        widths: Sequence[int] = (32, 64, 128, 256, 512),
+        unet_layout: str = "template",
+        unet_output: str = "clamp",
         mosaic_scale: int = 8,
         attention_mass: float = 0.6,
         attention_heads: str = "union",
@@ -81,13 +86,13 @@ class EAR(FrozenEncoderModel):
                 f"unknown model.attention_heads {attention_heads!r}; valid: {', '.join(HEAD_RULES)}"
             )
         self.encoder = encoder
-        self.unet = UNet(widths)
+        self.unet = build_unet(unet_layout, widths, unet_output)
         self.mosaic_scale = int(mosaic_scale)
         self.attention_mass = float(attention_mass)
         self.attention_heads = attention_heads
         self.ssim_window, self.ssim_sigma = int(ssim_window), float(ssim_sigma)
         self.msgms_scales, self.gms_c = int(msgms_scales), float(gms_c)
-        self.multiple = common_multiple(2**self.unet.levels, self.mosaic_scale)
+        self.multiple = common_multiple(self.unet.multiple, self.mosaic_scale)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

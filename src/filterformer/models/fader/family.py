@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from filterformer.models.ear.family import EAR_RANGES
 from filterformer.models.fader.model import PREDICTOR_INPUTS, FADeR
-from filterformer.models.fader.parts import MASK_KINDS, SCALINGS
+from filterformer.models.fader.parts import MASK_KINDS, SCALINGS, SHRINKS
 from filterformer.models.family import BaseRun, ModelFamily, register_family
 from filterformer.ranges import choice, integer, number
 
@@ -24,6 +24,7 @@ class FADeRFamily(ModelFamily):
         "model.mask": choice(*MASK_KINDS),
         "model.hard_threshold": number(0, high=1),
         "model.scaling": choice(*SCALINGS),
+        "model.shrink": choice(*SHRINKS),
         "model.margin": number(0),
         "model.predictor_input": choice(*PREDICTOR_INPUTS),
         "model.decoder_lr_scale": number(0),

@@ -3,7 +3,8 @@
 A two-layer MLP reads the image in patches of the mosaic scale m (§3.2: patch = m, so the
 tokens line up with the mosaic hint) and predicts each patch's reconstruction error. Per
 image, the predictions become a soft mask (1 - min-max normalised prediction), which is
-resized onto every skip connection and multiplies the encoder features there (eq. 4): what
+resized onto every skip connection (a skip coarser than the patch grid keeps the most
+attenuated patch of each cell) and multiplies the encoder features there (eq. 4): what
 the mask missed cannot be copied through the skips, so the decoder inpaints it as normal.
 
 Training (§3.2, §4.1, Fig. 4), on normal images, from a trained EAR: the target of patch i is
@@ -42,6 +43,9 @@ class FADeR(EAR):
         mask: "soft" (the paper's) or "hard" (mask 0 where the normalised prediction
             exceeds ``hard_threshold``).
         scaling: "nearest" (the paper's) or "bilinear" resizing of the mask onto the skips.
+        shrink: onto a skip coarser than the patch grid: the "min" (most attenuated) or
+            "mean" of the covered patches, or "interpolate" as ``scaling``
+            (:func:`~filterformer.models.fader.scale_to`).
         margin: xi of the ranking loss.
         predictor_input: the MLP reads the patches of the "obfuscated" image I' (§3.1,
             Fig. 3-4), or those of EAR's "reconstruction" Î (eq. 2 as written; one more
@@ -57,20 +61,21 @@ class FADeR(EAR):
         mask: str = "soft",
         hard_threshold: float = 0.5,
         scaling: str = "nearest",
+        shrink: str = "min",
         margin: float = 1.0,
         predictor_input: str = "obfuscated",
         decoder_lr_scale: float = 0.1,
         **ear_args: object,
     ) -> None:
         super().__init__(encoder, **ear_args)
-        check_fader_settings(strength, mask, scaling)
+        check_fader_settings(strength, mask, scaling, shrink)
         if predictor_input not in PREDICTOR_INPUTS:
             raise ConfigError(
                 f"unknown model.predictor_input {predictor_input!r}; "
                 f"valid: {', '.join(PREDICTOR_INPUTS)}"
             )
         self.strength, self.mask, self.hard_threshold = float(strength), mask, hard_threshold
-        self.scaling, self.margin = scaling, float(margin)
+        self.scaling, self.shrink, self.margin = scaling, shrink, float(margin)
         self.predictor_input = predictor_input
         self.decoder_lr_scale = float(decoder_lr_scale)
         self.predictor = ErrorPredictor(3 * self.mosaic_scale**2, hidden)
@@ -99,7 +104,8 @@ class FADeR(EAR):
         grid = (image.shape[-2] // scale, image.shape[-1] // scale)
         mask = attenuation_mask(predicted.detach(), self.strength, self.mask, self.hard_threshold)
         mask = mask.reshape(-1, 1, *grid)
-        return predicted, scale_to(mask, self.unet.skip_sizes(*image.shape[-2:]), self.scaling)
+        sizes = self.unet.skip_sizes(*image.shape[-2:])
+        return predicted, scale_to(mask, sizes, self.scaling, self.shrink)
 
     def attenuated(
         self, views: Views, plain: torch.Tensor | None = None

@@ -17,6 +17,7 @@ from filterformer.errors import ConfigError
 
 MASK_KINDS = ("soft", "hard")
 SCALINGS = ("nearest", "bilinear")
+SHRINKS = ("min", "mean", "interpolate")
 
 
 class ErrorPredictor(nn.Module):
@@ -72,20 +73,50 @@ def attenuation_mask(
 
 
 def scale_to(
-    mask: torch.Tensor, sizes: Sequence[tuple[int, int]], scaling: str = "nearest"
+    mask: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    scaling: str = "nearest",
+    shrink: str = "min",
 ) -> list[torch.Tensor]:
-    """Theta of eq. 4: a B x 1 x h x w mask resized to each (h_l, w_l) of ``sizes``."""
+    """Theta of eq. 4: a B x 1 x h x w mask resized to each (h_l, w_l) of ``sizes``.
+
+    A level as fine as the mask grid or finer gets it by ``scaling`` interpolation. On a
+    coarser level each cell covers several patches, and ``shrink`` decides what it keeps:
+    "min" the most attenuated of them (a patch the MLP flags reaches every level), "mean"
+    their mean, or "interpolate": the same interpolation as the finer levels (nearest keeps
+    one patch per cell, at half size every other row and column: three quarters of the
+    predictions never reach that level).
+    """
     _check_choice("scaling", scaling, SCALINGS)
+    _check_choice("shrink", shrink, SHRINKS)
     options = {"align_corners": False} if scaling == "bilinear" else {}
-    return [F.interpolate(mask, size=size, mode=scaling, **options) for size in sizes]
+    scaled = []
+    for size in sizes:
+        level = mask
+        coarser = (min(mask.shape[-2], size[0]), min(mask.shape[-1], size[1]))
+        if shrink != "interpolate" and coarser != tuple(mask.shape[-2:]):
+            level = _pool(mask, coarser, shrink)
+        if tuple(level.shape[-2:]) != tuple(size):
+            level = F.interpolate(level, size=size, mode=scaling, **options)
+        scaled.append(level)
+    return scaled
 
 
-def check_fader_settings(strength: float, kind: str, scaling: str) -> None:
-    """Refuse an attenuation strength outside [0, 1] or an unknown mask kind or scaling."""
+def _pool(mask: torch.Tensor, size: tuple[int, int], shrink: str) -> torch.Tensor:
+    """The minimum ("min") or mean ("mean") of the cells each of ``size`` covers."""
+    if shrink == "mean":
+        return F.adaptive_avg_pool2d(mask, size)
+    return -F.adaptive_max_pool2d(-mask, size)
+
+
+def check_fader_settings(strength: float, kind: str, scaling: str, shrink: str = "min") -> None:
+    """Refuse an attenuation strength outside [0, 1] or an unknown mask kind, scaling or
+    shrink rule."""
     if not 0.0 <= strength <= 1.0:
         raise ConfigError(f"FADeR strength {strength} must lie in [0, 1] (0: no attenuation)")
     _check_choice("mask", kind, MASK_KINDS)
     _check_choice("scaling", scaling, SCALINGS)
+    _check_choice("shrink", shrink, SHRINKS)
 
 
 def _check_choice(setting: str, value: str, valid: Sequence[str]) -> None:

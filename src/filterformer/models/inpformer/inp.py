@@ -1,8 +1,11 @@
 """INP-Former's trainable parts: INP Extractor, Bottleneck and INP-guided decoder.
 
-Shapes: tokens B x N x C, INPs (in-context normal prototypes) B x M x C. Layout and init follow
-the INP-Former spec §2-§5.2: every Linear trunc-normal(std 0.01, clipped to +-0.03) with zero
-bias, LayerNorm 1/0, per-head attention scales 1, learnable queries N(0, 1).
+Shapes: tokens B x N x C, INPs (intrinsic normal prototypes) B x M x C. Layout and init follow
+the INP-Former code (github.com/luow23/INP-Former, docs/references.md): the blocks of its
+``models/vision_transformer.py`` (``Aggregation_Block``, ``Prototype_Block``) and the init loop
+of ``main`` in ``INP_Former_Single_Class.py``: every Linear trunc-normal(std 0.01, clipped to
++-0.03) with zero bias, LayerNorm 1/0, per-head attention scales 1 (``learn_scale``), learnable
+queries N(0, 1) (``torch.randn``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ class CrossAttention(nn.Module):
 class INPExtractorBlock(nn.Module):
     """Pre-LN cross-attention block: prototypes attend to the fused encoder tokens.
 
-    One LayerNorm normalises both the prototypes and the tokens (spec §2).
+    One LayerNorm normalises both the prototypes and the tokens (INP-Former code:
+    ``Aggregation_Block.forward``).
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, ln_eps: float) -> None:
@@ -97,7 +101,11 @@ class INPExtractor(nn.Module):
 
 
 class Bottleneck(Mlp):
-    """Token-wise Linear-GELU-Linear on the fused tokens; no residual, no dropout (spec §3)."""
+    """Token-wise Linear-GELU-Linear on the fused tokens; no residual, no dropout.
+
+    As the INP-Former code's bottleneck: ``Mlp(embed_dim, embed_dim * 4, embed_dim, drop=0.)``
+    in ``INP_Former_Single_Class.py``.
+    """
 
     def __init__(self, dim: int, mlp_ratio: float = 4) -> None:
         super().__init__(dim, int(dim * mlp_ratio))
@@ -107,7 +115,8 @@ class Bottleneck(Mlp):
 class INPAttention(nn.Module):
     """INP-guided attention: per-head cosine similarity times a learnable scale, then ReLU.
 
-    No softmax: weights lie in [0, s_h] and need not sum to one (spec §4.2).
+    No softmax: weights lie in [0, s_h] and need not sum to one (Luo et al., INP-Former, the
+    INP-Guided Decoder: ReLU on the attention weights; code: ``Prototype_Attention.forward``).
     """
 
     def __init__(self, dim: int, heads: int) -> None:

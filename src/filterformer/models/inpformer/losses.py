@@ -19,13 +19,20 @@ COS_EPS = 1e-8  # eps of torch's CosineSimilarity, as in the official code
 
 
 def coherence_loss(fused: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens of the cosine distance to the nearest INP (spec §5.1, L_c).
+    """Mean over tokens of the cosine distance to the nearest INP (L_c, Luo et al., INP-Former,
+    the INP Coherence Loss; INP-Former code: ``INP_Former.gather_loss`` in ``models/uad.py``).
 
     fused: B x N x C encoder tokens (detached: only the INPs receive gradient); inps: B x M x C.
     """
-    tokens = F.normalize(fused.detach(), dim=-1, eps=COS_EPS)
+    return inp_distances(fused.detach(), inps).mean()
+
+
+def inp_distances(fused: torch.Tensor, inps: torch.Tensor) -> torch.Tensor:
+    """B x N: each token's cosine distance to its nearest INP (the INP-Former code's
+    ``gather_loss`` distance, also its zero-shot map)."""
+    tokens = F.normalize(fused, dim=-1, eps=COS_EPS)
     similarity = tokens @ F.normalize(inps, dim=-1, eps=COS_EPS).transpose(1, 2)  # B x N x M
-    return (1 - similarity.amax(dim=-1)).mean()
+    return 1 - similarity.amax(dim=-1)
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -60,7 +67,8 @@ def soft_mining_loss(
     dec_groups: Sequence[torch.Tensor],
     gamma: float = 3.0,
 ) -> torch.Tensor:
-    """Global cosine loss with soft-mined gradients (spec §5.1, L_sm).
+    """Global cosine loss with soft-mined gradients (L_sm, Luo et al., INP-Former, the Soft
+    Mining Loss; INP-Former code: ``global_cosine_hm_adaptive`` in ``utils.py``, y = 3).
 
     Value: mean over groups and images of 1 - cos(vec(E_g^b), vec(D_g^b)), E detached.
     Gradient w.r.t. D_g: that of the value, scaled per pixel by (δ / mean δ)^gamma, where

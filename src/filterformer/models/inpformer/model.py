@@ -26,6 +26,7 @@ from filterformer.models.inpformer.losses import (
     DIFF_LOSS_TYPES,
     coherence_loss,
     diff_loss,
+    inp_distances,
     soft_mining_loss,
     unit_channels,
 )
@@ -194,9 +195,26 @@ class INPFormer(FrozenEncoderModel):
         return {"inp": distance_map(feats.enc_groups, feats.dec_groups, size)}
 
     @torch.no_grad()
-    def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Map name -> B x H x W anomaly map at the network input resolution."""
-        return self.maps(self.features(images), tuple(images.shape[-2:]))
+    def anomaly_maps(
+        self, images: torch.Tensor, size: tuple[int, int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Map name -> B x H x W anomaly map at the network input resolution, or at ``size``
+        (upsampled from the token grid straight to it, as the ISVL hybrid code does)."""
+        return self.maps(self.features(images), size or tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def inp_distance_map(self, images: torch.Tensor) -> torch.Tensor:
+        """B x H x W: each token's distance to the image's nearest INP, upsampled (align_corners).
+
+        No decoder: the INP-Former code's zero-shot map (``evaluation_batch_vis_ZS`` reads
+        the coherence loss's per-token distance), for categories the model never saw.
+        """
+        grid = self.encoder.grid_size(tuple(images.shape[-2:]))
+        fused = torch.stack(self.encoder(images)).mean(dim=0)
+        distances = inp_distances(fused, self.extractor(fused))
+        maps = distances.reshape(len(images), 1, *grid)
+        size = tuple(images.shape[-2:])
+        return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)[:, 0]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part; training clips each part's gradient norm on its own:
