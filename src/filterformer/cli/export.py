@@ -14,9 +14,9 @@ run's validation images (or --images) against the torch model: over the toleranc
 nothing is written. export.json beside the file holds the preprocessing, threshold, float16
 rescale and post-processing, so a caller needs no filterformer. The threshold and rescale are
 the run's calibration (made when training ended); the run folder itself is never written.
-INP-Former, Filter-Former, EAR and FADeR export as one graph; CPR as a query graph, its global
-retrieval (NumPy, in the runtime) over a float16 bank file beside it, and a local-retrieval
-graph. ff-predict --export DIR runs the result without torch. --serving triton|ovms also
+Each model family says how its map path exports: most as one graph, a family that retrieves
+reference images as graphs around a NumPy step over a bank file beside them (README,
+"Deployment"). ff-predict --export DIR runs the result without torch. --serving triton|ovms also
 writes the export (or suite) as the model repository of Triton Inference Server or OpenVINO
 Model Server (default: beside the export, ``<folder>_<engine>``).
 """

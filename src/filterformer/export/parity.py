@@ -1,14 +1,14 @@
 """The parity check of an export: its stages in the runtime against the torch model.
 
-Both run the same normalised network inputs (the run's validation images, or the user's):
-the torch model's own map path (``finish(model.anomaly_maps(images))``, CPR with its own
-retrieval and float16 bank) and the exported stages in ONNX Runtime or OpenVINO with the
+Both run the same normalised network inputs (the run's validation images, or the user's): the
+torch model's own map path (``finish(model.anomaly_maps(images))``, with its own retrieval and
+float16 bank where it has them) and the exported stages in ONNX Runtime or OpenVINO with the
 runtime's NumPy steps. The check takes the largest absolute difference of the maps and of the
 image scores; it passes when each is at most ``tolerance * max(1, largest |torch value|)``: an
 absolute tolerance for maps in [0, 1] (cosine distances, ratios near 1) and a relative one for
 the z-score maps of the ``mean`` / ``max`` fusion modes, whose units are validation standard
-deviations. The plan's ``checks`` (CPR: the indices of the retrieved references) must agree
-too, as sets per image.
+deviations. The plan's ``checks`` (e.g. the indices of retrieved references) must agree too,
+as sets per image.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@
 Each graph of the export is one model, named after the export (its category for a suite) and,
 for an export of several graphs, the graph (``vial_query``, ``vial_local``). The server runs
 graphs only: resizing, the way back to each image's size, the threshold and the float16
-rescale stay with the client, and so does a NumPy step between two graphs (CPR's retrieval of
-its K references from the bank). The export's export.json (and bank file) is copied into the
+rescale stay with the client, and so does a NumPy step between two graphs (e.g. the retrieval
+of reference images from the bank). The export's export.json (and bank file) is copied into the
 first graph's model folder so that a client finds them there; docs: README, "Serving".
 """
 

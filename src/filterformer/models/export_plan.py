@@ -7,7 +7,7 @@ stages in export.json; the torch-free runtime (:mod:`filterformer.runtime`) runs
 on named arrays, starting from ``images`` and ending with ``maps`` and ``scores``.
 
 Most families are one graph (:func:`single_graph`): normalised images -> their finished maps.
-A family whose map path holds a step that a graph cannot express well (CPR's retrieval of its
+A family whose map path holds a step that a graph cannot express well (a retrieval of its
 nearest training images, in float64 over a bank of references) splits it: a graph up to the
 step, the step (one of the runtime's NumPy ops, :data:`filterformer.runtime.ops.OPS`), a graph
 after it that takes the step's results as inputs.

@@ -3,7 +3,7 @@
 - ``retrieve``: global retrieval of the ``top_k`` most similar reference images by word
   histograms: a ``blocks`` x ``blocks`` grid of word histograms per image (an extra word pads
   the grid), the per-block KL divergence to each reference's histograms in float64, the sum of
-  the ``kept`` smallest, the ``top_k`` smallest sums (CPR's global retrieval, Li et al.,
+  the ``kept`` smallest, the ``top_k`` smallest sums (the global retrieval of Li et al.,
   "Target before Shooting", IEEE TIP 2024; its settings come with the export).
 - ``gather``: the rows of a reference table (bank descriptors, foreground maps) at the
   retrieved indices.
