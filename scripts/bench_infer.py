@@ -245,7 +245,8 @@ class TimedPipeline:
 def per_image_variant(
     run_dir: str, backend: str, batch: int, overlays: bool, images: int, device: str, threads: int
 ) -> dict[str, Any]:
-    """ms per image of ff-predict's whole write (after a warm-up) and of its phases."""
+    """ms per image of ff-predict's whole write (after a warm-up pass over the same images,
+    without overlays) and of its phases."""
     from filterformer.runs.predict import PredictOptions
 
     torch.set_num_threads(threads)
@@ -256,7 +257,8 @@ def per_image_variant(
     source = timed_source(Path(run_dir), options, watch)
     samples = list(source.samples("test_public"))[:images]
     with tempfile.TemporaryDirectory() as folder:
-        source.export(samples[: min(batch, 2)], Path(folder) / "warm", overlays)
+        source.export(samples, Path(folder) / "warm")  # every batch shape once: runtimes
+        # (OpenVINO) compile on a new input shape
         watch.seconds = dict.fromkeys(watch.seconds, 0.0)
         started = time.perf_counter()
         source.export(samples, Path(folder) / "timed", overlays)
