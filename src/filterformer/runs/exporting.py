@@ -6,7 +6,7 @@ folder per category and suite.json), which :class:`filterformer.runtime.Suite` s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,11 @@ def export_suite(
     """Every run folder under ``runs_dir`` (one per category) exported into
     ``out/<category>/model.<suffix>``, then ``out/suite.json``; ``options`` as
     :func:`export_run_folder`'s. Category by category: a failed parity check stops it."""
+    base = options.pop("options", None) or PredictOptions(no_progress=True)
     results = {}
     for category, run_dir in runs_by_category(runs_dir).items():
         target = out / category / f"model{FORMATS[fmt]}"
-        results[category] = export_run_folder(run_dir, fmt, target, **options)
+        chosen = replace(base, category=category)  # one category of a multi-class run too
+        results[category] = export_run_folder(run_dir, fmt, target, options=chosen, **options)
     write_suite(out, {category: category for category in results})
     return results
