@@ -4,6 +4,8 @@ and a writer of encoder weights in Meta's file layout."""
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -227,3 +229,14 @@ def settings_for_tests(**changes: object) -> TrainSettings:
         optimizer = replace(base.optimizer, **optimizer)
     assert isinstance(optimizer, OptimizerSettings)
     return replace(base, optimizer=optimizer, **changes)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height RGB pixels, with no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")

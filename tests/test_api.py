@@ -24,6 +24,7 @@ from filterformer.evaluation.thresholds import read_thresholds, write_thresholds
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.family import ModelFamily, register_family
 from filterformer.ranges import integer
+from filterformer.runs.files import sign_run
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -142,6 +143,7 @@ def test_a_threshold_calibrated_on_another_checkpoint_is_refused(calibrated_run,
     write_thresholds(
         copy / "thresholds.json", {"synthetic": replace(stale, checkpoint="0" * 64)}, "filter"
     )
+    sign_run(copy)  # stale, though signed: refused all the same
     with pytest.raises(CheckpointError, match="calibrated on another checkpoint.*--calibrate"):
         ff.load_run(copy).evaluate()
     ff.load_run(copy).calibrate()  # the explicit writer mends it

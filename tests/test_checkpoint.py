@@ -1,9 +1,13 @@
 """Checkpoints round-trip trainable weights, metadata and training state, and refuse misfits."""
 
+import errno
 import hashlib
 import json
 import os
+import pickle
 import re
+import resource
+import signal
 import stat
 
 import pytest
@@ -154,22 +158,27 @@ def test_a_changed_byte_is_refused_naming_the_file_unless_verify_is_off(tmp_path
     assert changed == (1 if kind == "weights" else 0)  # loaded as it is, flipped bit included
 
 
-def test_a_checkpoint_of_the_earlier_layout_still_loads(tmp_path):
+def test_a_checkpoint_of_the_earlier_layout_loads_unverified_only(tmp_path):
     """Saved before the JSON named its files: <name>.safetensors, <name>.state.pt, no hashes.
-    Its step, in all three files, still tells an interrupted save."""
+    Nothing can verify it, so only verify=False loads it; its step, in all three files, still
+    tells an interrupted save."""
     src = Toy()
     weights = {k: v.contiguous() for k, v in src.trainable_state_dict().items()}
     save_file(weights, str(tmp_path / "last.safetensors"), metadata={"step": "7"})
     torch.save({"x": 1, "step": 7}, tmp_path / "last.state.pt")
     (tmp_path / "last.json").write_text(json.dumps({**IDENTITY, "step": 7, "epoch": 1}))
+    with pytest.raises(CheckpointError, match="no SHA-256 of its weights.*--no-verify"):
+        load_checkpoint(tmp_path / "last", Toy(), expected=IDENTITY)
     dst = Toy()
-    loaded = load_checkpoint(tmp_path / "last", dst, expected=IDENTITY, with_training_state=True)
+    loaded = load_checkpoint(
+        tmp_path / "last", dst, expected=IDENTITY, with_training_state=True, verify=False
+    )
     assert torch.equal(dst.head.weight, src.head.weight) and loaded.training_state["x"] == 1
     assert remove_stale_files(tmp_path) == 0
 
     save_file(weights, str(tmp_path / "last.safetensors"), metadata={"step": "8"})
     with pytest.raises(CheckpointError, match="interrupted"):
-        load_checkpoint(tmp_path / "last", Toy(), expected=IDENTITY)
+        load_checkpoint(tmp_path / "last", Toy(), expected=IDENTITY, verify=False)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
@@ -181,3 +190,93 @@ def test_checkpoint_files_get_the_permissions_the_umask_allows(tmp_path, umask):
         os.umask(previous)
     files = checkpoint_files(tmp_path / "last")
     assert {stat.S_IMODE(file.stat().st_mode) for file in files} == {0o666 & ~umask}
+
+
+def with_files(meta, **entries):
+    return {**meta, "files": {**meta["files"], **entries}}
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda meta: [meta], "not checkpoint metadata"),
+        (lambda meta: {**meta, "step": "7"}, "not checkpoint metadata"),
+        (lambda meta: with_files(meta, weights=None), "must name the weights"),
+        (lambda meta: {**meta, "files": [1]}, "must name the weights"),
+        (lambda meta: with_files(meta, state=3), "files.state must be"),
+        (
+            lambda meta: with_files(meta, weights={"name": "../../x.safetensors"}),
+            "names '../../x.safetensors', not a file beside it",
+        ),
+    ],
+)
+def test_malformed_metadata_is_refused_by_name(tmp_path, edit, words):
+    """A list, a null or a path for a file entry: one CheckpointError, never a TypeError."""
+    save(tmp_path / "last", Toy(), training_state={"x": 1})
+    meta_file = tmp_path / "last.json"
+    meta_file.write_text(json.dumps(edit(json.loads(meta_file.read_text()))))
+    for verify in (True, False):
+        with pytest.raises(CheckpointError, match=f"{meta_file}: .*{re.escape(words)}"):
+            load_checkpoint(tmp_path / "last", Toy(), expected=IDENTITY, verify=verify)
+
+
+@pytest.mark.parametrize("kind", ["weights", "state"])
+def test_metadata_without_a_hash_is_refused_unless_unverified(tmp_path, kind):
+    """Deleting a recorded SHA-256 must not turn the check off (a downgrade)."""
+    save(tmp_path / "last", Toy(), training_state={"x": 1})
+    meta_file = tmp_path / "last.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["files"][kind]["sha256"]
+    meta_file.write_text(json.dumps(meta))
+    load = {"expected": IDENTITY, "with_training_state": True}
+    with pytest.raises(CheckpointError, match=f"records no SHA-256 of its {kind} file"):
+        load_checkpoint(tmp_path / "last", Toy(), **load)
+    load_checkpoint(tmp_path / "last", Toy(), verify=False, **load)
+
+
+def test_an_unreadable_training_state_is_named(tmp_path):
+    save(tmp_path / "last", Toy(), training_state={"x": 1})
+    state_file = checkpoint_files(tmp_path / "last").state
+    for content in (b"", b"[1, 2, 3]\n", b"PK\x03\x04broken"):
+        state_file.write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"{state_file}: unreadable training state"):
+            load_checkpoint(
+                tmp_path / "last", Toy(), expected=IDENTITY, with_training_state=True, verify=False
+            )
+
+
+def in_child_with_file_size_limit(limit: int, job) -> tuple[str, int | None, str]:
+    """Run ``job`` in a forked child whose files may not grow beyond ``limit`` bytes, as on a
+    full disk (the kernel refuses the write; SIGXFSZ is ignored so the write fails instead);
+    return (exception type or "ok", its errno, its message)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        os.close(read_end)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        try:
+            job()
+            outcome = ("ok", None, "")
+        except BaseException as err:  # noqa: BLE001 - reported to the parent
+            outcome = (type(err).__name__, getattr(err, "errno", None), str(err))
+        os.write(write_end, pickle.dumps(outcome))
+        os._exit(0)
+    os.close(write_end)
+    data = b""
+    while chunk := os.read(read_end, 1 << 16):
+        data += chunk
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return pickle.loads(data)
+
+
+def test_a_full_disk_while_saving_is_an_os_error_naming_the_file(tmp_path):
+    """safetensors and torch.save reported a refused write as their own errors (a traceback,
+    exit 1); written from Python, it is the OSError that names the file, and nothing is left."""
+    kind, code, message = in_child_with_file_size_limit(
+        64, lambda: save(tmp_path / "last", Toy(width=64), training_state={"x": 1})
+    )
+    assert (kind, code) == ("OSError", errno.EFBIG), message
+    assert re.search(r"last\.[0-9a-f]{12}\.safetensors", message)
+    assert list(tmp_path.iterdir()) == []

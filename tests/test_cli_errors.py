@@ -181,14 +181,15 @@ def test_a_weights_file_that_is_no_checkpoint_is_named(
 def test_os_errors_while_writing_the_run_folder_leave_nothing(
     monkeypatch, capsys, tmp_path, code, words
 ):
-    """A full disk names no file: the message names the file being written all the same."""
+    """A full disk names no file: the message names the file being written all the same
+    (the run's manifest, which its writer writes first)."""
 
     def write_fails(self, *args, **kwargs):
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(Path, "write_text", write_fails)
     exit_code, err = ff_train(monkeypatch, capsys, *TINY, f"run_dir={tmp_path / 'run'}")
-    assert_one_line_error(exit_code, err, str(tmp_path / "run" / "config.yaml"), words)
+    assert_one_line_error(exit_code, err, str(tmp_path / "run" / "manifest.json"), words)
     assert list(tmp_path.iterdir()) == []
 
 

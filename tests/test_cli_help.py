@@ -78,3 +78,15 @@ def test_a_new_config_file_shows_up_in_the_help(tmp_path):
     listing = group_listing(help_text(folder))
     assert listing[0].split() == ["category", "bottles*"]
     assert not any("hydra" in line or "launcher" in line for line in listing)
+
+
+def test_train_help_describes_every_registered_model_family():
+    """From the registered families and each one's configs/model file, not a list in the help."""
+    from filterformer.models.registry import families
+
+    section = help_text(config_dir()).split("models (model=NAME):")[1].split("common settings")[0]
+    described = {line.split()[0]: line for line in section.splitlines() if line.startswith("  ")}
+    built_in = [n for n, f in families().items() if type(f).__module__.startswith("filterformer.")]
+    assert len(built_in) >= 5  # (a test may register a toy family of its own: not listed)
+    for name in built_in:
+        assert name in described and len(described[name].split()) > 4, name

@@ -113,21 +113,18 @@ def test_point_sampling_respects_mask_weights_and_distance() -> None:
     mask[0, 5:10, 5:15] = True
     weight = torch.zeros(2, 32, 40)
     weight[:, :, 20:] = 1.0  # positives only from the right half
-    points = sample_points(mask, weight, count=30, min_distance=6.0)
+    points = sample_points(mask, weight, count=30, min_distance=6.0)  # pixel (x, y)
 
-    def pixels(grid: torch.Tensor) -> torch.Tensor:
-        return ((grid + 1) / 2 * torch.tensor([40.0, 32.0]) - 0.5).round()
-
-    pos = pixels(points.positives.query)[points.positives.valid > 0]
+    pos = points.positives.query[points.positives.valid > 0]
     assert len(pos) == 60 and (pos[:, 0] >= 20).all()
-    anomalies = pixels(points.anomalies.query)
+    anomalies = points.anomalies.query
     assert points.anomalies.valid[0].sum() == 30 and points.anomalies.valid[1].sum() == 0
     inside = anomalies[0]
     assert (
         (inside[:, 0] >= 5) & (inside[:, 0] < 15) & (inside[:, 1] >= 5) & (inside[:, 1] < 10)
     ).all()
     spatial = points.spatial
-    gap = (pixels(spatial.query) - pixels(spatial.reference)).norm(dim=-1)[spatial.valid > 0]
+    gap = (spatial.query - spatial.reference).norm(dim=-1)[spatial.valid > 0]
     assert len(gap) > 0 and (gap > 6.0).all()
 
 

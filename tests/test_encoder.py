@@ -195,3 +195,32 @@ def test_self_attention_uses_torch_sdpa(encoder: DinoEncoder) -> None:
     predictor = build_model("filterformer", encoder, diff_depth=2).diff_predictor
     blocks = [*encoder.vit.blocks, *predictor.blocks]
     assert blocks and all(block.attn.fused_attn for block in blocks)
+
+
+def test_missing_weights_offer_the_download_only_when_the_hub_is_reachable(monkeypatch):
+    from filterformer.models import encoder
+
+    monkeypatch.setattr(encoder, "hub_reachable", lambda: False)
+    with pytest.raises(CheckpointError) as offline:
+        encoder.check_weights_source("dinov2_vits14_reg", None, True, False)
+    assert "allow_download" not in str(offline.value) and "not reachable" in str(offline.value)
+    with pytest.raises(CheckpointError, match=r"not reachable from here \(checked once\)"):
+        encoder.check_weights_source("dinov2_vits14_reg", None, True, True)  # no retries
+    monkeypatch.setattr(encoder, "hub_reachable", lambda: True)
+    with pytest.raises(CheckpointError, match="or set encoder.allow_download=true"):
+        encoder.check_weights_source("dinov2_vits14_reg", None, True, False)
+
+
+def test_hf_hub_offline_counts_as_unreachable_without_trying(monkeypatch):
+    from filterformer.models import encoder
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was tried")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(encoder.socket, "create_connection", no_network)
+    encoder.hub_reachable.cache_clear()
+    try:
+        assert encoder.hub_reachable() is False
+    finally:
+        encoder.hub_reachable.cache_clear()

@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 from filterformer.cli.eval import main
+from filterformer.runs.files import sign_run
 from filterformer.runs.run import load_run
 from filterformer.training.checkpoint import read_checkpoint_meta, save_checkpoint
 
@@ -173,6 +174,7 @@ def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     run_dir = create_run(base / "run", config, "random")
     model, identity = build_from_config(config)
     save_checkpoint(run_dir / "checkpoints" / "last", model, meta={**identity, "step": 0})
+    sign_run(run_dir)  # as its writer does
     return run_dir, root
 
 
@@ -229,6 +231,7 @@ def test_run_on_a_folder_dataset_is_evaluated_with_overlays(untrained_run, tmp_p
     run_dir = create_run(tmp_path / "run", config, "random")
     model, identity = build_from_config(config)
     save_checkpoint(run_dir / "checkpoints" / "last", model, meta={**identity, "step": 0})
+    sign_run(run_dir)
 
     assert main(["--calibrate", "--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
     assert main(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
@@ -307,7 +310,9 @@ def test_maps_rows_say_where_their_settings_were_chosen(tmp_path, capsys) -> Non
 def run_copy(untrained_run: tuple[Path, Path], tmp_path: Path) -> Path:
     """A writable copy of the untrained run folder, without what evaluating it added."""
     ignore = shutil.ignore_patterns("thresholds.json", "eval")
-    return Path(shutil.copytree(untrained_run[0], tmp_path / "run", ignore=ignore))
+    run_dir = Path(shutil.copytree(untrained_run[0], tmp_path / "run", ignore=ignore))
+    sign_run(run_dir)  # as its writer would have, without those files
+    return run_dir
 
 
 def eval_run(run_dir: Path, data_root: Path, *extra: str) -> tuple[int, dict | None]:
@@ -343,10 +348,12 @@ def test_best_checkpoint_and_fusion_json_are_labelled_with_eval_split(
     run_dir = run_copy(untrained_run, tmp_path)
     config = run_dir / "config.yaml"  # as trained with eval.split=test_public (the report's)
     config.write_text(config.read_text().replace("split: validation_pseudo", "split: test_public"))
+    sign_run(run_dir)
     last = load_run(run_dir, checkpoint="last")
     meta = read_checkpoint_meta(run_dir / "checkpoints" / "last")
     save_checkpoint(run_dir / "checkpoints" / "best_inp", last.model, meta={**meta, "mode": "inp"})
     (run_dir / "fusion.json").write_text(json.dumps({"synthetic": "inp"}))
+    sign_run(run_dir)
     code, doc = eval_run(run_dir, untrained_run[1])
     assert code == 0 and doc["selected_on"] == "test_public"
     selection = doc["categories"]["synthetic"]["selected_on"]
@@ -367,6 +374,7 @@ def test_a_mode_without_threshold_is_refused_naming_calibrate(untrained_run, tmp
     run_dir = run_copy(untrained_run, tmp_path)
     other = {"value": 7.0, "rule": "mean_std", "k": 3, "source_split": "validation"}
     (run_dir / "thresholds.json").write_text(json.dumps({"synthetic": {"inp": other}}))
+    sign_run(run_dir)
     before = (run_dir / "thresholds.json").read_bytes()
     args = ["--run", str(run_dir), "--data-root", str(untrained_run[1]), "--no-progress"]
     assert main(args) == 2  # the run's mode is "filter": no threshold, nothing written
@@ -390,6 +398,7 @@ def test_f1_optimal_rule_is_calibrated_on_test_public_and_labelled_an_oracle(
     config = OmegaConf.load(run_dir / "config.yaml")
     config.category.threshold = {"rule": "f1_optimal"}
     OmegaConf.save(config, run_dir / "config.yaml")
+    sign_run(run_dir)
     code, doc = eval_run(run_dir, untrained_run[1])
     row = doc["categories"]["synthetic"]
     assert code == 0 and row["threshold_rule"] == "f1_optimal(test_public) ORACLE"

@@ -35,6 +35,7 @@ from filterformer.inference.predict import Smoothing, network_maps
 from filterformer.io import read_image
 from filterformer.models.export_plan import single_graph
 from filterformer.models.registry import build_encoder, build_model, family
+from filterformer.runs.files import sign_run
 from filterformer.runs.predict import PredictOptions, export_submission
 from filterformer.runs.run import load_run, split_samples
 from filterformer.runtime import open_session
@@ -214,6 +215,7 @@ def test_a_dynamic_size_export_scores_any_patch_multiple_with_top1(demo_run, tmp
     config = OmegaConf.load(run_dir / "config.yaml")
     config.eval.image_score = "top1"
     OmegaConf.save(config, run_dir / "config.yaml")
+    sign_run(run_dir)  # a run trained with it
     args = ["--run", run_dir, "--dynamic-size", "--no-progress"]
     assert export_cli(list(map(str, args))) == 0
     assert "parity on 4 images" in capsys.readouterr().out  # 2 images, at two sizes each
@@ -311,6 +313,7 @@ def test_ff_predict_refuses_an_export_of_another_run_state(demo_run, exported, t
     shutil.copytree(demo_run, run_dir, ignore=shutil.ignore_patterns("data"))
     other_mode = "inp" if load_run(demo_run).mode != "inp" else "filter"
     (run_dir / "fusion.json").write_text(json.dumps({CATEGORY: other_mode}))
+    sign_run(run_dir)  # a consistent run, in another mode than its export
     out = tmp_path / "out"
     args = ["--run", run_dir, "--out", out, "--backend", "onnxruntime", "--model", exported[0]]
     assert _ff_predict(*args) == 2

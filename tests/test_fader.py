@@ -19,6 +19,7 @@ from filterformer.models.ear.grid import patch_tokens
 from filterformer.models.fader import FADeR
 from filterformer.models.fader import model as fader_model
 from filterformer.models.fader.parts import attenuation_mask, ranking_loss, scale_to
+from filterformer.runs.files import sign_run
 from filterformer.runs.run import build_from_config, create_run, load_run
 from filterformer.training.checkpoint import save_checkpoint
 from filterformer.training.optim import build_optimizer, optimizer_parameters
@@ -371,6 +372,7 @@ def _tiny_run(run_dir: Path, model: str, *extra: str) -> Path:
     model_, identity = build_from_config(config)
     create_run(run_dir, config, identity["encoder_weights"])
     save_checkpoint(run_dir / "checkpoints" / "last", model_, meta={**identity, "step": 0})
+    sign_run(run_dir)  # as its writer does
     return run_dir
 
 

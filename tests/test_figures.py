@@ -1,4 +1,5 @@
-"""Figures: labelled overlays (titles, score and verdict, colour bar, legend, size), PRO plot."""
+"""Figures: labelled overlays (titles, score and verdict, colour bar, legend, size), PRO plot,
+the one overlay colour scale and the score histogram."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from PIL import Image
 
 from filterformer.evaluation.aupro import au_pro
 from filterformer.evaluation.figures import (
+    COLOUR_MULTIPLE,
     PANEL_HEIGHT_PX,
+    colour_scale,
     image_verdict,
     overlay_figure,
     pro_curve_figure,
     save_figure,
+    score_histogram_figure,
 )
 
 H, W = 60, 80  # small and non-square: panels are upscaled to a readable height
@@ -101,3 +105,35 @@ def test_pro_plot_shows_the_chance_line_and_the_integration_limit() -> None:
     curve = next(line for line in ax.get_lines() if line.get_label().startswith("PRO curve"))
     assert f"{result.au_pro[0.05]:.4f}" in curve.get_label()  # the value as a fraction
     assert f"{100 * result.au_pro[0.05]:.2f} %" in curve.get_label()  # and in percent
+
+
+def test_one_colour_scale_puts_the_threshold_in_the_middle_and_starts_at_the_offset() -> None:
+    assert colour_scale(0.2, 0.5) == pytest.approx((0.2, 0.2 + COLOUR_MULTIPLE * 0.3))
+    low, high = colour_scale(-1.5, 0.5)  # fused maps may be negative: the offset is the floor
+    assert low == -1.5 and (0.5 - low) / (high - low) == pytest.approx(1 / COLOUR_MULTIPLE)
+    assert colour_scale(0.2, None, 0.9) == (0.2, 0.9)  # no threshold: the validation range
+    assert colour_scale(0.2, 0.1, 0.9) == (0.2, 0.9)  # a threshold below the offset too
+    low, high = colour_scale(0.3, None, None)
+    assert low == 0.3 and high > low
+
+
+def test_score_histogram_shows_good_defective_and_validation_and_the_threshold() -> None:
+    groups = {
+        "good images": [0.1, 0.2, 0.25],
+        "defective images": [0.5, 0.7],
+        "images (unlabelled)": [],
+        "validation images (normal)": [0.15, 0.2],
+    }
+    figure = score_histogram_figure(groups, 0.4, "bottles", "threshold 0.4")
+    (ax,) = figure.axes
+    labels = [text.get_text() for text in ax.get_legend().texts]
+    assert labels == [
+        "good images (3)",
+        "defective images (2)",
+        "validation images (normal) (2)",
+        "threshold 0.4",
+    ]  # the empty group is left out
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [0.4, 0.4]
+    heights = [sum(p.get_height() for p in c) for c in ax.containers]
+    assert heights == [3, 2, 2]

@@ -10,7 +10,11 @@ import pytest
 
 from filterformer.data.folder import (
     ImageFolderDataset,
+    LabelledFolders,
+    folder_test_set,
     holdout_names,
+    images_to_predict,
+    missing_pixel_truth,
     split_holdout,
     typical_size,
 )
@@ -141,3 +145,90 @@ def test_typical_size_is_the_most_frequent(tmp_path):
     data = _folder(tmp_path, 5, shapes=((10, 12), (12, 10), (12, 10)))
     assert typical_size(data) == (12, 10)  # 2 of 5 are 10 x 12, 3 are 12 x 10
     assert typical_size(data[:2]) == (10, 12)  # a tie: the first image's size
+
+
+def _write(path: Path, value: int = 100, shape: tuple[int, int] = (10, 12)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.full((*shape, 3) if path.parent.name != "masks" else shape, value, np.uint8)
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def _square_mask(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros((10, 12), dtype=np.uint8)
+    mask[2:4, 3:5] = 255
+    cv2.imwrite(str(path), mask)
+    return path
+
+
+def test_good_and_defect_subfolders_label_the_images_without_masks(tmp_path):
+    test = tmp_path / "test"
+    for name in ("good/g0.png", "good/g1.jpg", "scratch/s0.png", "ng/n0.bmp", "ng/deep/n1.png"):
+        _write(test / name)
+    data = folder_test_set(test, category="bottles")
+    assert isinstance(data, LabelledFolders)
+    by_path = {str(s.relpath): s for s in data}
+    assert sorted(by_path) == ["good/g0", "good/g1", "ng/deep/n1", "ng/n0", "scratch/s0"]
+    assert [by_path[k].label for k in sorted(by_path)] == [0, 0, 1, 1, 1]
+    assert all(s.mask_path is None and s.category == "bottles" for s in data)
+    assert not by_path["good/g0"].load_mask().any()  # normal: an empty ground truth
+    assert missing_pixel_truth(data) == "3 of 3 defective images have no ground-truth mask"
+
+
+def test_masks_are_optional_and_matched_by_stem_at_the_top_or_in_the_subfolder(tmp_path):
+    test, masks = tmp_path / "test", tmp_path / "masks"
+    for name in ("good/a.png", "scratch/a.png", "scratch/b.png", "dent/c.png"):
+        _write(test / name)
+    _square_mask(masks / "scratch" / "a_mask.png")  # beside its folder's name
+    _square_mask(masks / "b.png")  # at the top, by stem
+    data = {str(s.relpath): s for s in folder_test_set(test, masks)}
+    assert data["scratch/a"].mask_path == masks / "scratch" / "a_mask.png"
+    assert data["scratch/b"].mask_path == masks / "b.png"
+    assert data["dent/c"].mask_path is None and data["good/a"].mask_path is None
+    assert data["scratch/a"].load_mask().sum() == 4
+    assert missing_pixel_truth(list(data.values())) == (
+        "1 of 3 defective images have no ground-truth mask"
+    )
+    _square_mask(masks / "c.png")
+    assert missing_pixel_truth(folder_test_set(test, masks)) is None  # every mask known
+    _write(test / "dent" / "b.png")  # a second b: the top-level b.png is ambiguous now
+    with pytest.raises(DataError, match="matches images"):
+        folder_test_set(test, masks)
+
+
+def test_named_normal_and_abnormal_folders(tmp_path):
+    _write(tmp_path / "ok" / "x.png")
+    _write(tmp_path / "ng" / "y.png")
+    data = folder_test_set(None, normal_dir=tmp_path / "ok", abnormal_dir=tmp_path / "ng")
+    assert [(str(s.relpath), s.label) for s in data] == [("bad/y", 1), ("good/x", 0)]
+    with pytest.raises(DataError, match="test folder not found"):
+        folder_test_set(None, abnormal_dir=tmp_path / "missing")
+
+
+def test_loose_images_beside_the_subfolders_and_unlabelled_flat_folders(tmp_path):
+    test = tmp_path / "test"
+    _write(test / "good" / "a.png")
+    _write(test / "loose.png")
+    with pytest.raises(DataError, match="loose.png lie beside the subfolders"):
+        folder_test_set(test)
+    flat = folder_test_set(tmp_path / "test" / "good")  # flat, no masks: labels unknown
+    assert missing_pixel_truth(flat).startswith("labels unknown for 1 of 1 images")
+
+
+def test_images_to_predict_takes_a_file_a_folder_or_its_subfolders(tmp_path):
+    one = _write(tmp_path / "photos" / "lot1" / "p0.png")
+    _write(tmp_path / "photos" / "lot2" / "p0.png")
+    (single,) = images_to_predict(one, "bottles")
+    assert (single.path, str(single.relpath), single.label) == (one, "p0", None)
+    with pytest.raises(DataError, match=r"only subfolders \(lot1, lot2\).*--recursive"):
+        images_to_predict(tmp_path / "photos", "bottles")
+    both = images_to_predict(tmp_path / "photos", "bottles", recursive=True)
+    assert [str(s.relpath) for s in both] == ["lot1/p0", "lot2/p0"]
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="not an image file"):
+        images_to_predict(tmp_path / "notes.txt", "bottles")
+    labelled = tmp_path / "labelled"
+    _write(labelled / "good" / "a.png")
+    _write(labelled / "bad" / "b.png")
+    assert [s.label for s in images_to_predict(labelled, "bottles")] == [1, 0]

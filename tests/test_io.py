@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -12,15 +13,20 @@ import tifffile
 import torch
 from safetensors.torch import save_file
 
-from filterformer.errors import DataError
+from conftest import png_header
+from filterformer.errors import ConfigError, DataError, os_error_message
 from filterformer.io import (
+    MAX_IMAGE_PIXELS,
     atomic_path,
+    check_name,
     image_size,
+    output_path,
     read_anomaly_map,
     read_image,
     read_mask,
     read_tiff_map,
     remove_partials,
+    resolved,
     write_json,
     write_mask_png,
     write_png,
@@ -138,3 +144,69 @@ def test_written_files_get_the_permissions_the_umask_allows(tmp_path, umask):
         os.umask(previous)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(["a.json", "b.png", "c.tiff", "d.safetensors"], 0o666 & ~umask)
+
+
+def test_a_decompression_bomb_header_is_refused_before_decoding(tmp_path):
+    """30000 x 30000 declared in a 57-byte file: 2.7 GB as RGB, never allocated."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(30000, 30000))
+    for read in (image_size, read_image, read_mask):
+        with pytest.raises(DataError, match=r"bomb.png: its header declares over \d+ pixels"):
+            read(bomb)
+    bomb.write_bytes(png_header(12000, 12000))  # between our limit and PIL's
+    assert 12000 * 12000 > MAX_IMAGE_PIXELS
+    with pytest.raises(DataError, match=r"bomb.png: its header declares 12000 x 12000 pixels"):
+        read_image(bomb)
+    fine = tmp_path / "fine.png"
+    fine.write_bytes(png_header(4000, 3000))  # 12 MP: only its header is read
+    assert image_size(fine) == (3000, 4000)
+
+
+def test_a_full_disk_while_writing_a_png_names_the_file(monkeypatch, tmp_path):
+    """OpenCV only says False when it cannot write; the PNG is written from Python, so a full
+    disk is the OSError that names the file (and becomes 'no space left', not 'writable')."""
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(type(tmp_path), "write_bytes", full)
+    with pytest.raises(OSError) as err:
+        write_png(tmp_path / "a.png", np.zeros((4, 5, 3), np.uint8))
+    assert err.value.filename == str(tmp_path / "a.png")
+    assert os_error_message(err.value).startswith(f"{tmp_path / 'a.png'}: no space left")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "../x", "a\\b", "a\0b", "x" * 256, 3, None])
+def test_a_name_that_is_no_single_path_component_is_refused(name):
+    with pytest.raises(ConfigError, match="category .*not usable as a file or folder name"):
+        check_name(name, "category")
+
+
+@pytest.mark.parametrize("name", ["vial", "fruit_jelly", "my bottles", "..hidden", "ü" * 100])
+def test_plain_names_pass(name):
+    assert check_name(name, "category") == name
+
+
+def test_output_paths_stay_inside_their_root(tmp_path):
+    out = tmp_path / "out"
+    (out / "maps").mkdir(parents=True)
+    assert output_path(out, "maps", "vial", "x.tiff") == out / "maps" / "vial" / "x.tiff"
+    with pytest.raises(ConfigError, match="'..'"):
+        output_path(out, "maps", "..", "x.tiff")
+    (tmp_path / "elsewhere").mkdir()
+    (out / "maps" / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match="leads outside .* through a symbolic link"):
+        output_path(out, "maps", "link", "x.tiff")
+    linked_root = tmp_path / "linked_out"
+    linked_root.symlink_to(out)  # the root itself may be a link
+    assert output_path(linked_root, "maps", "y.tiff") == linked_root / "maps" / "y.tiff"
+
+
+def test_a_symbolic_link_loop_is_named(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for path in (loop, loop / "below"):
+        with pytest.raises(DataError, match="leads back to itself"):
+            resolved(path)
+    assert resolved(tmp_path / "new" / "folder") == (tmp_path / "new" / "folder").resolve()

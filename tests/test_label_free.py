@@ -15,6 +15,7 @@ from filterformer.data.pseudo_split import pseudo_validation
 from filterformer.data.sample import Sample
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.evaluation.thresholds import read_thresholds
+from filterformer.runs.files import sign_run
 
 TINY = [
     "preset=demo",
@@ -93,6 +94,7 @@ def test_default_training_and_calibration_read_no_test_mask(monkeypatch, tmp_pat
                 1,
             )
         (run / "config.yaml").write_text(config)
+        sign_run(run)  # as if trained with this rule
         out = tmp_path / f"out_{rule}"
         argv = ["--run", str(run), "--out", str(out), "--no-progress"]
         assert eval_main(["--calibrate", "--run", str(run), "--no-progress"]) == 0

@@ -1,10 +1,10 @@
 """The package layers of src/filterformer import one way: down, never up, never in a circle.
 
 cli -> api -> runs -> training / inference / export / convert / runtime -> models -> data /
-evaluation / submission -> io / lock / ranges -> errors. Every import counts, inside functions
-too (ast). ``runtime`` is the torch-free deployment runtime: besides the layers below it, it
-reads only the torch-free modules of ``inference`` (the map loop, post-processing);
-tests/test_runtime.py checks that it imports without torch.
+evaluation / submission -> io / lock / manifest / ranges / progress -> errors. Every import
+counts, inside functions too (ast). ``runtime`` is the torch-free deployment runtime: besides
+the layers below it, it reads only the torch-free modules of ``inference`` (the map loop,
+post-processing); tests/test_runtime.py checks that it imports without torch.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ LAYERS = {
     "submission": 2,
     "io": 1,
     "lock": 1,
+    "manifest": 1,
     "ranges": 1,
+    "progress": 1,
     "errors": 0,
     "configs": 0,
 }
@@ -42,6 +44,8 @@ SIDEWAYS = {
     ("runtime", "inference"),
     ("evaluation", "data"),
     ("submission", "evaluation"),
+    ("lock", "io"),
+    ("manifest", "io"),
 }
 """Imports between parts of one rank, each one way only."""
 

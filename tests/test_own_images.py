@@ -4,6 +4,7 @@ absolute paths in the run's config, and ff-predict --images' scores.csv."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import sys
@@ -19,15 +20,17 @@ from torch.utils.data import DataLoader
 
 from filterformer.cli import eval as ff_eval
 from filterformer.cli import predict as ff_predict
+from filterformer.cli import train as ff_train
 from filterformer.cli.train import main as train_cli
 from filterformer.data.folder import ImageFolderDataset
 from filterformer.data.training_set import TrainingImages
 from filterformer.errors import ConfigError
 from filterformer.inference.predict import predict_maps
-from filterformer.runs import train as ff_train
+from filterformer.runs import train as run_train
 from filterformer.runs.run import build_from_config, build_geometry, split_samples
 
 CONFIGS = Path(__file__).parents[1] / "configs"
+TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 WIDE, TALL = (48, 64), (64, 48)
 TINY = [  # the demo recipe cut to one epoch on 28 px inputs
     "preset=demo",
@@ -43,6 +46,22 @@ def _image(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     noise = rng.integers(0, 256, (*shape, 3)).astype(np.float32)
     smooth = cv2.GaussianBlur(noise, (0, 0), 3)
     return np.clip((smooth - smooth.mean()) * 4 + 128, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def factory_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A factory engineer's photos, no masks: good/ (10 for training), test/good (3) and two
+    defect folders test/scratch (2) and test/ng (1), with a bright square on the bad ones."""
+    root = tmp_path_factory.mktemp("factory")
+    rng = np.random.default_rng(1)
+    for folder, count in (("good", 10), ("test/good", 3), ("test/scratch", 2), ("test/ng", 1)):
+        (root / folder).mkdir(parents=True)
+        for index in range(count):
+            image = _image(rng, WIDE)
+            if folder in ("test/scratch", "test/ng"):
+                image[10:22, 14:26] = 255
+            cv2.imwrite(str(root / folder / f"{index:02d}.png"), image)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +122,7 @@ def test_tiling_needs_the_squash_fit():
 
 
 def test_mixed_aspect_ratios_share_one_input_and_come_back_at_their_own_size(folders):
-    config = ff_train.prepare_config(
+    config = run_train.prepare_config(
         _compose(*TINY, f"data.train_dir={folders / 'good'}"), quiet=True
     )
     assert list(config.input.resize) == [28, 42]  # 48 x 64: short side 28, 37.3 -> 3 patches
@@ -146,7 +165,7 @@ def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
     train_cli()
     torch.set_num_threads(threads)
     err = capsys.readouterr().err
-    assert "no data.validation_dir: 1 of 11 training images are held out" in err
+    assert "no validation_dir: 1 of 11 training images" in err and "are held out" in err
     assert "network input 28 x 42 for the typical training image of 48 x 64" in err
 
     run_dir = launch / "runs" / "bottles"
@@ -173,6 +192,7 @@ def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
     assert [row["image"] for row in rows] == ["t0.png", "t1.png", "t2.png"]
     mode = json.loads((run_dir / "fusion.json").read_text())["bottles"]
     threshold = json.loads((run_dir / "thresholds.json").read_text())["bottles"][mode]["value"]
+    assert {float(row["threshold"]) for row in rows} == {threshold}  # the run's, in score units
     for row in rows:
         anomalous = row["verdict"] == "anomalous"
         assert row["verdict"] in ("anomalous", "normal")
@@ -183,3 +203,82 @@ def test_train_without_validation_dir_then_eval_and_predict_elsewhere(
     counted = sum(row["verdict"] == "anomalous" for row in rows)
     assert f"3 images: {counted} anomalous, {3 - counted} normal" in out
     assert "t2.png" in out and "scores.csv" in out
+
+
+@pytest.mark.slow
+def test_factory_flow_good_and_defect_folders_without_masks(
+    factory_folders, tmp_path, monkeypatch, capsys
+):
+    """Train on good/, evaluate test/{good,scratch,ng} (image metrics only, said so, with a
+    histogram), predict with the run's threshold and with a given one."""
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    photos = factory_folders
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "ff-train",
+            *TINY,
+            f"data.train_dir={photos / 'good'}",
+            f"data.test_dir={photos / 'test'}",
+            "category.name=bottles",
+            "run_dir=runs/bottles",
+            *(["logger=tensorboard"] if TENSORBOARD else []),
+        ],
+    )
+    ff_train.main()
+    torch.set_num_threads(threads)
+    capsys.readouterr()
+    run_dir = tmp_path / "runs" / "bottles"
+    assert (run_dir / "training_curves.png").is_file()
+    if TENSORBOARD:  # the tracker got the run: losses per step, the end's overlays
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+        events.Reload()
+        with open(run_dir / "train_log.csv", newline="") as fh:
+            logged = [int(row["step"]) for row in csv.DictReader(fh)]
+        assert [event.step for event in events.Scalars("train/loss")] == logged
+        assert any(tag.startswith("overlay/") for tag in events.Tags()["images"])
+
+    assert ff_eval.main(["--run", str(run_dir), "--no-progress", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    out_dir = run_dir.with_name(run_dir.name + "_eval") / "test_public"
+    row = json.loads((out_dir / "metrics.json").read_text())["categories"]["bottles"]
+    assert row["num_images"] == 6
+    assert row["au_pro@0.05"] is None and row["seg_f1"] is None  # no masks: not computed
+    assert 0.0 <= row["image_auroc"] <= 1.0 and 0.0 <= row["image_ap"] <= 1.0
+    counts = [row[k] for k in ("class_tp", "class_fp", "class_fn", "class_tn")]
+    assert counts[0] + counts[2] == 3 and counts[1] + counts[3] == 3  # 3 defective, 3 good
+    assert "3 defective images have no ground-truth mask" in " ".join(table.split())
+    assert "defective images flagged" in table
+    with open(out_dir / "scores.csv", newline="") as fh:
+        labels = {r["image"]: r["label"] for r in csv.DictReader(fh)}
+    assert labels["good/00.png"] == "0" and labels["scratch/01.png"] == "1"
+    assert labels["ng/00.png"] == "1"
+    assert (out_dir / "score_histogram_bottles.png").is_file()
+    assert not (out_dir / "pro_curve_bottles.png").exists()
+
+    def predict(out: str, *extra: str) -> list[dict]:
+        args = ["--run", str(run_dir), "--images", str(photos / "test"), "--out", out]
+        assert ff_predict.main([*args, *extra, "--no-progress", "--device", "cpu"]) == 0
+        with open(tmp_path / out / "scores.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    rows = predict("pred")
+    assert (tmp_path / "pred" / "score_histogram.png").is_file()
+    assert {r["label"] for r in rows} == {"good", "defective"}
+    threshold = float(rows[0]["threshold"])
+    assert all(float(r["threshold"]) == threshold for r in rows)
+    assert all(float(r["tiff_threshold"]) > 0 for r in rows)
+    scores = sorted(float(r["score"]) for r in rows)
+    low = 0.5 * (scores[0] + scores[1])  # between the two lowest: five images flagged
+    rows = predict("pred_low", "--threshold", repr(low), "--no-overlays")
+    assert sum(r["verdict"] == "anomalous" for r in rows) == 5
+    assert all(float(r["threshold"]) == low for r in rows)
+    assert not (tmp_path / "pred_low" / "overlays").exists()
+    high = scores[-1] + 1.0
+    rows = predict("pred_high", "--threshold", repr(high), "--no-overlays")
+    assert all(r["verdict"] == "normal" and r["anomalous_pixels"] == "0" for r in rows)
+    assert "given with --threshold" in capsys.readouterr().out

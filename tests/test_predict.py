@@ -32,6 +32,7 @@ from filterformer.inference.predict import (
 from filterformer.io import write_json, write_png
 from filterformer.models.registry import build_encoder, build_model
 from filterformer.runs.calibrate import calibrate_run
+from filterformer.runs.files import sign_run
 from filterformer.runs.predict import PredictOptions, export_submission
 from filterformer.runs.run import build_from_config, create_run
 from filterformer.submission import MAPS_DIR, MASKS_DIR, PRIVATE_SPLITS, MapRescale
@@ -271,6 +272,7 @@ def run_dir(synthetic_root, tmp_path_factory) -> Path:
     save_checkpoint(folder / "checkpoints" / "last", model, meta={"step": 0, **identity})
     write_json(folder / "fusion.json", {SYNTHETIC_CATEGORY: "mean"})
     write_json(folder / "map_stats.json", {k: {"mean": m, "std": s} for k, (m, s) in STATS.items()})
+    sign_run(folder)  # as its writer does
     calibrate_run(folder, device="cpu")  # what training does when it ends
     return folder
 

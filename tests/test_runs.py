@@ -14,6 +14,7 @@ from filterformer.evaluation.thresholds import Threshold, write_thresholds
 from filterformer.inference.predict import Smoothing
 from filterformer.models.encoder import weights_sha256
 from filterformer.runs.compose import config_dir
+from filterformer.runs.files import sign_run
 from filterformer.runs.run import (
     build_smoothing,
     build_tiling,
@@ -114,6 +115,7 @@ def test_load_run_reads_thresholds_of_its_checkpoint_only(tiny_run, tmp_path):
     for sha, expected in ((weights_sha256(best), 0.7), ("0" * 64, None)):
         threshold = Threshold(0.7, "mean_std", {"k": 3.0}, "validation", checkpoint=sha)
         write_thresholds(run_dir / "thresholds.json", {"synthetic": threshold}, mode=run.mode)
+        sign_run(run_dir)  # as the run's writer (its calibration) does
         if expected is None:
             with pytest.raises(CheckpointError, match="another checkpoint.*ff-eval --calibrate"):
                 load_run(run_dir)
@@ -123,16 +125,13 @@ def test_load_run_reads_thresholds_of_its_checkpoint_only(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_load_run_refuses_a_checkpoint_of_another_encoder(tiny_run, tmp_path):
-    meta_file = checkpoint_files(tiny_run / "checkpoints" / "last")[1]
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    meta_file = checkpoint_files(run_dir / "checkpoints" / "last")[1]
     original = meta_file.read_text()
     meta_file.write_text(json.dumps({**json.loads(original), "encoder_weights": "random:seed=2"}))
-    try:
-        with pytest.raises(
-            CheckpointError, match="encoder_weights: checkpoint has 'random:seed=2'"
-        ):
-            load_run(tiny_run, checkpoint="last")
-    finally:
-        meta_file.write_text(original)
+    sign_run(run_dir)  # a consistent run, of another encoder
+    with pytest.raises(CheckpointError, match="encoder_weights: checkpoint has 'random:seed=2'"):
+        load_run(run_dir, checkpoint="last")
 
 
 def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -194,8 +193,6 @@ def test_relative_encoder_weights_are_read_from_the_run_folder(tmp_path, monkeyp
 def test_each_checkpoint_is_used_with_the_map_statistics_of_its_own_weights(tiny_run, tmp_path):
     """Fused maps normalise by validation statistics, which differ between checkpoints: a best
     checkpoint brings its own; `last` uses map_stats.json (computed after the last epoch)."""
-    import shutil
-
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
     mode = json.loads((run_dir / "fusion.json").read_text())["synthetic"]
@@ -204,6 +201,9 @@ def test_each_checkpoint_is_used_with_the_map_statistics_of_its_own_weights(tiny
     assert set(meta["map_stats"]) == {"inp", "filter"}  # written by the training loop
     meta["map_stats"] = {"inp": [0.25, 0.5], "filter": [0.75, 1.5]}
     meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"{meta_file}: was changed since"):
+        load_run(run_dir)  # not by the run's writer: refused
+    sign_run(run_dir)
 
     assert load_run(run_dir).map_stats == {"inp": (0.25, 0.5), "filter": (0.75, 1.5)}
     final = json.loads((run_dir / "map_stats.json").read_text())
@@ -218,8 +218,6 @@ def test_a_changed_weights_file_is_refused_by_name_unless_the_user_skips_the_che
 ):
     """One flipped bit in best_<mode>: load_run, ff-eval and ff-predict refuse it, naming the
     file; --no-verify (verify=False) is the user's explicit choice to use it anyway."""
-    import shutil
-
     from filterformer.cli.eval import main as eval_cli
     from filterformer.cli.predict import main as predict_cli
 

@@ -11,14 +11,16 @@ import yaml
 from omegaconf import OmegaConf
 
 from filterformer.cli.eval import main as eval_main
+from filterformer.cli.predict import main as predict_main
 from filterformer.cli.suite import suite_jobs
 from filterformer.cli.train import main as train_main
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.errors import ConfigError
 from filterformer.evaluation.thresholds import read_thresholds
 from filterformer.runs.compose import config_dir
-from filterformer.runs.predict import PredictOptions, export_submission
+from filterformer.runs.predict import PredictOptions, export_submission, submission_counts
 from filterformer.runs.run import load_run
+from filterformer.submission import check_submission
 
 SUITE = "suite=inpformer_cpr_hybrid"
 
@@ -61,7 +63,7 @@ def test_routed_overrides_reach_their_route_only():
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["suite=nope"], "valid: filterformer_cpr, inpformer_cpr_hybrid, isvl"),
+        (["suite=nope"], "valid: demo, filterformer_cpr, inpformer_cpr_hybrid, isvl"),
         ([SUITE, "category=bottle"], "no route for category 'bottle'"),
     ],
 )
@@ -157,6 +159,48 @@ def test_a_suite_with_m_sweeps_each_route_so_a_launcher_runs_one_job_per_categor
     for category in ("sheet_metal", "wallplugs"):
         config = OmegaConf.load(suite / category / "config.yaml")
         assert (config.category.name, config.model.name) == (category, "inpformer")
+
+
+def test_cfg_job_without_a_category_prints_the_routing_table(monkeypatch, capsys):
+    ff_train(monkeypatch, "--cfg", "job", "suite=demo")
+    header, brick, gravel, _, one, routed = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["category", "route", "run"]
+    assert brick.split()[:3] == ["brick", "filterformer", "runs/suite/demo/brick"]
+    assert "preset=cpr_demo" in gravel and gravel.split()[1] == "cpr"
+    assert one.endswith("ff-train --cfg job suite=demo category=brick")
+    assert "<route>:key=value" in routed
+
+
+def test_a_route_s_missing_weights_are_named_in_the_route_form(monkeypatch, capsys):
+    args = ["suite=demo", "suite.categories=[gravel]", "cpr:encoder.pretrained=true"]
+    with pytest.raises(SystemExit) as exit_info:
+        ff_train(monkeypatch, *args, "cpr:encoder=densenet201")
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert exit_info.value.code == 2
+    assert "cpr:encoder.weights=weights/" in err and " encoder.weights=" not in err
+
+
+@pytest.mark.slow
+def test_suite_demo_trains_two_models_into_one_checked_submission(monkeypatch, tmp_path):
+    """ff-train suite=demo as the README gives it (shortened: fewer images and epochs), then
+    ff-predict --runs ... --submission demo: one checked, packed submission of both."""
+    monkeypatch.chdir(tmp_path)
+    counts = {"train": 8, "validation": 3, "test_public_good": 2, "test_public_bad": 2}
+    counts |= {"test_private": 2, "test_private_mixed": 2}
+    shorter = [f"data.counts.{split}={n}" for split, n in counts.items()]
+    shorter += ["progress=false", "filterformer:train.epochs=1", "filterformer:eval.every=1"]
+    shorter += ["cpr:category.cpr.steps=4", "cpr:train.epochs=1", "cpr:eval.every=1"]
+    threads = torch.get_num_threads()
+    ff_train(monkeypatch, "suite=demo", *shorter)
+    torch.set_num_threads(threads)
+    suite = Path("runs/suite/demo")
+    models = {c: OmegaConf.load(suite / c / "config.yaml").model.name for c in ("brick", "gravel")}
+    assert models == {"brick": "filterformer", "gravel": "cpr"}
+    assert submission_counts(suite) == {"brick": 2, "gravel": 2}
+    assert predict_main(["--runs", str(suite), "--submission", "demo", "--no-progress"]) == 0
+    assert Path("demo.tar.gz").is_file()
+    problems = check_submission("demo", counts=submission_counts(suite))
+    assert not [p for p in problems if p.severity == "error"]
 
 
 def cfg_job(monkeypatch, capsys, *args) -> dict:
@@ -257,7 +301,13 @@ def _flat(tree, prefix=""):
 
 DIFFERENCES = {  # docs/hybrid.md: every setting where inpformer_cpr_hybrid departs from isvl
     "inpformer": {"eval.blur_at", "eval.levels"},
-    "cpr": {"eval.sigma", "eval.levels", "cpr.pseudo_defects"},
+    "cpr": {
+        "eval.sigma",
+        "eval.levels",
+        "cpr.pseudo_defects",
+        "cpr.relight",
+        "model.photometric",
+    },
     "all": {"category.threshold", "run_dir"},
     "fabric": {"category.postprocess.fill_holes"},
     "walnuts": {"category.postprocess.fill_holes"},

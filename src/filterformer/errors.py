@@ -39,6 +39,10 @@ _OS_ERROR_ADVICE = {
     errno.EACCES: "permission denied; fix its permissions or choose a path you may use",
     errno.EPERM: "operation not permitted; fix its permissions or choose a path you may use",
     errno.EROFS: "read-only file system; choose an output folder on a writable disk",
+    errno.EFBIG: "file too large for the file system or the file-size limit (ulimit -f); "
+    "raise the limit or write to another disk",
+    errno.ELOOP: "a symbolic link on this path leads back to itself; remove the loop or "
+    "choose another path",
 }
 
 

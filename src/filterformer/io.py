@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import hashlib
 import json
 import os
 import secrets
 import stat
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,16 +24,21 @@ import cv2
 import numpy as np
 import tifffile
 
-from filterformer.errors import DataError
+from filterformer.errors import ConfigError, DataError
 
 PARTIAL_MARK = ".partial-"
 """Infix of temporary files; :func:`remove_partials` deletes leftovers of a killed run."""
+MAX_IMAGE_PIXELS = 2**27
+"""Ours: the most pixels an image file may declare (134 MP, e.g. 11585 x 11585; far above
+industrial cameras). A larger header is refused before any pixel is decoded: a small file
+that claims gigapixels (a decompression bomb) would otherwise exhaust the memory."""
 
 
 def _decode(path: Path) -> np.ndarray:
     """Decode any image file with its bit depth and channel count intact."""
     if not path.is_file():
         raise DataError(f"{path}: file not found. Check the path or the dataset root.")
+    image_size(path)  # the header's size, refused before decoding when it is too large
     data = np.fromfile(str(path), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
@@ -87,20 +95,37 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) of an image read from its header only (no full decode)."""
+    """(H, W) of an image read from its header only (no full decode).
+
+    A header that declares more than :data:`MAX_IMAGE_PIXELS` pixels is refused.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            width, height = im.size
+        with warnings.catch_warnings():  # PIL warns of large images; the limit is ours
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
     except FileNotFoundError:
         raise DataError(f"{path}: file not found. Check the path or the dataset root.") from None
+    except Image.DecompressionBombError:  # PIL's own check, at twice its MAX_IMAGE_PIXELS
+        raise DataError(_too_large(path, f"over {2 * Image.MAX_IMAGE_PIXELS} pixels")) from None
     except (UnidentifiedImageError, OSError) as err:
         raise DataError(
             f"{path}: not a readable image ({err}). Replace it with an intact copy."
         ) from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(_too_large(path, f"{width} x {height} pixels"))
     return height, width
+
+
+def _too_large(path: Path, declared: str) -> str:
+    return (
+        f"{path}: its header declares {declared}; an image may have at most "
+        f"{MAX_IMAGE_PIXELS}, so it is not decoded (a corrupt file or a decompression bomb). "
+        "Replace it, or resize it first."
+    )
 
 
 def read_anomaly_map(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -207,16 +232,21 @@ def write_tiff_float16(path: str | os.PathLike, amap: np.ndarray) -> None:
         tifffile.imwrite(tmp, half)
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an 8-bit grey (H x W) or RGB (H x W x 3) PNG atomically."""
+def write_png(path: str | os.PathLike, image: np.ndarray, compression: int = 3) -> None:
+    """Write an 8-bit grey (H x W) or RGB (H x W x 3) PNG atomically.
+
+    ``compression``: zlib level 0-9 (OpenCV's default 3; figures use 1: faster, a bit larger).
+    """
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise DataError(f"{path}: PNG data must be uint8, got {image.dtype}.")
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise DataError(f"{path}: could not write the PNG; check the folder is writable.")
+    encoded, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not encoded:
+        raise DataError(f"{path}: OpenCV could not encode this {image.shape} image as PNG.")
+    with atomic_path(path) as tmp:  # Python writes it: a full disk is an OSError naming it
+        tmp.write_bytes(data.tobytes())
 
 
 def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
@@ -228,6 +258,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (indented, keys in insertion order)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """The JSON document in ``path``; an unreadable one is a :class:`DataError` naming
+    ``what`` it should be and the ``fix``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise DataError(f"{path}: not a readable {what} ({err}). {fix}") from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_csv(
@@ -262,4 +311,60 @@ def outermost_missing(path: Path) -> Path | None:
         return None
     while not path.parent.exists():
         path = path.parent
+    return path
+
+
+def check_name(name: Any, what: str) -> str:
+    """``name`` if it can be one component of a path (a file or folder name), else a
+    :class:`ConfigError` naming ``what`` it is.
+
+    Every name that becomes part of an output path (a category, a split, an image stem)
+    passes here, so that none can lead out of the folder it is written into: it must be a
+    non-empty string, not ``.`` or ``..``, without ``/``, ``\\`` or NUL, at most 255 bytes.
+    """
+    bad = (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or any(c in name for c in "/\\\0")
+        or len(name.encode()) > 255
+    )
+    if bad:
+        raise ConfigError(
+            f"{what} {name!r}: not usable as a file or folder name (it becomes part of the "
+            "output paths). Use a plain name: no '/', '\\' or NUL, not '.' or '..', e.g. "
+            "'bottles'."
+        )
+    return name
+
+
+_LOOP = "a symbolic link on this path leads back to itself; remove the loop or choose another path"
+
+
+def resolved(path: str | os.PathLike) -> Path:
+    """``path`` made absolute with every symbolic link resolved; a link loop on it is a
+    :class:`DataError` (Python before 3.13 raises RuntimeError for it, later ones leave it)."""
+    try:
+        real = Path(path).expanduser().resolve()
+        real.stat()
+    except FileNotFoundError:  # not made yet: fine
+        return real
+    except RuntimeError as err:
+        raise DataError(f"{path}: {_LOOP} ({err}).") from None
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise DataError(f"{path}: {_LOOP}.") from None
+    return real
+
+
+def output_path(root: str | os.PathLike, *names: str) -> Path:
+    """``root/names[0]/names[1]/...`` after checking each name (:func:`check_name`) and
+    that the path, with symbolic links resolved, stays inside ``root``."""
+    path = Path(root).joinpath(*(check_name(name, "path component") for name in names))
+    top, real = resolved(root), resolved(path)
+    if not real.is_relative_to(top):
+        raise DataError(
+            f"{path}: leads outside {root} (to {real}, through a symbolic link); remove the "
+            "link or write to another folder."
+        )
     return path

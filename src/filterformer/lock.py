@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -20,18 +21,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from filterformer.errors import FolderLockedError
+from filterformer.io import outermost_missing, resolved
 
 RUN_LOCK = ".lock"
 """The lock file inside a run folder."""
 
 _held: dict[Path, tuple[int, int]] = {}
 """Lock file -> (open descriptor, PID of the process that took it), for this process."""
+_created: dict[Path, Path] = {}
+"""Output lock file -> the outermost folder :func:`lock_output` created for it."""
 
 
 def lock_run(run_dir: str | os.PathLike) -> None:
     """Make this process the only writer of ``run_dir`` (``<run_dir>/.lock``), or raise
     :class:`FolderLockedError` naming the process that is."""
-    run_dir = Path(run_dir).expanduser().resolve()
+    run_dir = resolved(run_dir)
     _lock(run_dir / RUN_LOCK, run_dir, "or train into another run_dir")
 
 
@@ -43,7 +47,7 @@ def reading_run(run_dir: str | os.PathLike) -> Iterator[None]:
 
     Nothing is created in the run folder: without a lock file no process writes the run.
     """
-    lock_file = Path(run_dir).expanduser().resolve() / RUN_LOCK
+    lock_file = resolved(run_dir) / RUN_LOCK
     if lock_file in _held:
         yield
         return
@@ -92,14 +96,26 @@ def lock_output(out: str | os.PathLike, *, beside: bool = False) -> None:
     named; with ``beside`` it is ``<out>.lock`` next to the folder, for a benchmark
     submission, where any extra file inside would be refused by the upload check.
     """
-    out = Path(out).expanduser().resolve()
-    _lock(_output_lock_file(out, beside), out, "or write to another --out")
+    out = resolved(out)
+    lock_file = _output_lock_file(out, beside)
+    created = outermost_missing(lock_file.parent)
+    _lock(lock_file, out, "or write to another --out")
+    if created is not None:
+        _created[lock_file] = created
 
 
 def unlock_output(out: str | os.PathLike, *, beside: bool = False) -> None:
     """Remove and release :func:`lock_output`'s lock before the process ends (a command that
-    runs inside a longer process, as ff-predict does inside ff-demo)."""
-    _unlock(_output_lock_file(Path(out).expanduser().resolve(), beside))
+    runs inside a longer process, as ff-predict does inside ff-demo).
+
+    A folder that :func:`lock_output` created and that still holds no file (the command
+    failed before writing anything) is removed: a failed command leaves nothing behind.
+    """
+    lock_file = _output_lock_file(resolved(out), beside)
+    _unlock(lock_file)
+    created = _created.pop(lock_file, None)
+    if created is not None and not any(p.is_file() or p.is_symlink() for p in created.rglob("*")):
+        shutil.rmtree(created, ignore_errors=True)
 
 
 @contextmanager

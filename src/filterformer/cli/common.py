@@ -8,22 +8,26 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from filterformer.errors import FilterformerError, os_error_message
+from filterformer.errors import ConfigError, DataError, FilterformerError, os_error_message
 
 
-def report_user_errors(prog: str, job: Callable[[], object]) -> int:
+def report_user_errors(
+    prog: str, job: Callable[[], object], rewrite: Callable[[str], str] | None = None
+) -> int:
     """Run a command's work and return its exit code.
 
     A :class:`FilterformerError` (bad input the user can fix) and an operating-system error
     the user can fix (no space left, permission denied, read-only file system) become one line
     on stderr, ``<prog>: error: <message>``, and exit code 2, without a traceback. An int
-    returned by ``job`` is the exit code; anything else means success (0).
+    returned by ``job`` is the exit code; anything else means success (0). ``rewrite`` adapts
+    a message to where the command was given (a suite's route).
     """
     try:
         result = job()
     except FilterformerError as err:
-        return fail(prog, str(err))
+        return fail(prog, str(err) if rewrite is None else rewrite(str(err)))
     except OSError as err:
         message = os_error_message(err)
         if message is None:
@@ -59,3 +63,19 @@ def show_library_log(prog: str) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+def require_run_folder(run_dir: Path) -> None:
+    """Refuse, before torch is imported (seconds), a --run that is not a run folder."""
+    if not (run_dir / "config.yaml").is_file():
+        what = "does not exist" if not run_dir.exists() else "has no config.yaml"
+        raise ConfigError(
+            f"{run_dir}: not a run folder ({what}). Pass a folder made by ff-train "
+            "(it holds config.yaml, checkpoints/ and versions.json)."
+        )
+
+
+def require_path(path: Path, option: str) -> None:
+    """Refuse, before torch is imported, an input path that does not exist."""
+    if not path.exists():
+        raise DataError(f"{option} {path}: not found. Check the path.")

@@ -159,6 +159,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
     from filterformer.io import atomic_path
     from filterformer.lock import lock_run
     from filterformer.models.encoder import weights_sha256
+    from filterformer.runs.files import sign_run
     from filterformer.runs.run import CONFIG_FILE, build_from_config, create_run, resolve_run_paths
     from filterformer.runs.setting import resolve_members
     from filterformer.training.checkpoint import save_checkpoint
@@ -209,6 +210,7 @@ def convert_inp_former(args: argparse.Namespace) -> Path:
         "converted_from": converted_from,
     }
     save_checkpoint(run_dir / "checkpoints" / "last", model, meta=meta)
+    sign_run(run_dir)
     _calibrate(run_dir, args)
     print(
         f"ff-convert: {run_dir}: {len(weights.encoder)} encoder tensors ({ENCODER_FILE}, "

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from filterformer.cli.common import report_user_errors, show_library_log
+from filterformer.cli.common import report_user_errors, require_run_folder, show_library_log
 from filterformer.data.datasets import ALL_SPLITS, OFFICIAL_CATEGORIES
 from filterformer.evaluation.aupro import SERVER_LIMIT
 from filterformer.evaluation.protocol import PROTOCOLS, ZERO_SHOT_MAPS
@@ -136,6 +136,8 @@ def evaluate(args: argparse.Namespace) -> None:
     from filterformer.runs.evaluate import EvalOptions
     from filterformer.runs.evaluate import evaluate as run_evaluation
 
+    for run_dir in args.run or []:  # before torch is imported: one line, at once
+        require_run_folder(run_dir)
     if args.calibrate:
         calibrate(args)
         return

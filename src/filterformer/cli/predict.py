@@ -35,17 +35,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filterformer.cli.common import report_user_errors, show_library_log
-from filterformer.io import write_csv
+from filterformer.cli.common import (
+    report_user_errors,
+    require_path,
+    require_run_folder,
+    show_library_log,
+)
 from filterformer.submission import PRIVATE_SPLITS, check_submission, format_report
 
 if TYPE_CHECKING:
     from filterformer.runs.predict import PredictOptions
 
 SPLITS = ("validation", "test_public", "test_private", "test_private_mixed")
-SCORES_FILE = "scores.csv"
-SHOWN_SCORES = 5
-"""How many of the highest-scoring images the --images table shows."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,9 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--export", type=Path, metavar="DIR", help="an ff-export folder or suite (no torch)"
     )
     parser.add_argument("--split", nargs="+", choices=SPLITS, default=list(PRIVATE_SPLITS))
-    parser.add_argument("--images", type=Path, help="with --run: a folder of your own images")
     parser.add_argument(
+        "--images",
+        type=Path,
+        help="with --run: your own images, a folder or one file (a folder with good/ and "
+        "defect subfolders is read with its labels)",
+    )
+    parser.add_argument(
+        "--recursive",
+        action="store_true",
+        help="with --images: read every subfolder too (without labels)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="with --run: the anomaly threshold in score units (scores.csv's score column); "
+        "default: the run's",
+    )
+    overlays = parser.add_mutually_exclusive_group()
+    overlays.add_argument(
         "--overlays", action="store_true", help="with --run: also write overlays (on for --images)"
+    )
+    overlays.add_argument(
+        "--no-overlays", action="store_true", help="with --images: maps and scores only"
     )
     parser.add_argument("--submission", help="with --runs: name of the submission folder")
     parser.add_argument("--out", type=Path, help="output folder (--runs: its parent, default .)")
@@ -115,6 +136,15 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--run and --export need --out DIR")
     else:
         out, beside = args.out, False
+    if args.run is not None:  # missing inputs: one line, before torch is imported
+        require_run_folder(args.run)
+    for path, option in (
+        (args.runs, "--runs"),
+        (args.images, "--images"),
+        (args.export, "--export"),
+    ):
+        if path is not None:
+            require_path(path, option)
     from filterformer.lock import writing_output
 
     with writing_output(out, beside=beside):
@@ -141,41 +171,41 @@ def _submission(args: argparse.Namespace, out: Path) -> Path | None:
     )
 
 
-def _sources(args: argparse.Namespace) -> Iterator[Any]:
-    """What writes the maps: the export folder alone (``--export``), or each category of the
-    run (``--run``; ``--category``: that one) with its model or export, one at a time."""
+def _sources(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
+    """(what writes the maps, the suffix of scores.csv's name): the export folder alone
+    (``--export``), or each category of the run (``--run``; ``--category``: that one) with
+    its model or export, one at a time."""
     if args.export is not None:
         from filterformer.runtime import Deployment
         from filterformer.runtime.outputs import deployment_options
 
-        yield Deployment(args.export, **deployment_options(args))
+        yield Deployment(args.export, **deployment_options(args)), ""
         return
     from filterformer.runs.predict import run_categories, run_maps
 
-    categories = [args.category] if args.images is not None else None
-    for category in categories or run_categories(args.run, args.category):
-        yield run_maps(args.run, _options(args), category)
+    if args.images is not None:  # one category (--category if several)
+        yield run_maps(args.run, _options(args)), ""
+        return
+    categories = run_categories(args.run, args.category)
+    for category in categories:
+        yield (
+            run_maps(args.run, _options(args), category),
+            (f"_{category}" if len(categories) > 1 else ""),
+        )
 
 
 def _write(args: argparse.Namespace) -> None:
-    """One category's maps of ``--images`` (with overlays and scores.csv) or of ``--split``:
-    the run's model or export (``--run``), or an export folder alone (``--export``)."""
-    from filterformer.data.folder import ImageFolderDataset
-    from filterformer.runtime.outputs import RESCALE_FILE, report_scores
+    """Maps of ``--images`` or of ``--split``, with scores.csv and a histogram: the run's
+    model or export (``--run``), or an export folder alone (``--export``)."""
+    from filterformer.data.folder import images_to_predict
 
-    record = args.out / RESCALE_FILE
-    sources = _sources(args)
-    if args.images is not None:
-        source = next(sources)  # one category (--category of a multi-class run)
-        samples = ImageFolderDataset(args.images, "test", category=source.category)
-        source.export(samples, args.out, overlays=True, record=record)
-        rows = source.scores(samples, args.out)
-        write_csv(args.out / SCORES_FILE, rows)
-        print(report_scores(rows, source.threshold, args.out / SCORES_FILE))
-    else:
-        for source in sources:
-            for split in args.split:
-                source.export(source.samples(split), args.out, args.overlays, record)
+    for source, tag in _sources(args):
+        if args.images is not None:
+            samples = images_to_predict(args.images, source.category, args.recursive)
+            print(source.write_predictions(samples, args.out, not args.no_overlays))
+        else:
+            samples = [s for split in args.split for s in source.samples(split)]
+            print(source.write_predictions(samples, args.out, args.overlays, tag))
     print(f"wrote {args.out}")
 
 

@@ -19,11 +19,34 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from filterformer.errors import ConfigError
+from filterformer.io import check_name
 
 PREFIX = "suite"
 ROUTED = re.compile(r"^([A-Za-z_][\w]*):(.+)$")
 VALUED = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--config-dir", "-cd")
 """Hydra's options that take a value."""
+
+
+ROUTABLE = re.compile(r"(?<![\w:./-])((?:encoder|model|train|input|eval|category|preset)[\w.]*=)")
+"""A ``key=value`` fix in a message that a suite must give as ``<route>:key=value``."""
+
+
+@dataclass
+class RouteContext:
+    """The route of the suite job being trained (None outside suites)."""
+
+    route: str | None = None
+
+    def rewrite(self, message: str) -> str:
+        """A job's error with its fixes in the route form: ``encoder.weights=F`` would reach
+        every route, ``cpr:encoder.weights=F`` reaches this one."""
+        if self.route is None:
+            return message
+        routed = ROUTABLE.sub(rf"{self.route}:\1", message)
+        return f"{routed} (suite route {self.route}: give route settings as {self.route}:key=value)"
+
+
+CURRENT_ROUTE = RouteContext()
 
 
 @dataclass(frozen=True)
@@ -110,8 +133,11 @@ def suite_jobs(folder: Path, args: Sequence[str]) -> list[Job] | None:
         argv = [*flags, *suite.routes[spec.route], *(spec.get("overrides") or [])]
         if spec.get("lighting") and suite.get("lighting"):
             argv += list(suite.lighting)
-        run_dir = base_dir / category
-        argv += [f"category={category}", f"run_dir={run_dir}"]
+        run_dir = base_dir / check_name(category, f"suite={name}: category")
+        config = spec.get("category")  # another category file, renamed (suite=demo)
+        argv += [f"category={config}", f"category.name={category}"] if config else []
+        argv += [] if config else [f"category={category}"]
+        argv += [f"run_dir={run_dir}"]
         for arg in rest:
             routed = ROUTED.match(arg)
             if routed is None:
@@ -122,6 +148,31 @@ def suite_jobs(folder: Path, args: Sequence[str]) -> list[Job] | None:
     if any(a in ("-m", "--multirun") for a in flags):
         return _sweeps(jobs, base_dir)
     return jobs
+
+
+def routing_table(name: str, jobs: Sequence[Job]) -> str:
+    """What ``ff-train --cfg job suite=NAME`` prints: each category's route, run folder and
+    overrides, and how to see one category's whole config."""
+    rows = [("category", "route", "run folder", "overrides")]
+    rows += [(job.category, job.route, str(job.run_dir), " ".join(_own(job.argv))) for job in jobs]
+    widths = [max(len(row[i]) for row in rows) + 2 for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3]
+        for row in rows
+    ]
+    example = jobs[0]
+    lines += [
+        "",
+        f"one category's whole config: ff-train --cfg job suite={name} category={example.category}",
+        "settings for one route only: <route>:key=value (e.g. "
+        f"{example.route}:encoder.weights=FILE); key=value reaches every route",
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _own(argv: Sequence[str]) -> list[str]:
+    """The overrides of a job without hydra's options and its run_dir."""
+    return [a for a in argv if "=" in a and not a.startswith(("-", "run_dir="))]
 
 
 def _sweeps(jobs: Sequence[Job], base_dir: Path) -> list[Job]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import textwrap
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,12 +28,20 @@ from typing import Any, ClassVar
 import hydra
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from filterformer.cli.common import fail, report_user_errors, show_library_log
+from filterformer.cli.suite import CURRENT_ROUTE, routing_table, split_args
 from filterformer.io import outermost_missing
-from filterformer.runs.compose import config_dir, config_error_message, config_groups
+from filterformer.runs.compose import (
+    check_paths,
+    choice_help,
+    config_dir,
+    config_error_message,
+    config_groups,
+    default_choices,
+)
 
 PROG = "ff-train"
 SWEEP_RECORD = "multirun.yaml"
@@ -40,10 +49,12 @@ SWEEP_RECORD = "multirun.yaml"
 GROUPS = {
     "preset": "the recipe: model, encoder, input size, optimiser, length",
     "model": "the network trained on the frozen encoder",
-    "encoder": "the frozen DINOv2-with-registers ViT",
+    "encoder": "the frozen feature extractor (DINOv2, DINO or DenseNet; tiny_*: random)",
     "data": "where the images come from",
     "category": "tiling, post-processing and threshold rule of one category",
     "suite": "one model per category (suite=NAME trains them all; category=C one)",
+    "setting": "one model per category, or one on several (INP-Former's settings)",
+    "logger": "an experiment tracker, besides the run folder's training_curves.png",
 }
 """The config groups in the order the help lists them, each with what it chooses."""
 
@@ -63,9 +74,9 @@ EXAMPLES = (
         "the Filter-Former recipe on one MVTec AD 2 category",
     ),
     (
-        "ff-train preset=demo data=folder data.train_dir=photos/good category.name=bottles "
-        "data.test_dir=photos/test data.mask_dir=photos/masks",
-        "your own images: a trial on the CPU (README, Your own images)",
+        "ff-train preset=demo data=folder data.train_dir=photos/good "
+        "data.test_dir=photos/test category.name=bottles",
+        "your own images (test/good/, test/<defect>/): a trial on the CPU (README)",
     ),
     ("ff-train -m category=can,fabric,vial", "one run folder per category (sweep)"),
     (
@@ -76,15 +87,14 @@ EXAMPLES = (
 )
 
 
+def no_progress_flag(args: Sequence[str]) -> list[str]:
+    """``--no-progress`` (every command's flag) as ff-train's ``progress=false`` override."""
+    return ["progress=false" if arg == "--no-progress" else arg for arg in args]
+
+
 def wants_help(args: Sequence[str]) -> bool:
     """Whether the command line asks for the help (``-h`` or ``--help`` anywhere)."""
     return any(arg in ("-h", "--help") for arg in args)
-
-
-def default_choices(folder: Path) -> dict[str, str]:
-    """The choice of each group that ``train.yaml``'s defaults list picks."""
-    defaults = OmegaConf.load(folder / "train.yaml").get("defaults", [])
-    return {k: v for item in defaults if isinstance(item, Mapping) for k, v in item.items()}
 
 
 def help_text(folder: Path) -> str:
@@ -95,8 +105,8 @@ def help_text(folder: Path) -> str:
         "usage: ff-train [group=choice | key=value ...] [-m] [--cfg job] [--hydra-help]",
         "       torchrun --nproc_per_node N -m filterformer.cli.train [key=value ...]",
         "",
-        "Train one model (Filter-Former or INP-Former on a frozen DINOv2 encoder) on one",
-        "category into a run folder (config, checkpoints, logs). Every value of",
+        "Train one model (model=NAME, below) on one category into a run folder (config,",
+        "checkpoints, logs, training_curves.png). Every value of",
         f"{folder / 'train.yaml'} can be set as key=value; a group picks one file.",
         "",
         "config groups (* = default):",
@@ -106,6 +116,9 @@ def help_text(folder: Path) -> str:
         lines.append(f"  {group:<10}{choices}")
         if group in GROUPS:
             lines.append(f"  {'':<10}({GROUPS[group]})")
+    lines += ["", "models (model=NAME):"]
+    for name in groups.get("model", []):
+        lines += _wrapped(f"  {name:<14}", choice_help(folder, "model", name))
     lines += ["", "common settings:"]
     lines += [f"  {key:<22}{what}" for key, what in SETTINGS]
     lines += [
@@ -114,6 +127,7 @@ def help_text(folder: Path) -> str:
         "  -m, --multirun        one run per value of a sweep (category=can,fabric);",
         "                        add hydra/launcher=joblib to run them in parallel",
         "  --cfg job             print the resolved config and exit",
+        "  --no-progress         no progress bars (as the other commands; = progress=false)",
         "  --hydra-help          hydra's own options",
         "",
         "examples:",
@@ -121,6 +135,11 @@ def help_text(folder: Path) -> str:
     for command, what in EXAMPLES:
         lines += [f"  {command}", f"      {what}"]
     return "\n".join(lines)
+
+
+def _wrapped(head: str, text: str) -> list[str]:
+    """``head`` then ``text`` wrapped to 100 columns, continuation lines indented below it."""
+    return textwrap.wrap(text, 100, initial_indent=head, subsequent_indent=" " * len(head))
 
 
 def print_help() -> None:
@@ -158,6 +177,12 @@ def remove_sweep_record() -> None:
 @hydra.main(config_path=str(config_dir()), config_name="train", version_base=None)
 def _train(cfg: DictConfig) -> None:
     """Train one composed config (one job of a sweep); exit 2 on a user error."""
+    from hydra.core.hydra_config import HydraConfig
+
+    base = Path(HydraConfig.get().runtime.cwd)  # missing paths: one line before torch loads
+    code = report_user_errors(PROG, lambda: check_paths(cfg, base), CURRENT_ROUTE.rewrite)
+    if code:
+        sys.exit(code)
     from filterformer.runs.train import describe_outcome, run_training  # torch: needs a config
     from filterformer.training.distributed import close_distributed, init_distributed
 
@@ -169,7 +194,7 @@ def _train(cfg: DictConfig) -> None:
             print(f"{PROG}: {describe_outcome(outcome)}")
 
     try:
-        code = report_user_errors(PROG, job)
+        code = report_user_errors(PROG, job, CURRENT_ROUTE.rewrite)
     finally:
         close_distributed()
     if code:
@@ -198,23 +223,29 @@ def main() -> None:
         return
     from filterformer.cli.suite import suite_jobs
 
-    prog, args = sys.argv[0], sys.argv[1:]
+    prog, args = sys.argv[0], no_progress_flag(sys.argv[1:])
     planned: list = []
     code = report_user_errors(PROG, lambda: planned.append(suite_jobs(config_dir(), args)))
     if code:
         sys.exit(code)
     jobs = planned[0]
     if jobs is None:
+        sys.argv = [prog, *args]
         _main_once()
+        return
+    if "--cfg" in args and len(jobs) > 1:  # which model and settings each category gets
+        print(routing_table(split_args(args)[0], jobs))
         return
     try:
         for job in jobs:
             if "--cfg" not in args:
                 print(f"{PROG}: {job.category}: {job.route} -> {job.run_dir}", file=sys.stderr)
             sys.argv = [prog, *job.argv]
+            CURRENT_ROUTE.route = job.route
             _main_once()
     finally:
         sys.argv = [prog, *args]
+        CURRENT_ROUTE.route = None
 
 
 def _main_once() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from filterformer.data.sample import Sample, SampleSequence, make_sample, pair_masks
 from filterformer.errors import DataError
+from filterformer.io import check_name
 
 CATEGORIES = (
     "can",
@@ -83,7 +84,7 @@ def category_folder(
         raise DataError(
             f"Unknown split {split!r} for {dataset}. Choose one of: {', '.join(splits)}.{note}"
         )
-    folder = root / category
+    folder = root / check_name(category, "category")
     if not folder.is_dir():
         raise DataError(
             f"{folder}: category {category!r} not found. Categories under "

@@ -8,8 +8,10 @@ Filter-Former report chose them on test_public.
 
 Item ``i`` is a pure function of ``(seed, i)`` and the image, so the split is deterministic.
 It is written once under ``cache_dir`` (``<relpath>.png`` and ``<relpath>_mask.png`` beside a
-``settings.json``) and reused while the settings and the validation images are unchanged;
-otherwise it is rewritten. Writes are atomic.
+``settings.json`` that records the settings, the source images and each written file's
+SHA-256) and reused while the settings and the validation images are unchanged; otherwise it
+is rewritten, and so is any item whose files are missing or no longer have their SHA-256 (a
+cache is made again, never trusted when damaged). Writes are atomic.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from filterformer.data.pseudo_defects import PseudoDefects, PseudoDefectSettings
 from filterformer.data.sample import Sample
 from filterformer.data.transforms import color_jitter, directional_light
-from filterformer.io import read_mask, write_json, write_mask_png, write_png
+from filterformer.io import file_sha256, read_mask, write_json, write_mask_png, write_png
 
 SPLIT = "validation_pseudo"
 MIXED_SPLIT = "validation_pseudo_mixed"
@@ -68,13 +70,17 @@ def pseudo_validation(
     kinds = dict(kinds or DEFAULT_KINDS)
     record = _settings_record(seed, kinds, validation)
     record_file = cache_dir / "settings.json"
-    fresh = record_file.is_file() and json.loads(record_file.read_text()) == record
+    stored = _stored_record(record_file)
+    same = {k: v for k, v in stored.items() if k != "files"} == record
+    hashes = stored["files"] if same else {}  # files of other settings are made again
+    fresh_hashes = {}
     generator = PseudoDefects(PseudoDefectSettings(anomaly_probability=1.0, kinds=kinds))
     samples = []
     for index, sample in enumerate(validation):
         image_path = cache_dir / f"{sample.relpath}.png"
         mask_path = cache_dir / f"{sample.relpath}_mask.png"
-        if not (fresh and image_path.is_file() and mask_path.is_file()):
+        names = [path.relative_to(cache_dir).as_posix() for path in (image_path, mask_path)]
+        if not all(_intact(cache_dir / name, hashes.get(name)) for name in names):
             image, mask = generator(sample.load_image(), seed, index)
             if mixed:
                 image = relight(image, np.random.default_rng([seed, index, 1]))
@@ -83,6 +89,7 @@ def pseudo_validation(
             label = int(mask.any())
         else:
             label = int(read_mask(mask_path, shape=sample.shape).any())
+        fresh_hashes.update({name: file_sha256(cache_dir / name) for name in names})
         samples.append(
             replace(
                 sample,
@@ -92,11 +99,30 @@ def pseudo_validation(
                 mask_path=mask_path,
             )
         )
-    if not fresh:
-        write_json(record_file, record)
+    if fresh_hashes != hashes:
+        write_json(record_file, {**record, "files": fresh_hashes})
     return samples
 
 
-def relight(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random global lighting change: colour jitter, then a directional light ramp."""
-    return directional_light(color_jitter(image, LIGHTING, rng), 0.4, rng)
+def _stored_record(path: Path) -> dict:
+    """The cache's settings.json ({} when missing or unreadable: the cache is made again)."""
+    try:
+        stored = json.loads(path.read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return stored if isinstance(stored, dict) and isinstance(stored.get("files"), dict) else {}
+
+
+def _intact(path: Path, sha256: str | None) -> bool:
+    """Whether a cached file exists with the SHA-256 recorded when it was written."""
+    return sha256 is not None and path.is_file() and file_sha256(path) == sha256
+
+
+def relight(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """A random global lighting change: colour jitter, then a directional light ramp.
+
+    ``strength`` scales every amplitude (:data:`LIGHTING` and the ramp's 0.4); 1 makes the
+    mixed pseudo split.
+    """
+    amplitudes = {name: value * strength for name, value in LIGHTING.items()}
+    return directional_light(color_jitter(image, amplitudes, rng), 0.4 * strength, rng)

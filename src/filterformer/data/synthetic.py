@@ -12,7 +12,6 @@ are not defects, so they never enter a mask. Everything is a pure function of th
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -21,10 +20,17 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 import skimage.data
-from tqdm import tqdm
 
 from filterformer.errors import ConfigError, DataError
-from filterformer.io import remove_partials, write_json, write_mask_png, write_png
+from filterformer.io import (
+    check_name,
+    read_json,
+    remove_partials,
+    write_json,
+    write_mask_png,
+    write_png,
+)
+from filterformer.progress import progress_bar
 
 TEXTURES = ("brick", "grass", "gravel")
 _TINTS = {"brick": (1.0, 0.78, 0.62), "grass": (0.72, 0.95, 0.55), "gravel": (0.86, 0.86, 0.92)}
@@ -95,11 +101,11 @@ def make_synthetic_category(
     second call with the same parameters returns at once, and an interrupted one is completed.
     """
     params = _params(seed, image_size, counts, texture)
-    cat_dir = Path(root) / category
+    cat_dir = Path(root) / check_name(category, "category")
     params_path = cat_dir / PARAMS_FILE
     specs = _plan(seed, params["counts"])
     if params_path.is_file():
-        stored = json.loads(params_path.read_text())
+        stored = read_json(params_path, "synthetic category record", "Delete the folder.")
         if stored != params:
             raise DataError(
                 f"{cat_dir}: holds a synthetic category made with other parameters ({stored}). "
@@ -114,7 +120,7 @@ def make_synthetic_category(
         )
     write_json(params_path, params)
     remove_partials(cat_dir)
-    bar = tqdm(specs, desc=f"synthetic {category}", disable=not progress, unit="img")
+    bar = progress_bar(specs, desc=f"generating {category}", enabled=progress, unit="img")
     for spec in bar:
         item = _render(spec, params["image_size"], texture)
         write_png(cat_dir / f"{spec.relpath}.png", item.image)

@@ -32,11 +32,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
-from tqdm import tqdm
 
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling, Box, GridTiling
 from filterformer.data.transforms import InputGeometry, TrainAugment
+from filterformer.progress import progress_bar
 
 
 class TrainingImages(Dataset[torch.Tensor]):
@@ -80,7 +80,9 @@ class TrainingImages(Dataset[torch.Tensor]):
 
     def preload(self, progress: bool = True) -> None:
         """Decode and cache every image now (no-op for images already cached)."""
-        for index in tqdm(range(len(self.samples)), desc="decoding images", disable=not progress):
+        for index in progress_bar(
+            range(len(self.samples)), desc="decoding images", enabled=progress
+        ):
             self.resized_image(index)
 
     def cache_size(self, height: int, width: int) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Figures for people: PRO curves with the chance line, and labelled overlays of one image.
+"""Figures for people: PRO curves, score histograms, and labelled overlays of one image.
 
 Both are built as matplotlib figures (no pyplot state, so they are safe in any process and
 easy to inspect in tests) and saved as PNG with :func:`save_figure`. Data stay in fractions
@@ -6,15 +6,24 @@ and original score units; only labels meant for reading show percent.
 
 Contours are drawn in colours that show on any image: prediction cyan, ground truth magenta,
 each with a black outline.
+
+**One colour scale for every overlay** (ff-eval, ff-predict, ff-demo; :func:`colour_scale`):
+the map's colours run from the run's offset, the lowest score of its validation images (the
+value the float16 TIFFs call 0), to that offset plus :data:`COLOUR_MULTIPLE` times the
+threshold's height above it. The threshold therefore always sits at the same place on the
+colour bar (its middle), every image of a run is coloured alike, and scores above the top or
+below the offset are clipped to the end colours (never shown as negative).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
@@ -32,17 +41,30 @@ GROUND_TRUTH_COLOUR = "magenta"
 OUTLINE = [withStroke(linewidth=4.5, foreground="black")]
 """A dark outline around contour lines, so that light and dark images alike show them."""
 HEAT_CMAP = "inferno"
+HEAT_ALPHA = 0.55
+"""Opacity of the coloured map over the image in the middle panel."""
+COLOUR_MULTIPLE = 2.0
+"""The top of the overlay colour scale: the offset plus this many times (threshold - offset)."""
+HISTOGRAM_BINS = 30
+HISTOGRAM_COLOURS = {"good": "tab:green", "defective": "tab:red", "validation": "tab:grey"}
+"""Histogram colours by the first word of a group's name (other groups: blue)."""
+FIGURE_PNG_COMPRESSION = 1
+"""zlib level of figure PNGs: a fifth of the write time of OpenCV's default, files ~20 % larger."""
 PANEL_HEIGHT_PX = 450
 """Height of each overlay panel: detail stays readable on small images (upscaled)."""
 DPI = 100
 
 
-def save_figure(path: str | os.PathLike, figure: Figure) -> None:
-    """Render ``figure`` and write it as an RGB PNG (atomically)."""
+def figure_array(figure: Figure) -> np.ndarray:
+    """Render ``figure`` as an H x W x 3 uint8 RGB array."""
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    write_png(path, np.ascontiguousarray(rgba[:, :, :3]))
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[:, :, :3])
+
+
+def save_figure(path: str | os.PathLike, figure: Figure) -> None:
+    """Render ``figure`` and write it as an RGB PNG (atomically)."""
+    write_png(path, figure_array(figure), compression=FIGURE_PNG_COMPRESSION)
 
 
 def pro_curve_figure(result: ProResult, limit: float, title: str) -> Figure:
@@ -85,6 +107,116 @@ def pro_curve_figure(result: ProResult, limit: float, title: str) -> Figure:
 def plot_pro_curve(path: str | os.PathLike, result: ProResult, limit: float, title: str) -> None:
     """PNG of :func:`pro_curve_figure`."""
     save_figure(path, pro_curve_figure(result, limit, title))
+
+
+def colour_scale(
+    offset: float, threshold: float | None, high: float | None = None
+) -> tuple[float, float]:
+    """The overlay colour range (low, high) in score units (module docstring).
+
+    ``offset``: the run's lowest validation score; without a threshold (or one at or below
+    the offset) the range ends at ``high`` (e.g. the highest validation score) instead.
+    """
+    if threshold is not None and threshold > offset:
+        return offset, offset + COLOUR_MULTIPLE * (threshold - offset)
+    top = offset if high is None else max(high, offset)
+    return offset, top if top > offset else offset + 1e-12
+
+
+def score_histogram_figure(
+    groups: Mapping[str, Sequence[float]],
+    threshold: float | None,
+    title: str,
+    threshold_label: str = "threshold",
+) -> Figure:
+    """Histograms of image scores per group on shared bins, with the threshold as a line.
+
+    ``groups``: e.g. ``{"good test images": [...], "defective test images": [...],
+    "validation images (normal)": [...]}``; empty groups are left out. The picture to set a
+    threshold by: the line should separate the defective images from the good ones.
+    """
+    figure = Figure(figsize=(7, 4.2), dpi=DPI, layout="constrained")
+    ax = figure.subplots()
+    values = [float(v) for scores in groups.values() for v in scores]
+    values += [] if threshold is None else [float(threshold)]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    bins = np.linspace(low, high if high > low else low + 1.0, HISTOGRAM_BINS + 1)
+    for name, scores in groups.items():
+        if len(scores):
+            colour = HISTOGRAM_COLOURS.get(name.split()[0], "tab:blue")
+            label = f"{name} ({len(scores)})"
+            ax.hist(np.asarray(scores, float), bins, alpha=0.55, color=colour, label=label)
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", label=threshold_label)
+    ax.set(xlabel="image score (max of the anomaly map)", ylabel="images", title=title)
+    ax.legend(loc="upper right", fontsize="small")
+    return figure
+
+
+def write_score_histogram(
+    path: str | os.PathLike,
+    scores: Sequence[float],
+    labels: Sequence[int | None],
+    threshold: float | None,
+    title: str,
+    validation: Sequence[float] = (),
+    threshold_label: str = "threshold",
+) -> None:
+    """PNG of :func:`score_histogram_figure`: images split by label (0 good, 1 defective,
+    None unlabelled), plus the validation images' scores."""
+    named = {0: "good images", 1: "defective images", None: "images (unlabelled)"}
+    groups: dict[str, list[float]] = {name: [] for name in named.values()}
+    for score, label in zip(scores, labels, strict=True):
+        groups[named[label]].append(float(score))
+    groups["validation images (normal, not trained on)"] = [float(v) for v in validation]
+    figure = score_histogram_figure(groups, threshold, title, threshold_label)
+    save_figure(path, figure)
+
+
+def training_curves_figure(
+    steps: Sequence[Mapping[str, float]],
+    evaluations: Sequence[Mapping[str, Any]],
+    metric: str,
+    title: str,
+) -> Figure:
+    """Three panels over training: every loss per step, the learning rate, and the selection
+    ``metric`` per fusion mode at each evaluation (by epoch).
+
+    ``steps``: train_log.csv rows (``step``, ``epoch``, ``lr``, the losses); ``evaluations``:
+    eval_log.csv rows (``epoch``, ``mode``, the metrics).
+    """
+    figure = Figure(figsize=(7, 8), dpi=DPI, layout="constrained")
+    losses_ax, lr_ax, metric_ax = figure.subplots(3, 1)
+    step = [float(row["step"]) for row in steps]
+    names = [k for k in (steps[0] if steps else {}) if k not in ("step", "epoch", "lr")]
+    for name in names:
+        losses_ax.plot(step, [float(row[name]) for row in steps], label=name, linewidth=1)
+    losses_ax.set(xlabel="step", ylabel="loss", title=title)
+    if names and all(float(row[n]) > 0 for row in steps for n in names):
+        losses_ax.set_yscale("log")
+    if names:
+        losses_ax.legend(loc="upper right", fontsize="small")
+    lr_ax.plot(step, [float(row["lr"]) for row in steps], color="tab:purple")
+    lr_ax.set(xlabel="step", ylabel="learning rate")
+    modes = list(dict.fromkeys(str(row["mode"]) for row in evaluations))
+    for mode in modes:
+        rows = [row for row in evaluations if str(row["mode"]) == mode]
+        epochs = [float(row["epoch"]) for row in rows]
+        values = [100 * float(row[metric]) for row in rows]
+        metric_ax.plot(epochs, values, marker="o", label=f"fusion mode {mode}")
+    metric_ax.set(xlabel="epoch", ylabel=f"{metric} [%] (selection)")
+    if modes:
+        metric_ax.legend(loc="lower right", fontsize="small")
+    else:
+        metric_ax.text(
+            0.5,
+            0.5,
+            "no evaluation during training (eval.every=0, or no split with defects)",
+            ha="center",
+            va="center",
+            transform=metric_ax.transAxes,
+        )
+    return figure
 
 
 def image_verdict(score: float, threshold: float | None) -> str | None:
@@ -149,6 +281,18 @@ def _overlay_axes(figure: Figure, width: float, height: float) -> list[Axes]:
     ]
 
 
+def _resized(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``array`` at the panel's pixel size (w, h): drawing a few hundred pixels instead of
+    megapixels is what keeps an overlay fast (scripts/bench_overlays.py). Masks stay bool."""
+    if array.shape[1::-1] == size:
+        return array
+    if array.dtype == bool:
+        small = cv2.resize(array.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        return small > 0
+    shrink = size[1] < array.shape[0]
+    return cv2.resize(array, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 def overlay_figure(
     image: np.ndarray,
     amap: np.ndarray,
@@ -169,11 +313,16 @@ def overlay_figure(
     *axes, bar_axis = _overlay_axes(figure, PANEL_HEIGHT_PX * width / height, PANEL_HEIGHT_PX)
     low, high = score_range
     norm = Normalize(vmin=low, vmax=max(high, low + 1e-12))
-    for ax, title in zip(axes, ("image", "anomaly map", "prediction"), strict=True):
-        ax.imshow(image, aspect="auto")
+    size = (max(1, round(PANEL_HEIGHT_PX * width / height)), PANEL_HEIGHT_PX)  # (w, h) shown
+    shown = _resized(image, size)
+    heat = colormaps[HEAT_CMAP](norm(_resized(np.asarray(amap, np.float32), size)))[..., :3]
+    blended = (1 - HEAT_ALPHA) * shown / 255.0 + HEAT_ALPHA * heat  # the map over the image
+    panels = (shown, blended, shown)
+    for ax, title, panel in zip(axes, ("image", "anomaly map", "prediction"), panels, strict=True):
+        ax.imshow(panel, aspect="auto", interpolation="nearest")
         ax.set_title(title)
         ax.set_axis_off()
-    axes[1].imshow(amap, cmap=HEAT_CMAP, norm=norm, alpha=0.55, aspect="auto")
+    binary, gt = (None if m is None else _resized(m, size) for m in (binary, gt))
     colour_bar = figure.colorbar(ScalarMappable(norm=norm, cmap=HEAT_CMAP), cax=bar_axis)
     colour_bar.set_label("anomaly score")
     if threshold is not None and low <= threshold <= high:

@@ -1,13 +1,15 @@
 """Image AUROC and the pooled pixel metrics (pixel AUROC, AP, F1-max oracle).
 
-Image scores follow two conventions: the **max** of the map (MVTec's `evaluate_experiment`)
-and the **mean of the top 1 %** of pixels (INP-Former). The pixel metrics are exact
+Image scores follow three conventions (:func:`score_by_rule`): the **max** of the map
+(MVTec's `evaluate_experiment`), the **mean of the top 1 %** of pixels (INP-Former) and the
+**sum of the T largest** values (CPR). The pixel metrics are exact
 functions of :class:`~filterformer.evaluation.aupro.PixelCounts`, which the AU-PRO
 accumulator collects in the same pass (float16 bins by default).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +20,9 @@ from filterformer.evaluation.segf1 import F1Counts
 
 TOP_FRACTION = 0.01
 """INP-Former's image score: mean of the top 1 % of pixels (`max_ratio = 0.01`)."""
+SUM_TOP = re.compile(r"sum_top([1-9][0-9]*)(?:@([1-9][0-9]*)x([1-9][0-9]*))?")
+"""``sum_top<T>`` or ``sum_top<T>@<H>x<W>``: the sum of the T largest values, T counted on an
+H x W map (:func:`top_sum`)."""
 
 
 def _nan_if_empty(positives: float, negatives: float) -> bool:
@@ -55,13 +60,52 @@ def top_fraction_mean(amap: np.ndarray, fraction: float = TOP_FRACTION) -> float
     return float(np.partition(flat, flat.size - k)[flat.size - k :].mean(dtype=np.float64))
 
 
+def top_sum(amap: np.ndarray, count: int, reference_pixels: int | None = None) -> float:
+    """Sum of the ``count`` largest scores (CPR code, test.py, after DeSTSeg: T = 512).
+
+    ``reference_pixels``: the size of the map that ``count`` is meant for (CPR: its 320 x 320
+    input). A map of another size sums its max(1, round(count x pixels / reference)) largest
+    values, scaled by reference / pixels, so that a map resized from the network's scores
+    about as the network's map.
+    """
+    flat = np.asarray(amap, dtype=np.float32).ravel()
+    scale = 1.0 if reference_pixels is None else reference_pixels / flat.size
+    k = min(flat.size, max(1, round(count / scale)))
+    top = np.partition(flat, flat.size - k)[flat.size - k :]
+    return float(top.sum(dtype=np.float64) * scale)
+
+
+def parse_sum_top(rule: str) -> tuple[int, int | None] | None:
+    """(T, H x W or None) of a ``sum_top`` rule (:data:`SUM_TOP`); None for other rules."""
+    match = SUM_TOP.fullmatch(rule)
+    if match is None:
+        return None
+    count, height, width = match.groups()
+    return int(count), None if height is None else int(height) * int(width)
+
+
+def score_by_rule(amap: np.ndarray, rule: str) -> float:
+    """The image score of a map: ``max``, ``top1`` or ``sum_top<T>[@<H>x<W>]``."""
+    if rule == "max":
+        return float(np.max(amap))
+    if rule == "top1":
+        return top_fraction_mean(amap)
+    parsed = parse_sum_top(rule)
+    if parsed is None:
+        raise ValueError(f"unknown image score {rule!r}")
+    return top_sum(amap, *parsed)
+
+
 @dataclass
 class ImageScores:
     """Per-image scores and labels of a split, collected one map at a time."""
 
+    rule: str = "max"
+    """The rule of :attr:`scores` (:func:`score_by_rule`)."""
     names: list[str] = field(default_factory=list)
     max_scores: list[float] = field(default_factory=list)
     top_scores: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
     labels: list[bool] = field(default_factory=list)
 
     def update(self, amap: np.ndarray, label: bool, name: str = "") -> None:
@@ -69,7 +113,12 @@ class ImageScores:
         self.names.append(name)
         self.max_scores.append(float(np.max(amap)))
         self.top_scores.append(top_fraction_mean(amap))
+        self.scores.append(score_by_rule(amap, self.rule))
         self.labels.append(bool(label))
+
+    def auroc(self) -> float:
+        """Image AUROC with the scores of :attr:`rule`."""
+        return image_auroc(self.scores, self.labels)
 
     def auroc_max(self) -> float:
         """Image AUROC with the max score (MVTec's convention)."""

@@ -37,7 +37,12 @@ import numpy as np
 
 from filterformer.errors import ConfigError, DataError
 from filterformer.evaluation.aupro import PixelCounts, gt_region_weights, integrate_limited
-from filterformer.evaluation.image_metrics import image_auroc, pixel_ap, top_fraction_mean
+from filterformer.evaluation.image_metrics import (
+    image_auroc,
+    parse_sum_top,
+    pixel_ap,
+    score_by_rule,
+)
 from filterformer.io import write_csv
 
 MVTEC_AD2 = "mvtec_ad2"
@@ -48,8 +53,10 @@ ZERO_SHOT_MAPS = ("inp_distance", "reconstruction")
 """Zero-shot evaluation's map: ``inp_distance``, each token's distance to the image's nearest
 INP (the INP-Former code's zero-shot map, default), or ``reconstruction``, the run's own map."""
 
-IMAGE_SCORES = ("max", "top1")
-"""Image score of a map: its max (MVTec's script) or the mean of its top 1 % (INP-Former)."""
+IMAGE_SCORES = ("max", "top1", "sum_top<T>")
+"""Image score of a map: its max (MVTec's script), the mean of its top 1 % (INP-Former), or
+the sum of its T largest values (CPR; ``sum_top512``), T counted on a map of the network
+input's size: ``sum_top512@320x320`` once resolved for a run (:func:`resolve_image_score`)."""
 DEFAULT_IMAGE_SCORE = {MVTEC_AD2: "max", INPFORMER: "top1"}
 """Each protocol's own image score, used when ``eval.image_score`` is null."""
 
@@ -81,21 +88,34 @@ def check_protocol(protocol: str) -> str:
     return protocol
 
 
-def resolve_image_score(rule: str | None, protocol: str) -> str:
-    """``eval.image_score`` if set (validated), else the protocol's own image score."""
+def is_image_score(rule: object) -> bool:
+    """Whether ``rule`` names an image score (``max``, ``top1``, ``sum_top<T>[@<H>x<W>]``)."""
+    return isinstance(rule, str) and (rule in IMAGE_SCORES[:2] or parse_sum_top(rule) is not None)
+
+
+def resolve_image_score(
+    rule: str | None, protocol: str, input_size: tuple[int, int] | None = None
+) -> str:
+    """``eval.image_score`` if set (validated), else the protocol's own image score.
+
+    A ``sum_top<T>`` rule without a size gets ``@<H>x<W>`` of ``input_size`` (the network
+    input, on which T is counted), when given.
+    """
     if rule is None:
         return DEFAULT_IMAGE_SCORE[check_protocol(protocol)]
-    if rule not in IMAGE_SCORES:
+    if not is_image_score(rule):
         raise ConfigError(
             f"eval.image_score {rule!r} is unknown; choose one of {', '.join(IMAGE_SCORES)} "
-            "(or null for the protocol's own)."
+            "(e.g. sum_top512), or null for the protocol's own."
         )
+    if input_size is not None and "@" not in rule and parse_sum_top(rule) is not None:
+        return f"{rule}@{input_size[0]}x{input_size[1]}"
     return rule
 
 
 def image_score(amap: np.ndarray, rule: str) -> float:
-    """The image score of a map by ``rule`` (``max`` or ``top1``)."""
-    return float(np.max(amap)) if rule == "max" else top_fraction_mean(amap)
+    """The image score of a map by ``rule`` (:data:`IMAGE_SCORES`)."""
+    return score_by_rule(amap, rule)
 
 
 def distinct_counts(scores: np.ndarray, labels: np.ndarray) -> PixelCounts:

@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from filterformer.data.folder import missing_pixel_truth
+from filterformer.data.sample import Sample
+from filterformer.errors import DataError
 from filterformer.evaluation.aupro import ProAccumulator, ProResult
 from filterformer.evaluation.image_metrics import ImageScores, f1_max, pixel_ap, pixel_auroc
-from filterformer.evaluation.protocol import INPFORMER, MVTEC_AD2, percent
+from filterformer.evaluation.protocol import INPFORMER, MVTEC_AD2, distinct_counts, percent
 from filterformer.evaluation.protocol import METRICS as INPFORMER_METRICS
 from filterformer.evaluation.segf1 import SegF1Accumulator
 from filterformer.evaluation.selection import (
@@ -31,7 +34,12 @@ from filterformer.evaluation.selection import (
 )
 from filterformer.io import write_csv, write_json
 
-TABLE_COLUMNS = (("seg_f1", "SegF1"), ("class_f1", "ClassF1"), ("image_auroc", "I-AUROC"))
+TABLE_COLUMNS = (
+    ("seg_f1", "SegF1"),
+    ("class_f1", "ClassF1"),
+    ("image_auroc", "I-AUROC"),
+    ("image_ap", "I-AP"),
+)
 """Columns of the printed table after the AU-PRO ones: (row key, header)."""
 
 
@@ -40,29 +48,82 @@ def pro_key(limit: float) -> str:
     return f"au_pro@{limit:g}"
 
 
-class CategoryMetrics:
-    """All metrics of one category and split, accumulated one image at a time."""
+PIXEL_METRICS = ("au_pro", "seg_f1", "pixel_auroc", "pixel_ap", "pixel_f1_max_oracle")
+"""Row keys (``au_pro`` as a prefix) that need pixel ground truth."""
+CLASS_COUNTS = ("class_tp", "class_fp", "class_fn", "class_tn")
+"""Image confusion counts at the threshold: defective flagged, good flagged, defective
+missed, good passed."""
 
-    def __init__(self, float16: bool = True, image_score: str = "max") -> None:
+
+class CategoryMetrics:
+    """All metrics of one category and split, accumulated one image at a time.
+
+    ``no_pixel_truth``: why the split has no pixel ground truth (e.g. defective photos without
+    masks). Then only the image metrics are computed, from each image's label; the pixel
+    metrics are NaN and the row says why (``not_computed``).
+    """
+
+    def __init__(
+        self, float16: bool = True, image_score: str = "max", no_pixel_truth: str | None = None
+    ) -> None:
         self.image_score = image_score
-        """Score of ``image_auroc``: ``max`` or ``top1`` (``eval.image_score``)."""
+        """Score of ``image_auroc`` (``eval.image_score``: max, top1 or sum_top<T>)."""
+        self.no_pixel_truth = no_pixel_truth
         self.pro = ProAccumulator(float16=float16)
         self.seg = SegF1Accumulator()
-        self.images = ImageScores()
+        self.images = ImageScores(rule=image_score)
         self.image_f1: list[float] = []
         """Per-image pixel F1 of the binary map (NaN without one): ranks overlay examples."""
         self.score_range = (math.inf, -math.inf)
 
+    @classmethod
+    def for_samples(
+        cls, samples: Sequence[Sample], float16: bool = True, image_score: str = "max"
+    ) -> CategoryMetrics:
+        """Metrics for ``samples``: pixel ones when every mask is known, else image ones.
+
+        Refuses samples without labels (nothing to evaluate against), saying how to label them.
+        """
+        gap = missing_pixel_truth(samples)
+        if gap is not None and gap.startswith("labels"):
+            where = samples[0].path.parent if samples else "the split"
+            raise DataError(f"{where}: cannot evaluate, {gap}.")
+        return cls(float16=float16, image_score=image_score, no_pixel_truth=gap)
+
+    def truth(self, sample: Sample) -> np.ndarray | None:
+        """The sample's ground-truth mask when the metrics use pixels, else None."""
+        return sample.load_mask() if self.no_pixel_truth is None else None
+
+    def add(self, sample: Sample, amap: np.ndarray, binary: np.ndarray | None, name: str) -> None:
+        """:meth:`update` with the sample's own ground truth (mask or label)."""
+        self.update(amap, self.truth(sample), binary, name, sample.label)
+
     def update(
-        self, amap: np.ndarray, gt: np.ndarray, binary: np.ndarray | None, name: str
+        self,
+        amap: np.ndarray,
+        gt: np.ndarray | None,
+        binary: np.ndarray | None,
+        name: str,
+        label: int | None = None,
     ) -> None:
-        """Add one image: continuous map, GT mask and (optionally) its final binary map."""
-        self.pro.update(amap, gt, name)
-        self.images.update(amap, bool(gt.any()), name)
+        """Add one image: continuous map, GT mask and (optionally) its final binary map.
+
+        Without pixel truth (``no_pixel_truth``), ``gt`` is ignored and ``label`` is needed.
+        """
         self.score_range = (
             min(self.score_range[0], float(amap.min())),
             max(self.score_range[1], float(amap.max())),
         )
+        if self.no_pixel_truth is not None or gt is None:
+            if label is None or self.no_pixel_truth is None:
+                raise DataError(f"{name}: no ground truth (mask or label) to evaluate against.")
+            self.images.update(amap, bool(label), name)
+            self.image_f1.append(float("nan"))
+            if binary is not None:
+                self.seg.update_image(bool(binary.any()), bool(label))
+            return
+        self.pro.update(amap, gt, name)
+        self.images.update(amap, bool(gt.any()), name)
         if binary is None:
             self.image_f1.append(float("nan"))
             return
@@ -81,7 +142,10 @@ class CategoryMetrics:
         seg = self.seg.compute()
         cls = self.seg.class_f1()
         nan = float("nan")
-        row: dict[str, Any] = {"category": category, "num_images": len(self.images.labels)}
+        images = self.images
+        labels = np.asarray(images.labels, dtype=bool)
+        predicted = np.asarray(self.seg.predicted, dtype=bool)
+        row: dict[str, Any] = {"category": category, "num_images": len(images.labels)}
         row.update({pro_key(limit): value for limit, value in pro.au_pro.items()})
         row.update(
             seg_f1=seg.f1 if has_binary else nan,
@@ -89,16 +153,27 @@ class CategoryMetrics:
             seg_fp=seg.fp,
             seg_fn=seg.fn,
             class_f1=cls.f1 if has_binary else nan,
-            image_auroc=self.images.auroc_top()
-            if self.image_score == "top1"
-            else self.images.auroc_max(),
-            image_auroc_top1=self.images.auroc_top(),
+            image_auroc=images.auroc(),
+            image_auroc_top1=images.auroc_top(),
+            image_ap=pixel_ap(distinct_counts(np.asarray(images.scores), labels))
+            if images.scores
+            else nan,
             pixel_auroc=pixel_auroc(counts),
             pixel_ap=pixel_ap(counts),
             pixel_f1_max_oracle=f1_max(counts).counts.f1,
             threshold=nan if threshold is None else threshold,
             threshold_rule=threshold_rule,
         )
+        if has_binary:
+            row.update(
+                class_tp=cls.tp,
+                class_fp=cls.fp,
+                class_fn=cls.fn,
+                class_tn=int(np.sum(~predicted & ~np.asarray(self.seg.labels, dtype=bool))),
+            )
+        if self.no_pixel_truth is not None:
+            row.update({k: nan for k in row if k.startswith(PIXEL_METRICS)})
+            row.update(seg_tp=0, seg_fp=0, seg_fn=0, not_computed=self.no_pixel_truth)
         return row
 
     def examples(self) -> dict[str, int]:
@@ -121,7 +196,7 @@ class CategoryMetrics:
 def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Unweighted mean over categories of every metric (NaN if any category is NaN)."""
     skip = {"category", "num_images", "seg_tp", "seg_fp", "seg_fn", "threshold", "threshold_rule"}
-    skip |= {"selected_on", "dataset", "trained_on"}  # records and names, not metrics
+    skip |= {"selected_on", "dataset", "trained_on", "not_computed", *CLASS_COUNTS}
     keys = [k for k in rows[0] if k not in skip] if rows else []
     mean: dict[str, Any] = {"category": "mean", "num_images": sum(r["num_images"] for r in rows)}
     mean.update({k: float(np.mean([float(r[k]) for r in rows])) for k in keys})
@@ -170,13 +245,14 @@ def format_table(
     and what was chosen on ``split`` itself (see :mod:`.selection`); footnotes say what that
     means.
     """
+    nan = float("nan")
     columns = table_columns(limits, protocol)
     rule = any("threshold_rule" in row for row in rows)
     headers = ["category", *(f"{title} [%]" for _, title in columns)]
     headers += (["threshold rule"] if rule else []) + [f"chosen on {split}"]
     lines = []
     for row in [*rows, *dataset_means(rows), mean_row(rows)] if rows else []:
-        cells = [str(row["category"])] + [percent(row[key]) for key, _ in columns]
+        cells = [str(row["category"])] + [percent(row.get(key, nan)) for key, _ in columns]
         cells += [str(row.get("threshold_rule", ""))] if rule else []
         cells.append(selection_cell(_rows_of(row, rows), split))
         lines.append(cells)
@@ -186,9 +262,30 @@ def format_table(
     out = [f"split: {split}, protocol: {protocol}"]
     out += [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*cells) for cells in lines]
-    notes = [*selection_notes(rows, split), *trained_on_notes(rows)]
+    notes = [*truth_notes(rows), *selection_notes(rows, split), *trained_on_notes(rows)]
     out += [textwrap.fill(n, 100, break_on_hyphens=False) for n in notes]
     return "\n".join(line.rstrip() for line in out)
+
+
+def truth_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per category: what the image verdicts at its threshold were, and what was not computed."""
+    notes = []
+    for row in rows:
+        if "class_tp" in row:
+            tp, fp, fn, tn = (int(row[k]) for k in CLASS_COUNTS)
+            value = float(row.get("threshold", float("nan")))
+            at = "with the given binary maps" if math.isnan(value) else f"at threshold {value:.4g}"
+            notes.append(
+                f"{row['category']} {at}: {tp} of {tp + fn} "
+                f"defective images flagged, {fp} of {fp + tn} good ones flagged "
+                f"(TP {tp}, FN {fn}, FP {fp}, TN {tn})."
+            )
+        if row.get("not_computed"):
+            notes.append(
+                f"{row['category']}: pixel metrics (AU-PRO, SegF1, pixel AUROC) not computed: "
+                f"{row['not_computed']}. Image metrics (I-AUROC, I-AP, ClassF1) use the labels."
+            )
+    return notes
 
 
 def trained_on_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:

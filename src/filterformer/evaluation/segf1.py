@@ -81,6 +81,11 @@ class SegF1Accumulator:
         self.labels.append(anomalous > 0)
         return F1Counts(tp, positives - tp, anomalous - tp)
 
+    def update_image(self, predicted: bool, label: bool) -> None:
+        """Add one image known only by its label (no mask): it counts for ClassF1 only."""
+        self.predicted.append(bool(predicted))
+        self.labels.append(bool(label))
+
     def compute(self) -> F1Counts:
         """Pooled SegF1 counts of every image added so far."""
         return F1Counts(self.tp, self.fp, self.fn)

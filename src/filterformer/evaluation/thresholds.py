@@ -28,7 +28,6 @@ the plain ``{"<category>": t}`` form (rule ``given``) and the run folder's per-f
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -46,7 +45,7 @@ from filterformer.evaluation.aupro import (
     float16_keys,
 )
 from filterformer.evaluation.image_metrics import f1_max
-from filterformer.io import write_json
+from filterformer.io import read_json, write_json
 
 CALIBRATION_RULES = ("mean_std", "quantile", "f1_pseudo", "f1_optimal", "fixed")
 """Rules a category config may name: :func:`threshold_by_rule` calibrates with them."""
@@ -134,7 +133,10 @@ class Threshold:
         rule = record.get("rule", "given")
         if rule not in RULES:
             raise ConfigError(f"{where}: unknown threshold rule {rule!r}; use one of {RULES}.")
-        params = {k: float(v) for k, v in record.items() if k in PARAMS}
+        params = {k: v for k, v in record.items() if k in PARAMS}
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in params.values()):
+            raise ConfigError(f"{where}: rule parameters {params} must be numbers.")
+        params = {k: float(v) for k, v in params.items()}
         splits = record.get("splits") or {}
         if not isinstance(splits, Mapping):
             raise ConfigError(f"{where}: 'splits' must map split names to thresholds.")
@@ -351,12 +353,12 @@ def read_thresholds(path: str | os.PathLike, mode: str | None = None) -> dict[st
     calibrates that mode by the category's rule.
     """
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: thresholds file not found. Check the path.")
     try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: thresholds file not found. Check the path.") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err}).") from None
+        raw = read_json(path, "thresholds file", "Restore it from a copy, or calibrate again.")
+    except DataError as err:
+        raise ConfigError(str(err)) from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: expected an object {{category: threshold}}.")
     records = {
@@ -374,7 +376,10 @@ def write_thresholds(
 ) -> None:
     """Write (or update) thresholds.json; other categories and modes already there are kept."""
     path = Path(path)
-    raw: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    fix = "Delete it, then calibrate again."
+    raw = read_json(path, "thresholds file", fix) if path.is_file() else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected an object {{category: threshold}}. {fix}")
     for category, threshold in thresholds.items():
         if mode is None:
             raw[category] = threshold.to_json()

@@ -84,6 +84,11 @@ def _check_dynamic(run: Run, fmt: str, plan: ExportPlan) -> None:
             f"--dynamic-size: model {run.config.model.name!r} works at its training input "
             f"size only (e.g. its references are stored at that size); export without it."
         )
+    if run.image_score not in ("max", "top1"):
+        raise DeployError(
+            f"--dynamic-size: the image score {run.image_score!r} counts its values on a map of "
+            "one size; export without --dynamic-size."
+        )
     if fmt == "openvino":
         raise DeployError(
             "--dynamic-size with --format openvino: OpenVINO resizes the encoder's position "

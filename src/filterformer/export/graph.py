@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from filterformer.errors import DeployError
-from filterformer.evaluation.image_metrics import TOP_FRACTION
+from filterformer.evaluation.image_metrics import TOP_FRACTION, parse_sum_top
 from filterformer.inference.predict import Smoothing, finish_maps
 from filterformer.models.encoder import DinoEncoder
 from filterformer.models.export_plan import IMAGES, Graph
@@ -44,11 +44,19 @@ def top_count(pixels: int) -> int:
 
 
 def image_scores(maps: torch.Tensor, rule: str) -> torch.Tensor:
-    """B image scores of B x h x w maps: their max, or the mean of their top 1 % (``top1``)."""
+    """B image scores of B x h x w maps: their max, the mean of their top 1 % (``top1``), or
+    the sum of their T largest values (``sum_top<T>[@<H>x<W>]``, as
+    :func:`~filterformer.evaluation.image_metrics.top_sum`; a fixed map size)."""
     flat = maps.flatten(1)
     if rule == "max":
         return flat.amax(dim=1)
-    return flat.topk(top_count(flat.shape[1]), dim=1).values.mean(dim=1)
+    if rule == "top1":
+        return flat.topk(top_count(flat.shape[1]), dim=1).values.mean(dim=1)
+    count, reference = parse_sum_top(rule)
+    pixels = int(flat.shape[1])
+    scale = 1.0 if reference is None else reference / pixels
+    k = min(pixels, max(1, round(count / scale)))
+    return flat.topk(k, dim=1).values.sum(dim=1) * scale
 
 
 class MapFinish(nn.Module):
@@ -62,6 +70,11 @@ class MapFinish(nn.Module):
         image_score: str,
     ) -> None:
         super().__init__()
+        if image_score not in ("max", "top1") and parse_sum_top(image_score) is None:
+            raise DeployError(
+                f"ff-export computes the image scores max, top1 and sum_top<T>, not "
+                f"eval.image_score {image_score!r}; score this run with ff-predict --backend torch"
+            )
         self.mode = mode
         self.map_stats = None if map_stats is None else dict(map_stats)
         self.smoothing = smoothing

@@ -20,10 +20,10 @@ from itertools import islice
 from typing import Protocol
 
 import numpy as np
-from tqdm import tqdm
 
 from filterformer.data.tiling import AnyTiling
 from filterformer.data.transforms import InputGeometry
+from filterformer.progress import progress_bar
 
 
 class ImageSource(Protocol):
@@ -93,7 +93,7 @@ def original_size_maps(
             ]
         return out
 
-    bar = tqdm(total=len(samples), desc="predict", unit="img", disable=not progress)
+    bar = progress_bar(total=len(samples), desc="predict", unit="img", enabled=progress)
     with bar:
         if tiling is None:
             for batch in batches(samples, batch_size):

@@ -45,7 +45,7 @@ from filterformer.models.fusion import fuse_maps
 MapStats = Mapping[str, tuple[float, float]]
 
 
-PADDINGS: tuple[str, ...] = ("replicate", "zero")
+PADDINGS: tuple[str, ...] = ("replicate", "zero", "reflect")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ class Smoothing:
     """How a fused map is smoothed (the config's ``eval`` section; defaults mirror it).
 
     ``sigma`` and ``kernel_size``: the Gaussian (sigma <= 0: no smoothing). ``padding``:
-    ``replicate`` (ours) or ``zero`` (INP-Former's). ``size``: None smooths at network
+    ``replicate`` (ours), ``zero`` (INP-Former's) or ``reflect`` (torchvision's gaussian_blur,
+    as the retrieval presets' official code). ``size``: None smooths at network
     resolution; an (h, w) smooths at that size (INP-Former's 256 x 256 protocol) and resizes
     back. ``at_original``: the model makes its map at each image's (tile's) original size and
     it is smoothed there (ISVL hybrid code; torch models, squashed inputs without a crop).
@@ -97,8 +98,9 @@ def gaussian_blur(
 ) -> torch.Tensor:
     """Smooth B x H x W maps with a normalised separable Gaussian.
 
-    ``padding`` is ``replicate`` (border values repeated) or ``zero`` (as a zero-padded
-    convolution, which pulls the border towards 0).
+    ``padding`` is ``replicate`` (border values repeated), ``zero`` (as a zero-padded
+    convolution, which pulls the border towards 0) or ``reflect`` (mirrored without repeating
+    the border value, as torchvision's gaussian_blur; needs maps larger than half the kernel).
     """
     if sigma <= 0:
         return maps

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from filterformer.data.sample import Sample
 from filterformer.data.transforms import InputGeometry
@@ -33,6 +32,7 @@ from filterformer.evaluation.protocol import InpFormerMetrics, image_score
 from filterformer.inference.original_maps import batches
 from filterformer.inference.predict import Smoothing, smooth_maps
 from filterformer.models.fusion import fuse_maps
+from filterformer.progress import progress_bar
 
 PROTOCOL_SIZE = (256, 256)
 """INP-Former code: maps and masks are evaluated at 256 x 256 (resize_mask=256)."""
@@ -56,7 +56,7 @@ def protocol_maps(
 ) -> Iterator[tuple[Sample, np.ndarray]]:
     """Yield (sample, 256 x 256 float32 protocol map) in sample order, whole images batched."""
     model.eval().to(device)
-    bar = tqdm(total=len(samples), desc="predict", unit="img", disable=not progress)
+    bar = progress_bar(total=len(samples), desc="predict", unit="img", enabled=progress)
     with bar:
         for batch in batches(samples, batch_size):
             inputs = torch.stack([geometry.to_tensor(s.load_image()) for s in batch]).to(device)

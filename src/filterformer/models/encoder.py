@@ -8,8 +8,10 @@ height and width that are multiples of the patch size give an h x w token grid.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
+import os
 import re
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
 from filterformer.errors import CheckpointError, ConfigError
+from filterformer.io import file_sha256
 
 
 @dataclass(frozen=True)
@@ -107,12 +110,8 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 
 def weights_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a weights file, read in 1 MiB chunks (for the run metadata)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 hex digest of a weights file (for the run metadata)."""
+    return file_sha256(path)
 
 
 def official_pos_embed(
@@ -201,8 +200,43 @@ def check_weights_source(
         )
     if not allow_download:
         raise CheckpointError(
-            f"no local weights for {variant}: {_weights_advice(variant)}, or set "
-            "encoder.allow_download=true."
+            f"no local weights for {variant}: {_weights_advice(variant)}{download_advice()}."
+        )
+    require_reachable_hub(variant)
+
+
+HUB_HOST = ("huggingface.co", 443)
+"""Where timm downloads pretrained weights from."""
+HUB_TIMEOUT_S = 3.0
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the model hub answers, checked once per process (False with HF_HUB_OFFLINE)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(HUB_HOST, timeout=HUB_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def download_advice() -> str:
+    """The end of a missing-weights message: offer the download only when it could work."""
+    if hub_reachable():
+        return ", or set encoder.allow_download=true"
+    return f" ({HUB_HOST[0]} is not reachable from here, so downloading them is no option)"
+
+
+def require_reachable_hub(what: str) -> None:
+    """Refuse ``encoder.allow_download=true`` at once when the hub cannot be reached (instead
+    of a minute of download retries)."""
+    if not hub_reachable():
+        raise CheckpointError(
+            f"encoder.allow_download=true, but {HUB_HOST[0]} is not reachable from here "
+            f"(checked once), so the weights of {what} cannot be downloaded: put the weights "
+            "file into weights/ and set encoder.weights (see weights/README.md)."
         )
 
 

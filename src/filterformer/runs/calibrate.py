@@ -1,7 +1,8 @@
 """Calibration of a trained run: a threshold (and the maps' range) for every fusion mode.
 
 Done once by the run's writer, when training ends (and by ff-convert, and ``ff-eval
---calibrate`` for runs made before this existed), into ``thresholds.json``: per category and
+--calibrate`` for runs made before this existed, which it also signs as they are:
+:mod:`filterformer.manifest`), into ``thresholds.json``: per category and
 mode the threshold by the category's rule, the SHA-256 of the checkpoint whose maps it was
 computed on, and the range of its validation maps (what the float16 export rescales). The
 commands that read a run (ff-eval, ff-predict, ff-export, the API's ``evaluate`` /
@@ -10,6 +11,7 @@ commands that read a run (ff-eval, ff-predict, ff-export, the API's ``evaluate``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,11 +22,13 @@ from filterformer.data.sample import Sample
 from filterformer.errors import ConfigError, FilterformerError
 from filterformer.evaluation.thresholds import Threshold, write_thresholds
 from filterformer.lock import holds_run, lock_run, unlock_run
+from filterformer.manifest import MANIFEST_FILE, signing
 from filterformer.models.encoder import weights_sha256
+from filterformer.runs.files import CONFIG_FILE, THRESHOLDS_FILE, sign_run
 from filterformer.runs.run import fusion_modes, load_runs
 from filterformer.runs.run_maps import RunMaps
 
-THRESHOLDS_FILE = "thresholds.json"
+LOG = logging.getLogger("filterformer")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ def calibrate_run(
         return _calibrate_modes(run_dir, device, data_root, progress, batch_size)
     lock_run(run_dir)
     try:
+        if (run_dir / CONFIG_FILE).is_file() and not (run_dir / MANIFEST_FILE).is_file():
+            sign_run(run_dir)  # a run made before runs were signed: its writer adopts it
+            LOG.info("%s: signed the run's files as they are (%s)", run_dir, MANIFEST_FILE)
         return _calibrate_modes(run_dir, device, data_root, progress, batch_size)
     finally:
         unlock_run(run_dir)
@@ -84,7 +91,8 @@ def _calibrate_modes(
         except FilterformerError as err:
             results.append(Calibration(mode, None, str(err)))
             continue
-        write_thresholds(run_dir / THRESHOLDS_FILE, thresholds, mode)
+        with signing(run_dir, run_dir / THRESHOLDS_FILE):
+            write_thresholds(run_dir / THRESHOLDS_FILE, thresholds, mode)
         results.append(Calibration(mode, next(iter(thresholds.values()))))
     if not any(result.threshold for result in results):
         reasons = "; ".join(f"{r.mode}: {r.skipped}" for r in results)

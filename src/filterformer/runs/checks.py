@@ -16,7 +16,7 @@ from typing import Any
 from filterformer.data.tiling import TRAIN_TILES
 from filterformer.data.transforms import FITS, INTERPOLATIONS
 from filterformer.errors import ConfigError
-from filterformer.evaluation.protocol import IMAGE_SCORES, PROTOCOLS
+from filterformer.evaluation.protocol import IMAGE_SCORES, PROTOCOLS, is_image_score
 from filterformer.inference.postprocess import HOLE_FILLS
 from filterformer.ranges import (
     FLAG,
@@ -114,7 +114,7 @@ RULES: dict[str, Allowed] = {
     "eval.blur_at": choice("network", "original"),
     "eval.levels": optional(integer(1)),
     "eval.protocol": choice(*PROTOCOLS),
-    "eval.image_score": optional(choice(*IMAGE_SCORES)),
+    "eval.image_score": optional(Allowed(f"one of {', '.join(IMAGE_SCORES)}", is_image_score)),
 }
 """Each common setting's allowed values; ``data.counts.<split>`` entries are integers >= 0.
 The ``model.*`` settings are checked by the model family's own ranges."""

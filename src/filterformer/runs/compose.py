@@ -39,6 +39,82 @@ def config_groups(folder: Path) -> dict[str, list[str]]:
     }
 
 
+HELP_PREFIX = "# help: "
+"""The comment line of a group file that says in one line what the choice is."""
+TABLE_GROUPS = ("preset", "model", "encoder", "data", "setting", "logger", "suite")
+"""The groups the README's table lists choice by choice (then ``category``, in one row)."""
+
+
+REST_GROUPS = {
+    "category": "per category: tiling, post-processing and threshold rule (MVTec AD 2, MVTec "
+    "AD, VisA; `custom` for your own images, `synthetic` for the generated one)",
+}
+
+
+def choice_help(folder: Path, group: str, choice: str) -> str:
+    """The one-line description of ``<group>/<choice>.yaml`` (its ``# help:`` line), or ''."""
+    for line in (folder / group / f"{choice}.yaml").read_text().splitlines()[:3]:
+        if line.startswith(HELP_PREFIX):
+            return line[len(HELP_PREFIX) :].strip()
+    return ""
+
+
+def default_choices(folder: Path) -> dict[str, str]:
+    """The choice of each group that ``train.yaml``'s defaults list picks."""
+    from omegaconf import DictConfig, OmegaConf
+
+    defaults = OmegaConf.load(folder / "train.yaml").get("defaults", [])
+    return {k: v for item in defaults if isinstance(item, DictConfig) for k, v in item.items()}
+
+
+def config_table(folder: Path) -> str:
+    """The README's table of config groups, generated from the config files (a test compares)."""
+    groups, defaults = config_groups(folder), default_choices(folder)
+    lines = ["| group | choice | what it is |", "|---|---|---|"]
+    for group in [g for g in TABLE_GROUPS if g in groups]:
+        for choice in groups[group]:
+            default = " (default)" if defaults.get(group) == choice else ""
+            help_text = choice_help(folder, group, choice)
+            lines.append(f"| `{group}` | `{choice}`{default} | {help_text} |")
+    rest = [g for g in groups if g not in TABLE_GROUPS]
+    for group in rest:
+        choices = ", ".join(f"`{c}`" for c in groups[group])
+        lines.append(f"| `{group}` | {choices} | {REST_GROUPS.get(group, '')} |")
+    return "\n".join(lines)
+
+
+FOLDER_KEYS = (
+    "train_dir",
+    "validation_dir",
+    "test_dir",
+    "mask_dir",
+    "normal_test_dir",
+    "abnormal_dir",
+)
+"""data=folder's folders (checked to exist before anything heavy is imported)."""
+
+
+def check_paths(cfg: DictConfig, base: Path) -> None:
+    """Refuse missing input paths at once (before torch is imported: seconds): the data
+    folders of data=folder and a given encoder weights file; relative paths from ``base``."""
+
+    def missing(value: object) -> bool:
+        path = Path(str(value)).expanduser()
+        return not (path if path.is_absolute() else base / path).exists()
+
+    data = cfg.get("data") or {}
+    for key in FOLDER_KEYS:
+        value = data.get(key) if data.get("kind") == "folder" else None
+        if value not in (None, "???") and missing(value):
+            raise ConfigError(f"data.{key}={value}: folder not found. Check the path.")
+    weights = (cfg.get("encoder") or {}).get("weights")
+    if weights and missing(weights):
+        raise ConfigError(
+            f"encoder.weights={weights}: file not found; put the encoder's weights file there "
+            "(see weights/README.md)."
+        )
+
+
 def config_error_message(err: Exception) -> str:
     """One line for a hydra composition or omegaconf error (bad override, missing value, ...).
 

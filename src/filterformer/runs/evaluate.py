@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
 from filterformer.data.datasets import evaluated_split
 from filterformer.data.mvtec_ad2 import PRIVATE_SPLITS, MVTecAD2
@@ -53,12 +52,22 @@ from filterformer.evaluation.selection import (
 )
 from filterformer.evaluation.thresholds import Threshold, read_thresholds, threshold_by_rule
 from filterformer.inference.postprocess import for_sample
-from filterformer.io import as_score_map, read_mask, read_tiff_map, write_json
+from filterformer.io import (
+    as_score_map,
+    check_name,
+    output_path,
+    read_mask,
+    read_tiff_map,
+    resolved,
+    write_json,
+)
 from filterformer.lock import reading_run
+from filterformer.progress import progress_bar
 from filterformer.runs.compose import category_threshold_rule
 
 if TYPE_CHECKING:  # runs import torch, which the maps path never loads
     from filterformer.inference.run import Run
+    from filterformer.runs.run_maps import ValidationSummary
 
 LOG = logging.getLogger("filterformer")
 MAPS_FOLDER = "anomaly_images"
@@ -133,10 +142,13 @@ def report(
 
 def output_dir(run_dir: Path, out: Path | None, split: str) -> Path:
     """Where a run's evaluation outputs go: ``<out>/<run name>/<split>``, or beside the run,
-    ``<run>_eval/<split>`` (the run folder itself is never written by a reader)."""
+    ``<run>_eval/<split>`` (the run folder itself is never written by a reader). ``split``
+    may be a relative path of plain names (``zero_shot_mvtec_ad/test``)."""
+    run_dir = resolved(run_dir)  # its name, even for "." or a link
+    parts = split.split("/")
     if out is not None:
-        return out / run_dir.name / split
-    return run_dir.with_name(run_dir.name + OUTPUT_SUFFIX) / split
+        return output_path(out, run_dir.name, *parts)
+    return output_path(run_dir.parent, run_dir.name + OUTPUT_SUFFIX, *parts)
 
 
 def require_threshold(run: Run) -> Threshold:
@@ -179,6 +191,7 @@ class Measured:
     score_range: tuple[float, float]
     image_scores: list[float]
     """Each image's score by ``source.image_score``, in sample order."""
+    metrics: CategoryMetrics
 
 
 class Evaluator:
@@ -202,16 +215,18 @@ class Evaluator:
 
     def measure(self, category: str, source: CategorySource, selection: Selection) -> Measured:
         """Evaluate one category and add its row, labelled with what chose its settings."""
-        metrics = CategoryMetrics(float16=not self.args.float32, image_score=source.image_score)
-        bar = tqdm(
+        metrics = CategoryMetrics.for_samples(
+            source.samples, float16=not self.args.float32, image_score=source.image_score
+        )
+        bar = progress_bar(
             source.maps,
             total=len(source.samples),
-            desc=category,
-            disable=self.args.no_progress,
-            leave=False,
+            desc=f"evaluating {category}",
+            unit="img",
+            enabled=not self.args.no_progress,
         )
         for sample, amap, name in bar:
-            metrics.update(amap, sample.load_mask(), self.binary(source, sample, amap), name)
+            metrics.add(sample, amap, self.binary(source, sample, amap), name)
         result = metrics.result(self.limits)
         if source.threshold is not None:
             rule = source.threshold.describe(self.args.split)
@@ -221,31 +236,59 @@ class Evaluator:
         row = metrics.row(category, result, value, rule)
         row["selected_on"] = selection.to_json()
         self.rows.append(row)
-        images = metrics.images
-        scores = images.top_scores if source.image_score == "top1" else images.max_scores
-        return Measured(category, source, result, metrics.examples(), metrics.score_range, scores)
+        scores = metrics.images.scores
+        return Measured(
+            category, source, result, metrics.examples(), metrics.score_range, scores, metrics
+        )
 
-    def write_outputs(self, measured: Measured, out_dir: Path) -> None:
-        """The category's PRO-curve plot and the overlays of its best, median and worst image."""
-        from filterformer.evaluation.figures import plot_pro_curve, write_overlay
+    def write_outputs(
+        self, measured: Measured, out_dir: Path, validation: ValidationSummary | None = None
+    ) -> None:
+        """The category's PRO-curve plot (with pixel truth), its score histogram and the
+        overlays of its best, median and worst image (one colour scale: figures.colour_scale).
+
+        ``validation``: the run's validation scores (histogram) and map range (colours).
+        """
+        from filterformer.evaluation.figures import (
+            colour_scale,
+            plot_pro_curve,
+            write_overlay,
+            write_score_histogram,
+        )
 
         category, source = measured.category, measured.source
         title = f"{category} ({self.args.split})"
         value = None if source.threshold is None else source.threshold.value
-        plot_pro_curve(
-            out_dir / f"pro_curve_{category}.png", measured.result, self.limits[0], title
+        low, high = measured.score_range
+        if validation is not None:
+            low, high = validation.low, validation.high
+        write_score_histogram(
+            output_path(out_dir, f"score_histogram_{category}.png"),
+            measured.image_scores,
+            [s.label for s in source.samples],
+            value,
+            f"{title}: image scores",
+            validation=() if validation is None else validation.scores,
+            threshold_label="threshold" if value is None else f"threshold {value:.4g}",
         )
+        if measured.metrics.no_pixel_truth is None:
+            plot_pro_curve(
+                output_path(out_dir, f"pro_curve_{category}.png"),
+                measured.result,
+                self.limits[0],
+                title,
+            )
         for tag, index in measured.examples.items():
             sample = source.samples[index]
             amap, _ = source.load_map(sample)
             stem = str(sample.relpath).replace("/", "_")
             write_overlay(
-                out_dir / "overlays" / f"{category}_{tag}_{stem}.png",
+                output_path(out_dir, "overlays", f"{category}_{tag}_{stem}.png"),
                 sample.load_image(),
                 amap,
                 self.binary(source, sample, amap),
-                sample.load_mask(),
-                measured.score_range,
+                measured.metrics.truth(sample),
+                colour_scale(low, value, high),
                 value,
                 name=f"{category} {sample.relpath} ({tag})",
             )
@@ -382,7 +425,7 @@ def maps_source(
 def evaluate_maps(args: EvalOptions) -> EvaluationReport:
     """The --maps path (no torch). Outputs are written only once every category passed."""
     maps_root, binary_root = resolve_maps_dir(args.maps)
-    categories = args.categories or sorted(
+    categories = [check_name(c, "--categories") for c in args.categories or []] or sorted(
         p.name for p in maps_root.iterdir() if p.is_dir() and not p.name.startswith(".")
     )
     if not categories:
@@ -508,7 +551,7 @@ def _evaluate_run(
     from filterformer.runs.run_maps import RunMaps
 
     run_dir = run.run_dir
-    maps = RunMaps(run, device=device, data_root=args.data_root, progress=not args.no_progress)
+    maps = RunMaps(run, device=device, data_root=args.data_root, progress=False)  # one bar: ours
     given = read_thresholds(args.thresholds, run.mode) if args.thresholds else {}
     threshold = given.get(run.category) or require_threshold(run)
     threshold = threshold.for_split(args.split)  # the evaluated split's own
@@ -527,7 +570,7 @@ def _evaluate_run(
     out_dir = run_output_dir(args, run, several)
     measured = evaluator.measure(run.category, source, selection)
     _labelled(evaluator.rows[-1], run, several)
-    evaluator.write_outputs(measured, out_dir)
+    evaluator.write_outputs(measured, out_dir, maps.validation_summary())
     rows, limits = evaluator.rows[-1:], evaluator.limits
     write_metrics(out_dir, rows, args.split, limits, image_score=source.image_score)
     labels = [s.label for s in samples]

@@ -9,18 +9,20 @@ and map range come from thresholds.json, calibrated when training ended.
 
 With ``backend`` ``onnxruntime`` or ``openvino`` the run's export (:func:`open_export`) runs in
 the torch-free runtime (:mod:`filterformer.runtime`) instead: the torch model is not loaded,
-and the export must be of the run as it is now. Writing, scores and submissions are the
-runtime's one implementation (:mod:`filterformer.runtime.outputs`) for both.
+and the export must be of the run as it is now. Writing, scores, histograms and submissions
+are the runtime's one implementation (:class:`~filterformer.runtime.outputs.CategoryMaps`)
+for both.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig
 
 from filterformer.data.sample import Sample
@@ -45,9 +47,6 @@ from filterformer.runtime.outputs import (
     CategoryMaps,
     Prediction,
     deployment_options,
-    predictions,
-    score_rows,
-    write_maps,
     write_submission,
 )
 from filterformer.submission import OFFICIAL_COUNTS, MapRescale
@@ -69,13 +68,15 @@ class PredictOptions:
     model: Path | None = None
     threads: int | None = None
     """Intra-op threads of an export's runtime (default: its own choice)."""
+    threshold: float | None = None
+    """The anomaly threshold in score units, for every split (None: the run's calibrated)."""
     category: str | None = None
     """Which category of a multi-class run (its threshold, post-processing, data)."""
 
 
-class RunExporter:
+class RunExporter(CategoryMaps):
     """Predicts with one loaded run's torch model (one category of a multi-class run:
-    ``category``, else ``args.category``) and writes its maps, masks and overlays."""
+    ``category``, else ``args.category``); writes as :class:`CategoryMaps` does."""
 
     def __init__(self, run_dir: Path, args: PredictOptions, category: str | None = None) -> None:
         self.device = resolve_device(args.device)
@@ -86,8 +87,9 @@ class RunExporter:
                 verify=not args.no_verify,
                 category=category or args.category,
             )
-        self.category, self.image_score = self.run.category, self.run.image_score
         self.args = args
+        self.category, self.image_score = self.run.category, self.run.image_score
+        self.postprocess = self.run.postprocess
         self.maps = RunMaps(
             self.run,
             device=self.device,
@@ -96,6 +98,9 @@ class RunExporter:
             batch_size=args.batch_size,
         )
         self.rescale, self.threshold = self._calibration()
+        self.threshold_given = args.threshold is not None
+        if args.threshold is not None:
+            self.threshold = Threshold(float(args.threshold))  # "given"; one for every split
 
     def _calibration(self) -> tuple[MapRescale, Threshold]:
         """The run's calibrated threshold and the float16 rescale of its validation range."""
@@ -108,36 +113,18 @@ class RunExporter:
             )
         return MapRescale.from_range(*threshold.map_range), threshold
 
+    def predict_maps(self, samples: Sequence[Sample]) -> Iterable[tuple[Sample, np.ndarray]]:
+        """The torch model's original-size maps (the run's mode, smoothing, tiling)."""
+        return self.maps.predict(samples)
+
     def samples(self, split: str) -> Sequence[Sample]:
         """The run's samples of ``split`` (under ``data_root`` if given)."""
         return self.maps.samples(split)
 
-    def export(
-        self,
-        samples: Sequence[Sample],
-        out: Path,
-        overlays: bool = False,
-        record: Path | None = None,
-    ) -> int:
-        """Write maps and masks of ``samples`` under ``out`` (resuming); return how many.
-
-        ``record``: the rescale record file (default: beside ``out``, see SubmissionWriter).
-        """
-        return write_maps(
-            self.maps.predict,
-            samples,
-            out,
-            category=self.category,
-            rescale=self.rescale,
-            threshold=self.threshold,
-            postprocess=self.run.postprocess,
-            overlays=overlays,
-            record=record,
-        )
-
-    def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
-        """Score and verdict of each written sample, read back from its map and binary map."""
-        return score_rows(samples, out, self.category, self.rescale, self.image_score)
+    def validation_scores(self) -> Sequence[float]:
+        """The validation split's image scores (one pass, remembered; none without one)."""
+        validation = self.maps.validation_summary()
+        return () if validation is None else validation.scores
 
 
 class RunDeployment(Deployment):
@@ -206,14 +193,29 @@ def runs_by_category(runs_dir: Path, categories: Sequence[str] | None = None) ->
     return {c: found[c] for c in categories}
 
 
+def submission_counts(runs_dir: Path) -> dict[str, int]:
+    """The categories and private-split sizes a submission of ``runs_dir`` must have: MVTec
+    AD 2's eight, or, when every run is on synthetic data (``suite=demo``), the runs' own."""
+    from omegaconf import OmegaConf
+
+    configs = [OmegaConf.load(path) for path in sorted(runs_dir.glob("*/config.yaml"))]
+    if not configs or any(config.data.kind != "synthetic" for config in configs):
+        return dict(OFFICIAL_COUNTS)
+    return {c.category.name: len(split_samples(c, "test_private")) for c in configs}
+
+
 def export_submission(
     runs_dir: Path,
     out: Path,
     args: PredictOptions,
-    counts: Mapping[str, int] = OFFICIAL_COUNTS,
+    counts: Mapping[str, int] | None = None,
 ) -> Path | None:
     """Both private splits of every category, checked, then packed (unless no_pack): each
-    run's torch model, or its export in the torch-free runtime (``args.backend``)."""
+    run's torch model, or its export in the torch-free runtime (``args.backend``).
+
+    ``counts``: category -> images per private split (default :func:`submission_counts`).
+    """
+    counts = submission_counts(runs_dir) if counts is None else counts
     runs = runs_by_category(runs_dir, list(counts))
 
     def categories() -> Iterator[CategoryMaps]:
@@ -249,13 +251,10 @@ def predict_images(
     options: PredictOptions | None = None,
 ) -> list[Prediction]:
     """Maps, scores and verdicts of image files, in memory (nothing is written)."""
-    options = options or PredictOptions(no_progress=True)
-    source = run_maps(Path(run_dir), options)
-    if isinstance(source, Deployment):
-        return source.predict(images, threshold=threshold)
     from filterformer.data.folder import file_samples
 
-    run = source.run
+    options = options or PredictOptions(no_progress=True)
+    source = run_maps(Path(run_dir), options)
     value = source.threshold.value if threshold is None else float(threshold)
-    samples = file_samples([Path(p) for p in images], category=run.category)
-    return predictions(source.maps.predict, samples, value, run.postprocess, run.image_score)
+    samples = file_samples([Path(p) for p in images], category=source.category)
+    return source.predictions(samples, value)

@@ -11,6 +11,7 @@ read from there, so a self-contained run folder (ff-convert's) can be moved.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -26,19 +27,25 @@ from omegaconf import DictConfig, OmegaConf
 import filterformer
 from filterformer.data.datasets import READERS, read_split
 from filterformer.data.datasets import SPLITS as DATASET_SPLITS
-from filterformer.data.folder import ImageFolderDataset, holdout_names, split_holdout
+from filterformer.data.folder import (
+    ImageFolderDataset,
+    folder_test_set,
+    holdout_names,
+    split_holdout,
+)
 from filterformer.data.pseudo_split import SPLIT as PSEUDO_SPLIT
 from filterformer.data.pseudo_split import pseudo_validation
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling, GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
-from filterformer.errors import CheckpointError, ConfigError
+from filterformer.errors import CheckpointError, ConfigError, DataError
 from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_image_score
 from filterformer.evaluation.thresholds import Threshold, read_thresholds
 from filterformer.export.manifest import graph_record
 from filterformer.inference.predict import Smoothing
 from filterformer.inference.run import Run
-from filterformer.io import atomic_path, write_json
+from filterformer.io import atomic_path, check_name, resolved, write_json
+from filterformer.manifest import signing
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.encoder import weights_sha256
 from filterformer.models.registry import (
@@ -49,6 +56,16 @@ from filterformer.models.registry import (
     family,
 )
 from filterformer.runs.compose import category_threshold_rule
+from filterformer.runs.files import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    THRESHOLDS_FILE,
+    VERSIONS_FILE,
+    parse_map_stats,
+    read_fusion,
+    read_map_stats,
+    verify_run_files,
+)
 from filterformer.runs.setting import Member, member, members
 from filterformer.training.checkpoint import (
     LoadedCheckpoint,
@@ -59,7 +76,7 @@ from filterformer.training.checkpoint import (
 )
 from filterformer.training.seed import seed_everything
 
-CONFIG_FILE = "config.yaml"
+LOG = logging.getLogger("filterformer")
 DATA_KINDS = (*READERS, "folder")
 DEFAULT_HOLDOUT_FRACTION = 0.1
 """Share of the training images held out as validation when a folder run has no validation_dir."""
@@ -131,8 +148,13 @@ def protocol_of(config: DictConfig) -> str:
 
 
 def image_score_rule(config: DictConfig, protocol: str | None = None) -> str:
-    """``eval.image_score``, else the image score of ``protocol`` (default: the run's)."""
-    return resolve_image_score(config.eval.get("image_score"), protocol or protocol_of(config))
+    """``eval.image_score``, else the image score of ``protocol`` (default: the run's); a
+    ``sum_top<T>`` rule counts T on the network input's size."""
+    rule, protocol = config.eval.get("image_score"), protocol or protocol_of(config)
+    counted = isinstance(rule, str) and rule.startswith("sum_top")
+    return resolve_image_score(
+        rule, protocol, build_geometry(config).input_size if counted else None
+    )
 
 
 def resolve_run_paths(config: DictConfig, run_dir: Path) -> DictConfig:
@@ -233,11 +255,13 @@ def start_from_base_run(
             f"{run_dir} was trained with other {base_name} settings than this config; add {fix}"
         )
     base_model = build_model(base_name, model.encoder, **settings)
+    fix = f"Restore {run_dir} from a copy, or train it again (ff-train model={base_name} ...)."
+    verify_run_files(run_dir, fix)
     modes = base_model.fusion_modes
     mode = _fusion_mode(run_dir, members(base)[0], modes)
     checkpoint = _default_checkpoint(run_dir, _check_mode(run_dir, base, modes, mode))
     expected = {**identity, "model": base_name}
-    load_checkpoint(run_dir / "checkpoints" / checkpoint, base_model, expected=expected)
+    load_checkpoint(run_dir / CHECKPOINTS_DIR / checkpoint, base_model, expected=expected, fix=fix)
     model.load_state_dict(base_model.trainable_state_dict(), strict=False)
 
 
@@ -249,10 +273,11 @@ def split_samples(
     Root-based data (``mvtec_ad2``, ``synthetic``, ``mvtec_ad``, ``visa``) is read from
     ``root``, else ``data.root``, with the splits of its reader; a ``folder`` source maps
     ``train`` / ``validation`` / ``test_public`` to its train_dir / validation_dir / test_dir
-    (+ mask_dir). Without a validation_dir, the validation split is the training images named
-    in ``data.holdout`` (ff-train stores them; when absent they are drawn by
-    :func:`holdout_names` with ``data.validation_fraction`` and the run's seed), and the train
-    split is the rest.
+    (test_dir/good/ and defect subfolders, or data.normal_test_dir and data.abnormal_dir;
+    masks optional in mask_dir: :func:`~filterformer.data.folder.folder_test_set`). Without
+    a validation_dir, the validation split is the training images named in ``data.holdout``
+    (ff-train stores them; when absent they are drawn by :func:`holdout_names` with
+    ``data.validation_fraction`` and the run's seed), and the train split is the rest.
     """
     data, category = config.data, config.category.name
     if split == PSEUDO_SPLIT:
@@ -261,15 +286,21 @@ def split_samples(
         return read_split(data.kind, data.root if root is None else root, category, split)
     if data.kind != "folder":
         raise ConfigError(f"unknown data.kind {data.kind!r}; valid: {', '.join(DATA_KINDS)}.")
-    if split == "test_public" and data.test_dir is not None:
-        return ImageFolderDataset(data.test_dir, "test", data.get("mask_dir"), category)
+    if split == "test_public" and has_folder_test(data):
+        return folder_test_set(
+            data.test_dir,
+            data.get("mask_dir"),
+            category,
+            data.get("normal_test_dir"),
+            data.get("abnormal_dir"),
+        )
     if split == "validation" and data.validation_dir is not None:
         return ImageFolderDataset(data.validation_dir, "train", None, category)
     if split not in ("train", "validation"):
         raise ConfigError(
             f"data.kind=folder has no folder for split {split!r}: test_public is data.test_dir "
-            "(+ data.mask_dir for ground truth), set when training. To score any folder of "
-            "images, use ff-predict --images DIR."
+            "(good/ and defect subfolders, masks optional in data.mask_dir), set when training. "
+            "To score any folder of images, use ff-predict --images DIR."
         )
     train = ImageFolderDataset(data.train_dir, "train", None, category)
     if data.validation_dir is not None:
@@ -279,6 +310,12 @@ def split_samples(
         holdout = holdout_names(train, holdout_fraction(config), int(config.seed))
     kept, held = split_holdout(train, holdout)
     return kept if split == "train" else held
+
+
+def has_folder_test(data: DictConfig) -> bool:
+    """Whether a folder run names test images (test_dir, normal_test_dir or abnormal_dir)."""
+    keys = ("test_dir", "normal_test_dir", "abnormal_dir")
+    return any(data.get(key) is not None for key in keys)
 
 
 def holdout_fraction(config: DictConfig) -> float:
@@ -334,7 +371,7 @@ def optional_split(config: DictConfig, split: str) -> Sequence[Sample] | None:
         validation = optional_split(config, "validation")
         return None if validation is None else pseudo_samples(config, validation)
     if data.kind == "folder":  # validation: validation_dir, else held-out training images
-        test = split == "test_public" and data.test_dir is not None
+        test = split == "test_public" and has_folder_test(data)
         return split_samples(config, split) if split == "validation" or test else None
     if split not in DATASET_SPLITS.get(data.kind, ()):
         return None
@@ -344,6 +381,27 @@ def optional_split(config: DictConfig, split: str) -> Sequence[Sample] | None:
     ):
         return None
     return split_samples(config, split)
+
+
+def require_training_splits(config: DictConfig) -> None:
+    """Refuse up front a dataset category without the validation split its training needs.
+
+    In the MVTec AD 2 layout, ``validation/`` is what the map statistics, the best
+    checkpoints and the threshold come from; a run trained without it would have none of
+    them, and ff-eval would fail only afterwards. (The synthetic category is generated with
+    it; MVTec AD and VisA have no validation split, and are scored without one.)
+    """
+    data, category = config.data, config.category.name
+    if data.kind == "synthetic" or "validation" not in DATASET_SPLITS.get(data.kind, ()):
+        return
+    folder = Path(data.root) / category / "validation"
+    if (Path(data.root) / category).is_dir() and not folder.is_dir():
+        raise DataError(
+            f"{folder}: missing. Training on {data.kind} data needs the category's validation "
+            "images (map statistics, best checkpoints and the threshold come from them): "
+            "restore the folder from the dataset archive, or train on the images with "
+            "data=folder, which holds some training images out as validation."
+        )
 
 
 def versions(seed: int, encoder_weights: str) -> dict[str, Any]:
@@ -380,12 +438,16 @@ def _git_commit() -> str | None:
 
 
 def create_run(run_dir: str | Path, config: DictConfig, encoder_weights: str) -> Path:
-    """Write config.yaml (resolved) and versions.json into ``run_dir``; return its path."""
+    """Write config.yaml (resolved) and versions.json into ``run_dir``, signed; return its path.
+
+    The caller is the run's writer (it holds the run's lock).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run_dir / CONFIG_FILE) as tmp:
-        tmp.write_text(OmegaConf.to_yaml(config, resolve=True))
-    write_json(run_dir / "versions.json", versions(int(config.seed), encoder_weights))
+    with signing(run_dir, run_dir / CONFIG_FILE, run_dir / VERSIONS_FILE):
+        with atomic_path(run_dir / CONFIG_FILE) as tmp:
+            tmp.write_text(OmegaConf.to_yaml(config, resolve=True))
+        write_json(run_dir / VERSIONS_FILE, versions(int(config.seed), encoder_weights))
     return run_dir
 
 
@@ -403,12 +465,12 @@ def load_run(
 
     ``mode``: a fusion mode other than the run's own (fusion.json). ``checkpoint`` names a
     checkpoint in ``checkpoints/`` (e.g. ``"last"``); by default it is ``best_<mode>`` when
-    that exists, else ``last``. ``verify``: check the checkpoint's files against the SHA-256
-    its metadata records (False skips that, the user's explicit choice). The mode's
-    threshold comes from thresholds.json (``read_threshold=False``: not read, for
-    calibration); one calibrated on another checkpoint is refused. ``category``: which
-    category of a model trained on several (setting=multi_class ...; :func:`load_runs` loads
-    them all).
+    that exists, else ``last``. ``verify``: check the run's files against its manifest and
+    the checkpoint's files against the SHA-256 its metadata records, before anything is
+    built (False skips that, the user's explicit choice). The mode's threshold comes from
+    thresholds.json (``read_threshold=False``: not read, for calibration); one calibrated on
+    another checkpoint is refused. ``category``: which category of a model trained on
+    several (setting=multi_class ...; :func:`load_runs` loads them all).
     """
     keys = None if category is None else [category]
     options = dict(checkpoint=checkpoint, verify=verify, mode=mode, read_threshold=read_threshold)
@@ -436,6 +498,9 @@ def load_runs(
     each, in training order; a single-class run gives one. The categories of a multi-class
     model share its weights (one copy per checkpoint). The options are :func:`load_run`'s."""
     run_dir = Path(run_dir)
+    if verify:
+        require_run_folder(run_dir)
+        verify_run_files(run_dir)
     config = resolve_run_paths(read_run_config(run_dir), run_dir)
     chosen = members(config) if categories is None else [member(config, k) for k in categories]
     modes = family(config.model.name).model.fusion_modes
@@ -447,7 +512,7 @@ def load_runs(
         if name not in models:  # one model per checkpoint the categories use (usually one)
             model, identity = build_from_config(config, from_base_run=False)
             loaded = load_checkpoint(
-                run_dir / "checkpoints" / name, model, expected=identity, verify=verify
+                run_dir / CHECKPOINTS_DIR / name, model, expected=identity, verify=verify
             )
             model.to(device).eval()
             geometry = build_geometry(part.config)
@@ -473,9 +538,7 @@ def _member_run(
 ) -> Run:
     """The :class:`Run` of one category of a loaded model."""
     view = part.config
-    # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
-    stored = loaded.meta.get("map_stats")
-    map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
+    map_stats = _checkpoint_map_stats(run_dir, loaded.meta, loaded.files.meta)
     root = view.data.get("root")
     return Run(
         run_dir=run_dir,
@@ -499,6 +562,17 @@ def _member_run(
     )
 
 
+def _checkpoint_map_stats(
+    run_dir: Path, meta: Mapping[str, Any], meta_file: Path
+) -> dict[str, tuple[float, float]] | None:
+    """A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json."""
+    stored = meta.get("map_stats")
+    if stored is None:
+        return read_map_stats(run_dir)
+    fix = "Restore it from a copy of the run folder, or use another checkpoint."
+    return parse_map_stats(stored, f"{meta_file}: map_stats", fix)
+
+
 def current_state(run_dir: str | Path, category: str | None = None) -> dict[str, Any]:
     """export.json's graph keys of the run folder as it is now, without building its model.
 
@@ -516,12 +590,12 @@ def current_state(run_dir: str | Path, category: str | None = None) -> dict[str,
     part, modes = parts[0], family(config.model.name).model.fusion_modes
     mode = _check_mode(run_dir, config, modes, _fusion_mode(run_dir, part, modes))
     checkpoint = run_dir / "checkpoints" / _default_checkpoint(run_dir, mode)
-    stored = read_checkpoint_meta(checkpoint).get("map_stats")
-    map_stats = _map_stats(run_dir) if stored is None else {k: tuple(v) for k, v in stored.items()}
+    files = checkpoint_files(checkpoint)
+    map_stats = _checkpoint_map_stats(run_dir, read_checkpoint_meta(checkpoint), files.meta)
     return graph_record(
         config.model.name,
         config.encoder.variant,
-        checkpoint_files(checkpoint).weights,
+        files.weights,
         mode,
         map_stats,
         build_smoothing(part.config),
@@ -530,13 +604,22 @@ def current_state(run_dir: str | Path, category: str | None = None) -> dict[str,
 
 
 def _default_checkpoint(run_dir: Path, mode: str) -> str:
-    """``best_<mode>`` if the run saved one, else ``last``."""
+    """``best_<mode>`` if the run saved one, else ``last``.
+
+    A verified run cannot have lost its best checkpoint (the manifest lists it); an
+    unverified one that evaluated (fusion.json) but has none is said to fall back.
+    """
     best = f"best_{mode}"
-    return best if has_checkpoint(run_dir / "checkpoints" / best) else "last"
+    if has_checkpoint(run_dir / CHECKPOINTS_DIR / best):
+        return best
+    if (run_dir / "fusion.json").is_file():
+        LOG.warning("%s: no checkpoints/%s.json; using checkpoints/last", run_dir, best)
+    return "last"
 
 
-def read_run_config(run_dir: Path) -> DictConfig:
-    """The run's config.yaml, checked to be an ff-train run config."""
+def require_run_folder(run_dir: Path) -> Path:
+    """``run_dir``'s config.yaml, or a :class:`ConfigError`: the folder is no run."""
+    resolved(run_dir)  # a symbolic link loop is named as one
     file = run_dir / CONFIG_FILE
     if not file.is_file():
         what = "does not exist" if not run_dir.exists() else f"has no {CONFIG_FILE}"
@@ -544,9 +627,24 @@ def read_run_config(run_dir: Path) -> DictConfig:
             f"{run_dir}: not a run folder ({what}). Pass a folder made by ff-train "
             "(it holds config.yaml, checkpoints/ and versions.json)."
         )
-    config = OmegaConf.load(file)
-    if not isinstance(config, DictConfig) or "model" not in config or "category" not in config:
+    return file
+
+
+def read_run_config(run_dir: Path) -> DictConfig:
+    """The run's config.yaml, checked to be an ff-train run config with a usable category."""
+    file = require_run_folder(run_dir)
+    try:
+        config = OmegaConf.load(file)
+    except Exception as err:  # PyYAML's errors (omegaconf's parser), omegaconf's, decoding
+        problem = " ".join(str(err).split())
+        raise ConfigError(
+            f"{file}: not a readable run config ({problem}). Restore it from a copy of the run."
+        ) from None
+    if not isinstance(config, DictConfig) or not all(
+        isinstance(config.get(key), DictConfig) for key in ("model", "category")
+    ):
         raise ConfigError(f"{file}: not an ff-train run config (no model/category section).")
+    check_name(config.category.get("name"), f"{file}: category.name")
     return config
 
 
@@ -570,7 +668,7 @@ def _stored_threshold(
     One of another checkpoint is refused; with a checkpoint the caller chose (not the mode's
     own), there is simply none.
     """
-    thresholds_file = run_dir / "thresholds.json"
+    thresholds_file = run_dir / THRESHOLDS_FILE
     if not thresholds_file.is_file():
         return None
     threshold = read_thresholds(thresholds_file, mode).get(category)
@@ -589,10 +687,7 @@ def _stored_threshold(
 
 def _fusion_mode(run_dir: Path, part: Member, modes: Sequence[str]) -> str:
     """fusion.json's mode for the category, else the config's default, else the model's own map."""
-    fusion_file = run_dir / "fusion.json"
-    mode = None
-    if fusion_file.is_file():
-        mode = json.loads(fusion_file.read_text()).get(part.key)
+    mode = read_fusion(run_dir, part.key)
     mode = mode or part.config.eval.get("default_mode")
     return mode or ("filter" if "filter" in modes else modes[0])
 
@@ -605,11 +700,3 @@ def _check_mode(run_dir: Path, config: DictConfig, modes: Sequence[str], mode: s
             f"valid: {', '.join(modes)}. Fix fusion.json or eval.default_mode."
         )
     return mode
-
-
-def _map_stats(run_dir: Path) -> dict[str, tuple[float, float]] | None:
-    file = run_dir / "map_stats.json"
-    if not file.is_file():
-        return None
-    raw: Mapping[str, Mapping[str, float]] = json.loads(file.read_text())
-    return {name: (float(v["mean"]), float(v["std"])) for name, v in raw.items()}

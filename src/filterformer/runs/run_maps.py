@@ -7,6 +7,7 @@ command predicts and calibrates a run the same way.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,11 +15,23 @@ import numpy as np
 
 from filterformer.data.datasets import evaluated_split
 from filterformer.data.sample import Sample
+from filterformer.errors import DataError
 from filterformer.evaluation.thresholds import Threshold, threshold_by_rule
 
 if TYPE_CHECKING:
     from filterformer.inference.predict import MapBackend
     from filterformer.runs.run import Run
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    """What the validation maps of a run say about its scores (for histograms and colours)."""
+
+    scores: list[float]
+    """Each validation image's score by the run's image-score rule."""
+    low: float
+    """The lowest map value: the offset of the overlay colour scale (and of the TIFF rescale)."""
+    high: float
 
 
 class RunMaps:
@@ -37,6 +50,7 @@ class RunMaps:
         self.run, self.device, self.data_root = run, device, data_root
         self.progress, self.batch_size = progress, batch_size
         self.backend = backend if backend is not None else run.model
+        self._validation: ValidationSummary | None = None
 
     def samples(self, split: str) -> Sequence[Sample]:
         """The split's samples: from ``data_root`` if given, else from the run's data."""
@@ -67,6 +81,25 @@ class RunMaps:
             batch_size=self.batch_size,
             progress=self.progress,
         )
+
+    def validation_summary(self) -> ValidationSummary | None:
+        """One pass over the validation maps (remembered); None when the data has none."""
+        if self._validation is None:
+            from filterformer.data.datasets import SPLITS
+            from filterformer.evaluation.protocol import image_score
+
+            if "validation" not in SPLITS.get(self.run.config.data.kind, ("validation",)):
+                return None  # MVTec AD and VisA have none
+            try:
+                samples = self.samples("validation")
+            except DataError:  # e.g. an MVTec AD 2-layout folder without validation/
+                return None
+            scores, low, high = [], np.inf, -np.inf
+            for _, amap in self.predict(samples):
+                scores.append(image_score(amap, self.run.image_score))
+                low, high = min(low, float(amap.min())), max(high, float(amap.max()))
+            self._validation = ValidationSummary(scores, low, high)
+        return self._validation
 
     def threshold(self, validation: Callable[[], Iterator[np.ndarray]] | None = None) -> Threshold:
         """A threshold for the run's fusion mode by its category's rule.

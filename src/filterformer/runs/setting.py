@@ -28,6 +28,7 @@ from filterformer.data.few_shot import FewShotViews, draw_shots
 from filterformer.data.mvtec_ad2 import resolve_data_root
 from filterformer.data.synthetic import TEXTURES
 from filterformer.errors import ConfigError
+from filterformer.io import check_name
 from filterformer.runs.compose import config_dir
 
 SINGLE_CLASS = "single_class"
@@ -79,7 +80,8 @@ def members(config: DictConfig) -> list[Member]:
         if view.eval.get("pseudo") is not None:  # its own validation_pseudo sub-folder
             view.eval.pseudo.member = str(entry.key)
         shots = entry.get("shots")
-        out.append(Member(str(entry.key), view, None if shots is None else tuple(shots)))
+        key = check_name(str(entry.key), "setting.members key")  # names output folders
+        out.append(Member(key, view, None if shots is None else tuple(shots)))
     return out
 
 

@@ -18,35 +18,44 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import Dataset
 
-from filterformer.data.datasets import READERS
+from filterformer.data.datasets import READERS, evaluated_split
 from filterformer.data.few_shot import ViewSet
-from filterformer.data.folder import ImageFolderDataset, holdout_names, typical_size
+from filterformer.data.folder import (
+    ImageFolderDataset,
+    holdout_names,
+    missing_pixel_truth,
+    typical_size,
+)
 from filterformer.data.mvtec_ad2 import resolve_data_root
 from filterformer.data.sample import Sample
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.data.training_set import ConcatImages, TrainingImages
 from filterformer.data.transforms import TrainAugment, short_side_size
 from filterformer.errors import ConfigError, DataError, FilterformerError
-from filterformer.io import outermost_missing
+from filterformer.io import check_name, outermost_missing, resolved
 from filterformer.lock import lock_run, unlock_run
+from filterformer.manifest import signing
+from filterformer.manifest import start as start_manifest
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.encoder import DinoEncoder
 from filterformer.models.family import TrainingContext
 from filterformer.models.registry import check_encoder_source, family
 from filterformer.runs.calibrate import Calibration, calibrate_run
 from filterformer.runs.checks import check_settings
-from filterformer.runs.compose import config_error_message
+from filterformer.runs.compose import FOLDER_KEYS, config_error_message
+from filterformer.runs.files import verify_for_resume
 from filterformer.runs.run import (
     CONFIG_FILE,
     build_from_config,
@@ -55,10 +64,13 @@ from filterformer.runs.run import (
     build_tiling,
     create_run,
     holdout_fraction,
+    load_run,
     optional_split,
     patch_size,
+    require_training_splits,
     split_samples,
 )
+from filterformer.runs.run_maps import RunMaps
 from filterformer.runs.setting import (
     FEW_SHOT,
     Member,
@@ -71,6 +83,7 @@ from filterformer.runs.setting import (
     setting_name,
 )
 from filterformer.runs.settings import plain, resolve_device, train_settings
+from filterformer.training.checkpoint import has_checkpoint
 from filterformer.training.distributed import SINGLE_PROCESS, DistributedContext, main_first
 from filterformer.training.feature_cache import FeatureCacheSettings, cache_features
 from filterformer.training.loop import (
@@ -79,13 +92,16 @@ from filterformer.training.loop import (
     TrainResult,
     check_batch_size,
     check_run_dir,
+    last_checkpoint,
     train,
 )
+from filterformer.training.trackers import check_tracker, make_tracker
 from filterformer.training.validation import (
     FusionEvaluator,
     MultiClassEvaluator,
     pooled_map_statistics,
 )
+from filterformer.training.watch import TrainingWatch
 
 LOG = logging.getLogger("filterformer")
 
@@ -104,8 +120,10 @@ RESUME_FREE_KEYS = frozenset(
     }
 )
 """Settings that may change when a run is resumed: they do not change what is computed."""
-FOLDER_KEYS = ("train_dir", "validation_dir", "test_dir", "mask_dir")
-"""data=folder paths, stored absolute in the run's config."""
+UPSCALE_WARNING = 2.0
+"""Warn when the network input is more than this many times the training images' size."""
+TRACKED_OVERLAYS = 3
+"""How many overlays of defective images a tracker gets at the end of training."""
 
 
 def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) -> DictConfig:
@@ -123,6 +141,7 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
     base = launch_dir()
     try:
         _require_values(cfg)
+        check_name(cfg.category.name, "category.name")
         cfg.run_dir = str(_absolute(cfg.run_dir, base))
         if cfg.data.kind == "synthetic":
             cfg.data.root = str(_absolute(cfg.data.root, base))
@@ -151,8 +170,11 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         for member in members(cfg):  # each category's own settings, in range too
             category = _flatten({"category": OmegaConf.to_container(member.config.category)})
             check_settings(category)
+    for member in members(cfg):
+        require_training_splits(member.config)
     if cfg.input.get("fit") == "short_side":
         _fit_short_side(cfg, quiet)
+    _warn_upscaling(cfg, quiet)
     weights = cfg.encoder.get("weights")
     check_encoder_source(
         cfg.encoder.variant,
@@ -160,6 +182,7 @@ def resolve_config(cfg: DictConfig, world_size: int = 1, quiet: bool = False) ->
         cfg.encoder.get("pretrained", False),
         cfg.encoder.get("allow_download", False),
     )
+    check_tracker(OmegaConf.to_container(cfg.get("logger") or {"kind": "none"}))
     return cfg
 
 
@@ -197,7 +220,7 @@ def launch_dir() -> Path:
 
 def _absolute(path: str | Path, base: Path) -> Path:
     path = Path(path).expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
+    return resolved(path if path.is_absolute() else base / path)
 
 
 def _note(message: str, quiet: bool) -> None:
@@ -226,8 +249,8 @@ def _hold_out(data: DictConfig, cfg: DictConfig, quiet: bool) -> None:
     _note(
         f"no validation_dir: {len(data.holdout)} of {len(images)} training images of "
         f"{data.train_dir} are held out as the validation split (data.validation_fraction="
-        f"{holdout_fraction(cfg)}, seed {cfg.seed}) and not trained on; see data.holdout in "
-        f"{cfg.run_dir}/{CONFIG_FILE}",
+        f"{holdout_fraction(cfg)}, seed {cfg.seed}) and not trained on (the run's {CONFIG_FILE} "
+        "lists them: data.holdout)",
         quiet,
     )
 
@@ -258,12 +281,42 @@ def _resolve_members(cfg: DictConfig, base: Path, quiet: bool) -> None:
         draw_shots_of(cfg)
 
 
+def _typical_training_size(cfg: DictConfig) -> tuple[int, int]:
+    """The most frequent (H, W) of the training images (data.image_size before generation)."""
+    if cfg.data.kind == "synthetic":  # not generated yet; every image has data.image_size
+        return tuple(cfg.data.image_size)  # type: ignore[return-value]
+    return typical_size([s for m in members(cfg) for s in split_samples(m.config, "train")])
+
+
+def _warn_upscaling(cfg: DictConfig, quiet: bool) -> None:
+    """Say so when whole images are blown up to more than twice their size (the full recipe's
+    896 px on 240 x 300 photos): it costs time and memory and adds no detail."""
+    tiling = cfg.category.get("tiling")
+    if quiet or (tiling and tiling.enabled):
+        return
+    try:
+        height, width = _typical_training_size(cfg)
+    except FilterformerError:  # no training images yet: their own check says so later
+        return
+    resize = list(cfg.input.resize)
+    factor = max(resize[0] / height, resize[1] / width)
+    if factor > UPSCALE_WARNING:
+        patch = patch_size(cfg)
+        fitted = [-(-side // patch) * patch for side in (height, width)]
+        LOG.warning(
+            "warning: input.resize %s is %.1fx the training images (%d x %d): upscaled, they "
+            "cost time and memory and gain no detail; input.resize=[%d,%d] keeps their size",
+            resize,
+            factor,
+            height,
+            width,
+            *fitted,
+        )
+
+
 def _fit_short_side(cfg: DictConfig, quiet: bool) -> None:
     """Set input.resize to the short_side canvas of the typical training image."""
-    if cfg.data.kind == "synthetic":  # not generated yet; every image has data.image_size
-        typical = tuple(cfg.data.image_size)
-    else:
-        typical = typical_size([s for m in members(cfg) for s in split_samples(m.config, "train")])
+    typical = _typical_training_size(cfg)
     size = short_side_size(min(cfg.input.resize), typical, patch_size(cfg))
     cfg.input.resize = list(size)
     _note(
@@ -283,7 +336,9 @@ def check_resumable(run_dir: Path, cfg: DictConfig) -> None:
     differing = sorted(
         key
         for key in stored.keys() | current.keys()
-        if key not in RESUME_FREE_KEYS and stored.get(key) != current.get(key)
+        if key not in RESUME_FREE_KEYS
+        and not key.startswith("logger.")  # where the numbers are sent, not what they are
+        and stored.get(key) != current.get(key)
     )
     if differing:
         shown = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing[:5])
@@ -304,6 +359,8 @@ class TrainOutcome:
     selection_split: str
     """The split that chose the best checkpoints and the fusion mode (``eval.split``)."""
     selection_metric: str
+    test_split: str | None = None
+    """The split with labels that ff-eval scores (None: the run's data has none)."""
 
 
 def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCESS) -> TrainOutcome:
@@ -326,6 +383,7 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
             train_set = _training_set(cfg, model, identity["encoder_weights"], distributed)
             check_batch_size(len(train_set), cfg.train.batch_size)  # before a run starts
             evaluation = _evaluation_settings(cfg)
+        watch = _watch(cfg) if distributed.is_main else None
         result = train(
             model,
             train_set,
@@ -334,12 +392,68 @@ def run_training(cfg: DictConfig, distributed: DistributedContext = SINGLE_PROCE
             settings=settings,
             evaluation=evaluation,
             distributed=distributed,
+            step_callback=None if watch is None else watch.steps,
+            epoch_callback=None if watch is None else watch.epoch,
         )
         calibrations = _calibrate(cfg, run_dir) if distributed.is_main else []
+        if watch is not None:
+            best = {f"best/{m}/{cfg.eval.metric}": b["score"] for m, b in result.best.items()}
+            overlays = _tracker_overlays(cfg, run_dir) if cfg.logger.kind != "none" else []
+            watch.finish(best, overlays)
     finally:
         if distributed.is_main:  # the session may go on (the API): others may read the run now
             unlock_run(run_dir)
-    return TrainOutcome(run_dir, result, calibrations, cfg.eval.split, cfg.eval.metric)
+    return TrainOutcome(
+        run_dir, result, calibrations, cfg.eval.split, cfg.eval.metric, _test_split(cfg)
+    )
+
+
+def _test_split(cfg: DictConfig) -> str | None:
+    """The split ff-eval would score by default, if the run's data has it."""
+    split = evaluated_split(cfg.data.kind)
+    try:
+        return split if optional_split(cfg, split) else None
+    except FilterformerError:
+        return None
+
+
+def _watch(cfg: DictConfig) -> TrainingWatch:
+    """The curves PNG of the run folder and the run's tracker (``logger``), config recorded."""
+    run_dir = Path(cfg.run_dir)
+    name = f"{cfg.model.name}/{cfg.category.name}"
+    tracker = make_tracker(OmegaConf.to_container(cfg.logger), run_dir, run_dir.name)
+    watch = TrainingWatch(run_dir, cfg.eval.metric, f"{name}: {run_dir}", tracker)
+    watch.start(_flatten(OmegaConf.to_container(cfg)))
+    return watch
+
+
+def _tracker_overlays(cfg: DictConfig, run_dir: Path) -> list[tuple[str, np.ndarray]]:
+    """Overlays of up to three defective images of the selection split (for the tracker)."""
+    from filterformer.evaluation.figures import colour_scale, figure_array, overlay_figure
+
+    try:
+        run = load_run(run_dir, device=cfg.device)
+        maps = RunMaps(run, device=cfg.device, progress=False)
+        samples = optional_split(cfg, cfg.eval.split) or optional_split(cfg, "validation") or []
+    except FilterformerError:  # e.g. no threshold could be calibrated: no overlays
+        return []
+    chosen = [s for s in samples if s.label == 1][:TRACKED_OVERLAYS] or list(samples[:1])
+    threshold = None if run.threshold is None else run.threshold.value
+    low, high = run.threshold.map_range if run.threshold and run.threshold.map_range else (0, 1)
+    images = []
+    for sample, amap in maps.predict(chosen):
+        binary = None if threshold is None else amap > threshold
+        figure = overlay_figure(
+            sample.load_image(),
+            amap,
+            binary,
+            sample.load_mask() if sample.label is not None else None,
+            colour_scale(low, threshold, high),
+            threshold,
+            name=str(sample.relpath),
+        )
+        images.append((f"overlay/{sample.relpath}", figure_array(figure)))
+    return images
 
 
 def _evaluation_settings(cfg: DictConfig) -> EvaluationSettings:
@@ -384,8 +498,11 @@ def _start_run(run_dir: Path, cfg: DictConfig, encoder_weights: str) -> Path | N
     with _removed_on_failure(created, OSError):
         lock_run(run_dir)  # the run folder's only writer from here on (data included)
         check_run_dir(run_dir, cfg.resume)
-        if cfg.resume:
+        if cfg.resume and has_checkpoint(last_checkpoint(run_dir)):
+            verify_for_resume(run_dir)  # before anything of the run is read or rewritten
             check_resumable(run_dir, cfg)
+        else:
+            start_manifest(run_dir)  # training starts from nothing
         create_run(run_dir, cfg, encoder_weights)
     return created
 
@@ -441,7 +558,10 @@ def _training_set(
         is_main=distributed.is_main,
         main_first=partial(main_first, distributed),
     )
-    train_set = family(cfg.model.name).training_set(model, images, context)
+    plugin = family(cfg.model.name)
+    run_files = [Path(cfg.run_dir) / name for name in plugin.run_files]
+    with signing(cfg.run_dir, *run_files) if distributed.is_main else nullcontext():
+        train_set = plugin.training_set(model, images, context)
     if not cfg.train.feature_cache.enabled or train_set is not images:
         return train_set
     return _feature_cache(cfg, model.encoder, images, distributed)
@@ -484,6 +604,10 @@ def _evaluation(cfg: DictConfig) -> tuple[Evaluator | None, Callable | None]:
         geometry=geometry,
         **common,
     )
+    for _, _, test in parts:
+        gap = None if test is None else missing_pixel_truth(test)
+        if gap is not None and any(s.label == 1 for s in test):
+            _note(f"eval.split={cfg.eval.split}: {gap}, so training keeps the last weights", False)
     evaluators = [
         FusionEvaluator(
             validation,
@@ -495,7 +619,9 @@ def _evaluation(cfg: DictConfig) -> tuple[Evaluator | None, Callable | None]:
             **common,
         )
         for config, validation, test in parts
-        if test is not None and any(s.label == 1 for s in test)
+        if test is not None
+        and any(s.label == 1 for s in test)
+        and missing_pixel_truth(test) is None
     ]
     if not evaluators:
         return None, statistics
@@ -504,21 +630,61 @@ def _evaluation(cfg: DictConfig) -> tuple[Evaluator | None, Callable | None]:
     return MultiClassEvaluator(evaluators, statistics), statistics
 
 
+SPLIT_WORDS = {
+    "validation_pseudo": "held-out good images with synthetic defects pasted in (no test image "
+    "was used)",
+    "validation": "the held-out good images",
+    "test_public": "the test images themselves, so ff-eval's numbers on them are optimistic",
+    "test": "the test images themselves, so ff-eval's numbers on them are optimistic",
+}
+RULE_WORDS = {
+    "mean_std": "mean + {k:g} standard deviations of the held-out good images' scores",
+    "quantile": "the {q:g} quantile of the held-out good images' scores",
+    "f1_pseudo": "best F1 on the synthetic defects",
+    "f1_optimal": "best F1 on the test images (an oracle)",
+    "fixed": "a fixed level",
+    "given": "given",
+}
+
+
 def describe_outcome(outcome: TrainOutcome) -> str:
-    """What a finished run is, in words: its folder and length, the best score per fusion
-    mode (percent) on the split that chose it, and any mode left without a threshold."""
-    result = outcome.result
-    best = ", ".join(f"{m} {100 * b['score']:.2f} %" for m, b in result.best.items())
-    text = f"{outcome.run_dir} ({result.epoch} epochs, {result.step} steps)"
-    if best:
-        text += (
-            f"; best {outcome.selection_metric}: {best}; fusion mode {result.fusion_mode} "
-            f"(both chosen on {outcome.selection_split}: optimistic there)"
+    """The end of a run in words: what was chosen, on which images, what its score means,
+    and the next command."""
+    result, run_dir = outcome.result, _shown(outcome.run_dir)
+    lines = [f"trained {run_dir} ({result.epoch} epochs, {result.step} steps)."]
+    mode = result.fusion_mode
+    if mode is not None and mode in result.best:
+        best = result.best[mode]
+        on = SPLIT_WORDS.get(outcome.selection_split, outcome.selection_split)
+        lines.append(
+            f"Chosen on {on}: the weights of epoch {best['epoch']} and the '{mode}' map "
+            f"({outcome.selection_metric} {100 * best['score']:.1f} % there: a guide for the "
+            "choice, not a test result)."
         )
-    missing = [c for c in outcome.calibrations if c.threshold is None]
-    if missing:
-        text += "; no threshold for " + "; ".join(f"{c.mode} ({c.skipped})" for c in missing)
-    return text
+    else:
+        lines.append("No evaluation during training: the last weights are kept.")
+    chosen = next((c for c in outcome.calibrations if c.threshold and c.mode == mode), None)
+    chosen = chosen or next((c for c in outcome.calibrations if c.threshold), None)
+    if chosen is not None:
+        t = chosen.threshold
+        rule = RULE_WORDS.get(t.rule, t.rule).format(**{"k": 3, "q": 0.99, **t.params})
+        lines.append(f"Threshold {t.value:.4g} ({rule}): above it an image is anomalous.")
+    else:
+        reasons = "; ".join(f"{c.mode}: {c.skipped}" for c in outcome.calibrations)
+        lines.append(f"No threshold could be set ({reasons}).")
+    if outcome.test_split is not None:
+        lines.append(f"Next: ff-eval --run {run_dir} (scores the {outcome.test_split} images).")
+    else:
+        lines.append(f"Next: ff-predict --run {run_dir} --images DIR --out DIR.")
+    return " ".join(lines)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it lies below it (shorter to retype)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _feature_cache(

@@ -26,22 +26,25 @@ from filterformer.data.folder import file_samples
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import tiling_from_record
 from filterformer.data.transforms import InputGeometry
-from filterformer.errors import ConfigError
+from filterformer.errors import ConfigError, DataError
+from filterformer.evaluation.protocol import image_score
 from filterformer.evaluation.thresholds import Threshold
 from filterformer.inference.original_maps import original_size_maps
 from filterformer.runtime.manifest import choose_entry, require_manifest
-from filterformer.runtime.outputs import Prediction, predictions, score_rows, write_maps
+from filterformer.runtime.outputs import CategoryMaps, Prediction
 from filterformer.runtime.pipeline import Pipeline, PipelineBackend
 from filterformer.submission.rescale import MapRescale
 
 
-class Deployment:
+class Deployment(CategoryMaps):
     """The export in ``folder``, loaded in ``backend`` (``onnxruntime`` or ``openvino``).
 
     ``model``: the exported file to run (a name listed in export.json; default: the first
     export the backend runs, OpenVINO preferring its IR). ``threads``: the runtime's
     intra-op threads (default: its own choice). ``data_root``: where :meth:`samples` reads the
-    run's dataset (default: the root it was trained on).
+    run's dataset (default: the root it was trained on). ``threshold``: one in score units for
+    every split instead of the export's. Writing maps, masks, overlays, scores.csv and the
+    histogram: :class:`~filterformer.runtime.outputs.CategoryMaps`.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class Deployment:
         batch_size: int = 8,
         progress: bool = False,
         data_root: str | Path | None = None,
+        threshold: float | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.manifest = manifest = require_manifest(self.folder)
@@ -68,11 +72,15 @@ class Deployment:
         self.geometry = InputGeometry.from_record(preprocessing)
         self.tiling = tiling_from_record(preprocessing.get("tiling"))
         self.threshold = Threshold.from_json(manifest["threshold"], f"{self.folder}: threshold")
+        self.threshold_given = threshold is not None
+        if threshold is not None:
+            self.threshold = Threshold(float(threshold))  # "given"; one for every split
         self.rescale = MapRescale.from_dict(manifest["rescale"])
         self.postprocess: dict[str, Any] = dict(manifest.get("postprocess") or {})
         self.data: dict[str, Any] = dict(manifest.get("data") or {})
         self.batch_size, self.progress = batch_size, progress
         self.data_root = None if data_root is None else Path(data_root)
+        self._validation: list[float] | None = None
 
     def maps(self, inputs: np.ndarray, modes: Sequence[str]) -> dict[str, np.ndarray]:
         """The map backend interface: B x h x w maps of B x 3 x h x w network inputs."""
@@ -108,7 +116,7 @@ class Deployment:
             images = [images]
         samples = file_samples([Path(p) for p in images], category=self.category)
         value = self.threshold.for_split(split).value if threshold is None else float(threshold)
-        return predictions(self.predict_maps, samples, value, self.postprocess, self.image_score)
+        return self.predictions(samples, value)
 
     def samples(self, split: str) -> Sequence[Sample]:
         """The category's ``split`` of the run's dataset (under ``data_root`` if given)."""
@@ -120,26 +128,13 @@ class Deployment:
             )
         return read_split(kind, root, self.category, split)
 
-    def export(
-        self,
-        samples: Sequence[Sample],
-        out: Path,
-        overlays: bool = False,
-        record: Path | None = None,
-    ) -> int:
-        """Write maps and masks of ``samples`` under ``out`` as ff-predict does; how many."""
-        return write_maps(
-            self.predict_maps,
-            samples,
-            out,
-            category=self.category,
-            rescale=self.rescale,
-            threshold=self.threshold,
-            postprocess=self.postprocess,
-            overlays=overlays,
-            record=record,
-        )
-
-    def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
-        """Score and verdict of each written sample, read back from its map and binary map."""
-        return score_rows(samples, out, self.category, self.rescale, self.image_score)
+    def validation_scores(self) -> list[float]:
+        """The image scores of the run's validation split (remembered; empty without one)."""
+        if self._validation is None:
+            try:
+                samples = self.samples("validation")
+            except (ConfigError, DataError):  # no dataset with splits, or no validation split
+                samples = []
+            maps = self.predict_maps(samples)
+            self._validation = [image_score(amap, self.image_score) for _, amap in maps]
+        return self._validation

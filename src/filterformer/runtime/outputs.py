@@ -1,28 +1,31 @@
-"""What predictions become: results in memory, one category's maps, masks, overlays and
-scores on disk, and a whole checked submission.
+"""What predictions become: results in memory, one category's maps, masks, overlays, scores
+and score histogram on disk, and a whole checked submission.
 
-Shared by every backend of ff-predict and the Python API: the torch model and an export in
-ONNX Runtime or OpenVINO give their original-size maps through a ``predict`` function, and
-everything after (threshold, post-processing, image score, float16 rescale, overlays,
-scores.csv, upload checks, packing) is this one implementation.
+Shared by every backend of ff-predict and the Python API: :class:`CategoryMaps` is the base of
+the torch path (``runs.predict.RunExporter``) and of an export in the runtime
+(:class:`~filterformer.runtime.Deployment`); each gives its original-size maps
+(:meth:`CategoryMaps.predict_maps`) and everything after (threshold, post-processing, image
+score, float16 rescale, overlays, scores.csv, the histogram, upload checks, packing) is this one
+implementation.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from filterformer.data.sample import Sample
 from filterformer.errors import SubmissionError
+from filterformer.evaluation.predictions import COLUMNS, prediction_row, prediction_summary
 from filterformer.evaluation.protocol import image_score
 from filterformer.evaluation.thresholds import Threshold
 from filterformer.inference.postprocess import for_sample
-from filterformer.io import read_anomaly_map, read_mask
+from filterformer.io import output_path, read_anomaly_map, read_mask, write_csv
 from filterformer.submission import (
     OFFICIAL_COUNTS,
     PRIVATE_SPLITS,
@@ -37,11 +40,10 @@ from filterformer.submission.rescale import DEFAULT_TARGET
 
 LOG = logging.getLogger("filterformer")
 RESCALE_FILE = "rescale.json"
-"""The float16 rescale record ff-predict writes beside the maps of one category."""
-SHOWN_SCORES = 5
-"""How many of the highest-scoring images the --images table shows."""
-Predict = Callable[[Sequence[Sample]], Iterable[tuple[Sample, np.ndarray]]]
-"""Samples -> (sample, H x W float32 map at its original size), in order."""
+"""The float16 rescale record ff-predict writes beside the maps of ``--run``."""
+SCORES_FILE = "scores.csv"
+"""Per image: label, score, threshold, verdict (evaluation/predictions.py)."""
+HISTOGRAM_FILE = "score_histogram.png"
 
 
 @dataclass(frozen=True)
@@ -64,108 +66,143 @@ class Prediction:
         return bool(self.mask.any())
 
 
-def predictions(
-    predict: Predict,
-    samples: Sequence[Sample],
-    threshold: float,
-    postprocess: Mapping[str, Any],
-    rule: str,
-) -> list[Prediction]:
-    """The :class:`Prediction` of each sample (in memory, nothing written)."""
-    results = []
-    for sample, amap in predict(samples):
-        step = for_sample(postprocess, sample.split, sample.load_image)
-        mask = amap > threshold
-        mask = mask if step is None else step(mask)
-        score = image_score(amap, rule)
-        results.append(Prediction(sample.path, amap, score, threshold, mask.astype(bool)))
-    return results
+class CategoryMaps:
+    """One category's maps and what is written from them (see module doc).
 
-
-def write_maps(
-    predict: Predict,
-    samples: Sequence[Sample],
-    out: Path,
-    *,
-    category: str,
-    rescale: MapRescale,
-    threshold: Threshold,
-    postprocess: Mapping[str, Any],
-    overlays: bool = False,
-    record: Path | None = None,
-) -> int:
-    """Write maps and masks of ``samples`` under ``out`` (resuming); return how many.
-
-    ``record``: the rescale record file (default: beside ``out``, see SubmissionWriter).
+    Subclasses set ``category``, ``rescale``, ``threshold``, ``postprocess``, ``image_score``
+    and ``threshold_given`` (a threshold from the user rather than the run's calibration), and
+    give :meth:`predict_maps`, :meth:`samples` and :meth:`validation_scores`.
     """
-    writer = SubmissionWriter(
-        out,
-        category,
-        rescale,
-        threshold.value,
-        record_file=record,
-        split_thresholds={split: t.value for split, t in threshold.splits.items()},
-    )
-    overlay_dir = out / "overlays" / category
-    todo = [
-        s
-        for s in samples
-        if not writer.is_done(s.relpath)
-        or (overlays and not (overlay_dir / f"{s.relpath}.png").is_file())
-    ]
-    score_range = tuple(rescale.invert(np.array([0.0, DEFAULT_TARGET])))
-    if overlays:
-        from filterformer.evaluation.figures import write_overlay
-    for sample, amap in predict(todo):
-        step = for_sample(postprocess, sample.split, sample.load_image)
-        writer.write(sample.relpath, amap, sample.shape, step, sample.split)
-        if overlays:
-            write_overlay(
-                overlay_dir / f"{sample.relpath}.png",
-                sample.load_image(),
-                amap,
-                read_mask(writer.paths(sample.relpath)[1], sample.shape),
-                sample.load_mask(),
-                score_range,
-                threshold.for_split(sample.split).value,
-                name=str(sample.relpath),
-            )
-    return len(todo)
 
+    category: str
+    rescale: MapRescale
+    threshold: Threshold
+    postprocess: Mapping[str, Any]
+    image_score: str
+    threshold_given: bool = False
 
-def score_rows(
-    samples: Sequence[Sample], out: Path, category: str, rescale: MapRescale, rule: str
-) -> list[dict]:
-    """Score and verdict of each written sample, read back from its map and binary map."""
-    rows = []
-    for sample in samples:
-        amap = read_anomaly_map(map_path(out, category, sample.relpath))
-        binary = read_mask(mask_path(out, category, sample.relpath), sample.shape)
-        rows.append(
-            {
-                "image": sample.path.name,
-                "score": float(rescale.invert(np.float64(image_score(amap, rule)))),
-                "verdict": "anomalous" if binary.any() else "normal",
-                "anomalous_pixels": int(binary.sum()),
-            }
+    def predict_maps(self, samples: Sequence[Sample]) -> Iterable[tuple[Sample, np.ndarray]]:
+        """(sample, H x W float32 map at its original size), in order."""
+        raise NotImplementedError
+
+    def samples(self, split: str) -> Sequence[Sample]:
+        """The category's samples of ``split``."""
+        raise NotImplementedError
+
+    def validation_scores(self) -> Sequence[float]:
+        """The image scores of the validation split (empty when there is none)."""
+        raise NotImplementedError
+
+    def predictions(self, samples: Sequence[Sample], threshold: float) -> list[Prediction]:
+        """The :class:`Prediction` of each sample at ``threshold`` (in memory)."""
+        results = []
+        for sample, amap in self.predict_maps(samples):
+            step = for_sample(self.postprocess, sample.split, sample.load_image)
+            mask = amap > threshold
+            mask = mask if step is None else step(mask)
+            score = float(image_score(amap, self.image_score))
+            results.append(Prediction(sample.path, amap, score, threshold, mask.astype(bool)))
+        return results
+
+    def export(
+        self,
+        samples: Sequence[Sample],
+        out: Path,
+        overlays: bool = False,
+        record: Path | None = None,
+    ) -> int:
+        """Write maps and masks of ``samples`` under ``out`` (resuming); return how many.
+
+        ``record``: the rescale record file (default: beside ``out``, see SubmissionWriter).
+        """
+        writer = SubmissionWriter(
+            out,
+            self.category,
+            self.rescale,
+            self.threshold.value,
+            record_file=record,
+            split_thresholds={split: t.value for split, t in self.threshold.splits.items()},
         )
-    return rows
 
+        def overlay(sample: Sample) -> Path:
+            """``<out>/overlays/<category>/<relpath>.png``, checked to stay inside ``out``."""
+            *folders, name = sample.relpath.parts
+            return output_path(out, "overlays", self.category, *folders, f"{name}.png")
 
-def report_scores(rows: Sequence[Mapping], threshold: Threshold, path: Path) -> str:
-    """The --images summary: counts, the highest scores, and where scores.csv is."""
-    anomalous = sum(row["verdict"] == "anomalous" for row in rows)
-    top = sorted(rows, key=lambda row: -row["score"])[:SHOWN_SCORES]
-    width = max(len("image"), *(len(row["image"]) for row in top))
-    lines = [
-        f"{len(rows)} images: {anomalous} anomalous, {len(rows) - anomalous} normal "
-        f"(threshold {threshold.value:.6g}, {threshold.describe('images')}; anomalous = any "
-        "pixel above it)",
-        f"{'image':<{width}}  {'score':>10}  verdict",
-        *(f"{row['image']:<{width}}  {row['score']:>10.6g}  {row['verdict']}" for row in top),
-        f"every image: {path}",
-    ]
-    return "\n".join(lines)
+        todo = [
+            s
+            for s in samples
+            if not writer.is_done(s.relpath) or (overlays and not overlay(s).is_file())
+        ]
+        if overlays:
+            from filterformer.evaluation.figures import colour_scale, write_overlay
+        high = float(self.rescale.invert(np.float64(DEFAULT_TARGET)))
+        for sample, amap in self.predict_maps(todo):
+            step = for_sample(self.postprocess, sample.split, sample.load_image)
+            writer.write(sample.relpath, amap, sample.shape, step, sample.split)
+            threshold = self.threshold.for_split(sample.split).value
+            if overlays:
+                write_overlay(
+                    overlay(sample),
+                    sample.load_image(),
+                    amap,
+                    read_mask(writer.paths(sample.relpath)[1], sample.shape),
+                    sample.load_mask() if sample.mask_path or not sample.label else None,
+                    colour_scale(self.rescale.offset, threshold, high),
+                    threshold,
+                    name=str(sample.relpath),
+                )
+        return len(todo)
+
+    def scores(self, samples: Sequence[Sample], out: Path) -> list[dict]:
+        """scores.csv's rows: each written sample's score, read back from its map and mask."""
+        rows = []
+        for sample in samples:
+            tiff = image_score(
+                read_anomaly_map(map_path(out, self.category, sample.relpath)), self.image_score
+            )
+            binary = read_mask(mask_path(out, self.category, sample.relpath), sample.shape)
+            threshold = self.threshold.for_split(sample.split).value
+            row = prediction_row(
+                f"{sample.relpath}{sample.path.suffix}",
+                sample.label,
+                float(self.rescale.invert(np.float64(tiff))),
+                threshold,
+                int(binary.sum()),
+                (tiff, self.rescale.threshold(threshold)),
+            )
+            rows.append(row)
+        return rows
+
+    def histogram(self, samples: Sequence[Sample], rows: Sequence[Mapping], path: Path) -> None:
+        """The score histogram of ``rows`` (by label) with the validation scores, as a PNG."""
+        from filterformer.evaluation.figures import write_score_histogram
+
+        value = self.threshold.value
+        write_score_histogram(
+            path,
+            [row["score"] for row in rows],
+            [s.label for s in samples],
+            value,
+            f"{self.category}: image scores",
+            validation=self.validation_scores(),
+            threshold_label=f"threshold {value:.4g} ({self.threshold.describe('images')})",
+        )
+
+    def write_predictions(
+        self, samples: Sequence[Sample], out: Path, overlays: bool, tag: str = ""
+    ) -> str:
+        """Maps, masks (overlays) of ``samples`` under ``out`` with scores.csv and the score
+        histogram (``tag``: a suffix of their names, e.g. each category's of a multi-class
+        run); return the summary ff-predict prints."""
+        self.export(samples, out, overlays, out / RESCALE_FILE)
+        rows = self.scores(samples, out)
+        scores_file = out / f"{Path(SCORES_FILE).stem}{tag}.csv"
+        write_csv(scores_file, rows, list(COLUMNS))
+        self.histogram(samples, rows, out / f"{Path(HISTOGRAM_FILE).stem}{tag}.png")
+        how = "given with --threshold" if self.threshold_given else self.threshold.describe("")
+        note = f"threshold {self.threshold.value:.6g}, {how}"
+        return prediction_summary(rows, note, str(scores_file))
 
 
 def deployment_options(options: Any) -> dict[str, Any]:
@@ -177,25 +214,12 @@ def deployment_options(options: Any) -> dict[str, Any]:
         "batch_size": options.batch_size,
         "progress": not options.no_progress,
         "data_root": options.data_root,
+        "threshold": options.threshold,
     }
 
 
-class CategoryMaps(Protocol):
-    """One category's source of maps: a run with its torch model, or an export."""
-
-    category: str
-
-    def samples(self, split: str) -> Sequence[Sample]:
-        """The category's samples of ``split``."""
-        ...
-
-    def export(self, samples: Sequence[Sample], out: Path) -> int:
-        """Write the maps and masks of ``samples`` under ``out``; return how many."""
-        ...
-
-
 def write_submission(
-    categories: Iterable[CategoryMaps],
+    categories: Iterable[CategoryMaps] | Iterator[CategoryMaps],
     out: Path,
     *,
     data_root: Path | None,

@@ -31,10 +31,10 @@ from typing import Literal
 import numpy as np
 import tifffile
 from PIL import Image
-from tqdm import tqdm
 
 from filterformer.errors import DataError, SubmissionError
 from filterformer.io import image_size
+from filterformer.progress import progress_bar
 from filterformer.submission.mvtec_submission import (
     MAP_SUFFIX,
     MAPS_DIR,
@@ -300,7 +300,7 @@ def check_submission(
     source = None if data_root is None else Path(data_root)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(lambda job: job[0](job[1], source), jobs)
-        results = list(tqdm(results, total=len(jobs), desc="check", disable=not progress))
+        results = list(progress_bar(results, total=len(jobs), desc="check", enabled=progress))
     shapes: dict[tuple[str, str, str], tuple[int, int]] = {}
     for (check, item), (shape, found) in zip(jobs, results, strict=True):
         problems += found

@@ -17,6 +17,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from filterformer.errors import DataError
+from filterformer.io import output_path, resolved
 
 MAPS_DIR = "anomaly_images"
 MASKS_DIR = "anomaly_images_thresholded"
@@ -55,15 +56,17 @@ def _relative(relpath: str | PurePosixPath) -> PurePosixPath:
 
 
 def map_path(root: str | os.PathLike, category: str, relpath: str | PurePosixPath) -> Path:
-    """Path of a sample's map: ``<root>/anomaly_images/<category>/<relpath>.tiff``."""
+    """Path of a sample's map: ``<root>/anomaly_images/<category>/<relpath>.tiff``, checked
+    to stay inside ``root`` (:func:`~filterformer.io.output_path`)."""
     rel = _relative(relpath)
-    return Path(root, MAPS_DIR, category, *rel.parent.parts, rel.name + MAP_SUFFIX)
+    return output_path(root, MAPS_DIR, category, *rel.parent.parts, rel.name + MAP_SUFFIX)
 
 
 def mask_path(root: str | os.PathLike, category: str, relpath: str | PurePosixPath) -> Path:
-    """Path of a sample's mask: ``<root>/anomaly_images_thresholded/<category>/<relpath>.png``."""
+    """Path of a sample's mask: ``<root>/anomaly_images_thresholded/<category>/<relpath>.png``,
+    checked to stay inside ``root``."""
     rel = _relative(relpath)
-    return Path(root, MASKS_DIR, category, *rel.parent.parts, rel.name + MASK_SUFFIX)
+    return output_path(root, MASKS_DIR, category, *rel.parent.parts, rel.name + MASK_SUFFIX)
 
 
 def record_path(root: str | os.PathLike) -> Path:
@@ -71,5 +74,5 @@ def record_path(root: str | os.PathLike) -> Path:
 
     It lives outside the folder because the server refuses any file other than the maps.
     """
-    root = Path(root).resolve()
+    root = resolved(root)
     return root.with_name(root.name + ".rescale.json")

@@ -20,7 +20,6 @@ two scales.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
@@ -28,7 +27,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from filterformer.errors import DataError, SubmissionError
-from filterformer.io import remove_partials, write_json, write_mask_png, write_tiff_float16
+from filterformer.io import (
+    read_json,
+    remove_partials,
+    write_json,
+    write_mask_png,
+    write_tiff_float16,
+)
 from filterformer.submission.mvtec_submission import map_path, mask_path, record_path
 from filterformer.submission.rescale import MapRescale
 
@@ -47,9 +52,20 @@ def export_record(rescale: MapRescale, threshold: float | None) -> dict:
 def save_record(path: str | os.PathLike, category: str, record: dict) -> None:
     """Add or replace the entry of ``category`` in a JSON record file keyed by category."""
     path = Path(path)
-    records = json.loads(path.read_text()) if path.is_file() else {}
+    records = read_records(path)
     records[category] = record
     write_json(path, records)
+
+
+def read_records(path: Path) -> dict:
+    """The export records of a record file, by category ({} when there is none)."""
+    if not path.is_file():
+        return {}
+    fix = "Delete it and the maps it describes, or export to a new folder."
+    records = read_json(path, "export record", fix)
+    if not isinstance(records, dict) or not all(isinstance(r, dict) for r in records.values()):
+        raise SubmissionError(f"{path}: not an export record {{category: rescale}}. {fix}")
+    return records
 
 
 class SubmissionWriter:
@@ -92,7 +108,7 @@ class SubmissionWriter:
         """Store the category's rescale, refusing to resume under a different one."""
         path = self.record_file
         if path.is_file():
-            previous = json.loads(path.read_text()).get(self.category)
+            previous = read_records(path).get(self.category)
             if previous is not None and previous != self.record:
                 raise SubmissionError(
                     f"{self.out_dir}: category {self.category!r} was exported with "

@@ -16,15 +16,19 @@ atomically replaces the JSON: that rename is the one step that makes the new che
 current. Until it, the previous checkpoint is complete and current; after it, the previous
 files are deleted. A kill at any instant thus leaves the old or the new checkpoint whole, plus
 at most files that no JSON names, which :func:`remove_stale_files` deletes on the next start.
-Loading checks each file's SHA-256 against the JSON (``verify=False`` skips that) and names
-the file on a mismatch. A checkpoint saved before the JSON named its files
-(``<name>.safetensors``, ``<name>.state.pt``, no hashes) still loads, unverified.
+Loading checks each file's SHA-256 against the JSON and names the file on a mismatch; a JSON
+that records no SHA-256 for a file is refused too, so that deleting a hash cannot turn the
+check off. ``verify=False`` skips both (the user's explicit choice): only then does a
+checkpoint saved before the JSON named its files (``<name>.safetensors``, ``<name>.state.pt``,
+no hashes) load. Files are written from Python (serialised in memory first), so that a full
+disk is an ``OSError`` naming the file, never a library's own error.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import os
+import pickle
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -34,12 +38,21 @@ from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from filterformer.errors import CheckpointError
-from filterformer.io import atomic_path, remove_partials, write_json
+from filterformer.errors import CheckpointError, FilterformerError
+from filterformer.io import atomic_path, check_name, read_json, remove_partials, write_json
 from filterformer.models.encoder import weights_sha256
 
+VERIFY_FIX = (
+    "Restore it from a copy of the run folder or use another checkpoint (--no-verify, or "
+    "verify=False, loads it anyway)."
+)
+"""What a reader can do about a file that fails verification (:func:`load_checkpoint`)."""
+RESUME_FIX = (
+    "Restore the run folder from a copy, or start a new run (resume=false, another run_dir)."
+)
+"""What ff-train can do about a run that fails verification when resumed."""
 IDENTITY_KEYS = ("model", "encoder", "encoder_weights")
 """Metadata that must match between a checkpoint and the model it is loaded into."""
 
@@ -121,15 +134,14 @@ def save_checkpoint(
     files = {
         "weights": _write(
             stem.with_name(stem.name + WEIGHTS_SUFFIX),
-            lambda file: save_file(weights, str(file), metadata={"step": str(step)}),
+            save(weights, metadata={"step": str(step)}),
         )
     }
     save_hook(meta_file.stem, "weights")
     if training_state is not None:
-        files["state"] = _write(
-            stem.with_name(stem.name + STATE_SUFFIX),
-            lambda file: torch.save({**training_state, "step": step}, file),
-        )
+        buffer = io.BytesIO()
+        torch.save({**training_state, "step": step}, buffer)
+        files["state"] = _write(stem.with_name(stem.name + STATE_SUFFIX), buffer.getvalue())
         save_hook(meta_file.stem, "state")
     shapes = {name: list(tensor.shape) for name, tensor in weights.items()}
     write_json(meta_file, {**meta, "shapes": shapes, "files": files})
@@ -160,10 +172,32 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
             f"{meta_file}: checkpoint not found. Check the run folder, or train first with "
             "ff-train."
         )
+    fix = "Restore it from a copy of the run folder, or use another checkpoint."
     try:
-        return json.loads(meta_file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{meta_file}: unreadable checkpoint metadata ({err}).") from None
+        meta = read_json(meta_file, "checkpoint metadata", fix)
+    except FilterformerError as err:
+        raise CheckpointError(str(err)) from None
+    step = meta.get("step") if isinstance(meta, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise CheckpointError(
+            f"{meta_file}: not checkpoint metadata (an object with an integer 'step'). {fix}"
+        )
+    return meta
+
+
+def verify_checkpoint(
+    path: str | Path, *, with_training_state: bool = False, fix: str = VERIFY_FIX
+) -> dict[str, Any]:
+    """Check a checkpoint's files against the SHA-256 its metadata records (which it must),
+    without loading them; return the metadata. :class:`CheckpointError` names what differs."""
+    meta_file = metadata_file(path)
+    meta = read_checkpoint_meta(meta_file)
+    files = _files(meta_file, meta)
+    _require_hashes(files, meta, with_training_state, fix)
+    _check_file(files, "weights", meta, True, fix)
+    if with_training_state and files.state is not None:
+        _check_file(files, "state", meta, True, fix)
+    return meta
 
 
 def load_checkpoint(
@@ -173,19 +207,23 @@ def load_checkpoint(
     expected: Mapping[str, Any],
     with_training_state: bool = False,
     verify: bool = True,
+    fix: str = VERIFY_FIX,
 ) -> LoadedCheckpoint:
     """Load a checkpoint's weights into ``model`` after checking that it fits.
 
     ``expected`` gives the identity of ``model`` (``model``, ``encoder``, ``encoder_weights``);
     any difference, any missing or mis-shaped tensor and (with ``verify``) any file whose
-    SHA-256 differs from the one recorded in the metadata raises :class:`CheckpointError`
-    naming what differs. ``model`` is not modified unless every check passes.
+    SHA-256 differs from the one recorded in the metadata, or is not recorded, raises
+    :class:`CheckpointError` naming what differs (and, for verification, ``fix``: what to do).
+    ``model`` is not modified unless every check passes.
     """
     meta_file = metadata_file(path)
     meta = read_checkpoint_meta(meta_file)
     files = _files(meta_file, meta)
+    if verify:
+        _require_hashes(files, meta, with_training_state, fix)
     _check_identity(files.weights, meta, expected)
-    _check_file(files, "weights", meta, verify)
+    _check_file(files, "weights", meta, verify, fix)
     try:
         weights = load_file(str(files.weights))
         with safe_open(str(files.weights), framework="pt") as fh:
@@ -200,16 +238,16 @@ def load_checkpoint(
     _check_shapes(files.weights, weights, model.trainable_state_dict())
     training_state = None
     if with_training_state:
-        training_state = _read_training_state(files, meta, verify)
+        training_state = _read_training_state(files, meta, verify, fix)
     result = model.load_state_dict(weights, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # guaranteed by _check_shapes
     return LoadedCheckpoint(meta=meta, training_state=training_state, files=files)
 
 
-def _write(file: Path, write: Callable[[Path], None]) -> dict[str, str]:
+def _write(file: Path, data: bytes) -> dict[str, str]:
     """Write a new file of a checkpoint, complete and on disk; return its name and SHA-256."""
     with atomic_path(file) as tmp:
-        write(tmp)
+        tmp.write_bytes(data)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -224,12 +262,47 @@ def _files(meta_file: Path, meta: Mapping[str, Any]) -> CheckpointFiles:
         stem = meta_file.with_suffix("")
         state = stem.with_name(stem.name + STATE_SUFFIX)
         return CheckpointFiles(stem.with_name(stem.name + WEIGHTS_SUFFIX), meta_file, state)
+    if not isinstance(recorded, Mapping) or not isinstance(recorded.get("weights"), Mapping):
+        raise CheckpointError(_malformed(meta_file, "its 'files' must name the weights file"))
     state = recorded.get("state")
+    if state is not None and not isinstance(state, Mapping):
+        raise CheckpointError(_malformed(meta_file, "files.state must be null or a file entry"))
     return CheckpointFiles(
-        meta_file.with_name(recorded["weights"]["name"]),
+        meta_file.with_name(_file_name(meta_file, recorded["weights"])),
         meta_file,
-        None if state is None else meta_file.with_name(state["name"]),
+        None if state is None else meta_file.with_name(_file_name(meta_file, state)),
     )
+
+
+def _file_name(meta_file: Path, entry: Mapping[str, Any]) -> str:
+    """The name of a file the metadata lists: a plain name in the checkpoint's folder."""
+    name = entry.get("name")
+    try:
+        return check_name(name, f"{meta_file}: file name")
+    except FilterformerError:
+        raise CheckpointError(
+            _malformed(meta_file, f"a file entry names {name!r}, not a file beside it")
+        ) from None
+
+
+def _malformed(meta_file: Path, what: str) -> str:
+    return (
+        f"{meta_file}: malformed checkpoint metadata ({what}). Restore it from a copy of the run "
+        "folder, or use another checkpoint."
+    )
+
+
+def _require_hashes(
+    files: CheckpointFiles, meta: Mapping[str, Any], with_state: bool, fix: str
+) -> None:
+    """Refuse metadata that records no SHA-256 for a file about to be read (verification on)."""
+    for kind in ("weights", "state") if with_state and files.state else ("weights",):
+        recorded = (meta.get("files") or {}).get(kind) or {}
+        if not isinstance(recorded.get("sha256"), str):
+            raise CheckpointError(
+                f"{files.meta}: records no SHA-256 of its {kind} file, so it cannot be "
+                f"verified (saved by an older filterformer, or the hash was removed). {fix}"
+            )
 
 
 def _remove_unnamed(meta_file: Path) -> int:
@@ -248,7 +321,7 @@ def _remove_unnamed(meta_file: Path) -> int:
     if meta_file.is_file():
         try:
             keep = {file for file in _files(meta_file, read_checkpoint_meta(meta_file)) if file}
-        except (CheckpointError, KeyError, TypeError):
+        except CheckpointError:
             return 0
         candidates += [meta_file.with_name(name + s) for s in (WEIGHTS_SUFFIX, STATE_SUFFIX)]
     stale = [file for file in candidates if file not in keep and file.is_file()]
@@ -257,7 +330,9 @@ def _remove_unnamed(meta_file: Path) -> int:
     return len(stale)
 
 
-def _check_file(files: CheckpointFiles, kind: str, meta: Mapping[str, Any], verify: bool) -> None:
+def _check_file(
+    files: CheckpointFiles, kind: str, meta: Mapping[str, Any], verify: bool, fix: str
+) -> None:
     """Require the checkpoint's ``kind`` file ("weights" or "state") and, with ``verify``,
     the SHA-256 its metadata records for it."""
     file = getattr(files, kind)
@@ -271,8 +346,7 @@ def _check_file(files: CheckpointFiles, kind: str, meta: Mapping[str, Any], veri
     if verify and recorded is not None and weights_sha256(file) != recorded:
         raise CheckpointError(
             f"{file}: SHA-256 differs from the one recorded in {files.meta.name}: the file is "
-            "corrupted or was changed. Restore it from a copy of the run folder or use another "
-            "checkpoint (--no-verify, or verify=False, loads it anyway)."
+            f"corrupted or was changed. {fix}"
         )
 
 
@@ -310,15 +384,26 @@ def _check_shapes(
 
 
 def _read_training_state(
-    files: CheckpointFiles, meta: Mapping[str, Any], verify: bool
+    files: CheckpointFiles, meta: Mapping[str, Any], verify: bool, fix: str
 ) -> dict[str, Any]:
     if files.state is None or (not files.state.is_file() and "files" not in meta):
         raise CheckpointError(
             f"{files.meta}: no training state with this checkpoint, so training cannot resume "
             "from it. Resume from checkpoints/last, or start a new run."
         )
-    _check_file(files, "state", meta, verify)
-    state = torch.load(files.state, map_location="cpu", weights_only=True)
+    _check_file(files, "state", meta, verify, fix)
+    try:
+        state = torch.load(files.state, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
+        raise CheckpointError(
+            f"{files.state}: unreadable training state ({err}). Resume from another copy of the "
+            "run folder, or start a new run (resume=false)."
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{files.state}: not a training state (a dictionary). Resume from another copy of "
+            "the run folder, or start a new run (resume=false)."
+        )
     if state.get("step") != meta["step"]:
         raise CheckpointError(
             f"{files.state}: training state is from step {state.get('step')} but the weights "

@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from filterformer.errors import ConfigError
 from filterformer.io import atomic_path
 from filterformer.models.encoder import DinoEncoder
+from filterformer.progress import progress_bar
 
 STORAGES = ("memory", "disk")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -167,11 +167,11 @@ def cache_features(
                     save_file({"taps": item_taps.contiguous()}, str(tmp))
         pending.clear()
 
-    items = tqdm(
+    items = progress_bar(
         _item_views(images, views),
         total=count * views,
         desc="caching encoder features",
-        disable=not progress,
+        enabled=progress,
     )
     for index, view, image in items:
         if files is not None:

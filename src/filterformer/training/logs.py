@@ -8,10 +8,13 @@ the logs hold exactly the rows of the checkpoint's steps, then the new ones.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from filterformer.errors import CheckpointError
 
 
 class CsvLog:
@@ -37,6 +40,15 @@ class CsvLog:
         """The log's length in bytes (0 before its first row)."""
         return self.path.stat().st_size if self.path.is_file() else 0
 
+    def sha256(self, size: int | None = None) -> str:
+        """SHA-256 of the log's first ``size`` bytes (None: all of it; no log: of nothing)."""
+        data = self.path.read_bytes() if self.path.is_file() else b""
+        return hashlib.sha256(data if size is None else data[:size]).hexdigest()
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the log: its size and SHA-256 now."""
+        return {"size": self.size(), "sha256": self.sha256()}
+
     def cut(self, size: int) -> None:
         """Drop what was appended after the log was ``size`` bytes long (0: delete it)."""
         if size == 0:
@@ -50,6 +62,38 @@ class CsvLog:
             return None
         with open(self.path, newline="") as fh:
             return next(csv.reader(fh))
+
+
+def check_logs(folder: Path, records: Any, fix: str) -> None:
+    """Refuse logs in ``folder`` that no longer begin with what a checkpoint recorded of them
+    (``{file name: {"size", "sha256"}}``, :meth:`CsvLog.record`; None: nothing recorded).
+
+    A resumed run appends to its logs after cutting them back to those bytes: a shortened or
+    changed log would mix two histories.
+    """
+    for name, record in _log_records(folder, records, fix):
+        log = CsvLog(folder / name)
+        size, sha256 = record
+        if log.size() < size or log.sha256(size) != sha256:
+            raise CheckpointError(
+                f"{log.path}: no longer begins with the {size} bytes it had when checkpoints/last "
+                f"was saved (it was shortened or changed). {fix}"
+            )
+
+
+def _log_records(folder: Path, records: Any, fix: str) -> list[tuple[str, tuple[int, str]]]:
+    """(file name, (size, SHA-256)) of each log a checkpoint recorded, checked to be such."""
+    try:
+        found = [
+            (name, (int(record["size"]), str(record["sha256"])))
+            for name, record in (records or {}).items()
+            if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")
+        ]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        found = []
+    if len(found) != len(records or {}):
+        raise CheckpointError(f"{folder}: the logs' record {records!r} is malformed. {fix}")
+    return found
 
 
 def _fieldnames(rows: Sequence[Mapping[str, Any]]) -> list[str]:

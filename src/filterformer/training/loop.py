@@ -40,14 +40,17 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
-from filterformer.errors import ConfigError, NonFiniteLossError
+from filterformer.errors import CheckpointError, ConfigError, NonFiniteLossError
 from filterformer.io import remove_partials, write_json
 from filterformer.lock import lock_run
+from filterformer.manifest import signing
+from filterformer.progress import progress_bar
 from filterformer.training.checkpoint import (
+    RESUME_FIX,
     has_checkpoint,
     load_checkpoint,
+    metadata_file,
     remove_stale_files,
     save_checkpoint,
 )
@@ -59,7 +62,7 @@ from filterformer.training.distributed import (
     wrap_trainable,
 )
 from filterformer.training.feature_cache import TapFeatures
-from filterformer.training.logs import CsvLog
+from filterformer.training.logs import CsvLog, check_logs
 from filterformer.training.optim import build_optimizer, optimizer_parameters
 from filterformer.training.schedule import Schedule
 from filterformer.training.seed import rng_state, seed_everything, set_deterministic, set_rng_state
@@ -84,6 +87,10 @@ MapStatistics = Callable[[torch.nn.Module], MapStats]
 
 StepCallback = Callable[[int, dict[str, float]], None]
 """Called with every step's 1-based number and log row, in order, when the row is logged."""
+
+EpochCallback = Callable[[int, int, Mapping[str, Mapping[str, float]] | None], None]
+"""Called on the main process after each epoch's checkpoint with the epoch, the step and the
+scores per fusion mode of the evaluation that epoch ran (None when none ran)."""
 
 LossStep = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 """A batch on the device (images, or cached taps) -> the model's losses."""
@@ -209,10 +216,19 @@ def train(
     evaluation: EvaluationSettings | None = None,
     distributed: DistributedContext = SINGLE_PROCESS,
     step_callback: StepCallback | None = None,
+    epoch_callback: EpochCallback | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` and keep the run's files: :class:`Trainer` in one call."""
     trainer = Trainer(
-        model, train_set, run_dir, checkpoint_meta, settings, evaluation, distributed, step_callback
+        model,
+        train_set,
+        run_dir,
+        checkpoint_meta,
+        settings,
+        evaluation,
+        distributed,
+        step_callback,
+        epoch_callback,
     )
     return trainer.run()
 
@@ -231,6 +247,7 @@ class Trainer:
             files (and holds the run folder's lock) and shows progress.
         step_callback: called for every step when its row is logged (monitoring; raising
             from it stops training before the next checkpoint).
+        epoch_callback: called after every epoch's checkpoint (the curves PNG, trackers).
     """
 
     def __init__(
@@ -243,6 +260,7 @@ class Trainer:
         evaluation: EvaluationSettings | None = None,
         distributed: DistributedContext = SINGLE_PROCESS,
         step_callback: StepCallback | None = None,
+        epoch_callback: EpochCallback | None = None,
     ) -> None:
         self.model, self.train_set = model, train_set
         self.run_dir = Path(run_dir)
@@ -250,7 +268,8 @@ class Trainer:
         self.meta = checkpoint_meta
         self.settings, self.evaluation = settings, evaluation or EvaluationSettings()
         self.distributed, self.main = distributed, distributed.is_main
-        self.step_callback = step_callback
+        self.step_callback, self.epoch_callback = step_callback, epoch_callback
+        self.scores: dict[str, dict[str, float]] | None = None  # this epoch's evaluation
         self.device = torch.device(settings.device)
         check_run_dir(self.run_dir, settings.resume)
         check_batch_size(len(train_set), settings.batch_size)
@@ -288,11 +307,12 @@ class Trainer:
         step = wrap_trainable(self.model, loss_step(self.model, self.train_set), self.distributed)
         if settings.compile_step:
             step = torch.compile(step)
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=settings.epochs * len(self.loader),
             initial=self.result.step,
             desc="train",
-            disable=not (settings.progress and self.main),
+            unit="step",
+            enabled=settings.progress and self.main,
         )
         for epoch in range(self.result.epoch, settings.epochs):
             started = time.perf_counter()
@@ -302,6 +322,9 @@ class Trainer:
             if self.main:
                 self._evaluate_if_due()
                 self._save_last()
+                if self.epoch_callback is not None:
+                    self.epoch_callback(self.result.epoch, self.result.step, self.scores)
+                self.scores = None
             self.kept = (self.result.epoch, self.result.step)
             self.distributed.barrier()
         self.bar.close()
@@ -329,16 +352,26 @@ class Trainer:
         sizes = {"train": 0, "eval": 0}
         if self.settings.resume and has_checkpoint(self.last):
             loaded = load_checkpoint(
-                self.last, self.model, expected=self.meta, with_training_state=True
+                self.last, self.model, expected=self.meta, with_training_state=True, fix=RESUME_FIX
             )
             state = loaded.training_state
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.generator.set_state(state["generator"])
-            set_rng_state(state["rng"])
-            self.result = TrainResult(step=state["step"], epoch=state["epoch"], best=state["best"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.generator.set_state(state["generator"])
+                set_rng_state(state["rng"])
+                self.result = TrainResult(
+                    step=state["step"], epoch=int(state["epoch"]), best=dict(state["best"])
+                )
+                sizes = state.get("logs")  # None: saved before logs were appended; keep them
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+                raise CheckpointError(
+                    f"{loaded.files.state}: the training state does not fit this run "
+                    f"({type(err).__name__}: {err}). {RESUME_FIX}"
+                ) from None
             self.kept = (self.result.epoch, self.result.step)
-            sizes = state.get("logs")  # None: saved before logs were appended; keep them whole
+            if self.main:
+                check_logs(self.run_dir, loaded.meta.get("logs"), RESUME_FIX)
         if self.main and sizes is not None:
             for name, log in self.logs.items():
                 log.cut(sizes[name])
@@ -399,6 +432,7 @@ class Trainer:
             return
         self.model.eval()
         scored = evaluation.evaluator(self.model)
+        self.scores = scored.scores
         self.model.train()
         for metrics in scored.scores.values():
             if evaluation.select_metric not in metrics:
@@ -431,7 +465,9 @@ class Trainer:
         meta["metrics"] = metrics
         if map_stats is not None:
             meta["map_stats"] = map_stats
-        save_checkpoint(self.last.with_name(f"best_{mode}"), self.model, meta=meta)
+        best_file = self.last.with_name(f"best_{mode}")
+        with signing(self.run_dir, metadata_file(best_file)):
+            save_checkpoint(best_file, self.model, meta=meta)
 
     def _save_last(self) -> None:
         """Save ``last`` with everything resuming needs, the logs' lengths included."""
@@ -446,7 +482,9 @@ class Trainer:
             "logs": {name: log.size() for name, log in self.logs.items()},
         }
         meta = {**self.meta, "step": result.step, "epoch": result.epoch}
-        save_checkpoint(self.last, self.model, meta=meta, training_state=training_state)
+        meta["logs"] = {log.path.name: log.record() for log in self.logs.values()}
+        with signing(self.run_dir, metadata_file(self.last)):
+            save_checkpoint(self.last, self.model, meta=meta, training_state=training_state)
 
     def _write_end_files(self) -> None:
         """fusion.json (when evaluations found a best mode) and map_stats.json."""
@@ -459,10 +497,11 @@ class Trainer:
         stats = self.final_stats
         if stats is None:
             stats = evaluation.map_statistics(self.model)
-        write_json(
-            self.run_dir / "map_stats.json",
-            {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
-        )
+        with signing(self.run_dir, self.run_dir / "map_stats.json"):
+            write_json(
+                self.run_dir / "map_stats.json",
+                {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
+            )
 
 
 def loss_step(model: torch.nn.Module, train_set: Dataset) -> LossStep:
@@ -529,7 +568,8 @@ def _write_fusion(
         return None
     mode = max(best, key=lambda m: best[m]["score"])
     keys = [category or "default"] if category is None or isinstance(category, str) else category
-    write_json(run_dir / "fusion.json", dict.fromkeys(keys, mode))
+    with signing(run_dir, run_dir / "fusion.json"):
+        write_json(run_dir / "fusion.json", dict.fromkeys(keys, mode))
     return mode
 
 

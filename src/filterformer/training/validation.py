@@ -12,7 +12,6 @@ from itertools import chain
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling
@@ -21,6 +20,7 @@ from filterformer.evaluation.aupro import ProAccumulator
 from filterformer.evaluation.image_metrics import f1_max
 from filterformer.evaluation.thresholds import MapMoments
 from filterformer.inference.predict import DEFAULT_SMOOTHING, Smoothing, predict_mode_maps
+from filterformer.progress import progress_bar
 from filterformer.training.loop import Evaluation
 
 METRICS = ("au_pro", "f1_max")
@@ -87,7 +87,13 @@ def pooled_map_statistics(
         batch.clear()
 
     inputs = chain.from_iterable(_network_inputs(samples, tiling) for samples, tiling in parts)
-    for image in tqdm(inputs, desc="map statistics", disable=not progress):
+    count = sum(
+        1 if tiling is None else len(list(tiling.tiles(*s.shape)))
+        for samples, tiling in parts
+        for s in samples
+    )
+    bar = progress_bar(inputs, total=count, desc="map statistics", enabled=progress, unit="img")
+    for image in bar:
         batch.append(geometry.to_tensor(image))
         if len(batch) == batch_size:
             flush()

@@ -22,7 +22,13 @@ import torch
 from torch import nn
 
 from filterformer.errors import CheckpointError, ConfigError
-from filterformer.models.encoder import DinoEncoder, load_weights_file, require_weights_file
+from filterformer.models.encoder import (
+    DinoEncoder,
+    download_advice,
+    load_weights_file,
+    require_reachable_hub,
+    require_weights_file,
+)
 
 
 @dataclass(frozen=True)
@@ -105,9 +111,10 @@ def check_densenet_source(
     if pretrained and not allow_download:
         raise CheckpointError(
             f"no local weights for {variant}: put {spec.file} into weights/ and set "
-            "encoder.weights=weights/<file>, or set encoder.allow_download=true. "
-            "See weights/README.md."
+            f"encoder.weights=weights/<file>{download_advice()}. See weights/README.md."
         )
+    if pretrained:
+        require_reachable_hub(variant)
 
 
 class DenseNetFeatures(nn.Module):

@@ -36,7 +36,7 @@ class QueryGraph(nn.Module):
         self.foreground = references.foreground
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features = self.model.encoder(images)
+        features = self.model.backbone(images)
         fine, coarse = self.model.descriptors(features)
         out = (fine, coarse, nearest_centre(features[0], self.codebook))
         if self.foreground is not None:
@@ -98,7 +98,7 @@ def cpr_export_plan(model: CPR, finish: nn.Module) -> ExportPlan:
 
     def checks(images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return {"neighbours": model.retrieve(model.encoder(images)[0])}
+            return {"neighbours": model.retrieve(model.backbone(images)[0])}
 
     return ExportPlan(
         (

@@ -26,8 +26,10 @@ from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.cpr.export import cpr_export_plan
-from filterformer.models.cpr.model import CPR
-from filterformer.models.cpr.pairs import PairNoise, RetrievalPairs
+from filterformer.models.cpr.loss import SAMPLINGS
+from filterformer.models.cpr.model import CPR, FOREGROUND_MAX_AT
+from filterformer.models.cpr.pairs import WEIGHT_BORDERS, PairNoise, PairRelight, RetrievalPairs
+from filterformer.models.cpr.photometric import PHOTOMETRIC
 from filterformer.models.cpr.run_files import (
     REFERENCES_FILE,
     bank_summary,
@@ -37,6 +39,9 @@ from filterformer.models.cpr.run_files import (
 )
 from filterformer.models.export_plan import ExportPlan
 from filterformer.models.family import ModelFamily, TrainingContext, register_family
+from filterformer.ranges import choice, number
+
+LOG = logging.getLogger("filterformer")
 
 
 @register_family
@@ -47,6 +52,15 @@ class CPRFamily(ModelFamily):
     model = CPR
     run_files = (REFERENCES_FILE,)
     exportable = True
+    setting_ranges = {
+        "model.loss_sampling": choice(*SAMPLINGS),
+        "model.foreground_max_at": choice(*FOREGROUND_MAX_AT),
+        "model.photometric": choice(*PHOTOMETRIC),
+        "model.photometric_sigma": number(0, above=True, high=1),
+        "cpr.relight.probability": number(0, high=1),
+        "cpr.relight.strength": number(0),
+        "cpr.weight_border": choice(*WEIGHT_BORDERS),
+    }
     multi_class = False  # its reference set and retrieval are one category's
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:
@@ -54,7 +68,7 @@ class CPRFamily(ModelFamily):
         if not any(key.startswith("cpr.") for key in settings):
             raise ConfigError(
                 "model=cpr needs the cpr section of a CPR preset: use preset=cpr_paper, "
-                "preset=cpr_dinov2 or preset=cpr_demo"
+                "preset=cpr_dinov2, preset=cpr_lighting or preset=cpr_demo"
             )
         problems = {
             "category.tiling.enabled=false": bool(settings.get("category.tiling.enabled")),
@@ -87,6 +101,9 @@ class CPRFamily(ModelFamily):
         self, model: FrozenEncoderModel, images: TrainingImages, context: TrainingContext
     ) -> RetrievalPairs:
         """Fit (or, when resuming, reload) the run's reference set; return the training pairs."""
+        warning = demo_data_warning(context.config)
+        if warning and context.is_main:
+            LOG.warning("warning: %s", warning)
         settings, geometry = context.config["cpr"], images.geometry
         uint8 = [geometry.center_crop(images.resized_image(i)) for i in range(len(images))]
         model.to(context.device)
@@ -102,7 +119,7 @@ class CPRFamily(ModelFamily):
                     context.run_dir, model, geometry, context.encoder_weights
                 )
         if context.is_main:
-            logging.getLogger("filterformer").info(bank_summary(model, references))
+            LOG.info(bank_summary(model, references))
         foreground = references.foreground_maps
         return RetrievalPairs(
             uint8,
@@ -113,6 +130,8 @@ class CPRFamily(ModelFamily):
             length=settings["steps"] // context.epochs * context.batch_size,
             seed=context.seed,
             noise=PairNoise(**settings["noise"]),
+            relight=PairRelight(**settings.get("relight", {})),
+            weight_border=settings.get("weight_border", "reflect101"),  # older runs: OpenCV's
         )
 
     def load_run_files(
@@ -128,6 +147,26 @@ class CPRFamily(ModelFamily):
     def export_plan(self, model: FrozenEncoderModel, finish: nn.Module) -> ExportPlan:
         """Query graph, NumPy retrieval over the bank, local-retrieval graph (cpr/export.py)."""
         return cpr_export_plan(model, finish)
+
+
+def demo_data_warning(config: Mapping[str, Any]) -> str | None:
+    """What preset=cpr_demo keeps when it trains on other data than it is made for, or None.
+
+    ``config``: the resolved run config (plain values). The preset sets ``cpr.demo_data``;
+    its category, K, head widths and input size are the demo's, whatever the data.
+    """
+    made_for, kind = config["cpr"].get("demo_data"), config["data"]["kind"]
+    if made_for is None or kind == made_for:
+        return None
+    category, model = config["category"], config["model"]
+    return (
+        f"preset=cpr_demo is made for data={made_for}; on data={kind} it keeps "
+        f"category={category['name']}'s CPR settings (foreground "
+        f"{'on' if category['cpr']['foreground'] else 'off'}, {category['cpr']['steps']} steps) "
+        f"and the demo's model.top_k={model['top_k']}, model.out_dim={model['out_dim']} and "
+        f"input.resize={list(config['input']['resize'])}. For your data use preset=cpr_paper "
+        "or preset=cpr_lighting with category=<yours>."
+    )
 
 
 def pseudo_defects(settings: Mapping[str, Any]) -> PseudoDefects:

@@ -1,14 +1,15 @@
 """CPR's local retrieval heads: the only trained part, one per backbone scale.
 
-Per scale: 1x1 conv -> BatchNorm -> ReLU -> Inception -> 1x1 conv to ``out_dim`` channels,
-L2-normalised along the channels (Li et al., "Target before Shooting", IEEE TIP 2024; layer
-sizes as in the official code: 192 -> Inception 256 -> 384).
+Per scale: 1x1 conv -> BatchNorm -> ReLU -> Inception -> 1x1 conv to ``out_dim`` channels
+(Li et al., "Target before Shooting", IEEE TIP 2024; layer
+sizes as in the official code: 192 -> Inception 256 -> 384). The outputs are raw, as the
+official code's: the model normalises them into unit descriptors for scoring, and its loss
+reads them raw (cosines normalise by themselves).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -70,5 +71,5 @@ class RetrievalHead(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """B x C x h x w backbone features -> B x out_dim x h x w unit descriptors."""
-        return F.normalize(self.layers(features), dim=1)
+        """B x C x h x w backbone features -> B x out_dim x h x w raw outputs."""
+        return self.layers(features)

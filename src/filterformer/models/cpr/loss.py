@@ -11,6 +11,11 @@ image x was made from. Per sample, in input-pixel coordinates:
 Loss per scale, with cosine c and weight w of each pair (Li et al., "Target before
 Shooting", IEEE TIP 2024; margins and exponent in configs/model/cpr.yaml):
 L_pos = sum [max(0, m_pos - c) w]^e / #(w > 0), L_neg = sum [max(0, c - m_neg) w]^e / #(w > 0).
+
+Where a pixel point is read from a feature map (:data:`SAMPLINGS`): ``corners``, as the CPR
+code (dataset/base.py, train.py), puts pixel p of an image of side S at p / (S - 1) of the
+grid_sample range (pixel 0 and S - 1 on the outer edges of the feature map) and reads the
+raw head outputs there; ``centres`` (ours) reads pixel centres (p + 0.5) / S.
 """
 
 from __future__ import annotations
@@ -39,13 +44,25 @@ def point_pair_loss(
     return pos / (w_pos > 0).sum().clamp_min(1), neg / (w_neg > 0).sum().clamp_min(1)
 
 
+SAMPLINGS = ("corners", "centres")
+"""Pixel-to-grid mappings of :func:`normalise_points`: CPR code's, ours."""
+
+
 @dataclass
 class PointPairs:
-    """B x P x 2 grid coordinates in x and in r (:func:`normalise_points`), B x P validity."""
+    """B x P x 2 pixel coordinates (x, y) in x and in r, B x P validity (0: padding)."""
 
     query: torch.Tensor
     reference: torch.Tensor
     valid: torch.Tensor
+
+    def on_grid(self, size: tuple[int, int], sampling: str) -> PointPairs:
+        """The same pairs as grid_sample coordinates of an H x W image (normalise_points)."""
+        return PointPairs(
+            normalise_points(self.query, size, sampling),
+            normalise_points(self.reference, size, sampling),
+            self.valid,
+        )
 
 
 @dataclass
@@ -53,6 +70,12 @@ class TrainingPoints:
     positives: PointPairs
     anomalies: PointPairs
     spatial: PointPairs
+
+    def on_grid(self, size: tuple[int, int], sampling: str) -> TrainingPoints:
+        """All pairs in grid_sample coordinates (:meth:`PointPairs.on_grid`)."""
+        return TrainingPoints(
+            *(p.on_grid(size, sampling) for p in (self.positives, self.anomalies, self.spatial))
+        )
 
 
 def _pad(points: list[torch.Tensor], count: int, device: torch.device) -> torch.Tensor:
@@ -73,15 +96,11 @@ def _xy(flat: torch.Tensor, width: int) -> torch.Tensor:
     return torch.stack([flat % width, flat // width], dim=1).float()
 
 
-def _pairs(
-    query: list[torch.Tensor], ref: list[torch.Tensor], count: int, size: tuple[int, int]
-) -> PointPairs:
-    """Per-sample pixel point lists -> padded :class:`PointPairs` in grid coordinates."""
+def _pairs(query: list[torch.Tensor], ref: list[torch.Tensor], count: int) -> PointPairs:
+    """Per-sample pixel point lists -> padded :class:`PointPairs`."""
     device = query[0].device
     return PointPairs(
-        normalise_points(_pad(query, count, device), size),
-        normalise_points(_pad(ref, count, device), size),
-        _valid(query, count, device),
+        _pad(query, count, device), _pad(ref, count, device), _valid(query, count, device)
     )
 
 
@@ -124,11 +143,8 @@ def sample_points(
         else:
             neg_q.append(candidates[:0])
             neg_r.append(candidates[:0])
-    size = (height, width)
     return TrainingPoints(
-        _pairs(pos_q, pos_r, count, size),
-        _pairs(ano, ano, count, size),
-        _pairs(neg_q, neg_r, count, size),
+        _pairs(pos_q, pos_r, count), _pairs(ano, ano, count), _pairs(neg_q, neg_r, count)
     )
 
 
@@ -137,9 +153,19 @@ def sample_at(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(features, points[:, :, None], mode="bilinear", align_corners=False)[..., 0]
 
 
-def normalise_points(points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Pixel (x, y) of an H x W image -> grid_sample coordinates (pixel centres, align False)."""
+def normalise_points(
+    points: torch.Tensor, size: tuple[int, int], sampling: str = "corners"
+) -> torch.Tensor:
+    """Pixel (x, y) of an H x W image -> grid_sample coordinates (align_corners=False).
+
+    ``corners`` (CPR code): 2 p / (S - 1) - 1; ``centres`` (ours): 2 (p + 0.5) / S - 1.
+    """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling {sampling!r}: choose one of {', '.join(SAMPLINGS)}")
     height, width = size
+    if sampling == "corners":
+        scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
+        return points * scale.to(points.device) - 1
     scale = torch.tensor([2.0 / width, 2.0 / height], device=points.device)
     return (points + 0.5) * scale - 1
 
@@ -147,8 +173,9 @@ def normalise_points(points: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 def spatial_weights(
     features_q: torch.Tensor, features_r: torch.Tensor, pairs: PointPairs
 ) -> torch.Tensor:
-    """B x P weights of spatial negatives: squared distance of the frozen backbone features at
-    the two points, rescaled per sample so that the valid pairs average 1 (zero for padding).
+    """B x P weights of spatial negatives from B x P x 2 grid coordinates in ``pairs``: squared
+    distance of the frozen backbone features at the two points, rescaled per sample so that
+    the valid pairs average 1 (zero for padding).
     """
     gap = (sample_at(features_q, pairs.query) - sample_at(features_r, pairs.reference)).pow(2)
     weights = gap.sum(1).detach() * pairs.valid

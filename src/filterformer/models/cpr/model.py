@@ -6,7 +6,9 @@ arXiv 2308.06748) behind the interface of INP-Former.
   (:func:`pack_pair`: pseudo-defect image, retrieved normal reference, mask, sampling weight);
 - ``anomaly_maps(images)`` gives ``{"cpr": B x H x W}``: global retrieval of the K most
   similar training images, windowed minimum cosine distance of the trained descriptors to
-  theirs (both scales, summed), weighted by the foreground when it is estimated;
+  theirs (both scales, summed), weighted by the foreground when it is estimated (the max of
+  the image's and its K references' foreground maps, each resized to the input first, as
+  the CPR code's test.py; ``foreground_max_at="grid"``: ours, the max on the feature grid);
 - ``fit_references(images)`` must run once on the training images before either (it fits the
   codebook, histograms, neighbours and foreground with the frozen backbone alone).
 
@@ -30,22 +32,26 @@ from filterformer.models.cpr.backbones import as_scales
 from filterformer.models.cpr.heads import RetrievalHead
 from filterformer.models.cpr.local import MemoryBank
 from filterformer.models.cpr.loss import (
+    SAMPLINGS,
     PointPairs,
     point_pair_loss,
     sample_at,
     sample_points,
     spatial_weights,
 )
-from filterformer.models.cpr.references import ReferenceSet, RetrievalSettings, fit_reference_set
-from filterformer.models.cpr.retrieval import (
-    block_histograms,
-    nearest_centre,
-    retrieve,
-    trimmed_kl,
+from filterformer.models.cpr.photometric import PHOTOMETRIC, photometric_normalise
+from filterformer.models.cpr.references import (
+    ReferenceSet,
+    RetrievalSettings,
+    fit_reference_set,
+    image_histograms,
 )
+from filterformer.models.cpr.retrieval import retrieve, trimmed_kl
 
 PAIR_CHANNELS = 8
 """Channels of a packed training pair: image (3), reference (3), mask (1), weight (1)."""
+FOREGROUND_MAX_AT = ("input", "grid")
+"""Where the foreground maps of an image and its references meet: CPR code's, ours."""
 
 
 def pack_pair(
@@ -76,6 +82,12 @@ class CPR(FrozenEncoderModel):
         windows: local search window per scale (odd).
         points: point pairs per kind and sample; pos_margin / neg_margin / exponent: loss.
         spatial_negatives: add spatial negatives (object categories).
+        loss_sampling: ``corners`` (CPR code: raw head outputs at p / (S - 1)) or ``centres``
+            (ours: unit descriptors at pixel centres); :mod:`filterformer.models.cpr.loss`.
+        foreground_max_at: ``input`` (CPR code: foreground maps resized, then their max) or
+            ``grid`` (ours: max on the feature grid, then resized).
+        photometric / photometric_sigma: ours, the normalisation of every image before the
+            backbone (:mod:`filterformer.models.cpr.photometric`; ``none``: CPR's).
         bank_device: where the float16 bank lives (None: with the heads).
         bank_chunk: test images scored together against their references.
         Remaining keywords: :class:`RetrievalSettings` (codebook, blocks, top_k, foreground).
@@ -97,6 +109,10 @@ class CPR(FrozenEncoderModel):
         neg_margin: float = -0.2,
         exponent: float = 3.0,
         spatial_negatives: bool = False,
+        loss_sampling: str = "corners",
+        foreground_max_at: str = "input",
+        photometric: str = "none",
+        photometric_sigma: float = 0.125,
         bank_device: str | None = None,
         bank_chunk: int = 4,
         fit_batch_size: int = 8,
@@ -107,6 +123,11 @@ class CPR(FrozenEncoderModel):
         self.windows = tuple(int(w) for w in windows)
         if len(self.windows) != 2 or any(w < 1 or w % 2 == 0 for w in self.windows):
             raise ConfigError(f"model.windows {list(windows)} must be two positive odd numbers")
+        _check_choice("model.loss_sampling", loss_sampling, SAMPLINGS)
+        _check_choice("model.foreground_max_at", foreground_max_at, FOREGROUND_MAX_AT)
+        _check_choice("model.photometric", photometric, PHOTOMETRIC)
+        self.loss_sampling, self.foreground_max_at = loss_sampling, foreground_max_at
+        self.photometric, self.photometric_sigma = photometric, photometric_sigma
         self.settings = RetrievalSettings(**retrieval)
         self.heads = nn.ModuleList(
             RetrievalHead(c, out_dim, inner_dim, inception_dim) for c in self.encoder.channels
@@ -136,22 +157,35 @@ class CPR(FrozenEncoderModel):
         """Forget the bank of reference descriptors (rebuilt on the next anomaly map)."""
         self._bank = None
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised B x 3 x H x W images as the backbone sees them (photometric option)."""
+        return photometric_normalise(images, self.photometric, self.photometric_sigma)
+
+    def backbone(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Both backbone scales of B x 3 x H x W normalised images."""
+        return self.encoder(self.prepare(images))
+
+    def head_outputs(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Backbone scales -> raw head outputs (B x out_dim x h x w) per scale."""
+        return [head(f) for head, f in zip(self.heads, features, strict=True)]
+
     def descriptors(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Backbone scales -> unit descriptors (B x out_dim x h x w) per scale."""
-        return [head(f) for head, f in zip(self.heads, features, strict=True)]
+        return [F.normalize(out, dim=1) for out in self.head_outputs(features)]
 
     def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training losses of B x 8 x H x W packed pairs: "loss" = "pos" + "neg" over scales."""
         self.drop_bank()
         images, references, masks, weights = unpack_pairs(batch)
         size = batch.shape[0]
-        features = self.encoder(torch.cat([images, references]))
-        descriptors = self.descriptors(features)
+        features = self.backbone(torch.cat([images, references]))
+        outputs = self.head_outputs(features)
         points = sample_points(
             masks, weights, self.points, self.min_distance, self.spatial_negatives
-        )
+        ).on_grid(tuple(masks.shape[-2:]), self.loss_sampling)
         pos = neg = batch.new_zeros(())
-        for feats, desc in zip(features, descriptors, strict=True):
+        for feats, out in zip(features, outputs, strict=True):
+            desc = out if self.loss_sampling == "corners" else F.normalize(out, dim=1)
             cos_pos = _cosines(desc[:size], desc[size:], points.positives)
             negatives = (points.anomalies, points.spatial)
             cos_neg = torch.cat([_cosines(desc[:size], desc[size:], p) for p in negatives], 1)
@@ -172,6 +206,7 @@ class CPR(FrozenEncoderModel):
             self.settings,
             batch_size=self.fit_batch_size,
             progress=progress,
+            prepare=self.prepare,
         )
         self.set_references(references)
         return references
@@ -195,7 +230,7 @@ class CPR(FrozenEncoderModel):
         with torch.no_grad():
             for start in range(0, len(references.images), self.fit_batch_size):
                 batch = references.images[start : start + self.fit_batch_size].to(device)
-                for store, desc in zip(scales, self.descriptors(self.encoder(batch)), strict=True):
+                for store, desc in zip(scales, self.descriptors(self.backbone(batch)), strict=True):
                     store.append(desc.to(self.bank_device or device, torch.float16))
         super().train(training)
         self._bank = MemoryBank([torch.cat(s) for s in scales])
@@ -212,15 +247,14 @@ class CPR(FrozenEncoderModel):
     def retrieve(self, fine: torch.Tensor) -> torch.Tensor:
         """B x C x h x w fine-scale features -> B x K indices of the nearest references."""
         references = self._require_references()
-        words = nearest_centre(fine, references.codebook)
-        histograms = block_histograms(words, self.settings.num_words, self.settings.blocks)
+        histograms = image_histograms(fine, references.codebook, self.settings)
         distances = trimmed_kl(histograms.cpu(), references.histograms, self.settings.kept_blocks)
         return retrieve(distances, self.settings.top_k)
 
     @torch.no_grad()
     def anomaly_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"cpr": B x H x W} anomaly maps at the input resolution."""
-        features = self.encoder(images)
+        features = self.backbone(images)
         neighbours = self.retrieve(features[0])
         distances = self.memory_bank().distances(
             self.descriptors(features), neighbours, self.windows, self.bank_chunk
@@ -242,14 +276,32 @@ class CPR(FrozenEncoderModel):
         """The B x H x W map of ``size`` from the windowed distances of each scale (B x h x w).
 
         The scales are summed on the fine grid and resized; with the foreground, the map is
-        weighted by the larger of the image's own (``own``, B x h x w) and that of any of its
-        K references (``theirs``, B x K x h x w).
+        weighted by :func:`foreground_weight` of the image's own map (``own``, B x h x w) and
+        its K references' (``theirs``, B x K x h x w).
         """
         grid = distances[0].shape[-2:]
         amap = _resize(sum(_resize(d, grid) for d in distances), size)
         if own is None:
             return amap
-        return amap * _resize(torch.maximum(own, theirs.amax(1)), size)
+        return amap * foreground_weight(own, theirs, size, self.foreground_max_at)
+
+
+def foreground_weight(
+    own: torch.Tensor, theirs: torch.Tensor, size: Sequence[int], max_at: str = "input"
+) -> torch.Tensor:
+    """B x H x W foreground weight from an image's B x h x w map and its references' B x K x
+    h x w maps: their pixelwise max, taken after (``input``) or before (``grid``) the
+    bilinear resize to ``size``."""
+    stacked = torch.cat([own[:, None], theirs], 1)
+    if max_at == "grid":
+        return _resize(stacked.amax(1), size)
+    batch, maps = stacked.shape[:2]
+    return _resize(stacked.flatten(0, 1), size).unflatten(0, (batch, maps)).amax(1)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} {value!r} is unknown; choose one of {', '.join(choices)}")
 
 
 def _cosines(query: torch.Tensor, reference: torch.Tensor, pairs: PointPairs) -> torch.Tensor:

@@ -2,10 +2,12 @@
 
 Item ``index`` of epoch ``e`` is made from training image ``index mod N`` (an endless stream
 over the training images, as CPR's infinite sampler): a pseudo-defect drawn for step
-``e * len + index``, one of the image's K global neighbours as the reference, CPR's noise on
-both (salt-and-pepper and lightness, each with probability 0.3), and the map that positives are
-sampled from (the blurred, sharpened foreground of both images; uniform without foreground).
-Everything is a function of (seed, epoch, index), so a resumed run sees the same items.
+``e * len + index``, one of the image's K global neighbours as the reference, optionally a
+lighting change of each (ours, :class:`PairRelight`: the engine of the mixed pseudo split,
+drawn independently for the two images), CPR's noise on both (salt-and-pepper and lightness,
+each with probability 0.3), and the map that positives are sampled from (the blurred,
+sharpened foreground of both images; uniform without foreground). Everything is a function
+of (seed, epoch, index), so a resumed run sees the same items.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from filterformer.data.pseudo_defects import PseudoDefects
+from filterformer.data.pseudo_split import relight
 from filterformer.data.transforms import InputGeometry
 from filterformer.models.cpr.model import pack_pair
 
@@ -48,13 +52,47 @@ class PairNoise:
         return image
 
 
-def sampling_weight(foreground: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+@dataclass(frozen=True)
+class PairRelight:
+    """Ours: a random lighting change of each image of a pair, independently, before the
+    noise (:func:`filterformer.data.pseudo_split.relight`, the mixed pseudo split's engine)."""
+
+    probability: float = 0.0
+    """Chance that an image is relit (0: never, CPR's own training)."""
+    strength: float = 1.0
+    """Scale of the lighting amplitudes (1: those of the mixed pseudo split)."""
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """H x W x 3 uint8 -> the same, relit with ``probability`` (draws nothing when off)."""
+        if self.probability <= 0 or self.strength <= 0 or rng.random() >= self.probability:
+            return image
+        return relight(image, rng, self.strength)
+
+
+WEIGHT_BORDERS = ("reflect", "reflect101")
+"""Borders of the sampling map's blur: CPR code's (scipy's reflect), ours (OpenCV's default)."""
+
+
+def sampling_weight(
+    foreground: np.ndarray, size: tuple[int, int], border: str = "reflect"
+) -> np.ndarray:
     """CPR's positive-sampling map from an h x w foreground: Gaussian blur (sigma = h / 25),
-    sharpened by 1 / (1 + exp(5 - 10 x)), resized (bilinear) to ``size`` (H, W)."""
+    sharpened by 1 / (1 + exp(5 - 10 x)), resized (bilinear) to ``size`` (H, W), float32.
+
+    ``border``: ``reflect`` as the CPR code (dataset/base.py: scipy.ndimage.gaussian_filter,
+    edge repeated, d c b a | a b c d; kernel radius int(4 sigma + 0.5)), or ``reflect101``
+    (ours: OpenCV's GaussianBlur, edge not repeated, d c b | a b c d).
+    """
     sigma = foreground.shape[0] / 25
-    blurred = cv2.GaussianBlur(foreground.astype(np.float32), (0, 0), sigma)
+    if border == "reflect":
+        blurred = ndimage.gaussian_filter(foreground.astype(np.float64), sigma, mode="reflect")
+    elif border == "reflect101":
+        blurred = cv2.GaussianBlur(foreground.astype(np.float32), (0, 0), sigma)
+    else:
+        raise ValueError(f"border {border!r}: choose one of {', '.join(WEIGHT_BORDERS)}")
     sharpened = 1 / (1 + np.exp(5 - 10 * blurred))
-    return cv2.resize(sharpened, size[::-1], interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(sharpened, size[::-1], interpolation=cv2.INTER_LINEAR)
+    return resized.astype(np.float32)
 
 
 class RetrievalPairs(Dataset[torch.Tensor]):
@@ -69,6 +107,8 @@ class RetrievalPairs(Dataset[torch.Tensor]):
         length: items per epoch (steps per epoch x batch size).
         seed: the run's seed.
         noise: photometric noise of both images.
+        relight: lighting change of each image (ours; off by default).
+        weight_border: border of the sampling map's blur (:func:`sampling_weight`).
     """
 
     def __init__(
@@ -82,6 +122,8 @@ class RetrievalPairs(Dataset[torch.Tensor]):
         length: int,
         seed: int,
         noise: PairNoise | None = None,
+        relight: PairRelight | None = None,
+        weight_border: str = "reflect",
     ) -> None:
         self.images = list(images)
         self.neighbours = np.asarray(neighbours)
@@ -89,12 +131,13 @@ class RetrievalPairs(Dataset[torch.Tensor]):
         self.defects = defects
         self.length, self.seed = length, seed
         self.noise = noise or PairNoise()
+        self.relight = relight or PairRelight()
         self.epoch = 0
         size = self.images[0].shape[:2]
         self._foreground = self._weights = None
         if foreground is not None:
             self._foreground = [cv2.resize(f, size[::-1]) for f in foreground.astype(np.float32)]
-            self._weights = [sampling_weight(f, size) for f in foreground]
+            self._weights = [sampling_weight(f, size, weight_border) for f in foreground]
 
     def set_epoch(self, epoch: int) -> None:
         """Select the items of ``epoch``; call every epoch."""
@@ -110,8 +153,8 @@ class RetrievalPairs(Dataset[torch.Tensor]):
         reference = int(self.neighbours[source][rng.integers(self.neighbours.shape[1])])
         own_fg = None if self._foreground is None else self._foreground[source]
         image, mask = self.defects(self.images[source], self.seed, step, foreground=own_fg)
-        image = self.noise(image, rng)
-        ref_image = self.noise(self.images[reference], rng)
+        image = self.noise(self.relight(image, rng), rng)
+        ref_image = self.noise(self.relight(self.images[reference], rng), rng)
         if self._weights is None:
             weight = np.ones(mask.shape, dtype=np.float32)
         else:

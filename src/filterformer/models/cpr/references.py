@@ -9,11 +9,10 @@ bank of trained descriptors is built from its images afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from filterformer.errors import ConfigError
 from filterformer.models.cpr.foreground import ForegroundMap, fit_lda, robust_range, seed_regions
@@ -24,6 +23,7 @@ from filterformer.models.cpr.retrieval import (
     retrieve,
     trimmed_kl,
 )
+from filterformer.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -82,14 +82,46 @@ class ReferenceSet:
         )
 
 
+Prepare = Callable[[torch.Tensor], torch.Tensor]
+"""What every image goes through before the backbone (the model's photometric normalisation)."""
+
+
 def _fine_features(
-    backbone: torch.nn.Module, images: torch.Tensor, batch_size: int, desc: str, progress: bool
+    backbone: torch.nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    desc: str,
+    progress: bool,
+    prepare: Prepare | None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(first index, B x C x h x w fine-scale features on the CPU) for batches of images."""
     device = next((p.device for p in backbone.parameters()), images.device)
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
+    for start in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress):
         batch = images[start : start + batch_size].to(device)
+        batch = batch if prepare is None else prepare(batch)
         yield start, backbone(batch)[0].float().cpu()
+
+
+def image_histograms(
+    fine: torch.Tensor, codebook: torch.Tensor, settings: RetrievalSettings
+) -> torch.Tensor:
+    """B x C x h x w fine-scale features -> B x blocks^2 x (V + 1) block word histograms."""
+    words = nearest_centre(fine, codebook)
+    return block_histograms(words, settings.num_words, settings.blocks)
+
+
+@torch.no_grad()
+def recount_histograms(
+    backbone: torch.nn.Module,
+    references: ReferenceSet,
+    settings: RetrievalSettings,
+    *,
+    batch_size: int = 8,
+    prepare: Prepare | None = None,
+) -> torch.Tensor:
+    """The block histograms of the reference images, counted again with their codebook."""
+    passes = _fine_features(backbone, references.images, batch_size, "histograms", False, prepare)
+    return torch.cat([image_histograms(fine, references.codebook, settings) for _, fine in passes])
 
 
 @torch.no_grad()
@@ -100,8 +132,10 @@ def fit_reference_set(
     *,
     batch_size: int = 8,
     progress: bool = False,
+    prepare: Prepare | None = None,
 ) -> ReferenceSet:
-    """Fit codebook, histograms, neighbours and (if enabled) the foreground on ``images``."""
+    """Fit codebook, histograms, neighbours and (if enabled) the foreground on ``images``
+    (each batch through ``prepare`` before the backbone, if given)."""
     count = len(images)
     if count <= settings.top_k:
         raise ConfigError(
@@ -109,13 +143,14 @@ def fit_reference_set(
             f"there are only {count} training images; lower model.top_k below {count}"
         )
     generator = torch.Generator().manual_seed(settings.fit_seed)
-    samples, seeds = _first_pass(backbone, images, settings, generator, batch_size, progress)
+    samples, seeds = _first_pass(
+        backbone, images, settings, generator, batch_size, progress, prepare
+    )
     codebook = fit_kmeans(samples, settings.num_words, settings.fit_seed)
     lda = None if seeds is None else _fit_lda(samples, *seeds, settings, generator)
     histograms, decisions = [], []
-    for _, fine in _fine_features(backbone, images, batch_size, "histograms", progress):
-        words = nearest_centre(fine, codebook)
-        histograms.append(block_histograms(words, settings.num_words, settings.blocks))
+    for _, fine in _fine_features(backbone, images, batch_size, "histograms", progress, prepare):
+        histograms.append(image_histograms(fine, codebook, settings))
         if lda is not None:
             decisions.append(torch.einsum("bchw,c->bhw", fine, lda[0]) + lda[1])
     histograms = torch.cat(histograms)
@@ -137,11 +172,13 @@ def _first_pass(
     generator: torch.Generator,
     batch_size: int,
     progress: bool,
+    prepare: Prepare | None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """Random pixel features (M x C) and, for the foreground, all border and centre cells."""
     samples, border_cells, centre_cells = [], [], []
     chosen = regions = None
-    for start, fine in _fine_features(backbone, images, batch_size, "sampling features", progress):
+    passes = _fine_features(backbone, images, batch_size, "sampling features", progress, prepare)
+    for start, fine in passes:
         _, channels, height, width = fine.shape
         if chosen is None:
             total = len(images) * height * width

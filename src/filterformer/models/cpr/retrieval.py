@@ -1,8 +1,9 @@
 """CPR's global retrieval: which training images look most like a query, block by block.
 
 Each image's fine-scale features become a word map (nearest of ``num_words`` k-means
-centres), then a ``blocks`` x ``blocks`` grid of word histograms (with an extra bin for the
-padding that makes the grid fit). A query's distance to a reference is the sum of the
+centres), then a ``blocks`` x ``blocks`` grid of word histograms (with an extra bin, the
+first, for the padding that makes the grid fit: the layout of the CPR code's stored
+histograms, models/grb.py). A query's distance to a reference is the sum of the
 ``kept`` smallest per-block KL divergences, so a few blocks changed by a defect do not move the
 ranking (Li et al., "Target before Shooting", IEEE TIP 2024; numbers in configs/model/cpr.yaml).
 """
@@ -45,14 +46,13 @@ def nearest_centre(features: torch.Tensor, centres: torch.Tensor) -> torch.Tenso
 def block_histograms(words: torch.Tensor, num_words: int, blocks: int) -> torch.Tensor:
     """B x h x w word maps -> B x blocks^2 x (num_words + 1) per-block word frequencies.
 
-    The map is padded (bottom, right) with the extra word ``num_words`` up to ``blocks`` times
-    the block side ceil(h / blocks) x ceil(w / blocks); every block's bins sum to 1.
+    As the CPR code (models/grb.py): bin 0 counts padding and word v is bin v + 1; the map is
+    padded at the top and left up to ``blocks`` times the block side ceil(h / blocks) x
+    ceil(w / blocks); blocks are numbered row by row; every block's bins sum to 1.
     """
     batch, height, width = words.shape
     side_h, side_w = math.ceil(height / blocks), math.ceil(width / blocks)
-    padded = F.pad(
-        words, (0, side_w * blocks - width, 0, side_h * blocks - height), value=num_words
-    )
+    padded = F.pad(words + 1, (side_w * blocks - width, 0, side_h * blocks - height, 0), value=0)
     cells = padded.reshape(batch, blocks, side_h, blocks, side_w).permute(0, 1, 3, 2, 4)
     one_hot = F.one_hot(cells.reshape(batch, blocks * blocks, -1), num_words + 1)
     return one_hot.float().mean(dim=2)

@@ -4,7 +4,9 @@ CPR scores a test image against the training images themselves, so a CPR run fol
 them (uint8, at the network input size) with what was fitted on them once (codebook, block
 histograms, neighbours, foreground): ff-eval and ff-predict then need neither the training
 data nor a refit. The file is written atomically before training and checked on load against
-the run's encoder and input size.
+the run's encoder and input size. Its block histograms have the CPR code's layout (padding
+bin first, ``histogram_layout`` in the metadata); those of older files (padding bin last) are
+converted when read.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError
 from filterformer.io import atomic_path
 from filterformer.models.cpr.model import CPR
-from filterformer.models.cpr.references import ReferenceSet
+from filterformer.models.cpr.references import ReferenceSet, recount_histograms
 
 REFERENCES_FILE = "references.safetensors"
+HISTOGRAM_LAYOUT = "padding_first"
+"""Layout of the stored block histograms (the CPR code's, models/grb.py); files without this
+metadata entry hold the padding bin last, with the padding at the bottom and right."""
 
 
 def normalised(images: Sequence[np.ndarray], geometry: InputGeometry) -> torch.Tensor:
@@ -39,7 +44,11 @@ def save_references(
     tensors = {k: v.contiguous() for k, v in references.state().items()}
     tensors["images"] = torch.from_numpy(np.stack(images))
     height, width = images[0].shape[:2]
-    meta = {"encoder_weights": identity, "input_size": f"{height}x{width}"}
+    meta = {
+        "encoder_weights": identity,
+        "input_size": f"{height}x{width}",
+        "histogram_layout": HISTOGRAM_LAYOUT,
+    }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
@@ -71,8 +80,19 @@ def load_references(
         )
     images = state.pop("images").numpy()
     references = ReferenceSet.from_state(state, normalised(images, geometry))
+    if meta.get("histogram_layout") != HISTOGRAM_LAYOUT:
+        references.histograms = _padding_first(references, model)
     model.set_references(references)
     return references
+
+
+def _padding_first(references: ReferenceSet, model: CPR) -> torch.Tensor:
+    """The histograms of an older file (padding bin last) in the current layout: the bin moved
+    first where no block holds padding, else counted again (the padding sat elsewhere)."""
+    padding = references.histograms[..., -1:]
+    if not padding.any():
+        return torch.cat([padding, references.histograms[..., :-1]], -1)
+    return recount_histograms(model.encoder, references, model.settings, prepare=model.prepare)
 
 
 def bank_summary(model: CPR, references: ReferenceSet) -> str:

@@ -1,0 +1,108 @@
+"""The README starts where an engineer starts, and its commands run as written.
+
+Every fenced command block is either marked ``<!-- readme-test: run -->`` (run here, in order,
+in one empty folder with a ``photos/`` folder of good and defective images) or needs what a
+test cannot have: a dataset (``data.root``, ``--data-root``) or encoder weights. The config
+table is generated from the config files and must match them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from filterformer.runs.compose import config_dir, config_table
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+MARK = "<!-- readme-test: run -->"
+BLOCK = re.compile(
+    r"(?P<mark><!-- readme-test: run -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```", re.S
+)
+NEEDS = re.compile(r"data\.root=|--data-root|encoder\.weights=|^pip install|FF_DATA_ROOT")
+COVERED_ELSEWHERE = {"ff-demo": "tests/test_demo.py runs the demo (on fewer images)"}
+
+
+def blocks() -> list[tuple[bool, str, str]]:
+    """(marked to run, language, text) of every fenced block, in order."""
+    return [(bool(m["mark"]), m["lang"], m["body"]) for m in BLOCK.finditer(README)]
+
+
+def commands(body: str) -> list[str]:
+    """The command lines of a bash block (continuations joined, comments dropped)."""
+    joined = body.replace("\\\n", " ")
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in joined.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_the_readme_opens_with_two_setup_commands_contents_and_a_short_quick_start():
+    first = blocks()[0]
+    assert [line.split("&&")[0].strip() for line in commands(first[2])] == [
+        "pip install -e .",
+        'pip install -e ".[dev]"',
+    ]
+    top = README.split("## ", 1)[0]
+    assert "**Contents:**" in top
+    for anchor in re.findall(r"\]\(#([\w-]+)\)", top):
+        titles = re.findall(r"(?m)^## (.+)$", README)
+        slugs = {re.sub(r"[^\w -]", "", t).strip().lower().replace(" ", "-") for t in titles}
+        assert anchor in slugs, anchor
+    quick = README.split("## Quick start", 1)[1].split("## ", 1)[0]
+    (marked, _, body), *_ = [b for b in blocks() if b[2] in quick]
+    assert marked and len(body.strip().splitlines()) <= 10
+    assert README.index("## Quick start") < README.index("## Your own images") < 8000
+
+
+def test_every_command_block_runs_here_or_needs_data_or_weights():
+    for marked, lang, body in blocks():
+        if marked or lang not in ("bash", ""):
+            continue
+        for line in commands(body):
+            if line.startswith(("ff-", "pip ", "torchrun", "python")):
+                assert NEEDS.search(line), f"mark this block to run, or it needs data: {line}"
+
+
+def test_the_config_table_is_the_configs():
+    section = README.split("<!-- config-table: begin -->\n", 1)[1]
+    table = section.split("\n<!-- config-table: end -->", 1)[0]
+    assert table == config_table(config_dir()), "regenerate: python scripts/readme_table.py"
+
+
+def _photos(root: Path) -> None:
+    """photos/good (12), photos/test/good (3), test/scratch (3), photos/new (2): 96 x 128."""
+    rng = np.random.default_rng(0)
+    folders = {"good": 12, "test/good": 3, "test/scratch": 3, "new": 2}
+    for folder, count in folders.items():
+        (root / "photos" / folder).mkdir(parents=True)
+        for index in range(count):
+            noise = rng.integers(0, 256, (96, 128, 3)).astype(np.float32)
+            image = np.clip(cv2.GaussianBlur(noise, (0, 0), 3) * 3 - 250, 0, 255)
+            if folder == "test/scratch":
+                image[30:40, 20:90] = 255
+            cv2.imwrite(str(root / "photos" / folder / f"{index}.png"), image.astype(np.uint8))
+
+
+@pytest.mark.slow
+def test_the_marked_command_blocks_run_as_written(tmp_path):
+    _photos(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *sys.path])}
+    env["WANDB_SILENT"] = "true"
+    for marked, lang, body in blocks():
+        if not marked:
+            continue
+        if lang == "python":
+            script = [sys.executable, "-c", body]
+        else:
+            lines = [c for c in commands(body) if c.split()[0] not in COVERED_ELSEWHERE]
+            script = ["bash", "-e", "-c", "\n".join(lines)]
+        done = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{body}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert (tmp_path / "preds" / "bottles" / "scores.csv").is_file()
+    assert (tmp_path / "demo.tar.gz").is_file()
