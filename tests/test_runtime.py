@@ -65,13 +65,16 @@ def test_the_runtime_and_ff_predict_import_without_torch():
 # ------------------------------------------------------------------------ the NumPy steps
 
 
-def test_block_histograms_count_words_per_block_with_a_padding_word():
-    words = np.array([[[0, 1, 1], [1, 2, 0], [2, 2, 2]]])  # 3 x 3, blocks of 2 x 2 cells
+def test_block_histograms_count_words_per_block_with_a_padding_bin():
+    """The CPR code's layout: bin 0 is padding, word v is bin v + 1, the grid padded at the
+    top and left, blocks row by row."""
+    words = np.array([[[0, 1, 1], [1, 2, 0], [2, 2, 2]]])  # 3 x 3 -> 4 x 4, blocks of 2 x 2
     hist = block_histograms(words, num_words=3, blocks=2)
     assert hist.shape == (1, 4, 4) and hist.dtype == np.float32
-    np.testing.assert_allclose(hist[0, 0], [1 / 4, 2 / 4, 1 / 4, 0])  # 0 1 / 1 2
-    np.testing.assert_allclose(hist[0, 1], [1 / 4, 1 / 4, 0, 2 / 4])  # 1 pad / 0 pad
-    np.testing.assert_allclose(hist[0, 3], [0, 0, 1 / 4, 3 / 4])  # 2 pad / pad pad
+    np.testing.assert_allclose(hist[0, 0], [3 / 4, 1 / 4, 0, 0])  # pad pad / pad 0
+    np.testing.assert_allclose(hist[0, 1], [2 / 4, 0, 2 / 4, 0])  # pad pad / 1 1
+    np.testing.assert_allclose(hist[0, 2], [2 / 4, 0, 1 / 4, 1 / 4])  # pad 1 / pad 2
+    np.testing.assert_allclose(hist[0, 3], [0, 1 / 4, 0, 3 / 4])  # 2 0 / 2 2
     np.testing.assert_allclose(hist.sum(-1), 1.0)
 
 

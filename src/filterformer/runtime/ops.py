@@ -1,10 +1,11 @@
 """The NumPy steps an export may hold between its graphs (export.json ``stages`` with an ``op``).
 
 - ``retrieve``: global retrieval of the ``top_k`` most similar reference images by word
-  histograms: a ``blocks`` x ``blocks`` grid of word histograms per image (an extra word pads
-  the grid), the per-block KL divergence to each reference's histograms in float64, the sum of
-  the ``kept`` smallest, the ``top_k`` smallest sums (the global retrieval of Li et al.,
-  "Target before Shooting", IEEE TIP 2024; its settings come with the export).
+  histograms: a ``blocks`` x ``blocks`` grid of word histograms per image (a bin of its own
+  for the padding that makes the grid fit), the per-block KL divergence to each reference's
+  histograms in float64, the sum of the ``kept`` smallest, the ``top_k`` smallest sums (the
+  global retrieval of Li et al., "Target before Shooting", IEEE TIP 2024; its settings come
+  with the export).
 - ``gather``: the rows of a reference table (bank descriptors, foreground maps) at the
   retrieved indices.
 
@@ -26,13 +27,15 @@ KL_CHUNK = 16
 def block_histograms(words: np.ndarray, num_words: int, blocks: int) -> np.ndarray:
     """B x h x w word maps -> B x blocks^2 x (num_words + 1) float32 per-block frequencies.
 
-    The map is padded (bottom, right) with the extra word ``num_words`` up to ``blocks`` times
-    the block side ceil(h / blocks) x ceil(w / blocks); every block's bins sum to 1.
+    The layout of the CPR code's stored histograms (models/grb.py): bin 0 counts padding and
+    word v is bin v + 1; the map is padded at the top and left up to ``blocks`` times the block
+    side ceil(h / blocks) x ceil(w / blocks); blocks are numbered row by row; every block's
+    bins sum to 1.
     """
     batch, height, width = words.shape
     side_h, side_w = -(-height // blocks), -(-width // blocks)
-    padded = np.full((batch, side_h * blocks, side_w * blocks), num_words, dtype=np.int64)
-    padded[:, :height, :width] = words
+    padded = np.zeros((batch, side_h * blocks, side_w * blocks), dtype=np.int64)
+    padded[:, side_h * blocks - height :, side_w * blocks - width :] = words + 1
     cells = padded.reshape(batch, blocks, side_h, blocks, side_w).transpose(0, 1, 3, 2, 4)
     cells = cells.reshape(batch * blocks * blocks, side_h * side_w)
     bins = num_words + 1
