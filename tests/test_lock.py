@@ -98,9 +98,12 @@ def test_two_ff_train_on_one_run_folder_one_trains_the_other_exits_2_naming_it(
 
 def test_ff_predict_output_folder_has_one_writer(tmp_path, capsys):
     out = tmp_path / "maps"
+    run = tmp_path / "run"  # passes the up-front check; the lock refuses before it is read
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
     process = holder("output", out)
     try:
-        code = predict_cli(["--run", str(tmp_path / "run"), "--out", str(out), "--no-progress"])
+        code = predict_cli(["--run", str(run), "--out", str(out), "--no-progress"])
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()

@@ -222,7 +222,7 @@ def test_blur_at_original_is_refused_where_the_map_cannot_cover_the_image(model,
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"padding": "reflect"}, "eval.blur_padding 'reflect' is unknown"),
+        ({"padding": "mirror"}, "eval.blur_padding 'mirror' is unknown"),
         ({"kernel_size": 4}, "eval.blur_kernel 4 must be a positive odd int"),
         ({"size": (256,)}, "eval.protocol_size"),
         ({"size": (256, 256), "at_original": True}, "eval.blur_at=original"),

@@ -368,3 +368,21 @@ def output_path(root: str | os.PathLike, *names: str) -> Path:
             "link or write to another folder."
         )
     return path
+
+
+RUN_CONFIG = "config.yaml"
+"""The file that makes a folder a run folder (written by ff-train)."""
+
+
+def require_run_folder(run_dir: Path) -> Path:
+    """``run_dir``'s config.yaml, or a :class:`ConfigError`: the folder is no run (torch-free,
+    so the commands refuse a wrong ``--run`` at once)."""
+    resolved(run_dir)  # a symbolic link loop is named as one
+    file = Path(run_dir) / RUN_CONFIG
+    if not file.is_file():
+        what = "does not exist" if not Path(run_dir).exists() else f"has no {RUN_CONFIG}"
+        raise ConfigError(
+            f"{run_dir}: not a run folder ({what}). Pass a folder made by ff-train "
+            "(it holds config.yaml, checkpoints/ and versions.json)."
+        )
+    return file

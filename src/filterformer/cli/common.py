@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from filterformer.errors import ConfigError, DataError, FilterformerError, os_error_message
+from filterformer.errors import DataError, FilterformerError, os_error_message
 
 
 def report_user_errors(
@@ -63,16 +63,6 @@ def show_library_log(prog: str) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-
-
-def require_run_folder(run_dir: Path) -> None:
-    """Refuse, before torch is imported (seconds), a --run that is not a run folder."""
-    if not (run_dir / "config.yaml").is_file():
-        what = "does not exist" if not run_dir.exists() else "has no config.yaml"
-        raise ConfigError(
-            f"{run_dir}: not a run folder ({what}). Pass a folder made by ff-train "
-            "(it holds config.yaml, checkpoints/ and versions.json)."
-        )
 
 
 def require_path(path: Path, option: str) -> None:

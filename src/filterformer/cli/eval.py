@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from filterformer.cli.common import report_user_errors, require_run_folder, show_library_log
+from filterformer.cli.common import report_user_errors, show_library_log
 from filterformer.data.datasets import ALL_SPLITS, OFFICIAL_CATEGORIES
 from filterformer.evaluation.aupro import SERVER_LIMIT
 from filterformer.evaluation.protocol import PROTOCOLS, ZERO_SHOT_MAPS
@@ -133,6 +133,7 @@ def calibrate(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> None:
     """Evaluate as the arguments say and print the table."""
+    from filterformer.io import require_run_folder  # numpy, no torch
     from filterformer.runs.evaluate import EvalOptions
     from filterformer.runs.evaluate import evaluate as run_evaluation
 

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 from filterformer.cli.common import (
     report_user_errors,
     require_path,
-    require_run_folder,
     show_library_log,
 )
 from filterformer.submission import PRIVATE_SPLITS, check_submission, format_report
@@ -136,6 +135,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--run and --export need --out DIR")
     else:
         out, beside = args.out, False
+    from filterformer.io import require_run_folder  # numpy, no torch
+
     if args.run is not None:  # missing inputs: one line, before torch is imported
         require_run_folder(args.run)
     for path, option in (

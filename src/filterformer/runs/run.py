@@ -44,7 +44,7 @@ from filterformer.evaluation.thresholds import Threshold, read_thresholds
 from filterformer.export.manifest import graph_record
 from filterformer.inference.predict import Smoothing
 from filterformer.inference.run import Run
-from filterformer.io import atomic_path, check_name, resolved, write_json
+from filterformer.io import atomic_path, check_name, require_run_folder, write_json
 from filterformer.manifest import signing
 from filterformer.models.base import FrozenEncoderModel
 from filterformer.models.encoder import weights_sha256
@@ -615,19 +615,6 @@ def _default_checkpoint(run_dir: Path, mode: str) -> str:
     if (run_dir / "fusion.json").is_file():
         LOG.warning("%s: no checkpoints/%s.json; using checkpoints/last", run_dir, best)
     return "last"
-
-
-def require_run_folder(run_dir: Path) -> Path:
-    """``run_dir``'s config.yaml, or a :class:`ConfigError`: the folder is no run."""
-    resolved(run_dir)  # a symbolic link loop is named as one
-    file = run_dir / CONFIG_FILE
-    if not file.is_file():
-        what = "does not exist" if not run_dir.exists() else f"has no {CONFIG_FILE}"
-        raise ConfigError(
-            f"{run_dir}: not a run folder ({what}). Pass a folder made by ff-train "
-            "(it holds config.yaml, checkpoints/ and versions.json)."
-        )
-    return file
 
 
 def read_run_config(run_dir: Path) -> DictConfig:
