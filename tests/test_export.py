@@ -27,22 +27,20 @@ from filterformer.cli.predict import main as predict_cli
 from filterformer.cli.train import main as train_cli
 from filterformer.errors import ConfigError, DeployError
 from filterformer.evaluation.image_metrics import top_fraction_mean
-from filterformer.export import (
-    FP16_TOLERANCE,
-    FP32_TOLERANCE,
-    ExportedBackend,
-    MapGraph,
-    open_session,
-)
-from filterformer.export.formats import require, weights_to_float16
+from filterformer.export import FP16_TOLERANCE, FP32_TOLERANCE, MapFinish
+from filterformer.export.formats import weights_to_float16
 from filterformer.export.graph import check_exportable, image_scores
 from filterformer.export.parity import check_parity
 from filterformer.inference.predict import Smoothing, network_maps
 from filterformer.io import read_image
-from filterformer.models.registry import build_encoder, build_model
+from filterformer.models.export_plan import single_graph
+from filterformer.models.registry import build_encoder, build_model, family
 from filterformer.runs.files import sign_run
 from filterformer.runs.predict import PredictOptions, export_submission
 from filterformer.runs.run import load_run, split_samples
+from filterformer.runtime import open_session
+from filterformer.runtime.pipeline import PipelineBackend
+from filterformer.runtime.sessions import require
 from filterformer.submission import MAPS_DIR, MASKS_DIR, check_submission
 from filterformer.submission.rescale import MapRescale
 
@@ -80,13 +78,19 @@ def _within(got: np.ndarray, expected: np.ndarray, tolerance: float) -> bool:
     return np.abs(got - expected).max() <= tolerance * max(1.0, float(np.abs(expected).max()))
 
 
+def _run_file(path: Path, backend: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(maps, scores) of a one-graph export file in a runtime."""
+    maps, scores = open_session(path, backend)({"images": images}, ["maps", "scores"])
+    return maps, scores
+
+
 def _stub_trace(monkeypatch, source: Path) -> None:
     """Make ff-export's trace write a copy of ``source`` (an export of the same run state)."""
 
-    def copy(graph, input_size, path, *, dynamic_size=False):
+    def copy(graph, example, path, *, dynamic_size=False):
         shutil.copy(source, path)
 
-    monkeypatch.setattr("filterformer.export.exporter.export_onnx", copy)
+    monkeypatch.setattr("filterformer.export.exporter.export_graph", copy)
 
 
 def _ff_predict(*args) -> int:
@@ -104,7 +108,7 @@ def test_the_demo_run_runs_in_onnxruntime_within_1e_4_of_torch(demo_run, exporte
     inputs = _inputs(run, "test_public")  # not the images the export was checked on
     expected = network_maps(run.model, inputs, run.mode, run.map_stats, run.smoothing).numpy()
     assert expected.std() > 0  # a real map, not a constant
-    maps, scores = open_session(path, "onnxruntime")(inputs.numpy())
+    maps, scores = _run_file(path, "onnxruntime", inputs.numpy())
     assert maps.shape == expected.shape == (len(inputs), *INPUT_SIZE)
     assert _within(maps, expected, FP32_TOLERANCE)
     assert run.image_score == "max"
@@ -135,7 +139,7 @@ def test_export_json_lets_a_caller_without_filterformer_use_the_file(demo_run, e
     normalised = (resized * pre["scale"] - pre["mean"]) / pre["std"]
     own = normalised.transpose(2, 0, 1)[None].astype(np.float32)
     np.testing.assert_allclose(own[0], run.geometry.to_tensor(image).numpy(), atol=1e-5)
-    maps, _ = open_session(path, "onnxruntime")(own)
+    maps, _ = _run_file(path, "onnxruntime", own)
     expected = network_maps(
         run.model, torch.from_numpy(own), run.mode, run.map_stats, run.smoothing
     )
@@ -146,7 +150,7 @@ def _perturbed_copy(source: Path):
     """A trace stub writing ``source`` with every weight tensor changed by about 1 %."""
     rng = np.random.default_rng(0)
 
-    def perturb(graph, input_size, path, *, dynamic_size=False):
+    def perturb(graph, example, path, *, dynamic_size=False):
         model = onnx.load(str(source))
         for init in model.graph.initializer:
             weights = onnx.numpy_helper.to_array(init)
@@ -165,7 +169,7 @@ def test_export_refuses_a_perturbed_graph_and_keeps_the_earlier_file(
     good, _ = exported
     out = tmp_path / "model.onnx"
     shutil.copy(good, out)  # an earlier export at --out
-    monkeypatch.setattr("filterformer.export.exporter.export_onnx", _perturbed_copy(good))
+    monkeypatch.setattr("filterformer.export.exporter.export_graph", _perturbed_copy(good))
     assert export_cli(["--run", str(demo_run), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "FAILED" in err and "nothing was written" in err and "Traceback" not in err
@@ -199,8 +203,8 @@ def test_weights_to_float16_keeps_the_graph_computing_in_float32(exported, tmp_p
     good, _ = exported
     weights_to_float16(good, tmp_path / "half.onnx")
     inputs = np.random.default_rng(0).standard_normal((2, 3, *INPUT_SIZE)).astype(np.float32)
-    full, _ = open_session(good, "onnxruntime")(inputs)
-    half, _ = open_session(tmp_path / "half.onnx", "onnxruntime")(inputs)
+    full, _ = _run_file(good, "onnxruntime", inputs)
+    half, _ = _run_file(tmp_path / "half.onnx", "onnxruntime", inputs)
     assert half.dtype == np.float32 and _within(half, full, FP16_TOLERANCE)
 
 
@@ -217,13 +221,11 @@ def test_a_dynamic_size_export_scores_any_patch_multiple_with_top1(demo_run, tmp
     assert "parity on 4 images" in capsys.readouterr().out  # 2 images, at two sizes each
     run = load_run(run_dir)
     assert run.image_score == "top1"
-    session = open_session(
-        run_dir.with_name(run_dir.name + "_export") / "model.onnx", "onnxruntime"
-    )
+    path = run_dir.with_name(run_dir.name + "_export") / "model.onnx"
     for size in [(28, 42), (98, 56)]:
         inputs = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(0))
         expected = network_maps(run.model, inputs, run.mode, run.map_stats, run.smoothing).numpy()
-        maps, scores = session(inputs.numpy())
+        maps, scores = _run_file(path, "onnxruntime", inputs.numpy())
         assert maps.shape == (3, *size) and _within(maps, expected, FP32_TOLERANCE)
         top1 = np.array([top_fraction_mean(m) for m in expected])
         assert _within(scores, top1, FP32_TOLERANCE)
@@ -243,7 +245,7 @@ def test_openvino_export_runs_in_openvino_within_1e_4(demo_run, exported, tmp_pa
     run = load_run(demo_run)
     inputs = _inputs(run, "test_public")
     expected = network_maps(run.model, inputs, run.mode, run.map_stats, run.smoothing).numpy()
-    maps, _ = open_session(out, "openvino")(inputs.numpy())
+    maps, _ = _run_file(out, "openvino", inputs.numpy())
     assert _within(maps, expected, FP32_TOLERANCE)
 
 
@@ -337,7 +339,7 @@ def test_ff_export_refuses_what_it_cannot_do_before_tracing(
     demo_run, capsys, tmp_path, monkeypatch, options, message
 ):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("filterformer.export.exporter.export_onnx", None)  # must not be reached
+    monkeypatch.setattr("filterformer.export.exporter.export_graph", None)  # must not be reached
     assert export_cli(["--run", str(demo_run), *options]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -370,45 +372,58 @@ def test_image_scores_are_the_max_or_the_top_percent_mean():
     np.testing.assert_allclose(image_scores(maps, "top1"), top1, rtol=1e-6)
 
 
-class _Session:
-    """A stand-in runtime session returning fixed outputs."""
+class _Pipeline:
+    """A stand-in pipeline returning fixed outputs."""
 
     def __init__(self, maps: np.ndarray, scores: np.ndarray) -> None:
-        self.outputs = (maps, scores)
+        self.outputs = {"maps": maps, "scores": scores}
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return self.outputs
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.outputs
+        return self.outputs["maps"], self.outputs["scores"]
 
 
 def test_parity_fails_on_nan_and_on_a_wrong_shape(tiny_model):
-    graph = MapGraph(tiny_model, "inp", None, Smoothing(), "max")
+    finish = MapFinish("inp", None, Smoothing(), "max")
+    plan = single_graph(tiny_model, finish)
     inputs = torch.randn(2, 3, *INPUT_SIZE)
-    maps, scores = (t.numpy() for t in graph(inputs))
-    assert check_parity(graph, _Session(maps, scores), [inputs], 1e-4).ok
+    maps, scores = (t.numpy() for t in finish(tiny_model.anomaly_maps(inputs)))
+
+    def parity(got_maps: np.ndarray) -> bool:
+        return check_parity(
+            tiny_model, finish, plan, _Pipeline(got_maps, scores), [inputs], 1e-4
+        ).ok
+
+    assert parity(maps)
     nan = maps.copy()
     nan[0, 0, 0] = np.nan
-    assert not check_parity(graph, _Session(nan, scores), [inputs], 1e-4).ok
-    assert not check_parity(graph, _Session(maps[:1], scores), [inputs], 1e-4).ok
+    assert not parity(nan)
+    assert not parity(maps[:1])
 
 
 def test_a_graph_that_fails_in_its_runtime_is_a_deploy_error(tiny_model):
-    graph = MapGraph(tiny_model, "inp", None, Smoothing(), "max")
+    finish = MapFinish("inp", None, Smoothing(), "max")
 
-    def broken(images):
-        raise RuntimeError("Attempting to broadcast an axis\nmore detail")
+    class Broken:
+        def run(self, images):
+            raise RuntimeError("Attempting to broadcast an axis\nmore detail")
 
+    plan = single_graph(tiny_model, finish)
     with pytest.raises(DeployError, match="fails in its runtime .*broadcast an axis; nothing"):
-        check_parity(graph, broken, [torch.randn(1, 3, *INPUT_SIZE)], 1e-4)
+        check_parity(tiny_model, finish, plan, Broken(), [torch.randn(1, 3, *INPUT_SIZE)], 1e-4)
 
 
 def test_an_exported_backend_gives_its_mode_only():
-    backend = ExportedBackend(_Session(np.zeros((1, 4, 5)), np.zeros(1)), "mean")
-    assert backend.maps(torch.zeros(1, 3, 4, 5), ["mean"])["mean"].shape == (1, 4, 5)
+    backend = PipelineBackend(_Pipeline(np.zeros((1, 4, 5)), np.zeros(1)), "mean")
+    assert backend.maps(np.zeros((1, 3, 4, 5)), ["mean"])["mean"].shape == (1, 4, 5)
     with pytest.raises(ConfigError, match="gives fusion mode 'mean' only"):
-        backend.maps(torch.zeros(1, 3, 4, 5), ["mean", "inp"])
+        backend.maps(np.zeros((1, 3, 4, 5)), ["mean", "inp"])
 
 
-def test_other_model_families_are_refused(tiny_model):
+def test_families_that_do_not_export_are_refused(monkeypatch):
+    monkeypatch.setattr(type(family("cpr")), "exportable", False)
     with pytest.raises(DeployError, match="model 'cpr' has no exportable map path"):
         check_exportable("cpr")
 

@@ -1,8 +1,10 @@
 """The package layers of src/filterformer import one way: down, never up, never in a circle.
 
-cli -> api -> runs -> training / inference / export / convert -> models -> data / evaluation /
-submission -> io / lock / manifest / ranges / progress -> errors. Every import counts, inside
-functions too (ast).
+cli -> api -> runs -> training / inference / export / convert / runtime -> models -> data /
+evaluation / submission -> io / lock / manifest / ranges / progress -> errors. Every import
+counts, inside functions too (ast). ``runtime`` is the torch-free deployment runtime: besides
+the layers below it, it reads only the torch-free modules of ``inference`` (the map loop,
+post-processing); tests/test_runtime.py checks that it imports without torch.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ LAYERS = {
     "inference": 4,
     "export": 4,
     "convert": 4,
+    "runtime": 4,
     "models": 3,
     "data": 2,
     "evaluation": 2,
@@ -37,6 +40,8 @@ LAYERS = {
 SIDEWAYS = {
     ("training", "inference"),
     ("export", "inference"),
+    ("export", "runtime"),
+    ("runtime", "inference"),
     ("evaluation", "data"),
     ("submission", "evaluation"),
     ("lock", "io"),

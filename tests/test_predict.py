@@ -20,13 +20,13 @@ from filterformer.data.tiling import GridTiling, Tiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.evaluation.thresholds import read_thresholds
+from filterformer.inference.original_maps import quantize
 from filterformer.inference.predict import (
     Smoothing,
     gaussian_blur,
     network_maps,
     predict_maps,
     predict_mode_maps,
-    quantize,
     smooth_maps,
 )
 from filterformer.io import write_json, write_png

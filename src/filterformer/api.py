@@ -23,21 +23,21 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from filterformer.errors import ConfigError
+from filterformer.lock import writing_output
 from filterformer.runs.calibrate import Calibration, calibrate_run
 from filterformer.runs.compose import compose_config
 from filterformer.runs.evaluate import EvalOptions, EvaluationReport, evaluate
 from filterformer.runs.exporting import ExportResult, export_run_folder
 from filterformer.runs.predict import (
-    RESCALE_FILE,
     Prediction,
     PredictOptions,
     RunExporter,
     predict_images,
-    writing_output,
 )
 from filterformer.runs.run import read_run_config
 from filterformer.runs.setting import members
 from filterformer.runs.train import TrainOutcome, run_training
+from filterformer.runtime.outputs import RESCALE_FILE
 
 __all__ = [
     "Calibration",

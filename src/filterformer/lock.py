@@ -118,6 +118,16 @@ def unlock_output(out: str | os.PathLike, *, beside: bool = False) -> None:
         shutil.rmtree(created, ignore_errors=True)
 
 
+@contextmanager
+def writing_output(out: Path, *, beside: bool = False) -> Iterator[None]:
+    """Be the only writer of the output folder ``out`` while the block runs."""
+    lock_output(out, beside=beside)
+    try:
+        yield
+    finally:
+        unlock_output(out, beside=beside)
+
+
 def _output_lock_file(out: Path, beside: bool) -> Path:
     return out.with_name(out.name + ".lock") if beside else out / RUN_LOCK
 

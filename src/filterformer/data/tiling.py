@@ -239,3 +239,12 @@ AnyTiling = Tiling | GridTiling
 TRAIN_TILES = ("random", "all")
 """What one training epoch sees of a tiled image: one random tile (ours) or every training
 tile once (``all``: the ISVL hybrid code, whose epoch is every tile file of every image)."""
+
+
+def tiling_from_record(record: dict | None) -> AnyTiling | None:
+    """The tiling whose :meth:`~Tiling.record` is ``record`` (None: no tiling)."""
+    if record is None:
+        return None
+    if "grid" in record:
+        return GridTiling(record["grid"], record.get("pyramid"))
+    return Tiling(tuple(record["tile"]), record["overlap"], record["window"])

@@ -1,23 +1,29 @@
 """Network input geometry (resize, fit, crop, normalise, and the way back) and augmentation.
 
-Images are H x W x 3 uint8 RGB NumPy arrays until :meth:`InputGeometry.to_input` turns them
-into a 3 x h x w float tensor. :class:`InputGeometry` also maps an anomaly map made at network
-resolution back to the original image size, undoing the crop by padding (never stretching) and
-cutting a letterboxed image's area out of the input before resizing it back.
+Images are H x W x 3 uint8 RGB NumPy arrays until :meth:`InputGeometry.to_array` turns them
+into a 3 x h x w float32 array (:meth:`InputGeometry.to_tensor`: the same as a torch tensor).
+:class:`InputGeometry` also maps an anomaly map made at network resolution back to the original
+image size, undoing the crop by padding (never stretching) and cutting a letterboxed image's
+area out of the input before resizing it back.
+
+The module is NumPy and OpenCV only (torch is imported by the three methods that return
+tensors), so the torch-free runtime (:mod:`filterformer.runtime`) and the torch models share
+this one implementation of the preprocessing and the way back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from filterformer.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,13 +100,38 @@ class InputGeometry:
                 f"Centre crop {self.crop_hw} is larger than the resize {self.resize_hw}; "
                 "the crop (h, w) must fit inside the resized image."
             )
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
 
     def __repr__(self) -> str:
         return (
             f"InputGeometry(resize={self.resize_hw}, crop={self.crop_hw}, "
             f"interpolation={self.interpolation!r}, fit={self.fit!r})"
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The settings as JSON (export.json's ``preprocessing``); :meth:`from_record` reads it."""
+        return {
+            "resize": list(self.resize_hw),
+            "fit": self.fit,
+            "crop": None if self.crop_hw is None else list(self.crop_hw),
+            "interpolation": self.interpolation,
+            "scale": 1 / 255,
+            "mean": [float(f"{v:.7g}") for v in self.mean.ravel()],
+            "std": [float(f"{v:.7g}") for v in self.std.ravel()],
+            "letterbox_value": 0.0,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> InputGeometry:
+        """The geometry :meth:`record` describes (float32 mean and std, as it rounded them)."""
+        return cls(
+            record["resize"],
+            record.get("crop"),
+            record["mean"],
+            record["std"],
+            record["interpolation"],
+            record["fit"],
         )
 
     @property
@@ -159,32 +190,47 @@ class InputGeometry:
         top, left, crop_h, crop_w = self.crop_box
         return array[top : top + crop_h, left : left + crop_w]
 
-    def normalize(self, image: np.ndarray) -> torch.Tensor:
+    def normalize_array(self, image: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 RGB -> 3 x H x W float32, scaled to [0, 1] then standardised."""
-        # astype makes the one (writable) copy: cached images are read-only arrays
-        tensor = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) / 255.0
-        return (tensor - self.mean) / self.std
+        # one (writable, contiguous) copy: cached images are read-only arrays
+        array = image.transpose(2, 0, 1).astype(np.float32, order="C")
+        array /= np.float32(255.0)
+        array -= self.mean
+        array /= self.std
+        return array
 
-    def to_input(self, resized: np.ndarray) -> torch.Tensor:
+    def input_array(self, resized: np.ndarray) -> np.ndarray:
         """The network input from an image already at its :meth:`scaled_size` (e.g. augmented).
 
         ``squash``: centre crop and normalise. Otherwise normalise and centre on a canvas of
         zeros (the normalisation mean) of the resize size.
         """
         if self.fit == "squash":
-            return self.normalize(self.center_crop(resized))
+            return self.normalize_array(self.center_crop(resized))
         top, left, height, width = self.image_box(*resized.shape[:2])
-        canvas_h, canvas_w = self.resize_hw
         if (height, width) != resized.shape[:2]:
             raise ValueError(
                 f"image has shape {resized.shape[:2]}, expected its scaled size {(height, width)}"
             )
-        pads = (left, canvas_w - left - width, top, canvas_h - top - height)
-        return F.pad(self.normalize(resized), pads)
+        canvas = np.zeros((3, *self.resize_hw), dtype=np.float32)
+        canvas[:, top : top + height, left : left + width] = self.normalize_array(resized)
+        return canvas
+
+    def to_array(self, image: np.ndarray) -> np.ndarray:
+        """The network input for one image: resize, centre crop or letterbox, normalise."""
+        return self.input_array(self.resize(image))
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        """:meth:`normalize_array` as a torch tensor."""
+        return _tensor(self.normalize_array(image))
+
+    def to_input(self, resized: np.ndarray) -> torch.Tensor:
+        """:meth:`input_array` as a torch tensor."""
+        return _tensor(self.input_array(resized))
 
     def to_tensor(self, image: np.ndarray) -> torch.Tensor:
-        """The network input for one image: resize, centre crop or letterbox, normalise."""
-        return self.to_input(self.resize(image))
+        """:meth:`to_array` as a torch tensor."""
+        return _tensor(self.to_array(image))
 
     def from_original_mask(self, mask: np.ndarray) -> np.ndarray:
         """A bool mask at the original size, brought to network input resolution (nearest)."""
@@ -196,9 +242,7 @@ class InputGeometry:
         canvas[top : top + height, left : left + width] = resized
         return self.center_crop(canvas) > 0
 
-    def to_original(
-        self, amap: torch.Tensor | np.ndarray, original_hw: Sequence[int]
-    ) -> np.ndarray:
+    def to_original(self, amap: np.ndarray, original_hw: Sequence[int]) -> np.ndarray:
         """An h x w map at network input resolution -> float32 H x W at the original size.
 
         ``squash``: the map is put back in its crop box inside a canvas of the resize size; the
@@ -206,7 +250,7 @@ class InputGeometry:
         scored". ``pad`` / ``short_side``: the image's letterbox area is cut out of the map.
         Either is then resized bilinearly to ``original_hw``.
         """
-        if isinstance(amap, torch.Tensor):
+        if hasattr(amap, "detach"):  # a torch tensor, wherever it is
             amap = amap.detach().float().cpu().numpy()
         amap = np.asarray(amap, dtype=np.float32)
         if amap.shape != self.input_size:
@@ -222,6 +266,13 @@ class InputGeometry:
             top, left, box_h, box_w = self.image_box(height, width)
             area = amap[top : top + box_h, left : left + box_w]
         return cv2.resize(area, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A NumPy array as a torch tensor (sharing its memory); torch is imported here only."""
+    import torch
+
+    return torch.from_numpy(array)
 
 
 def short_side_size(short: int, image_hw: Sequence[int], multiple: int) -> tuple[int, int]:

@@ -1,26 +1,22 @@
-"""Deployment: a run's map path exported to ONNX or OpenVINO, checked against torch, and run.
+"""Deployment: a run's map path exported to ONNX or OpenVINO, checked against torch.
 
-See :mod:`filterformer.export.exporter` (ff-export, ff-predict --backend) and export.json
-(:mod:`filterformer.export.manifest`), which lets a caller use the file without filterformer.
+See :mod:`filterformer.export.exporter` (ff-export) and export.json
+(:mod:`filterformer.export.manifest`); the torch-free :mod:`filterformer.runtime` serves the
+result.
 """
 
-from filterformer.export.exporter import default_model_path, export_run, map_backend
-from filterformer.export.graph import MapGraph, exportable_families
-from filterformer.export.manifest import EXPORT_FILE
+from filterformer.export.exporter import default_model_path, export_run
+from filterformer.export.graph import MapFinish, exportable_families
 from filterformer.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, Parity
-from filterformer.export.runtime import BACKENDS, ExportedBackend, open_session
+from filterformer.runtime.manifest import EXPORT_FILE
 
 __all__ = [
-    "BACKENDS",
     "EXPORT_FILE",
     "FP16_TOLERANCE",
     "FP32_TOLERANCE",
-    "ExportedBackend",
-    "MapGraph",
+    "MapFinish",
     "Parity",
     "default_model_path",
     "exportable_families",
     "export_run",
-    "map_backend",
-    "open_session",
 ]

@@ -1,18 +1,27 @@
-"""Export a loaded run's map path, check it against torch, and load it back for ff-predict.
+"""Export a loaded run's map path, checked against torch before anything is written.
 
-:func:`export_run` traces the run's :class:`~filterformer.export.graph.MapGraph` to ONNX
-(converted to OpenVINO on request), runs the parity check on real network inputs in the
-format's runtime, and only then moves the file to ``out`` and lists it in export.json.
-:func:`map_backend` gives ff-predict the backend it asked for.
+:func:`export_run` asks the run's family for its :class:`ExportPlan`, traces each graph to
+ONNX (converted to OpenVINO on request), stores the steps' arrays in one bank file, runs the
+parity check on real network inputs in the format's runtime with the runtime's own pipeline
+(:class:`~filterformer.runtime.pipeline.Pipeline`), and only then moves the files beside
+``out`` and lists them in export.json.
+
+File names: a one-graph plan is the file ``out`` itself (``model.onnx``); the graphs of a
+longer plan are ``<stem>.<graph><suffix>`` beside it (``model.query.onnx``,
+``model.local.onnx``) and its bank is ``<stem>.bank.safetensors``; ``out``'s name is the
+export's name in export.json either way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.numpy import save_file
 
 from filterformer.data.sample import Sample
 from filterformer.errors import DeployError
@@ -25,23 +34,31 @@ from filterformer.export.formats import (
     staged,
     weights_to_float16,
 )
-from filterformer.export.graph import MapGraph, check_exportable, export_onnx
-from filterformer.export.manifest import add_file, run_record, verify_export
+from filterformer.export.graph import EXAMPLE_BATCH, MapFinish, check_exportable, export_graph
+from filterformer.export.manifest import add_file, run_record
 from filterformer.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, Parity, check_parity
-from filterformer.export.runtime import RUNTIMES, ExportedBackend, open_session
-from filterformer.inference.predict import MapBackend
 from filterformer.inference.run import Run
+from filterformer.io import atomic_path
+from filterformer.models.export_plan import IMAGES, ExportPlan, Graph
+from filterformer.runtime.ops import OPS
+from filterformer.runtime.pipeline import Pipeline
 from filterformer.submission.rescale import MapRescale
 
 EXPORT_SUFFIX = "_export"
 """A run's default export folder is ``<run>_export`` beside it (a run folder is never written
 by a reader)."""
-"""Where ff-export puts a run's export by default: ``<run>/export/model.onnx`` (or .xml)."""
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
+"""Export format -> the runtime its parity check runs in."""
+
+
+def export_folder(run_dir: Path) -> Path:
+    """A run's default export folder, ``<run>_export`` beside it."""
+    return run_dir.with_name(run_dir.name + EXPORT_SUFFIX)
 
 
 def default_model_path(run_dir: Path, fmt: str) -> Path:
     """The default export file of a run for a format (``onnx`` or ``openvino``)."""
-    return run_dir.with_name(run_dir.name + EXPORT_SUFFIX) / f"model{FORMATS[fmt]}"
+    return export_folder(run_dir) / f"model{FORMATS[fmt]}"
 
 
 def parity_batches(
@@ -49,19 +66,29 @@ def parity_batches(
 ) -> Iterator[torch.Tensor]:
     """Network inputs of ``samples`` in batches; a dynamic-size export is also checked at a
     second size, one patch taller and two wider (the same inputs, resized bilinearly)."""
-    patch = run.model.encoder.patch_size
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
         inputs = torch.stack([run.geometry.to_tensor(s.load_image()) for s in batch])
         yield inputs
         if dynamic_size:
+            patch = run.model.encoder.patch_size
             h, w = inputs.shape[-2:]
             size = (h + patch, w + 2 * patch)
             yield F.interpolate(inputs, size=size, mode="bilinear", align_corners=False)
 
 
-def _check_dynamic(run: Run, fmt: str) -> None:
-    """Refuse the --dynamic-size exports whose position table would be wrong at other sizes."""
+def _check_dynamic(run: Run, fmt: str, plan: ExportPlan) -> None:
+    """Refuse the --dynamic-size exports that would be wrong at other sizes."""
+    if not plan.any_size:
+        raise DeployError(
+            f"--dynamic-size: model {run.config.model.name!r} works at its training input "
+            f"size only (e.g. its references are stored at that size); export without it."
+        )
+    if run.image_score not in ("max", "top1"):
+        raise DeployError(
+            f"--dynamic-size: the image score {run.image_score!r} counts its values on a map of "
+            "one size; export without --dynamic-size."
+        )
     if fmt == "openvino":
         raise DeployError(
             "--dynamic-size with --format openvino: OpenVINO resizes the encoder's position "
@@ -76,17 +103,76 @@ def _check_dynamic(run: Run, fmt: str) -> None:
         )
 
 
-def _write(graph: MapGraph, run: Run, stage: Path, fmt: str, dynamic: bool, fp16: bool) -> Path:
-    """The exported model in the staging folder (fp32 ONNX first, then what was asked)."""
-    onnx_file = stage / "fp32.onnx"
-    export_onnx(graph, run.geometry.input_size, onnx_file, dynamic_size=dynamic)
-    if fmt == "openvino":
-        onnx_to_openvino(onnx_file, stage / "model.xml", fp16=fp16)
-        return stage / "model.xml"
-    if fp16:
-        weights_to_float16(onnx_file, stage / "model.onnx")
-        return stage / "model.onnx"
-    return onnx_file
+def _graph_file(graph: Graph, plan: ExportPlan, out: Path, fmt: str) -> str:
+    """The file name of ``graph`` (see module doc)."""
+    if len(plan.graphs) == 1:
+        return out.name
+    return f"{out.stem}.{graph.name}{FORMATS[fmt]}"
+
+
+def _write_graph(
+    graph: Graph, example: Sequence[torch.Tensor], path: Path, *, dynamic: bool, fp16: bool
+) -> None:
+    """Trace ``graph`` into ``path`` (fp32 ONNX first, then what the suffix and fp16 ask)."""
+    onnx_file = path.with_name(f"{path.stem}.fp32.onnx")
+    export_graph(graph, example, onnx_file, dynamic_size=dynamic)
+    if path.suffix == ".xml":
+        onnx_to_openvino(onnx_file, path, fp16=fp16)
+    elif fp16:
+        weights_to_float16(onnx_file, path)
+    else:
+        onnx_file.rename(path)
+
+
+def write_plan(
+    plan: ExportPlan,
+    input_size: tuple[int, int],
+    stage: Path,
+    out: Path,
+    fmt: str,
+    *,
+    dynamic: bool = False,
+    fp16: bool = False,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Every file of ``plan`` in ``stage``: (the stage records of export.json, bank name).
+
+    Later graphs are traced on what the earlier stages make of an example batch (graphs in
+    torch, steps by the runtime's own NumPy ops).
+    """
+    env: dict[str, Any] = {IMAGES: torch.zeros(EXAMPLE_BATCH, 3, *input_size)}
+    records = []
+    for step in plan.stages:
+        if isinstance(step, Graph):
+            name = _graph_file(step, plan, out, fmt)
+            example = [env[i] for i in step.inputs]
+            _write_graph(step, example, stage / name, dynamic=dynamic, fp16=fp16)
+            with torch.no_grad():
+                env.update(zip(step.outputs, step.module(*example), strict=True))
+            records.append(
+                {"graph": step.name, "file": name, "inputs": step.inputs, "outputs": step.outputs}
+            )
+            continue
+        arrays = {key: plan.arrays[name] for key, name in step.arrays.items()}
+        inputs = [env[i].numpy() for i in step.inputs]
+        result = OPS[step.op](*inputs, **arrays, **step.settings)
+        results = result if isinstance(result, tuple) else (result,)
+        env.update(zip(step.outputs, map(torch.from_numpy, results), strict=True))
+        records.append(
+            {
+                "op": step.op,
+                "inputs": step.inputs,
+                "outputs": step.outputs,
+                "arrays": dict(step.arrays),
+                "settings": dict(step.settings),
+            }
+        )
+    bank = None
+    if plan.arrays:
+        bank = f"{out.stem}.bank.safetensors"
+        contiguous = {k: np.ascontiguousarray(v) for k, v in plan.arrays.items()}
+        with atomic_path(stage / bank) as tmp:
+            save_file(contiguous, str(tmp))
+    return records, bank
 
 
 def export_run(
@@ -102,66 +188,55 @@ def export_run(
     fp16: bool = False,
     tolerance: float | None = None,
 ) -> Parity:
-    """Export ``run`` to ``out`` as ``fmt`` if the parity check on ``samples`` passes.
+    """Export ``run`` as ``out`` in ``fmt`` if the parity check on ``samples`` passes.
 
     The check runs in the format's runtime (ONNX Runtime or OpenVINO) on the CPU, with the
     tolerance of :mod:`~filterformer.export.parity` unless one is given. On failure a
-    :class:`DeployError` is raised and nothing is written at ``out``.
+    :class:`DeployError` is raised and nothing is written beside ``out``.
     """
     check_out_path(out, fmt)
-    check_exportable(run.config.model.name)
-    if run.smoothing.at_original or run.smoothing.levels is not None:
+    if run.smoothing.at_original:
         raise DeployError(
-            f"{run.run_dir}: its maps are made at each image's size (eval.blur_at=original) or "
-            "in 8-bit levels (eval.levels), which the exported graph cannot do; export a run "
-            "with eval.blur_at=network and eval.levels=null."
+            f"{run.run_dir}: its maps are made at each image's size (eval.blur_at=original), "
+            "which an exported graph of fixed-size network inputs cannot do; export a run with "
+            "eval.blur_at=network."
         )
+    plugin = check_exportable(run.config.model.name)
+    model = run.model.cpu().eval()
+    finish = MapFinish(run.mode, run.map_stats, run.smoothing, run.image_score)
+    plan = plugin.export_plan(model, finish)
     if dynamic_size:
-        _check_dynamic(run, fmt)
+        _check_dynamic(run, fmt, plan)
     if not samples:
         raise DeployError(
             f"{run.run_dir}: no images for the parity check; give a folder with --images."
         )
     tolerance = tolerance or (FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
-    graph = MapGraph(run.model.cpu(), run.mode, run.map_stats, run.smoothing, run.image_score)
+    input_size = run.geometry.input_size
     with staged(out) as stage:
-        model_file = _write(graph, run, stage, fmt, dynamic_size, fp16)
-        session = open_session(model_file, RUNTIMES[fmt])
+        stages, bank = write_plan(
+            plan, input_size, stage, out, fmt, dynamic=dynamic_size, fp16=fp16
+        )
+        entry = {"stages": stages, "arrays": bank}
+        pipeline = Pipeline(stage, entry, RUNTIMES[fmt])
         batches = parity_batches(samples, run, batch_size, dynamic_size=dynamic_size)
-        parity = check_parity(graph, session, batches, tolerance)
+        parity = check_parity(model, finish, plan, pipeline, batches, tolerance)
         if not parity.ok:
             raise DeployError(
                 f"{out}: the exported graph differs from the torch model ({parity.describe()}); "
                 "nothing was written. Report it with the run's config.yaml."
             )
-        move_into_place(model_file, out)
+        del pipeline  # the runtimes may hold the files open
+        files = [stage / s["file"] for s in stages if "graph" in s]
+        move_into_place([*files, *([stage / bank] if bank else [])], out.parent)
     entry = {
         "format": fmt,
         "fp16": fp16,
         "dynamic_size": dynamic_size,
-        "input_size": None if dynamic_size else list(run.geometry.input_size),
+        "input_size": None if dynamic_size else list(input_size),
         "runtime": RUNTIMES[fmt],
+        **entry,
         "parity": parity.to_json(),
     }
     add_file(out, run_record(run, rescale, threshold), entry)
     return parity
-
-
-def map_backend(run: Run, backend: str, model_file: Path | None) -> torch.nn.Module | MapBackend:
-    """What ff-predict runs: the run's torch model, or its exported file in a runtime.
-
-    ``model_file`` defaults to the run's export (:func:`default_model_path`; for OpenVINO its
-    IR when there is one, else its ONNX file); it must be listed in its export.json as an
-    export of the run's current state.
-    """
-    if backend == "torch":
-        if model_file is not None:
-            raise DeployError("--model is for --backend onnxruntime or openvino.")
-        return run.model
-    if model_file is None:
-        model_file = default_model_path(run.run_dir, "onnx")
-        ir = default_model_path(run.run_dir, "openvino")
-        if backend == "openvino" and ir.is_file():
-            model_file = ir
-    verify_export(model_file, run)
-    return ExportedBackend(open_session(model_file, backend), run.mode)

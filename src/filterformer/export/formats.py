@@ -1,4 +1,4 @@
-"""Writing an exported graph as an ONNX file or an OpenVINO IR, with float16 weights on request.
+"""Writing exported graphs as ONNX files or OpenVINO IRs, with float16 weights on request.
 
 ``--fp16`` means the same for both formats: weights are stored as float16 (about half the file)
 and the runtimes compute in float32 on the CPU. ONNX: each float32 weight tensor becomes a
@@ -18,39 +18,19 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from importlib import import_module
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
 from filterformer.errors import DeployError
 from filterformer.io import PARTIAL_MARK
+from filterformer.runtime.manifest import FORMAT_FILES as FORMATS
+from filterformer.runtime.manifest import graph_files
+from filterformer.runtime.sessions import require
 
-FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
-"""Export format -> file suffix (an OpenVINO IR is the .xml plus its .bin beside it)."""
-EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
-"""Python module -> the filterformer extra that installs it."""
 MIN_FP16_ELEMENTS = 16
 """Smaller float32 constants (fusion statistics, blur kernels, eps) stay float32."""
-
-
-def require(module: str) -> ModuleType:
-    """Import an optional runtime package, or say which extra installs it."""
-    try:
-        return import_module(module)
-    except ImportError:
-        extra = EXTRAS[module]
-        raise DeployError(
-            f"this needs the Python package {module!r}, which is not installed; "
-            f"pip install 'filterformer[{extra}]'."
-        ) from None
-
-
-def model_files(path: Path) -> list[Path]:
-    """Every file of an exported model: the .onnx, or the OpenVINO .xml and its .bin."""
-    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
 
 
 def check_out_path(out: Path, fmt: str) -> None:
@@ -74,11 +54,11 @@ def staged(out: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def move_into_place(staged_file: Path, out: Path) -> None:
-    """Move an exported model's files onto ``out`` (an OpenVINO .bin before its .xml)."""
-    pairs = list(zip(model_files(staged_file), model_files(out), strict=True))
-    for source, target in reversed(pairs):
-        os.replace(source, target)
+def move_into_place(staged: Sequence[Path], folder: Path) -> None:
+    """Move staged files into ``folder`` under their names, the listed ones last (an OpenVINO
+    .bin before its .xml, a bank before the graphs that read it)."""
+    for source in reversed([f for path in staged for f in graph_files(path)]):
+        os.replace(source, folder / source.name)
 
 
 def weights_to_float16(source: Path, target: Path) -> None:

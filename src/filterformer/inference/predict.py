@@ -18,21 +18,17 @@ original size of the image (or tile) and blurred there; ``levels=255`` turns eve
 code's 8-bit levels, floor(255 * clip(m, 0, 1)).
 
 The network part is a :class:`MapBackend`: :class:`TorchBackend` runs the model itself (fusing
-any set of modes from one forward pass), and an exported graph (``filterformer.export``) runs
-in ONNX Runtime or OpenVINO; reading, tiling and the way back are shared by both.
-
-With a :class:`Tiling`, each tile of the original image is resized to the network input on its
-own, scored, brought back to the tile's size and the tiles are blended. A tile that covers the
-whole image gives exactly the whole-image map.
+any set of modes from one forward pass), and an exported graph runs in ONNX Runtime or OpenVINO
+(:mod:`filterformer.runtime`); reading, tiling, the way back and the quantisation are the one
+NumPy loop of :mod:`filterformer.inference.original_maps`, shared by both.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,8 +39,8 @@ from filterformer.data.sample import Sample
 from filterformer.data.tiling import AnyTiling
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
+from filterformer.inference.original_maps import MapBackend, original_size_maps
 from filterformer.models.fusion import fuse_maps
-from filterformer.progress import progress_bar
 
 MapStats = Mapping[str, tuple[float, float]]
 
@@ -94,15 +90,6 @@ class Smoothing:
             raise ConfigError(f"eval.levels {self.levels} must be null or an integer >= 1.")
 
 
-def quantize(amap: np.ndarray, levels: int | None) -> np.ndarray:
-    """floor(levels * clip(map, 0, 1)) in float32 (the ISVL hybrid code's ``(m * 255)
-    .astype(uint8)`` of a clipped map for levels 255); ``levels`` None: the map unchanged."""
-    if levels is None:
-        return amap
-    clipped = np.clip(np.asarray(amap, dtype=np.float32), 0, 1)
-    return np.floor(clipped * np.float32(levels))
-
-
 DEFAULT_SMOOTHING = Smoothing()
 
 
@@ -144,7 +131,7 @@ def smooth_maps(maps: torch.Tensor, smoothing: Smoothing) -> torch.Tensor:
     return gaussian_blur(maps, smoothing.sigma, smoothing.kernel_size, smoothing.padding)
 
 
-def _finish(
+def finish_maps(
     raw: Mapping[str, torch.Tensor],
     mode: str,
     map_stats: MapStats | None,
@@ -164,15 +151,7 @@ def network_maps(
     smoothing: Smoothing = DEFAULT_SMOOTHING,
 ) -> torch.Tensor:
     """Fused, smoothed B x h x w maps of normalised B x 3 x h x w network inputs."""
-    return _finish(model.anomaly_maps(images), mode, map_stats, smoothing)
-
-
-class MapBackend(Protocol):
-    """What turns normalised network inputs into finished (fused, smoothed) maps."""
-
-    def maps(self, inputs: torch.Tensor, modes: Sequence[str]) -> dict[str, np.ndarray]:
-        """Mode -> B x h x w float32 maps at network resolution of B x 3 x h x w inputs."""
-        ...
+    return finish_maps(model.anomaly_maps(images), mode, map_stats, smoothing)
 
 
 def _raw_maps(model: nn.Module, inputs: torch.Tensor, size: Sequence[int] | None) -> dict:
@@ -201,20 +180,13 @@ class TorchBackend:
         self.device = device
 
     def maps(
-        self, inputs: torch.Tensor, modes: Sequence[str], size: Sequence[int] | None = None
+        self, inputs: np.ndarray, modes: Sequence[str], size: Sequence[int] | None = None
     ) -> dict[str, np.ndarray]:
         """Every mode fused from one forward pass of the model; at ``size`` when given
         (``Smoothing.at_original``), else at network resolution."""
         with torch.no_grad():
-            raw = _raw_maps(self.model, inputs.to(self.device), size)
-        return {m: _finish(raw, m, self.map_stats, self.smoothing).cpu().numpy() for m in modes}
-
-
-def batches(items: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of ``size`` items (the last one shorter)."""
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
+            raw = _raw_maps(self.model, torch.from_numpy(inputs).to(self.device), size)
+        return {m: finish_maps(raw, m, self.map_stats, self.smoothing).cpu().numpy() for m in modes}
 
 
 def predict_mode_maps(
@@ -243,37 +215,17 @@ def predict_mode_maps(
     )
     if smoothing.at_original:
         _check_at_original(backend, geometry)
-
-    def score(crops: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Original-size maps of image crops, ``batch_size`` network inputs at a time."""
-        out = []
-        for batch in batches(crops, batch_size):
-            if smoothing.at_original:
-                out += _maps_at_original(backend, batch, geometry, modes)
-                continue
-            fused = backend.maps(torch.stack([geometry.to_tensor(c) for c in batch]), modes)
-            out += [
-                {m: geometry.to_original(fused[m][i], crop.shape[:2]) for m in modes}
-                for i, crop in enumerate(batch)
-            ]
-        return out
-
-    bar = progress_bar(total=len(samples), desc="predict", unit="img", enabled=progress)
-    with bar:
-        if tiling is None:
-            for batch in batches(samples, batch_size):
-                maps = score([sample.load_image() for sample in batch])
-                bar.update(len(batch))
-                for sample, by_mode in zip(batch, maps, strict=True):
-                    yield sample, {m: quantize(a, smoothing.levels) for m, a in by_mode.items()}
-            return
-        for sample in samples:
-            image = sample.load_image()
-            boxes = tiling.tiles(*sample.shape)
-            tile_maps = score([image[y0:y1, x0:x1] for y0, x0, y1, x1 in boxes])
-            bar.update(1)
-            blended = {m: tiling.blend([t[m] for t in tile_maps], *sample.shape) for m in modes}
-            yield sample, {m: quantize(a, smoothing.levels) for m, a in blended.items()}
+    yield from original_size_maps(
+        backend,
+        samples,
+        geometry,
+        modes=modes,
+        batch_size=batch_size,
+        tiling=tiling,
+        progress=progress,
+        at_original=smoothing.at_original,
+        levels=smoothing.levels,
+    )
 
 
 def _check_at_original(backend: MapBackend, geometry: InputGeometry) -> None:
@@ -288,24 +240,6 @@ def _check_at_original(backend: MapBackend, geometry: InputGeometry) -> None:
             "eval.blur_at=original needs input.fit=squash and input.crop=null (the map covers "
             "the whole image); or set eval.blur_at=network."
         )
-
-
-def _maps_at_original(
-    backend: TorchBackend,
-    batch: Sequence[np.ndarray],
-    geometry: InputGeometry,
-    modes: Sequence[str],
-) -> list[dict[str, np.ndarray]]:
-    """Maps of ``batch`` made and smoothed at each crop's own size (crops of one size at a
-    time, in the batch's order)."""
-    out: list[dict[str, np.ndarray]] = [{} for _ in batch]
-    for shape in dict.fromkeys(crop.shape[:2] for crop in batch):
-        chosen = [i for i, crop in enumerate(batch) if crop.shape[:2] == shape]
-        inputs = torch.stack([geometry.to_tensor(batch[i]) for i in chosen])
-        fused = backend.maps(inputs, modes, size=shape)
-        for row, i in enumerate(chosen):
-            out[i] = {m: fused[m][row] for m in modes}
-    return out
 
 
 def predict_maps(

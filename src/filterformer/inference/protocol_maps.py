@@ -29,7 +29,8 @@ from filterformer.data.sample import Sample
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.evaluation.protocol import InpFormerMetrics, image_score
-from filterformer.inference.predict import Smoothing, batches, smooth_maps
+from filterformer.inference.original_maps import batches
+from filterformer.inference.predict import Smoothing, smooth_maps
 from filterformer.models.fusion import fuse_maps
 from filterformer.progress import progress_bar
 

@@ -16,7 +16,9 @@ CLIs, evaluation and export only ever talk to that object, never to the family b
 - ``load_run_files``: restore that state when a run is loaded.
 - ``base_run``: the run a model starts from (FADeR: its trained EAR run).
 - ``image_scores``: the image-score rules that make sense for its maps (None: all).
-- ``exportable``: whether ff-export can trace its whole map path (checked against torch).
+- ``exportable``: whether ff-export may export it (its plan checked against torch).
+- ``export_plan``: its map path as graphs to trace and NumPy steps between them
+  (:mod:`filterformer.models.export_plan`; default: one graph of ``anomaly_maps``).
 - ``multi_class``: whether one model can train on several categories' images at once
   (setting=multi_class, few_shot); a family whose training state is per category cannot.
 - ``zero_shot_maps``: the model's map without the training data's reconstruction, for
@@ -41,6 +43,7 @@ from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.models.base import FrozenEncoderModel
+from filterformer.models.export_plan import ExportPlan, single_graph
 from filterformer.ranges import Allowed
 
 
@@ -112,6 +115,14 @@ class ModelFamily:
         encoder_weights: str,
     ) -> None:
         """Restore what :meth:`training_set` kept in the run folder into a loaded ``model``."""
+
+    def export_plan(self, model: FrozenEncoderModel, finish: nn.Module) -> ExportPlan:
+        """The graphs (and NumPy steps) that compute ``model``'s finished maps (ff-export).
+
+        ``finish`` turns the model's raw maps (name -> B x h x w) into the run's (maps,
+        scores); the last graph must end with it. Default: one graph of ``anomaly_maps``.
+        """
+        return single_graph(model, finish)
 
 
 class ZeroShotMaps(nn.Module):

@@ -1,14 +1,21 @@
-"""Export of a trained run to ONNX or OpenVINO: the engine of ff-export and ``Run.export``."""
+"""Export of a trained run to ONNX or OpenVINO: the engine of ff-export and ``Run.export``.
+
+:func:`export_suite` exports one run per category into one deployable folder (one export
+folder per category and suite.json), which :class:`filterformer.runtime.Suite` serves.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from filterformer.data.folder import ImageFolderDataset
 from filterformer.export import default_model_path, export_run
+from filterformer.export.formats import FORMATS
+from filterformer.export.manifest import write_suite
 from filterformer.export.parity import Parity
-from filterformer.runs.predict import PredictOptions, RunExporter
+from filterformer.runs.predict import PredictOptions, RunExporter, runs_by_category
 
 
 @dataclass(frozen=True)
@@ -63,3 +70,19 @@ def export_run_folder(
         tolerance=tolerance,
     )
     return ExportResult(out, parity)
+
+
+def export_suite(
+    runs_dir: Path, out: Path, fmt: str = "onnx", **options: Any
+) -> dict[str, ExportResult]:
+    """Every run folder under ``runs_dir`` (one per category) exported into
+    ``out/<category>/model.<suffix>``, then ``out/suite.json``; ``options`` as
+    :func:`export_run_folder`'s. Category by category: a failed parity check stops it."""
+    base = options.pop("options", None) or PredictOptions(no_progress=True)
+    results = {}
+    for category, run_dir in runs_by_category(runs_dir).items():
+        target = out / category / f"model{FORMATS[fmt]}"
+        chosen = replace(base, category=category)  # one category of a multi-class run too
+        results[category] = export_run_folder(run_dir, fmt, target, options=chosen, **options)
+    write_suite(out, {category: category for category in results})
+    return results

@@ -41,6 +41,7 @@ from filterformer.data.transforms import InputGeometry
 from filterformer.errors import CheckpointError, ConfigError, DataError
 from filterformer.evaluation.protocol import MVTEC_AD2, check_protocol, resolve_image_score
 from filterformer.evaluation.thresholds import Threshold, read_thresholds
+from filterformer.export.manifest import graph_record
 from filterformer.inference.predict import Smoothing
 from filterformer.inference.run import Run
 from filterformer.io import atomic_path, check_name, require_run_folder, write_json
@@ -66,7 +67,13 @@ from filterformer.runs.files import (
     verify_run_files,
 )
 from filterformer.runs.setting import Member, member, members
-from filterformer.training.checkpoint import LoadedCheckpoint, has_checkpoint, load_checkpoint
+from filterformer.training.checkpoint import (
+    LoadedCheckpoint,
+    checkpoint_files,
+    has_checkpoint,
+    load_checkpoint,
+    read_checkpoint_meta,
+)
 from filterformer.training.seed import seed_everything
 
 LOG = logging.getLogger("filterformer")
@@ -531,14 +538,7 @@ def _member_run(
 ) -> Run:
     """The :class:`Run` of one category of a loaded model."""
     view = part.config
-    # A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json.
-    stored = loaded.meta.get("map_stats")
-    fix = "Restore it from a copy of the run folder, or use another checkpoint."
-    map_stats = (
-        read_map_stats(run_dir)
-        if stored is None
-        else parse_map_stats(stored, f"{loaded.files.meta}: map_stats", fix)
-    )
+    map_stats = _checkpoint_map_stats(run_dir, loaded.meta, loaded.files.meta)
     root = view.data.get("root")
     return Run(
         run_dir=run_dir,
@@ -559,6 +559,47 @@ def _member_run(
         smoothing=build_smoothing(view),
         protocol=protocol_of(view),
         image_score=image_score_rule(view),
+    )
+
+
+def _checkpoint_map_stats(
+    run_dir: Path, meta: Mapping[str, Any], meta_file: Path
+) -> dict[str, tuple[float, float]] | None:
+    """A best checkpoint carries the statistics of its own maps; `last` uses map_stats.json."""
+    stored = meta.get("map_stats")
+    if stored is None:
+        return read_map_stats(run_dir)
+    fix = "Restore it from a copy of the run folder, or use another checkpoint."
+    return parse_map_stats(stored, f"{meta_file}: map_stats", fix)
+
+
+def current_state(run_dir: str | Path, category: str | None = None) -> dict[str, Any]:
+    """export.json's graph keys of the run folder as it is now, without building its model.
+
+    What ff-predict compares with an export before it runs it: the checkpoint ``load_run``
+    would load (its SHA-256), the fusion mode and statistics, smoothing and image score of
+    ``category`` (needed for a run of several categories).
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    parts = members(config) if category is None else [member(config, category)]
+    if len(parts) > 1:
+        raise ConfigError(
+            f"{run_dir} holds one model of {len(parts)} categories; name one (--category)."
+        )
+    part, modes = parts[0], family(config.model.name).model.fusion_modes
+    mode = _check_mode(run_dir, config, modes, _fusion_mode(run_dir, part, modes))
+    checkpoint = run_dir / "checkpoints" / _default_checkpoint(run_dir, mode)
+    files = checkpoint_files(checkpoint)
+    map_stats = _checkpoint_map_stats(run_dir, read_checkpoint_meta(checkpoint), files.meta)
+    return graph_record(
+        config.model.name,
+        config.encoder.variant,
+        files.weights,
+        mode,
+        map_stats,
+        build_smoothing(part.config),
+        image_score_rule(part.config),
     )
 
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from filterformer.data.pseudo_defects import (
     PseudoDefects,
     PseudoDefectSettings,
@@ -23,6 +25,7 @@ from filterformer.data.training_set import TrainingImages
 from filterformer.data.transforms import InputGeometry
 from filterformer.errors import ConfigError
 from filterformer.models.base import FrozenEncoderModel
+from filterformer.models.cpr.export import cpr_export_plan
 from filterformer.models.cpr.loss import SAMPLINGS
 from filterformer.models.cpr.model import CPR, FOREGROUND_MAX_AT
 from filterformer.models.cpr.pairs import WEIGHT_BORDERS, PairNoise, PairRelight, RetrievalPairs
@@ -34,6 +37,7 @@ from filterformer.models.cpr.run_files import (
     normalised,
     save_references,
 )
+from filterformer.models.export_plan import ExportPlan
 from filterformer.models.family import ModelFamily, TrainingContext, register_family
 from filterformer.ranges import choice, number
 
@@ -47,6 +51,7 @@ class CPRFamily(ModelFamily):
     name = "cpr"
     model = CPR
     run_files = (REFERENCES_FILE,)
+    exportable = True
     setting_ranges = {
         "model.loss_sampling": choice(*SAMPLINGS),
         "model.foreground_max_at": choice(*FOREGROUND_MAX_AT),
@@ -138,6 +143,10 @@ class CPRFamily(ModelFamily):
     ) -> None:
         """The run's training images and fitted retrieval state (references.safetensors)."""
         load_references(run_dir, model, geometry, encoder_weights)
+
+    def export_plan(self, model: FrozenEncoderModel, finish: nn.Module) -> ExportPlan:
+        """Query graph, NumPy retrieval over the bank, local-retrieval graph (cpr/export.py)."""
+        return cpr_export_plan(model, finish)
 
 
 def demo_data_warning(config: Mapping[str, Any]) -> str | None:

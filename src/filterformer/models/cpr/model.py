@@ -259,15 +259,31 @@ class CPR(FrozenEncoderModel):
         distances = self.memory_bank().distances(
             self.descriptors(features), neighbours, self.windows, self.bank_chunk
         )
-        grid = distances[0].shape[-2:]
-        total = sum(_resize(d, grid) for d in distances)
-        amap = _resize(total, images.shape[-2:])
+        own = theirs = None
         references = self.references
         if references.foreground is not None:
             own = references.foreground(features[0])
             theirs = references.foreground_maps[neighbours].to(own.device)
-            amap = amap * foreground_weight(own, theirs, amap.shape[-2:], self.foreground_max_at)
-        return {"cpr": amap}
+        return {"cpr": self.combine(distances, images.shape[-2:], own, theirs)}
+
+    def combine(
+        self,
+        distances: Sequence[torch.Tensor],
+        size: Sequence[int],
+        own: torch.Tensor | None = None,
+        theirs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The B x H x W map of ``size`` from the windowed distances of each scale (B x h x w).
+
+        The scales are summed on the fine grid and resized; with the foreground, the map is
+        weighted by :func:`foreground_weight` of the image's own map (``own``, B x h x w) and
+        its K references' (``theirs``, B x K x h x w).
+        """
+        grid = distances[0].shape[-2:]
+        amap = _resize(sum(_resize(d, grid) for d in distances), size)
+        if own is None:
+            return amap
+        return amap * foreground_weight(own, theirs, size, self.foreground_max_at)
 
 
 def foreground_weight(

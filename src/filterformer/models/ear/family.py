@@ -28,3 +28,4 @@ class EARFamily(ModelFamily):
     name = "ear"
     model = EAR
     setting_ranges = EAR_RANGES
+    exportable = True

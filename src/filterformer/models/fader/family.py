@@ -16,6 +16,7 @@ class FADeRFamily(ModelFamily):
     name = "fader"
     model = FADeR
     base_run = BaseRun(key="ear_run", family="ear")
+    exportable = True
     setting_ranges = {
         **EAR_RANGES,
         "model.hidden": integer(1),
