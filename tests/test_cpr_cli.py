@@ -34,12 +34,13 @@ def ff_train(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def cpr_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """preset=cpr_demo trained once (about 10 s of training on one core)."""
+    """preset=cpr_demo trained once, on a third of its steps (20 of 60: about 4 s on one core)."""
     root = tmp_path_factory.mktemp("cpr")
     with pytest.MonkeyPatch.context() as monkeypatch:
         ff_train(
             monkeypatch,
             "preset=cpr_demo",
+            "category.cpr.steps=20",
             f"run_dir={root / 'run'}",
             f"data.root={root / 'data'}",
             "progress=false",
@@ -61,7 +62,8 @@ def pixel_auroc(model: torch.nn.Module, run: Run) -> float:
 
 @pytest.mark.slow
 def test_trained_heads_separate_defects_better_than_untrained_ones(cpr_run: Path) -> None:
-    """Measured: pixel AUROC 0.74 trained, 0.55 with the same model's untrained heads."""
+    """Measured (20 steps): pixel AUROC 0.95 trained, 0.82 with the same model's untrained
+    heads (60 steps: 0.96)."""
     assert (cpr_run / REFERENCES_FILE).is_file()
     run = load_run(cpr_run)
     assert isinstance(run.model, CPR) and run.mode == "cpr"

@@ -2,7 +2,7 @@
 disks, link loops, a missing GPU. Every command refuses in one line with exit code 2 and
 leaves nothing behind; nothing is ever written outside the folder it was given.
 
-Three tiny runs (the demo preset, cpr_demo, FADeR on an EAR run) are trained once for the
+Three tiny runs (the demo preset, a cut cpr_demo, FADeR on an EAR run) are trained once for the
 module; each case damages a fresh copy, restored at the run's own path (a resumed run must
 stay where its config says it is).
 """
@@ -56,6 +56,22 @@ TINY = [  # the demo preset cut to one epoch on a few 56 x 70 images, evaluated 
     "test_private: 1, test_private_mixed: 1}",
 ]
 TINY_UNET = ["model.widths=[4,8,8,16,16]"]
+TINY_CPR = [  # preset=cpr_demo cut to 4 steps of narrow heads on a few 64 x 64 images
+    "preset=cpr_demo",
+    "progress=false",
+    "data.image_size=[64,64]",
+    "input.resize=[64,64]",
+    "category.cpr.steps=4",
+    "category.cpr.batch_size=4",
+    "model.out_dim=32",
+    "model.inner_dim=16",
+    "model.inception_dim=16",
+    "model.codebook_samples=500",
+    "model.points=50",
+    "model.top_k=3",
+    "data.counts={train: 6, validation: 2, test_public_good: 1, test_public_bad: 1, "
+    "test_private: 1, test_private_mixed: 1}",
+]
 COMMANDS = ("ff-eval", "ff-predict", "resume")
 MUTATIONS: dict[str, Callable[[bytes], bytes]] = {
     "truncated": lambda data: data[: len(data) // 2],
@@ -141,7 +157,7 @@ def demo_run(tmp_path_factory) -> Trained:
 @pytest.fixture(scope="module")
 def cpr_run(tmp_path_factory) -> Trained:
     base = tmp_path_factory.mktemp("cpr")
-    return train(base, "preset=cpr_demo", "progress=false", f"data.root={base / 'data'}")
+    return train(base, *TINY_CPR, f"data.root={base / 'data'}")
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +169,10 @@ def fader_run(tmp_path_factory) -> Trained:
     return train(base / "fader", "model=fader", *plain, f"model.ear_run={ear.run}")
 
 
-def readers(trained: Trained) -> dict[str, set[str]]:
-    """Each file of the run (relative name) -> the commands that depend on it.
+def readers(trained: Trained) -> tuple[dict[str, set[str]], set[str]]:
+    """Each file of the run (relative name) -> the commands that depend on it; and the files
+    whose SHA-256 is recorded (in the manifest, or in the checkpoint's JSON for its weights
+    and state).
 
     Every command verifies the files the manifest signs (and the manifest); ff-eval and
     ff-predict read the weights of the checkpoint they load; resume reads ``last``'s weights
@@ -165,7 +183,7 @@ def readers(trained: Trained) -> dict[str, set[str]]:
     signed = {*json.loads((run / "manifest.json").read_text())["files"], "manifest.json"}
     loaded = load_run(run).checkpoint.name
     last = checkpoint_files(run / "checkpoints" / "last")
-    found = {}
+    found, hashed = {}, signed - {"manifest.json"}
     for path in sorted(p for p in run.rglob("*") if p.is_file()):
         name = path.relative_to(run).as_posix()
         if name in signed:
@@ -176,11 +194,12 @@ def readers(trained: Trained) -> dict[str, set[str]]:
             found[name] = {"ff-eval", "ff-predict"} if path.name == loaded else set()
             if path.name in (last.weights.name, last.state.name):
                 found[name].add("resume")
+            hashed.add(name)
         elif name.startswith("validation_pseudo/") or name == "training_curves.png":
             found[name] = set()  # a cache made again when damaged; a figure read by nothing
         else:
             pytest.fail(f"{name}: a run file of no known kind; say which commands read it")
-    return found
+    return found, hashed
 
 
 def damage(path: Path, mutation: str) -> None:
@@ -192,13 +211,18 @@ def damage(path: Path, mutation: str) -> None:
 def test_every_damaged_run_file_is_refused_in_one_line(which, command, request, tmp_path, capsys):
     """Each file truncated, emptied, of the wrong type, one bit flipped: a command that
     depends on it exits 2 with one line naming it (or the manifest that signs it); with
-    every file it does not depend on damaged at once (in turn each way), it works."""
+    every file it does not depend on damaged at once (in turn each way), it works.
+
+    A file whose SHA-256 is recorded is compared with it before it is read, so every damage
+    takes that one path (the hash differs): it gets the subtlest, one flipped bit. The files
+    read without a recorded hash (the manifest itself, the logs) get all four."""
     trained: Trained = request.getfixturevalue(which)
-    files = readers(trained)
+    files, hashed = readers(trained)
     capsys.readouterr()  # what training printed
     prog = "ff-train" if command == "resume" else command
     for name, commands in files.items():
-        for mutation in MUTATIONS if command in commands else ():
+        mutations = ["bit-flipped"] if name in hashed else list(MUTATIONS)
+        for mutation in mutations if command in commands else ():
             damage(trained.restore() / name, mutation)
             code = trained.command(command, tmp_path / f"{mutation}-{name.replace('/', '_')}")
             line = error_line(capsys, prog)
