@@ -1,7 +1,8 @@
 """ff-train's user errors: one line on stderr, exit code 2, and no new folder left behind.
 
 Hydra's own errors (composition happens before our code runs) are checked in a fresh process,
-as a user meets them; the errors of our set-up run in-process on the tiny demo config.
+as a user meets them; the errors of our checks and set-up run in-process on the tiny demo
+config.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from filterformer.cli.common import report_user_errors
 from filterformer.cli.train import main
 from filterformer.io import PARTIAL_MARK, write_json
+from filterformer.models.encoder import hub_reachable
 
 FF_TRAIN = [sys.executable, "-c", "from filterformer.cli.train import main; main()"]
 DEMO = ["preset=demo", "train.epochs=1", "eval.every=0", "progress=false", "input.resize=[56,70]"]
@@ -37,16 +39,9 @@ def assert_one_line_error(code: int | None, stderr: str, *words: str) -> None:
         assert word in lines[0], (word, lines[0])
 
 
-def ff_train_process(cwd: Path, *args: str, env: dict[str, str] | None = None):
+def ff_train_process(cwd: Path, *args: str):
     """ff-train in a fresh process started in ``cwd``."""
-    return subprocess.run(
-        [*FF_TRAIN, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+    return subprocess.run([*FF_TRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 def ff_train(monkeypatch, capsys, *args: str) -> tuple[int | None, str]:
@@ -69,12 +64,19 @@ def ff_train(monkeypatch, capsys, *args: str) -> tuple[int | None, str]:
         (["train.epoch=3"], ["'train.epoch'", "check the spelling"]),
         (["train.epochs=[1"], ["'train.epochs=[1'"]),
         (["-m", "category=vial,vail"], ["category/vail", "valid:", "walnuts"]),
-        (["-m", "preset=demo", "train.epochs=0,1"], ["train.epochs=0", "an integer >= 1"]),
     ],
 )
 def test_hydra_composition_errors_are_one_line(tmp_path, args, words):
     done = ff_train_process(tmp_path, *args)
     assert_one_line_error(done.returncode, done.stderr, *words)
+    assert list(tmp_path.iterdir()) == []  # not even hydra's multirun/ record
+
+
+def test_a_sweep_with_an_impossible_value_is_refused_before_any_job(monkeypatch, capsys, tmp_path):
+    """Our range check of every job of a sweep (in this process: hydra has composed it)."""
+    monkeypatch.chdir(tmp_path)
+    code, err = ff_train(monkeypatch, capsys, "-m", "preset=demo", "train.epochs=0,1")
+    assert_one_line_error(code, err, "train.epochs=0", "an integer >= 1")
     assert list(tmp_path.iterdir()) == []  # not even hydra's multirun/ record
 
 
@@ -85,21 +87,25 @@ def test_missing_mandatory_value_names_the_key(monkeypatch, capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
-def test_offline_download_names_the_variant_and_the_weights_folder(tmp_path, tmp_path_factory):
+def test_offline_download_names_the_variant_and_the_weights_folder(
+    monkeypatch, capsys, tmp_path, tmp_path_factory
+):
     """allow_download=true without a network: no 60-line hub traceback, no folder."""
-    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path_factory.mktemp("hf_home"))}
-    done = ff_train_process(
-        tmp_path,
-        *TINY,
-        "encoder=dinov2_vits14_reg",
-        "encoder.allow_download=true",
-        f"run_dir={tmp_path / 'run'}",
-        env=offline,
-    )
-    assert_one_line_error(
-        done.returncode, done.stderr, "dinov2_vits14_reg", "weights/", "weights/README.md"
-    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+    hub_reachable.cache_clear()  # checked once per process: check again, offline
+    try:
+        code, err = ff_train(
+            monkeypatch,
+            capsys,
+            *TINY,
+            "encoder=dinov2_vits14_reg",
+            "encoder.allow_download=true",
+            f"run_dir={tmp_path / 'run'}",
+        )
+    finally:
+        hub_reachable.cache_clear()
+    assert_one_line_error(code, err, "dinov2_vits14_reg", "weights/", "weights/README.md")
     assert list(tmp_path.iterdir()) == []
 
 
