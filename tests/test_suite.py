@@ -153,6 +153,7 @@ def test_a_suite_with_m_sweeps_each_route_so_a_launcher_runs_one_job_per_categor
     suite = tmp_path / "suite"
     threads = torch.get_num_threads()
     sweep = [f"hydra.sweep.dir={tmp_path / 'multirun'}", "eval.every=0"]
+    sweep += ["inpformer:category.tiling.enabled=false"]  # sheet_metal's 21 tiles an image
     args = [SUITE, "-m", f"suite.dir={suite}", "suite.categories=[sheet_metal,wallplugs]"]
     ff_train(monkeypatch, *args, f"data.root={data}", *TINY, *sweep)
     torch.set_num_threads(threads)
@@ -182,14 +183,17 @@ def test_a_route_s_missing_weights_are_named_in_the_route_form(monkeypatch, caps
 
 @pytest.mark.slow
 def test_suite_demo_trains_two_models_into_one_checked_submission(monkeypatch, tmp_path):
-    """ff-train suite=demo as the README gives it (shortened: fewer images and epochs), then
-    ff-predict --runs ... --submission demo: one checked, packed submission of both."""
+    """ff-train suite=demo as the README gives it (shortened: fewer, smaller images and fewer
+    epochs), then ff-predict --runs ... --submission demo: one checked, packed submission of
+    both."""
     monkeypatch.chdir(tmp_path)
     counts = {"train": 8, "validation": 3, "test_public_good": 2, "test_public_bad": 2}
     counts |= {"test_private": 2, "test_private_mixed": 2}
     shorter = [f"data.counts.{split}={n}" for split, n in counts.items()]
     shorter += ["progress=false", "filterformer:train.epochs=1", "filterformer:eval.every=1"]
     shorter += ["cpr:category.cpr.steps=4", "cpr:train.epochs=1", "cpr:eval.every=1"]
+    shorter += ["data.image_size=[56,70]", "filterformer:input.resize=[56,70]"]
+    shorter += ["cpr:input.resize=[64,64]"]
     threads = torch.get_num_threads()
     ff_train(monkeypatch, "suite=demo", *shorter)
     torch.set_num_threads(threads)
