@@ -433,6 +433,18 @@ def test_fader_config_and_paper_preset_compose() -> None:
     assert all(cfg.model[k] == v for k, v in ear.items() if k != "name")  # EAR's settings
 
 
+def test_the_fader_demo_starts_from_the_ear_demos_run_with_its_settings() -> None:
+    """ff-train preset=ear_demo, then preset=fader_demo: the FADeR run loads the EAR run."""
+    ear, fader = _compose("preset=ear_demo"), _compose("preset=fader_demo")
+    assert (ear.model.name, fader.model.name) == ("ear", "fader")
+    assert fader.model.ear_run == ear.run_dir == "runs/ear_demo"
+    assert all(fader.model[k] == v for k, v in ear.model.items() if k != "name")
+    assert fader.encoder == ear.encoder and fader.input == ear.input
+    assert all(fader.data[k] == ear.data[k] for k in ("kind", "seed", "image_size", "counts"))
+    assert list(ear.model.widths) == [4, 8, 8, 16, 16]  # tiny: seconds on a CPU
+    assert ear.encoder.variant == "tiny_random_vits8"
+
+
 @pytest.mark.parametrize("preset", ["ear_paper", "fader_paper"])
 def test_ear_and_fader_recipes_pass_the_up_front_checks(preset) -> None:
     from omegaconf import OmegaConf
