@@ -1,10 +1,14 @@
 """Shared fixtures: the golden AD 2 sample, a small synthetic category, a tiny image folder,
-and a writer of encoder weights in Meta's file layout."""
+a writer of encoder weights in Meta's file layout, and tiny trained runs shared by the session
+(tiny_demo_run and its ONNX export tiny_demo_export, tiny_ear_run, tiny_fader_run)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import struct
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +80,74 @@ def tiny_demo_overrides() -> list[str]:
         "data.counts={train: 4, validation: 2, test_public_good: 1, test_public_bad: 1, "
         "test_private: 1, test_private_mixed: 1}",
     ]
+
+
+def ff_train(*args: str) -> None:
+    """Run ff-train's command line in this process with ``args`` (as after ``ff-train``)."""
+    from filterformer.cli.train import main as train_cli
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["ff-train", *args])
+        train_cli()
+    torch.set_num_threads(threads)  # ff-train sets the run's threads
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_run(tmp_path_factory: pytest.TempPathFactory, tiny_demo_overrides) -> Path:
+    """The tiny demo run (tiny_demo_overrides), trained once per session: ``<tmp>/runs/demo``,
+    alone in its runs folder. Read it only: copy it (shutil.copytree) to change it."""
+    run_dir = tmp_path_factory.mktemp("tiny_demo") / "runs" / "demo"
+    ff_train(*tiny_demo_overrides, f"run_dir={run_dir}")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_export(tiny_demo_run: Path) -> tuple[Path, str]:
+    """ff-export of tiny_demo_run to its default place, once per session: (its model.onnx,
+    what ff-export printed). Read it only."""
+    from filterformer.cli.export import main as export_cli
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert export_cli(["--run", str(tiny_demo_run), "--no-progress"]) == 0
+    folder = tiny_demo_run.with_name(tiny_demo_run.name + "_export")
+    return folder / "model.onnx", printed.getvalue()
+
+
+TINY_UNET = ["model.widths=[4,8,8,16,16]"]
+"""EAR's and FADeR's U-Net cut to a few channels."""
+
+
+@pytest.fixture(scope="session")
+def tiny_ear_run(tmp_path_factory: pytest.TempPathFactory, tiny_demo_overrides) -> Path:
+    """An EAR run with a tiny U-Net on tiny_demo_overrides' data, once per session:
+    ``<tmp>/ear``, its data in ``<tmp>/data``. Read it only."""
+    root = tmp_path_factory.mktemp("tiny_ear")
+    ff_train(
+        "model=ear",
+        *tiny_demo_overrides,
+        *TINY_UNET,
+        f"data.root={root / 'data'}",
+        f"run_dir={root / 'ear'}",
+    )
+    return root / "ear"
+
+
+@pytest.fixture(scope="session")
+def tiny_fader_run(tiny_ear_run: Path, tiny_demo_overrides) -> Path:
+    """A FADeR run with a tiny U-Net on tiny_ear_run, once per session: ``<tmp>/fader``
+    beside it. Read it only."""
+    run_dir = tiny_ear_run.with_name("fader")
+    ff_train(
+        "model=fader",
+        *tiny_demo_overrides,
+        *TINY_UNET,
+        f"data.root={tiny_ear_run.parent / 'data'}",
+        f"model.ear_run={tiny_ear_run}",
+        f"run_dir={run_dir}",
+    )
+    return run_dir
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,14 +76,23 @@ def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch):
     section = text.split("## Python API", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     monkeypatch.chdir(tmp_path)
-    # the demo preset, shortened: the example's own overrides stay as written
-    code = code.replace('"preset=demo",', '"preset=demo", "train.epochs=1", "progress=false",', 1)
+    # the demo preset, shortened (one epoch on a few 84 x 105 images, read at 56 x 70): the
+    # example's own overrides stay as written
+    short = [
+        "train.epochs=1",
+        "progress=false",
+        "data.image_size=[84,105]",
+        "input.resize=[56,70]",
+        "data.counts={train: 4, validation: 2, test_public_good: 1, test_public_bad: 1, "
+        "test_private: 1, test_private_mixed: 1}",
+    ]
+    code = code.replace('"preset=demo",', f'"preset=demo", {", ".join(map(repr, short))},', 1)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     metrics, results = namespace["metrics"], namespace["results"]
     assert set(metrics.categories) == {"synthetic"}
     assert 0 <= metrics.mean["seg_f1"] <= 1 and 0 <= metrics.mean["image_auroc"] <= 1
-    assert results[0].anomaly_map.shape == (168, 210)  # the image's own size
+    assert results[0].anomaly_map.shape == (84, 105)  # the image's own size, not the input's
     assert (tmp_path / "deploy" / "model.onnx").is_file()
     assert (tmp_path / "deploy" / "export.json").is_file()
 
@@ -100,14 +111,20 @@ def test_a_family_added_from_tests_trains_evaluates_and_predicts(tmp_path, tiny_
         ff.train(*overrides, "model.power=9")
 
 
-@pytest.fixture(scope="module")
-def calibrated_run(tmp_path_factory, tiny_demo_overrides) -> Path:
-    run_dir = tmp_path_factory.mktemp("api") / "runs" / "demo"
-    ff.train(*tiny_demo_overrides, f"run_dir={run_dir}")
-    return run_dir
+@pytest.fixture
+def calibrated_run(tiny_demo_run, tmp_path) -> Path:
+    """This test's own copy of the tiny demo run (ff.train calibrates at the end of training)."""
+    return Path(shutil.copytree(tiny_demo_run, tmp_path / "runs" / "demo"))
 
 
-def test_reading_a_calibrated_run_leaves_it_byte_identical(calibrated_run, tmp_path):
+def test_reading_a_calibrated_run_leaves_it_byte_identical(
+    calibrated_run, tiny_demo_export, tmp_path, monkeypatch
+):
+    # ff-export's trace copies the export of this run state (the trace writes only its --out)
+    def copy_export(graph, example, path, *, dynamic_size=False):
+        shutil.copy(tiny_demo_export[0], path)
+
+    monkeypatch.setattr("filterformer.export.exporter.export_graph", copy_export)
     before = _tree_hash(calibrated_run)
     assert "thresholds.json" in before
     quiet = ["--no-progress"]
@@ -132,25 +149,21 @@ def test_every_fusion_mode_is_calibrated_on_its_own_checkpoint(calibrated_run):
         assert low < high
 
 
-def test_a_threshold_calibrated_on_another_checkpoint_is_refused(calibrated_run, tmp_path):
-    import shutil
-
-    copy = tmp_path / "copy"
-    shutil.copytree(calibrated_run, copy)
-    stale = read_thresholds(copy / "thresholds.json", "filter")["synthetic"]
-    from dataclasses import replace
-
+def test_a_threshold_calibrated_on_another_checkpoint_is_refused(calibrated_run):
+    stale = read_thresholds(calibrated_run / "thresholds.json", "filter")["synthetic"]
     write_thresholds(
-        copy / "thresholds.json", {"synthetic": replace(stale, checkpoint="0" * 64)}, "filter"
+        calibrated_run / "thresholds.json",
+        {"synthetic": replace(stale, checkpoint="0" * 64)},
+        "filter",
     )
-    sign_run(copy)  # stale, though signed: refused all the same
+    sign_run(calibrated_run)  # stale, though signed: refused all the same
     with pytest.raises(CheckpointError, match="calibrated on another checkpoint.*--calibrate"):
-        ff.load_run(copy).evaluate()
-    ff.load_run(copy).calibrate()  # the explicit writer mends it
-    assert ff.load_run(copy).evaluate().categories["synthetic"]["num_images"] == 2
+        ff.load_run(calibrated_run).evaluate()
+    ff.load_run(calibrated_run).calibrate()  # the explicit writer mends it
+    assert ff.load_run(calibrated_run).evaluate().categories["synthetic"]["num_images"] == 2
 
 
-def test_a_run_being_written_is_not_read(calibrated_run):
+def test_a_run_being_written_is_not_read(calibrated_run, capsys):
     hold = (
         "import sys, time; from filterformer.lock import lock_run; "
         f"lock_run({str(calibrated_run)!r}); print('locked', flush=True); time.sleep(60)"
@@ -158,17 +171,13 @@ def test_a_run_being_written_is_not_read(calibrated_run):
     writer = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "locked"
-        result = subprocess.run(
-            [sys.executable, "-m", "filterformer.cli.eval", "--run", str(calibrated_run)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        code = eval_cli(["--run", str(calibrated_run)])  # this process reads, the writer holds
     finally:
         writer.kill()
         writer.wait()
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "is writing this run" in result.stderr
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is writing this run" in err
 
 
 def test_no_family_is_named_in_the_layers_that_serve_every_family():

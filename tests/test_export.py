@@ -1,13 +1,11 @@
 """ff-export and ff-predict --backend: the demo run in ONNX Runtime / OpenVINO against torch.
 
-One tiny demo run is trained and exported once (module fixtures); the tests that need another
-file of the same run state stub the trace with a copy of that export, so that only the export
-they are about is traced.
+One tiny demo run is trained and exported once (conftest's session fixtures); the tests that
+need another file of the same run state stub the trace with a copy of that export, so that only
+the export they are about is traced.
 """
 
-import contextlib
 import csv
-import io
 import json
 import shutil
 import sys
@@ -24,7 +22,6 @@ from PIL import Image
 
 from filterformer.cli.export import main as export_cli
 from filterformer.cli.predict import main as predict_cli
-from filterformer.cli.train import main as train_cli
 from filterformer.errors import ConfigError, DeployError
 from filterformer.evaluation.image_metrics import top_fraction_mean
 from filterformer.export import FP16_TOLERANCE, FP32_TOLERANCE, MapFinish
@@ -49,22 +46,15 @@ INPUT_SIZE = (56, 70)  # conftest's tiny_demo_overrides: input.resize
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, tiny_demo_overrides) -> Path:
+def demo_run(tiny_demo_run) -> Path:
     """The tiny demo run (one epoch on a few 56 x 70 images), alone in its runs folder."""
-    run_dir = tmp_path_factory.mktemp("deploy") / "runs" / "demo"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["ff-train", *tiny_demo_overrides, f"run_dir={run_dir}"])
-        train_cli()
-    return run_dir
+    return tiny_demo_run
 
 
 @pytest.fixture(scope="module")
-def exported(demo_run) -> tuple[Path, str]:
+def exported(tiny_demo_export) -> tuple[Path, str]:
     """ff-export of the demo run to its default place: (the .onnx file, what it printed)."""
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert export_cli(["--run", str(demo_run), "--no-progress"]) == 0
-    return demo_run.with_name(demo_run.name + "_export") / "model.onnx", printed.getvalue()
+    return tiny_demo_export
 
 
 def _inputs(run, split: str) -> torch.Tensor:

@@ -2,27 +2,27 @@
 runtime writes the files the torch model writes; a suite of two families deploys as one folder
 and writes a checked submission in a process where torch cannot be imported.
 
-Tiny runs (preset=cpr_demo; the demo preset on a few 56 x 70 images for EAR and FADeR): these
-check the export and the runtime, not how well the models detect.
+Tiny runs (the suite's CPR category, vial, with its foreground branch; conftest's EAR and FADeR
+runs, the demo preset on a few 56 x 70 images), each trained and exported once: these check the
+export and the runtime, not how well the models detect.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
+from conftest import ff_train
 from filterformer.cli.export import main as export_cli
 from filterformer.cli.predict import main as predict_cli
-from filterformer.cli.train import main as train_cli
 from filterformer.data.synthetic import make_synthetic_category
 from filterformer.export.parity import FP32_TOLERANCE
 from filterformer.runs.predict import PredictOptions, export_submission
@@ -32,58 +32,20 @@ from test_runtime import run_without_torch
 
 pytestmark = pytest.mark.slow
 
-TINY_UNET = ["model.widths=[4,8,8,16,16]"]
 SPLITS = ["test_private", "test_private_mixed", "test_public"]
 
 
-def ff_train(*args: str) -> None:
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["ff-train", *args])
-        train_cli()
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cpr_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cpr")
-    ff_train("preset=cpr_demo", "progress=false", f"run_dir={root / 'cpr'}", f"data.root={root}")
-    return root / "cpr"
-
-
-@pytest.fixture(scope="module")
-def ear_run(tmp_path_factory, tiny_demo_overrides) -> Path:
-    root = tmp_path_factory.mktemp("ear")
-    ff_train(
-        "model=ear",
-        *tiny_demo_overrides,
-        *TINY_UNET,
-        f"data.root={root / 'data'}",
-        f"run_dir={root / 'ear'}",
-    )
-    return root / "ear"
-
-
-@pytest.fixture(scope="module")
-def fader_run(ear_run, tiny_demo_overrides) -> Path:
-    run_dir = ear_run.with_name("fader")
-    ff_train(
-        "model=fader",
-        *tiny_demo_overrides,
-        *TINY_UNET,
-        f"data.root={ear_run.parent / 'data'}",
-        f"model.ear_run={ear_run}",
-        f"run_dir={run_dir}",
-    )
-    return run_dir
-
-
 @pytest.fixture(scope="module", params=["cpr", "ear", "fader"])
-def exported(request) -> tuple[str, Path, Path]:
-    """(family, run folder, its export folder): ff-export of the run to ONNX."""
-    run_dir = request.getfixturevalue(f"{request.param}_run")
-    assert export_cli(["--run", str(run_dir), "--no-progress"]) == 0
-    return request.param, run_dir, run_dir.with_name(run_dir.name + "_export")
+def exported(request, tmp_path_factory) -> tuple[str, Path, Path]:
+    """(family, run folder, its export folder): CPR is the suite's vial, exported by
+    ff-export --runs; EAR and FADeR are conftest's runs, exported by ff-export --run."""
+    if request.param == "cpr":
+        suite = request.getfixturevalue("suite")
+        return "cpr", suite.runs / "vial", suite.deploy / "vial"
+    run_dir = request.getfixturevalue(f"tiny_{request.param}_run")
+    out = tmp_path_factory.mktemp(f"{request.param}_export") / "model.onnx"
+    assert export_cli(["--run", str(run_dir), "--out", str(out), "--no-progress"]) == 0
+    return request.param, run_dir, out.parent
 
 
 def read_maps(folder: Path) -> dict[Path, np.ndarray]:
@@ -118,18 +80,22 @@ def test_each_family_exports_with_parity_and_runs_as_torch_does(exported, tmp_pa
         assert [s.get("graph", s.get("op")) for s in entry["stages"]] == [
             "query",
             "retrieve",
-            "gather",
-            "gather",
+            "gather",  # fine descriptors
+            "gather",  # coarse descriptors
+            "gather",  # foreground maps
             "local",
         ]
         assert entry["parity"]["mismatched"] == {"neighbours": 0}
         bank = load_file(str(folder / entry["arrays"]))
         assert bank["fine"].dtype == bank["coarse"].dtype == np.float16
-        assert bank["histograms"].shape[0] == bank["fine"].shape[0] == 24  # cpr_demo's train
+        train = COUNTS["train"]  # the suite's vial: one reference per training image
+        assert bank["histograms"].shape[0] == bank["fine"].shape[0] == train
+        assert bank["foreground"].shape[0] == train
     rescale = MapRescale.from_dict(manifest["rescale"])
     base = ["--run", str(run_dir), "--split", *SPLITS, "--no-progress"]
     assert predict_cli([*base, "--out", str(tmp_path / "torch")]) == 0
-    assert predict_cli([*base, "--out", str(tmp_path / "ort"), "--backend", "onnxruntime"]) == 0
+    backend = ["--backend", "onnxruntime", "--model", str(folder / "model.onnx")]
+    assert predict_cli([*base, "--out", str(tmp_path / "ort"), *backend]) == 0
     assert_same_benchmark_files(tmp_path / "torch", tmp_path / "ort", rescale)
     # the export folder alone, in a process that cannot import torch, writes the same files
     shutil.copytree(folder, tmp_path / "line_pc")
@@ -189,6 +155,8 @@ TINY_SUITE = [
     "inpformer:encoder=tiny_random",
     "inpformer:input.resize=[56,56]",
     "inpformer:train.batch_size=4",
+    "inpformer:model.decoder_depth=2",  # two decoder blocks: a graph half as long to export
+    "inpformer:model.groups=[[0],[1]]",
     "cpr:encoder=tiny_densenet",
     "cpr:input.resize=[64,64]",
     "cpr:category.cpr.steps=4",
@@ -198,43 +166,58 @@ TINY_SUITE = [
     "cpr:model.inception_dim=16",
     "cpr:model.codebook_samples=500",
     "cpr:model.points=50",
-    "cpr:model.top_k=3",
+    "cpr:model.top_k=2",  # the local graph unrolls window x top_k comparisons
 ]
 
 
-def test_a_suite_of_two_families_deploys_as_one_folder_and_submits_without_torch(tmp_path):
-    """can (INP-Former, grid tiles) and vial (CPR, foreground): ff-export --runs writes one
-    folder; without torch, it writes a checked, packed submission equal to the torch one."""
-    data = tmp_path / "data"
+@dataclass(frozen=True)
+class Deployed:
+    """A trained suite and its deployment: the suite folder and ff-export --runs' folder."""
+
+    runs: Path
+    deploy: Path
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory) -> Deployed:
+    """can (INP-Former, grid tiles) and vial (CPR, foreground), trained as a suite and deployed
+    as one folder by ff-export --runs."""
+    root = tmp_path_factory.mktemp("suite")
+    data = root / "data"
     for category in ("can", "vial"):
         make_synthetic_category(data, category=category, image_size=(64, 96), counts=COUNTS)
-    suite = tmp_path / "suite"
     ff_train(
         "suite=inpformer_cpr_hybrid",
-        f"suite.dir={suite}",
+        f"suite.dir={root / 'suite'}",
         "suite.categories=[can,vial]",
         f"data.root={data}",
         *TINY_SUITE,
     )
-    deploy = tmp_path / "deploy"
-    assert export_cli(["--runs", str(suite), "--out", str(deploy), "--no-progress"]) == 0
-    assert json.loads((deploy / "suite.json").read_text())["categories"] == {
+    deploy = root / "deploy"
+    assert export_cli(["--runs", str(root / "suite"), "--out", str(deploy), "--no-progress"]) == 0
+    return Deployed(root / "suite", deploy)
+
+
+def test_a_suite_of_two_families_deploys_as_one_folder_and_submits_without_torch(suite, tmp_path):
+    """ff-export --runs wrote one folder; without torch, it writes a checked, packed
+    submission equal to the torch one."""
+    assert json.loads((suite.deploy / "suite.json").read_text())["categories"] == {
         "can": "can",
         "vial": "vial",
     }
     counts = {"can": 2, "vial": 2}
     code = (
         "from pathlib import Path\nfrom filterformer.runtime import Suite\n"
-        f"archive = Suite({str(deploy)!r}).write_submission(Path({str(tmp_path / 'team')!r}), "
-        f"counts={counts!r}, progress=False)\n"
+        f"archive = Suite({str(suite.deploy)!r}).write_submission("
+        f"Path({str(tmp_path / 'team')!r}), counts={counts!r}, progress=False)\n"
         "assert archive.is_file() and 'torch' not in sys.modules\n"
     )
     done = run_without_torch(code)
     assert done.returncode == 0, done.stderr
     options = PredictOptions(no_progress=True)
-    assert export_submission(suite, tmp_path / "torch", options, counts=counts) is not None
+    assert export_submission(suite.runs, tmp_path / "torch", options, counts=counts) is not None
     for category in counts:
-        manifest = json.loads((deploy / category / "export.json").read_text())
+        manifest = json.loads((suite.deploy / category / "export.json").read_text())
         rescale = MapRescale.from_dict(manifest["rescale"])
         torch_maps = read_maps(tmp_path / "torch" / MAPS_DIR / category)
         team_maps = read_maps(tmp_path / "team" / MAPS_DIR / category)
