@@ -5,12 +5,15 @@ a writer of encoder weights in Meta's file layout, and tiny trained runs shared 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
+import os
+import shutil
 import struct
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -93,26 +96,53 @@ def ff_train(*args: str) -> None:
     torch.set_num_threads(threads)  # ff-train sets the run's threads
 
 
+@contextlib.contextmanager
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
+    """(the session's folder ``name``, whether to build it now), shared by every pytest-xdist
+    worker: the first worker that asks builds it; the others wait on a file lock until it is
+    built, so a session fixture is built once, not once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    shared = base / "built_once"
+    shared.mkdir(exist_ok=True)
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        build = not done.exists()
+        if build:
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+        yield folder, build
+        done.touch()
+
+
 @pytest.fixture(scope="session")
 def tiny_demo_run(tmp_path_factory: pytest.TempPathFactory, tiny_demo_overrides) -> Path:
     """The tiny demo run (tiny_demo_overrides), trained once per session: ``<tmp>/runs/demo``,
     alone in its runs folder. Read it only: copy it (shutil.copytree) to change it."""
-    run_dir = tmp_path_factory.mktemp("tiny_demo") / "runs" / "demo"
-    ff_train(*tiny_demo_overrides, f"run_dir={run_dir}")
-    return run_dir
+    with built_once(tmp_path_factory, "tiny_demo") as (folder, build):
+        if build:
+            ff_train(*tiny_demo_overrides, f"run_dir={folder / 'runs' / 'demo'}")
+    return folder / "runs" / "demo"
 
 
 @pytest.fixture(scope="session")
-def tiny_demo_export(tiny_demo_run: Path) -> tuple[Path, str]:
+def tiny_demo_export(
+    tmp_path_factory: pytest.TempPathFactory, tiny_demo_run: Path
+) -> tuple[Path, str]:
     """ff-export of tiny_demo_run to its default place, once per session: (its model.onnx,
     what ff-export printed). Read it only."""
     from filterformer.cli.export import main as export_cli
 
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert export_cli(["--run", str(tiny_demo_run), "--no-progress"]) == 0
-    folder = tiny_demo_run.with_name(tiny_demo_run.name + "_export")
-    return folder / "model.onnx", printed.getvalue()
+    with built_once(tmp_path_factory, "tiny_demo_export") as (folder, build):
+        if build:
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                assert export_cli(["--run", str(tiny_demo_run), "--no-progress"]) == 0
+            (folder / "printed.txt").write_text(printed.getvalue())
+    model = tiny_demo_run.with_name(tiny_demo_run.name + "_export") / "model.onnx"
+    return model, (folder / "printed.txt").read_text()
 
 
 TINY_UNET = ["model.widths=[4,8,8,16,16]"]
@@ -123,31 +153,35 @@ TINY_UNET = ["model.widths=[4,8,8,16,16]"]
 def tiny_ear_run(tmp_path_factory: pytest.TempPathFactory, tiny_demo_overrides) -> Path:
     """An EAR run with a tiny U-Net on tiny_demo_overrides' data, once per session:
     ``<tmp>/ear``, its data in ``<tmp>/data``. Read it only."""
-    root = tmp_path_factory.mktemp("tiny_ear")
-    ff_train(
-        "model=ear",
-        *tiny_demo_overrides,
-        *TINY_UNET,
-        f"data.root={root / 'data'}",
-        f"run_dir={root / 'ear'}",
-    )
+    with built_once(tmp_path_factory, "tiny_ear") as (root, build):
+        if build:
+            ff_train(
+                "model=ear",
+                *tiny_demo_overrides,
+                *TINY_UNET,
+                f"data.root={root / 'data'}",
+                f"run_dir={root / 'ear'}",
+            )
     return root / "ear"
 
 
 @pytest.fixture(scope="session")
-def tiny_fader_run(tiny_ear_run: Path, tiny_demo_overrides) -> Path:
-    """A FADeR run with a tiny U-Net on tiny_ear_run, once per session: ``<tmp>/fader``
-    beside it. Read it only."""
-    run_dir = tiny_ear_run.with_name("fader")
-    ff_train(
-        "model=fader",
-        *tiny_demo_overrides,
-        *TINY_UNET,
-        f"data.root={tiny_ear_run.parent / 'data'}",
-        f"model.ear_run={tiny_ear_run}",
-        f"run_dir={run_dir}",
-    )
-    return run_dir
+def tiny_fader_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_ear_run: Path, tiny_demo_overrides
+) -> Path:
+    """A FADeR run with a tiny U-Net on tiny_ear_run (and its data), once per session.
+    Read it only."""
+    with built_once(tmp_path_factory, "tiny_fader") as (folder, build):
+        if build:
+            ff_train(
+                "model=fader",
+                *tiny_demo_overrides,
+                *TINY_UNET,
+                f"data.root={tiny_ear_run.parent / 'data'}",
+                f"model.ear_run={tiny_ear_run}",
+                f"run_dir={folder / 'fader'}",
+            )
+    return folder / "fader"
 
 
 @pytest.fixture(scope="session")
@@ -312,3 +346,11 @@ def png_header(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with end-to-end (``slow``) tests first, each keeping its order: pytest-xdist
+    hands modules to its workers in this order, and the long ones started early let the
+    workers finish together instead of one running a long module alone at the end."""
+    heavy = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in heavy)

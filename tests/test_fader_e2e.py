@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -63,19 +64,10 @@ def logged(run_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ear_run(tiny_demo_overrides, tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("fader_e2e")
-    run_dir = base / "A"
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        ff_train(
-            monkeypatch,
-            "model=ear",
-            *tiny_demo_overrides,
-            *TINY_UNET,
-            f"data.root={base / 'data'}",
-            f"run_dir={run_dir}",
-        )
-    return run_dir
+def ear_run(tiny_ear_run: Path, tmp_path_factory) -> Path:
+    """A copy of conftest's EAR run (the tiny U-Net on the tiny demo data): ff-eval writes
+    beside the run it evaluates, and the session's run is shared."""
+    return Path(shutil.copytree(tiny_ear_run, tmp_path_factory.mktemp("fader_e2e") / "A"))
 
 
 def test_ear_trains_evaluates_and_predicts(ear_run, tmp_path) -> None:
@@ -84,26 +76,16 @@ def test_ear_trains_evaluates_and_predicts(ear_run, tmp_path) -> None:
     check_eval_and_predict(ear_run, tmp_path / "maps")
 
 
-def test_fader_trains_on_the_ear_run_evaluates_and_predicts(
-    ear_run, tiny_demo_overrides, monkeypatch, tmp_path
-) -> None:
-    run_dir = tmp_path / "B"
-    ff_train(
-        monkeypatch,
-        "model=fader",
-        *tiny_demo_overrides,
-        *TINY_UNET,
-        f"data.root={ear_run.parent / 'data'}",
-        f"model.ear_run={ear_run}",
-        f"run_dir={run_dir}",
-    )
+def test_fader_trains_on_the_ear_run_evaluates_and_predicts(tiny_fader_run, tmp_path) -> None:
+    """conftest's FADeR run (copied): model=fader on the tiny demo data, from the EAR run."""
+    run_dir = Path(shutil.copytree(tiny_fader_run, tmp_path / "B"))
     assert logged(run_dir)[3:] == ["loss", "mse", "ssim", "msgms", "rank"]
     check_eval_and_predict(run_dir, tmp_path / "maps")
 
 
 @pytest.mark.parametrize("model", ["inpformer", "filterformer"])
 def test_attenuated_inp_former_trains_evaluates_and_predicts(
-    model, ear_run, tiny_demo_overrides, monkeypatch, tmp_path
+    model, tiny_ear_run, tiny_demo_overrides, monkeypatch, tmp_path
 ) -> None:
     run_dir = tmp_path / "C"
     ff_train(
@@ -111,7 +93,7 @@ def test_attenuated_inp_former_trains_evaluates_and_predicts(
         *tiny_demo_overrides,
         f"model={model}",
         "model.attenuation=fader",
-        f"data.root={ear_run.parent / 'data'}",
+        f"data.root={tiny_ear_run.parent / 'data'}",  # the session's data, only read
         f"run_dir={run_dir}",
     )
     assert "rank" in logged(run_dir)
