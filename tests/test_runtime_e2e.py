@@ -35,10 +35,37 @@ pytestmark = pytest.mark.slow
 SPLITS = ["test_private", "test_private_mixed", "test_public"]
 
 
-@pytest.fixture(scope="module", params=["cpr", "ear", "fader"])
+TINY_CPR = [  # preset=cpr_demo cut to 4 steps of narrow heads on a few 64 x 64 images
+    "preset=cpr_demo",
+    "progress=false",
+    "data.image_size=[64,64]",
+    "input.resize=[64,64]",
+    "data.counts={train: 6, validation: 2, test_public_good: 1, test_public_bad: 1, "
+    "test_private: 1, test_private_mixed: 1}",
+    "category.cpr.steps=4",
+    "category.cpr.batch_size=4",
+    "model.out_dim=32",
+    "model.inner_dim=16",
+    "model.inception_dim=16",
+    "model.codebook_samples=500",
+    "model.points=50",
+    "model.top_k=2",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_cpr_demo_run(tmp_path_factory) -> Path:
+    """preset=cpr_demo (a texture: no foreground), cut by TINY_CPR."""
+    root = tmp_path_factory.mktemp("cpr_demo")
+    ff_train(*TINY_CPR, f"data.root={root / 'data'}", f"run_dir={root / 'cpr_demo'}")
+    return root / "cpr_demo"
+
+
+@pytest.fixture(scope="module", params=["cpr", "cpr_demo", "ear", "fader"])
 def exported(request, tmp_path_factory) -> tuple[str, Path, Path]:
-    """(family, run folder, its export folder): CPR is the suite's vial, exported by
-    ff-export --runs; EAR and FADeR are conftest's runs, exported by ff-export --run."""
+    """(family, run folder, its export folder): ``cpr`` is the suite's vial (an object with
+    its foreground), exported by ff-export --runs; ``cpr_demo`` (a texture), EAR and FADeR
+    are exported by ff-export --run."""
     if request.param == "cpr":
         suite = request.getfixturevalue("suite")
         return "cpr", suite.runs / "vial", suite.deploy / "vial"
@@ -91,6 +118,11 @@ def test_each_family_exports_with_parity_and_runs_as_torch_does(exported, tmp_pa
         train = COUNTS["train"]  # the suite's vial: one reference per training image
         assert bank["histograms"].shape[0] == bank["fine"].shape[0] == train
         assert bank["foreground"].shape[0] == train
+    if name == "cpr_demo":  # a texture: no foreground map to gather
+        stages = [s.get("graph", s.get("op")) for s in entry["stages"]]
+        assert stages == ["query", "retrieve", "gather", "gather", "local"]
+        assert entry["parity"]["mismatched"] == {"neighbours": 0}
+        assert "foreground" not in load_file(str(folder / entry["arrays"]))
     rescale = MapRescale.from_dict(manifest["rescale"])
     base = ["--run", str(run_dir), "--split", *SPLITS, "--no-progress"]
     assert predict_cli([*base, "--out", str(tmp_path / "torch")]) == 0

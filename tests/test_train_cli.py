@@ -12,6 +12,7 @@ from filterformer.cli.train import main
 from filterformer.evaluation.image_metrics import image_auroc
 from filterformer.inference.predict import predict_maps
 from filterformer.runs.run import build_from_config, load_run, split_samples
+from filterformer.runs.train import launch_dir
 
 
 def ff_train(monkeypatch, *args):
@@ -184,3 +185,18 @@ def _mean_in_image_auroc(model, samples, geometry, mode: str) -> float:
         for sample, amap in predict_maps(model, samples, geometry, mode=mode, progress=False)
     ]
     return float(np.mean(scores))
+
+
+def test_after_ff_train_in_this_process_paths_resolve_against_the_current_folder(
+    monkeypatch, tmp_path, capsys
+):
+    """ff-train (here --cfg job, which leaves hydra's config set) records the folder it was
+    launched from; afterwards ff.train in the same process (a notebook, a script) resolves
+    run_dir against the folder it is in now, not against that one."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    ff_train(monkeypatch, "--cfg", "job", "preset=demo")
+    monkeypatch.chdir(second)
+    assert launch_dir() == second

@@ -261,6 +261,16 @@ def _main_once() -> None:
             if exit_info.code:
                 remove_sweep_record()
             raise
+        finally:
+            _forget_hydra_config()
+
+
+def _forget_hydra_config() -> None:
+    """Drop the config hydra keeps after composing (``--cfg`` leaves it set): ``ff.train``
+    later in this process (a notebook, a test) would take its launch folder for its own."""
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
 
 
 if __name__ == "__main__":
