@@ -147,6 +147,23 @@ def tiny_demo_export(
 
 TINY_UNET = ["model.widths=[4,8,8,16,16]"]
 """EAR's and FADeR's U-Net cut to a few channels."""
+TINY_CPR = [
+    "preset=cpr_demo",
+    "progress=false",
+    "data.image_size=[64,64]",
+    "input.resize=[64,64]",
+    "data.counts={train: 6, validation: 2, test_public_good: 1, test_public_bad: 1, "
+    "test_private: 1, test_private_mixed: 1}",
+    "category.cpr.steps=4",
+    "category.cpr.batch_size=4",
+    "model.out_dim=32",
+    "model.inner_dim=16",
+    "model.inception_dim=16",
+    "model.codebook_samples=500",
+    "model.points=50",
+    "model.top_k=2",  # an exported local graph unrolls window x top_k comparisons
+]
+"""preset=cpr_demo (a texture) cut to 4 steps of narrow heads on a few 64 x 64 images."""
 
 
 @pytest.fixture(scope="session")

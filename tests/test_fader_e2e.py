@@ -20,6 +20,7 @@ import tifffile
 import torch
 import yaml
 
+from conftest import TINY_UNET
 from filterformer.cli.eval import main as eval_cli
 from filterformer.cli.predict import main as predict_cli
 from filterformer.cli.train import main as train_cli
@@ -27,8 +28,6 @@ from filterformer.data.mvtec_ad2 import MVTecAD2
 from filterformer.submission import MAPS_DIR, PRIVATE_SPLITS
 
 pytestmark = pytest.mark.slow  # every test trains and runs ff-eval and ff-predict
-
-TINY_UNET = ["model.widths=[4,8,8,16,16]"]
 
 
 def ff_train(monkeypatch, *args: str) -> None:

@@ -27,7 +27,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from conftest import png_header
+from conftest import TINY_CPR, TINY_UNET, png_header
 from filterformer.cli.common import report_user_errors
 from filterformer.cli.eval import main as eval_cli
 from filterformer.cli.predict import main as predict_cli
@@ -53,23 +53,6 @@ TINY = [  # the demo preset cut to one epoch on a few 56 x 70 images, evaluated 
     "data.image_size=[56,70]",
     "input.resize=[56,70]",
     "data.counts={train: 4, validation: 2, test_public_good: 1, test_public_bad: 1, "
-    "test_private: 1, test_private_mixed: 1}",
-]
-TINY_UNET = ["model.widths=[4,8,8,16,16]"]
-TINY_CPR = [  # preset=cpr_demo cut to 4 steps of narrow heads on a few 64 x 64 images
-    "preset=cpr_demo",
-    "progress=false",
-    "data.image_size=[64,64]",
-    "input.resize=[64,64]",
-    "category.cpr.steps=4",
-    "category.cpr.batch_size=4",
-    "model.out_dim=32",
-    "model.inner_dim=16",
-    "model.inception_dim=16",
-    "model.codebook_samples=500",
-    "model.points=50",
-    "model.top_k=3",
-    "data.counts={train: 6, validation: 2, test_public_good: 1, test_public_bad: 1, "
     "test_private: 1, test_private_mixed: 1}",
 ]
 COMMANDS = ("ff-eval", "ff-predict", "resume")

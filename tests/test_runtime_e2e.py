@@ -20,7 +20,7 @@ import tifffile
 from PIL import Image
 from safetensors.numpy import load_file
 
-from conftest import ff_train
+from conftest import TINY_CPR, ff_train
 from filterformer.cli.export import main as export_cli
 from filterformer.cli.predict import main as predict_cli
 from filterformer.data.synthetic import make_synthetic_category
@@ -33,24 +33,6 @@ from test_runtime import run_without_torch
 pytestmark = pytest.mark.slow
 
 SPLITS = ["test_private", "test_private_mixed", "test_public"]
-
-
-TINY_CPR = [  # preset=cpr_demo cut to 4 steps of narrow heads on a few 64 x 64 images
-    "preset=cpr_demo",
-    "progress=false",
-    "data.image_size=[64,64]",
-    "input.resize=[64,64]",
-    "data.counts={train: 6, validation: 2, test_public_good: 1, test_public_bad: 1, "
-    "test_private: 1, test_private_mixed: 1}",
-    "category.cpr.steps=4",
-    "category.cpr.batch_size=4",
-    "model.out_dim=32",
-    "model.inner_dim=16",
-    "model.inception_dim=16",
-    "model.codebook_samples=500",
-    "model.points=50",
-    "model.top_k=2",
-]
 
 
 @pytest.fixture(scope="module")
