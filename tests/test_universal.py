@@ -4,7 +4,6 @@ zero-shot and super-multi-class (ff-train, then ff-eval, ff-predict, the API's l
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import shutil
 import sys
@@ -120,13 +119,8 @@ def test_ff_predict_writes_every_category(multi_class_run: Path, tmp_path: Path)
     assert predict_main([*argv, "--category", "grass", "--no-progress"]) == 0
 
 
-def test_ff_export_exports_one_category_at_a_time(
-    multi_class_run: Path, capsys, monkeypatch: pytest.MonkeyPatch
-):
+def test_ff_export_exports_one_category_at_a_time(multi_class_run: Path, capsys):
     pytest.importorskip("onnxruntime")
-    # the ONNX optimiser's graph rewrites (a third of the export time) are test_export's
-    # concern, not the category's: the unoptimised graph still passes the parity check
-    monkeypatch.setattr(torch.onnx, "export", functools.partial(torch.onnx.export, optimize=False))
     assert export_main(["--run", str(multi_class_run), "--no-progress"]) == 2
     assert "one model of 2 categories" in capsys.readouterr().err
     assert export_main(["--run", str(multi_class_run), "--category", "grass", "--no-progress"]) == 0

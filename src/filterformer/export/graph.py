@@ -142,6 +142,10 @@ def export_graph(
             output_names=list(graph.outputs),
             dynamic_shapes=tuple(dims[name] for name in graph.inputs),
             dynamo=True,
+            # onnxscript's graph rewrites cost a fifth of the export and buy nothing at run
+            # time: ONNX Runtime and OpenVINO optimise the graph they load themselves
+            # (docs/benchmarks.md, "Exporting without onnxscript's rewrites")
+            optimize=False,
             verbose=False,
         )
         program.save(str(path))
