@@ -147,13 +147,7 @@ def tiny_demo_export(
 
 TINY_UNET = ["model.widths=[4,8,8,16,16]"]
 """EAR's and FADeR's U-Net cut to a few channels."""
-TINY_CPR = [
-    "preset=cpr_demo",
-    "progress=false",
-    "data.image_size=[64,64]",
-    "input.resize=[64,64]",
-    "data.counts={train: 6, validation: 2, test_public_good: 1, test_public_bad: 1, "
-    "test_private: 1, test_private_mixed: 1}",
+TINY_CPR_HEADS = [
     "category.cpr.steps=4",
     "category.cpr.batch_size=4",
     "model.out_dim=32",
@@ -163,7 +157,31 @@ TINY_CPR = [
     "model.points=50",
     "model.top_k=2",  # an exported local graph unrolls window x top_k comparisons
 ]
+"""CPR cut to 4 steps of narrow heads and a small codebook (for a CPR run or a suite's route)."""
+TINY_CPR = [
+    "preset=cpr_demo",
+    "progress=false",
+    "data.image_size=[64,64]",
+    "input.resize=[64,64]",
+    "data.counts={train: 6, validation: 2, test_public_good: 1, test_public_bad: 1, "
+    "test_private: 1, test_private_mixed: 1}",
+    *TINY_CPR_HEADS,
+]
 """preset=cpr_demo (a texture) cut to 4 steps of narrow heads on a few 64 x 64 images."""
+TINY_SUITE = [
+    "progress=false",
+    "train.epochs=1",
+    "eval.every=1",
+    "train.num_workers=0",
+    "train.threads=1",
+    "inpformer:encoder=tiny_random",
+    "inpformer:input.resize=[56,56]",
+    "inpformer:train.batch_size=4",
+    "cpr:encoder=tiny_densenet",
+    "cpr:input.resize=[64,64]",
+    *(f"cpr:{override}" for override in TINY_CPR_HEADS),
+]
+"""A suite's routes cut to one epoch of the tiny random ViT (INP-Former) and TINY_CPR_HEADS."""
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import tifffile
 from PIL import Image
 from safetensors.numpy import load_file
 
-from conftest import TINY_CPR, ff_train
+from conftest import TINY_CPR, TINY_SUITE, ff_train
 from filterformer.cli.export import main as export_cli
 from filterformer.cli.predict import main as predict_cli
 from filterformer.data.synthetic import make_synthetic_category
@@ -160,27 +160,10 @@ COUNTS = {
     "test_private": 2,
     "test_private_mixed": 2,
 }
-TINY_SUITE = [
-    "progress=false",
-    "train.epochs=1",
-    "eval.every=1",
-    "train.num_workers=0",
-    "train.threads=1",
-    "inpformer:encoder=tiny_random",
-    "inpformer:input.resize=[56,56]",
-    "inpformer:train.batch_size=4",
+TINY_SUITE_GRAPHS = [
+    *TINY_SUITE,
     "inpformer:model.decoder_depth=2",  # two decoder blocks: a graph half as long to export
     "inpformer:model.groups=[[0],[1]]",
-    "cpr:encoder=tiny_densenet",
-    "cpr:input.resize=[64,64]",
-    "cpr:category.cpr.steps=4",
-    "cpr:category.cpr.batch_size=4",
-    "cpr:model.out_dim=32",
-    "cpr:model.inner_dim=16",
-    "cpr:model.inception_dim=16",
-    "cpr:model.codebook_samples=500",
-    "cpr:model.points=50",
-    "cpr:model.top_k=2",  # the local graph unrolls window x top_k comparisons
 ]
 
 
@@ -205,7 +188,7 @@ def suite(tmp_path_factory) -> Deployed:
         f"suite.dir={root / 'suite'}",
         "suite.categories=[can,vial]",
         f"data.root={data}",
-        *TINY_SUITE,
+        *TINY_SUITE_GRAPHS,
     )
     deploy = root / "deploy"
     assert export_cli(["--runs", str(root / "suite"), "--out", str(deploy), "--no-progress"]) == 0

@@ -10,6 +10,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+from conftest import TINY_SUITE
 from filterformer.cli.eval import main as eval_main
 from filterformer.cli.predict import main as predict_main
 from filterformer.cli.suite import suite_jobs
@@ -72,26 +73,6 @@ def test_bad_suite_command_lines_are_refused(args, match):
         suite_jobs(config_dir(), args)
 
 
-TINY = [
-    "progress=false",
-    "train.epochs=1",
-    "eval.every=1",
-    "train.num_workers=0",
-    "train.threads=1",
-    "inpformer:encoder=tiny_random",
-    "inpformer:input.resize=[56,56]",
-    "inpformer:train.batch_size=4",
-    "cpr:encoder=tiny_densenet",
-    "cpr:input.resize=[64,64]",
-    "cpr:category.cpr.steps=4",
-    "cpr:category.cpr.batch_size=4",
-    "cpr:model.out_dim=32",
-    "cpr:model.inner_dim=16",
-    "cpr:model.inception_dim=16",
-    "cpr:model.codebook_samples=500",
-    "cpr:model.points=50",
-    "cpr:model.top_k=3",
-]
 COUNTS = {
     "train": 6,
     "validation": 3,
@@ -112,7 +93,7 @@ def test_a_suite_trains_each_category_with_its_model_into_one_submission(monkeyp
     suite = tmp_path / "suite"
     threads = torch.get_num_threads()
     args = [SUITE, f"suite.dir={suite}", "suite.categories=[can,vial]", f"data.root={data}"]
-    ff_train(monkeypatch, *args, *TINY)
+    ff_train(monkeypatch, *args, *TINY_SUITE)
     torch.set_num_threads(threads)
     models = {c: OmegaConf.load(suite / c / "config.yaml").model.name for c in ("can", "vial")}
     assert models == {"can": "inpformer", "vial": "cpr"}
@@ -155,7 +136,7 @@ def test_a_suite_with_m_sweeps_each_route_so_a_launcher_runs_one_job_per_categor
     sweep = [f"hydra.sweep.dir={tmp_path / 'multirun'}", "eval.every=0"]
     sweep += ["inpformer:category.tiling.enabled=false"]  # sheet_metal's 21 tiles an image
     args = [SUITE, "-m", f"suite.dir={suite}", "suite.categories=[sheet_metal,wallplugs]"]
-    ff_train(monkeypatch, *args, f"data.root={data}", *TINY, *sweep)
+    ff_train(monkeypatch, *args, f"data.root={data}", *TINY_SUITE, *sweep)
     torch.set_num_threads(threads)
     for category in ("sheet_metal", "wallplugs"):
         config = OmegaConf.load(suite / category / "config.yaml")
@@ -357,7 +338,8 @@ def test_suite_isvl_trains_and_reports_the_authors_thresholds(monkeypatch, tmp_p
     threads = torch.get_num_threads()
     args = ["suite=isvl", f"suite.dir={suite}", "suite.categories=[can,vial]", f"data.root={data}"]
     crops = f"cpr:cpr.pseudo_defects.crops_dir={tmp_path / 'crops'}"
-    ff_train(monkeypatch, *args, *TINY, crops, "eval.every=0")  # the last weights, as the code
+    # eval.every=0: the last weights, as the code
+    ff_train(monkeypatch, *args, *TINY_SUITE, crops, "eval.every=0")
     torch.set_num_threads(threads)
     capsys.readouterr()
     document = tmp_path / "metrics.json"
